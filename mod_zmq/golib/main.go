@@ -1,0 +1,178 @@
+// Command golib is libmodzmq.so, the Go half of the Apache module: a thin
+// c-shared export layer over package bridge. Its interface is described in
+// modzmq.h; each export copies its inputs, calls one bridge method, converts
+// the error and recovers panics. Nothing here may end the process: it runs
+// inside an Apache child alongside every other request.
+package main
+
+/*
+#include <stdlib.h>
+#include "modzmq.h"
+
+static void modzmq_call_log(modzmq_log_fn fn, int level, const char *msg) { fn(level, msg); }
+*/
+import "C"
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"github.com/modzmq/modzmq/bridge"
+)
+
+func main() {}
+
+var (
+	initOnce sync.Once
+	logFunc  bridge.LogFunc
+	// backends is copy-on-write: handles are opened in child_init, before
+	// Apache starts its request threads, and read on every request.
+	backends atomic.Pointer[[]*bridge.Client]
+	openMu   sync.Mutex
+)
+
+//export modzmq_abi_version
+func modzmq_abi_version() C.int { return C.MODZMQ_ABI_VERSION }
+
+//export modzmq_init
+func modzmq_init(logfn C.modzmq_log_fn, level C.int, maxProcs C.int) (rc C.int) {
+	defer func() {
+		if p := recover(); p != nil {
+			rc = -1
+		}
+	}()
+	rc = -1
+	initOnce.Do(func() {
+		if maxProcs > 0 {
+			runtime.GOMAXPROCS(int(maxProcs))
+		}
+		if logfn != nil {
+			max := bridge.Level(level)
+			logFunc = bridge.RateLimit(func(l bridge.Level, msg string) {
+				if l > max {
+					return
+				}
+				cs := C.CString(msg)
+				C.modzmq_call_log(logfn, C.int(l), cs)
+				C.free(unsafe.Pointer(cs))
+			}, 20, time.Second)
+		}
+		rc = 0
+	})
+	return rc
+}
+
+//export modzmq_backend_open
+func modzmq_backend_open(endpoints *C.char, connectTimeoutMS C.int64_t, errbuf *C.char, errlen C.size_t) (handle C.int) {
+	defer func() {
+		if p := recover(); p != nil {
+			setError(errbuf, errlen, fmt.Sprintf("%v: panic: %v", bridge.CodePanic, p))
+			handle = 0
+		}
+	}()
+	c, err := bridge.NewClient(bridge.Options{
+		Endpoints:      strings.Fields(C.GoString(endpoints)),
+		ConnectTimeout: time.Duration(connectTimeoutMS) * time.Millisecond,
+		Log:            logFunc,
+	})
+	if err != nil {
+		setError(errbuf, errlen, fmt.Sprintf("%v: %v", bridge.CodeOf(err), err))
+		return 0
+	}
+	openMu.Lock()
+	defer openMu.Unlock()
+	var list []*bridge.Client
+	if old := backends.Load(); old != nil {
+		list = append(list, *old...)
+	}
+	list = append(list, c)
+	backends.Store(&list)
+	return C.int(len(list))
+}
+
+//export modzmq_relay
+func modzmq_relay(backend C.int, req *C.modzmq_request, resp *C.modzmq_response) (rc C.int) {
+	defer func() {
+		if p := recover(); p != nil {
+			setError(&resp.error[0], C.size_t(len(resp.error)), fmt.Sprintf("%v: recovered panic: %v", bridge.CodePanic, p))
+			logFunc.Logf(bridge.LevelError, bridge.CodePanic, "recovered panic in modzmq_relay: %v", p)
+			rc = C.MODZMQ_EINTERNAL
+		}
+	}()
+	resp.block = nil
+	client := lookup(int(backend))
+	if client == nil {
+		setError(&resp.error[0], C.size_t(len(resp.error)), fmt.Sprintf("%v: unknown backend handle %d", bridge.CodeConfig, backend))
+		return C.MODZMQ_EBACKEND
+	}
+	r := bridge.Request{
+		Method:  view(req.method, req.method_len),
+		Target:  view(req.target, req.target_len),
+		Headers: view(req.headers, req.headers_len),
+		Meta:    view(req.meta, req.meta_len),
+		Body:    view(req.body, req.body_len),
+	}
+	out, err := client.Do(context.Background(), &r, time.Duration(req.timeout_ms)*time.Millisecond)
+	if err != nil {
+		setError(&resp.error[0], C.size_t(len(resp.error)), fmt.Sprintf("%v: %v", bridge.CodeOf(err), err))
+		switch {
+		case errors.Is(err, bridge.ErrNoWorker):
+			return C.MODZMQ_ENOWORKER
+		case errors.Is(err, bridge.ErrTimeout):
+			return C.MODZMQ_ETIMEOUT
+		case errors.Is(err, bridge.ErrProtocol):
+			return C.MODZMQ_EPROTOCOL
+		}
+		return C.MODZMQ_EINTERNAL
+	}
+	total := len(out.Body) + len(out.Headers) + len(out.Reason)
+	block := C.malloc(C.size_t(total + 1))
+	if block == nil {
+		setError(&resp.error[0], C.size_t(len(resp.error)), fmt.Sprintf("%v: out of memory for a %d-byte reply", bridge.CodeSocket, total))
+		return C.MODZMQ_EINTERNAL
+	}
+	dst := unsafe.Slice((*byte)(block), total)
+	n := copy(dst, out.Body)
+	n += copy(dst[n:], out.Headers)
+	copy(dst[n:], out.Reason)
+	resp.status = C.int(out.Status)
+	resp.block = (*C.char)(block)
+	resp.body_len = C.size_t(len(out.Body))
+	resp.headers_len = C.size_t(len(out.Headers))
+	resp.reason_len = C.size_t(len(out.Reason))
+	return C.MODZMQ_OK
+}
+
+func lookup(handle int) *bridge.Client {
+	list := backends.Load()
+	if list == nil || handle < 1 || handle > len(*list) {
+		return nil
+	}
+	return (*list)[handle-1]
+}
+
+// view returns the C buffer p[0:n] as a byte slice without copying. It is
+// valid only for the duration of the export call.
+func view(p *C.char, n C.size_t) []byte {
+	if p == nil || n == 0 {
+		return nil
+	}
+	return unsafe.Slice((*byte)(unsafe.Pointer(p)), int(n))
+}
+
+// setError writes msg, cut to fit and NUL-terminated, into the C buffer.
+func setError(buf *C.char, size C.size_t, msg string) {
+	if buf == nil || size == 0 {
+		return
+	}
+	dst := unsafe.Slice((*byte)(unsafe.Pointer(buf)), int(size))
+	n := copy(dst[:len(dst)-1], msg)
+	dst[n] = 0
+}

@@ -1,0 +1,84 @@
+/*
+ * modzmq.h - the interface of libmodzmq.so, the Go half of mod_zmq.
+ *
+ * mod_zmq.so never links against libmodzmq.so: it dlopen()s the library in
+ * child_init and looks each function up with dlsym(), so this header declares
+ * the data types and one function-pointer type per export, never prototypes.
+ *
+ * Memory rule: the caller owns every buffer it passes in; the library never
+ * keeps a pointer past the call. What the library returns in
+ * modzmq_response.block was allocated with malloc() and is the caller's to
+ * free().
+ */
+#ifndef MODZMQ_H
+#define MODZMQ_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* The ABI this header describes; modzmq_abi_version() must return it. */
+#define MODZMQ_ABI_VERSION 1
+
+/* Return codes of modzmq_relay(). */
+#define MODZMQ_OK         0 /* reply in *resp */
+#define MODZMQ_ENOWORKER  1 /* no worker took the request in time: 503 */
+#define MODZMQ_ETIMEOUT   2 /* no reply before the timeout: 504 */
+#define MODZMQ_EPROTOCOL  3 /* the reply broke MZMQ/1: 502 */
+#define MODZMQ_EBACKEND   4 /* unknown backend handle: 500 */
+#define MODZMQ_EINTERNAL  5 /* anything else, including a recovered panic: 500 */
+
+/* Log severities are Apache's (APLOG_ERR = 3 ... APLOG_DEBUG = 7). */
+typedef void (*modzmq_log_fn)(int level, const char *msg);
+
+/* One request. Every pointer may be NULL when its length is 0. */
+typedef struct modzmq_request {
+    const char *method;  size_t method_len;
+    const char *target;  size_t target_len;  /* as the client sent it */
+    const char *headers; size_t headers_len; /* "Name: value\r\n" lines */
+    const char *meta;    size_t meta_len;    /* trusted lines, no request-id */
+    const char *body;    size_t body_len;
+    int64_t timeout_ms;                      /* whole exchange; 0 = default */
+} modzmq_request;
+
+/*
+ * One reply. On MODZMQ_OK, block holds the body (body_len bytes), then the
+ * validated header lines (headers_len bytes, hop-by-hop fields removed), then
+ * the reason phrase (reason_len bytes, possibly 0). On any other code, block
+ * is NULL and error holds a NUL-terminated "MODZMQnnnn: ..." line.
+ */
+typedef struct modzmq_response {
+    int    status;
+    char  *block;
+    size_t body_len, headers_len, reason_len;
+    char   error[256];
+} modzmq_response;
+
+/* int modzmq_abi_version(void): MODZMQ_ABI_VERSION of the library. */
+typedef int (*modzmq_abi_version_fn)(void);
+
+/*
+ * int modzmq_init(modzmq_log_fn log, int log_level, int max_procs):
+ * call once per process before anything else. Lines above log_level are not
+ * produced; max_procs > 0 sets GOMAXPROCS. Returns 0, or -1 if called twice.
+ */
+typedef int (*modzmq_init_fn)(modzmq_log_fn log, int log_level, int max_procs);
+
+/*
+ * int modzmq_backend_open(const char *endpoints, int64_t connect_timeout_ms,
+ *                         char *err, size_t err_len):
+ * endpoints are separated by spaces. (Parameters are not const because the
+ * prototypes cgo generates are not; the library only reads them.) Returns a handle > 0, or 0 with a
+ * NUL-terminated reason in err.
+ */
+typedef int (*modzmq_backend_open_fn)(char *endpoints, int64_t connect_timeout_ms,
+                                      char *err, size_t err_len);
+
+/*
+ * int modzmq_relay(int backend, const modzmq_request *req,
+ *                  modzmq_response *resp):
+ * relays one request and blocks until its reply, an error, or the timeout.
+ * Safe to call from many threads at once. Returns a MODZMQ_* code.
+ */
+typedef int (*modzmq_relay_fn)(int backend, modzmq_request *req, modzmq_response *resp);
+
+#endif /* MODZMQ_H */

@@ -1,0 +1,67 @@
+/*
+ * mod_zmq.h - shared declarations of the mod_zmq C shim.
+ *
+ * The shim does only Apache work: directives and merging (modzmq_config.c),
+ * loading the Go library after fork (modzmq_loader.c) and the request path
+ * (modzmq_handler.c); mod_zmq.c holds the module record and hooks.
+ */
+#ifndef MOD_ZMQ_H
+#define MOD_ZMQ_H
+
+#include "httpd.h"
+#include "http_config.h"
+#include "apr_tables.h"
+
+#include "golib/modzmq.h"
+
+/* Directive names, each spelled once. */
+#define MODZMQ_DIR_BACKEND "ZmqBackend"
+#define MODZMQ_DIR_TIMEOUT "ZmqTimeout"
+#define MODZMQ_DIR_MAXBODY "ZmqMaxBody"
+#define MODZMQ_DIR_LIBRARY "ZmqLibrary"
+
+/* The handler names SetHandler accepts. */
+#define MODZMQ_HANDLER "zmq"
+
+/* Defaults, in one place. */
+#define MODZMQ_DEFAULT_TIMEOUT_MS  30000
+#define MODZMQ_DEFAULT_MAX_BODY    (8 * 1024 * 1024)
+#ifndef MODZMQ_DEFAULT_LIBRARY
+#define MODZMQ_DEFAULT_LIBRARY "/usr/lib/apache2/modules/libmodzmq.so"
+#endif
+
+/* "Unset" sentinel for the numeric fields of the per-directory record. */
+#define MODZMQ_UNSET (-1)
+
+typedef struct modzmq_dir_conf {
+    const char *route;       /* the <Location>/<Directory> path, or NULL */
+    int backend;             /* index into the backend registry, 0 = unset */
+    const char *endpoints;   /* the ZmqBackend arguments, for log lines */
+    apr_int64_t timeout_ms;  /* MODZMQ_UNSET or > 0 */
+    apr_off_t max_body;      /* MODZMQ_UNSET, 0 (no limit) or > 0 */
+} modzmq_dir_conf;
+
+extern module AP_MODULE_DECLARE_DATA zmq_module;
+
+/* modzmq_config.c */
+extern const command_rec modzmq_cmds[];
+void *modzmq_create_dir_conf(apr_pool_t *p, char *dir);
+void *modzmq_merge_dir_conf(apr_pool_t *p, void *base, void *add);
+void modzmq_config_reset(apr_pool_t *pconf);
+const char *modzmq_config_library(void);
+const apr_array_header_t *modzmq_config_backends(void); /* of const char * */
+apr_int64_t modzmq_conf_timeout_ms(const modzmq_dir_conf *conf);
+apr_off_t modzmq_conf_max_body(const modzmq_dir_conf *conf);
+
+/* modzmq_loader.c */
+void modzmq_loader_check(apr_pool_t *ptemp, server_rec *s);
+void modzmq_loader_child_init(apr_pool_t *pchild, server_rec *s);
+/* Returns the relay function, or NULL with a log code and reason in *why. */
+modzmq_relay_fn modzmq_loader_relay(const char **why);
+/* The library's handle for registry index i (1-based), or 0. */
+int modzmq_loader_backend(int i);
+
+/* modzmq_handler.c */
+int modzmq_handler(request_rec *r);
+
+#endif /* MOD_ZMQ_H */

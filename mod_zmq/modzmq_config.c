@@ -1,0 +1,195 @@
+/*
+ * modzmq_config.c - directives, per-directory records and merging.
+ *
+ * Directive handlers only validate and store: they never log and never touch
+ * the Go library, so `apachectl configtest` reports every mistake on its own.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "httpd.h"
+#include "http_config.h"
+#include "apr_strings.h"
+
+#include "mod_zmq.h"
+
+/* Process-wide settings, rebuilt from scratch on every configuration pass. */
+static const char *library_path;
+static apr_array_header_t *backends; /* distinct ZmqBackend argument lists */
+
+void modzmq_config_reset(apr_pool_t *pconf)
+{
+    library_path = MODZMQ_DEFAULT_LIBRARY;
+    backends = apr_array_make(pconf, 4, sizeof(const char *));
+}
+
+const char *modzmq_config_library(void) { return library_path; }
+
+const apr_array_header_t *modzmq_config_backends(void) { return backends; }
+
+/* Returns the 1-based registry index of endpoints, adding it if new. */
+static int register_backend(apr_pool_t *p, const char *endpoints)
+{
+    int i;
+    if (backends == NULL) {
+        modzmq_config_reset(p);
+    }
+    for (i = 0; i < backends->nelts; i++) {
+        if (strcmp(APR_ARRAY_IDX(backends, i, const char *), endpoints) == 0) {
+            return i + 1;
+        }
+    }
+    APR_ARRAY_PUSH(backends, const char *) = endpoints;
+    return backends->nelts;
+}
+
+void *modzmq_create_dir_conf(apr_pool_t *p, char *dir)
+{
+    modzmq_dir_conf *conf = apr_pcalloc(p, sizeof(*conf));
+    conf->route = dir;
+    conf->backend = 0;
+    conf->timeout_ms = MODZMQ_UNSET;
+    conf->max_body = MODZMQ_UNSET;
+    return conf;
+}
+
+void *modzmq_merge_dir_conf(apr_pool_t *p, void *basev, void *addv)
+{
+    const modzmq_dir_conf *base = basev, *add = addv;
+    modzmq_dir_conf *conf = apr_palloc(p, sizeof(*conf));
+
+    conf->route = add->route ? add->route : base->route;
+    if (add->backend) {
+        conf->backend = add->backend;
+        conf->endpoints = add->endpoints;
+    }
+    else {
+        conf->backend = base->backend;
+        conf->endpoints = base->endpoints;
+    }
+    conf->timeout_ms = add->timeout_ms != MODZMQ_UNSET ? add->timeout_ms : base->timeout_ms;
+    conf->max_body = add->max_body != MODZMQ_UNSET ? add->max_body : base->max_body;
+    return conf;
+}
+
+apr_int64_t modzmq_conf_timeout_ms(const modzmq_dir_conf *conf)
+{
+    return conf->timeout_ms != MODZMQ_UNSET ? conf->timeout_ms : MODZMQ_DEFAULT_TIMEOUT_MS;
+}
+
+apr_off_t modzmq_conf_max_body(const modzmq_dir_conf *conf)
+{
+    return conf->max_body != MODZMQ_UNSET ? conf->max_body : MODZMQ_DEFAULT_MAX_BODY;
+}
+
+/* Checks one endpoint: tcp://host:port or ipc://path. */
+static const char *check_endpoint(apr_pool_t *p, const char *ep)
+{
+    if (strncmp(ep, "tcp://", 6) == 0) {
+        const char *colon = strrchr(ep + 6, ':');
+        char *end;
+        long port;
+        if (colon == NULL || colon == ep + 6) {
+            return apr_psprintf(p, MODZMQ_DIR_BACKEND " %s: tcp:// needs host:port", ep);
+        }
+        errno = 0;
+        port = strtol(colon + 1, &end, 10);
+        if (errno || *end || end == colon + 1 || port < 1 || port > 65535) {
+            return apr_psprintf(p, MODZMQ_DIR_BACKEND " %s: port must be 1-65535", ep);
+        }
+        return NULL;
+    }
+    if (strncmp(ep, "ipc://", 6) == 0) {
+        return ep[6] ? NULL : apr_psprintf(p, MODZMQ_DIR_BACKEND " %s: ipc:// needs a path", ep);
+    }
+    return apr_psprintf(p, MODZMQ_DIR_BACKEND " %s: the endpoint must start with tcp:// or ipc://", ep);
+}
+
+static const char *set_backend(cmd_parms *cmd, void *dconf, int argc, char *const argv[])
+{
+    modzmq_dir_conf *conf = dconf;
+    const char *joined = "";
+    int i;
+
+    if (argc == 0) {
+        return MODZMQ_DIR_BACKEND " needs at least one tcp:// or ipc:// endpoint";
+    }
+    for (i = 0; i < argc; i++) {
+        const char *err = check_endpoint(cmd->pool, argv[i]);
+        if (err) {
+            return err;
+        }
+        joined = i ? apr_pstrcat(cmd->pool, joined, " ", argv[i], NULL) : argv[i];
+    }
+    conf->endpoints = joined;
+    conf->backend = register_backend(cmd->pool, joined);
+    return NULL;
+}
+
+/* Parses "10" or "10s" (seconds) or "250ms" into milliseconds. */
+static const char *set_timeout(cmd_parms *cmd, void *dconf, const char *arg)
+{
+    modzmq_dir_conf *conf = dconf;
+    char *end;
+    apr_int64_t n;
+
+    errno = 0;
+    n = apr_strtoi64(arg, &end, 10);
+    if (errno || end == arg || n <= 0) {
+        return apr_psprintf(cmd->pool, MODZMQ_DIR_TIMEOUT " %s: expected a positive number of seconds, "
+                            "or milliseconds with the suffix ms (e.g. 30 or 250ms)", arg);
+    }
+    if (strcmp(end, "ms") == 0) {
+        /* already milliseconds */
+    }
+    else if (*end == '\0' || strcmp(end, "s") == 0) {
+        n *= 1000;
+    }
+    else {
+        return apr_psprintf(cmd->pool, MODZMQ_DIR_TIMEOUT " %s: unknown unit \"%s\" (use seconds, or ms)", arg, end);
+    }
+    if (n > APR_INT64_C(86400000)) {
+        return apr_psprintf(cmd->pool, MODZMQ_DIR_TIMEOUT " %s: at most one day", arg);
+    }
+    conf->timeout_ms = n;
+    return NULL;
+}
+
+static const char *set_max_body(cmd_parms *cmd, void *dconf, const char *arg)
+{
+    modzmq_dir_conf *conf = dconf;
+    char *end;
+    apr_off_t n;
+
+    if (apr_strtoff(&n, arg, &end, 10) != APR_SUCCESS || end == arg || *end || n < 0) {
+        return apr_psprintf(cmd->pool, MODZMQ_DIR_MAXBODY " %s: expected a number of bytes, 0 for no limit", arg);
+    }
+    conf->max_body = n;
+    return NULL;
+}
+
+static const char *set_library(cmd_parms *cmd, void *dconf, const char *arg)
+{
+    const char *err = ap_check_cmd_context(cmd, GLOBAL_ONLY);
+    if (err) {
+        return err;
+    }
+    if (*arg != '/') {
+        return apr_psprintf(cmd->pool, MODZMQ_DIR_LIBRARY " %s: give an absolute path", arg);
+    }
+    library_path = apr_pstrdup(cmd->pool, arg);
+    return NULL;
+}
+
+const command_rec modzmq_cmds[] = {
+    AP_INIT_TAKE_ARGV(MODZMQ_DIR_BACKEND, set_backend, NULL, RSRC_CONF | ACCESS_CONF,
+                      "ZeroMQ endpoints (tcp://host:port or ipc://path) of the workers; several are load-balanced"),
+    AP_INIT_TAKE1(MODZMQ_DIR_TIMEOUT, set_timeout, NULL, RSRC_CONF | ACCESS_CONF,
+                  "Time a worker has to answer, in seconds or with the suffix ms; 504 after it (default 30)"),
+    AP_INIT_TAKE1(MODZMQ_DIR_MAXBODY, set_max_body, NULL, RSRC_CONF | ACCESS_CONF,
+                  "Largest request body relayed, in bytes; larger ones get 413 (default 8 MiB, 0 = no limit)"),
+    AP_INIT_TAKE1(MODZMQ_DIR_LIBRARY, set_library, NULL, RSRC_CONF,
+                  "Path of libmodzmq.so, the Go half of mod_zmq (server config only)"),
+    {NULL}
+};

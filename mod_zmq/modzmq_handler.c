@@ -1,0 +1,321 @@
+/*
+ * modzmq_handler.c - the request path.
+ *
+ * One pass: check the handler, read the body (bounded by ZmqMaxBody), pack
+ * headers and trusted metadata, make one call into the Go library, write the
+ * reply. Errors map to one status each: no worker 503, timeout 504, bad reply
+ * 502, body too large 413; a client that went away gets no error line.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "httpd.h"
+#include "http_config.h"
+#include "http_log.h"
+#include "http_protocol.h"
+#include "http_request.h"
+#include "util_filter.h"
+#include "apr_buckets.h"
+#include "apr_strings.h"
+
+#include "mod_zmq.h"
+
+APLOG_USE_MODULE(zmq);
+
+/* ---- request body ---------------------------------------------------- */
+
+/* Reads the whole body into one buffer from r->pool. Returns OK or a status. */
+static int read_body(request_rec *r, apr_off_t max, const char **out, apr_size_t *outlen)
+{
+    const char *clen = apr_table_get(r->headers_in, "Content-Length");
+    apr_bucket_brigade *bb;
+    apr_size_t cap = 0, len = 0;
+    char *buf = NULL;
+    int eos = 0;
+
+    *out = NULL;
+    *outlen = 0;
+    if (clen) {
+        apr_off_t n;
+        char *end;
+        if (apr_strtoff(&n, clen, &end, 10) == APR_SUCCESS && *end == '\0' && n >= 0) {
+            if (max > 0 && n > max) {
+                ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, "MODZMQ0013: request body of %" APR_OFF_T_FMT
+                              " bytes (Content-Length) is over " MODZMQ_DIR_MAXBODY " %" APR_OFF_T_FMT,
+                              n, max);
+                return HTTP_REQUEST_ENTITY_TOO_LARGE;
+            }
+            cap = (apr_size_t)n;
+        }
+    }
+    if (cap) {
+        buf = apr_palloc(r->pool, cap);
+    }
+    bb = apr_brigade_create(r->pool, r->connection->bucket_alloc);
+    while (!eos) {
+        apr_bucket *b;
+        apr_status_t rv = ap_get_brigade(r->input_filters, bb, AP_MODE_READBYTES, APR_BLOCK_READ, 65536);
+        if (rv != APR_SUCCESS) {
+            int status = ap_map_http_request_error(rv, HTTP_BAD_REQUEST);
+            ap_log_rerror(APLOG_MARK, APLOG_INFO, rv, r, "MODZMQ0015: reading the request body failed (%d)", status);
+            return status;
+        }
+        for (b = APR_BRIGADE_FIRST(bb); b != APR_BRIGADE_SENTINEL(bb); b = APR_BUCKET_NEXT(b)) {
+            const char *data;
+            apr_size_t n;
+            if (APR_BUCKET_IS_EOS(b)) {
+                eos = 1;
+                break;
+            }
+            if (APR_BUCKET_IS_METADATA(b)) {
+                continue;
+            }
+            rv = apr_bucket_read(b, &data, &n, APR_BLOCK_READ);
+            if (rv != APR_SUCCESS) {
+                ap_log_rerror(APLOG_MARK, APLOG_INFO, rv, r, "MODZMQ0015: reading the request body failed");
+                return HTTP_BAD_REQUEST;
+            }
+            if (max > 0 && (apr_off_t)(len + n) > max) {
+                ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, "MODZMQ0014: request body is over "
+                              MODZMQ_DIR_MAXBODY " %" APR_OFF_T_FMT " bytes", max);
+                return HTTP_REQUEST_ENTITY_TOO_LARGE;
+            }
+            if (len + n > cap) {
+                apr_size_t ncap = cap ? cap : 16384;
+                char *nbuf;
+                while (ncap < len + n) {
+                    ncap *= 2;
+                }
+                nbuf = apr_palloc(r->pool, ncap);
+                if (len) {
+                    memcpy(nbuf, buf, len);
+                }
+                buf = nbuf;
+                cap = ncap;
+            }
+            memcpy(buf + len, data, n);
+            len += n;
+        }
+        apr_brigade_cleanup(bb);
+    }
+    *out = buf;
+    *outlen = len;
+    return OK;
+}
+
+/* ---- headers and metadata -------------------------------------------- */
+
+typedef struct {
+    char *buf;     /* NULL while sizing */
+    apr_size_t len;
+} line_buf;
+
+/* apr_table_do callback: sizes, then writes, one "Name: value\r\n" line. */
+static int add_line(void *rec, const char *key, const char *value)
+{
+    line_buf *lb = rec;
+    apr_size_t klen = strlen(key), vlen = strlen(value);
+    if (lb->buf) {
+        char *p = lb->buf + lb->len;
+        memcpy(p, key, klen);
+        p[klen] = ':';
+        p[klen + 1] = ' ';
+        memcpy(p + klen + 2, value, vlen);
+        p[klen + 2 + vlen] = '\r';
+        p[klen + 3 + vlen] = '\n';
+    }
+    lb->len += klen + vlen + 4;
+    return 1;
+}
+
+static const char *pack_headers(request_rec *r, apr_size_t *len)
+{
+    line_buf lb = {NULL, 0};
+    apr_table_do(add_line, &lb, r->headers_in, NULL);
+    lb.buf = apr_palloc(r->pool, lb.len + 1);
+    *len = lb.len;
+    lb.len = 0;
+    apr_table_do(add_line, &lb, r->headers_in, NULL);
+    return lb.buf;
+}
+
+/* A value with a control character cannot be a meta line; it is left out. */
+static int safe_value(const char *v)
+{
+    for (; *v; v++) {
+        if ((unsigned char)*v < 0x20 || *v == 0x7f) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* Per-process, per-connection id: "<pid>-<n>", assigned on first use. */
+static const char *connection_id(conn_rec *c)
+{
+    static apr_uint64_t next;
+    const char *id = ap_get_module_config(c->conn_config, &zmq_module);
+    if (id == NULL) {
+        apr_uint64_t n = __atomic_add_fetch(&next, 1, __ATOMIC_RELAXED);
+        id = apr_psprintf(c->pool, "%" APR_PID_T_FMT "-%" APR_UINT64_T_FMT, getpid(), n);
+        ap_set_module_config(c->conn_config, &zmq_module, (void *)id);
+    }
+    return id;
+}
+
+static const char *pack_meta(request_rec *r, const modzmq_dir_conf *conf, apr_size_t *len)
+{
+    apr_port_t port = r->useragent_addr ? r->useragent_addr->port : r->connection->client_addr->port;
+    const char *meta = apr_psprintf(r->pool,
+        "remote-addr: %s\r\n"
+        "remote-port: %u\r\n"
+        "scheme: %s\r\n"
+        "host: %s\r\n"
+        "server-name: %s\r\n"
+        "protocol: %s\r\n"
+        "route: %s\r\n"
+        "connection-id: %s\r\n",
+        r->useragent_ip, (unsigned)port, ap_http_scheme(r),
+        r->hostname ? r->hostname : "", r->server->server_hostname ? r->server->server_hostname : "",
+        r->protocol, conf->route ? conf->route : "/", connection_id(r->connection));
+    if (r->user && safe_value(r->user)) {
+        meta = apr_pstrcat(r->pool, meta, "remote-user: ", r->user, "\r\n", NULL);
+    }
+    *len = strlen(meta);
+    return meta;
+}
+
+/* ---- the reply --------------------------------------------------------- */
+
+static void free_block(void *block) { free(block); }
+
+/* Sets status and headers from resp; the block's header lines were validated
+ * by the library, so splitting them needs no further checks. */
+static void set_reply_headers(request_rec *r, const modzmq_response *resp)
+{
+    const char *p = resp->block + resp->body_len;
+    const char *end = p + resp->headers_len;
+
+    r->status = resp->status;
+    if (resp->reason_len) {
+        r->status_line = apr_psprintf(r->pool, "%d %.*s", resp->status, (int)resp->reason_len,
+                                      resp->block + resp->body_len + resp->headers_len);
+    }
+    while (p < end) {
+        const char *eol = memchr(p, '\r', end - p);
+        const char *colon = memchr(p, ':', end - p);
+        const char *v;
+        char *name, *value;
+        if (eol == NULL) {
+            eol = end;
+        }
+        name = apr_pstrmemdup(r->pool, p, colon - p);
+        for (v = colon + 1; v < eol && (*v == ' ' || *v == '\t'); v++) {
+        }
+        value = apr_pstrmemdup(r->pool, v, eol - v);
+        if (strcasecmp(name, "Content-Type") == 0) {
+            ap_set_content_type(r, value);
+        }
+        else {
+            apr_table_addn(r->headers_out, name, value);
+        }
+        p = eol + 2;
+    }
+}
+
+static int write_reply(request_rec *r, modzmq_response *resp)
+{
+    conn_rec *c = r->connection;
+    apr_bucket_brigade *bb = apr_brigade_create(r->pool, c->bucket_alloc);
+    apr_status_t rv;
+
+    set_reply_headers(r, resp);
+    ap_set_content_length(r, resp->body_len);
+    if (!r->header_only && resp->body_len) {
+        /* The heap bucket takes the block and frees it when sent. */
+        APR_BRIGADE_INSERT_TAIL(bb, apr_bucket_heap_create(resp->block, resp->body_len, free_block,
+                                                            c->bucket_alloc));
+    }
+    else {
+        free(resp->block);
+    }
+    resp->block = NULL;
+    APR_BRIGADE_INSERT_TAIL(bb, apr_bucket_eos_create(c->bucket_alloc));
+    rv = ap_pass_brigade(r->output_filters, bb);
+    if (rv != APR_SUCCESS) {
+        ap_log_rerror(APLOG_MARK, APLOG_DEBUG, rv, r, "MODZMQ0016: the client went away during the reply");
+    }
+    return OK;
+}
+
+/* ---- the handler ------------------------------------------------------- */
+
+int modzmq_handler(request_rec *r)
+{
+    const modzmq_dir_conf *conf;
+    modzmq_relay_fn relay;
+    modzmq_request req;
+    modzmq_response resp;
+    const char *why = NULL;
+    apr_size_t n;
+    int handle, rc, status;
+
+    if (r->handler == NULL || strcmp(r->handler, MODZMQ_HANDLER) != 0) {
+        return DECLINED;
+    }
+    conf = ap_get_module_config(r->per_dir_config, &zmq_module);
+    if (conf->backend == 0) {
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "MODZMQ0010: SetHandler " MODZMQ_HANDLER
+                      " without " MODZMQ_DIR_BACKEND " for %s", conf->route ? conf->route : r->uri);
+        return HTTP_INTERNAL_SERVER_ERROR;
+    }
+    relay = modzmq_loader_relay(&why);
+    if (relay == NULL) {
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "%s", why);
+        return HTTP_SERVICE_UNAVAILABLE;
+    }
+    handle = modzmq_loader_backend(conf->backend);
+    if (handle == 0) {
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "MODZMQ0018: " MODZMQ_DIR_BACKEND " %s "
+                      "could not be opened in this process (see MODZMQ0005 at start)", conf->endpoints);
+        return HTTP_SERVICE_UNAVAILABLE;
+    }
+
+    memset(&req, 0, sizeof(req));
+    status = read_body(r, modzmq_conf_max_body(conf), &req.body, &n);
+    if (status != OK) {
+        return status;
+    }
+    req.body_len = n;
+    req.method = r->method;
+    req.method_len = strlen(r->method);
+    req.target = r->unparsed_uri;
+    req.target_len = strlen(r->unparsed_uri);
+    req.headers = pack_headers(r, &req.headers_len);
+    req.meta = pack_meta(r, conf, &req.meta_len);
+    req.timeout_ms = modzmq_conf_timeout_ms(conf);
+
+    resp.block = NULL;
+    resp.error[0] = '\0';
+    rc = relay(handle, &req, &resp);
+    switch (rc) {
+    case MODZMQ_OK:
+        return write_reply(r, &resp);
+    case MODZMQ_ENOWORKER:
+        status = HTTP_SERVICE_UNAVAILABLE;
+        break;
+    case MODZMQ_ETIMEOUT:
+        status = HTTP_GATEWAY_TIME_OUT;
+        break;
+    case MODZMQ_EPROTOCOL:
+        status = HTTP_BAD_GATEWAY;
+        break;
+    default:
+        status = HTTP_INTERNAL_SERVER_ERROR;
+        break;
+    }
+    ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "%s (" MODZMQ_DIR_BACKEND " %s, answered %d)",
+                  resp.error, conf->endpoints, status);
+    return status;
+}
