@@ -1,0 +1,57 @@
+# mod_zmq: `make` builds, `make test` tests, `make demo` runs the demo.
+APXS    ?= apxs
+GO      ?= go
+PORT    ?= 8080
+export PATH := $(PATH):/usr/local/go/bin
+
+BUILD   := build
+LIBEXEC  = $(shell $(APXS) -q LIBEXECDIR 2>/dev/null)
+SYSCONF  = $(shell $(APXS) -q SYSCONFDIR 2>/dev/null)
+LIBRARY  = $(LIBEXEC)/libmodzmq.so
+GOSRC   := $(shell find bridge mod_zmq/golib -name '*.go' -not -name '*_test.go') go.mod go.sum
+CSRC    := $(wildcard mod_zmq/*.c mod_zmq/*.h) mod_zmq/golib/modzmq.h apxs/build.sh
+
+.PHONY: all deps install demo test fuzz clean
+all: $(BUILD)/mod_zmq.so $(BUILD)/libmodzmq.so $(BUILD)/go-worker
+
+deps:
+	@./test/deps.sh
+
+$(BUILD)/mod_zmq.so: $(CSRC)
+	@mkdir -p $(BUILD)
+	./apxs/build.sh $(APXS) $@ $(LIBRARY)
+
+$(BUILD)/libmodzmq.so: $(GOSRC)
+	@mkdir -p $(BUILD)
+	$(GO) build -trimpath -buildmode=c-shared -o $@ ./mod_zmq/golib
+	@rm -f $(BUILD)/libmodzmq.h
+
+$(BUILD)/go-worker: $(GOSRC) $(wildcard examples/go/worker/*.go)
+	$(GO) build -o $@ ./examples/go/worker
+
+# Installs the module and the library where ZmqLibrary looks by default, and on
+# Debian the a2enmod files (then: a2enmod zmq && systemctl reload apache2).
+install: all
+	$(APXS) -i -n zmq $(BUILD)/mod_zmq.so
+	install -m 0644 $(BUILD)/libmodzmq.so $(DESTDIR)$(LIBRARY)
+	@if [ -d $(DESTDIR)$(SYSCONF)/mods-available ]; then \
+		install -m 0644 conf/zmq.load conf/zmq.conf $(DESTDIR)$(SYSCONF)/mods-available/ && \
+		echo "installed $(SYSCONF)/mods-available/zmq.{load,conf}: run a2enmod zmq"; \
+	fi
+
+demo: deps all
+	PORT=$(PORT) ./examples/demo.sh
+
+test: deps all
+	$(GO) vet ./...
+	$(GO) test -race -count=1 ./...
+	$(GO) test -run '^$$' -fuzz FuzzDecodeReply -fuzztime 10s ./bridge
+	$(GO) test -run '^$$' -fuzz FuzzParseHeaderLines -fuzztime 10s ./bridge
+
+FUZZTIME ?= 60s
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzDecodeReply -fuzztime $(FUZZTIME) ./bridge
+	$(GO) test -run '^$$' -fuzz FuzzParseHeaderLines -fuzztime $(FUZZTIME) ./bridge
+
+clean:
+	rm -rf $(BUILD)

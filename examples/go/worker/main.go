@@ -1,0 +1,102 @@
+// Command worker is a pure-Go MZMQ/1 worker: a ROUTER socket from
+// github.com/go-zeromq/zmq4 (no C dependency) that answers each request with
+// JSON describing it, or with the request body itself when the path ends in
+// /raw.
+//
+//	go run ./examples/go/worker -bind tcp://127.0.0.1:5556
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"log"
+	"os"
+	"strings"
+
+	zmq "github.com/go-zeromq/zmq4"
+)
+
+type request struct {
+	Protocol   string            `json:"protocol"`
+	Method     string            `json:"method"`
+	Target     string            `json:"target"`
+	Headers    [][2]string       `json:"headers"`
+	Meta       map[string]string `json:"meta"`
+	BodyLength int               `json:"body_length"`
+	BodySHA256 string            `json:"body_sha256"`
+	Worker     string            `json:"worker"`
+}
+
+// lines splits "Name: value\r\n" lines into pairs.
+func lines(b []byte) [][2]string {
+	var out [][2]string
+	for _, l := range strings.Split(string(b), "\r\n") {
+		if name, value, ok := strings.Cut(l, ":"); ok {
+			out = append(out, [2]string{name, strings.TrimSpace(value)})
+		}
+	}
+	return out
+}
+
+// answer builds the reply frames for one request's six frames.
+func answer(name string, f [][]byte) [][]byte {
+	path, _, _ := strings.Cut(string(f[2]), "?")
+	if strings.HasSuffix(path, "/raw") {
+		return [][]byte{[]byte("200"), []byte("Content-Type: application/octet-stream\r\n"), f[5]}
+	}
+	sum := sha256.Sum256(f[5])
+	req := request{
+		Worker:     name,
+		Protocol:   string(f[0]),
+		Method:     string(f[1]),
+		Target:     string(f[2]),
+		Headers:    lines(f[3]),
+		Meta:       map[string]string{},
+		BodyLength: len(f[5]),
+		BodySHA256: hex.EncodeToString(sum[:]),
+	}
+	for _, kv := range lines(f[4]) {
+		req.Meta[kv[0]] = kv[1]
+	}
+	body, _ := json.Marshal(req)
+	return [][]byte{[]byte("200"), []byte("Content-Type: application/json\r\n"), body}
+}
+
+func main() {
+	bind := flag.String("bind", "tcp://127.0.0.1:5556", "endpoint to bind")
+	name := flag.String("name", "go-worker", "worker name reported in replies")
+	flag.Parse()
+
+	sock := zmq.NewRouter(context.Background())
+	defer sock.Close()
+	if err := sock.Listen(*bind); err != nil {
+		log.Fatalf("listen %s: %v", *bind, err)
+	}
+	fmt.Fprintln(os.Stdout, "ready")
+	for {
+		msg, err := sock.Recv()
+		if err != nil {
+			log.Printf("recv: %v", err)
+			continue
+		}
+		// The envelope is everything up to and including the first empty
+		// frame: [peer-id, request-id, ""] from a bridge, more through proxies.
+		i := 0
+		for i < len(msg.Frames) && len(msg.Frames[i]) != 0 {
+			i++
+		}
+		if i == len(msg.Frames) || len(msg.Frames)-i-1 != 6 || !bytes.Equal(msg.Frames[i+1], []byte("MZMQ/1")) {
+			log.Printf("dropped a message that is not an MZMQ/1 request (%d frames)", len(msg.Frames))
+			continue
+		}
+		reply := append(msg.Frames[:i+1:i+1], answer(*name, msg.Frames[i+1:])...)
+		if err := sock.Send(zmq.NewMsgFrom(reply...)); err != nil {
+			log.Printf("send: %v", err)
+		}
+	}
+}

@@ -1,0 +1,34 @@
+#!/bin/sh
+# Installs what building, testing and the demo need, or says exactly what to
+# run. Debian/Ubuntu packages; Go from https://go.dev/dl (1.26 or newer).
+set -eu
+missing=""
+need() { # need PACKAGE TEST-COMMAND...
+	pkg=$1; shift
+	"$@" >/dev/null 2>&1 || missing="$missing $pkg"
+}
+need apache2       test -x /usr/sbin/apache2
+need apache2-dev   command -v apxs
+need apache2-utils command -v ab
+need libzmq3-dev   pkg-config --exists libzmq
+need pkg-config    command -v pkg-config
+need python3-zmq   /usr/bin/python3 -c 'import zmq'
+need curl          command -v curl
+need gcc           command -v gcc
+need iproute2      command -v ip
+
+if [ -n "$missing" ]; then
+	if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+		echo "deps: installing$missing"
+		apt-get update -qq
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
+	else
+		echo "deps: missing Debian packages:$missing" >&2
+		echo "deps: run: sudo apt-get update && sudo apt-get install -y$missing" >&2
+		exit 1
+	fi
+fi
+if ! command -v go >/dev/null; then
+	echo "deps: Go is not on PATH: install Go 1.26+ from https://go.dev/dl into /usr/local/go" >&2
+	exit 1
+fi
