@@ -29,15 +29,14 @@ type Code int
 // Codes the Go side of mod_zmq emits. The C shim owns 0001–0099; the bridge
 // owns 0100 and above.
 const (
-	CodeNoWorker     Code = 101 // send timed out: nothing connected
-	CodeTimeout      Code = 102 // no reply before the deadline
-	CodeBadReply     Code = 103 // reply breaks MZMQ/1
-	CodeStaleReply   Code = 104 // reply for a request nobody waits for (debug)
-	CodeSocket       Code = 105 // socket could not be created or connected
-	CodeConfig       Code = 106 // unusable backend options
-	CodePanic        Code = 107 // recovered panic in the library
-	CodeClosed       Code = 108 // client closed
-	CodeDroppedHeads Code = 109 // hop-by-hop reply headers dropped (debug)
+	CodeNoWorker   Code = 101 // send timed out: nothing connected
+	CodeTimeout    Code = 102 // no reply before the deadline
+	CodeBadReply   Code = 103 // reply breaks MZMQ/1
+	CodeStaleReply Code = 104 // reply for a request nobody waits for (debug)
+	CodeSocket     Code = 105 // socket could not be created or connected
+	CodeConfig     Code = 106 // unusable backend options
+	CodePanic      Code = 107 // recovered panic in the library
+	CodeClosed     Code = 108 // client closed
 )
 
 // String formats the code as it appears in logs, e.g. "MODZMQ0103".

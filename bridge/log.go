@@ -36,8 +36,8 @@ func RateLimit(next LogFunc, burst int, interval time.Duration) LogFunc {
 		return nil
 	}
 	type window struct {
-		start     time.Time
-		sent      int
+		start      time.Time
+		sent       int
 		suppressed int
 	}
 	var (

@@ -74,6 +74,7 @@ def main():
     ap.add_argument("--bind", required=True)
     ap.add_argument("--name", default="py")
     ap.add_argument("--router", action="store_true")
+    ap.add_argument("--log", action="store_true", help="print each request's target")
     args = ap.parse_args()
 
     sock = zmq.Context().socket(zmq.ROUTER if args.router else zmq.REP)
@@ -89,6 +90,8 @@ def main():
         if len(msg) != 6 or msg[0] != b"MZMQ/1":
             print("unexpected request: %r" % msg[:2], file=sys.stderr, flush=True)
             continue
+        if args.log:
+            print("got", msg[2].decode("latin-1"), flush=True)
         sock.send_multipart(envelope + answer(args.name, msg))
 
 

@@ -1,0 +1,57 @@
+#!/bin/sh
+# Runs the mod_zmq demo: a private Apache on 127.0.0.1:$PORT with two vhosts,
+# the Python echo worker behind one.localhost/echo and the pure-Go worker
+# behind two.localhost. Ctrl-C stops everything it started. Run via `make demo`.
+set -eu
+top=$(cd "$(dirname "$0")/.." && pwd)
+PORT=${PORT:-8080}
+ECHO_PORT=${ECHO_PORT:-5555}
+GO_PORT=${GO_PORT:-5556}
+dir=$top/build/demo
+mkdir -p "$dir"
+chmod 755 "$dir"
+
+for p in "$PORT" "$ECHO_PORT" "$GO_PORT"; do
+	if (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null; then
+		echo "demo: port $p on 127.0.0.1 is taken; set PORT=, ECHO_PORT= or GO_PORT=" >&2
+		exit 1
+	fi
+done 2>/dev/null || true
+
+user=""
+[ "$(id -u)" = 0 ] && user="User www-data
+Group www-data"
+sed -e "s|@DIR@|$dir|g" -e "s|@PORT@|$PORT|g" -e "s|@ECHO_PORT@|$ECHO_PORT|g" -e "s|@GO_PORT@|$GO_PORT|g" \
+	-e "s|@MODULE@|$top/build/mod_zmq.so|g" -e "s|@LIBRARY@|$top/build/libmodzmq.so|g" \
+	"$top/conf/demo/httpd.conf.in" | awk -v u="$user" '{ if ($0 == "@USER@") print u; else print }' >"$dir/httpd.conf"
+
+pids=""
+cleanup() {
+	trap - INT TERM EXIT
+	/usr/sbin/apache2 -f "$dir/httpd.conf" -k stop 2>/dev/null || true
+	[ -n "$pids" ] && kill $pids 2>/dev/null || true
+	echo "demo: stopped"
+}
+trap cleanup INT TERM EXIT
+
+/usr/bin/python3 "$top/examples/python/echo.py" --bind "tcp://127.0.0.1:$ECHO_PORT" &
+pids="$pids $!"
+"$top/build/go-worker" -bind "tcp://127.0.0.1:$GO_PORT" -name go-worker >/dev/null &
+pids="$pids $!"
+/usr/sbin/apache2 -f "$dir/httpd.conf" -t >/dev/null
+/usr/sbin/apache2 -f "$dir/httpd.conf" -k start
+
+cat <<MSG
+
+mod_zmq demo is running on 127.0.0.1:$PORT  (config: $dir/httpd.conf)
+
+  curl -i 'http://one.localhost:$PORT/echo/hello?name=world'       # Python REP worker
+  curl -i -d 'some body' http://one.localhost:$PORT/echo/post       # body length and SHA-256
+  curl -i http://two.localhost:$PORT/anything                       # pure-Go ROUTER worker
+
+  logs: $dir/error_log  $dir/access_log
+  Ctrl-C stops Apache and the workers.
+MSG
+tail -n 0 -f "$dir/error_log" &
+pids="$pids $!"
+wait

@@ -1,0 +1,79 @@
+package test
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// configtest runs `apache2 -t` on a minimal config with body inside a
+// <Location>, and global at server level. The Go library path does not
+// exist: configtest must never need it.
+func configtest(t *testing.T, global, body string) (string, error) {
+	t.Helper()
+	requireBuilt(t, "mod_zmq.so")
+	dir := t.TempDir()
+	conf := fmt.Sprintf(`ServerRoot "%s"
+PidFile "%s/httpd.pid"
+DefaultRuntimeDir "%s"
+Listen 127.0.0.1:%d
+ServerName localhost
+ErrorLog "%s/error_log"
+LoadModule mpm_event_module /usr/lib/apache2/modules/mod_mpm_event.so
+LoadModule authz_core_module /usr/lib/apache2/modules/mod_authz_core.so
+LoadModule zmq_module %s
+ZmqLibrary /nonexistent/libmodzmq.so
+%s
+<Location /api>
+	SetHandler zmq
+	%s
+</Location>
+`, dir, dir, dir, freePort(t), dir, buildPath("mod_zmq.so"), global, body)
+	path := filepath.Join(dir, "httpd.conf")
+	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("/usr/sbin/apache2", "-t", "-f", path).CombinedOutput()
+	return string(out), err
+}
+
+func TestConfigtestAcceptsValidDirectives(t *testing.T) {
+	for _, body := range []string{
+		"ZmqBackend tcp://127.0.0.1:5555",
+		"ZmqBackend tcp://127.0.0.1:5555 tcp://[::1]:5556 ipc:///run/w.sock\nZmqTimeout 10\nZmqMaxBody 0",
+		"ZmqBackend tcp://h:1\nZmqTimeout 250ms\nZmqMaxBody 1048576",
+		"ZmqBackend tcp://h:1\nZmqTimeout 5s",
+	} {
+		if out, err := configtest(t, "", body); err != nil || !strings.Contains(out, "Syntax OK") {
+			t.Errorf("%q: %v\n%s", body, err, out)
+		}
+	}
+}
+
+func TestConfigtestReportsMistakes(t *testing.T) {
+	tests := []struct{ global, body, want string }{
+		{"", "ZmqBackend", "ZmqBackend needs at least one"},
+		{"", "ZmqBackend http://127.0.0.1:5555", "must start with tcp:// or ipc://"},
+		{"", "ZmqBackend tcp://127.0.0.1", "tcp:// needs host:port"},
+		{"", "ZmqBackend tcp://127.0.0.1:99999", "port must be 1-65535"},
+		{"", "ZmqBackend ipc://", "ipc:// needs a path"},
+		{"", "ZmqTimeout -1", "expected a positive number"},
+		{"", "ZmqTimeout 0", "expected a positive number"},
+		{"", "ZmqTimeout soon", "expected a positive number"},
+		{"", "ZmqTimeout 10m", `unknown unit "m"`},
+		{"", "ZmqTimeout 100000", "at most one day"},
+		{"", "ZmqMaxBody -5", "expected a number of bytes"},
+		{"", "ZmqMaxBody 1MB", "expected a number of bytes"},
+		{"", "ZmqLibrary /x/libmodzmq.so", "not allowed"},
+		{"ZmqLibrary relative/libmodzmq.so", "", "give an absolute path"},
+	}
+	for _, tt := range tests {
+		out, err := configtest(t, tt.global, tt.body)
+		if err == nil || !strings.Contains(out, tt.want) {
+			t.Errorf("%q %q: exit %v, output lacks %q:\n%s", tt.global, tt.body, err, tt.want, out)
+		}
+	}
+}

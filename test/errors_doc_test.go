@@ -1,0 +1,43 @@
+package test
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"testing"
+)
+
+// TestEveryLogCodeIsDocumented guards docs/ERRORS.md: each MODZMQnnnn code in
+// the C shim and each Code constant of the bridge has a "### MODZMQnnnn" entry.
+func TestEveryLogCodeIsDocumented(t *testing.T) {
+	doc, err := os.ReadFile(filepath.Join(root, "docs/ERRORS.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	codes := map[string]string{}
+	cfiles, _ := filepath.Glob(filepath.Join(root, "mod_zmq/*.c"))
+	for _, f := range cfiles {
+		b, _ := os.ReadFile(f)
+		for _, m := range regexp.MustCompile(`MODZMQ\d{4}`).FindAllString(string(b), -1) {
+			codes[m] = filepath.Base(f)
+		}
+	}
+	b, err := os.ReadFile(filepath.Join(root, "bridge/errors.go"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range regexp.MustCompile(`Code += (\d+)`).FindAllStringSubmatch(string(b), -1) {
+		n, _ := strconv.Atoi(m[1])
+		codes[fmt.Sprintf("MODZMQ%04d", n)] = "bridge/errors.go"
+	}
+	if len(codes) < 10 {
+		t.Fatalf("found only %d codes: the scan is broken", len(codes))
+	}
+	for code, where := range codes {
+		if !regexp.MustCompile(`(?m)^### ` + code + `$`).Match(doc) {
+			t.Errorf("%s (used in %s) has no entry in docs/ERRORS.md", code, where)
+		}
+	}
+}

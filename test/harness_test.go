@@ -1,0 +1,303 @@
+// Package test holds mod_zmq's integration tests: a real Apache httpd with the
+// built module, real pyzmq and pure-Go workers, all on 127.0.0.1.
+package test
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"text/template"
+	"time"
+)
+
+const python = "/usr/bin/python3" // Debian's python3-zmq installs for this one
+
+var root = func() string {
+	wd, _ := os.Getwd()
+	return filepath.Dir(wd)
+}()
+
+func buildPath(name string) string { return filepath.Join(root, "build", name) }
+
+// requireBuilt fails with what to run when make has not built the artefacts.
+func requireBuilt(t *testing.T, names ...string) {
+	t.Helper()
+	for _, n := range names {
+		if _, err := os.Stat(buildPath(n)); err != nil {
+			t.Fatalf("%s is missing: run `make` (or `make test`) first", buildPath(n))
+		}
+	}
+}
+
+// freePort returns a TCP port on 127.0.0.1 nobody listens on right now.
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// checkFor polls fn until it returns nil or the deadline passes.
+func checkFor(t *testing.T, d time.Duration, fn func() error) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		err := fn()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("gave up after %v: %v", d, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// syncBuffer collects a process's output safely across goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// worker is a running worker process.
+type worker struct {
+	Endpoint string
+	Output   *syncBuffer
+}
+
+// startProcess runs a worker that prints "ready" once bound, and stops it
+// when the test ends.
+func startProcess(t *testing.T, name string, args ...string) *worker {
+	t.Helper()
+	cmd := exec.Command(name, args...)
+	out := &syncBuffer{}
+	pr, pw := io.Pipe()
+	cmd.Stdout = pw
+	cmd.Stderr = out
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	ready := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(pr)
+		once := sync.Once{}
+		for sc.Scan() {
+			line := sc.Text()
+			if line == "ready" {
+				once.Do(func() { close(ready) })
+				continue
+			}
+			out.Write([]byte(line + "\n"))
+		}
+	}()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		pw.Close()
+	})
+	select {
+	case <-ready:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("%s %v did not get ready: %s", name, args, out.String())
+	}
+	return &worker{Output: out}
+}
+
+// startPyWorker starts test/workers/testworker.py (REP, or ROUTER with
+// "--router") on a free port.
+func startPyWorker(t *testing.T, name string, extra ...string) *worker {
+	t.Helper()
+	ep := fmt.Sprintf("tcp://127.0.0.1:%d", freePort(t))
+	args := append([]string{filepath.Join(root, "test/workers/testworker.py"), "--bind", ep, "--name", name}, extra...)
+	w := startProcess(t, python, args...)
+	w.Endpoint = ep
+	return w
+}
+
+// startGoWorker starts the pure-Go example worker (go-zeromq ROUTER).
+func startGoWorker(t *testing.T, name string) *worker {
+	t.Helper()
+	requireBuilt(t, "go-worker")
+	ep := fmt.Sprintf("tcp://127.0.0.1:%d", freePort(t))
+	w := startProcess(t, buildPath("go-worker"), "-bind", ep, "-name", name)
+	w.Endpoint = ep
+	return w
+}
+
+// httpd is a private Apache: its own ServerRoot, config and port.
+type httpd struct {
+	Dir, Conf string
+	Port      int
+	URL       string
+
+	mu       sync.Mutex
+	expected []*regexp.Regexp // error_log lines the test caused on purpose
+}
+
+type httpdParams struct {
+	Dir, ModDir, Module, Library, MPM, User string
+	Port, DeadPort                          int
+	REP, REP2, Router, Go, Slow, Counter    string
+}
+
+// startHTTPD renders conf/test/httpd.conf.tmpl with p and starts httpd. It is
+// stopped when the test ends, and its error_log is checked for [warn],
+// [error] and worse lines the test did not expect, and for crashed children.
+func startHTTPD(t *testing.T, p httpdParams) *httpd {
+	t.Helper()
+	requireBuilt(t, "mod_zmq.so", "libmodzmq.so")
+	dir := t.TempDir()
+	os.Chmod(dir, 0o755) // children run as the Apache User and open lock files here
+	p.Dir = dir
+	p.ModDir = "/usr/lib/apache2/modules"
+	p.Module = buildPath("mod_zmq.so")
+	p.Library = buildPath("libmodzmq.so")
+	p.Port = freePort(t)
+	if os.Getuid() == 0 {
+		p.User = "www-data"
+	}
+	tmpl := template.Must(template.ParseFiles(filepath.Join(root, "conf/test/httpd.conf.tmpl")))
+	var conf bytes.Buffer
+	if err := tmpl.Execute(&conf, p); err != nil {
+		t.Fatal(err)
+	}
+	h := &httpd{Dir: dir, Conf: filepath.Join(dir, "httpd.conf"), Port: p.Port,
+		URL: fmt.Sprintf("http://127.0.0.1:%d", p.Port)}
+	if err := os.WriteFile(h.Conf, conf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := h.ctl("start"); err != nil {
+		t.Fatalf("httpd -k start: %v\n%s\n%s", err, out, h.errorLog())
+	}
+	t.Cleanup(func() {
+		h.stop(t)
+		h.checkErrorLog(t)
+	})
+	checkFor(t, 15*time.Second, func() error {
+		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", h.Port))
+		if err == nil {
+			c.Close()
+		}
+		return err
+	})
+	return h
+}
+
+func (h *httpd) ctl(signal string) ([]byte, error) {
+	return exec.Command("/usr/sbin/apache2", "-f", h.Conf, "-k", signal).CombinedOutput()
+}
+
+func (h *httpd) pid() string {
+	b, _ := os.ReadFile(filepath.Join(h.Dir, "httpd.pid"))
+	return strings.TrimSpace(string(b))
+}
+
+func (h *httpd) stop(t *testing.T) {
+	pid := h.pid()
+	if out, err := h.ctl("stop"); err != nil {
+		t.Errorf("httpd -k stop: %v %s", err, out)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for pid != "" && time.Now().Before(deadline) {
+		if _, err := os.Stat("/proc/" + pid); err != nil {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if pid != "" {
+		t.Errorf("httpd %s still running 20 s after -k stop", pid)
+	}
+}
+
+func (h *httpd) errorLog() string {
+	b, _ := os.ReadFile(filepath.Join(h.Dir, "error_log"))
+	return string(b)
+}
+
+// expect declares that error_log lines matching re are caused by the test.
+func (h *httpd) expect(re string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.expected = append(h.expected, regexp.MustCompile(re))
+}
+
+var badLine = regexp.MustCompile(`\[[a-z_0-9]+:(warn|error|crit|alert|emerg)\]|exit signal|AH00052`)
+
+func (h *httpd) checkErrorLog(t *testing.T) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var unexpected []string
+line:
+	for _, l := range strings.Split(h.errorLog(), "\n") {
+		if !badLine.MatchString(l) {
+			continue
+		}
+		if !strings.Contains(l, "exit signal") {
+			for _, re := range h.expected {
+				if re.MatchString(l) {
+					continue line
+				}
+			}
+		}
+		unexpected = append(unexpected, l)
+	}
+	if len(unexpected) > 0 {
+		t.Errorf("unexpected lines in error_log:\n%s", strings.Join(unexpected, "\n"))
+	}
+}
+
+// client is an HTTP client with keep-alive and a hang detector.
+var client = &http.Client{
+	Timeout:   30 * time.Second,
+	Transport: &http.Transport{MaxIdleConnsPerHost: 128, DisableCompression: true},
+}
+
+// get fetches url with an optional Host and returns status and body.
+func do(t *testing.T, method, url, host string, body io.Reader, hdr ...string) (*http.Response, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(method, url, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if host != "" {
+		req.Host = host
+	}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Add(hdr[i], hdr[i+1])
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("%s %s: reading body: %v", method, url, err)
+	}
+	return resp, b
+}
