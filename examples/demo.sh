@@ -38,7 +38,7 @@ trap cleanup INT TERM EXIT
 pids="$pids $!"
 "$top/build/go-worker" -bind "tcp://127.0.0.1:$GO_PORT" -name go-worker >/dev/null &
 pids="$pids $!"
-/usr/sbin/apache2 -f "$dir/httpd.conf" -t >/dev/null
+out=$(/usr/sbin/apache2 -f "$dir/httpd.conf" -t 2>&1) || { echo "$out" >&2; exit 1; }
 /usr/sbin/apache2 -f "$dir/httpd.conf" -k start
 
 cat <<MSG

@@ -56,7 +56,7 @@ func TestApacheModule(t *testing.T) {
 		counter:  startPyWorker(t, "counter", "--log"),
 		deadPort: freePort(t),
 	}
-	for _, mpm := range []string{"event", "prefork"} {
+	for _, mpm := range []string{"event", "worker", "prefork"} {
 		t.Run(mpm, func(t *testing.T) {
 			h := startHTTPD(t, httpdParams{MPM: mpm, REP: w.rep1.Endpoint, REP2: w.rep2.Endpoint,
 				Router: w.router.Endpoint, Go: w.gow.Endpoint, Slow: w.slow.Endpoint,
