@@ -2,6 +2,7 @@
 APXS    ?= apxs
 GO      ?= go
 PORT    ?= 8080
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 export PATH := $(PATH):/usr/local/go/bin
 
 BUILD   := build
@@ -12,7 +13,7 @@ GOSRC   := $(shell find bridge mod_zmq/golib -name '*.go' -not -name '*_test.go'
 CSRC    := $(wildcard mod_zmq/*.c mod_zmq/*.h) mod_zmq/golib/modzmq.h apxs/build.sh
 
 .PHONY: all deps install demo test fuzz clean
-all: $(BUILD)/mod_zmq.so $(BUILD)/libmodzmq.so $(BUILD)/go-worker
+all: $(BUILD)/mod_zmq.so $(BUILD)/libmodzmq.so $(BUILD)/go-worker $(BUILD)/zmq-gateway
 
 deps:
 	@./test/deps.sh
@@ -29,10 +30,14 @@ $(BUILD)/libmodzmq.so: $(GOSRC)
 $(BUILD)/go-worker: $(GOSRC) $(wildcard examples/go/worker/*.go)
 	$(GO) build -o $@ ./examples/go/worker
 
+$(BUILD)/zmq-gateway: $(GOSRC) $(shell find gateway -name '*.go' -not -name '*_test.go')
+	$(GO) build -trimpath -ldflags "-X main.version=$(VERSION)" -o $@ ./gateway/cmd/zmq-gateway
+
 # Installs the module and the library where ZmqLibrary looks by default, and on
 # Debian the a2enmod files (then: a2enmod zmq && systemctl reload apache2).
 install: all
 	$(APXS) -i -n zmq $(BUILD)/mod_zmq.so
+	install -D -m 0755 $(BUILD)/zmq-gateway $(DESTDIR)/usr/local/bin/zmq-gateway
 	install -m 0644 $(BUILD)/libmodzmq.so $(DESTDIR)$(LIBRARY)
 	@if [ -d $(DESTDIR)$(SYSCONF)/mods-available ]; then \
 		install -m 0644 conf/zmq.load conf/zmq.conf $(DESTDIR)$(SYSCONF)/mods-available/ && \
@@ -52,7 +57,7 @@ test: deps all
 # of a timed run (golang/go#75804); crashers land in testdata/fuzz/ and must
 # be committed as regression inputs.
 FUZZTIME ?= 2000000x
-FUZZ_TARGETS := FuzzDecodeReply:./bridge FuzzParseHeaderLines:./bridge
+FUZZ_TARGETS := FuzzDecodeReply:./bridge FuzzParseHeaderLines:./bridge FuzzParser:./gateway/stream
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \
 		echo "fuzz $${t%%:*} ($(FUZZTIME))"; \

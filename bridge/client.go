@@ -43,27 +43,27 @@ type Options struct {
 }
 
 // ParseEndpoint checks that s is an endpoint the bridge can connect to:
-// tcp://host:port or ipc://path.
+// tcp://host:port or ipc://path. Its errors wrap ErrConfig only in NewClient.
 func ParseEndpoint(s string) error {
 	switch {
 	case strings.HasPrefix(s, "tcp://"):
 		hostport := s[len("tcp://"):]
 		i := strings.LastIndexByte(hostport, ':')
 		if i <= 0 {
-			return fmt.Errorf("%w: endpoint %q: tcp:// needs host:port", ErrConfig, s)
+			return fmt.Errorf("endpoint %q: tcp:// needs host:port", s)
 		}
 		port, err := strconv.Atoi(hostport[i+1:])
 		if err != nil || port < 1 || port > 65535 {
-			return fmt.Errorf("%w: endpoint %q: port must be 1-65535", ErrConfig, s)
+			return fmt.Errorf("endpoint %q: port must be 1-65535", s)
 		}
 		return nil
 	case strings.HasPrefix(s, "ipc://"):
 		if len(s) == len("ipc://") {
-			return fmt.Errorf("%w: endpoint %q: ipc:// needs a path", ErrConfig, s)
+			return fmt.Errorf("endpoint %q: ipc:// needs a path", s)
 		}
 		return nil
 	}
-	return fmt.Errorf("%w: endpoint %q: scheme must be tcp:// or ipc://", ErrConfig, s)
+	return fmt.Errorf("endpoint %q: scheme must be tcp:// or ipc://", s)
 }
 
 // Client relays requests to the workers behind one set of endpoints. It is
@@ -95,7 +95,7 @@ func NewClient(opts Options) (*Client, error) {
 	}
 	for _, ep := range opts.Endpoints {
 		if err := ParseEndpoint(ep); err != nil {
-			return nil, err
+			return nil, fmt.Errorf("%w: %v", ErrConfig, err)
 		}
 	}
 	if opts.Timeout <= 0 {

@@ -13,47 +13,12 @@ import (
 
 	gozmq "github.com/go-zeromq/zmq4"
 	zmq "github.com/pebbe/zmq4"
+
+	"github.com/modzmq/modzmq/internal/zmqtest"
 )
 
-// startREP runs a libzmq REP worker on a free port until the test ends. fn
-// gets the six request frames and returns the reply frames.
-func startREP(t *testing.T, fn func(req [][]byte) [][]byte) string {
-	t.Helper()
-	sock, err := zmq.NewSocket(zmq.REP)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := sock.Bind("tcp://127.0.0.1:*"); err != nil {
-		t.Fatal(err)
-	}
-	ep, _ := sock.GetLastEndpoint()
-	sock.SetRcvtimeo(50 * time.Millisecond)
-	stop := make(chan struct{})
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		defer sock.Close()
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			msg, err := sock.RecvMessageBytes(0)
-			if err != nil {
-				continue
-			}
-			reply := fn(msg)
-			parts := make([]any, len(reply))
-			for i, f := range reply {
-				parts[i] = f
-			}
-			sock.SendMessage(parts...)
-		}
-	}()
-	t.Cleanup(func() { close(stop); <-done })
-	return ep
-}
+// startREP runs a libzmq REP worker on a free port until the test ends.
+func startREP(t *testing.T, fn func(req [][]byte) [][]byte) string { return zmqtest.REP(t, fn) }
 
 func echoToken(name string) func([][]byte) [][]byte {
 	return func(req [][]byte) [][]byte {

@@ -1,0 +1,202 @@
+// Command zmq-gateway serves HTTP and relays each request to ZeroMQ workers
+// over MZMQ/1, like the Apache module but as one static process.
+//
+//	zmq-gateway -listen 127.0.0.1:8081 -route /api=tcp://127.0.0.1:5555
+//	zmq-gateway -config /etc/zmq-gateway.yaml
+//	zmq-gateway -check -config /etc/zmq-gateway.yaml
+//	zmq-gateway stream -listen 127.0.0.1:8082 -route /api=tcp://127.0.0.1:5555
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/modzmq/modzmq/gateway"
+	"github.com/modzmq/modzmq/gateway/stream"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+const usage = `zmq-gateway relays HTTP requests to ZeroMQ workers (REP or ROUTER sockets, any
+language) with the MZMQ/1 protocol, and writes their replies back.
+
+Usage:
+  zmq-gateway [flags]          serve HTTP with Go's net/http
+  zmq-gateway stream [flags]   serve HTTP straight from a libzmq ZMQ_STREAM socket
+
+One route from flags:
+  zmq-gateway -listen 127.0.0.1:8081 -route /api=tcp://127.0.0.1:5555
+Several routes, hosts, methods, timeouts: a YAML file (see docs/GATEWAY.md and
+conf/zmq-gateway.yaml):
+  zmq-gateway -config /etc/zmq-gateway.yaml
+Check a file without starting anything:
+  zmq-gateway -check -config /etc/zmq-gateway.yaml
+
+Answers: 504 when a worker is too slow, 503 when none is reachable, 502 for a
+reply that breaks MZMQ/1, 413 for a body over the limit, 404 with no route,
+405 (with Allow) for a method the route does not take. SIGTERM or SIGINT
+stops accepting, lets requests in flight finish, then exits.
+
+Flags:
+`
+
+type routeFlags []string
+
+func (r *routeFlags) String() string     { return strings.Join(*r, " ") }
+func (r *routeFlags) Set(s string) error { *r = append(*r, s); return nil }
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	mode := "http"
+	if len(args) > 0 && args[0] == "stream" {
+		mode, args = "stream", args[1:]
+	}
+	fs := flag.NewFlagSet("zmq-gateway", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, usage)
+		fs.PrintDefaults()
+	}
+	var routes routeFlags
+	listen := fs.String("listen", "", "address to serve on, host:port (default "+gateway.DefaultListen+", or the file's listen:)")
+	fs.Var(&routes, "route", "PATH=ENDPOINT[,ENDPOINT...]: relay requests under PATH to these workers (repeatable)")
+	configPath := fs.String("config", "", "YAML configuration file")
+	check := fs.Bool("check", false, "check the configuration, print the result and exit")
+	timeout := fs.Duration("timeout", 0, "worker timeout for -route routes (default 30s)")
+	maxBody := fs.String("max-body", "", "largest request body for -route routes, in bytes; 0 = no limit (default 8 MiB)")
+	accessLog := fs.String("access-log", "", `access log: "stdout", "stderr", "off" or a file (default stdout)`)
+	logLevel := fs.String("log-level", "info", "error log level: debug, info, warn, error")
+	showVersion := fs.Bool("version", false, "print the version and exit")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if *showVersion {
+		fmt.Fprintln(stdout, "zmq-gateway", version)
+		return 0
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "zmq-gateway: unexpected argument %q (see zmq-gateway -help)\n", fs.Arg(0))
+		return 2
+	}
+
+	cfg, err := buildConfig(*configPath, routes, *listen, *timeout, *maxBody, *accessLog)
+	if err != nil {
+		fmt.Fprintf(stderr, "zmq-gateway: %v\n", err)
+		return 1
+	}
+	if *check {
+		src := *configPath
+		if src == "" {
+			src = "flags"
+		}
+		fmt.Fprintf(stdout, "%s: OK, %d route(s), listen %s\n", src, len(cfg.Routes), cfg.Listen)
+		return 0
+	}
+
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		fmt.Fprintf(stderr, "zmq-gateway: -log-level %q: want debug, info, warn or error\n", *logLevel)
+		return 2
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	gw, err := gateway.New(cfg, log)
+	if err != nil {
+		fmt.Fprintf(stderr, "zmq-gateway: %v\n", err)
+		return 1
+	}
+	defer gw.Close()
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if mode == "stream" {
+		srv, err := stream.New(gw, cfg.Listen, stream.Options{Log: log,
+			IdleTimeout: time.Duration(cfg.Timeouts.Idle), HeaderTimeout: time.Duration(cfg.Timeouts.ReadHeader),
+			BodyTimeout: time.Duration(cfg.Timeouts.Read), Drain: time.Duration(cfg.Timeouts.Shutdown)})
+		if err != nil {
+			fmt.Fprintf(stderr, "zmq-gateway: %v\n", err)
+			return 1
+		}
+		if err := srv.Serve(ctx); err != nil {
+			fmt.Fprintf(stderr, "zmq-gateway: %v\n", err)
+			return 1
+		}
+		return 0
+	}
+	access, err := gateway.OpenAccessLog(cfg.AccessLog)
+	if err != nil {
+		fmt.Fprintf(stderr, "zmq-gateway: access log: %v\n", err)
+		return 1
+	}
+	l, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		fmt.Fprintf(stderr, "zmq-gateway: %v\n", err)
+		return 1
+	}
+	if err := gateway.Serve(ctx, l, gw, access); err != nil {
+		fmt.Fprintf(stderr, "zmq-gateway: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+// buildConfig reads the file, if any, and applies the flags over it.
+func buildConfig(path string, routes []string, listen string, timeout time.Duration, maxBodyFlag string, accessLog string) (*gateway.Config, error) {
+	cfg := &gateway.Config{}
+	var maxBody *int64
+	if maxBodyFlag != "" {
+		n, err := strconv.ParseInt(maxBodyFlag, 10, 64)
+		if err != nil || n < 0 {
+			return nil, fmt.Errorf("-max-body %q: want a number of bytes, 0 for no limit", maxBodyFlag)
+		}
+		maxBody = &n
+	}
+	if path != "" {
+		var err error
+		if cfg, err = gateway.LoadConfig(path); err != nil {
+			return nil, err
+		}
+	}
+	for _, r := range routes {
+		rt, err := gateway.ParseRouteFlag(r)
+		if err != nil {
+			return nil, err
+		}
+		rt.Timeout = gateway.Duration(timeout)
+		rt.MaxBody = maxBody
+		cfg.Routes = append(cfg.Routes, rt)
+	}
+	if listen != "" {
+		cfg.Listen = listen
+	}
+	if accessLog != "" {
+		cfg.AccessLog = accessLog
+	}
+	if path == "" && len(routes) == 0 {
+		return nil, errors.New("nothing to serve: give -route PATH=ENDPOINT or -config FILE (see -help)")
+	}
+	if err := cfg.Check(); err != nil {
+		if path != "" {
+			return nil, fmt.Errorf("%s:%w", path, err)
+		}
+		return nil, fmt.Errorf("flags: %w", err)
+	}
+	return cfg, nil
+}

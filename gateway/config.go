@@ -1,0 +1,252 @@
+// Package gateway is zmq-gateway's HTTP front: routes matched with
+// gorilla/mux, each relayed over MZMQ/1 by a bridge.Client. The stream
+// subpackage serves the same routes straight from a ZMQ_STREAM socket.
+package gateway
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/modzmq/modzmq/bridge"
+)
+
+// Defaults for zero Config and Route fields, in one place.
+const (
+	DefaultListen            = "127.0.0.1:8081"
+	DefaultTimeout           = bridge.DefaultTimeout
+	DefaultMaxBody           = 8 << 20
+	DefaultReadHeaderTimeout = 10 * time.Second
+	DefaultIdleTimeout       = 120 * time.Second
+	DefaultShutdownTimeout   = 30 * time.Second
+)
+
+// Config is a gateway configuration, as read from a YAML file (see
+// docs/GATEWAY.md) or built from flags. Zero values mean the defaults above.
+type Config struct {
+	Listen     string   `yaml:"listen"`      // host:port to serve HTTP on
+	ServerName string   `yaml:"server_name"` // meta server-name; zero means the listen host
+	AccessLog  string   `yaml:"access_log"`  // "stdout" (zero), "stderr", "off" or a file path
+	Timeouts   Timeouts `yaml:"timeouts"`
+	Routes     []Route  `yaml:"routes"`
+}
+
+// Timeouts of the HTTP server. Zero values mean: read_header 10s, read and
+// write derived from the longest route timeout, idle 120s, shutdown 30s.
+type Timeouts struct {
+	ReadHeader Duration `yaml:"read_header"`
+	Read       Duration `yaml:"read"`
+	Write      Duration `yaml:"write"`
+	Idle       Duration `yaml:"idle"`
+	Shutdown   Duration `yaml:"shutdown"`
+}
+
+// Route sends matching requests to one set of endpoints. Exactly one of Path
+// (a gorilla/mux path template matched whole, e.g. /users/{id}) and Prefix (a
+// path prefix, which may contain templates) is set.
+type Route struct {
+	Path        string   `yaml:"path"`
+	Prefix      string   `yaml:"prefix"`
+	Host        string   `yaml:"host"`     // mux host template, e.g. {sub}.example.com; zero matches any
+	Methods     []string `yaml:"methods"`  // zero allows any method
+	Backend     []string `yaml:"backend"`  // tcp:// or ipc:// endpoints
+	Timeout     Duration `yaml:"timeout"`  // zero means 30s
+	MaxBody     *int64   `yaml:"max_body"` // bytes; nil means 8 MiB, 0 no limit
+	StripPrefix string   `yaml:"strip_prefix"`
+	// ConnectionNotices asks stream mode to tell this route's workers when a
+	// client connection opens and closes (see docs/PROTOCOL.md).
+	ConnectionNotices bool `yaml:"connection_notices"`
+
+	line int // where the route starts in the file, for messages
+}
+
+// Pattern is the route's path pattern as it appears in meta "route".
+func (r *Route) Pattern() string {
+	if r.Path != "" {
+		return r.Path
+	}
+	return r.Prefix
+}
+
+// TimeoutOrDefault is the route's timeout.
+func (r *Route) TimeoutOrDefault() time.Duration {
+	if r.Timeout > 0 {
+		return time.Duration(r.Timeout)
+	}
+	return DefaultTimeout
+}
+
+// MaxBodyOrDefault is the route's body limit in bytes; 0 means none.
+func (r *Route) MaxBodyOrDefault() int64 {
+	if r.MaxBody != nil {
+		return *r.MaxBody
+	}
+	return DefaultMaxBody
+}
+
+// Duration is a time.Duration written as "10s", "250ms" or a number of seconds.
+type Duration time.Duration
+
+// UnmarshalYAML accepts Go duration strings and plain numbers of seconds.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	v, err := ParseDuration(n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: %v", n.Line, err)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// ParseDuration parses "10s", "250ms", "1m" or "10" (seconds); it must be > 0.
+func ParseDuration(s string) (time.Duration, error) {
+	if n, err := strconv.ParseFloat(s, 64); err == nil {
+		if n <= 0 {
+			return 0, fmt.Errorf("duration %q must be positive", s)
+		}
+		return time.Duration(n * float64(time.Second)), nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d <= 0 {
+		return 0, fmt.Errorf("duration %q: want e.g. 10s, 250ms or a number of seconds", s)
+	}
+	return d, nil
+}
+
+// LoadConfig reads and checks a YAML configuration file. Errors name the
+// file and line.
+func LoadConfig(path string) (*Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	c, err := ParseConfig(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s:%w", path, err)
+	}
+	return c, nil
+}
+
+// lineError is an error at a line of the configuration.
+func lineError(line int, format string, args ...any) error {
+	return fmt.Errorf("%d: %s", line, fmt.Sprintf(format, args...))
+}
+
+// ParseConfig parses and checks YAML configuration text. Unknown keys are
+// errors. Error texts start with the line number and a colon.
+func ParseConfig(b []byte) (*Config, error) {
+	var c Config
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil {
+		return nil, yamlError(err)
+	}
+	// Decode again as nodes to learn where each route starts.
+	var doc yaml.Node
+	if err := yaml.Unmarshal(b, &doc); err == nil && len(doc.Content) == 1 {
+		top := doc.Content[0]
+		for i := 0; i+1 < len(top.Content); i += 2 {
+			if top.Content[i].Value == "routes" {
+				for j, rn := range top.Content[i+1].Content {
+					if j < len(c.Routes) {
+						c.Routes[j].line = rn.Line
+					}
+				}
+			}
+		}
+	}
+	if err := c.Check(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// yamlError turns yaml.v3's "yaml: line N: msg" into "N: msg".
+func yamlError(err error) error {
+	var te *yaml.TypeError
+	if errors.As(err, &te) && len(te.Errors) > 0 {
+		err = errors.New(te.Errors[0])
+	}
+	msg := strings.TrimPrefix(err.Error(), "yaml: ")
+	if rest, ok := strings.CutPrefix(msg, "line "); ok {
+		return errors.New(rest)
+	}
+	if msg == "EOF" {
+		return errors.New("1: the configuration is empty")
+	}
+	return fmt.Errorf("1: %s", msg)
+}
+
+var knownMethods = map[string]bool{"GET": true, "HEAD": true, "POST": true, "PUT": true, "DELETE": true,
+	"PATCH": true, "OPTIONS": true, "CONNECT": true, "TRACE": true}
+
+// Check validates c and fills in defaults. It does not contact workers.
+func (c *Config) Check() error {
+	if c.Listen == "" {
+		c.Listen = DefaultListen
+	}
+	host, _, err := net.SplitHostPort(c.Listen)
+	if err != nil {
+		return lineError(1, "listen %q: want host:port (%v)", c.Listen, err)
+	}
+	if c.ServerName == "" {
+		c.ServerName = host
+	}
+	if len(c.Routes) == 0 {
+		return lineError(1, "no routes: add at least one under routes:, or use -route PATH=ENDPOINT")
+	}
+	for i := range c.Routes {
+		r := &c.Routes[i]
+		line := max(r.line, 1)
+		switch {
+		case r.Path == "" && r.Prefix == "":
+			return lineError(line, "route %d: set path (a whole-path template) or prefix", i+1)
+		case r.Path != "" && r.Prefix != "":
+			return lineError(line, "route %d: set path or prefix, not both", i+1)
+		}
+		if !strings.HasPrefix(r.Pattern(), "/") {
+			return lineError(line, "route %d: %q must start with /", i+1, r.Pattern())
+		}
+		if strings.Count(r.Pattern(), "{") != strings.Count(r.Pattern(), "}") {
+			return lineError(line, "route %d: unbalanced braces in %q", i+1, r.Pattern())
+		}
+		if len(r.Backend) == 0 {
+			return lineError(line, "route %s: no backend endpoints", r.Pattern())
+		}
+		for _, ep := range r.Backend {
+			if err := bridge.ParseEndpoint(ep); err != nil {
+				return lineError(line, "route %s: %v", r.Pattern(), err)
+			}
+		}
+		for j, m := range r.Methods {
+			m = strings.ToUpper(m)
+			if !knownMethods[m] {
+				return lineError(line, "route %s: unknown method %q", r.Pattern(), m)
+			}
+			r.Methods[j] = m
+		}
+		if r.MaxBody != nil && *r.MaxBody < 0 {
+			return lineError(line, "route %s: max_body must be 0 (no limit) or more", r.Pattern())
+		}
+		if r.StripPrefix != "" && !strings.HasPrefix(r.StripPrefix, "/") {
+			return lineError(line, "route %s: strip_prefix %q must start with /", r.Pattern(), r.StripPrefix)
+		}
+	}
+	return nil
+}
+
+// ParseRouteFlag parses the -route flag's PATH=ENDPOINT[,ENDPOINT...] into a
+// prefix route.
+func ParseRouteFlag(s string) (Route, error) {
+	path, eps, ok := strings.Cut(s, "=")
+	if !ok || path == "" || eps == "" {
+		return Route{}, fmt.Errorf("-route %q: want PATH=ENDPOINT[,ENDPOINT...], e.g. /api=tcp://127.0.0.1:5555", s)
+	}
+	return Route{Prefix: path, Backend: strings.Split(eps, ",")}, nil
+}

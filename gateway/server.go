@@ -1,0 +1,144 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"time"
+)
+
+// OpenAccessLog returns the writer for an access_log setting: "stdout" or
+// "" for standard output, "stderr", "off", or a file opened for appending.
+func OpenAccessLog(where string) (io.Writer, error) {
+	switch where {
+	case "", "stdout":
+		return os.Stdout, nil
+	case "stderr":
+		return os.Stderr, nil
+	case "off":
+		return nil, nil
+	}
+	return os.OpenFile(where, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+}
+
+// AccessLog wraps next and writes one Common Log Format line per request,
+// followed by the time taken in seconds.
+func AccessLog(next http.Handler, w io.Writer) http.Handler {
+	if w == nil {
+		return next
+	}
+	return http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rec := &recorder{ResponseWriter: rw}
+		next.ServeHTTP(rec, r)
+		host, _, err := net.SplitHostPort(r.RemoteAddr)
+		if err != nil {
+			host = r.RemoteAddr
+		}
+		status := rec.status
+		if status == 0 {
+			status = 499 // nothing written: the client went away first
+		}
+		line := make([]byte, 0, 160)
+		line = append(line, host...)
+		line = append(line, " - - ["...)
+		line = start.AppendFormat(line, "02/Jan/2006:15:04:05 -0700")
+		line = append(line, "] "...)
+		line = strconv.AppendQuote(line, r.Method+" "+r.RequestURI+" "+r.Proto)
+		line = append(line, ' ')
+		line = strconv.AppendInt(line, int64(status), 10)
+		line = append(line, ' ')
+		line = strconv.AppendInt(line, rec.bytes, 10)
+		line = append(line, ' ')
+		line = strconv.AppendFloat(line, time.Since(start).Seconds(), 'f', 6, 64)
+		line = append(line, '\n')
+		w.Write(line)
+	})
+}
+
+type recorder struct {
+	http.ResponseWriter
+	status int
+	bytes  int64
+}
+
+func (r *recorder) WriteHeader(code int) {
+	if r.status == 0 {
+		r.status = code
+	}
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (r *recorder) Write(b []byte) (int, error) {
+	if r.status == 0 {
+		r.status = http.StatusOK
+	}
+	n, err := r.ResponseWriter.Write(b)
+	r.bytes += int64(n)
+	return n, err
+}
+
+// serverTimeouts derives the http.Server timeouts from cfg: writes must
+// outlast the slowest route's timeout.
+func serverTimeouts(cfg *Config) (readHeader, read, write, idle time.Duration) {
+	slowest := time.Duration(0)
+	for i := range cfg.Routes {
+		slowest = max(slowest, cfg.Routes[i].TimeoutOrDefault())
+	}
+	t := cfg.Timeouts
+	readHeader = or(t.ReadHeader, DefaultReadHeaderTimeout)
+	read = or(t.Read, 60*time.Second)
+	write = or(t.Write, read+slowest+5*time.Second)
+	idle = or(t.Idle, DefaultIdleTimeout)
+	return
+}
+
+func or(d Duration, def time.Duration) time.Duration {
+	if d > 0 {
+		return time.Duration(d)
+	}
+	return def
+}
+
+// Serve runs the HTTP gateway on l until ctx is done, then stops accepting,
+// waits for requests in flight (up to the shutdown timeout) and returns.
+func Serve(ctx context.Context, l net.Listener, g *Gateway, access io.Writer) error {
+	rh, rd, wr, idle := serverTimeouts(g.cfg)
+	srv := &http.Server{
+		Handler:           AccessLog(g, access),
+		ReadHeaderTimeout: rh,
+		ReadTimeout:       rd,
+		WriteTimeout:      wr,
+		IdleTimeout:       idle,
+		MaxHeaderBytes:    64 << 10,
+		ConnContext:       ConnContext,
+		ErrorLog:          slog.NewLogLogger(g.log.Handler(), slog.LevelDebug),
+	}
+	g.log.Info(CodeServing.String()+": serving HTTP", "listen", l.Addr().String(), "routes", len(g.routes))
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(l) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	grace := or(g.cfg.Timeouts.Shutdown, DefaultShutdownTimeout)
+	g.log.Info(CodeDraining.String()+": shutting down, draining requests in flight", "grace", grace.String())
+	sctx, cancel := context.WithTimeout(context.Background(), grace)
+	defer cancel()
+	err := srv.Shutdown(sctx)
+	if serr := <-errc; serr != nil && !errors.Is(serr, http.ErrServerClosed) && err == nil {
+		err = serr
+	}
+	if err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	g.log.Info(CodeStopped.String() + ": stopped")
+	return nil
+}

@@ -1,0 +1,640 @@
+package stream
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	zmq "github.com/pebbe/zmq4"
+
+	"github.com/modzmq/modzmq/bridge"
+	"github.com/modzmq/modzmq/gateway"
+)
+
+// Stream-mode log codes.
+const (
+	CodeServing    bridge.Code = 301 // info: listening
+	CodeBadRequest bridge.Code = 302 // debug: a request refused by the parser (4xx)
+	CodeSlowReader bridge.Code = 303 // info: a client stopped reading; connection closed
+	CodeSocket     bridge.Code = 304 // error: the ZMQ_STREAM socket failed
+	CodeDraining   bridge.Code = 305 // info: shutting down
+	CodeNotice     bridge.Code = 306 // debug: a connection notice was not delivered
+)
+
+// Defaults for zero Options fields.
+const (
+	DefaultIdleTimeout   = 60 * time.Second
+	DefaultHeaderTimeout = 10 * time.Second
+	DefaultBodyTimeout   = 60 * time.Second
+	maxPipeline          = 32 // requests answered out of one connection at a time
+)
+
+// Options configure a Server; zero values are the defaults above.
+type Options struct {
+	IdleTimeout   time.Duration // keep-alive connection with nothing to do
+	HeaderTimeout time.Duration // from a request's first byte to its last header
+	BodyTimeout   time.Duration // from a request's first byte to its last body byte
+	Drain         time.Duration // how long Serve waits for requests in flight at shutdown
+	Log           *slog.Logger
+}
+
+// Server serves the gateway's routes from one ZMQ_STREAM socket. One
+// goroutine owns the socket; relays run in their own goroutines and hand
+// finished responses back through a queue and an inproc wake-up socket.
+type Server struct {
+	gw   *gateway.Gateway
+	opts Options
+	log  *slog.Logger
+
+	sock   *zmq.Socket
+	wakeRx *zmq.Socket
+
+	wakeMu  sync.Mutex
+	wakeTx  *zmq.Socket
+	queue   []*slot
+	pending atomic.Bool
+
+	conns    map[string]*conn
+	closed   map[string]time.Time // closed here; their disconnect notice is still to come
+	notices  bool                 // some route asked for connection notices
+	base     context.Context      // cancelled when the server stops
+	stop     context.CancelFunc
+	inFlight sync.WaitGroup
+	stats    Stats
+}
+
+// Stats counts what the server did.
+type Stats struct {
+	Connections atomic.Int64 // open now
+	Accepted    atomic.Int64
+	Requests    atomic.Int64
+}
+
+type conn struct {
+	id        string // routing id
+	hexID     string
+	peer      string
+	parser    *Parser
+	pending   []*slot
+	closing   bool // close once pending is flushed
+	broken    bool // parser failed: read nothing more
+	parsing   bool // parse is on the stack: flush must not re-enter it
+	lastIO    time.Time
+	reqStart  time.Time // first byte of the request being parsed
+	cancel    context.CancelFunc
+	ctx       context.Context
+	opened    chan struct{} // closed once @open notices were answered
+	head      *Request      // the request whose head the parser returned
+	headErr   int           // status to answer instead of relaying (404, 405)
+	headRoute *gateway.Handle
+	headVars  map[string]string
+}
+
+type slot struct {
+	c     *conn
+	done  bool
+	data  []byte
+	close bool
+}
+
+var wakeSeq atomic.Uint64
+
+// New binds a ZMQ_STREAM socket to the listen address (host:port).
+func New(gw *gateway.Gateway, listen string, opts Options) (*Server, error) {
+	if opts.IdleTimeout <= 0 {
+		opts.IdleTimeout = DefaultIdleTimeout
+	}
+	if opts.HeaderTimeout <= 0 {
+		opts.HeaderTimeout = DefaultHeaderTimeout
+	}
+	if opts.BodyTimeout <= 0 {
+		opts.BodyTimeout = DefaultBodyTimeout
+	}
+	if opts.Drain <= 0 {
+		opts.Drain = gateway.DefaultShutdownTimeout
+	}
+	if opts.Log == nil {
+		opts.Log = slog.Default()
+	}
+	s := &Server{gw: gw, opts: opts, log: opts.Log, conns: map[string]*conn{}, closed: map[string]time.Time{}}
+	s.base, s.stop = context.WithCancel(context.Background())
+	for _, h := range gw.Handles() {
+		s.notices = s.notices || h.Route.ConnectionNotices
+	}
+	var err error
+	if s.sock, err = zmq.NewSocket(zmq.STREAM); err != nil {
+		return nil, err
+	}
+	s.sock.SetLinger(0)
+	s.sock.SetSndtimeo(0)
+	if err = s.sock.Bind("tcp://" + listen); err != nil {
+		s.sock.Close()
+		return nil, fmt.Errorf("bind %s: %w", listen, err)
+	}
+	wake := fmt.Sprintf("inproc://modzmq-stream-wake-%d", wakeSeq.Add(1))
+	s.wakeRx, _ = zmq.NewSocket(zmq.PULL)
+	s.wakeTx, _ = zmq.NewSocket(zmq.PUSH)
+	s.wakeRx.Bind(wake)
+	s.wakeTx.Connect(wake)
+	return s, nil
+}
+
+// Addr returns the bound endpoint, e.g. tcp://127.0.0.1:8082.
+func (s *Server) Addr() string {
+	ep, _ := s.sock.GetLastEndpoint()
+	return ep
+}
+
+// OpenConnections reports how many client connections the server tracks.
+func (s *Server) OpenConnections() int64 { return s.stats.Connections.Load() }
+
+// Serve runs the socket loop until ctx is done, then stops accepting, lets
+// requests in flight finish (up to Options.Drain), closes every connection
+// and releases the sockets.
+func (s *Server) Serve(ctx context.Context) error {
+	defer s.close()
+	s.log.Info(CodeServing.String()+": serving HTTP from a ZMQ_STREAM socket", "listen", s.Addr())
+	poller := zmq.NewPoller()
+	poller.Add(s.sock, zmq.POLLIN)
+	poller.Add(s.wakeRx, zmq.POLLIN)
+	nextSweep := time.Now().Add(time.Second)
+	var drainUntil time.Time
+	for {
+		if drainUntil.IsZero() && ctx.Err() != nil {
+			s.log.Info(CodeDraining.String()+": shutting down, draining requests in flight", "grace", s.opts.Drain.String())
+			// zmq_unbind would also drop the connections it accepted, so the
+			// socket stays bound and new connections are closed at once.
+			drainUntil = time.Now().Add(s.opts.Drain)
+			for _, c := range s.conns {
+				c.closing = true
+				if len(c.pending) == 0 {
+					s.closeConn(c)
+				}
+			}
+		}
+		if !drainUntil.IsZero() && (len(s.conns) == 0 || time.Now().After(drainUntil)) {
+			return nil
+		}
+		wait := time.Until(nextSweep)
+		if drainUntil.IsZero() {
+			wait = min(wait, 200*time.Millisecond) // notice ctx soon enough
+		} else {
+			wait = min(wait, 20*time.Millisecond)
+		}
+		polled, err := poller.Poll(max(wait, time.Millisecond))
+		if err != nil {
+			if errors.Is(err, zmq.Errno(syscall.EINTR)) {
+				continue
+			}
+			s.log.Error(CodeSocket.String()+": poll failed", "err", err)
+			return err
+		}
+		for _, p := range polled {
+			switch p.Socket {
+			case s.sock:
+				if err := s.readStream(drainUntil.IsZero()); err != nil {
+					return err
+				}
+			case s.wakeRx:
+				s.drainWake()
+			}
+		}
+		if now := time.Now(); now.After(nextSweep) {
+			s.sweep(now)
+			nextSweep = now.Add(time.Second)
+		}
+	}
+}
+
+func (s *Server) close() {
+	for _, c := range s.conns {
+		s.closeConn(c)
+	}
+	s.stop()
+	s.inFlight.Wait()
+	s.sock.Close()
+	s.wakeRx.Close()
+	s.wakeMu.Lock()
+	s.wakeTx.Close()
+	s.wakeMu.Unlock()
+}
+
+// readStream handles every message waiting on the STREAM socket.
+func (s *Server) readStream(accepting bool) error {
+	for i := 0; i < 1024; i++ {
+		id, err := s.sock.RecvBytes(zmq.DONTWAIT)
+		if err != nil {
+			if errors.Is(err, zmq.Errno(syscall.EAGAIN)) {
+				return nil
+			}
+			s.log.Error(CodeSocket.String()+": receive failed", "err", err)
+			return err
+		}
+		c := s.conns[string(id)]
+		var data []byte
+		if c == nil {
+			var md map[string]string
+			data, md, err = s.sock.RecvBytesWithMetadata(0, "Peer-Address")
+			if err != nil {
+				return err
+			}
+			switch _, closedHere := s.closed[string(id)]; {
+			case closedHere && len(data) == 0:
+				delete(s.closed, string(id)) // the disconnect notice of a connection closed here
+			case len(data) > 0:
+				// Bytes for a connection already closed here: drop them.
+			case accepting:
+				s.open(string(id), md["Peer-Address"])
+			default:
+				s.sendClose(id) // draining: no new connections
+				s.closed[string(id)] = time.Now()
+			}
+			continue
+		}
+		if data, err = s.sock.RecvBytes(0); err != nil {
+			return err
+		}
+		if len(data) == 0 {
+			s.gone(c)
+			continue
+		}
+		c.lastIO = time.Now()
+		if c.broken {
+			continue
+		}
+		if !c.parser.InProgress() {
+			c.reqStart = c.lastIO
+		}
+		c.parser.Feed(data)
+		s.parse(c)
+	}
+	return nil
+}
+
+func (s *Server) open(id, peer string) {
+	ctx, cancel := context.WithCancel(s.base)
+	c := &conn{id: id, hexID: hex.EncodeToString([]byte(id)), peer: peer, parser: NewParser(),
+		lastIO: time.Now(), ctx: ctx, cancel: cancel}
+	s.conns[id] = c
+	s.stats.Connections.Add(1)
+	s.stats.Accepted.Add(1)
+	c.opened = s.notify(c, "@open")
+}
+
+// gone forgets a connection the client closed; relays in flight are cancelled.
+func (s *Server) gone(c *conn) {
+	delete(s.conns, c.id)
+	s.stats.Connections.Add(-1)
+	c.cancel()
+	s.notify(c, "@close")
+}
+
+// closeConn closes a connection from this side.
+func (s *Server) closeConn(c *conn) {
+	if s.conns[c.id] != c {
+		return
+	}
+	s.sendClose([]byte(c.id))
+	s.closed[c.id] = time.Now()
+	s.gone(c)
+}
+
+// sendClose asks libzmq to close a connection: an empty frame after its id.
+// The second frame goes only if the first was taken: a lone data frame would
+// be read as the next message's id and shift every message after it.
+func (s *Server) sendClose(id []byte) {
+	if _, err := s.sock.SendBytes(id, zmq.SNDMORE|zmq.DONTWAIT); err == nil {
+		s.sock.SendBytes(nil, zmq.DONTWAIT)
+	}
+}
+
+// notify tells routes that asked for it that a connection opened or closed.
+// The returned channel closes when every notice was answered (or failed).
+func (s *Server) notify(c *conn, what string) chan struct{} {
+	if !s.notices {
+		return closedChan
+	}
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	for _, h := range s.gw.Handles() {
+		if !h.Route.ConnectionNotices {
+			continue
+		}
+		meta := s.gw.AppendMeta(nil, h, &gateway.Meta{RemoteAddr: c.peer, Scheme: "http", Protocol: "",
+			ConnectionID: c.hexID})
+		req := &bridge.Request{Method: []byte(what), Meta: meta}
+		s.inFlight.Add(1)
+		wg.Add(1)
+		go func() {
+			defer s.inFlight.Done()
+			defer wg.Done()
+			if _, err := h.Client.Do(s.base, req, h.Route.TimeoutOrDefault()); err != nil {
+				s.log.Debug(CodeNotice.String()+": connection notice not delivered", "notice", what, "route", h.Route.Pattern(), "err", err)
+			}
+		}()
+	}
+	go func() { wg.Wait(); close(done) }()
+	return done
+}
+
+// closedChan is returned by notify when no route asked for notices.
+var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+// parse runs the parser over what c has buffered and starts the requests it
+// completes, up to the pipelining limit.
+func (s *Server) parse(c *conn) {
+	c.parsing = true
+	defer func() { c.parsing = false }()
+	for !c.broken && !c.closing && len(c.pending) < maxPipeline {
+		ev, perr := c.parser.Next()
+		if perr != nil {
+			s.log.Debug(CodeBadRequest.String()+": bad request", "status", perr.Status, "reason", perr.Reason, "connection", c.hexID)
+			c.broken = true
+			s.answerError(c, perr.Status, perr.Reason, nil)
+			return
+		}
+		switch ev {
+		case NeedMore:
+			return
+		case Head:
+			s.head(c)
+		case Done:
+			s.start(c, c.parser.Request())
+			c.head, c.headRoute, c.headErr, c.headVars = nil, nil, 0, nil
+			if c.parser.Buffered() > 0 {
+				c.reqStart = time.Now()
+			}
+		}
+	}
+}
+
+// head routes a request whose headers are complete and sets its body limit.
+func (s *Server) head(c *conn) {
+	r := c.parser.Request()
+	c.head = r
+	h, vars, status := s.gw.Match(httpRequest(r))
+	c.headRoute, c.headVars, c.headErr = h, vars, status
+	limit := int64(0)
+	if h != nil {
+		limit = h.Route.MaxBodyOrDefault()
+	} else if r.ContentLength != 0 {
+		limit = 64 << 10 // a body for nobody: read a little, then give up
+	}
+	if perr := c.parser.SetBodyLimit(limit); perr != nil {
+		if perr.Status == 413 && h != nil {
+			s.log.Info(gateway.CodeTooLarge.String()+": request body over max_body", "route", h.Route.Pattern(), "max_body", limit)
+		}
+		return // Next reports it
+	}
+	if r.Expect100 && r.ContentLength != 0 && len(c.pending) == 0 && status == 0 {
+		s.send(c, []byte("HTTP/1.1 100 Continue\r\n\r\n"))
+	}
+}
+
+// httpRequest builds what gorilla/mux needs to match r.
+func httpRequest(r *Request) *http.Request {
+	u, err := url.ParseRequestURI(r.Target)
+	if err != nil {
+		u = &url.URL{Path: r.Target}
+	}
+	host := r.Host
+	if host == "" && u.Host != "" {
+		host = u.Host
+	}
+	return &http.Request{Method: r.Method, URL: u, Host: host, RequestURI: r.Target, Header: http.Header{}}
+}
+
+// start relays a complete request, or answers it at once if it has no route.
+func (s *Server) start(c *conn, r *Request) {
+	s.stats.Requests.Add(1)
+	if !r.KeepAlive {
+		c.closing = true
+	}
+	if c.headErr != 0 {
+		var extra []byte
+		if c.headErr == http.StatusMethodNotAllowed {
+			extra = bridge.AppendHeader(nil, "Allow", joinComma(s.gw.Allowed(httpRequest(r))))
+		}
+		s.answerError(c, c.headErr, http.StatusText(c.headErr), extra)
+		return
+	}
+	h := c.headRoute
+	sl := &slot{c: c, close: !r.KeepAlive}
+	c.pending = append(c.pending, sl)
+	hdr := make([]byte, 0, 256)
+	for _, f := range r.Header {
+		hdr = bridge.AppendHeader(hdr, f.Name, f.Value)
+	}
+	req := &bridge.Request{
+		Method:  []byte(r.Method),
+		Target:  []byte(gateway.StripTarget(h, r.Target)),
+		Headers: hdr,
+		Meta: s.gw.AppendMeta(nil, h, &gateway.Meta{RemoteAddr: c.peer, Scheme: "http", Host: r.Host,
+			Protocol: r.Proto, ConnectionID: c.hexID, Vars: c.headVars}),
+		Body: r.Body,
+	}
+	head := r.Method == http.MethodHead
+	ctx, opened := c.ctx, c.opened
+	s.inFlight.Add(1)
+	go func() {
+		defer s.inFlight.Done()
+		select { // workers hear of a connection before its first request
+		case <-opened:
+		case <-ctx.Done():
+		}
+		resp, err := s.gw.Relay(ctx, h, req)
+		if err != nil {
+			st := bridge.StatusOf(err)
+			s.complete(sl, errorResponse(st, http.StatusText(st), nil, sl.close))
+			return
+		}
+		s.complete(sl, response(&resp, head, sl.close))
+	}()
+}
+
+func joinComma(ss []string) string {
+	var b bytes.Buffer
+	for i, s := range ss {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString(s)
+	}
+	return b.String()
+}
+
+// answerError queues an error answer after the connection's pending ones.
+// The connection closes after it when the parser cannot go on (broken) or
+// the request asked for it (closing).
+func (s *Server) answerError(c *conn, status int, reason string, extra []byte) {
+	closeAfter := c.broken || c.closing
+	c.closing = closeAfter
+	sl := &slot{c: c, done: true, close: closeAfter, data: errorResponse(status, reason, extra, closeAfter)}
+	c.pending = append(c.pending, sl)
+	s.flush(c)
+}
+
+// complete is called from relay goroutines: it queues the finished slot for
+// the socket's owner and wakes it.
+func (s *Server) complete(sl *slot, data []byte) {
+	sl.data = data
+	s.wakeMu.Lock()
+	s.queue = append(s.queue, sl)
+	if !s.pending.Swap(true) {
+		s.wakeTx.SendBytes(nil, zmq.DONTWAIT)
+	}
+	s.wakeMu.Unlock()
+}
+
+func (s *Server) drainWake() {
+	for {
+		if _, err := s.wakeRx.RecvBytes(zmq.DONTWAIT); err != nil {
+			break
+		}
+	}
+	s.wakeMu.Lock()
+	q := s.queue
+	s.queue = nil
+	s.pending.Store(false)
+	s.wakeMu.Unlock()
+	for _, sl := range q {
+		sl.done = true
+		if s.conns[sl.c.id] == sl.c {
+			s.flush(sl.c)
+		}
+	}
+}
+
+// flush sends the answers at the head of c's queue that are ready, in order.
+func (s *Server) flush(c *conn) {
+	for len(c.pending) > 0 && c.pending[0].done {
+		sl := c.pending[0]
+		c.pending[0] = nil
+		c.pending = c.pending[1:]
+		if !s.send(c, sl.data) {
+			return
+		}
+		c.lastIO = time.Now()
+		if sl.close {
+			s.closeConn(c)
+			return
+		}
+	}
+	if len(c.pending) == 0 && c.closing {
+		s.closeConn(c)
+		return
+	}
+	if !c.parsing && !c.broken && c.parser.Buffered() > 0 {
+		s.parse(c) // pipelined requests held back by the limit
+	}
+}
+
+// send writes data to c; a client that stopped reading (its queue is full)
+// is disconnected rather than allowed to block the loop.
+func (s *Server) send(c *conn, data []byte) bool {
+	_, err := s.sock.SendBytes([]byte(c.id), zmq.SNDMORE|zmq.DONTWAIT)
+	if err == nil {
+		if _, err = s.sock.SendBytes(data, zmq.DONTWAIT); err == nil {
+			return true
+		}
+	}
+	s.log.Info(CodeSlowReader.String()+": client is not reading; connection closed", "connection", c.hexID, "err", err)
+	s.closeConn(c)
+	return false
+}
+
+// sweep closes idle connections and requests that arrive too slowly.
+func (s *Server) sweep(now time.Time) {
+	for id, at := range s.closed {
+		if now.Sub(at) > time.Minute {
+			delete(s.closed, id) // no disconnect notice came; stop waiting
+		}
+	}
+	for _, c := range s.conns {
+		switch {
+		case len(c.pending) > 0:
+			// A relay is in progress: its own timeout bounds it.
+		case c.parser.InProgress() && !c.broken:
+			limit := s.opts.HeaderTimeout
+			if c.head != nil {
+				limit = s.opts.BodyTimeout
+			}
+			if now.Sub(c.reqStart) > limit {
+				c.broken = true
+				s.answerError(c, http.StatusRequestTimeout, "request not received in time", nil)
+			}
+		case now.Sub(c.lastIO) > s.opts.IdleTimeout:
+			s.closeConn(c)
+		}
+	}
+}
+
+// response formats a worker's reply as an HTTP/1.1 response.
+func response(resp *bridge.Response, head, closeAfter bool) []byte {
+	reason := string(resp.Reason)
+	if reason == "" {
+		reason = http.StatusText(resp.Status)
+	}
+	body := resp.Body
+	if head || resp.Status == 204 || resp.Status == 304 {
+		body = nil
+	}
+	b := make([]byte, 0, 128+len(resp.Headers)+len(body))
+	b = append(b, "HTTP/1.1 "...)
+	b = strconv.AppendInt(b, int64(resp.Status), 10)
+	b = append(b, ' ')
+	b = append(b, reason...)
+	b = append(b, "\r\n"...)
+	b = append(b, resp.Headers...)
+	if n := len(resp.Headers); n > 0 && !bytes.HasSuffix(resp.Headers, []byte("\r\n")) {
+		b = append(b, "\r\n"...)
+	}
+	b = append(b, "Date: "...)
+	b = appendDate(b)
+	b = append(b, "\r\n"...)
+	if resp.Status != 204 && resp.Status != 304 {
+		b = append(b, "Content-Length: "...)
+		b = strconv.AppendInt(b, int64(len(resp.Body)), 10)
+		b = append(b, "\r\n"...)
+	}
+	if closeAfter {
+		b = append(b, "Connection: close\r\n"...)
+	}
+	b = append(b, "\r\n"...)
+	return append(b, body...)
+}
+
+func errorResponse(status int, reason string, extra []byte, closeAfter bool) []byte {
+	body := []byte(strconv.Itoa(status) + " " + reason + "\n")
+	hdr := append([]byte("Content-Type: text/plain; charset=utf-8\r\n"), extra...)
+	return response(&bridge.Response{Status: status, Headers: hdr, Body: body}, false, closeAfter)
+}
+
+// dateCache holds the HTTP Date value, formatted once a second.
+var dateCache struct {
+	sync.Mutex
+	sec int64
+	val []byte
+}
+
+func appendDate(b []byte) []byte {
+	now := time.Now()
+	dateCache.Lock()
+	if dateCache.sec != now.Unix() {
+		dateCache.sec = now.Unix()
+		dateCache.val = now.UTC().AppendFormat(dateCache.val[:0], http.TimeFormat)
+	}
+	b = append(b, dateCache.val...)
+	dateCache.Unlock()
+	return b
+}

@@ -1,0 +1,282 @@
+package stream
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/modzmq/modzmq/gateway"
+	"github.com/modzmq/modzmq/internal/zmqtest"
+)
+
+// startServer runs a stream server for routes on a free port until the test
+// ends and returns its host:port.
+func startServer(t *testing.T, opts Options, routes ...gateway.Route) (*Server, string) {
+	t.Helper()
+	cfg := &gateway.Config{Listen: "127.0.0.1:0", Routes: routes, ServerName: "stream.test"}
+	if err := cfg.Check(); err != nil {
+		t.Fatal(err)
+	}
+	gw, err := gateway.New(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := l.Addr().String()
+	l.Close()
+	srv, err := New(gw, addr, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+		gw.Close()
+	})
+	return srv, addr
+}
+
+func targetEcho(req [][]byte) [][]byte {
+	return [][]byte{[]byte("200"), []byte("Content-Type: text/plain\r\n"), req[2]}
+}
+
+func readResponses(t *testing.T, c net.Conn, n int) []string {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(c)
+	var out []string
+	for i := 0; i < n; i++ {
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("response %d: %v", i, err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		out = append(out, fmt.Sprintf("%d %s", resp.StatusCode, b))
+	}
+	return out
+}
+
+func TestPipelinedAnswersKeepRequestOrder(t *testing.T) {
+	// The worker collects five requests, then answers them in reverse order.
+	var mu sync.Mutex
+	var held [][][]byte
+	ep := zmqtest.ROUTER(t, func(msg [][]byte, reply func([][]byte)) {
+		mu.Lock()
+		defer mu.Unlock()
+		held = append(held, msg)
+		if len(held) < 5 {
+			return
+		}
+		for i := len(held) - 1; i >= 0; i-- {
+			m := held[i]
+			reply(append(m[:3:3], []byte("200"), m[5]))
+		}
+		held = nil
+	})
+	_, addr := startServer(t, Options{}, gateway.Route{Prefix: "/", Backend: []string{ep}})
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var b strings.Builder
+	for i := 0; i < 5; i++ {
+		fmt.Fprintf(&b, "GET /p/%d HTTP/1.1\r\nHost: x\r\n\r\n", i)
+	}
+	io.WriteString(c, b.String())
+	got := readResponses(t, c, 5)
+	want := []string{"200 /p/0", "200 /p/1", "200 /p/2", "200 /p/3", "200 /p/4"}
+	if strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Errorf("got %q, want %q", got, want)
+	}
+}
+
+func openFDs(t *testing.T) int {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skip("no /proc/self/fd")
+	}
+	return len(ents)
+}
+
+func settle(t *testing.T, what string, d time.Duration, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s did not return to its starting level", what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestTenThousandConnectionsLeaveNothingBehind(t *testing.T) {
+	ep := zmqtest.REP(t, targetEcho)
+	srv, addr := startServer(t, Options{}, gateway.Route{Prefix: "/", Backend: []string{ep}})
+	// Warm up: the first request creates the bridge's socket and threads.
+	c, _ := net.Dial("tcp", addr)
+	io.WriteString(c, "GET /warm HTTP/1.1\r\nHost: x\r\n\r\n")
+	readResponses(t, c, 1)
+	c.Close()
+	settle(t, "connections", 5*time.Second, func() bool { return srv.OpenConnections() == 0 })
+	runtime.GC()
+	goroutines, fds := runtime.NumGoroutine(), openFDs(t)
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	heap := ms.HeapInuse
+
+	for i := 0; i < 10000; i++ {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		switch i % 4 {
+		case 0: // a whole request
+			fmt.Fprintf(c, "GET /r/%d HTTP/1.1\r\nHost: x\r\n\r\n", i)
+			if got := readResponses(t, c, 1); got[0] != fmt.Sprintf("200 /r/%d", i) {
+				t.Fatalf("connection %d got %q", i, got)
+			}
+		case 1: // half a request, then gone
+			io.WriteString(c, "POST /half HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc")
+		case 2: // garbage
+			io.WriteString(c, "\x00\x01\x02 garbage\r\n\r\n")
+		}
+		c.Close()
+	}
+	settle(t, "open connections", 10*time.Second, func() bool { return srv.OpenConnections() == 0 })
+	settle(t, "goroutines", 10*time.Second, func() bool { return runtime.NumGoroutine() <= goroutines+2 })
+	settle(t, "file descriptors", 10*time.Second, func() bool { return openFDs(t) <= fds+2 })
+	runtime.GC()
+	runtime.ReadMemStats(&ms)
+	if ms.HeapInuse > heap+8<<20 {
+		t.Errorf("heap in use grew from %d to %d bytes over 10,000 connections", heap, ms.HeapInuse)
+	}
+}
+
+func TestSlowClientGets408AndIsClosed(t *testing.T) {
+	ep := zmqtest.REP(t, targetEcho)
+	_, addr := startServer(t, Options{HeaderTimeout: 300 * time.Millisecond}, gateway.Route{Prefix: "/", Backend: []string{ep}})
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "GET /slow HTTP/1.1\r\nHost: x\r\n")
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	b, err := io.ReadAll(c) // ends when the server closes
+	if err != nil {
+		t.Fatalf("connection not closed: %v", err)
+	}
+	if !bytes.HasPrefix(b, []byte("HTTP/1.1 408 ")) {
+		t.Errorf("got %q, want a 408", b)
+	}
+}
+
+func TestIdleConnectionIsClosed(t *testing.T) {
+	ep := zmqtest.REP(t, targetEcho)
+	srv, addr := startServer(t, Options{IdleTimeout: 200 * time.Millisecond}, gateway.Route{Prefix: "/", Backend: []string{ep}})
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if n, err := c.Read(make([]byte, 1)); err != io.EOF {
+		t.Errorf("read %d bytes, %v; want EOF from the idle close", n, err)
+	}
+	settle(t, "open connections", 5*time.Second, func() bool { return srv.OpenConnections() == 0 })
+}
+
+func TestConnectionNotices(t *testing.T) {
+	var mu sync.Mutex
+	var seen []string
+	ep := zmqtest.REP(t, func(req [][]byte) [][]byte {
+		id := ""
+		for _, l := range strings.Split(string(req[4]), "\r\n") {
+			if v, ok := strings.CutPrefix(l, "connection-id: "); ok {
+				id = v
+			}
+		}
+		mu.Lock()
+		seen = append(seen, string(req[1])+" "+id)
+		mu.Unlock()
+		return [][]byte{[]byte("ok")}
+	})
+	_, addr := startServer(t, Options{}, gateway.Route{Prefix: "/", Backend: []string{ep}, ConnectionNotices: true})
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(c, "GET /n HTTP/1.1\r\nHost: x\r\n\r\n")
+	readResponses(t, c, 1)
+	c.Close()
+	settle(t, "notices", 5*time.Second, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(seen) == 3
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	id := strings.TrimPrefix(seen[0], "@open ")
+	if seen[0] != "@open "+id || seen[1] != "GET "+id || seen[2] != "@close "+id || id == "" {
+		t.Errorf("worker saw %q; want @open, GET, @close with one connection id", seen)
+	}
+}
+
+func TestShutdownDrainsRequestsInFlight(t *testing.T) {
+	ep := zmqtest.REP(t, func(req [][]byte) [][]byte {
+		time.Sleep(300 * time.Millisecond)
+		return targetEcho(req)
+	})
+	cfg := &gateway.Config{Listen: "127.0.0.1:0", Routes: []gateway.Route{{Prefix: "/", Backend: []string{ep}}}}
+	cfg.Check()
+	gw, _ := gateway.New(cfg, nil)
+	defer gw.Close()
+	l, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := l.Addr().String()
+	l.Close()
+	srv, err := New(gw, addr, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx) }()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "GET /in-flight HTTP/1.1\r\nHost: x\r\n\r\n")
+	time.Sleep(100 * time.Millisecond) // the request is with the worker
+	cancel()
+	if got := readResponses(t, c, 1); got[0] != "200 /in-flight" {
+		t.Errorf("in-flight request got %q", got)
+	}
+	if err := <-done; err != nil {
+		t.Errorf("Serve: %v", err)
+	}
+	settle(t, "refusing connections after shutdown", 5*time.Second, func() bool {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			c.Close()
+		}
+		return err != nil
+	})
+}

@@ -1,0 +1,67 @@
+// Package zmqtest runs in-process libzmq workers for tests: each binds a
+// free port on 127.0.0.1 and stops when the test ends.
+package zmqtest
+
+import (
+	"testing"
+	"time"
+
+	zmq "github.com/pebbe/zmq4"
+)
+
+// REP runs a REP worker; fn gets the request frames (without envelope) and
+// returns the reply frames. It returns the worker's endpoint.
+func REP(t testing.TB, fn func(req [][]byte) [][]byte) string {
+	t.Helper()
+	return serve(t, zmq.REP, func(s *zmq.Socket, msg [][]byte) {
+		send(s, fn(msg))
+	})
+}
+
+// ROUTER runs a ROUTER worker; fn gets whole messages (envelope first) and
+// may send any number of replies with reply.
+func ROUTER(t testing.TB, fn func(msg [][]byte, reply func([][]byte))) string {
+	t.Helper()
+	return serve(t, zmq.ROUTER, func(s *zmq.Socket, msg [][]byte) {
+		fn(msg, func(frames [][]byte) { send(s, frames) })
+	})
+}
+
+func send(s *zmq.Socket, frames [][]byte) {
+	parts := make([]any, len(frames))
+	for i, f := range frames {
+		parts[i] = f
+	}
+	s.SendMessage(parts...)
+}
+
+func serve(t testing.TB, kind zmq.Type, handle func(*zmq.Socket, [][]byte)) string {
+	sock, err := zmq.NewSocket(kind)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock.SetLinger(0)
+	if err := sock.Bind("tcp://127.0.0.1:*"); err != nil {
+		t.Fatal(err)
+	}
+	ep, _ := sock.GetLastEndpoint()
+	sock.SetRcvtimeo(20 * time.Millisecond)
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		defer sock.Close()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			msg, err := sock.RecvMessageBytes(0)
+			if err == nil {
+				handle(sock, msg)
+			}
+		}
+	}()
+	t.Cleanup(func() { close(stop); <-done })
+	return ep
+}
