@@ -24,15 +24,22 @@ func TestEveryLogCodeIsDocumented(t *testing.T) {
 			codes[m] = filepath.Base(f)
 		}
 	}
-	b, err := os.ReadFile(filepath.Join(root, "bridge/errors.go"))
-	if err != nil {
-		t.Fatal(err)
+	gofiles, _ := filepath.Glob(filepath.Join(root, "bridge/*.go"))
+	more, _ := filepath.Glob(filepath.Join(root, "gateway/*.go"))
+	gofiles = append(gofiles, more...)
+	more, _ = filepath.Glob(filepath.Join(root, "gateway/stream/*.go"))
+	gofiles = append(gofiles, more...)
+	for _, f := range gofiles {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range regexp.MustCompile(`Code += (\d+)`).FindAllStringSubmatch(string(b), -1) {
+			n, _ := strconv.Atoi(m[1])
+			codes[fmt.Sprintf("MODZMQ%04d", n)] = filepath.Base(f)
+		}
 	}
-	for _, m := range regexp.MustCompile(`Code += (\d+)`).FindAllStringSubmatch(string(b), -1) {
-		n, _ := strconv.Atoi(m[1])
-		codes[fmt.Sprintf("MODZMQ%04d", n)] = "bridge/errors.go"
-	}
-	if len(codes) < 10 {
+	if len(codes) < 30 {
 		t.Fatalf("found only %d codes: the scan is broken", len(codes))
 	}
 	for code, where := range codes {

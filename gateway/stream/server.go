@@ -107,6 +107,19 @@ type slot struct {
 	close bool
 }
 
+// connHeader is the Connection field a response needs: "close" when the
+// connection ends after it, "keep-alive" for an HTTP/1.0 client that asked
+// to keep it, none otherwise.
+func connHeader(closeAfter bool, minor int) string {
+	switch {
+	case closeAfter:
+		return "close"
+	case minor == 0:
+		return "keep-alive"
+	}
+	return ""
+}
+
 var wakeSeq atomic.Uint64
 
 // New binds a ZMQ_STREAM socket to the listen address (host:port).
@@ -430,6 +443,7 @@ func (s *Server) start(c *conn, r *Request) {
 	}
 	h := c.headRoute
 	sl := &slot{c: c, close: !r.KeepAlive}
+	connHdr := connHeader(sl.close, r.Minor)
 	c.pending = append(c.pending, sl)
 	hdr := make([]byte, 0, 256)
 	for _, f := range r.Header {
@@ -455,10 +469,10 @@ func (s *Server) start(c *conn, r *Request) {
 		resp, err := s.gw.Relay(ctx, h, req)
 		if err != nil {
 			st := bridge.StatusOf(err)
-			s.complete(sl, errorResponse(st, http.StatusText(st), nil, sl.close))
+			s.complete(sl, errorResponse(st, http.StatusText(st), nil, connHdr))
 			return
 		}
-		s.complete(sl, response(&resp, head, sl.close))
+		s.complete(sl, response(&resp, head, connHdr))
 	}()
 }
 
@@ -479,7 +493,11 @@ func joinComma(ss []string) string {
 func (s *Server) answerError(c *conn, status int, reason string, extra []byte) {
 	closeAfter := c.broken || c.closing
 	c.closing = closeAfter
-	sl := &slot{c: c, done: true, close: closeAfter, data: errorResponse(status, reason, extra, closeAfter)}
+	minor := 1
+	if c.head != nil {
+		minor = c.head.Minor
+	}
+	sl := &slot{c: c, done: true, close: closeAfter, data: errorResponse(status, reason, extra, connHeader(closeAfter, minor))}
 	c.pending = append(c.pending, sl)
 	s.flush(c)
 }
@@ -580,7 +598,7 @@ func (s *Server) sweep(now time.Time) {
 }
 
 // response formats a worker's reply as an HTTP/1.1 response.
-func response(resp *bridge.Response, head, closeAfter bool) []byte {
+func response(resp *bridge.Response, head bool, connection string) []byte {
 	reason := string(resp.Reason)
 	if reason == "" {
 		reason = http.StatusText(resp.Status)
@@ -607,17 +625,19 @@ func response(resp *bridge.Response, head, closeAfter bool) []byte {
 		b = strconv.AppendInt(b, int64(len(resp.Body)), 10)
 		b = append(b, "\r\n"...)
 	}
-	if closeAfter {
-		b = append(b, "Connection: close\r\n"...)
+	if connection != "" {
+		b = append(b, "Connection: "...)
+		b = append(b, connection...)
+		b = append(b, "\r\n"...)
 	}
 	b = append(b, "\r\n"...)
 	return append(b, body...)
 }
 
-func errorResponse(status int, reason string, extra []byte, closeAfter bool) []byte {
+func errorResponse(status int, reason string, extra []byte, connection string) []byte {
 	body := []byte(strconv.Itoa(status) + " " + reason + "\n")
 	hdr := append([]byte("Content-Type: text/plain; charset=utf-8\r\n"), extra...)
-	return response(&bridge.Response{Status: status, Headers: hdr, Body: body}, false, closeAfter)
+	return response(&bridge.Response{Status: status, Headers: hdr, Body: body}, false, connection)
 }
 
 // dateCache holds the HTTP Date value, formatted once a second.
