@@ -16,25 +16,43 @@ import (
 
 // Defaults for zero Options fields.
 const (
-	DefaultTimeout        = 30 * time.Second
-	DefaultConnectTimeout = 500 * time.Millisecond
-	DefaultMaxIdle        = 64
+	DefaultTimeout          = 30 * time.Second
+	DefaultConnectTimeout   = 500 * time.Millisecond
+	DefaultMaxIdle          = 64
+	DefaultHeartbeat        = time.Second
+	DefaultHeartbeatTimeout = 3 * time.Second
 )
 
 // Options configure a Client. The zero value of each field is a usable
 // default, except Endpoints, which must name at least one endpoint.
 type Options struct {
-	// Endpoints are tcp:// or ipc:// addresses of workers (or of a broker);
-	// requests are spread over them round-robin.
+	// Endpoints are tcp:// or ipc:// addresses of workers (or of a broker).
+	// Each request goes to the reachable endpoint with the fewest requests
+	// in flight.
 	Endpoints []string
-	// Timeout bounds a whole exchange when the caller gives none; zero means
-	// DefaultTimeout.
+	// Timeout bounds a whole exchange, retries included, when the caller
+	// gives none; zero means DefaultTimeout.
 	Timeout time.Duration
 	// ConnectTimeout bounds how long a request waits for a connected worker
 	// before failing with ErrNoWorker; zero means DefaultConnectTimeout.
 	ConnectTimeout time.Duration
-	// MaxIdle is how many idle connections the client keeps; zero means
-	// DefaultMaxIdle.
+	// Heartbeat is the ZMTP heartbeat interval, and HeartbeatTimeout how long
+	// a silent worker is trusted; zero means DefaultHeartbeat and
+	// DefaultHeartbeatTimeout. NoHeartbeat turns heartbeats (and with them
+	// the early failure of requests on a lost worker) off, for workers whose
+	// ZeroMQ library does not answer ZMTP PINGs.
+	Heartbeat, HeartbeatTimeout time.Duration
+	NoHeartbeat                 bool
+	// Retries is how many more attempts an idempotent request (GET, HEAD,
+	// OPTIONS, PUT, DELETE) gets when it could not be delivered or its
+	// worker was lost; RetryAll extends this to every method.
+	Retries  int
+	RetryAll bool
+	// MaxInFlight bounds the requests in flight through this client; over
+	// it a request fails at once with ErrOverload. Zero means no limit.
+	MaxInFlight int
+	// MaxIdle is how many idle connections the client keeps per endpoint;
+	// zero means DefaultMaxIdle.
 	MaxIdle int
 	// Transport makes connections; nil means libzmq (ZMQ).
 	Transport Transport
@@ -66,29 +84,26 @@ func ParseEndpoint(s string) error {
 	return fmt.Errorf("endpoint %q: scheme must be tcp:// or ipc://", s)
 }
 
-// Client relays requests to the workers behind one set of endpoints. It is
-// safe for concurrent use; each call borrows a connection from a pool, so a
-// calling goroutine (or Apache thread) never hands off to another one.
+// Client relays requests to the workers behind a set of endpoints. It is
+// safe for concurrent use; each call borrows a connection to one endpoint, so
+// a calling goroutine (or Apache thread) never hands off to another one.
 type Client struct {
-	opts   Options
-	prefix []byte // process-unique request id prefix
-	seq    atomic.Uint64
-
-	mu     sync.Mutex
-	idle   []*pooled
-	closed bool
+	opts      Options
+	dial      DialOptions
+	endpoints []*endpoint
+	prefix    []byte // process-unique request id prefix
+	seq       atomic.Uint64
+	rr        atomic.Uint64
+	inFlight  atomic.Int64
+	overloads atomic.Int64
+	retries   atomic.Int64
+	stopWatch func()
+	closed    atomic.Bool
+	closeOnce sync.Once
 }
 
-// pooled is a connection with the scratch space one exchange needs, so that
-// steady-state requests allocate only what the transport allocates.
-type pooled struct {
-	conn   Conn
-	id     []byte
-	meta   []byte
-	frames [][]byte
-}
-
-// NewClient checks opts and returns a client. Connections are made lazily.
+// NewClient checks opts and returns a client. Connections are made lazily;
+// with heartbeats on, a watch connection per endpoint starts at once.
 func NewClient(opts Options) (*Client, error) {
 	if len(opts.Endpoints) == 0 {
 		return nil, fmt.Errorf("%w: no endpoints", ErrConfig)
@@ -107,6 +122,12 @@ func NewClient(opts Options) (*Client, error) {
 	if opts.MaxIdle <= 0 {
 		opts.MaxIdle = DefaultMaxIdle
 	}
+	if opts.Heartbeat <= 0 {
+		opts.Heartbeat = DefaultHeartbeat
+	}
+	if opts.HeartbeatTimeout <= 0 {
+		opts.HeartbeatTimeout = max(DefaultHeartbeatTimeout, 2*opts.Heartbeat)
+	}
 	if opts.Transport == nil {
 		opts.Transport = defaultTransport
 	}
@@ -114,10 +135,21 @@ func NewClient(opts Options) (*Client, error) {
 	if _, err := rand.Read(r[:]); err != nil {
 		return nil, err
 	}
-	prefix := make([]byte, 0, 16)
-	prefix = hex.AppendEncode(prefix, r[:])
-	prefix = append(prefix, '-')
-	return &Client{opts: opts, prefix: prefix}, nil
+	c := &Client{opts: opts, prefix: append(hex.AppendEncode(make([]byte, 0, 16), r[:]), '-')}
+	if !opts.NoHeartbeat {
+		c.dial = DialOptions{Heartbeat: opts.Heartbeat, HeartbeatTimeout: opts.HeartbeatTimeout}
+	}
+	for _, addr := range opts.Endpoints {
+		c.endpoints = append(c.endpoints, &endpoint{addr: addr})
+	}
+	if !opts.NoHeartbeat {
+		stop, err := opts.Transport.Watch(opts.Endpoints, c.dial, c.event)
+		if err != nil {
+			return nil, err
+		}
+		c.stopWatch = stop
+	}
+	return c, nil
 }
 
 var defaultTransport = &ZMQ{}
@@ -125,11 +157,96 @@ var defaultTransport = &ZMQ{}
 // Endpoints returns the endpoints the client was made with.
 func (c *Client) Endpoints() []string { return c.opts.Endpoints }
 
+// EndpointStatus is a snapshot of one endpoint for status pages.
+type EndpointStatus struct {
+	Endpoint string
+	State    State
+	Stats    *EndpointStats
+}
+
+// Status returns the state and counters of every endpoint.
+func (c *Client) Status() []EndpointStatus {
+	out := make([]EndpointStatus, len(c.endpoints))
+	for i, e := range c.endpoints {
+		out[i] = EndpointStatus{Endpoint: e.addr, State: e.State(), Stats: &e.stats}
+	}
+	return out
+}
+
+// Counters returns client-wide counts: requests in flight, requests refused
+// by MaxInFlight, and retries made.
+func (c *Client) Counters() (inFlight, overloads, retries int64) {
+	return c.inFlight.Load(), c.overloads.Load(), c.retries.Load()
+}
+
+// event handles a watch event (from the transport's watch goroutine).
+func (c *Client) event(addr string, ev EventKind, detail string) {
+	var e *endpoint
+	for _, x := range c.endpoints {
+		if x.addr == addr {
+			e = x
+		}
+	}
+	if e == nil {
+		return
+	}
+	switch ev {
+	case EventConnected:
+		e.stats.Connected.Add(1)
+		was := e.State()
+		e.state.Store(int32(StateUp))
+		e.lastUp = time.Now()
+		level := LevelDebug
+		if was == StateDown {
+			level = LevelInfo
+		}
+		c.opts.Log.Logf(level, CodeEndpointUp, "%s: worker reachable", addr)
+	case EventDisconnected:
+		e.stats.Disconnected.Add(1)
+		e.epoch.Add(1)
+		e.state.Store(int32(StateDown))
+		c.opts.Log.Logf(LevelWarn, CodeEndpointDown, "%s: connection lost (worker stopped, unreachable or silent for %v); requests waiting on it fail now",
+			addr, c.opts.HeartbeatTimeout)
+		if time.Since(e.lastUp) < c.opts.HeartbeatTimeout+c.opts.Heartbeat {
+			if e.flaps++; e.flaps == 3 {
+				c.opts.Log.Logf(LevelWarn, CodeHeartbeatHint, "%s: every connection drops one heartbeat timeout after it starts: "+
+					"the worker's ZeroMQ library does not answer ZMTP PINGs (pure-Go go-zeromq/zmq4 does not); turn heartbeats off for it", addr)
+			}
+		} else {
+			e.flaps = 0
+		}
+	case EventConnectRetried:
+		e.stats.ConnectRetried.Add(1)
+		if e.State() != StateDown {
+			e.state.Store(int32(StateDown))
+			c.opts.Log.Logf(LevelWarn, CodeEndpointDown, "%s: cannot connect (%s)", addr, detail)
+		}
+	case EventHandshakeFailed:
+		e.stats.HandshakeFailed.Add(1)
+		e.state.Store(int32(StateDown))
+		c.opts.Log.Logf(LevelError, CodeHandshake, "%s: ZMTP handshake failed: %s", addr, detail)
+	case EventClosed:
+		c.opts.Log.Logf(LevelDebug, CodeEndpointClosed, "%s: watch closed", addr)
+	}
+}
+
+// idempotent reports whether method may be retried without RetryAll.
+func idempotent(method []byte) bool {
+	switch string(method) {
+	case "GET", "HEAD", "OPTIONS", "PUT", "DELETE":
+		return true
+	}
+	return false
+}
+
 // Do relays req and waits for its reply. timeout bounds the whole exchange
 // (zero means Options.Timeout); a deadline on ctx shortens it, and cancelling
 // ctx ends the wait with ctx's error. The returned response's slices belong to
 // the caller.
 func (c *Client) Do(ctx context.Context, req *Request, timeout time.Duration) (Response, error) {
+	if c.closed.Load() {
+		return Response{}, ErrClosed
+	}
 	if timeout <= 0 {
 		timeout = c.opts.Timeout
 	}
@@ -137,37 +254,122 @@ func (c *Client) Do(ctx context.Context, req *Request, timeout time.Duration) (R
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
 	}
-	p, err := c.get()
+	n := c.inFlight.Add(1)
+	defer c.inFlight.Add(-1)
+	if c.opts.MaxInFlight > 0 && n > int64(c.opts.MaxInFlight) {
+		c.overloads.Add(1)
+		return Response{}, fmt.Errorf("%w: %d requests in flight, the limit is %d", ErrOverload, n-1, c.opts.MaxInFlight)
+	}
+	attempts := 1
+	if c.opts.RetryAll || idempotent(req.Method) {
+		attempts += c.opts.Retries
+	}
+	var tried uint64
+	for attempt := 1; ; attempt++ {
+		e, bit := c.pick(tried)
+		tried |= bit
+		resp, err := c.attempt(ctx, e, req, deadline)
+		if err == nil || attempt >= attempts || !retriable(err) || time.Until(deadline) <= 0 || ctx.Err() != nil {
+			return resp, err
+		}
+		c.retries.Add(1)
+		c.opts.Log.Logf(LevelInfo, CodeRetry, "attempt %d of %d failed (%v); retrying", attempt, attempts, err)
+	}
+}
+
+// retriable errors are those where the worker cannot have answered.
+func retriable(err error) bool {
+	return errors.Is(err, ErrNoWorker) || errors.Is(err, ErrWorkerLost)
+}
+
+// pick chooses the endpoint for an attempt: among those not tried yet (all,
+// once every one was tried) and not known to be down (all, when every one
+// is), the one with the fewest requests in flight; ties go round-robin.
+func (c *Client) pick(tried uint64) (*endpoint, uint64) {
+	n := len(c.endpoints)
+	if n == 1 {
+		return c.endpoints[0], 1
+	}
+	start := int(c.rr.Add(1) % uint64(n))
+	best, bestBit := -1, uint64(0)
+	var bestLoad int64
+	for pass := 0; pass < 3 && best < 0; pass++ {
+		for k := 0; k < n; k++ {
+			i := (start + k) % n
+			e, bit := c.endpoints[i], uint64(1)<<(i%64)
+			if pass < 2 && tried&bit != 0 {
+				continue
+			}
+			if pass == 0 && e.State() == StateDown {
+				continue
+			}
+			if load := e.stats.InFlight.Load(); best < 0 || load < bestLoad {
+				best, bestBit, bestLoad = i, bit, load
+			}
+		}
+	}
+	return c.endpoints[best], bestBit
+}
+
+func (c *Client) attempt(ctx context.Context, e *endpoint, req *Request, deadline time.Time) (Response, error) {
+	p, err := e.get(c.opts.Transport, c.dial)
 	if err != nil {
 		return Response{}, err
 	}
-	resp, err := c.exchange(ctx, p, req, deadline)
-	c.put(p, err)
+	e.stats.Requests.Add(1)
+	e.stats.InFlight.Add(1)
+	resp, err := c.exchange(ctx, p, e, req, deadline)
+	e.stats.InFlight.Add(-1)
+	switch {
+	case err == nil:
+		e.stats.Replies.Add(1)
+	case errors.Is(err, ErrTimeout):
+		e.stats.Timeouts.Add(1)
+	case errors.Is(err, ErrWorkerLost):
+		e.stats.Lost.Add(1)
+	case errors.Is(err, ErrNoWorker):
+		e.stats.NoWorker.Add(1)
+	case errors.Is(err, ErrProtocol):
+		e.stats.BadReplies.Add(1)
+	}
+	// A connection whose request was lost or refused may still hold the
+	// message; it is closed rather than let it reach a worker later.
+	reusable := err == nil || errors.Is(err, ErrTimeout) || errors.Is(err, ErrProtocol) ||
+		errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
+	e.put(p, reusable, c.opts.MaxIdle, c.closed.Load())
 	return resp, err
 }
 
-func (c *Client) exchange(ctx context.Context, p *pooled, req *Request, deadline time.Time) (Response, error) {
+// watchSlice is how often a waiting request looks at its endpoint's epoch.
+const watchSlice = 100 * time.Millisecond
+
+func (c *Client) exchange(ctx context.Context, p *pooled, e *endpoint, req *Request, deadline time.Time) (Response, error) {
 	p.id = strconv.AppendUint(append(p.id[:0], c.prefix...), c.seq.Add(1), 10)
 	p.meta = appendMeta(p.meta[:0], p.id, req.Meta)
 	p.frames = requestFrames(p.frames, p.id, p.meta, req)
 
+	epoch := e.epoch.Load()
 	sendWait := min(c.opts.ConnectTimeout, time.Until(deadline))
 	if err := p.conn.Send(p.frames, sendWait); err != nil {
-		return Response{}, err
+		return Response{}, fmt.Errorf("%s: %w", e.addr, err)
 	}
 	done := ctx.Done()
+	watch := done != nil || !c.opts.NoHeartbeat
 	for {
 		wait := time.Until(deadline)
 		if wait <= 0 {
-			return Response{}, fmt.Errorf("%w (request %s)", ErrTimeout, p.id)
+			return Response{}, fmt.Errorf("%w (request %s to %s)", ErrTimeout, p.id, e.addr)
 		}
-		if done != nil {
-			wait = min(wait, 100*time.Millisecond)
+		if watch {
+			wait = min(wait, watchSlice)
 		}
 		msg, err := p.conn.Recv(wait)
 		if err == ErrTimeout {
 			if done != nil && ctx.Err() != nil {
 				return Response{}, ctx.Err()
+			}
+			if e.epoch.Load() != epoch {
+				return Response{}, fmt.Errorf("%w: %s dropped the connection holding request %s", ErrWorkerLost, e.addr, p.id)
 			}
 			continue
 		}
@@ -197,58 +399,17 @@ func idOf(msg [][]byte) string {
 	return quote(msg[0])
 }
 
-func (c *Client) get() (*pooled, error) {
-	c.mu.Lock()
-	if c.closed {
-		c.mu.Unlock()
-		return nil, ErrClosed
-	}
-	if n := len(c.idle); n > 0 {
-		p := c.idle[n-1]
-		c.idle = c.idle[:n-1]
-		c.mu.Unlock()
-		return p, nil
-	}
-	c.mu.Unlock()
-	conn, err := c.opts.Transport.Dial(c.opts.Endpoints)
-	if err != nil {
-		return nil, err
-	}
-	return &pooled{conn: conn, frames: make([][]byte, 0, 8)}, nil
-}
-
-// put returns p to the pool. A connection whose last exchange failed below
-// the protocol (a socket error) is closed instead of reused.
-func (c *Client) put(p *pooled, err error) {
-	reusable := err == nil || isExchangeOutcome(err)
-	c.mu.Lock()
-	if reusable && !c.closed && len(c.idle) < c.opts.MaxIdle {
-		c.idle = append(c.idle, p)
-		c.mu.Unlock()
-		return
-	}
-	c.mu.Unlock()
-	p.conn.Close()
-}
-
-func isExchangeOutcome(err error) bool {
-	for _, e := range []error{ErrTimeout, ErrNoWorker, ErrProtocol, context.Canceled, context.DeadlineExceeded} {
-		if errors.Is(err, e) {
-			return true
-		}
-	}
-	return false
-}
-
-// Close closes idle connections and makes further calls fail with ErrClosed.
-// Connections in use are closed when their call returns.
+// Close stops the watch, closes idle connections and makes further calls
+// fail with ErrClosed. Connections in use are closed when their call returns.
 func (c *Client) Close() error {
-	c.mu.Lock()
-	idle := c.idle
-	c.idle, c.closed = nil, true
-	c.mu.Unlock()
-	for _, p := range idle {
-		p.conn.Close()
-	}
+	c.closeOnce.Do(func() {
+		c.closed.Store(true)
+		if c.stopWatch != nil {
+			c.stopWatch()
+		}
+		for _, e := range c.endpoints {
+			e.closeIdle()
+		}
+	})
 	return nil
 }

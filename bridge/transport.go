@@ -2,12 +2,12 @@ package bridge
 
 import "time"
 
-// Conn is one DEALER connection to a set of endpoints. A Conn is owned by one
+// Conn is one DEALER connection to one endpoint. A Conn is owned by one
 // goroutine at a time; handing it over through a mutex or channel is the
 // memory fence libzmq requires between threads.
 type Conn interface {
 	// Send queues one multipart message. It returns an error wrapping
-	// ErrNoWorker when no connected worker took it within timeout.
+	// ErrNoWorker when the worker did not take it within timeout.
 	Send(frames [][]byte, timeout time.Duration) error
 	// Recv waits up to timeout for one multipart message and returns an error
 	// wrapping ErrTimeout when none arrived.
@@ -16,9 +16,49 @@ type Conn interface {
 	Close() error
 }
 
+// DialOptions tune a connection.
+type DialOptions struct {
+	// Heartbeat is the ZMTP PING interval; zero disables heartbeats.
+	Heartbeat time.Duration
+	// HeartbeatTimeout drops a connection whose peer sent nothing for this
+	// long after a PING.
+	HeartbeatTimeout time.Duration
+}
+
+// EventKind is a connection event reported by a Transport's Watch.
+type EventKind int
+
+// Connection events, as libzmq's socket monitor reports them.
+const (
+	EventConnected       EventKind = iota + 1 // handshake done: the worker is reachable
+	EventDisconnected                         // the connection dropped (peer gone, heartbeat timeout)
+	EventConnectRetried                       // a connect attempt failed; retrying
+	EventHandshakeFailed                      // the ZMTP handshake failed (wrong protocol, security)
+	EventClosed                               // the watch ended
+)
+
+func (k EventKind) String() string {
+	switch k {
+	case EventConnected:
+		return "connected"
+	case EventDisconnected:
+		return "disconnected"
+	case EventConnectRetried:
+		return "connect retried"
+	case EventHandshakeFailed:
+		return "handshake failed"
+	case EventClosed:
+		return "closed"
+	}
+	return "unknown"
+}
+
 // Transport makes connections. The bridge's production transport is libzmq
 // (see ZMQ); keeping it behind this interface leaves the bridge's logic free
 // of any one ZeroMQ library.
 type Transport interface {
-	Dial(endpoints []string) (Conn, error)
+	Dial(endpoint string, opts DialOptions) (Conn, error)
+	// Watch keeps a connection of its own to each endpoint and calls fn (from
+	// one goroutine) with every event on them until stop is called.
+	Watch(endpoints []string, opts DialOptions, fn func(endpoint string, ev EventKind, detail string)) (stop func(), err error)
 }

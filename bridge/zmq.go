@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -12,12 +13,15 @@ import (
 
 // ZMQ is the libzmq transport (through github.com/pebbe/zmq4): DEALER
 // sockets with ZMQ_IMMEDIATE, so a message is only queued to a connected
-// worker, and no linger, so a closed socket never blocks.
+// worker, no linger, so a closed socket never blocks, and optional ZMTP
+// heartbeats.
 type ZMQ struct {
 	once sync.Once
 	ctx  *zmq.Context
 	err  error
 }
+
+var monitorSeq atomic.Uint64
 
 func (t *ZMQ) context() (*zmq.Context, error) {
 	t.once.Do(func() {
@@ -29,8 +33,7 @@ func (t *ZMQ) context() (*zmq.Context, error) {
 	return t.ctx, t.err
 }
 
-// Dial creates a DEALER socket connected to every endpoint.
-func (t *ZMQ) Dial(endpoints []string) (Conn, error) {
+func (t *ZMQ) dealer(endpoint string, opts DialOptions) (*zmq.Socket, error) {
 	ctx, err := t.context()
 	if err != nil {
 		return nil, fmt.Errorf("zmq context: %w", err)
@@ -39,34 +42,144 @@ func (t *ZMQ) Dial(endpoints []string) (Conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("zmq socket: %w", err)
 	}
-	c := &zmqConn{sock: s, poller: zmq.NewPoller(), sndtimeo: -2}
-	if err = c.setup(endpoints); err != nil {
+	err = errors.Join(s.SetLinger(0), s.SetImmediate(true))
+	if err == nil && opts.Heartbeat > 0 {
+		err = errors.Join(s.SetHeartbeatIvl(opts.Heartbeat), s.SetHeartbeatTimeout(opts.HeartbeatTimeout),
+			s.SetHeartbeatTtl(opts.HeartbeatTimeout))
+	}
+	if err != nil {
 		s.Close()
+		return nil, fmt.Errorf("zmq socket options: %w", err)
+	}
+	return s, nil
+}
+
+// Dial creates a DEALER socket connected to endpoint.
+func (t *ZMQ) Dial(endpoint string, opts DialOptions) (Conn, error) {
+	s, err := t.dealer(endpoint, opts)
+	if err != nil {
 		return nil, err
 	}
+	if err := s.Connect(endpoint); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("%w: connect %s: %v", ErrConfig, endpoint, err)
+	}
+	c := &zmqConn{sock: s, poller: zmq.NewPoller(), sndtimeo: -2}
 	c.poller.Add(s, zmq.POLLIN)
 	return c, nil
+}
+
+// Watch connects a sentinel DEALER (which never sends) to each endpoint,
+// monitors it, and reports its events to fn from one goroutine.
+func (t *ZMQ) Watch(endpoints []string, opts DialOptions, fn func(string, EventKind, string)) (func(), error) {
+	ctx, err := t.context()
+	if err != nil {
+		return nil, err
+	}
+	type watched struct {
+		endpoint string
+		sentinel *zmq.Socket
+		events   *zmq.Socket
+	}
+	var ws []watched
+	closeAll := func() {
+		for _, w := range ws {
+			w.sentinel.Close()
+			w.events.Close()
+		}
+	}
+	poller := zmq.NewPoller()
+	for _, ep := range endpoints {
+		s, err := t.dealer(ep, opts)
+		if err != nil {
+			closeAll()
+			return nil, err
+		}
+		addr := fmt.Sprintf("inproc://modzmq-monitor-%d", monitorSeq.Add(1))
+		const mask = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED |
+			zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+		if err := s.Monitor(addr, mask); err != nil {
+			s.Close()
+			closeAll()
+			return nil, fmt.Errorf("zmq monitor: %w", err)
+		}
+		ev, err := ctx.NewSocket(zmq.PAIR)
+		if err == nil {
+			err = ev.Connect(addr)
+		}
+		if err != nil {
+			s.Close()
+			closeAll()
+			return nil, fmt.Errorf("zmq monitor: %w", err)
+		}
+		if err := s.Connect(ep); err != nil {
+			s.Close()
+			ev.Close()
+			closeAll()
+			return nil, fmt.Errorf("%w: connect %s: %v", ErrConfig, ep, err)
+		}
+		ws = append(ws, watched{ep, s, ev})
+		poller.Add(ev, zmq.POLLIN)
+	}
+	var stopped atomic.Bool
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer closeAll()
+		for !stopped.Load() {
+			polled, err := poller.Poll(200 * time.Millisecond)
+			if err != nil {
+				return
+			}
+			for _, p := range polled {
+				for _, w := range ws {
+					if w.events != p.Socket {
+						continue
+					}
+					e, addr, value, err := w.events.RecvEvent(zmq.DONTWAIT)
+					if err != nil {
+						continue
+					}
+					kind, detail := eventKind(e, addr, value)
+					if kind != 0 {
+						fn(w.endpoint, kind, detail)
+					}
+				}
+			}
+		}
+		for _, w := range ws {
+			fn(w.endpoint, EventClosed, "")
+		}
+	}()
+	return func() {
+		if stopped.CompareAndSwap(false, true) {
+			<-done
+		}
+	}, nil
+}
+
+func eventKind(e zmq.Event, addr string, value int) (EventKind, string) {
+	switch e {
+	case zmq.EVENT_HANDSHAKE_SUCCEEDED:
+		return EventConnected, ""
+	case zmq.EVENT_DISCONNECTED:
+		return EventDisconnected, ""
+	case zmq.EVENT_CONNECT_RETRIED:
+		return EventConnectRetried, fmt.Sprintf("next attempt in %d ms", value)
+	case zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+		return EventHandshakeFailed, fmt.Sprintf("errno %d", value)
+	case zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+		return EventHandshakeFailed, fmt.Sprintf("ZMTP protocol error 0x%x", value)
+	case zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+		return EventHandshakeFailed, fmt.Sprintf("authentication failed (status %d)", value)
+	}
+	return 0, ""
 }
 
 type zmqConn struct {
 	sock     *zmq.Socket
 	poller   *zmq.Poller
 	sndtimeo time.Duration // last value set, to skip redundant setsockopt calls
-}
-
-func (c *zmqConn) setup(endpoints []string) error {
-	if err := c.sock.SetLinger(0); err != nil {
-		return err
-	}
-	if err := c.sock.SetImmediate(true); err != nil {
-		return err
-	}
-	for _, ep := range endpoints {
-		if err := c.sock.Connect(ep); err != nil {
-			return fmt.Errorf("%w: connect %s: %v", ErrConfig, ep, err)
-		}
-	}
-	return nil
 }
 
 func (c *zmqConn) Send(frames [][]byte, timeout time.Duration) error {
@@ -88,7 +201,7 @@ func (c *zmqConn) Send(frames [][]byte, timeout time.Duration) error {
 		}
 		if _, err := c.sock.SendBytes(f, flag); err != nil {
 			if isErrno(err, syscall.EAGAIN) {
-				return fmt.Errorf("%w: no connected worker took the request within %v", ErrNoWorker, timeout)
+				return fmt.Errorf("%w: the worker did not take the request within %v", ErrNoWorker, timeout)
 			}
 			return fmt.Errorf("zmq send: %w", err)
 		}

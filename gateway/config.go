@@ -60,11 +60,38 @@ type Route struct {
 	Timeout     Duration `yaml:"timeout"`  // zero means 30s
 	MaxBody     *int64   `yaml:"max_body"` // bytes; nil means 8 MiB, 0 no limit
 	StripPrefix string   `yaml:"strip_prefix"`
+	// Heartbeat is the ZMTP heartbeat interval ("1s"), or "off" for workers
+	// whose ZeroMQ library does not answer PINGs (pure-Go go-zeromq/zmq4);
+	// zero means 1s. HeartbeatTimeout zero means 3s.
+	Heartbeat        string   `yaml:"heartbeat"`
+	HeartbeatTimeout Duration `yaml:"heartbeat_timeout"`
+	// Retries is how many more attempts an idempotent request gets when its
+	// worker was unreachable or lost; RetryAll extends it to every method.
+	Retries  int  `yaml:"retries"`
+	RetryAll bool `yaml:"retry_all"`
+	// MaxInFlight bounds the requests in flight on this route; more get 503
+	// with Retry-After. Zero means no limit.
+	MaxInFlight int `yaml:"max_in_flight"`
 	// ConnectionNotices asks stream mode to tell this route's workers when a
 	// client connection opens and closes (see docs/PROTOCOL.md).
 	ConnectionNotices bool `yaml:"connection_notices"`
 
-	line int // where the route starts in the file, for messages
+	line      int           // where the route starts in the file, for messages
+	heartbeat time.Duration // parsed Heartbeat; -1 for off
+}
+
+// BridgeOptions are the bridge.Options of the route (without Log).
+func (r *Route) BridgeOptions() bridge.Options {
+	return bridge.Options{
+		Endpoints:        r.Backend,
+		Timeout:          r.TimeoutOrDefault(),
+		Heartbeat:        max(r.heartbeat, 0),
+		HeartbeatTimeout: time.Duration(r.HeartbeatTimeout),
+		NoHeartbeat:      r.heartbeat < 0,
+		Retries:          r.Retries,
+		RetryAll:         r.RetryAll,
+		MaxInFlight:      r.MaxInFlight,
+	}
 }
 
 // Pattern is the route's path pattern as it appears in meta "route".
@@ -233,6 +260,26 @@ func (c *Config) Check() error {
 		}
 		if r.MaxBody != nil && *r.MaxBody < 0 {
 			return lineError(line, "route %s: max_body must be 0 (no limit) or more", r.Pattern())
+		}
+		switch r.Heartbeat {
+		case "":
+		case "off":
+			r.heartbeat = -1
+		default:
+			d, err := ParseDuration(r.Heartbeat)
+			if err != nil {
+				return lineError(line, "route %s: heartbeat: %v (or off)", r.Pattern(), err)
+			}
+			r.heartbeat = d
+		}
+		if r.HeartbeatTimeout > 0 && time.Duration(r.HeartbeatTimeout) <= max(r.heartbeat, bridge.DefaultHeartbeat) {
+			return lineError(line, "route %s: heartbeat_timeout must be longer than the heartbeat interval", r.Pattern())
+		}
+		if r.Retries < 0 || r.Retries > 10 {
+			return lineError(line, "route %s: retries must be 0-10", r.Pattern())
+		}
+		if r.MaxInFlight < 0 {
+			return lineError(line, "route %s: max_in_flight must be 0 (no limit) or more", r.Pattern())
 		}
 		if r.StripPrefix != "" && !strings.HasPrefix(r.StripPrefix, "/") {
 			return lineError(line, "route %s: strip_prefix %q must start with /", r.Pattern(), r.StripPrefix)

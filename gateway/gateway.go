@@ -62,7 +62,9 @@ func New(cfg *Config, log *slog.Logger) (*Gateway, error) {
 	anyRouter := mux.NewRouter()
 	for i := range cfg.Routes {
 		rc := &cfg.Routes[i]
-		client, err := bridge.NewClient(bridge.Options{Endpoints: rc.Backend, Timeout: rc.TimeoutOrDefault(), Log: logf})
+		opts := rc.BridgeOptions()
+		opts.Log = logf
+		client, err := bridge.NewClient(opts)
 		if err != nil {
 			g.Close()
 			return nil, fmt.Errorf("route %s: %w", rc.Pattern(), err)
@@ -316,6 +318,9 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request, h *Handle) {
 			return // the client went away: nobody to answer
 		}
 		st := bridge.StatusOf(err)
+		if errors.Is(err, bridge.ErrOverload) {
+			w.Header().Set("Retry-After", "1")
+		}
 		http.Error(w, fmt.Sprintf("%d %s", st, http.StatusText(st)), st)
 		return
 	}

@@ -19,6 +19,9 @@
 #define MODZMQ_DIR_TIMEOUT "ZmqTimeout"
 #define MODZMQ_DIR_MAXBODY "ZmqMaxBody"
 #define MODZMQ_DIR_LIBRARY "ZmqLibrary"
+#define MODZMQ_DIR_HEARTBEAT "ZmqHeartbeat"
+#define MODZMQ_DIR_RETRIES "ZmqRetries"
+#define MODZMQ_DIR_MAXINFLIGHT "ZmqMaxInFlight"
 
 /* The handler names SetHandler accepts. */
 #define MODZMQ_HANDLER "zmq"
@@ -32,6 +35,8 @@
 
 /* "Unset" sentinel for the numeric fields of the per-directory record. */
 #define MODZMQ_UNSET (-1)
+/* ZmqHeartbeat off, as the library expects it. */
+#define MODZMQ_OFF (-2)
 
 typedef struct modzmq_dir_conf {
     const char *route;       /* the <Location>/<Directory> path, or NULL */
@@ -39,6 +44,12 @@ typedef struct modzmq_dir_conf {
     const char *endpoints;   /* the ZmqBackend arguments, for log lines */
     apr_int64_t timeout_ms;  /* MODZMQ_UNSET or > 0 */
     apr_off_t max_body;      /* MODZMQ_UNSET, 0 (no limit) or > 0 */
+    apr_int64_t heartbeat_ms;         /* MODZMQ_UNSET, MODZMQ_OFF or > 0 */
+    apr_int64_t heartbeat_timeout_ms; /* 0 = the library's default for the interval */
+    int retries;                      /* MODZMQ_UNSET or >= 0 */
+    int retry_all;                    /* MODZMQ_UNSET, 0 or 1 */
+    int max_in_flight;                /* MODZMQ_UNSET, 0 (no limit) or > 0 */
+    apr_uint32_t *in_flight;          /* shared by the threads of a child; set with max_in_flight */
 } modzmq_dir_conf;
 
 extern module AP_MODULE_DECLARE_DATA zmq_module;

@@ -51,6 +51,10 @@ void *modzmq_create_dir_conf(apr_pool_t *p, char *dir)
     conf->backend = 0;
     conf->timeout_ms = MODZMQ_UNSET;
     conf->max_body = MODZMQ_UNSET;
+    conf->heartbeat_ms = MODZMQ_UNSET;
+    conf->retries = MODZMQ_UNSET;
+    conf->retry_all = MODZMQ_UNSET;
+    conf->max_in_flight = MODZMQ_UNSET;
     return conf;
 }
 
@@ -70,6 +74,30 @@ void *modzmq_merge_dir_conf(apr_pool_t *p, void *basev, void *addv)
     }
     conf->timeout_ms = add->timeout_ms != MODZMQ_UNSET ? add->timeout_ms : base->timeout_ms;
     conf->max_body = add->max_body != MODZMQ_UNSET ? add->max_body : base->max_body;
+    if (add->heartbeat_ms != MODZMQ_UNSET) {
+        conf->heartbeat_ms = add->heartbeat_ms;
+        conf->heartbeat_timeout_ms = add->heartbeat_timeout_ms;
+    }
+    else {
+        conf->heartbeat_ms = base->heartbeat_ms;
+        conf->heartbeat_timeout_ms = base->heartbeat_timeout_ms;
+    }
+    if (add->retries != MODZMQ_UNSET) {
+        conf->retries = add->retries;
+        conf->retry_all = add->retry_all;
+    }
+    else {
+        conf->retries = base->retries;
+        conf->retry_all = base->retry_all;
+    }
+    if (add->max_in_flight != MODZMQ_UNSET) {
+        conf->max_in_flight = add->max_in_flight;
+        conf->in_flight = add->in_flight;
+    }
+    else {
+        conf->max_in_flight = base->max_in_flight;
+        conf->in_flight = base->in_flight;
+    }
     return conf;
 }
 
@@ -127,18 +155,18 @@ static const char *set_backend(cmd_parms *cmd, void *dconf, int argc, char *cons
     return NULL;
 }
 
-/* Parses "10" or "10s" (seconds) or "250ms" into milliseconds. */
-static const char *set_timeout(cmd_parms *cmd, void *dconf, const char *arg)
+/* Parses "10" or "10s" (seconds) or "250ms" into milliseconds; directive
+ * names the directive in the error. */
+static const char *parse_duration(apr_pool_t *p, const char *directive, const char *arg, apr_int64_t *ms)
 {
-    modzmq_dir_conf *conf = dconf;
     char *end;
     apr_int64_t n;
 
     errno = 0;
     n = apr_strtoi64(arg, &end, 10);
     if (errno || end == arg || n <= 0) {
-        return apr_psprintf(cmd->pool, MODZMQ_DIR_TIMEOUT " %s: expected a positive number of seconds, "
-                            "or milliseconds with the suffix ms (e.g. 30 or 250ms)", arg);
+        return apr_psprintf(p, "%s %s: expected a positive number of seconds, "
+                            "or milliseconds with the suffix ms (e.g. 30 or 250ms)", directive, arg);
     }
     if (strcmp(end, "ms") == 0) {
         /* already milliseconds */
@@ -147,12 +175,89 @@ static const char *set_timeout(cmd_parms *cmd, void *dconf, const char *arg)
         n *= 1000;
     }
     else {
-        return apr_psprintf(cmd->pool, MODZMQ_DIR_TIMEOUT " %s: unknown unit \"%s\" (use seconds, or ms)", arg, end);
+        return apr_psprintf(p, "%s %s: unknown unit \"%s\" (use seconds, or ms)", directive, arg, end);
     }
     if (n > APR_INT64_C(86400000)) {
-        return apr_psprintf(cmd->pool, MODZMQ_DIR_TIMEOUT " %s: at most one day", arg);
+        return apr_psprintf(p, "%s %s: at most one day", directive, arg);
     }
-    conf->timeout_ms = n;
+    *ms = n;
+    return NULL;
+}
+
+static const char *set_timeout(cmd_parms *cmd, void *dconf, const char *arg)
+{
+    modzmq_dir_conf *conf = dconf;
+    return parse_duration(cmd->pool, MODZMQ_DIR_TIMEOUT, arg, &conf->timeout_ms);
+}
+
+/* ZmqHeartbeat off | interval [timeout] */
+static const char *set_heartbeat(cmd_parms *cmd, void *dconf, const char *ivl, const char *timeout)
+{
+    modzmq_dir_conf *conf = dconf;
+    const char *err;
+
+    if (strcasecmp(ivl, "off") == 0) {
+        if (timeout) {
+            return MODZMQ_DIR_HEARTBEAT " off takes no timeout";
+        }
+        conf->heartbeat_ms = MODZMQ_OFF;
+        conf->heartbeat_timeout_ms = 0;
+        return NULL;
+    }
+    if ((err = parse_duration(cmd->pool, MODZMQ_DIR_HEARTBEAT, ivl, &conf->heartbeat_ms))) {
+        return err;
+    }
+    conf->heartbeat_timeout_ms = 0;
+    if (timeout) {
+        if ((err = parse_duration(cmd->pool, MODZMQ_DIR_HEARTBEAT, timeout, &conf->heartbeat_timeout_ms))) {
+            return err;
+        }
+        if (conf->heartbeat_timeout_ms <= conf->heartbeat_ms) {
+            return apr_psprintf(cmd->pool, MODZMQ_DIR_HEARTBEAT " %s %s: the timeout must be longer than "
+                                "the interval", ivl, timeout);
+        }
+    }
+    return NULL;
+}
+
+static const char *parse_count(apr_pool_t *p, const char *directive, const char *arg, int max, int *out)
+{
+    char *end;
+    long n;
+
+    errno = 0;
+    n = strtol(arg, &end, 10);
+    if (errno || end == arg || *end || n < 0 || n > max) {
+        return apr_psprintf(p, "%s %s: expected a whole number from 0 to %d", directive, arg, max);
+    }
+    *out = (int)n;
+    return NULL;
+}
+
+/* ZmqRetries N [all] */
+static const char *set_retries(cmd_parms *cmd, void *dconf, const char *n, const char *all)
+{
+    modzmq_dir_conf *conf = dconf;
+    const char *err = parse_count(cmd->pool, MODZMQ_DIR_RETRIES, n, 10, &conf->retries);
+    if (err) {
+        return err;
+    }
+    if (all && strcasecmp(all, "all") != 0) {
+        return apr_psprintf(cmd->pool, MODZMQ_DIR_RETRIES " %s %s: the only word allowed after the "
+                            "count is \"all\" (retry every method, not only idempotent ones)", n, all);
+    }
+    conf->retry_all = all != NULL;
+    return NULL;
+}
+
+static const char *set_max_in_flight(cmd_parms *cmd, void *dconf, const char *arg)
+{
+    modzmq_dir_conf *conf = dconf;
+    const char *err = parse_count(cmd->pool, MODZMQ_DIR_MAXINFLIGHT, arg, 1000000, &conf->max_in_flight);
+    if (err) {
+        return err;
+    }
+    conf->in_flight = apr_pcalloc(cmd->pool, sizeof(*conf->in_flight));
     return NULL;
 }
 
@@ -189,6 +294,14 @@ const command_rec modzmq_cmds[] = {
                   "Time a worker has to answer, in seconds or with the suffix ms; 504 after it (default 30)"),
     AP_INIT_TAKE1(MODZMQ_DIR_MAXBODY, set_max_body, NULL, RSRC_CONF | ACCESS_CONF,
                   "Largest request body relayed, in bytes; larger ones get 413 (default 8 MiB, 0 = no limit)"),
+    AP_INIT_TAKE12(MODZMQ_DIR_HEARTBEAT, set_heartbeat, NULL, RSRC_CONF | ACCESS_CONF,
+                   "ZMTP heartbeat interval and optional timeout (default 1 3), or off for workers "
+                   "whose ZeroMQ library does not answer PINGs"),
+    AP_INIT_TAKE12(MODZMQ_DIR_RETRIES, set_retries, NULL, RSRC_CONF | ACCESS_CONF,
+                   "Extra attempts for idempotent requests whose worker was unreachable or lost; "
+                   "add \"all\" to retry every method (default 0)"),
+    AP_INIT_TAKE1(MODZMQ_DIR_MAXINFLIGHT, set_max_in_flight, NULL, RSRC_CONF | ACCESS_CONF,
+                  "Most requests in flight per location and process; more get 503 with Retry-After (default 0 = no limit)"),
     AP_INIT_TAKE1(MODZMQ_DIR_LIBRARY, set_library, NULL, RSRC_CONF,
                   "Path of libmodzmq.so, the Go half of mod_zmq (server config only)"),
     {NULL}

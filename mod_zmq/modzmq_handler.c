@@ -251,15 +251,14 @@ static int write_reply(request_rec *r, modzmq_response *resp)
 
 /* ---- the handler ------------------------------------------------------- */
 
+static int relay_request(request_rec *r, const modzmq_dir_conf *conf, modzmq_relay_fn relay, int handle);
+
 int modzmq_handler(request_rec *r)
 {
     const modzmq_dir_conf *conf;
     modzmq_relay_fn relay;
-    modzmq_request req;
-    modzmq_response resp;
     const char *why = NULL;
-    apr_size_t n;
-    int handle, rc, status;
+    int handle, status;
 
     if (r->handler == NULL || strcmp(r->handler, MODZMQ_HANDLER) != 0) {
         return DECLINED;
@@ -282,6 +281,30 @@ int modzmq_handler(request_rec *r)
         return HTTP_SERVICE_UNAVAILABLE;
     }
 
+    if (conf->max_in_flight > 0) {
+        apr_uint32_t now = __atomic_add_fetch(conf->in_flight, 1, __ATOMIC_RELAXED);
+        if (now > (apr_uint32_t)conf->max_in_flight) {
+            __atomic_sub_fetch(conf->in_flight, 1, __ATOMIC_RELAXED);
+            ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r, "MODZMQ0020: " MODZMQ_DIR_MAXINFLIGHT
+                          " %d reached for %s: answered 503", conf->max_in_flight, conf->route ? conf->route : r->uri);
+            apr_table_setn(r->err_headers_out, "Retry-After", "1");
+            return HTTP_SERVICE_UNAVAILABLE;
+        }
+        status = relay_request(r, conf, relay, handle);
+        __atomic_sub_fetch(conf->in_flight, 1, __ATOMIC_RELAXED);
+        return status;
+    }
+    return relay_request(r, conf, relay, handle);
+}
+
+/* Reads the body, relays the request and writes the reply or error. */
+static int relay_request(request_rec *r, const modzmq_dir_conf *conf, modzmq_relay_fn relay, int handle)
+{
+    modzmq_request req;
+    modzmq_response resp;
+    apr_size_t n;
+    int rc, status;
+
     memset(&req, 0, sizeof(req));
     status = read_body(r, modzmq_conf_max_body(conf), &req.body, &n);
     if (status != OK) {
@@ -295,6 +318,10 @@ int modzmq_handler(request_rec *r)
     req.headers = pack_headers(r, &req.headers_len);
     req.meta = pack_meta(r, conf, &req.meta_len);
     req.timeout_ms = modzmq_conf_timeout_ms(conf);
+    req.heartbeat_ms = conf->heartbeat_ms == MODZMQ_OFF ? -1 : (conf->heartbeat_ms > 0 ? conf->heartbeat_ms : 0);
+    req.heartbeat_timeout_ms = conf->heartbeat_timeout_ms;
+    req.retries = conf->retries > 0 ? conf->retries : 0;
+    req.retry_all = conf->retry_all == 1;
 
     resp.block = NULL;
     resp.error[0] = '\0';

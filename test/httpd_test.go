@@ -260,6 +260,7 @@ func testSlow(t *testing.T, h *httpd) {
 
 func testNoWorker(t *testing.T, h *httpd) {
 	h.expect(`MODZMQ0101: .*answered 503`)
+	h.expect(`MODZMQ0121: tcp://127.0.0.1:\d+: cannot connect`)
 	start := time.Now()
 	resp, b := do(t, "GET", h.URL+"/none/x", "", nil)
 	elapsed := time.Since(start)

@@ -469,7 +469,11 @@ func (s *Server) start(c *conn, r *Request) {
 		resp, err := s.gw.Relay(ctx, h, req)
 		if err != nil {
 			st := bridge.StatusOf(err)
-			s.complete(sl, errorResponse(st, http.StatusText(st), nil, connHdr))
+			var extra []byte
+			if errors.Is(err, bridge.ErrOverload) {
+				extra = []byte("Retry-After: 1\r\n")
+			}
+			s.complete(sl, errorResponse(st, http.StatusText(st), extra, connHdr))
 			return
 		}
 		s.complete(sl, response(&resp, head, connHdr))

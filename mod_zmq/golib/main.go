@@ -34,9 +34,61 @@ var (
 	logFunc  bridge.LogFunc
 	// backends is copy-on-write: handles are opened in child_init, before
 	// Apache starts its request threads, and read on every request.
-	backends atomic.Pointer[[]*bridge.Client]
+	backends atomic.Pointer[[]*backend]
 	openMu   sync.Mutex
 )
+
+// backend is one ZmqBackend endpoint list. Sockets depend on the heartbeat
+// settings, which come with each request (they may be set in another scope
+// than ZmqBackend), so it keeps one bridge client per setting, made on
+// first use.
+type backend struct {
+	endpoints      []string
+	connectTimeout time.Duration
+	mu             sync.Mutex
+	clients        atomic.Pointer[map[clientKey]*bridge.Client]
+}
+
+type clientKey struct {
+	heartbeat, heartbeatTimeout int64
+	retries                     int
+	retryAll                    bool
+}
+
+func (b *backend) client(k clientKey) (*bridge.Client, error) {
+	if m := b.clients.Load(); m != nil {
+		if c := (*m)[k]; c != nil {
+			return c, nil
+		}
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	old := b.clients.Load()
+	if old != nil && (*old)[k] != nil {
+		return (*old)[k], nil
+	}
+	c, err := bridge.NewClient(bridge.Options{
+		Endpoints:        b.endpoints,
+		ConnectTimeout:   b.connectTimeout,
+		Heartbeat:        time.Duration(max(k.heartbeat, 0)) * time.Millisecond,
+		HeartbeatTimeout: time.Duration(k.heartbeatTimeout) * time.Millisecond,
+		NoHeartbeat:      k.heartbeat < 0,
+		Retries:          k.retries,
+		RetryAll:         k.retryAll,
+		Log:              logFunc,
+	})
+	if err != nil {
+		return nil, err
+	}
+	m := map[clientKey]*bridge.Client{k: c}
+	if old != nil {
+		for kk, cc := range *old {
+			m[kk] = cc
+		}
+	}
+	b.clients.Store(&m)
+	return c, nil
+}
 
 //export modzmq_abi_version
 func modzmq_abi_version() C.int { return C.MODZMQ_ABI_VERSION }
@@ -77,22 +129,25 @@ func modzmq_backend_open(endpoints *C.char, connectTimeoutMS C.int64_t, errbuf *
 			handle = 0
 		}
 	}()
-	c, err := bridge.NewClient(bridge.Options{
-		Endpoints:      strings.Fields(C.GoString(endpoints)),
-		ConnectTimeout: time.Duration(connectTimeoutMS) * time.Millisecond,
-		Log:            logFunc,
-	})
-	if err != nil {
-		setError(errbuf, errlen, fmt.Sprintf("%v: %v", bridge.CodeOf(err), err))
+	b := &backend{endpoints: strings.Fields(C.GoString(endpoints)),
+		connectTimeout: time.Duration(connectTimeoutMS) * time.Millisecond}
+	for _, ep := range b.endpoints {
+		if err := bridge.ParseEndpoint(ep); err != nil {
+			setError(errbuf, errlen, fmt.Sprintf("%v: %v", bridge.CodeConfig, err))
+			return 0
+		}
+	}
+	if len(b.endpoints) == 0 {
+		setError(errbuf, errlen, fmt.Sprintf("%v: no endpoints", bridge.CodeConfig))
 		return 0
 	}
 	openMu.Lock()
 	defer openMu.Unlock()
-	var list []*bridge.Client
+	var list []*backend
 	if old := backends.Load(); old != nil {
 		list = append(list, *old...)
 	}
-	list = append(list, c)
+	list = append(list, b)
 	backends.Store(&list)
 	return C.int(len(list))
 }
@@ -107,10 +162,16 @@ func modzmq_relay(backend C.int, req *C.modzmq_request, resp *C.modzmq_response)
 		}
 	}()
 	resp.block = nil
-	client := lookup(int(backend))
-	if client == nil {
+	b := lookup(int(backend))
+	if b == nil {
 		setError(&resp.error[0], C.size_t(len(resp.error)), fmt.Sprintf("%v: unknown backend handle %d", bridge.CodeConfig, backend))
 		return C.MODZMQ_EBACKEND
+	}
+	client, err := b.client(clientKey{heartbeat: int64(req.heartbeat_ms), heartbeatTimeout: int64(req.heartbeat_timeout_ms),
+		retries: int(req.retries), retryAll: req.retry_all != 0})
+	if err != nil {
+		setError(&resp.error[0], C.size_t(len(resp.error)), fmt.Sprintf("%v: %v", bridge.CodeOf(err), err))
+		return C.MODZMQ_EINTERNAL
 	}
 	r := bridge.Request{
 		Method:  view(req.method, req.method_len),
@@ -123,7 +184,7 @@ func modzmq_relay(backend C.int, req *C.modzmq_request, resp *C.modzmq_response)
 	if err != nil {
 		setError(&resp.error[0], C.size_t(len(resp.error)), fmt.Sprintf("%v: %v", bridge.CodeOf(err), err))
 		switch {
-		case errors.Is(err, bridge.ErrNoWorker):
+		case errors.Is(err, bridge.ErrNoWorker), errors.Is(err, bridge.ErrWorkerLost), errors.Is(err, bridge.ErrOverload):
 			return C.MODZMQ_ENOWORKER
 		case errors.Is(err, bridge.ErrTimeout):
 			return C.MODZMQ_ETIMEOUT
@@ -150,7 +211,7 @@ func modzmq_relay(backend C.int, req *C.modzmq_request, resp *C.modzmq_response)
 	return C.MODZMQ_OK
 }
 
-func lookup(handle int) *bridge.Client {
+func lookup(handle int) *backend {
 	list := backends.Load()
 	if list == nil || handle < 1 || handle > len(*list) {
 		return nil

@@ -17,7 +17,7 @@
 #include <stdint.h>
 
 /* The ABI this header describes; modzmq_abi_version() must return it. */
-#define MODZMQ_ABI_VERSION 1
+#define MODZMQ_ABI_VERSION 2
 
 /* Return codes of modzmq_relay(). */
 #define MODZMQ_OK         0 /* reply in *resp */
@@ -37,7 +37,11 @@ typedef struct modzmq_request {
     const char *headers; size_t headers_len; /* "Name: value\r\n" lines */
     const char *meta;    size_t meta_len;    /* trusted lines, no request-id */
     const char *body;    size_t body_len;
-    int64_t timeout_ms;                      /* whole exchange; 0 = default */
+    int64_t timeout_ms;                      /* whole exchange, retries included; 0 = default */
+    int64_t heartbeat_ms;                    /* ZMTP heartbeat interval; 0 = default, -1 = off */
+    int64_t heartbeat_timeout_ms;            /* 0 = default */
+    int     retries;                         /* extra attempts for idempotent methods */
+    int     retry_all;                       /* non-zero: retries apply to every method */
 } modzmq_request;
 
 /*
@@ -66,7 +70,8 @@ typedef int (*modzmq_init_fn)(modzmq_log_fn log, int log_level, int max_procs);
 /*
  * int modzmq_backend_open(const char *endpoints, int64_t connect_timeout_ms,
  *                         char *err, size_t err_len):
- * endpoints are separated by spaces. (Parameters are not const because the
+ * endpoints are separated by spaces. Connections (one client per heartbeat
+ * setting a request asks for) are made on first use. (Parameters are not const because the
  * prototypes cgo generates are not; the library only reads them.) Returns a handle > 0, or 0 with a
  * NUL-terminated reason in err.
  */
