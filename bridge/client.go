@@ -98,8 +98,11 @@ type Client struct {
 	overloads atomic.Int64
 	retries   atomic.Int64
 	stopWatch func()
-	closed    atomic.Bool
-	closeOnce sync.Once
+	// ready closes once every endpoint's watch reported its first event.
+	ready        chan struct{}
+	pendingFirst atomic.Int64
+	closed       atomic.Bool
+	closeOnce    sync.Once
 }
 
 // NewClient checks opts and returns a client. Connections are made lazily;
@@ -143,11 +146,20 @@ func NewClient(opts Options) (*Client, error) {
 		c.endpoints = append(c.endpoints, &endpoint{addr: addr})
 	}
 	if !opts.NoHeartbeat {
+		c.pendingFirst.Store(int64(len(c.endpoints)))
+		c.ready = make(chan struct{})
 		stop, err := opts.Transport.Watch(opts.Endpoints, c.dial, c.event)
 		if err != nil {
 			return nil, err
 		}
 		c.stopWatch = stop
+		// Give the watch connections a moment to report, so that the first
+		// requests already know which workers are up and can notice losing
+		// them; a handshake on a working network takes milliseconds.
+		select {
+		case <-c.ready:
+		case <-time.After(min(opts.ConnectTimeout, 250*time.Millisecond)):
+		}
 	}
 	return c, nil
 }
@@ -189,6 +201,12 @@ func (c *Client) event(addr string, ev EventKind, detail string) {
 	}
 	if e == nil {
 		return
+	}
+	if ev != EventClosed && !e.reported {
+		e.reported = true
+		if c.pendingFirst.Add(-1) == 0 {
+			close(c.ready)
+		}
 	}
 	switch ev {
 	case EventConnected:

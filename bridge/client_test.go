@@ -88,7 +88,7 @@ func TestClientRoundTripGoZeroMQRouter(t *testing.T) {
 			router.Send(gozmq.NewMsgFrom(append(env, []byte("200"), msg.Frames[5])...))
 		}
 	}()
-	c := newTestClient(t, Options{Endpoints: []string{ep}})
+	c := newTestClient(t, Options{Endpoints: []string{ep}, NoHeartbeat: true}) // go-zeromq answers no PINGs
 	resp, err := c.Do(context.Background(), &Request{Method: []byte("GET"), Target: []byte("/via-router")}, 2*time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -143,7 +143,7 @@ func TestClientStaleReplyIsDropped(t *testing.T) {
 		}
 	}()
 	var logged atomic.Int32
-	c := newTestClient(t, Options{Endpoints: []string{"tcp://" + router.Addr().String()}, MaxIdle: 1,
+	c := newTestClient(t, Options{Endpoints: []string{"tcp://" + router.Addr().String()}, MaxIdle: 1, NoHeartbeat: true,
 		Log: func(l Level, msg string) {
 			if strings.HasPrefix(msg, CodeStaleReply.String()) {
 				logged.Add(1)

@@ -38,8 +38,9 @@ type endpoint struct {
 	epoch atomic.Uint64
 	stats EndpointStats
 
-	lastUp time.Time // watch goroutine only
-	flaps  int       // quick disconnects after connecting, watch goroutine only
+	lastUp   time.Time // watch goroutine only
+	reported bool      // watch goroutine only: an event came
+	flaps    int       // quick disconnects after connecting, watch goroutine only
 
 	mu   sync.Mutex
 	idle []*pooled

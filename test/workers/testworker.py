@@ -71,11 +71,20 @@ def answer(name, frames):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--bind", required=True)
+    ap.add_argument("--bind", help="endpoint to bind (REP or ROUTER)")
     ap.add_argument("--name", default="py")
     ap.add_argument("--router", action="store_true")
     ap.add_argument("--log", action="store_true", help="print each request's target")
+    ap.add_argument("--broker", help="connect to this broker backend (MZMQW/1) instead of binding")
     args = ap.parse_args()
+
+    if args.broker:
+        import os
+        sys.path.insert(0, os.path.join(os.path.dirname(__file__), "../../examples/python"))
+        from broker_worker import serve
+        print("ready", flush=True)
+        serve(args.broker, args.name, handler=answer)
+        return
 
     sock = zmq.Context().socket(zmq.ROUTER if args.router else zmq.REP)
     sock.bind(args.bind)

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/modzmq/modzmq/gateway"
+	"github.com/modzmq/modzmq/gateway/broker"
 	"github.com/modzmq/modzmq/gateway/stream"
 )
 
@@ -35,6 +36,7 @@ language) with the MZMQ/1 protocol, and writes their replies back.
 Usage:
   zmq-gateway [flags]          serve HTTP with Go's net/http
   zmq-gateway stream [flags]   serve HTTP straight from a libzmq ZMQ_STREAM socket
+  zmq-gateway broker [flags]   run the load-balancing broker between bridges and workers
 
 One route from flags:
   zmq-gateway -listen 127.0.0.1:8081 -route /api=tcp://127.0.0.1:5555
@@ -62,6 +64,9 @@ func main() {
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "broker" {
+		return runBroker(args[1:], stderr)
+	}
 	mode := "http"
 	if len(args) > 0 && args[0] == "stream" {
 		mode, args = "stream", args[1:]
@@ -199,4 +204,58 @@ func buildConfig(path string, routes []string, listen string, timeout time.Durat
 		return nil, fmt.Errorf("flags: %w", err)
 	}
 	return cfg, nil
+}
+
+const brokerUsage = `zmq-gateway broker routes requests from bridges (Apache's mod_zmq, zmq-gateway)
+to workers that announce themselves (worker protocol MZMQW/1, docs/PROTOCOL.md),
+giving each request to the least recently used idle worker. Workers join and
+leave at any time; a silent worker is dropped after 3 heartbeats and a request
+it held is answered 503.
+
+  zmq-gateway broker -frontend tcp://127.0.0.1:5555 -backend tcp://127.0.0.1:5556
+  then: ZmqBackend tcp://127.0.0.1:5555, and workers connect to :5556
+
+Flags:
+`
+
+func runBroker(args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("zmq-gateway broker", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, brokerUsage)
+		fs.PrintDefaults()
+	}
+	front := fs.String("frontend", "tcp://127.0.0.1:5555", "endpoint bridges connect to (ZmqBackend)")
+	back := fs.String("backend", "tcp://127.0.0.1:5556", "endpoint workers connect to")
+	hb := fs.Duration("heartbeat", broker.DefaultHeartbeat, "heartbeat interval with workers")
+	queue := fs.Int("queue", broker.DefaultQueue, "requests that may wait for an idle worker; more get 503")
+	queueTimeout := fs.Duration("queue-timeout", broker.DefaultQueueTimeout, "a request waiting longer for a worker gets 503")
+	busy := fs.Duration("busy-timeout", 0, "drop a worker silent this long while it holds a request (default 3 heartbeats)")
+	logLevel := fs.String("log-level", "info", "debug, info, warn, error")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		fmt.Fprintf(stderr, "zmq-gateway broker: -log-level %q: want debug, info, warn or error\n", *logLevel)
+		return 2
+	}
+	b, err := broker.New(broker.Options{Frontend: *front, Backend: *back, Heartbeat: *hb, Queue: *queue,
+		QueueTimeout: *queueTimeout, BusyTimeout: *busy,
+		Log: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))})
+	if err != nil {
+		fmt.Fprintf(stderr, "zmq-gateway broker: %v\n", err)
+		return 1
+	}
+	defer b.Close()
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := b.Run(ctx); err != nil {
+		fmt.Fprintf(stderr, "zmq-gateway broker: %v\n", err)
+		return 1
+	}
+	return 0
 }
