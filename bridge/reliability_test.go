@@ -27,6 +27,11 @@ func blackHole(t *testing.T) (endpoint string, taken *atomic.Int32) {
 	go func() {
 		defer close(done)
 		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
 			s, _ := zmq.NewSocket(zmq.ROUTER)
 			s.SetLinger(0)
 			for s.Bind(endpoint) != nil {
@@ -45,7 +50,10 @@ func blackHole(t *testing.T) (endpoint string, taken *atomic.Int32) {
 					break
 				}
 			}
-			s.Close() // the connection holding the request drops
+			// "Work" a moment, as a worker that crashes mid-request would,
+			// then drop the connection holding the request.
+			time.Sleep(300 * time.Millisecond)
+			s.Close()
 		}
 	}()
 	t.Cleanup(func() { close(stop); <-done })

@@ -88,6 +88,15 @@ func (s *syncBuffer) String() string {
 type worker struct {
 	Endpoint string
 	Output   *syncBuffer
+	cmd      *exec.Cmd
+}
+
+// signal sends sig to the worker process.
+func (w *worker) signal(t *testing.T, sig os.Signal) {
+	t.Helper()
+	if err := w.cmd.Process.Signal(sig); err != nil {
+		t.Fatalf("signal %v: %v", sig, err)
+	}
 }
 
 // startProcess runs a worker that prints "ready" once bound, and stops it
@@ -125,14 +134,19 @@ func startProcess(t *testing.T, name string, args ...string) *worker {
 	case <-time.After(20 * time.Second):
 		t.Fatalf("%s %v did not get ready: %s", name, args, out.String())
 	}
-	return &worker{Output: out}
+	return &worker{Output: out, cmd: cmd}
 }
 
 // startPyWorker starts test/workers/testworker.py (REP, or ROUTER with
 // "--router") on a free port.
 func startPyWorker(t *testing.T, name string, extra ...string) *worker {
 	t.Helper()
-	ep := fmt.Sprintf("tcp://127.0.0.1:%d", freePort(t))
+	return startPyWorkerAt(t, name, fmt.Sprintf("tcp://127.0.0.1:%d", freePort(t)), extra...)
+}
+
+// startPyWorkerAt starts the test worker bound to ep (to restart one in place).
+func startPyWorkerAt(t *testing.T, name, ep string, extra ...string) *worker {
+	t.Helper()
 	args := append([]string{filepath.Join(root, "test/workers/testworker.py"), "--bind", ep, "--name", name}, extra...)
 	w := startProcess(t, python, args...)
 	w.Endpoint = ep
@@ -163,6 +177,7 @@ type httpdParams struct {
 	Dir, ModDir, Module, Library, MPM, User string
 	Port, DeadPort                          int
 	REP, REP2, Router, Go, Slow, Counter    string
+	Extra                                   string // raw configuration inside the first vhost
 }
 
 // startHTTPD renders conf/test/httpd.conf.tmpl with p and starts httpd. It is
