@@ -27,8 +27,10 @@ func TestEveryLogCodeIsDocumented(t *testing.T) {
 	gofiles, _ := filepath.Glob(filepath.Join(root, "bridge/*.go"))
 	more, _ := filepath.Glob(filepath.Join(root, "gateway/*.go"))
 	gofiles = append(gofiles, more...)
-	more, _ = filepath.Glob(filepath.Join(root, "gateway/stream/*.go"))
-	gofiles = append(gofiles, more...)
+	for _, dir := range []string{"gateway/stream", "gateway/broker"} {
+		more, _ = filepath.Glob(filepath.Join(root, dir, "*.go"))
+		gofiles = append(gofiles, more...)
+	}
 	for _, f := range gofiles {
 		b, err := os.ReadFile(f)
 		if err != nil {
