@@ -13,7 +13,7 @@ GOSRC   := $(shell find bridge mod_zmq/golib -name '*.go' -not -name '*_test.go'
 CSRC    := $(wildcard mod_zmq/*.c mod_zmq/*.h) mod_zmq/golib/modzmq.h apxs/build.sh
 
 .PHONY: all deps install demo test fuzz clean
-all: $(BUILD)/mod_zmq.so $(BUILD)/libmodzmq.so $(BUILD)/go-worker $(BUILD)/zmq-gateway
+all: $(BUILD)/mod_zmq.so $(BUILD)/libmodzmq.so $(BUILD)/go-worker $(BUILD)/brokerworker $(BUILD)/zmq-gateway
 
 deps:
 	@./test/deps.sh
@@ -29,6 +29,9 @@ $(BUILD)/libmodzmq.so: $(GOSRC)
 
 $(BUILD)/go-worker: $(GOSRC) $(wildcard examples/go/worker/*.go)
 	$(GO) build -o $@ ./examples/go/worker
+
+$(BUILD)/brokerworker: $(wildcard examples/go/brokerworker/*.go)
+	$(GO) build -o $@ ./examples/go/brokerworker
 
 $(BUILD)/zmq-gateway: $(GOSRC) $(shell find gateway -name '*.go' -not -name '*_test.go')
 	$(GO) build -trimpath -ldflags "-X main.version=$(VERSION)" -o $@ ./gateway/cmd/zmq-gateway

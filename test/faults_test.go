@@ -187,14 +187,15 @@ func TestBrokerRestart(t *testing.T) {
 		return w
 	}
 	broker := startBroker()
-	for _, name := range []string{"w1", "w2"} {
-		startProcess(t, python, filepath.Join(root, "test/workers/testworker.py"), "--broker", back, "--name", name)
-	}
+	requireBuilt(t, "brokerworker")
+	py := startProcess(t, python, filepath.Join(root, "test/workers/testworker.py"), "--broker", back, "--name", "py", "--log")
+	startProcess(t, buildPath("brokerworker"), "-connect", back, "-name", "go")
 	h := startHTTPD(t, httpdParams{MPM: "event", Extra: fmt.Sprintf("\t<Location /b>\n\t\tSetHandler zmq\n\t\tZmqBackend %s\n\t\t%s\n\t</Location>",
 		front, faultOptions)})
 	h.expect(`\[zmq:(warn|error|info)\] .*MODZMQ01(0[0-9]|1[0-9]|2[0-9])`)
 	l := startLoad(t, h.URL+"/b/x", 8)
 	l.waitOK(t, "through the broker", 100, 20*time.Second)
+	waitServed(t, py, 0, "the Python broker worker")
 
 	broker.cmd.Process.Kill()
 	broker.cmd.Wait()

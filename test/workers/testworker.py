@@ -82,8 +82,12 @@ def main():
         import os
         sys.path.insert(0, os.path.join(os.path.dirname(__file__), "../../examples/python"))
         from broker_worker import serve
+        def handler(name, frames):
+            if args.log:
+                print("got", frames[2].decode("latin-1"), flush=True)
+            return answer(name, frames)
         print("ready", flush=True)
-        serve(args.broker, args.name, handler=answer)
+        serve(args.broker, args.name, handler=handler)
         return
 
     sock = zmq.Context().socket(zmq.ROUTER if args.router else zmq.REP)
