@@ -51,6 +51,14 @@ type Options struct {
 	// MaxInFlight bounds the requests in flight through this client; over
 	// it a request fails at once with ErrOverload. Zero means no limit.
 	MaxInFlight int
+	// Curve, when set, makes every connection a CurveZMQ client of workers
+	// that run as CURVE servers (see LoadCurve).
+	Curve *Curve
+	// MaxReply bounds the size of a reply (all frames); a larger one is an
+	// ErrProtocol error (502). Frames over twice the limit make libzmq drop
+	// the connection before they are read (ErrWorkerLost). Zero means no
+	// limit.
+	MaxReply int64
 	// MaxIdle is how many idle connections the client keeps per endpoint;
 	// zero means DefaultMaxIdle.
 	MaxIdle int
@@ -139,13 +147,17 @@ func NewClient(opts Options) (*Client, error) {
 		return nil, err
 	}
 	c := &Client{opts: opts, prefix: append(hex.AppendEncode(make([]byte, 0, 16), r[:]), '-')}
+	c.dial = DialOptions{Curve: opts.Curve}
 	if !opts.NoHeartbeat {
-		c.dial = DialOptions{Heartbeat: opts.Heartbeat, HeartbeatTimeout: opts.HeartbeatTimeout}
+		c.dial.Heartbeat, c.dial.HeartbeatTimeout = opts.Heartbeat, opts.HeartbeatTimeout
+	}
+	if opts.MaxReply > 0 {
+		c.dial.MaxMsgSize = 2*opts.MaxReply + 64<<10
 	}
 	for _, addr := range opts.Endpoints {
 		c.endpoints = append(c.endpoints, &endpoint{addr: addr})
 	}
-	if !opts.NoHeartbeat {
+	{
 		c.pendingFirst.Store(int64(len(c.endpoints)))
 		c.ready = make(chan struct{})
 		stop, err := opts.Transport.Watch(opts.Endpoints, c.dial, c.event)
@@ -350,9 +362,13 @@ func (c *Client) attempt(ctx context.Context, e *endpoint, req *Request, deadlin
 	case errors.Is(err, ErrProtocol):
 		e.stats.BadReplies.Add(1)
 	}
-	// A connection whose request was lost or refused may still hold the
-	// message; it is closed rather than let it reach a worker later.
-	reusable := err == nil || errors.Is(err, ErrTimeout) || errors.Is(err, ErrProtocol) ||
+	// Reuse a connection only when it is known to be sound: after a reply
+	// (good or bad), or when the caller went away (a late reply is then
+	// dropped by request id). After a timeout the connection may be dead in
+	// ways libzmq does not repair (a frame over MaxReply makes it drop the
+	// connection for good), and after a refused or lost send it may still
+	// hold the message: it is closed rather than let that reach a worker.
+	reusable := err == nil || errors.Is(err, ErrProtocol) ||
 		errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
 	e.put(p, reusable, c.opts.MaxIdle, c.closed.Load())
 	return resp, err
@@ -401,6 +417,15 @@ func (c *Client) exchange(ctx context.Context, p *pooled, e *endpoint, req *Requ
 		}
 		if len(msg) < 2 || len(msg[1]) != 0 {
 			return Response{}, protocolError("reply to request %s lacks the empty delimiter frame after the request id", p.id)
+		}
+		if c.opts.MaxReply > 0 {
+			size := int64(0)
+			for _, f := range msg[2:] {
+				size += int64(len(f))
+			}
+			if size > c.opts.MaxReply {
+				return Response{}, protocolError("reply to request %s is %d bytes, over the limit of %d", p.id, size, c.opts.MaxReply)
+			}
 		}
 		resp, err := DecodeReply(msg[2:])
 		if err != nil {

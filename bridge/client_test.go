@@ -112,9 +112,9 @@ func TestClientNoWorkerIsNotATimeout(t *testing.T) {
 }
 
 func TestClientStaleReplyIsDropped(t *testing.T) {
-	// The worker answers the first request only after the second one arrives,
-	// so the first reply reaches the pooled connection after its caller gave
-	// up; the second caller must get its own reply, never the stale one.
+	// The first caller goes away before its reply; the worker answers it only
+	// after the second request arrives on the same pooled connection. The
+	// second caller must get its own reply, never the stale one.
 	var mu sync.Mutex
 	var held [][]byte
 	ctx, cancel := context.WithCancel(context.Background())
@@ -149,9 +149,10 @@ func TestClientStaleReplyIsDropped(t *testing.T) {
 				logged.Add(1)
 			}
 		}})
-	_, err := c.Do(context.Background(), &Request{Target: []byte("/first")}, 200*time.Millisecond)
-	if !errors.Is(err, ErrTimeout) {
-		t.Fatalf("first: got %v, want ErrTimeout", err)
+	gone, leave := context.WithCancel(context.Background())
+	time.AfterFunc(200*time.Millisecond, leave)
+	if _, err := c.Do(gone, &Request{Target: []byte("/first")}, 10*time.Second); !errors.Is(err, context.Canceled) {
+		t.Fatalf("first: got %v, want context.Canceled", err)
 	}
 	resp, err := c.Do(context.Background(), &Request{Target: []byte("/second")}, 5*time.Second)
 	if err != nil {
@@ -162,6 +163,36 @@ func TestClientStaleReplyIsDropped(t *testing.T) {
 	}
 	if logged.Load() != 1 {
 		t.Errorf("stale reply logged %d times, want 1", logged.Load())
+	}
+}
+
+func TestClientTimeoutDoesNotPoisonTheNextRequest(t *testing.T) {
+	// A reply frame far over MaxReply makes libzmq drop the connection; the
+	// request times out, and the next one must work on a fresh connection.
+	ep := zmqtest.REP(t, func(r [][]byte) [][]byte {
+		if string(r[2]) == "big" {
+			return [][]byte{make([]byte, 200000)}
+		}
+		return [][]byte{[]byte("small")}
+	})
+	c := newTestClient(t, Options{Endpoints: []string{ep}, MaxReply: 1000, MaxIdle: 1})
+	if _, err := c.Do(context.Background(), &Request{Target: []byte("big")}, time.Second); !errors.Is(err, ErrTimeout) {
+		t.Fatalf("huge reply: got %v, want ErrTimeout", err)
+	}
+	if resp, err := c.Do(context.Background(), &Request{Target: []byte("small")}, 5*time.Second); err != nil || string(resp.Body) != "small" {
+		t.Fatalf("next request: %q %v", resp.Body, err)
+	}
+}
+
+func TestClientMaxReply(t *testing.T) {
+	ep := zmqtest.REP(t, func(r [][]byte) [][]byte { return [][]byte{make([]byte, len(r[2]))} })
+	c := newTestClient(t, Options{Endpoints: []string{ep}, MaxReply: 100})
+	if _, err := c.Do(context.Background(), &Request{Target: make([]byte, 100)}, 5*time.Second); err != nil {
+		t.Errorf("reply at the limit: %v", err)
+	}
+	_, err := c.Do(context.Background(), &Request{Target: make([]byte, 101)}, 5*time.Second)
+	if !errors.Is(err, ErrProtocol) || !strings.Contains(err.Error(), "101 bytes, over the limit of 100") {
+		t.Errorf("reply over the limit: %v, want ErrProtocol naming the sizes", err)
 	}
 }
 

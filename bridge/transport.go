@@ -23,6 +23,11 @@ type DialOptions struct {
 	// HeartbeatTimeout drops a connection whose peer sent nothing for this
 	// long after a PING.
 	HeartbeatTimeout time.Duration
+	// Curve, when set, makes the connection a CurveZMQ client.
+	Curve *Curve
+	// MaxMsgSize drops a connection whose peer sends a larger frame; zero
+	// means no limit.
+	MaxMsgSize int64
 }
 
 // EventKind is a connection event reported by a Transport's Watch.

@@ -47,6 +47,13 @@ func (t *ZMQ) dealer(endpoint string, opts DialOptions) (*zmq.Socket, error) {
 		err = errors.Join(s.SetHeartbeatIvl(opts.Heartbeat), s.SetHeartbeatTimeout(opts.HeartbeatTimeout),
 			s.SetHeartbeatTtl(opts.HeartbeatTimeout))
 	}
+	if err == nil && opts.Curve != nil {
+		err = errors.Join(s.SetCurveServerkey(opts.Curve.ServerKey), s.SetCurvePublickey(opts.Curve.PublicKey),
+			s.SetCurveSecretkey(opts.Curve.SecretKey))
+	}
+	if err == nil && opts.MaxMsgSize > 0 {
+		err = s.SetMaxmsgsize(opts.MaxMsgSize)
+	}
 	if err != nil {
 		s.Close()
 		return nil, fmt.Errorf("zmq socket options: %w", err)

@@ -72,13 +72,24 @@ type Route struct {
 	// MaxInFlight bounds the requests in flight on this route; more get 503
 	// with Retry-After. Zero means no limit.
 	MaxInFlight int `yaml:"max_in_flight"`
+	// CurveServerCert (the worker's public .key) and CurveClientCert (the
+	// gateway's .key_secret) make the route a CurveZMQ client.
+	CurveServerCert string `yaml:"curve_server_cert"`
+	CurveClientCert string `yaml:"curve_client_cert"`
+	// MaxReply bounds a worker's reply in bytes; larger gets 502. Nil means
+	// 64 MiB, 0 no limit.
+	MaxReply *int64 `yaml:"max_reply"`
 	// ConnectionNotices asks stream mode to tell this route's workers when a
 	// client connection opens and closes (see docs/PROTOCOL.md).
 	ConnectionNotices bool `yaml:"connection_notices"`
 
 	line      int           // where the route starts in the file, for messages
 	heartbeat time.Duration // parsed Heartbeat; -1 for off
+	curve     *bridge.Curve
 }
+
+// DefaultMaxReply is the reply size limit of a route without max_reply.
+const DefaultMaxReply = 64 << 20
 
 // BridgeOptions are the bridge.Options of the route (without Log).
 func (r *Route) BridgeOptions() bridge.Options {
@@ -91,7 +102,16 @@ func (r *Route) BridgeOptions() bridge.Options {
 		Retries:          r.Retries,
 		RetryAll:         r.RetryAll,
 		MaxInFlight:      r.MaxInFlight,
+		MaxReply:         r.maxReply(),
+		Curve:            r.curve,
 	}
+}
+
+func (r *Route) maxReply() int64 {
+	if r.MaxReply != nil {
+		return *r.MaxReply
+	}
+	return DefaultMaxReply
 }
 
 // Pattern is the route's path pattern as it appears in meta "route".
@@ -277,6 +297,19 @@ func (c *Config) Check() error {
 		}
 		if r.Retries < 0 || r.Retries > 10 {
 			return lineError(line, "route %s: retries must be 0-10", r.Pattern())
+		}
+		if (r.CurveServerCert == "") != (r.CurveClientCert == "") {
+			return lineError(line, "route %s: CURVE needs both curve_server_cert and curve_client_cert", r.Pattern())
+		}
+		if r.CurveServerCert != "" {
+			curve, err := bridge.LoadCurve(r.CurveServerCert, r.CurveClientCert)
+			if err != nil {
+				return lineError(line, "route %s: %v", r.Pattern(), errors.Unwrap(err))
+			}
+			r.curve = curve
+		}
+		if r.MaxReply != nil && *r.MaxReply < 0 {
+			return lineError(line, "route %s: max_reply must be 0 (no limit) or more", r.Pattern())
 		}
 		if r.MaxInFlight < 0 {
 			return lineError(line, "route %s: max_in_flight must be 0 (no limit) or more", r.Pattern())

@@ -22,6 +22,8 @@
 #define MODZMQ_DIR_HEARTBEAT "ZmqHeartbeat"
 #define MODZMQ_DIR_RETRIES "ZmqRetries"
 #define MODZMQ_DIR_MAXINFLIGHT "ZmqMaxInFlight"
+#define MODZMQ_DIR_MAXREPLY "ZmqMaxReply"
+#define MODZMQ_DIR_CURVE "ZmqCurve"
 
 /* The handler names SetHandler accepts. */
 #define MODZMQ_HANDLER "zmq"
@@ -29,6 +31,7 @@
 /* Defaults, in one place. */
 #define MODZMQ_DEFAULT_TIMEOUT_MS  30000
 #define MODZMQ_DEFAULT_MAX_BODY    (8 * 1024 * 1024)
+#define MODZMQ_DEFAULT_MAX_REPLY   (64 * 1024 * 1024)
 #ifndef MODZMQ_DEFAULT_LIBRARY
 #define MODZMQ_DEFAULT_LIBRARY "/usr/lib/apache2/modules/libmodzmq.so"
 #endif
@@ -50,6 +53,9 @@ typedef struct modzmq_dir_conf {
     int retry_all;                    /* MODZMQ_UNSET, 0 or 1 */
     int max_in_flight;                /* MODZMQ_UNSET, 0 (no limit) or > 0 */
     apr_uint32_t *in_flight;          /* shared by the threads of a child; set with max_in_flight */
+    apr_off_t max_reply;              /* MODZMQ_UNSET, 0 (no limit) or > 0 */
+    const char *curve_server_cert;    /* NULL = unset; "" = ZmqCurve off */
+    const char *curve_client_cert;
 } modzmq_dir_conf;
 
 extern module AP_MODULE_DECLARE_DATA zmq_module;
@@ -63,6 +69,7 @@ const char *modzmq_config_library(void);
 const apr_array_header_t *modzmq_config_backends(void); /* of const char * */
 apr_int64_t modzmq_conf_timeout_ms(const modzmq_dir_conf *conf);
 apr_off_t modzmq_conf_max_body(const modzmq_dir_conf *conf);
+apr_off_t modzmq_conf_max_reply(const modzmq_dir_conf *conf);
 
 /* modzmq_loader.c */
 void modzmq_loader_check(apr_pool_t *ptemp, server_rec *s);

@@ -55,6 +55,7 @@ void *modzmq_create_dir_conf(apr_pool_t *p, char *dir)
     conf->retries = MODZMQ_UNSET;
     conf->retry_all = MODZMQ_UNSET;
     conf->max_in_flight = MODZMQ_UNSET;
+    conf->max_reply = MODZMQ_UNSET;
     return conf;
 }
 
@@ -90,6 +91,15 @@ void *modzmq_merge_dir_conf(apr_pool_t *p, void *basev, void *addv)
         conf->retries = base->retries;
         conf->retry_all = base->retry_all;
     }
+    conf->max_reply = add->max_reply != MODZMQ_UNSET ? add->max_reply : base->max_reply;
+    if (add->curve_server_cert) {
+        conf->curve_server_cert = add->curve_server_cert;
+        conf->curve_client_cert = add->curve_client_cert;
+    }
+    else {
+        conf->curve_server_cert = base->curve_server_cert;
+        conf->curve_client_cert = base->curve_client_cert;
+    }
     if (add->max_in_flight != MODZMQ_UNSET) {
         conf->max_in_flight = add->max_in_flight;
         conf->in_flight = add->in_flight;
@@ -109,6 +119,11 @@ apr_int64_t modzmq_conf_timeout_ms(const modzmq_dir_conf *conf)
 apr_off_t modzmq_conf_max_body(const modzmq_dir_conf *conf)
 {
     return conf->max_body != MODZMQ_UNSET ? conf->max_body : MODZMQ_DEFAULT_MAX_BODY;
+}
+
+apr_off_t modzmq_conf_max_reply(const modzmq_dir_conf *conf)
+{
+    return conf->max_reply != MODZMQ_UNSET ? conf->max_reply : MODZMQ_DEFAULT_MAX_REPLY;
 }
 
 /* Checks one endpoint: tcp://host:port or ipc://path. */
@@ -274,6 +289,67 @@ static const char *set_max_body(cmd_parms *cmd, void *dconf, const char *arg)
     return NULL;
 }
 
+static const char *set_max_reply(cmd_parms *cmd, void *dconf, const char *arg)
+{
+    modzmq_dir_conf *conf = dconf;
+    char *end;
+    apr_off_t n;
+
+    if (apr_strtoff(&n, arg, &end, 10) != APR_SUCCESS || end == arg || *end || n < 0) {
+        return apr_psprintf(cmd->pool, MODZMQ_DIR_MAXREPLY " %s: expected a number of bytes, 0 for no limit", arg);
+    }
+    conf->max_reply = n;
+    return NULL;
+}
+
+/* Checks that path is a readable zcert certificate with the key named. The
+ * children read it again after dropping root: it must stay readable by the
+ * Apache User. */
+static const char *check_cert(apr_pool_t *p, const char *path, const char *key)
+{
+    apr_file_t *f;
+    char line[512];
+    int found = 0;
+
+    if (apr_file_open(&f, path, APR_FOPEN_READ, 0, p) != APR_SUCCESS) {
+        return apr_psprintf(p, MODZMQ_DIR_CURVE ": cannot read %s", path);
+    }
+    while (!found && apr_file_gets(line, sizeof(line), f) == APR_SUCCESS) {
+        const char *s = line;
+        while (*s == ' ' || *s == '\t') {
+            s++;
+        }
+        found = strncmp(s, key, strlen(key)) == 0;
+    }
+    apr_file_close(f);
+    return found ? NULL : apr_psprintf(p, MODZMQ_DIR_CURVE ": %s has no %s: not the right zcert "
+                                       "certificate (worker: its .key; bridge: its .key_secret)", path, key);
+}
+
+/* ZmqCurve SERVER_CERT CLIENT_SECRET_CERT | off */
+static const char *set_curve(cmd_parms *cmd, void *dconf, const char *server, const char *client)
+{
+    modzmq_dir_conf *conf = dconf;
+    const char *err;
+
+    if (strcasecmp(server, "off") == 0 && client == NULL) {
+        conf->curve_server_cert = conf->curve_client_cert = "";
+        return NULL;
+    }
+    if (client == NULL) {
+        return MODZMQ_DIR_CURVE " needs the worker's public certificate and the bridge's secret "
+               "certificate (or off)";
+    }
+    server = ap_server_root_relative(cmd->pool, server);
+    client = ap_server_root_relative(cmd->pool, client);
+    if ((err = check_cert(cmd->pool, server, "public-key")) || (err = check_cert(cmd->pool, client, "secret-key"))) {
+        return err;
+    }
+    conf->curve_server_cert = server;
+    conf->curve_client_cert = client;
+    return NULL;
+}
+
 static const char *set_library(cmd_parms *cmd, void *dconf, const char *arg)
 {
     const char *err = ap_check_cmd_context(cmd, GLOBAL_ONLY);
@@ -302,6 +378,11 @@ const command_rec modzmq_cmds[] = {
                    "add \"all\" to retry every method (default 0)"),
     AP_INIT_TAKE1(MODZMQ_DIR_MAXINFLIGHT, set_max_in_flight, NULL, RSRC_CONF | ACCESS_CONF,
                   "Most requests in flight per location and process; more get 503 with Retry-After (default 0 = no limit)"),
+    AP_INIT_TAKE1(MODZMQ_DIR_MAXREPLY, set_max_reply, NULL, RSRC_CONF | ACCESS_CONF,
+                  "Largest reply accepted from a worker, in bytes; larger ones get 502 (default 64 MiB, 0 = no limit)"),
+    AP_INIT_TAKE12(MODZMQ_DIR_CURVE, set_curve, NULL, RSRC_CONF | ACCESS_CONF,
+                   "CurveZMQ to the workers: the worker's public certificate (.key) and the bridge's "
+                   "secret certificate (.key_secret), or off"),
     AP_INIT_TAKE1(MODZMQ_DIR_LIBRARY, set_library, NULL, RSRC_CONF,
                   "Path of libmodzmq.so, the Go half of mod_zmq (server config only)"),
     {NULL}

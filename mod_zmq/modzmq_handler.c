@@ -322,6 +322,11 @@ static int relay_request(request_rec *r, const modzmq_dir_conf *conf, modzmq_rel
     req.heartbeat_timeout_ms = conf->heartbeat_timeout_ms;
     req.retries = conf->retries > 0 ? conf->retries : 0;
     req.retry_all = conf->retry_all == 1;
+    req.max_reply = modzmq_conf_max_reply(conf);
+    if (conf->curve_server_cert && *conf->curve_server_cert) {
+        req.curve_server_cert = conf->curve_server_cert;
+        req.curve_client_cert = conf->curve_client_cert;
+    }
 
     resp.block = NULL;
     resp.error[0] = '\0';

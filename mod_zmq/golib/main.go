@@ -53,6 +53,8 @@ type clientKey struct {
 	heartbeat, heartbeatTimeout int64
 	retries                     int
 	retryAll                    bool
+	maxReply                    int64
+	curveServer, curveClient    string
 }
 
 func (b *backend) client(k clientKey) (*bridge.Client, error) {
@@ -67,6 +69,13 @@ func (b *backend) client(k clientKey) (*bridge.Client, error) {
 	if old != nil && (*old)[k] != nil {
 		return (*old)[k], nil
 	}
+	var curve *bridge.Curve
+	if k.curveServer != "" {
+		var err error
+		if curve, err = bridge.LoadCurve(k.curveServer, k.curveClient); err != nil {
+			return nil, err
+		}
+	}
 	c, err := bridge.NewClient(bridge.Options{
 		Endpoints:        b.endpoints,
 		ConnectTimeout:   b.connectTimeout,
@@ -75,6 +84,8 @@ func (b *backend) client(k clientKey) (*bridge.Client, error) {
 		NoHeartbeat:      k.heartbeat < 0,
 		Retries:          k.retries,
 		RetryAll:         k.retryAll,
+		MaxReply:         k.maxReply,
+		Curve:            curve,
 		Log:              logFunc,
 	})
 	if err != nil {
@@ -167,11 +178,17 @@ func modzmq_relay(backend C.int, req *C.modzmq_request, resp *C.modzmq_response)
 		setError(&resp.error[0], C.size_t(len(resp.error)), fmt.Sprintf("%v: unknown backend handle %d", bridge.CodeConfig, backend))
 		return C.MODZMQ_EBACKEND
 	}
-	client, err := b.client(clientKey{heartbeat: int64(req.heartbeat_ms), heartbeatTimeout: int64(req.heartbeat_timeout_ms),
-		retries: int(req.retries), retryAll: req.retry_all != 0})
+	key := clientKey{heartbeat: int64(req.heartbeat_ms), heartbeatTimeout: int64(req.heartbeat_timeout_ms),
+		retries: int(req.retries), retryAll: req.retry_all != 0, maxReply: int64(req.max_reply)}
+	if req.curve_server_cert != nil {
+		key.curveServer, key.curveClient = C.GoString(req.curve_server_cert), C.GoString(req.curve_client_cert)
+	}
+	client, err := b.client(key)
 	if err != nil {
-		setError(&resp.error[0], C.size_t(len(resp.error)), fmt.Sprintf("%v: %v", bridge.CodeOf(err), err))
-		return C.MODZMQ_EINTERNAL
+		// Unusable settings (a CURVE certificate that cannot be read): the
+		// service is unavailable until the operator fixes them.
+		setError(&resp.error[0], C.size_t(len(resp.error)), fmt.Sprintf("%v: %s: %v", bridge.CodeConfig, strings.Join(b.endpoints, " "), err))
+		return C.MODZMQ_ENOWORKER
 	}
 	r := bridge.Request{
 		Method:  view(req.method, req.method_len),

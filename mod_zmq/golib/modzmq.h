@@ -17,7 +17,7 @@
 #include <stdint.h>
 
 /* The ABI this header describes; modzmq_abi_version() must return it. */
-#define MODZMQ_ABI_VERSION 2
+#define MODZMQ_ABI_VERSION 3
 
 /* Return codes of modzmq_relay(). */
 #define MODZMQ_OK         0 /* reply in *resp */
@@ -42,6 +42,9 @@ typedef struct modzmq_request {
     int64_t heartbeat_timeout_ms;            /* 0 = default */
     int     retries;                         /* extra attempts for idempotent methods */
     int     retry_all;                       /* non-zero: retries apply to every method */
+    int64_t max_reply;                       /* bytes; 0 = no limit */
+    const char *curve_server_cert;           /* NUL-terminated paths, or NULL: CurveZMQ off */
+    const char *curve_client_cert;
 } modzmq_request;
 
 /*

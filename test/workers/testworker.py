@@ -21,6 +21,7 @@ import time
 from urllib.parse import parse_qs, urlsplit
 
 import zmq
+import zmq.auth
 
 
 def lines(frame):
@@ -76,6 +77,8 @@ def main():
     ap.add_argument("--router", action="store_true")
     ap.add_argument("--log", action="store_true", help="print each request's target")
     ap.add_argument("--broker", help="connect to this broker backend (MZMQW/1) instead of binding")
+    ap.add_argument("--curve-secret", help="run as a CURVE server with this secret certificate")
+    ap.add_argument("--curve-allow", help="with --curve-secret: accept only clients whose public certificates are in this directory")
     args = ap.parse_args()
 
     if args.broker:
@@ -90,7 +93,17 @@ def main():
         serve(args.broker, args.name, handler=handler)
         return
 
-    sock = zmq.Context().socket(zmq.ROUTER if args.router else zmq.REP)
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER if args.router else zmq.REP)
+    if args.curve_secret:
+
+        if args.curve_allow:
+            from zmq.auth.thread import ThreadAuthenticator
+            auth = ThreadAuthenticator(ctx)
+            auth.start()
+            auth.configure_curve(domain="*", location=args.curve_allow)
+        sock.curve_publickey, sock.curve_secretkey = zmq.auth.load_certificate(args.curve_secret)
+        sock.curve_server = True
     sock.bind(args.bind)
     print("ready", flush=True)
     while True:

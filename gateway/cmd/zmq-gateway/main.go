@@ -22,6 +22,9 @@ import (
 	"syscall"
 	"time"
 
+	zmq "github.com/pebbe/zmq4"
+
+	"github.com/modzmq/modzmq/bridge"
 	"github.com/modzmq/modzmq/gateway"
 	"github.com/modzmq/modzmq/gateway/broker"
 	"github.com/modzmq/modzmq/gateway/stream"
@@ -37,6 +40,7 @@ Usage:
   zmq-gateway [flags]          serve HTTP with Go's net/http
   zmq-gateway stream [flags]   serve HTTP straight from a libzmq ZMQ_STREAM socket
   zmq-gateway broker [flags]   run the load-balancing broker between bridges and workers
+  zmq-gateway keygen NAME      write a CURVE key pair: NAME.key and NAME.key_secret
 
 One route from flags:
   zmq-gateway -listen 127.0.0.1:8081 -route /api=tcp://127.0.0.1:5555
@@ -66,6 +70,9 @@ func main() {
 func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) > 0 && args[0] == "broker" {
 		return runBroker(args[1:], stderr)
+	}
+	if len(args) > 0 && args[0] == "keygen" {
+		return runKeygen(args[1:], stdout, stderr)
 	}
 	mode := "http"
 	if len(args) > 0 && args[0] == "stream" {
@@ -257,5 +264,24 @@ func runBroker(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "zmq-gateway broker: %v\n", err)
 		return 1
 	}
+	return 0
+}
+
+// runKeygen writes a CurveZMQ key pair in the zcert format czmq and pyzmq use.
+func runKeygen(args []string, stdout, stderr io.Writer) int {
+	if len(args) != 1 || strings.HasPrefix(args[0], "-") {
+		fmt.Fprintln(stderr, "usage: zmq-gateway keygen NAME   (writes NAME.key, public, and NAME.key_secret, mode 0600)")
+		return 2
+	}
+	public, secret, err := zmq.NewCurveKeypair()
+	if err != nil {
+		fmt.Fprintf(stderr, "zmq-gateway keygen: %v (is libzmq built with CURVE?)\n", err)
+		return 1
+	}
+	if err := bridge.WriteCertificates(args[0], public, secret); err != nil {
+		fmt.Fprintf(stderr, "zmq-gateway keygen: %v\n", err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "wrote %s.key (give it to peers) and %s.key_secret (keep it private)\n", args[0], args[0])
 	return 0
 }
