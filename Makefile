@@ -60,7 +60,7 @@ test: deps all
 # of a timed run (golang/go#75804); crashers land in testdata/fuzz/ and must
 # be committed as regression inputs.
 FUZZTIME ?= 2000000x
-FUZZ_TARGETS := FuzzDecodeReply:./bridge FuzzParseHeaderLines:./bridge FuzzParser:./gateway/stream
+FUZZ_TARGETS := FuzzDecodeReply:./bridge FuzzRequestRoundTrip:./bridge FuzzParseHeaderLines:./bridge FuzzParser:./gateway/stream
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \
 		echo "fuzz $${t%%:*} ($(FUZZTIME))"; \

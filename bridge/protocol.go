@@ -239,3 +239,46 @@ func quote(b []byte) string {
 	}
 	return strconv.Quote(string(b))
 }
+
+// ParseRequest is the worker side of MZMQ/1: it checks the six request
+// frames (envelope already removed) and returns the request. Header and meta
+// lines are validated like reply headers.
+func ParseRequest(frames [][]byte) (Request, error) {
+	if len(frames) != 6 {
+		return Request{}, protocolError("request has %d frames: MZMQ/1 has 6", len(frames))
+	}
+	if string(frames[0]) != Version {
+		return Request{}, protocolError("request protocol %s is not %s", quote(frames[0]), Version)
+	}
+	if len(frames[1]) == 0 {
+		return Request{}, protocolError("request method is empty")
+	}
+	for _, c := range frames[1] {
+		if !isTokenChar(c) && c != '@' {
+			return Request{}, protocolError("request method %s is not a token", quote(frames[1]))
+		}
+	}
+	for _, c := range frames[2] {
+		if c <= ' ' || c == 0x7f {
+			return Request{}, protocolError("request target contains %s", charName(c))
+		}
+	}
+	for _, lines := range [][]byte{frames[3], frames[4]} {
+		if err := ParseHeaderLines(lines, func(_, _ []byte) error { return nil }); err != nil {
+			return Request{}, err
+		}
+	}
+	return Request{Method: frames[1], Target: frames[2], Headers: frames[3], Meta: frames[4], Body: frames[5]}, nil
+}
+
+// MetaValue returns the value of the named meta line, or nil.
+func MetaValue(meta []byte, name string) []byte {
+	var out []byte
+	ParseHeaderLines(meta, func(n, v []byte) error {
+		if out == nil && string(n) == name {
+			out = v
+		}
+		return nil
+	})
+	return out
+}

@@ -188,3 +188,41 @@ func FuzzParseHeaderLines(f *testing.F) {
 		}
 	})
 }
+
+func FuzzRequestRoundTrip(f *testing.F) {
+	f.Add([]byte("GET"), []byte("/a?b"), []byte("body"), "Host", "x", "/a")
+	f.Add([]byte("@open"), []byte(""), []byte(""), "X", "", "/")
+	f.Fuzz(func(t *testing.T, method, target, body []byte, hname, hvalue, mvalue string) {
+		headers := AppendHeader(nil, hname, hvalue)
+		r := &Request{Method: method, Target: target, Headers: headers, Meta: AppendHeader(nil, "route", mvalue), Body: body}
+		frames := requestFrames(make([][]byte, 0, 8), []byte("id-7"), appendMeta(nil, []byte("id-7"), r.Meta), r)
+		got, err := ParseRequest(frames[2:])
+		if err != nil {
+			return // the inputs were not a valid request; the parser said so without panicking
+		}
+		if !bytes.Equal(got.Method, method) || !bytes.Equal(got.Target, target) || !bytes.Equal(got.Body, body) ||
+			!bytes.Equal(got.Headers, headers) || string(MetaValue(got.Meta, "request-id")) != "id-7" {
+			t.Fatalf("round trip changed the request: %+v", got)
+		}
+	})
+}
+
+func TestParseRequest(t *testing.T) {
+	ok := frames("MZMQ/1", "GET", "/x", "Host: h\r\n", "request-id: 1\r\nroute: /x\r\n", "b")
+	r, err := ParseRequest(ok)
+	if err != nil || string(r.Method) != "GET" || string(MetaValue(r.Meta, "route")) != "/x" {
+		t.Fatalf("got %+v %v", r, err)
+	}
+	for _, bad := range [][][]byte{
+		frames("MZMQ/1", "GET", "/x", "", ""),
+		frames("MZMQ/2", "GET", "/x", "", "", ""),
+		frames("MZMQ/1", "", "/x", "", "", ""),
+		frames("MZMQ/1", "G T", "/x", "", "", ""),
+		frames("MZMQ/1", "GET", "/x y", "", "", ""),
+		frames("MZMQ/1", "GET", "/x", "bad\r\n", "", ""),
+	} {
+		if _, err := ParseRequest(bad); !errors.Is(err, ErrProtocol) {
+			t.Errorf("%q: got %v, want ErrProtocol", bad, err)
+		}
+	}
+}

@@ -193,6 +193,12 @@ func testGatewayRouting(t *testing.T, g *gatewayProc) {
 	if resp, _ := do(t, "GET", g.URL+"/t/x", "other.test", nil); resp.StatusCode != 404 {
 		t.Errorf("other host: %d, want 404", resp.StatusCode)
 	}
+	// Headers named like meta stay headers.
+	_, b = do(t, "GET", g.URL+"/rep/meta", "", nil, "Request-Id", "forged", "Remote-Addr", "6.6.6.6", "Var-Id", "9", "Route", "/x")
+	e := decodeEcho(t, b)
+	if e.Meta["request-id"] == "forged" || e.Meta["remote-addr"] != "127.0.0.1" || e.Meta["var-id"] != "" || e.Meta["route"] != "/rep/" {
+		t.Errorf("client headers reached meta: %v", e.Meta)
+	}
 }
 
 // TestGatewayDrainsOnSIGTERM: requests in flight when SIGTERM arrives still
