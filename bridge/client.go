@@ -103,6 +103,7 @@ type Client struct {
 	seq       atomic.Uint64
 	rr        atomic.Uint64
 	inFlight  atomic.Int64
+	stats     Stats
 	overloads atomic.Int64
 	retries   atomic.Int64
 	stopWatch func()
@@ -197,6 +198,9 @@ func (c *Client) Status() []EndpointStatus {
 	return out
 }
 
+// Stats returns the client's outcome counters and latency histogram.
+func (c *Client) Stats() *Stats { return &c.stats }
+
 // Counters returns client-wide counts: requests in flight, requests refused
 // by MaxInFlight, and retries made.
 func (c *Client) Counters() (inFlight, overloads, retries int64) {
@@ -277,6 +281,18 @@ func (c *Client) Do(ctx context.Context, req *Request, timeout time.Duration) (R
 	if c.closed.Load() {
 		return Response{}, ErrClosed
 	}
+	start := time.Now()
+	resp, err := c.do(ctx, req, timeout)
+	switch {
+	case err == nil:
+		c.stats.record(resp.Status, time.Since(start))
+	case ctx.Err() == nil:
+		c.stats.record(StatusOf(err), time.Since(start))
+	}
+	return resp, err
+}
+
+func (c *Client) do(ctx context.Context, req *Request, timeout time.Duration) (Response, error) {
 	if timeout <= 0 {
 		timeout = c.opts.Timeout
 	}

@@ -34,6 +34,7 @@ type Config struct {
 	Listen     string   `yaml:"listen"`      // host:port to serve HTTP on
 	ServerName string   `yaml:"server_name"` // meta server-name; zero means the listen host
 	AccessLog  string   `yaml:"access_log"`  // "stdout" (zero), "stderr", "off" or a file path
+	Admin      string   `yaml:"admin"`       // host:port of the admin listener (/metrics, /status); zero: none
 	Timeouts   Timeouts `yaml:"timeouts"`
 	Routes     []Route  `yaml:"routes"`
 }

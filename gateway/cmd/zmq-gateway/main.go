@@ -15,6 +15,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"strconv"
@@ -92,6 +93,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	timeout := fs.Duration("timeout", 0, "worker timeout for -route routes (default 30s)")
 	maxBody := fs.String("max-body", "", "largest request body for -route routes, in bytes; 0 = no limit (default 8 MiB)")
 	accessLog := fs.String("access-log", "", `access log: "stdout", "stderr", "off" or a file (default stdout)`)
+	admin := fs.String("admin", "", "admin listener host:port serving /metrics (Prometheus) and /status (default: the file's admin:, or none)")
 	logLevel := fs.String("log-level", "info", "error log level: debug, info, warn, error")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
@@ -138,6 +140,20 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	if *admin != "" {
+		cfg.Admin = *admin
+	}
+	if cfg.Admin != "" {
+		al, err := net.Listen("tcp", cfg.Admin)
+		if err != nil {
+			fmt.Fprintf(stderr, "zmq-gateway: admin listener: %v\n", err)
+			return 1
+		}
+		asrv := &http.Server{Handler: gw.AdminHandler(), ReadHeaderTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second}
+		go asrv.Serve(al)
+		defer asrv.Close()
+		log.Info("admin listener: /metrics, /status", "listen", al.Addr().String())
+	}
 	if mode == "stream" {
 		srv, err := stream.New(gw, cfg.Listen, stream.Options{Log: log,
 			IdleTimeout: time.Duration(cfg.Timeouts.Idle), HeaderTimeout: time.Duration(cfg.Timeouts.ReadHeader),

@@ -1,0 +1,207 @@
+// Package status is what both fronts report about their routes: one
+// snapshot type, rendered as text, JSON or Prometheus metrics, whether the
+// numbers come from the gateway's bridge clients or from the shared memory
+// Apache's children write.
+package status
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/common/expfmt"
+
+	"github.com/modzmq/modzmq/bridge"
+)
+
+// Route is one route (a <Location>, or a gateway route) and its endpoints.
+type Route struct {
+	Route      string           `json:"route"`
+	InFlight   int64            `json:"in_flight"`
+	Retries    int64            `json:"retries"`
+	Overloads  int64            `json:"overloads"`
+	Requests   int64            `json:"requests"`
+	Statuses   map[string]int64 `json:"statuses"`
+	P50        float64          `json:"latency_p50_seconds"`
+	P90        float64          `json:"latency_p90_seconds"`
+	P99        float64          `json:"latency_p99_seconds"`
+	Buckets    []int64          `json:"-"` // bridge.LatencyBuckets counts, +Inf last
+	SumSeconds float64          `json:"-"`
+	Endpoints  []Endpoint       `json:"endpoints"`
+}
+
+// Endpoint is one endpoint of a route.
+type Endpoint struct {
+	Endpoint        string `json:"endpoint"`
+	State           string `json:"state"` // up, down, unknown; Apache: "up in N of M children" counts below
+	UpIn            int64  `json:"up_in_processes"`
+	InFlight        int64  `json:"in_flight"`
+	Requests        int64  `json:"requests"`
+	Replies         int64  `json:"replies"`
+	Timeouts        int64  `json:"timeouts"`
+	NoWorker        int64  `json:"no_worker"`
+	Lost            int64  `json:"lost"`
+	BadReplies      int64  `json:"bad_replies"`
+	Connected       int64  `json:"connected"`
+	Disconnected    int64  `json:"disconnected"`
+	ConnectRetried  int64  `json:"connect_retried"`
+	HandshakeFailed int64  `json:"handshake_failed"`
+}
+
+// Finish fills Requests, Statuses-derived totals and percentiles from the
+// counters already set.
+func (r *Route) Finish() {
+	r.Requests = 0
+	for _, n := range r.Statuses {
+		r.Requests += n
+	}
+	q := func(x float64) float64 {
+		v := bridge.Quantile(r.Buckets, x)
+		if math.IsNaN(v) {
+			return 0
+		}
+		return v
+	}
+	r.P50, r.P90, r.P99 = q(0.5), q(0.9), q(0.99)
+}
+
+// FromClient builds a route snapshot from a bridge client.
+func FromClient(route string, c *bridge.Client) Route {
+	st := c.Stats()
+	inFlight, overloads, retries := c.Counters()
+	r := Route{Route: route, InFlight: inFlight, Retries: retries, Overloads: overloads, Statuses: map[string]int64{},
+		Buckets: make([]int64, len(st.Buckets)), SumSeconds: float64(st.SumNs.Load()) / 1e9}
+	for code := range st.Status {
+		if n := st.Status[code].Load(); n > 0 {
+			r.Statuses[strconv.Itoa(code)] = n
+		}
+	}
+	for i := range st.Buckets {
+		r.Buckets[i] = st.Buckets[i].Load()
+	}
+	for _, e := range c.Status() {
+		s := e.Stats
+		ep := Endpoint{Endpoint: e.Endpoint, State: e.State.String(), InFlight: s.InFlight.Load(), Requests: s.Requests.Load(),
+			Replies: s.Replies.Load(), Timeouts: s.Timeouts.Load(), NoWorker: s.NoWorker.Load(), Lost: s.Lost.Load(),
+			BadReplies: s.BadReplies.Load(), Connected: s.Connected.Load(), Disconnected: s.Disconnected.Load(),
+			ConnectRetried: s.ConnectRetried.Load(), HandshakeFailed: s.HandshakeFailed.Load()}
+		if e.State == bridge.StateUp {
+			ep.UpIn = 1
+		}
+		r.Endpoints = append(r.Endpoints, ep)
+	}
+	r.Finish()
+	return r
+}
+
+// Text renders routes as a plain-text page.
+func Text(w io.Writer, title string, routes []Route) {
+	fmt.Fprintf(w, "%s\n", title)
+	for _, r := range routes {
+		codes := make([]string, 0, len(r.Statuses))
+		for c := range r.Statuses {
+			codes = append(codes, c)
+		}
+		sort.Strings(codes)
+		var parts []string
+		for _, c := range codes {
+			parts = append(parts, fmt.Sprintf("%s: %d", c, r.Statuses[c]))
+		}
+		fmt.Fprintf(w, "\nroute %s: %d requests (%s), %d in flight, %d retries, %d refused over the in-flight limit\n",
+			r.Route, r.Requests, strings.Join(parts, ", "), r.InFlight, r.Retries, r.Overloads)
+		fmt.Fprintf(w, "  latency p50 %.4fs  p90 %.4fs  p99 %.4fs\n", r.P50, r.P90, r.P99)
+		for _, e := range r.Endpoints {
+			fmt.Fprintf(w, "  %s  %s  in flight %d, requests %d, replies %d, timeouts %d, no worker %d, lost %d, bad replies %d; "+
+				"connects %d, disconnects %d, connect retries %d, handshake failures %d\n", e.Endpoint, e.State, e.InFlight,
+				e.Requests, e.Replies, e.Timeouts, e.NoWorker, e.Lost, e.BadReplies, e.Connected, e.Disconnected,
+				e.ConnectRetried, e.HandshakeFailed)
+		}
+	}
+}
+
+// JSON renders routes as {"routes": [...]}.
+func JSON(w io.Writer, routes []Route) error {
+	return json.NewEncoder(w).Encode(map[string]any{"routes": routes})
+}
+
+// Collector exposes snapshots to Prometheus at scrape time.
+type Collector struct{ Snapshot func() []Route }
+
+var (
+	descResponses = prometheus.NewDesc("modzmq_responses_total", "Requests answered, by HTTP status (a worker's, or the bridge's on failure).", []string{"route", "code"}, nil)
+	descDuration  = prometheus.NewDesc("modzmq_request_duration_seconds", "Time to relay a request and get its answer.", []string{"route"}, nil)
+	descInFlight  = prometheus.NewDesc("modzmq_in_flight", "Requests in flight to the endpoint.", []string{"route", "endpoint"}, nil)
+	descUp        = prometheus.NewDesc("modzmq_endpoint_up", "Processes whose watch connection to the endpoint is up.", []string{"route", "endpoint"}, nil)
+	descRetries   = prometheus.NewDesc("modzmq_retries_total", "Attempts retried on another worker.", []string{"route"}, nil)
+	descOverloads = prometheus.NewDesc("modzmq_overloads_total", "Requests refused over the in-flight limit.", []string{"route"}, nil)
+	descEvents    = prometheus.NewDesc("modzmq_endpoint_events_total", "Per endpoint: requests, their outcomes, and connection events.",
+		[]string{"route", "endpoint", "event"}, nil)
+)
+
+// Describe implements prometheus.Collector.
+func (c Collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descResponses, descDuration, descInFlight, descUp, descRetries, descOverloads, descEvents} {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (c Collector) Collect(ch chan<- prometheus.Metric) {
+	for _, r := range c.Snapshot() {
+		for code, n := range r.Statuses {
+			ch <- prometheus.MustNewConstMetric(descResponses, prometheus.CounterValue, float64(n), r.Route, code)
+		}
+		cum, buckets := uint64(0), map[float64]uint64{}
+		for i, b := range bridge.LatencyBuckets {
+			if i < len(r.Buckets) {
+				cum += uint64(r.Buckets[i])
+			}
+			buckets[b] = cum
+		}
+		if len(r.Buckets) > len(bridge.LatencyBuckets) {
+			cum += uint64(r.Buckets[len(bridge.LatencyBuckets)])
+		}
+		ch <- prometheus.MustNewConstHistogram(descDuration, cum, r.SumSeconds, buckets, r.Route)
+		ch <- prometheus.MustNewConstMetric(descRetries, prometheus.CounterValue, float64(r.Retries), r.Route)
+		ch <- prometheus.MustNewConstMetric(descOverloads, prometheus.CounterValue, float64(r.Overloads), r.Route)
+		for _, e := range r.Endpoints {
+			ch <- prometheus.MustNewConstMetric(descUp, prometheus.GaugeValue, float64(e.UpIn), r.Route, e.Endpoint)
+			ch <- prometheus.MustNewConstMetric(descInFlight, prometheus.GaugeValue, float64(e.InFlight), r.Route, e.Endpoint)
+			for _, ev := range []struct {
+				name string
+				n    int64
+			}{{"request", e.Requests}, {"reply", e.Replies}, {"timeout", e.Timeouts}, {"no_worker", e.NoWorker},
+				{"lost", e.Lost}, {"bad_reply", e.BadReplies}, {"connected", e.Connected}, {"disconnected", e.Disconnected},
+				{"connect_retried", e.ConnectRetried}, {"handshake_failed", e.HandshakeFailed}} {
+				ch <- prometheus.MustNewConstMetric(descEvents, prometheus.CounterValue, float64(ev.n), r.Route, e.Endpoint, ev.name)
+			}
+		}
+	}
+}
+
+// Metrics writes the Prometheus text format of the snapshot (and whatever
+// else is registered on reg, if not nil).
+func Metrics(w io.Writer, snapshot func() []Route, reg *prometheus.Registry) error {
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	if err := reg.Register(Collector{snapshot}); err != nil {
+		return err
+	}
+	families, err := reg.Gather()
+	if err != nil {
+		return err
+	}
+	enc := expfmt.NewEncoder(w, expfmt.NewFormat(expfmt.TypeTextPlain))
+	for _, f := range families {
+		if err := enc.Encode(f); err != nil {
+			return err
+		}
+	}
+	return nil
+}
