@@ -15,7 +15,7 @@ cd "$work"
 "$APXS" -c -n zmq -o mod_zmq.la \
 	-Wc,-Wall -Wc,-Wextra -Wc,-Wno-unused-parameter -Wc,-Werror \
 	"-Wc,-DMODZMQ_DEFAULT_LIBRARY=\\\"$LIB\\\"" \
-	mod_zmq.c modzmq_config.c modzmq_loader.c modzmq_handler.c >build.log 2>&1 || { cat build.log; exit 1; }
+	mod_zmq.c modzmq_config.c modzmq_loader.c modzmq_handler.c modzmq_status.c >build.log 2>&1 || { cat build.log; exit 1; }
 grep -i 'warning' build.log || true
 cd - >/dev/null
 cp "$work/.libs/mod_zmq.so" "$OUT"

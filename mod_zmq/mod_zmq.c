@@ -24,6 +24,7 @@ static int modzmq_post_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *p
     /* The first pass only checks syntax; validate once, on the real one. */
     if (ap_state_query(AP_SQ_MAIN_STATE) != AP_SQ_MS_CREATE_PRE_CONFIG) {
         modzmq_loader_check(ptemp, s);
+        modzmq_stats_create(pconf, s);
     }
     return OK;
 }
@@ -39,6 +40,7 @@ static void modzmq_register_hooks(apr_pool_t *p)
     ap_hook_post_config(modzmq_post_config, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_child_init(modzmq_child_init, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_handler(modzmq_handler, NULL, NULL, APR_HOOK_MIDDLE);
+    ap_hook_handler(modzmq_status_handler, NULL, NULL, APR_HOOK_MIDDLE);
 }
 
 AP_DECLARE_MODULE(zmq) = {

@@ -27,6 +27,7 @@
 
 /* The handler names SetHandler accepts. */
 #define MODZMQ_HANDLER "zmq"
+#define MODZMQ_STATUS_HANDLER "zmq-status"
 
 /* Defaults, in one place. */
 #define MODZMQ_DEFAULT_TIMEOUT_MS  30000
@@ -58,6 +59,12 @@ typedef struct modzmq_dir_conf {
     const char *curve_client_cert;
 } modzmq_dir_conf;
 
+/* One ZmqBackend endpoint list and the sections that name it. */
+typedef struct modzmq_backend_entry {
+    const char *endpoints;
+    const char *routes;
+} modzmq_backend_entry;
+
 extern module AP_MODULE_DECLARE_DATA zmq_module;
 
 /* modzmq_config.c */
@@ -66,7 +73,7 @@ void *modzmq_create_dir_conf(apr_pool_t *p, char *dir);
 void *modzmq_merge_dir_conf(apr_pool_t *p, void *base, void *add);
 void modzmq_config_reset(apr_pool_t *pconf);
 const char *modzmq_config_library(void);
-const apr_array_header_t *modzmq_config_backends(void); /* of const char * */
+const apr_array_header_t *modzmq_config_backends(void); /* of modzmq_backend_entry */
 apr_int64_t modzmq_conf_timeout_ms(const modzmq_dir_conf *conf);
 apr_off_t modzmq_conf_max_body(const modzmq_dir_conf *conf);
 apr_off_t modzmq_conf_max_reply(const modzmq_dir_conf *conf);
@@ -78,6 +85,19 @@ void modzmq_loader_child_init(apr_pool_t *pchild, server_rec *s);
 modzmq_relay_fn modzmq_loader_relay(const char **why);
 /* The library's handle for registry index i (1-based), or 0. */
 int modzmq_loader_backend(int i);
+/* Creates the shared statistics segment (parent, post_config). */
+void modzmq_stats_create(apr_pool_t *pconf, server_rec *s);
+/* Counts a request refused by ZmqMaxInFlight for registry index i. */
+void modzmq_stats_overload(int i);
+/* Number of backend blocks in the statistics, 0 when there are none. */
+int modzmq_stats_backends(void);
+/* Sums all children's blocks into sums; returns the live children. */
+int modzmq_stats_sum(apr_int64_t *sums);
+/* The library's status renderer, or NULL if it is not loaded here. */
+modzmq_status_render_fn modzmq_loader_render(void);
+
+/* modzmq_status.c */
+int modzmq_status_handler(request_rec *r);
 
 /* modzmq_handler.c */
 int modzmq_handler(request_rec *r);

@@ -16,31 +16,37 @@
 
 /* Process-wide settings, rebuilt from scratch on every configuration pass. */
 static const char *library_path;
-static apr_array_header_t *backends; /* distinct ZmqBackend argument lists */
+static apr_array_header_t *backends; /* of modzmq_backend_entry: distinct ZmqBackend argument lists */
 
 void modzmq_config_reset(apr_pool_t *pconf)
 {
     library_path = MODZMQ_DEFAULT_LIBRARY;
-    backends = apr_array_make(pconf, 4, sizeof(const char *));
+    backends = apr_array_make(pconf, 4, sizeof(modzmq_backend_entry));
 }
 
 const char *modzmq_config_library(void) { return library_path; }
 
 const apr_array_header_t *modzmq_config_backends(void) { return backends; }
 
-/* Returns the 1-based registry index of endpoints, adding it if new. */
-static int register_backend(apr_pool_t *p, const char *endpoints)
+/* Returns the 1-based registry index of endpoints, adding it if new, and
+ * notes route (where the directive stands) for status pages. */
+static int register_backend(apr_pool_t *p, const char *endpoints, const char *route)
 {
+    modzmq_backend_entry *e;
     int i;
     if (backends == NULL) {
         modzmq_config_reset(p);
     }
     for (i = 0; i < backends->nelts; i++) {
-        if (strcmp(APR_ARRAY_IDX(backends, i, const char *), endpoints) == 0) {
+        e = &APR_ARRAY_IDX(backends, i, modzmq_backend_entry);
+        if (strcmp(e->endpoints, endpoints) == 0) {
+            e->routes = apr_pstrcat(p, e->routes, " ", route, NULL);
             return i + 1;
         }
     }
-    APR_ARRAY_PUSH(backends, const char *) = endpoints;
+    e = &APR_ARRAY_PUSH(backends, modzmq_backend_entry);
+    e->endpoints = endpoints;
+    e->routes = route;
     return backends->nelts;
 }
 
@@ -166,7 +172,9 @@ static const char *set_backend(cmd_parms *cmd, void *dconf, int argc, char *cons
         joined = i ? apr_pstrcat(cmd->pool, joined, " ", argv[i], NULL) : argv[i];
     }
     conf->endpoints = joined;
-    conf->backend = register_backend(cmd->pool, joined);
+    conf->backend = register_backend(cmd->pool, joined, cmd->path ? cmd->path
+                                     : apr_pstrcat(cmd->pool, "(", cmd->server->server_hostname
+                                                   ? cmd->server->server_hostname : "server", ")", NULL));
     return NULL;
 }
 

@@ -288,6 +288,7 @@ int modzmq_handler(request_rec *r)
             ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r, "MODZMQ0020: " MODZMQ_DIR_MAXINFLIGHT
                           " %d reached for %s: answered 503", conf->max_in_flight, conf->route ? conf->route : r->uri);
             apr_table_setn(r->err_headers_out, "Retry-After", "1");
+            modzmq_stats_overload(conf->backend);
             return HTTP_SERVICE_UNAVAILABLE;
         }
         status = relay_request(r, conf, relay, handle);

@@ -20,6 +20,7 @@
 #include "http_config.h"
 #include "http_log.h"
 #include "ap_mpm.h"
+#include "apr_shm.h"
 #include "apr_strings.h"
 
 #include "mod_zmq.h"
@@ -27,6 +28,10 @@
 APLOG_USE_MODULE(zmq);
 
 static struct {
+    apr_int64_t *stats;    /* shared segment: nslots slots; slot 0 keeps exited children's totals */
+    int nslots, nbackends;
+    apr_int64_t *slot;     /* this child's slot, or NULL */
+    modzmq_status_render_fn render;
     pid_t pid;             /* process that loaded the library */
     modzmq_relay_fn relay; /* NULL until loaded */
     const char *failure;   /* why relay is NULL, for request log lines */
@@ -86,6 +91,112 @@ static int go_max_procs(void)
     return ncpu < 1 ? 1 : (ncpu > 4 ? 4 : (int)ncpu);
 }
 
+/* ---- shared statistics ----------------------------------------------- */
+
+static size_t slot_words(void)
+{
+    return MODZMQ_STATS_HEADER + (size_t)rt.nbackends * MODZMQ_STATS_BACKEND;
+}
+
+void modzmq_stats_create(apr_pool_t *pconf, server_rec *s)
+{
+    const apr_array_header_t *eps = modzmq_config_backends();
+    apr_shm_t *shm;
+    apr_status_t rv;
+    int limit = 0;
+
+    rt.stats = NULL;
+    rt.nbackends = eps ? eps->nelts : 0;
+    if (rt.nbackends == 0) {
+        return;
+    }
+    ap_mpm_query(AP_MPMQ_HARD_LIMIT_DAEMONS, &limit);
+    rt.nslots = (limit > 0 ? limit : 16) + 1;
+    rv = apr_shm_create(&shm, (apr_size_t)rt.nslots * slot_words() * sizeof(apr_int64_t), NULL, pconf);
+    if (rv != APR_SUCCESS) {
+        ap_log_error(APLOG_MARK, APLOG_WARNING, rv, s, "MODZMQ0021: cannot create shared memory for statistics; "
+                     "zmq-status will show nothing");
+        return;
+    }
+    rt.stats = apr_shm_baseaddr_get(shm);
+    memset(rt.stats, 0, (apr_size_t)rt.nslots * slot_words() * sizeof(apr_int64_t));
+}
+
+static apr_int64_t *slot_at(int i) { return rt.stats + (size_t)i * slot_words(); }
+
+static int alive(apr_int64_t pid) { return pid > 0 && (kill((pid_t)pid, 0) == 0 || errno == EPERM); }
+
+/* Takes a free slot, or one whose child has exited after folding its totals
+ * into slot 0. Returns 0 when there is none. */
+static int claim_slot(void)
+{
+    int i;
+    size_t j;
+
+    rt.slot = NULL;
+    if (rt.stats == NULL) {
+        return 0;
+    }
+    for (i = 1; i < rt.nslots; i++) {
+        apr_int64_t *slot = slot_at(i);
+        apr_int64_t owner = __atomic_load_n(&slot[0], __ATOMIC_ACQUIRE);
+        if (owner != 0 && alive(owner)) {
+            continue;
+        }
+        if (!__atomic_compare_exchange_n(&slot[0], &owner, (apr_int64_t)getpid(), 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+            continue;
+        }
+        for (j = 0; j < (size_t)rt.nbackends * MODZMQ_STATS_BACKEND; j++) {
+            apr_int64_t *f = &slot[MODZMQ_STATS_HEADER + j];
+            apr_int64_t v = __atomic_exchange_n(f, 0, __ATOMIC_ACQ_REL);
+            if (owner != 0 && v != 0 && !MODZMQ_STATS_IS_GAUGE(j % MODZMQ_STATS_BACKEND)) {
+                __atomic_add_fetch(&slot_at(0)[MODZMQ_STATS_HEADER + j], v, __ATOMIC_RELAXED);
+            }
+        }
+        rt.slot = slot;
+        return 1;
+    }
+    return 0;
+}
+
+void modzmq_stats_overload(int i)
+{
+    if (rt.slot && i >= 1 && i <= rt.nbackends) {
+        __atomic_add_fetch(&rt.slot[MODZMQ_STATS_HEADER + (size_t)(i - 1) * MODZMQ_STATS_BACKEND + MODZMQ_STATS_OFF_OVERLOADS],
+                           1, __ATOMIC_RELAXED);
+    }
+}
+
+/* Sums every slot's blocks into sums (nbackends blocks); gauges only from
+ * live children. Returns the number of live children. */
+int modzmq_stats_sum(apr_int64_t *sums)
+{
+    int i, live = 0;
+    size_t j, n = (size_t)rt.nbackends * MODZMQ_STATS_BACKEND;
+
+    memset(sums, 0, n * sizeof(*sums));
+    for (i = 0; i < rt.nslots; i++) {
+        apr_int64_t *slot = slot_at(i);
+        int up = i > 0 && alive(__atomic_load_n(&slot[0], __ATOMIC_ACQUIRE));
+        if (i > 0 && slot[0] == 0) {
+            continue;
+        }
+        live += up;
+        for (j = 0; j < n; j++) {
+            if (up || !MODZMQ_STATS_IS_GAUGE(j % MODZMQ_STATS_BACKEND)) {
+                sums[j] += __atomic_load_n(&slot[MODZMQ_STATS_HEADER + j], __ATOMIC_RELAXED);
+            }
+        }
+    }
+    return live;
+}
+
+int modzmq_stats_backends(void) { return rt.stats ? rt.nbackends : 0; }
+
+modzmq_status_render_fn modzmq_loader_render(void) { return rt.relay && getpid() == rt.pid ? rt.render : NULL; }
+
+/* ---- loading ------------------------------------------------------------ */
+
 static const char *load(apr_pool_t *p, server_rec *s)
 {
     const char *path = modzmq_config_library();
@@ -95,6 +206,7 @@ static const char *load(apr_pool_t *p, server_rec *s)
     modzmq_init_fn init;
     modzmq_backend_open_fn open_backend;
     modzmq_relay_fn relay;
+    modzmq_stats_attach_fn attach;
     void *lib;
     int i;
 
@@ -106,6 +218,8 @@ static const char *load(apr_pool_t *p, server_rec *s)
     init = (modzmq_init_fn)need_symbol(lib, "modzmq_init", &why, p);
     open_backend = (modzmq_backend_open_fn)need_symbol(lib, "modzmq_backend_open", &why, p);
     relay = (modzmq_relay_fn)need_symbol(lib, "modzmq_relay", &why, p);
+    attach = (modzmq_stats_attach_fn)need_symbol(lib, "modzmq_stats_attach", &why, p);
+    rt.render = (modzmq_status_render_fn)need_symbol(lib, "modzmq_status_render", &why, p);
     if (why) {
         return why;
     }
@@ -120,8 +234,9 @@ static const char *load(apr_pool_t *p, server_rec *s)
     rt.handles = apr_pcalloc(p, (rt.nhandles + 1) * sizeof(int));
     for (i = 0; i < rt.nhandles; i++) {
         char err[256] = "";
-        char *endpoints = apr_pstrdup(p, APR_ARRAY_IDX(eps, i, const char *));
-        rt.handles[i + 1] = open_backend(endpoints, 0, err, sizeof(err));
+        const modzmq_backend_entry *e = &APR_ARRAY_IDX(eps, i, modzmq_backend_entry);
+        char *endpoints = apr_pstrdup(p, e->endpoints);
+        rt.handles[i + 1] = open_backend(endpoints, apr_pstrdup(p, e->routes), 0, err, sizeof(err));
         if (rt.handles[i + 1] == 0) {
             /* Only this backend's locations answer 503; the rest work. */
             ap_log_error(APLOG_MARK, APLOG_ERR, 0, s,
@@ -129,6 +244,9 @@ static const char *load(apr_pool_t *p, server_rec *s)
         }
     }
     rt.relay = relay;
+    if (claim_slot() && rt.nbackends == rt.nhandles) {
+        attach(rt.slot, rt.nbackends);
+    }
     return NULL;
 }
 

@@ -44,6 +44,7 @@ var (
 // first use.
 type backend struct {
 	endpoints      []string
+	routes         string // the <Location>s using it, for status pages
 	connectTimeout time.Duration
 	mu             sync.Mutex
 	clients        atomic.Pointer[map[clientKey]*bridge.Client]
@@ -133,14 +134,14 @@ func modzmq_init(logfn C.modzmq_log_fn, level C.int, maxProcs C.int) (rc C.int) 
 }
 
 //export modzmq_backend_open
-func modzmq_backend_open(endpoints *C.char, connectTimeoutMS C.int64_t, errbuf *C.char, errlen C.size_t) (handle C.int) {
+func modzmq_backend_open(endpoints, routes *C.char, connectTimeoutMS C.int64_t, errbuf *C.char, errlen C.size_t) (handle C.int) {
 	defer func() {
 		if p := recover(); p != nil {
 			setError(errbuf, errlen, fmt.Sprintf("%v: panic: %v", bridge.CodePanic, p))
 			handle = 0
 		}
 	}()
-	b := &backend{endpoints: strings.Fields(C.GoString(endpoints)),
+	b := &backend{endpoints: strings.Fields(C.GoString(endpoints)), routes: C.GoString(routes),
 		connectTimeout: time.Duration(connectTimeoutMS) * time.Millisecond}
 	for _, ep := range b.endpoints {
 		if err := bridge.ParseEndpoint(ep); err != nil {

@@ -17,7 +17,7 @@
 #include <stdint.h>
 
 /* The ABI this header describes; modzmq_abi_version() must return it. */
-#define MODZMQ_ABI_VERSION 3
+#define MODZMQ_ABI_VERSION 4
 
 /* Return codes of modzmq_relay(). */
 #define MODZMQ_OK         0 /* reply in *resp */
@@ -60,6 +60,59 @@ typedef struct modzmq_response {
     char   error[256];
 } modzmq_response;
 
+/*
+ * Shared statistics. The parent creates one shared memory segment per
+ * configuration; each child owns a slot (slot 0 collects the counters of
+ * children that have exited). A slot is MODZMQ_STATS_HEADER int64 values
+ * (the owner's pid, then reserved), then MODZMQ_STATS_BACKEND int64 values per
+ * backend, laid out as the offsets below. The library publishes its counters
+ * into its slot twice a second; the shim adds the overload count itself.
+ * Fields marked gauge are current values, not totals: they are neither
+ * summed over exited children nor folded into slot 0.
+ */
+#define MODZMQ_STATS_HEADER        2
+#define MODZMQ_STATS_CODES         600 /* responses by status code */
+#define MODZMQ_STATS_BUCKETS       17  /* latency histogram, bridge.LatencyBuckets + Inf */
+#define MODZMQ_STATS_ENDPOINTS     16  /* endpoints counted per backend */
+#define MODZMQ_STATS_EP_FIELDS     16
+#define MODZMQ_STATS_OFF_CODES     0
+#define MODZMQ_STATS_OFF_BUCKETS   600
+#define MODZMQ_STATS_OFF_SUM_NS    617
+#define MODZMQ_STATS_OFF_RETRIES   618
+#define MODZMQ_STATS_OFF_OVERLOADS 619 /* written by the shim */
+#define MODZMQ_STATS_OFF_INFLIGHT  620 /* gauge */
+#define MODZMQ_STATS_OFF_EP        624
+#define MODZMQ_STATS_BACKEND       (MODZMQ_STATS_OFF_EP + MODZMQ_STATS_ENDPOINTS * MODZMQ_STATS_EP_FIELDS)
+/* Fields of one endpoint, from MODZMQ_STATS_OFF_EP + i * MODZMQ_STATS_EP_FIELDS. */
+enum {
+    MODZMQ_EP_REQUESTS, MODZMQ_EP_REPLIES, MODZMQ_EP_TIMEOUTS, MODZMQ_EP_NOWORKER, MODZMQ_EP_LOST,
+    MODZMQ_EP_BADREPLIES, MODZMQ_EP_INFLIGHT /* gauge */, MODZMQ_EP_CONNECTED, MODZMQ_EP_DISCONNECTED,
+    MODZMQ_EP_RETRIED, MODZMQ_EP_HSFAILED, MODZMQ_EP_UP /* gauge: 1 when up */
+};
+/* Whether field j of a backend block is a gauge. */
+#define MODZMQ_STATS_IS_GAUGE(j) ((j) == MODZMQ_STATS_OFF_INFLIGHT || \
+    ((j) >= MODZMQ_STATS_OFF_EP && (((j) - MODZMQ_STATS_OFF_EP) % MODZMQ_STATS_EP_FIELDS == MODZMQ_EP_INFLIGHT || \
+                                    ((j) - MODZMQ_STATS_OFF_EP) % MODZMQ_STATS_EP_FIELDS == MODZMQ_EP_UP)))
+
+/* Status page formats. */
+#define MODZMQ_STATUS_TEXT    0
+#define MODZMQ_STATUS_JSON    1
+#define MODZMQ_STATUS_METRICS 2
+
+/*
+ * void modzmq_stats_attach(int64_t *slot, int nbackends): publish counters
+ * into this slot's backend blocks from now on.
+ */
+typedef void (*modzmq_stats_attach_fn)(int64_t *slot, int nbackends);
+
+/*
+ * int modzmq_status_render(int format, int64_t *sums, int nbackends,
+ *                          int processes, char **out, size_t *out_len):
+ * renders summed backend blocks as MODZMQ_STATUS_*; *out is malloc()ed.
+ */
+typedef int (*modzmq_status_render_fn)(int format, int64_t *sums, int nbackends, int processes,
+                                       char **out, size_t *out_len);
+
 /* int modzmq_abi_version(void): MODZMQ_ABI_VERSION of the library. */
 typedef int (*modzmq_abi_version_fn)(void);
 
@@ -71,14 +124,15 @@ typedef int (*modzmq_abi_version_fn)(void);
 typedef int (*modzmq_init_fn)(modzmq_log_fn log, int log_level, int max_procs);
 
 /*
- * int modzmq_backend_open(const char *endpoints, int64_t connect_timeout_ms,
- *                         char *err, size_t err_len):
+ * int modzmq_backend_open(const char *endpoints, const char *routes,
+ *                         int64_t connect_timeout_ms, char *err, size_t err_len):
+ * routes names the <Location>s using it (space-separated), for status pages.
  * endpoints are separated by spaces. Connections (one client per heartbeat
  * setting a request asks for) are made on first use. (Parameters are not const because the
  * prototypes cgo generates are not; the library only reads them.) Returns a handle > 0, or 0 with a
  * NUL-terminated reason in err.
  */
-typedef int (*modzmq_backend_open_fn)(char *endpoints, int64_t connect_timeout_ms,
+typedef int (*modzmq_backend_open_fn)(char *endpoints, char *routes, int64_t connect_timeout_ms,
                                       char *err, size_t err_len);
 
 /*

@@ -1,0 +1,192 @@
+package main
+
+/*
+#include <stdlib.h>
+#include "modzmq.h"
+*/
+import "C"
+
+import (
+	"bytes"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"github.com/modzmq/modzmq/bridge"
+	"github.com/modzmq/modzmq/internal/status"
+)
+
+const (
+	statsHeader   = C.MODZMQ_STATS_HEADER
+	statsBackend  = C.MODZMQ_STATS_BACKEND
+	offCodes      = C.MODZMQ_STATS_OFF_CODES
+	offBuckets    = C.MODZMQ_STATS_OFF_BUCKETS
+	offSumNs      = C.MODZMQ_STATS_OFF_SUM_NS
+	offRetries    = C.MODZMQ_STATS_OFF_RETRIES
+	offOverloads  = C.MODZMQ_STATS_OFF_OVERLOADS
+	offInFlight   = C.MODZMQ_STATS_OFF_INFLIGHT
+	offEndpoints  = C.MODZMQ_STATS_OFF_EP
+	epFields      = C.MODZMQ_STATS_EP_FIELDS
+	maxEndpoints  = C.MODZMQ_STATS_ENDPOINTS
+	statusBuckets = C.MODZMQ_STATS_BUCKETS
+)
+
+func init() {
+	if len(bridge.Stats{}.Buckets) != statusBuckets || len(bridge.Stats{}.Status) != C.MODZMQ_STATS_CODES {
+		panic("modzmq.h statistics layout does not match package bridge")
+	}
+}
+
+var statsSlot atomic.Pointer[[]int64]
+
+//export modzmq_stats_attach
+func modzmq_stats_attach(slot *C.int64_t, nbackends C.int) {
+	defer func() { recover() }()
+	if slot == nil || nbackends <= 0 {
+		return
+	}
+	s := unsafe.Slice((*int64)(unsafe.Pointer(slot)), statsHeader+int(nbackends)*statsBackend)
+	statsSlot.Store(&s)
+	go func() {
+		defer func() { recover() }()
+		for range time.Tick(500 * time.Millisecond) {
+			publish()
+		}
+	}()
+}
+
+// publish writes every backend's counters (summed over its clients) into
+// this process's slot. Only this process writes its slot, except the
+// overload field, which the shim adds to and publish leaves alone.
+func publish() {
+	sp := statsSlot.Load()
+	list := backends.Load()
+	if sp == nil || list == nil {
+		return
+	}
+	slot := *sp
+	for i, b := range *list {
+		start := statsHeader + i*statsBackend
+		if start+statsBackend > len(slot) {
+			return
+		}
+		block := slot[start : start+statsBackend]
+		var sums [statsBackend]int64
+		if m := b.clients.Load(); m != nil {
+			for _, c := range *m {
+				st := c.Stats()
+				for code := range st.Status {
+					sums[offCodes+code] += st.Status[code].Load()
+				}
+				for k := range st.Buckets {
+					sums[offBuckets+k] += st.Buckets[k].Load()
+				}
+				sums[offSumNs] += st.SumNs.Load()
+				inFlight, _, retries := c.Counters()
+				sums[offRetries] += retries
+				sums[offInFlight] += inFlight
+				for e, es := range c.Status() {
+					if e >= maxEndpoints {
+						break
+					}
+					f := sums[offEndpoints+e*epFields:]
+					s := es.Stats
+					f[C.MODZMQ_EP_REQUESTS] += s.Requests.Load()
+					f[C.MODZMQ_EP_REPLIES] += s.Replies.Load()
+					f[C.MODZMQ_EP_TIMEOUTS] += s.Timeouts.Load()
+					f[C.MODZMQ_EP_NOWORKER] += s.NoWorker.Load()
+					f[C.MODZMQ_EP_LOST] += s.Lost.Load()
+					f[C.MODZMQ_EP_BADREPLIES] += s.BadReplies.Load()
+					f[C.MODZMQ_EP_INFLIGHT] += s.InFlight.Load()
+					f[C.MODZMQ_EP_CONNECTED] += s.Connected.Load()
+					f[C.MODZMQ_EP_DISCONNECTED] += s.Disconnected.Load()
+					f[C.MODZMQ_EP_RETRIED] += s.ConnectRetried.Load()
+					f[C.MODZMQ_EP_HSFAILED] += s.HandshakeFailed.Load()
+					if es.State == bridge.StateUp {
+						f[C.MODZMQ_EP_UP] = 1
+					}
+				}
+			}
+		}
+		for j := range sums {
+			if j != offOverloads {
+				atomic.StoreInt64(&block[j], sums[j])
+			}
+		}
+	}
+}
+
+//export modzmq_status_render
+func modzmq_status_render(format C.int, sums *C.int64_t, nbackends C.int, processes C.int, out **C.char, outLen *C.size_t) (rc C.int) {
+	defer func() {
+		if p := recover(); p != nil {
+			rc = -1
+		}
+	}()
+	list := backends.Load()
+	if list == nil || sums == nil {
+		return -1
+	}
+	all := unsafe.Slice((*int64)(unsafe.Pointer(sums)), int(nbackends)*statsBackend)
+	var routes []status.Route
+	for i, b := range *list {
+		if i >= int(nbackends) {
+			break
+		}
+		routes = append(routes, fromBlock(b, all[i*statsBackend:(i+1)*statsBackend], int64(processes)))
+	}
+	var buf bytes.Buffer
+	switch format {
+	case C.MODZMQ_STATUS_JSON:
+		status.JSON(&buf, routes)
+	case C.MODZMQ_STATUS_METRICS:
+		if err := status.Metrics(&buf, func() []status.Route { return routes }, nil); err != nil {
+			return -1
+		}
+	default:
+		status.Text(&buf, fmt.Sprintf("mod_zmq status (%d Apache children)", processes), routes)
+	}
+	p := C.malloc(C.size_t(buf.Len() + 1))
+	if p == nil {
+		return -1
+	}
+	copy(unsafe.Slice((*byte)(p), buf.Len()), buf.Bytes())
+	*out, *outLen = (*C.char)(p), C.size_t(buf.Len())
+	return 0
+}
+
+// fromBlock turns a summed backend block into a status route.
+func fromBlock(b *backend, block []int64, processes int64) status.Route {
+	r := status.Route{Route: b.routes, Statuses: map[string]int64{}, Buckets: make([]int64, statusBuckets),
+		SumSeconds: float64(block[offSumNs]) / 1e9, Retries: block[offRetries], Overloads: block[offOverloads],
+		InFlight: block[offInFlight]}
+	for code := 0; code < C.MODZMQ_STATS_CODES; code++ {
+		if n := block[offCodes+code]; n > 0 {
+			r.Statuses[strconv.Itoa(code)] = n
+		}
+	}
+	copy(r.Buckets, block[offBuckets:offBuckets+statusBuckets])
+	for e, ep := range b.endpoints {
+		if e >= maxEndpoints {
+			break
+		}
+		f := block[offEndpoints+e*epFields:]
+		st := "down"
+		if f[C.MODZMQ_EP_UP] > 0 {
+			st = fmt.Sprintf("up in %d of %d", f[C.MODZMQ_EP_UP], processes)
+		}
+		r.Endpoints = append(r.Endpoints, status.Endpoint{Endpoint: ep, State: st, UpIn: f[C.MODZMQ_EP_UP],
+			InFlight: f[C.MODZMQ_EP_INFLIGHT], Requests: f[C.MODZMQ_EP_REQUESTS], Replies: f[C.MODZMQ_EP_REPLIES],
+			Timeouts: f[C.MODZMQ_EP_TIMEOUTS], NoWorker: f[C.MODZMQ_EP_NOWORKER], Lost: f[C.MODZMQ_EP_LOST],
+			BadReplies: f[C.MODZMQ_EP_BADREPLIES], Connected: f[C.MODZMQ_EP_CONNECTED], Disconnected: f[C.MODZMQ_EP_DISCONNECTED],
+			ConnectRetried: f[C.MODZMQ_EP_RETRIED], HandshakeFailed: f[C.MODZMQ_EP_HSFAILED]})
+	}
+	r.Finish()
+	if strings.TrimSpace(r.Route) == "" {
+		r.Route = strings.Join(b.endpoints, " ")
+	}
+	return r
+}
