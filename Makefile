@@ -12,7 +12,7 @@ LIBRARY  = $(LIBEXEC)/libmodzmq.so
 GOSRC   := $(shell find bridge mod_zmq/golib -name '*.go' -not -name '*_test.go') go.mod go.sum
 CSRC    := $(wildcard mod_zmq/*.c mod_zmq/*.h) mod_zmq/golib/modzmq.h apxs/build.sh
 
-.PHONY: all deps install demo test fuzz clean
+.PHONY: all deps install demo test fuzz bench clean
 all: $(BUILD)/mod_zmq.so $(BUILD)/libmodzmq.so $(BUILD)/go-worker $(BUILD)/brokerworker $(BUILD)/zmq-gateway
 
 deps:
@@ -59,6 +59,18 @@ test: deps all
 # duration sidesteps Go 1.26's spurious "context deadline exceeded" at the end
 # of a timed run (golang/go#75804); crashers land in testdata/fuzz/ and must
 # be committed as regression inputs.
+# Side-by-side throughput of mod_zmq and the alternatives (docs/BENCHMARKS.md).
+BENCHFLAGS ?=
+bench: deps all $(BUILD)/bench-peer $(BUILD)/modzmq-bench
+	@./test/deps.sh bench
+	$(BUILD)/modzmq-bench $(BENCHFLAGS)
+
+$(BUILD)/bench-peer: $(wildcard test/bench/peer/*.go)
+	$(GO) build -o $@ ./test/bench/peer
+
+$(BUILD)/modzmq-bench: $(wildcard test/bench/*.go)
+	$(GO) build -o $@ ./test/bench
+
 FUZZTIME ?= 2000000x
 FUZZ_TARGETS := FuzzDecodeReply:./bridge FuzzRequestRoundTrip:./bridge FuzzParseHeaderLines:./bridge FuzzParser:./gateway/stream
 fuzz:

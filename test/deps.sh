@@ -16,6 +16,11 @@ need python3-zmq   /usr/bin/python3 -c 'import zmq'
 need curl          command -v curl
 need gcc           command -v gcc
 need iproute2      command -v ip
+if [ "${1:-}" = bench ]; then
+	need wrk           command -v wrk
+	need mongrel2-core command -v mongrel2
+	need util-linux    command -v taskset
+fi
 
 if [ -n "$missing" ]; then
 	if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

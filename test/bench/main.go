@@ -1,0 +1,570 @@
+// Command bench measures mod_zmq against the alternatives in one run, on
+// this machine, with interleaved rounds (run it with `make bench`). Every
+// front answers the same bytes; wrk drives keep-alive load. It prints a
+// table, writes build/bench/results.json and build/bench/ratios.svg.
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"log"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+var (
+	root    = flag.String("root", ".", "the mod_zmq checkout (build/ must hold the built artefacts)")
+	rounds  = flag.Int("rounds", 3, "rounds; figures are medians over them")
+	keyDur  = flag.Duration("key-duration", 2*time.Second, "wrk duration of the 12-byte, 32-connection case")
+	dur     = flag.Duration("duration", time.Second, "wrk duration of the other cases")
+	outDir  = flag.String("out", "build/bench", "where results.json and ratios.svg go")
+	onlyKey = flag.Bool("quick", false, "only the 12-byte, 32-connection case")
+)
+
+// bcase is one load shape.
+type bcase struct {
+	Name  string
+	Query string // "" or "?big"
+	Conns int
+}
+
+var cases = []bcase{{"12B_c32", "", 32}, {"12B_c256", "", 256}, {"64KiB_c32", "?big", 32}, {"64KiB_c256", "?big", 256}}
+
+// front is one configuration under test.
+type front struct {
+	Name string
+	URL  string
+	pids func() []int
+}
+
+// cell is one measurement.
+type cell struct {
+	RPS     float64 `json:"rps"`
+	P50ms   float64 `json:"p50_ms"`
+	P99ms   float64 `json:"p99_ms"`
+	CPUus   float64 `json:"front_cpu_us_per_request"`
+	RSSKiB  int64   `json:"front_peak_rss_kib"`
+	Errors  int64   `json:"errors"`
+	Samples []float64
+}
+
+func main() {
+	flag.Parse()
+	log.SetFlags(0)
+	if err := os.Chdir(*root); err != nil {
+		log.Fatal(err)
+	}
+	start := time.Now()
+	env := setup()
+	defer env.stop()
+	if *onlyKey {
+		cases = cases[:1]
+	}
+	// results[front][placement][case] = samples
+	results := map[string]map[string]map[string][]cell{}
+	placements := []string{"shared", "pinned"}
+	for r := 0; r < *rounds; r++ {
+		for _, pl := range placements {
+			for _, c := range cases {
+				order := rotate(env.fronts, r)
+				for _, f := range order {
+					env.place(f, pl)
+					d := *dur
+					if c.Name == "12B_c32" {
+						d = *keyDur
+					}
+					m := measure(f, c, d, pl)
+					if results[f.Name] == nil {
+						results[f.Name] = map[string]map[string][]cell{}
+					}
+					if results[f.Name][pl] == nil {
+						results[f.Name][pl] = map[string][]cell{}
+					}
+					results[f.Name][pl][c.Name] = append(results[f.Name][pl][c.Name], m)
+				}
+			}
+		}
+		log.Printf("round %d of %d done (%v)", r+1, *rounds, time.Since(start).Round(time.Second))
+	}
+	report(env, results, time.Since(start))
+}
+
+func rotate(fs []front, n int) []front {
+	n %= len(fs)
+	return append(append([]front{}, fs[n:]...), fs[:n]...)
+}
+
+// ---- processes ----------------------------------------------------------
+
+type env struct {
+	dir     string
+	fronts  []front
+	others  []*exec.Cmd // workers and backends
+	allCmds []*exec.Cmd
+	apache  string // config path
+}
+
+func freePort() int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func (e *env) start(name string, args ...string) *exec.Cmd {
+	cmd := exec.Command(name, args...)
+	cmd.Stdout, cmd.Stderr = nil, nil
+	if err := cmd.Start(); err != nil {
+		log.Fatalf("start %s: %v", name, err)
+	}
+	e.allCmds = append(e.allCmds, cmd)
+	return cmd
+}
+
+func waitPort(port int) {
+	for i := 0; i < 200; i++ {
+		if c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
+			c.Close()
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	log.Fatalf("nothing listens on port %d", port)
+}
+
+func must(out []byte, err error) {
+	if err != nil {
+		log.Fatalf("%v: %s", err, out)
+	}
+}
+
+func setup() *env {
+	abs, _ := filepath.Abs(*outDir)
+	e := &env{dir: filepath.Join(abs, "run")}
+	os.RemoveAll(e.dir)
+	for _, d := range []string{"", "m2/run", "m2/logs", "m2/tmp", "fixtures"} {
+		os.MkdirAll(filepath.Join(e.dir, d), 0o755)
+	}
+	os.Chmod(abs, 0o755)
+	wd, _ := os.Getwd()
+	build := func(n string) string { return filepath.Join(wd, "build", n) }
+
+	// The fixtures: a minimal C handler and the reference C relay.
+	for _, f := range []string{"mod_benchhello.c", "mod_benchrelay.c"} {
+		b, _ := os.ReadFile(filepath.Join("test/bench/fixtures", f))
+		os.WriteFile(filepath.Join(e.dir, "fixtures", f), b, 0o644)
+	}
+	c := exec.Command("apxs", "-c", "mod_benchhello.c")
+	c.Dir = filepath.Join(e.dir, "fixtures")
+	must(c.CombinedOutput())
+	c = exec.Command("apxs", "-c", "mod_benchrelay.c", "-lzmq")
+	c.Dir = filepath.Join(e.dir, "fixtures")
+	must(c.CombinedOutput())
+
+	zport, pyport, hport, rport := freePort(), freePort(), freePort(), freePort()
+	aport, g1, g2, m2port := freePort(), freePort(), freePort(), freePort()
+	m2send, m2recv := freePort(), freePort()
+	zep := fmt.Sprintf("tcp://127.0.0.1:%d", zport)
+
+	e.others = append(e.others,
+		e.start(build("bench-peer"), "-mode", "zmq", "-listen", zep),
+		e.start("/usr/bin/python3", "test/bench/pyworker.py", fmt.Sprintf("tcp://127.0.0.1:%d", pyport)),
+		e.start(build("bench-peer"), "-mode", "http", "-listen", fmt.Sprintf("127.0.0.1:%d", hport)),
+		e.start(build("bench-peer"), "-mode", "mongrel2", "-send", fmt.Sprintf("tcp://127.0.0.1:%d", m2send),
+			"-recv", fmt.Sprintf("tcp://127.0.0.1:%d", m2recv)),
+	)
+	waitPort(hport)
+
+	// One Apache (event MPM) serves the four Apache configurations.
+	user := ""
+	if os.Getuid() == 0 {
+		user = "User www-data\nGroup www-data"
+	}
+	conf := fmt.Sprintf(`ServerRoot "%[1]s"
+PidFile "%[1]s/httpd.pid"
+DefaultRuntimeDir "%[1]s"
+Mutex file:%[1]s default
+Listen 127.0.0.1:%[2]d
+ServerName localhost
+%[3]s
+LoadModule mpm_event_module /usr/lib/apache2/modules/mod_mpm_event.so
+LoadModule authz_core_module /usr/lib/apache2/modules/mod_authz_core.so
+LoadModule proxy_module /usr/lib/apache2/modules/mod_proxy.so
+LoadModule proxy_http_module /usr/lib/apache2/modules/mod_proxy_http.so
+LoadModule benchhello_module %[1]s/fixtures/.libs/mod_benchhello.so
+LoadModule benchrelay_module %[1]s/fixtures/.libs/mod_benchrelay.so
+LoadModule zmq_module %[4]s
+ZmqLibrary %[5]s
+ErrorLog "%[1]s/error_log"
+LogLevel warn
+KeepAlive On
+MaxKeepAliveRequests 0
+StartServers 4
+ServerLimit 4
+ThreadsPerChild 64
+MaxRequestWorkers 256
+MinSpareThreads 256
+MaxSpareThreads 256
+BenchRelay %[6]s
+<Location /hello>
+	SetHandler benchhello
+</Location>
+ProxyPass /proxy/ http://127.0.0.1:%[7]d/ keepalive=On
+<Location /crelay>
+	SetHandler benchrelay
+</Location>
+<Location /zgo>
+	SetHandler zmq
+	ZmqBackend %[6]s
+</Location>
+<Location /zpy>
+	SetHandler zmq
+	ZmqBackend tcp://127.0.0.1:%[8]d
+</Location>
+`, e.dir, aport, user, build("mod_zmq.so"), build("libmodzmq.so"), zep, hport, pyport)
+	e.apache = filepath.Join(e.dir, "httpd.conf")
+	os.WriteFile(e.apache, []byte(conf), 0o644)
+	must(exec.Command("/usr/sbin/apache2", "-f", e.apache, "-k", "start").CombinedOutput())
+	waitPort(aport)
+	apachePids := func() []int {
+		b, _ := os.ReadFile(filepath.Join(e.dir, "httpd.pid"))
+		parent, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+		return append([]int{parent}, children(parent)...)
+	}
+
+	gw := e.start(build("zmq-gateway"), "-listen", fmt.Sprintf("127.0.0.1:%d", g1), "-route", "/="+zep, "-access-log", "off", "-log-level", "warn")
+	st := e.start(build("zmq-gateway"), "stream", "-listen", fmt.Sprintf("127.0.0.1:%d", g2), "-route", "/="+zep, "-log-level", "warn")
+	rp := e.start(build("bench-peer"), "-mode", "revproxy", "-listen", fmt.Sprintf("127.0.0.1:%d", rport), "-backend", fmt.Sprintf("http://127.0.0.1:%d", hport))
+	e.others = append(e.others, nil) // placeholder, replaced below
+	e.others = e.others[:len(e.others)-1]
+
+	m2conf := fmt.Sprintf(`handler_go = Handler(send_spec='tcp://127.0.0.1:%d', send_ident='9a9f2ae4-4a6a-4d4c-9b5e-0e2a4e0b7f11', recv_spec='tcp://127.0.0.1:%d', recv_ident='')
+main = Server(uuid="f400bf85-4538-4f7a-8908-67e313d515c2", access_log="/logs/access.log", error_log="/logs/error.log",
+    chroot="./", default_host="localhost", name="bench", pid_file="/run/mongrel2.pid", port=%d, bind_addr="127.0.0.1",
+    hosts=[Host(name="localhost", routes={'/': handler_go})])
+settings = {"zeromq.threads": 1, "limits.content_length": 200000, "server.daemonize": 0}
+servers = [main]
+`, m2send, m2recv, m2port)
+	m2dir := filepath.Join(e.dir, "m2")
+	os.WriteFile(filepath.Join(m2dir, "m2.conf"), []byte(m2conf), 0o644)
+	c = exec.Command("m2sh", "load", "-config", "m2.conf", "-db", "config.sqlite")
+	c.Dir = m2dir
+	must(c.CombinedOutput())
+	m2 := exec.Command("mongrel2", "config.sqlite", "f400bf85-4538-4f7a-8908-67e313d515c2")
+	m2.Dir = m2dir
+	m2.Env = append(os.Environ(), "LOGNAME=root")
+	if err := m2.Start(); err != nil {
+		log.Fatalf("mongrel2: %v", err)
+	}
+	e.allCmds = append(e.allCmds, m2)
+
+	for _, p := range []int{g1, g2, rport, m2port} {
+		waitPort(p)
+	}
+	one := func(c *exec.Cmd) func() []int { return func() []int { return []int{c.Process.Pid} } }
+	a := fmt.Sprintf("http://127.0.0.1:%d", aport)
+	e.fronts = []front{
+		{"ceiling", a + "/hello", apachePids},
+		{"mod_proxy_http", a + "/proxy/x", apachePids},
+		{"c_relay", a + "/crelay", apachePids},
+		{"mod_zmq", a + "/zgo", apachePids},
+		{"mod_zmq_pyzmq", a + "/zpy", apachePids},
+		{"gateway", fmt.Sprintf("http://127.0.0.1:%d/x", g1), one(gw)},
+		{"stream", fmt.Sprintf("http://127.0.0.1:%d/x", g2), one(st)},
+		{"mongrel2", fmt.Sprintf("http://127.0.0.1:%d/x", m2port), func() []int { return []int{m2.Process.Pid} }},
+		{"reverseproxy", fmt.Sprintf("http://127.0.0.1:%d/x", rport), one(rp)},
+	}
+	// Warm every front up (Go libraries load in Apache's children, sockets
+	// connect) and check it answers the right bytes.
+	for _, f := range e.fronts {
+		for _, q := range []string{"", "?big"} {
+			out, err := exec.Command("curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{size_download}", f.URL+q).CombinedOutput()
+			want := "200 12"
+			if q != "" {
+				want = "200 65536"
+			}
+			if err != nil || strings.TrimSpace(string(out)) != want {
+				log.Fatalf("%s%s answers %q (%v), want %q", f.URL, q, out, err, want)
+			}
+		}
+	}
+	return e
+}
+
+func (e *env) stop() {
+	exec.Command("/usr/sbin/apache2", "-f", e.apache, "-k", "stop").Run()
+	for _, c := range e.allCmds {
+		c.Process.Kill()
+		c.Wait()
+	}
+}
+
+// children lists the pids whose parent is pid.
+func children(pid int) []int {
+	var out []int
+	ents, _ := os.ReadDir("/proc")
+	for _, d := range ents {
+		n, err := strconv.Atoi(d.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", n))
+		if err != nil {
+			continue
+		}
+		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
+		if len(f) > 1 && f[1] == strconv.Itoa(pid) {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// place pins processes: shared puts everything on both cores; pinned puts
+// every thread of f's front on CPU 0 and every other process on CPU 1.
+func (e *env) place(f front, placement string) {
+	front := map[int]bool{}
+	for _, p := range f.pids() {
+		front[p] = true
+	}
+	var all []int
+	for _, c := range e.allCmds {
+		all = append(all, c.Process.Pid)
+	}
+	for _, fr := range e.fronts {
+		all = append(all, fr.pids()...)
+	}
+	for _, p := range all {
+		cpus := "0,1"
+		if placement == "pinned" {
+			cpus = "1"
+			if front[p] {
+				cpus = "0"
+			}
+		}
+		exec.Command("taskset", "-a", "-p", "-c", cpus, strconv.Itoa(p)).Run()
+	}
+}
+
+// ---- measuring ----------------------------------------------------------
+
+func cpuTicks(pids []int) int64 {
+	var t int64
+	for _, p := range pids {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p))
+		if err != nil {
+			continue
+		}
+		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
+		u, _ := strconv.ParseInt(f[11], 10, 64)
+		s, _ := strconv.ParseInt(f[12], 10, 64)
+		t += u + s
+	}
+	return t
+}
+
+func peakRSS(pids []int) int64 {
+	var kib int64
+	for _, p := range pids {
+		f, err := os.Open(fmt.Sprintf("/proc/%d/status", p))
+		if err != nil {
+			continue
+		}
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			if v, ok := strings.CutPrefix(sc.Text(), "VmHWM:"); ok {
+				n, _ := strconv.ParseInt(strings.Fields(v)[0], 10, 64)
+				kib += n
+			}
+		}
+		f.Close()
+	}
+	return kib
+}
+
+var (
+	reRPS  = regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
+	reLat  = regexp.MustCompile(`(?m)^\s+(50|99)%\s+([0-9.]+)(us|ms|s)\s*$`)
+	reNon  = regexp.MustCompile(`Non-2xx or 3xx responses: (\d+)`)
+	reSock = regexp.MustCompile(`Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)`)
+	reReqs = regexp.MustCompile(`(\d+) requests in`)
+)
+
+func measure(f front, c bcase, d time.Duration, placement string) cell {
+	pids := f.pids()
+	before := cpuTicks(pids)
+	args := []string{"-t2", fmt.Sprintf("-c%d", c.Conns), fmt.Sprintf("-d%ds", int(d.Seconds())), "--latency", f.URL + c.Query}
+	var cmd *exec.Cmd
+	if placement == "pinned" {
+		cmd = exec.Command("taskset", append([]string{"-c", "1", "wrk"}, args...)...)
+	} else {
+		cmd = exec.Command("wrk", args...)
+	}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		log.Fatalf("wrk %v: %v\n%s", args, err, out)
+	}
+	s := string(out)
+	var m cell
+	if x := reRPS.FindStringSubmatch(s); x != nil {
+		m.RPS, _ = strconv.ParseFloat(x[1], 64)
+	}
+	for _, x := range reLat.FindAllStringSubmatch(s, -1) {
+		v, _ := strconv.ParseFloat(x[2], 64)
+		switch x[3] {
+		case "us":
+			v /= 1000
+		case "s":
+			v *= 1000
+		}
+		if x[1] == "50" {
+			m.P50ms = v
+		} else {
+			m.P99ms = v
+		}
+	}
+	if x := reNon.FindStringSubmatch(s); x != nil {
+		n, _ := strconv.ParseInt(x[1], 10, 64)
+		m.Errors += n
+	}
+	if x := reSock.FindStringSubmatch(s); x != nil {
+		for _, v := range x[1:] {
+			n, _ := strconv.ParseInt(v, 10, 64)
+			m.Errors += n
+		}
+	}
+	var reqs float64
+	if x := reReqs.FindStringSubmatch(s); x != nil {
+		reqs, _ = strconv.ParseFloat(x[1], 64)
+	}
+	ticks := cpuTicks(f.pids()) - before
+	if reqs > 0 {
+		m.CPUus = float64(ticks) * 1e6 / 100 / reqs // USER_HZ is 100 on Linux
+	}
+	m.RSSKiB = peakRSS(f.pids())
+	return m
+}
+
+// ---- reporting ------------------------------------------------------------
+
+func median(xs []float64) float64 {
+	s := append([]float64{}, xs...)
+	sort.Float64s(s)
+	if len(s) == 0 {
+		return 0
+	}
+	return s[len(s)/2]
+}
+
+func summarize(cs []cell) cell {
+	var rps, p50, p99, cpu []float64
+	var m cell
+	for _, c := range cs {
+		rps, p50, p99, cpu = append(rps, c.RPS), append(p50, c.P50ms), append(p99, c.P99ms), append(cpu, c.CPUus)
+		m.Errors += c.Errors
+		m.RSSKiB = max(m.RSSKiB, c.RSSKiB)
+	}
+	m.RPS, m.P50ms, m.P99ms, m.CPUus, m.Samples = median(rps), median(p50), median(p99), median(cpu), rps
+	return m
+}
+
+func report(e *env, results map[string]map[string]map[string][]cell, took time.Duration) {
+	sum := map[string]map[string]map[string]cell{}
+	for f, pls := range results {
+		sum[f] = map[string]map[string]cell{}
+		for pl, cs := range pls {
+			sum[f][pl] = map[string]cell{}
+			for c, cells := range cs {
+				sum[f][pl][c] = summarize(cells)
+			}
+		}
+	}
+	key := func(f, pl string) cell { return sum[f][pl]["12B_c32"] }
+	ratio := func(a, b cell) float64 {
+		if b.RPS == 0 {
+			return 0
+		}
+		return a.RPS / b.RPS
+	}
+	ratios := map[string]float64{
+		"mod_zmq_vs_mod_proxy_http":        ratio(key("mod_zmq", "shared"), key("mod_proxy_http", "shared")),
+		"mod_zmq_vs_mod_proxy_http_pinned": ratio(key("mod_zmq", "pinned"), key("mod_proxy_http", "pinned")),
+		"mod_zmq_vs_c_relay_pinned":        ratio(key("mod_zmq", "pinned"), key("c_relay", "pinned")),
+		"mod_zmq_vs_ceiling":               ratio(key("mod_zmq", "shared"), key("ceiling", "shared")),
+		"gateway_vs_mongrel2":              ratio(key("gateway", "shared"), key("mongrel2", "shared")),
+		"gateway_vs_reverseproxy":          ratio(key("gateway", "shared"), key("reverseproxy", "shared")),
+		"stream_vs_gateway":                ratio(key("stream", "shared"), key("gateway", "shared")),
+	}
+
+	fmt.Printf("\nmake bench: %d rounds, medians, took %v\n", *rounds, took.Round(time.Second))
+	for _, pl := range []string{"shared", "pinned"} {
+		fmt.Printf("\n%s (%s)\n", pl, map[string]string{"shared": "everything shares both cores",
+			"pinned": "front on CPU 0; load generator, workers and backends on CPU 1"}[pl])
+		fmt.Printf("%-15s", "config")
+		for _, c := range cases {
+			fmt.Printf(" | %-34s", c.Name+" req/s p50 p99 cpu-us/req")
+		}
+		fmt.Println()
+		for _, f := range e.fronts {
+			fmt.Printf("%-15s", f.Name)
+			for _, c := range cases {
+				m := sum[f.Name][pl][c.Name]
+				errs := ""
+				if m.Errors > 0 {
+					errs = fmt.Sprintf(" E%d", m.Errors)
+				}
+				fmt.Printf(" | %8.0f %5.2fms %6.2fms %5.0f%s", m.RPS, m.P50ms, m.P99ms, m.CPUus, errs)
+			}
+			fmt.Println()
+		}
+	}
+	fmt.Println("\nratios (12-byte body, 32 connections; requests/s):")
+	names := make([]string, 0, len(ratios))
+	for k := range ratios {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	for _, k := range names {
+		fmt.Printf("  %-34s %.2f\n", k, ratios[k])
+	}
+	fmt.Printf("  p99 mod_zmq %.2f ms vs mod_proxy_http %.2f ms (shared)\n", key("mod_zmq", "shared").P99ms, key("mod_proxy_http", "shared").P99ms)
+
+	host, _ := os.Hostname()
+	doc := map[string]any{"when": time.Now().UTC().Format(time.RFC3339), "host": host, "rounds": *rounds,
+		"took_seconds": took.Seconds(), "configs": sum, "ratios": ratios}
+	b, _ := json.MarshalIndent(doc, "", "  ")
+	os.MkdirAll(*outDir, 0o755)
+	os.WriteFile(filepath.Join(*outDir, "results.json"), b, 0o644)
+	os.WriteFile(filepath.Join(*outDir, "ratios.svg"), []byte(svg(names, ratios)), 0o644)
+	fmt.Printf("\nwrote %s and %s\n", filepath.Join(*outDir, "results.json"), filepath.Join(*outDir, "ratios.svg"))
+}
+
+// svg draws the ratios as horizontal bars with a line at 1.0.
+func svg(names []string, ratios map[string]float64) string {
+	const w, rowH, left, scale = 760, 28, 260, 240.0 // scale: pixels per 1.0
+	var b strings.Builder
+	h := 40 + rowH*len(names)
+	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" font-size="13">`+"\n", w, h)
+	fmt.Fprintf(&b, `<text x="10" y="20" font-weight="bold">mod_zmq benchmark ratios (12 B, 32 connections, req/s)</text>`+"\n")
+	for i, n := range names {
+		y := 32 + i*rowH
+		v := ratios[n]
+		fmt.Fprintf(&b, `<text x="10" y="%d">%s</text>`+"\n", y+15, n)
+		fmt.Fprintf(&b, `<rect x="%d" y="%d" width="%.0f" height="18" fill="#4a7bd0"/>`+"\n", left, y+2, v*scale)
+		fmt.Fprintf(&b, `<text x="%.0f" y="%d">%.2f</text>`+"\n", float64(left)+v*scale+6, y+15, v)
+	}
+	fmt.Fprintf(&b, `<line x1="%d" y1="28" x2="%d" y2="%d" stroke="#c33" stroke-dasharray="4"/>`+"\n", left+int(scale), left+int(scale), h-4)
+	b.WriteString("</svg>\n")
+	return b.String()
+}

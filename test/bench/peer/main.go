@@ -1,0 +1,137 @@
+// Command peer is the benchmark's other side: the workers and backends every
+// front talks to, all answering the same bytes ("hello world\n", or 64 KiB
+// when the target's query is "big").
+//
+//	peer -mode zmq -listen tcp://127.0.0.1:5555        MZMQ/1 worker (libzmq ROUTER)
+//	peer -mode http -listen 127.0.0.1:8090             net/http backend
+//	peer -mode revproxy -listen 127.0.0.1:8091 -backend http://127.0.0.1:8090
+//	peer -mode mongrel2 -send tcp://127.0.0.1:9997 -recv tcp://127.0.0.1:9996
+package main
+
+import (
+	"bytes"
+	"flag"
+	"fmt"
+	"log"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strconv"
+
+	zmq "github.com/pebbe/zmq4"
+)
+
+var (
+	small = []byte("hello world\n")
+	big   = bytes.Repeat([]byte("x"), 65536)
+)
+
+func body(target []byte) []byte {
+	if bytes.HasSuffix(target, []byte("?big")) {
+		return big
+	}
+	return small
+}
+
+func main() {
+	mode := flag.String("mode", "zmq", "zmq, http, revproxy or mongrel2")
+	listen := flag.String("listen", "", "address to serve on")
+	backend := flag.String("backend", "", "revproxy: backend URL")
+	send := flag.String("send", "", "mongrel2: its send_spec")
+	recv := flag.String("recv", "", "mongrel2: its recv_spec")
+	flag.Parse()
+	switch *mode {
+	case "zmq":
+		serveZMQ(*listen)
+	case "http":
+		log.Fatal(http.ListenAndServe(*listen, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			b := body([]byte(r.RequestURI))
+			w.Header().Set("Content-Type", "text/plain")
+			w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+			w.Write(b)
+		})))
+	case "revproxy":
+		u, err := url.Parse(*backend)
+		if err != nil {
+			log.Fatal(err)
+		}
+		p := httputil.NewSingleHostReverseProxy(u)
+		p.Transport = &http.Transport{MaxIdleConnsPerHost: 512}
+		log.Fatal(http.ListenAndServe(*listen, p))
+	case "mongrel2":
+		serveMongrel2(*send, *recv)
+	default:
+		log.Fatalf("unknown mode %q", *mode)
+	}
+}
+
+func serveZMQ(listen string) {
+	s, err := zmq.NewSocket(zmq.ROUTER)
+	if err != nil {
+		log.Fatal(err)
+	}
+	if err := s.Bind(listen); err != nil {
+		log.Fatal(err)
+	}
+	hdr := []byte("Content-Type: text/plain\r\n")
+	status := []byte("200")
+	for {
+		msg, err := s.RecvMessageBytes(0)
+		if err != nil {
+			continue
+		}
+		i := 0
+		for i < len(msg) && len(msg[i]) != 0 {
+			i++
+		}
+		if len(msg)-i-1 != 6 {
+			continue
+		}
+		for _, f := range msg[:i+1] {
+			s.SendBytes(f, zmq.SNDMORE)
+		}
+		s.SendBytes(status, zmq.SNDMORE)
+		s.SendBytes(hdr, zmq.SNDMORE)
+		s.SendBytes(body(msg[i+3]), 0)
+	}
+}
+
+// serveMongrel2 speaks Mongrel2's handler protocol: requests arrive on a
+// PULL socket as "UUID ID PATH HEADERS BODY" (netstrings); replies go out on
+// a PUB socket as "UUID LEN:ID, <raw HTTP response>".
+func serveMongrel2(send, recv string) {
+	in, _ := zmq.NewSocket(zmq.PULL)
+	out, _ := zmq.NewSocket(zmq.PUB)
+	if err := in.Connect(send); err != nil {
+		log.Fatal(err)
+	}
+	if err := out.Connect(recv); err != nil {
+		log.Fatal(err)
+	}
+	for {
+		msg, err := in.RecvBytes(0)
+		if err != nil {
+			continue
+		}
+		parts := bytes.SplitN(msg, []byte(" "), 4)
+		if len(parts) < 4 {
+			continue
+		}
+		uuid, id, path := parts[0], parts[1], parts[2]
+		if bytes.Contains(parts[3], []byte(`"METHOD":"JSON"`)) {
+			continue // disconnect notices
+		}
+		b := body(queryOf(path, parts[3]))
+		resp := fmt.Appendf(nil, "%s %d:%s, HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n",
+			uuid, len(id), id, len(b))
+		out.SendBytes(append(resp, b...), 0)
+	}
+}
+
+// queryOf returns "?big" when the request's QUERY header says big.
+func queryOf(path, headers []byte) []byte {
+	if bytes.Contains(headers, []byte(`"QUERY":"big"`)) {
+		return []byte("?big")
+	}
+	return path
+}
