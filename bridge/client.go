@@ -1,7 +1,6 @@
 package bridge
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -278,49 +277,11 @@ func idempotent(method []byte) bool {
 // ctx ends the wait with ctx's error. The returned response's slices belong to
 // the caller.
 func (c *Client) Do(ctx context.Context, req *Request, timeout time.Duration) (Response, error) {
-	if c.closed.Load() {
-		return Response{}, ErrClosed
+	call := c.Start(ctx, req, timeout)
+	for !call.Done() {
+		call.Step(call.Wait())
 	}
-	start := time.Now()
-	resp, err := c.do(ctx, req, timeout)
-	switch {
-	case err == nil:
-		c.stats.record(resp.Status, time.Since(start))
-	case ctx.Err() == nil:
-		c.stats.record(StatusOf(err), time.Since(start))
-	}
-	return resp, err
-}
-
-func (c *Client) do(ctx context.Context, req *Request, timeout time.Duration) (Response, error) {
-	if timeout <= 0 {
-		timeout = c.opts.Timeout
-	}
-	deadline := time.Now().Add(timeout)
-	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
-		deadline = d
-	}
-	n := c.inFlight.Add(1)
-	defer c.inFlight.Add(-1)
-	if c.opts.MaxInFlight > 0 && n > int64(c.opts.MaxInFlight) {
-		c.overloads.Add(1)
-		return Response{}, fmt.Errorf("%w: %d requests in flight, the limit is %d", ErrOverload, n-1, c.opts.MaxInFlight)
-	}
-	attempts := 1
-	if c.opts.RetryAll || idempotent(req.Method) {
-		attempts += c.opts.Retries
-	}
-	var tried uint64
-	for attempt := 1; ; attempt++ {
-		e, bit := c.pick(tried)
-		tried |= bit
-		resp, err := c.attempt(ctx, e, req, deadline)
-		if err == nil || attempt >= attempts || !retriable(err) || time.Until(deadline) <= 0 || ctx.Err() != nil {
-			return resp, err
-		}
-		c.retries.Add(1)
-		c.opts.Log.Logf(LevelInfo, CodeRetry, "attempt %d of %d failed (%v); retrying", attempt, attempts, err)
-	}
+	return call.Result()
 }
 
 // retriable errors are those where the worker cannot have answered.
@@ -355,100 +316,6 @@ func (c *Client) pick(tried uint64) (*endpoint, uint64) {
 		}
 	}
 	return c.endpoints[best], bestBit
-}
-
-func (c *Client) attempt(ctx context.Context, e *endpoint, req *Request, deadline time.Time) (Response, error) {
-	p, err := e.get(c.opts.Transport, c.dial)
-	if err != nil {
-		return Response{}, err
-	}
-	e.stats.Requests.Add(1)
-	e.stats.InFlight.Add(1)
-	resp, err := c.exchange(ctx, p, e, req, deadline)
-	e.stats.InFlight.Add(-1)
-	switch {
-	case err == nil:
-		e.stats.Replies.Add(1)
-	case errors.Is(err, ErrTimeout):
-		e.stats.Timeouts.Add(1)
-	case errors.Is(err, ErrWorkerLost):
-		e.stats.Lost.Add(1)
-	case errors.Is(err, ErrNoWorker):
-		e.stats.NoWorker.Add(1)
-	case errors.Is(err, ErrProtocol):
-		e.stats.BadReplies.Add(1)
-	}
-	// Reuse a connection only when it is known to be sound: after a reply
-	// (good or bad), or when the caller went away (a late reply is then
-	// dropped by request id). After a timeout the connection may be dead in
-	// ways libzmq does not repair (a frame over MaxReply makes it drop the
-	// connection for good), and after a refused or lost send it may still
-	// hold the message: it is closed rather than let that reach a worker.
-	reusable := err == nil || errors.Is(err, ErrProtocol) ||
-		errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
-	e.put(p, reusable, c.opts.MaxIdle, c.closed.Load())
-	return resp, err
-}
-
-// watchSlice is how often a waiting request looks at its endpoint's epoch.
-const watchSlice = 100 * time.Millisecond
-
-func (c *Client) exchange(ctx context.Context, p *pooled, e *endpoint, req *Request, deadline time.Time) (Response, error) {
-	p.id = strconv.AppendUint(append(p.id[:0], c.prefix...), c.seq.Add(1), 10)
-	p.meta = appendMeta(p.meta[:0], p.id, req.Meta)
-	p.frames = requestFrames(p.frames, p.id, p.meta, req)
-
-	epoch := e.epoch.Load()
-	sendWait := min(c.opts.ConnectTimeout, time.Until(deadline))
-	if err := p.conn.Send(p.frames, sendWait); err != nil {
-		return Response{}, fmt.Errorf("%s: %w", e.addr, err)
-	}
-	done := ctx.Done()
-	watch := done != nil || !c.opts.NoHeartbeat
-	for {
-		wait := time.Until(deadline)
-		if wait <= 0 {
-			return Response{}, fmt.Errorf("%w (request %s to %s)", ErrTimeout, p.id, e.addr)
-		}
-		if watch {
-			wait = min(wait, watchSlice)
-		}
-		msg, err := p.conn.Recv(wait)
-		if err == ErrTimeout {
-			if done != nil && ctx.Err() != nil {
-				return Response{}, ctx.Err()
-			}
-			if e.epoch.Load() != epoch {
-				return Response{}, fmt.Errorf("%w: %s dropped the connection holding request %s", ErrWorkerLost, e.addr, p.id)
-			}
-			continue
-		}
-		if err != nil {
-			return Response{}, err
-		}
-		if len(msg) == 0 || !bytes.Equal(msg[0], p.id) {
-			// A reply to a request that timed out earlier on this connection.
-			c.opts.Log.Logf(LevelDebug, CodeStaleReply, "dropped a reply nobody waits for any more (request %s)", idOf(msg))
-			continue
-		}
-		if len(msg) < 2 || len(msg[1]) != 0 {
-			return Response{}, protocolError("reply to request %s lacks the empty delimiter frame after the request id", p.id)
-		}
-		if c.opts.MaxReply > 0 {
-			size := int64(0)
-			for _, f := range msg[2:] {
-				size += int64(len(f))
-			}
-			if size > c.opts.MaxReply {
-				return Response{}, protocolError("reply to request %s is %d bytes, over the limit of %d", p.id, size, c.opts.MaxReply)
-			}
-		}
-		resp, err := DecodeReply(msg[2:])
-		if err != nil {
-			return resp, fmt.Errorf("request %s: %w", p.id, err)
-		}
-		return resp, nil
-	}
 }
 
 func idOf(msg [][]byte) string {

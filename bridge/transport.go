@@ -9,9 +9,12 @@ type Conn interface {
 	// Send queues one multipart message. It returns an error wrapping
 	// ErrNoWorker when the worker did not take it within timeout.
 	Send(frames [][]byte, timeout time.Duration) error
-	// Recv waits up to timeout for one multipart message and returns an error
-	// wrapping ErrTimeout when none arrived.
+	// Recv waits up to timeout (zero: not at all) for one multipart message
+	// and returns ErrTimeout when none arrived.
 	Recv(timeout time.Duration) ([][]byte, error)
+	// FD returns a file descriptor that becomes readable when Recv may have
+	// something (libzmq's ZMQ_FD: check with Recv(0) after every wake-up).
+	FD() (int, error)
 	// Close discards queued messages and releases the connection.
 	Close() error
 }

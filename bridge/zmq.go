@@ -71,7 +71,7 @@ func (t *ZMQ) Dial(endpoint string, opts DialOptions) (Conn, error) {
 		s.Close()
 		return nil, fmt.Errorf("%w: connect %s: %v", ErrConfig, endpoint, err)
 	}
-	c := &zmqConn{sock: s, poller: zmq.NewPoller(), sndtimeo: -2}
+	c := &zmqConn{sock: s, poller: zmq.NewPoller(), sndtimeo: -2, fd: -1}
 	c.poller.Add(s, zmq.POLLIN)
 	return c, nil
 }
@@ -187,6 +187,7 @@ type zmqConn struct {
 	sock     *zmq.Socket
 	poller   *zmq.Poller
 	sndtimeo time.Duration // last value set, to skip redundant setsockopt calls
+	fd       int           // ZMQ_FD, once asked for; -1 before
 }
 
 func (c *zmqConn) Send(frames [][]byte, timeout time.Duration) error {
@@ -217,12 +218,14 @@ func (c *zmqConn) Send(frames [][]byte, timeout time.Duration) error {
 }
 
 func (c *zmqConn) Recv(timeout time.Duration) ([][]byte, error) {
-	polled, err := c.poller.Poll(timeout)
-	if err != nil {
-		return nil, fmt.Errorf("zmq poll: %w", err)
-	}
-	if len(polled) == 0 {
-		return nil, ErrTimeout
+	if timeout > 0 {
+		polled, err := c.poller.Poll(timeout)
+		if err != nil {
+			return nil, fmt.Errorf("zmq poll: %w", err)
+		}
+		if len(polled) == 0 {
+			return nil, ErrTimeout
+		}
 	}
 	msg, err := c.sock.RecvMessageBytes(zmq.DONTWAIT)
 	if err != nil {
@@ -232,6 +235,17 @@ func (c *zmqConn) Recv(timeout time.Duration) ([][]byte, error) {
 		return nil, fmt.Errorf("zmq recv: %w", err)
 	}
 	return msg, nil
+}
+
+func (c *zmqConn) FD() (int, error) {
+	if c.fd < 0 {
+		fd, err := c.sock.GetFd()
+		if err != nil {
+			return -1, err
+		}
+		c.fd = fd
+	}
+	return c.fd, nil
 }
 
 func (c *zmqConn) Close() error { return c.sock.Close() }

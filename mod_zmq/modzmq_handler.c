@@ -6,6 +6,8 @@
  * reply. Errors map to one status each: no worker 503, timeout 504, bad reply
  * 502, body too large 413; a client that went away gets no error line.
  */
+#include <errno.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -332,6 +334,21 @@ static int relay_request(request_rec *r, const modzmq_dir_conf *conf, modzmq_rel
     resp.block = NULL;
     resp.error[0] = '\0';
     rc = relay(handle, &req, &resp);
+    if (rc == MODZMQ_PENDING) {
+        /* Wait here, in C: an Apache thread parked inside Go costs the Go
+         * scheduler a hand-off on every request. */
+        modzmq_resume_fn resume = modzmq_loader_resume();
+        while (rc == MODZMQ_PENDING) {
+            struct pollfd pfd;
+            pfd.fd = resp.fd;
+            pfd.events = POLLIN;
+            pfd.revents = 0;
+            if (poll(&pfd, resp.fd >= 0 ? 1 : 0, resp.wait_ms) < 0 && errno != EINTR) {
+                ap_log_rerror(APLOG_MARK, APLOG_DEBUG, errno, r, "MODZMQ0017: poll failed; resuming");
+            }
+            rc = resume(&resp);
+        }
+    }
     switch (rc) {
     case MODZMQ_OK:
         return write_reply(r, &resp);

@@ -18,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"runtime/cgo"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -174,6 +175,7 @@ func modzmq_relay(backend C.int, req *C.modzmq_request, resp *C.modzmq_response)
 		}
 	}()
 	resp.block = nil
+	resp.call = 0
 	b := lookup(int(backend))
 	if b == nil {
 		setError(&resp.error[0], C.size_t(len(resp.error)), fmt.Sprintf("%v: unknown backend handle %d", bridge.CodeConfig, backend))
@@ -191,14 +193,35 @@ func modzmq_relay(backend C.int, req *C.modzmq_request, resp *C.modzmq_response)
 		setError(&resp.error[0], C.size_t(len(resp.error)), fmt.Sprintf("%v: %s: %v", bridge.CodeConfig, strings.Join(b.endpoints, " "), err))
 		return C.MODZMQ_ENOWORKER
 	}
-	r := bridge.Request{
+	r := &bridge.Request{
 		Method:  view(req.method, req.method_len),
 		Target:  view(req.target, req.target_len),
 		Headers: view(req.headers, req.headers_len),
 		Meta:    view(req.meta, req.meta_len),
 		Body:    view(req.body, req.body_len),
 	}
-	out, err := client.Do(context.Background(), &r, time.Duration(req.timeout_ms)*time.Millisecond)
+	call := client.Start(context.Background(), r, time.Duration(req.timeout_ms)*time.Millisecond)
+	call.Step(0)
+	return outcome(call, resp, 0)
+}
+
+// outcome reports a call: its result when done, else a handle to resume it
+// with and what the caller should wait on.
+func outcome(call *bridge.Call, resp *C.modzmq_response, h cgo.Handle) C.int {
+	if !call.Done() {
+		if h == 0 {
+			h = cgo.NewHandle(call)
+		}
+		resp.call = C.uint64_t(h)
+		resp.fd = C.int(call.FD())
+		resp.wait_ms = C.int(max(call.Wait().Milliseconds(), 1))
+		return C.MODZMQ_PENDING
+	}
+	if h != 0 {
+		h.Delete()
+	}
+	resp.call = 0
+	out, err := call.Result()
 	if err != nil {
 		setError(&resp.error[0], C.size_t(len(resp.error)), fmt.Sprintf("%v: %v", bridge.CodeOf(err), err))
 		switch {
@@ -227,6 +250,25 @@ func modzmq_relay(backend C.int, req *C.modzmq_request, resp *C.modzmq_response)
 	resp.headers_len = C.size_t(len(out.Headers))
 	resp.reason_len = C.size_t(len(out.Reason))
 	return C.MODZMQ_OK
+}
+
+//export modzmq_resume
+func modzmq_resume(resp *C.modzmq_response) (rc C.int) {
+	defer func() {
+		if p := recover(); p != nil {
+			setError(&resp.error[0], C.size_t(len(resp.error)), fmt.Sprintf("%v: recovered panic: %v", bridge.CodePanic, p))
+			logFunc.Logf(bridge.LevelError, bridge.CodePanic, "recovered panic in modzmq_resume: %v", p)
+			rc = C.MODZMQ_EINTERNAL
+		}
+	}()
+	h := cgo.Handle(resp.call)
+	call, ok := h.Value().(*bridge.Call)
+	if !ok {
+		setError(&resp.error[0], C.size_t(len(resp.error)), fmt.Sprintf("%v: unknown call handle", bridge.CodePanic))
+		return C.MODZMQ_EINTERNAL
+	}
+	call.Step(0)
+	return outcome(call, resp, h)
 }
 
 func lookup(handle int) *backend {

@@ -17,7 +17,7 @@
 #include <stdint.h>
 
 /* The ABI this header describes; modzmq_abi_version() must return it. */
-#define MODZMQ_ABI_VERSION 4
+#define MODZMQ_ABI_VERSION 5
 
 /* Return codes of modzmq_relay(). */
 #define MODZMQ_OK         0 /* reply in *resp */
@@ -26,6 +26,7 @@
 #define MODZMQ_EPROTOCOL  3 /* the reply broke MZMQ/1: 502 */
 #define MODZMQ_EBACKEND   4 /* unknown backend handle: 500 */
 #define MODZMQ_EINTERNAL  5 /* anything else, including a recovered panic: 500 */
+#define MODZMQ_PENDING    6 /* sent; wait for POLLIN on resp->fd up to resp->wait_ms, then call modzmq_resume */
 
 /* Log severities are Apache's (APLOG_ERR = 3 ... APLOG_DEBUG = 7). */
 typedef void (*modzmq_log_fn)(int level, const char *msg);
@@ -58,6 +59,10 @@ typedef struct modzmq_response {
     char  *block;
     size_t body_len, headers_len, reason_len;
     char   error[256];
+    /* While MODZMQ_PENDING: the call to resume, what to wait on, how long. */
+    uint64_t call;
+    int      fd;
+    int      wait_ms;
 } modzmq_response;
 
 /*
@@ -138,9 +143,18 @@ typedef int (*modzmq_backend_open_fn)(char *endpoints, char *routes, int64_t con
 /*
  * int modzmq_relay(int backend, const modzmq_request *req,
  *                  modzmq_response *resp):
- * relays one request and blocks until its reply, an error, or the timeout.
- * Safe to call from many threads at once. Returns a MODZMQ_* code.
+ * sends one request and returns at once: MODZMQ_PENDING while the reply is
+ * awaited, or a final code. The caller waits outside the library (an Apache
+ * thread must never park inside Go): poll(resp->fd, POLLIN, resp->wait_ms),
+ * then modzmq_resume(resp), until the code is not MODZMQ_PENDING. req must
+ * stay valid until then (a retry sends it again). Thread-safe.
  */
 typedef int (*modzmq_relay_fn)(int backend, modzmq_request *req, modzmq_response *resp);
+
+/*
+ * int modzmq_resume(modzmq_response *resp): advances the call in resp->call
+ * without blocking; returns as modzmq_relay does.
+ */
+typedef int (*modzmq_resume_fn)(modzmq_response *resp);
 
 #endif /* MODZMQ_H */

@@ -28,6 +28,7 @@ var (
 	dur     = flag.Duration("duration", time.Second, "wrk duration of the other cases")
 	outDir  = flag.String("out", "build/bench", "where results.json and ratios.svg go")
 	onlyKey = flag.Bool("quick", false, "only the 12-byte, 32-connection case")
+	only    = flag.String("only", "", "comma-separated configurations to measure (default all)")
 )
 
 // bcase is one load shape.
@@ -68,6 +69,19 @@ func main() {
 	defer env.stop()
 	if *onlyKey {
 		cases = cases[:1]
+	}
+	if *only != "" {
+		keep := map[string]bool{}
+		for _, n := range strings.Split(*only, ",") {
+			keep[n] = true
+		}
+		var fs []front
+		for _, f := range env.fronts {
+			if keep[f.Name] {
+				fs = append(fs, f)
+			}
+		}
+		env.fronts = fs
 	}
 	// results[front][placement][case] = samples
 	results := map[string]map[string]map[string][]cell{}

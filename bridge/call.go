@@ -1,0 +1,216 @@
+package bridge
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+)
+
+// Call is one request in progress. Do drives a Call to its end, waiting in
+// libzmq; a caller that must not block inside Go (the Apache module, whose
+// threads are C threads) waits on FD itself and calls Step(0) when it is
+// readable or when Wait has passed. A Call is used by one goroutine.
+type Call struct {
+	c        *Client
+	ctx      context.Context
+	req      *Request
+	start    time.Time
+	deadline time.Time
+	attempts int
+	attempt  int
+	tried    uint64
+	e        *endpoint
+	p        *pooled
+	epoch    uint64
+	resp     Response
+	err      error
+	done     bool
+}
+
+// Start sends req and returns the call; it blocks only while no worker is
+// connected (up to Options.ConnectTimeout). See Do for timeout and ctx.
+func (c *Client) Start(ctx context.Context, req *Request, timeout time.Duration) *Call {
+	call := &Call{c: c, ctx: ctx, req: req, start: time.Now()}
+	if c.closed.Load() {
+		call.done, call.err = true, ErrClosed
+		return call
+	}
+	if timeout <= 0 {
+		timeout = c.opts.Timeout
+	}
+	call.deadline = call.start.Add(timeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(call.deadline) {
+		call.deadline = d
+	}
+	n := c.inFlight.Add(1)
+	if c.opts.MaxInFlight > 0 && n > int64(c.opts.MaxInFlight) {
+		c.overloads.Add(1)
+		call.finish(Response{}, fmt.Errorf("%w: %d requests in flight, the limit is %d", ErrOverload, n-1, c.opts.MaxInFlight))
+		return call
+	}
+	call.attempts = 1
+	if c.opts.RetryAll || idempotent(req.Method) {
+		call.attempts += c.opts.Retries
+	}
+	call.next()
+	return call
+}
+
+// Done reports whether the call has its result.
+func (call *Call) Done() bool { return call.done }
+
+// Result returns the reply or the error; valid once Done.
+func (call *Call) Result() (Response, error) { return call.resp, call.err }
+
+// FD returns a file descriptor that becomes readable when the call may have
+// progressed (libzmq's ZMQ_FD of its connection), or -1.
+func (call *Call) FD() int {
+	if call.done || call.p == nil {
+		return -1
+	}
+	fd, err := call.p.conn.FD()
+	if err != nil {
+		return -1
+	}
+	return fd
+}
+
+// Wait is how long a caller may wait before calling Step again: until the
+// deadline, but no longer than the interval at which a lost worker or a
+// cancelled context is noticed.
+func (call *Call) Wait() time.Duration {
+	wait := time.Until(call.deadline)
+	if call.ctx.Done() != nil || !call.c.opts.NoHeartbeat {
+		wait = min(wait, watchSlice)
+	}
+	return max(wait, 0)
+}
+
+// Step advances the call, waiting up to wait for a reply (0: not at all).
+func (call *Call) Step(wait time.Duration) {
+	for !call.done {
+		msg, err := call.p.conn.Recv(wait)
+		if err == ErrTimeout {
+			switch {
+			case call.ctx.Err() != nil:
+				call.end(Response{}, call.ctx.Err())
+			case !time.Now().Before(call.deadline):
+				call.end(Response{}, fmt.Errorf("%w (request %s to %s)", ErrTimeout, call.p.id, call.e.addr))
+			case call.e.epoch.Load() != call.epoch:
+				call.end(Response{}, fmt.Errorf("%w: %s dropped the connection holding request %s", ErrWorkerLost, call.e.addr, call.p.id))
+			}
+			return
+		}
+		if err != nil {
+			call.end(Response{}, err)
+			return
+		}
+		if len(msg) == 0 || !bytes.Equal(msg[0], call.p.id) {
+			// A reply to a request whose caller went away earlier.
+			call.c.opts.Log.Logf(LevelDebug, CodeStaleReply, "dropped a reply nobody waits for any more (request %s)", idOf(msg))
+			wait = 0
+			continue
+		}
+		call.end(call.c.decode(call.p.id, msg))
+		return
+	}
+}
+
+func (c *Client) decode(id []byte, msg [][]byte) (Response, error) {
+	if len(msg) < 2 || len(msg[1]) != 0 {
+		return Response{}, protocolError("reply to request %s lacks the empty delimiter frame after the request id", id)
+	}
+	if c.opts.MaxReply > 0 {
+		size := int64(0)
+		for _, f := range msg[2:] {
+			size += int64(len(f))
+		}
+		if size > c.opts.MaxReply {
+			return Response{}, protocolError("reply to request %s is %d bytes, over the limit of %d", id, size, c.opts.MaxReply)
+		}
+	}
+	resp, err := DecodeReply(msg[2:])
+	if err != nil {
+		return resp, fmt.Errorf("request %s: %w", id, err)
+	}
+	return resp, nil
+}
+
+// next sends the request on a new attempt.
+func (call *Call) next() {
+	c := call.c
+	call.attempt++
+	e, bit := c.pick(call.tried)
+	call.tried |= bit
+	p, err := e.get(c.opts.Transport, c.dial)
+	if err != nil {
+		call.finish(Response{}, err)
+		return
+	}
+	call.e, call.p = e, p
+	e.stats.Requests.Add(1)
+	e.stats.InFlight.Add(1)
+	p.id = strconv.AppendUint(append(p.id[:0], c.prefix...), c.seq.Add(1), 10)
+	p.meta = appendMeta(p.meta[:0], p.id, call.req.Meta)
+	p.frames = requestFrames(p.frames, p.id, p.meta, call.req)
+	call.epoch = e.epoch.Load()
+	sendWait := min(c.opts.ConnectTimeout, time.Until(call.deadline))
+	if err := p.conn.Send(p.frames, sendWait); err != nil {
+		call.end(Response{}, fmt.Errorf("%s: %w", e.addr, err))
+	}
+}
+
+// end closes the current attempt with its outcome, and retries or finishes.
+func (call *Call) end(resp Response, err error) {
+	c, e := call.c, call.e
+	e.stats.InFlight.Add(-1)
+	switch {
+	case err == nil:
+		e.stats.Replies.Add(1)
+	case errors.Is(err, ErrTimeout):
+		e.stats.Timeouts.Add(1)
+	case errors.Is(err, ErrWorkerLost):
+		e.stats.Lost.Add(1)
+	case errors.Is(err, ErrNoWorker):
+		e.stats.NoWorker.Add(1)
+	case errors.Is(err, ErrProtocol):
+		e.stats.BadReplies.Add(1)
+	}
+	// Reuse a connection only when it is known to be sound: after a reply
+	// (good or bad), or when the caller went away (a late reply is then
+	// dropped by request id). After a timeout the connection may be dead in
+	// ways libzmq does not repair (a frame over MaxReply makes it drop the
+	// connection for good), and after a refused or lost send it may still
+	// hold the message: it is closed rather than let that reach a worker.
+	reusable := err == nil || errors.Is(err, ErrProtocol) ||
+		errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
+	e.put(call.p, reusable, c.opts.MaxIdle, c.closed.Load())
+	call.p = nil
+	if err != nil && call.attempt < call.attempts && retriable(err) && time.Until(call.deadline) > 0 && call.ctx.Err() == nil {
+		c.retries.Add(1)
+		c.opts.Log.Logf(LevelInfo, CodeRetry, "attempt %d of %d failed (%v); retrying", call.attempt, call.attempts, err)
+		call.next()
+		return
+	}
+	call.finish(resp, err)
+}
+
+// finish records the outcome.
+func (call *Call) finish(resp Response, err error) {
+	c := call.c
+	call.resp, call.err, call.done = resp, err, true
+	c.inFlight.Add(-1)
+	switch {
+	case err == nil:
+		c.stats.record(resp.Status, time.Since(call.start))
+	case call.ctx.Err() == nil:
+		c.stats.record(StatusOf(err), time.Since(call.start))
+	}
+}
+
+// watchSlice is how often a waiting request looks at its endpoint's epoch
+// (has its worker been lost?) and at its context.
+const watchSlice = 100 * time.Millisecond
