@@ -114,15 +114,7 @@ func gatewayRoutes(w workers) string {
 }
 
 func TestGatewayFronts(t *testing.T) {
-	w := workers{
-		rep1:     startPyWorker(t, "rep1"),
-		rep2:     startPyWorker(t, "rep2"),
-		router:   startPyWorker(t, "router", "--router"),
-		gow:      startGoWorker(t, "go"),
-		slow:     startPyWorker(t, "slow"),
-		counter:  startPyWorker(t, "counter", "--log"),
-		deadPort: freePort(t),
-	}
+	w := startWorkers(t)
 	for _, mode := range []string{"http", "stream"} {
 		t.Run(mode, func(t *testing.T) {
 			m := mode

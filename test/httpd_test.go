@@ -46,8 +46,11 @@ type workers struct {
 	deadPort                               int
 }
 
-func TestApacheModule(t *testing.T) {
-	w := workers{
+// startWorkers starts the workers both the Apache and the gateway tests
+// route to: two pyzmq REP, a pyzmq ROUTER, the pure-Go worker, a REP kept for
+// slow requests, and a REP that logs what reaches it.
+func startWorkers(t *testing.T) workers {
+	return workers{
 		rep1:     startPyWorker(t, "rep1"),
 		rep2:     startPyWorker(t, "rep2"),
 		router:   startPyWorker(t, "router", "--router"),
@@ -56,6 +59,10 @@ func TestApacheModule(t *testing.T) {
 		counter:  startPyWorker(t, "counter", "--log"),
 		deadPort: freePort(t),
 	}
+}
+
+func TestApacheModule(t *testing.T) {
+	w := startWorkers(t)
 	for _, mpm := range []string{"event", "worker", "prefork"} {
 		t.Run(mpm, func(t *testing.T) {
 			h := startHTTPD(t, httpdParams{MPM: mpm, REP: w.rep1.Endpoint, REP2: w.rep2.Endpoint,
