@@ -66,6 +66,7 @@ func main() {
 	}
 	start := time.Now()
 	env := setup()
+	current = env
 	defer env.stop()
 	if *onlyKey {
 		cases = cases[:1]
@@ -119,10 +120,20 @@ func rotate(fs []front, n int) []front {
 
 // ---- processes ----------------------------------------------------------
 
+// current is the environment fatal stops before exiting, so that a failed
+// run leaves no Apache or worker behind.
+var current *env
+
+func fatal(format string, args ...any) {
+	if current != nil {
+		current.stop()
+	}
+	log.Fatalf(format, args...)
+}
+
 type env struct {
 	dir     string
 	fronts  []front
-	others  []*exec.Cmd // workers and backends
 	allCmds []*exec.Cmd
 	apache  string // config path
 }
@@ -140,7 +151,7 @@ func (e *env) start(name string, args ...string) *exec.Cmd {
 	cmd := exec.Command(name, args...)
 	cmd.Stdout, cmd.Stderr = nil, nil
 	if err := cmd.Start(); err != nil {
-		log.Fatalf("start %s: %v", name, err)
+		fatal("start %s: %v", name, err)
 	}
 	e.allCmds = append(e.allCmds, cmd)
 	return cmd
@@ -154,18 +165,19 @@ func waitPort(port int) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	log.Fatalf("nothing listens on port %d", port)
+	fatal("nothing listens on port %d", port)
 }
 
 func must(out []byte, err error) {
 	if err != nil {
-		log.Fatalf("%v: %s", err, out)
+		fatal("%v: %s", err, out)
 	}
 }
 
 func setup() *env {
 	abs, _ := filepath.Abs(*outDir)
 	e := &env{dir: filepath.Join(abs, "run")}
+	current = e
 	os.RemoveAll(e.dir)
 	for _, d := range []string{"", "m2/run", "m2/logs", "m2/tmp", "fixtures"} {
 		os.MkdirAll(filepath.Join(e.dir, d), 0o755)
@@ -191,13 +203,12 @@ func setup() *env {
 	m2send, m2recv := freePort(), freePort()
 	zep := fmt.Sprintf("tcp://127.0.0.1:%d", zport)
 
-	e.others = append(e.others,
-		e.start(build("bench-peer"), "-mode", "zmq", "-listen", zep),
-		e.start("/usr/bin/python3", "test/bench/pyworker.py", fmt.Sprintf("tcp://127.0.0.1:%d", pyport)),
-		e.start(build("bench-peer"), "-mode", "http", "-listen", fmt.Sprintf("127.0.0.1:%d", hport)),
-		e.start(build("bench-peer"), "-mode", "mongrel2", "-send", fmt.Sprintf("tcp://127.0.0.1:%d", m2send),
-			"-recv", fmt.Sprintf("tcp://127.0.0.1:%d", m2recv)),
-	)
+	// Workers and backends.
+	e.start(build("bench-peer"), "-mode", "zmq", "-listen", zep)
+	e.start("/usr/bin/python3", "test/bench/pyworker.py", fmt.Sprintf("tcp://127.0.0.1:%d", pyport))
+	e.start(build("bench-peer"), "-mode", "http", "-listen", fmt.Sprintf("127.0.0.1:%d", hport))
+	e.start(build("bench-peer"), "-mode", "mongrel2", "-send", fmt.Sprintf("tcp://127.0.0.1:%d", m2send),
+		"-recv", fmt.Sprintf("tcp://127.0.0.1:%d", m2recv))
 	waitPort(hport)
 
 	// One Apache (event MPM) serves the four Apache configurations.
@@ -260,8 +271,6 @@ ProxyPass /proxy/ http://127.0.0.1:%[7]d/ keepalive=On
 	gw := e.start(build("zmq-gateway"), "-listen", fmt.Sprintf("127.0.0.1:%d", g1), "-route", "/="+zep, "-access-log", "off", "-log-level", "warn")
 	st := e.start(build("zmq-gateway"), "stream", "-listen", fmt.Sprintf("127.0.0.1:%d", g2), "-route", "/="+zep, "-log-level", "warn")
 	rp := e.start(build("bench-peer"), "-mode", "revproxy", "-listen", fmt.Sprintf("127.0.0.1:%d", rport), "-backend", fmt.Sprintf("http://127.0.0.1:%d", hport))
-	e.others = append(e.others, nil) // placeholder, replaced below
-	e.others = e.others[:len(e.others)-1]
 
 	m2conf := fmt.Sprintf(`handler_go = Handler(send_spec='tcp://127.0.0.1:%d', send_ident='9a9f2ae4-4a6a-4d4c-9b5e-0e2a4e0b7f11', recv_spec='tcp://127.0.0.1:%d', recv_ident='')
 main = Server(uuid="f400bf85-4538-4f7a-8908-67e313d515c2", access_log="/logs/access.log", error_log="/logs/error.log",
@@ -279,7 +288,7 @@ servers = [main]
 	m2.Dir = m2dir
 	m2.Env = append(os.Environ(), "LOGNAME=root")
 	if err := m2.Start(); err != nil {
-		log.Fatalf("mongrel2: %v", err)
+		fatal("mongrel2: %v", err)
 	}
 	e.allCmds = append(e.allCmds, m2)
 
@@ -309,7 +318,7 @@ servers = [main]
 				want = "200 65536"
 			}
 			if err != nil || strings.TrimSpace(string(out)) != want {
-				log.Fatalf("%s%s answers %q (%v), want %q", f.URL, q, out, err, want)
+				fatal("%s%s answers %q (%v), want %q", f.URL, q, out, err, want)
 			}
 		}
 	}
@@ -317,7 +326,9 @@ servers = [main]
 }
 
 func (e *env) stop() {
-	exec.Command("/usr/sbin/apache2", "-f", e.apache, "-k", "stop").Run()
+	if e.apache != "" {
+		exec.Command("/usr/sbin/apache2", "-f", e.apache, "-k", "stop").Run()
+	}
 	for _, c := range e.allCmds {
 		c.Process.Kill()
 		c.Wait()
@@ -427,7 +438,7 @@ func measure(f front, c bcase, d time.Duration, placement string) cell {
 	}
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		log.Fatalf("wrk %v: %v\n%s", args, err, out)
+		fatal("wrk %v: %v\n%s", args, err, out)
 	}
 	s := string(out)
 	var m cell
