@@ -278,8 +278,15 @@ func idempotent(method []byte) bool {
 // the caller.
 func (c *Client) Do(ctx context.Context, req *Request, timeout time.Duration) (Response, error) {
 	call := c.Start(ctx, req, timeout)
+	// A first look arms ZMQ_FD: libzmq signals it only for a reader that
+	// found its pipe empty.
+	call.Step(0)
 	for !call.Done() {
-		call.Step(call.Wait())
+		if call.p != nil && call.p.wait(call.Wait()) {
+			call.Step(0)
+		} else if !call.Done() {
+			call.Step(call.Wait())
+		}
 	}
 	return call.Result()
 }

@@ -1,8 +1,11 @@
 package bridge
 
 import (
+	"errors"
+	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -53,6 +56,59 @@ type pooled struct {
 	id     []byte
 	meta   []byte
 	frames [][]byte
+	// waiter lets a goroutine wait for the connection in Go's netpoller (a
+	// dup of its ZMQ_FD) instead of blocking an OS thread in zmq_poll.
+	waiter     *os.File
+	waiterConn syscall.RawConn
+	noWaiter   bool
+}
+
+// close releases the connection and its waiter.
+func (p *pooled) close() {
+	if p.waiter != nil {
+		p.waiter.Close()
+	}
+	p.conn.Close()
+}
+
+// wait parks the goroutine until the connection may have progressed or d
+// passed. It reports false when the netpoller cannot watch this connection,
+// and the caller must wait in the transport instead.
+func (p *pooled) wait(d time.Duration) bool {
+	if p.noWaiter {
+		return false
+	}
+	if p.waiter == nil {
+		fd, err := p.conn.FD()
+		if err == nil {
+			fd, err = syscall.Dup(fd)
+		}
+		if err != nil {
+			p.noWaiter = true
+			return false
+		}
+		p.waiter = os.NewFile(uintptr(fd), "zmq-fd")
+		if p.waiterConn, err = p.waiter.SyscallConn(); err != nil {
+			p.waiter.Close()
+			p.waiter, p.noWaiter = nil, true
+			return false
+		}
+	}
+	if err := p.waiter.SetReadDeadline(time.Now().Add(d)); err != nil {
+		p.noWaiter = true // not pollable (a blocking descriptor)
+		return false
+	}
+	first := true
+	err := p.waiterConn.Read(func(uintptr) bool {
+		ready := !first
+		first = false
+		return ready
+	})
+	if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+		p.noWaiter = true
+		return false
+	}
+	return true
 }
 
 func (e *endpoint) State() State { return State(e.state.Load()) }
@@ -83,7 +139,7 @@ func (e *endpoint) put(p *pooled, reusable bool, maxIdle int, closed bool) {
 		return
 	}
 	e.mu.Unlock()
-	p.conn.Close()
+	p.close()
 }
 
 func (e *endpoint) closeIdle() {
@@ -92,6 +148,6 @@ func (e *endpoint) closeIdle() {
 	e.idle = nil
 	e.mu.Unlock()
 	for _, p := range idle {
-		p.conn.Close()
+		p.close()
 	}
 }

@@ -156,7 +156,9 @@ func TestDispatchPrefersTheLessLoadedWorker(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	if slow.Load()*4 > fast.Load() {
+	// Round-robin would split the requests about evenly (each caller waits
+	// for its slow reply); least-in-flight keeps most of them off the slow one.
+	if slow.Load()*2 > fast.Load() {
 		t.Errorf("slow worker got %d requests, fast %d: dispatch ignores load", slow.Load(), fast.Load())
 	}
 }

@@ -226,6 +226,17 @@ func (c *zmqConn) Recv(timeout time.Duration) ([][]byte, error) {
 		if len(polled) == 0 {
 			return nil, ErrTimeout
 		}
+	} else {
+		// ZMQ_EVENTS makes libzmq process its pending commands now, which
+		// also resets ZMQ_FD; a bare non-blocking receive may skip that for
+		// up to a millisecond and leave the descriptor readable.
+		ev, err := c.sock.GetEvents()
+		if err != nil {
+			return nil, fmt.Errorf("zmq events: %w", err)
+		}
+		if ev&zmq.POLLIN == 0 {
+			return nil, ErrTimeout
+		}
 	}
 	msg, err := c.sock.RecvMessageBytes(zmq.DONTWAIT)
 	if err != nil {
