@@ -29,6 +29,7 @@ var (
 	outDir  = flag.String("out", "build/bench", "where results.json and ratios.svg go")
 	onlyKey = flag.Bool("quick", false, "only the 12-byte, 32-connection case")
 	only    = flag.String("only", "", "comma-separated configurations to measure (default all)")
+	soak    = flag.Int("soak", 0, "instead of the table: send this many requests to mod_zmq and the gateway and report their RSS along the way")
 )
 
 // bcase is one load shape.
@@ -83,6 +84,10 @@ func main() {
 			}
 		}
 		env.fronts = fs
+	}
+	if *soak > 0 {
+		soakRSS(env, *soak)
+		return
 	}
 	// results[front][placement][case] = samples
 	results := map[string]map[string]map[string][]cell{}
@@ -592,4 +597,46 @@ func svg(names []string, ratios map[string]float64) string {
 	fmt.Fprintf(&b, `<line x1="%d" y1="28" x2="%d" y2="%d" stroke="#c33" stroke-dasharray="4"/>`+"\n", left+int(scale), left+int(scale), h-4)
 	b.WriteString("</svg>\n")
 	return b.String()
+}
+
+// soakRSS drives n requests through mod_zmq and through the gateway in 10 s
+// slices and prints the fronts' resident memory (now, not peak) after each,
+// to show it stays flat.
+func soakRSS(e *env, n int) {
+	for _, f := range e.fronts {
+		if f.Name != "mod_zmq" && f.Name != "gateway" {
+			continue
+		}
+		e.place(f, "shared")
+		fmt.Printf("\n%s: requests, resident KiB of the front's processes\n", f.Name)
+		sent := 0
+		for sent < n {
+			out, err := exec.Command("wrk", "-t2", "-c32", "-d10s", f.URL).CombinedOutput()
+			if err != nil {
+				fatal("wrk: %v %s", err, out)
+			}
+			if x := reReqs.FindStringSubmatch(string(out)); x != nil {
+				k, _ := strconv.Atoi(x[1])
+				sent += k
+			}
+			fmt.Printf("  %9d  %8d KiB\n", sent, currentRSS(f.pids()))
+		}
+	}
+}
+
+func currentRSS(pids []int) int64 {
+	var kib int64
+	for _, p := range pids {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p))
+		if err != nil {
+			continue
+		}
+		for _, l := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+				k, _ := strconv.ParseInt(strings.Fields(v)[0], 10, 64)
+				kib += k
+			}
+		}
+	}
+	return kib
 }
