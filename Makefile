@@ -41,7 +41,7 @@ $(BUILD)/zmq-gateway: $(GOSRC) $(shell find gateway -name '*.go' -not -name '*_t
 install: all
 	$(APXS) -i -n zmq $(BUILD)/mod_zmq.so
 	install -D -m 0755 $(BUILD)/zmq-gateway $(DESTDIR)/usr/local/bin/zmq-gateway
-	install -m 0644 $(BUILD)/libmodzmq.so $(DESTDIR)$(LIBRARY)
+	$(APXS) -i -n libmodzmq $(BUILD)/libmodzmq.so
 	@if [ -d $(DESTDIR)$(SYSCONF)/mods-available ]; then \
 		install -m 0644 conf/zmq.load conf/zmq.conf $(DESTDIR)$(SYSCONF)/mods-available/ && \
 		echo "installed $(SYSCONF)/mods-available/zmq.{load,conf}: run a2enmod zmq"; \
