@@ -1,7 +1,8 @@
 /*
  * modzmq_loader.c - loading libmodzmq.so, the Go half, in each child.
  *
- * Rules (see docs/ARCHITECTURE notes in README and docs/ERRORS.md):
+ * Rules (measured before the project began; README "How it works", and
+ * docs/ERRORS.md for the codes):
  *  - mod_zmq.so has no DT_NEEDED on the Go library; it is dlopen()ed in
  *    child_init, after fork and setuid, with RTLD_NODELETE, and never closed.
  *  - Asynchronous signals are blocked around dlopen and the first Go calls,
