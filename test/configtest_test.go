@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // configtest runs `apache2 -t` on a minimal config with body inside a
@@ -75,5 +76,31 @@ func TestConfigtestReportsMistakes(t *testing.T) {
 		if err == nil || !strings.Contains(out, tt.want) {
 			t.Errorf("%q %q: exit %v, output lacks %q:\n%s", tt.global, tt.body, err, tt.want, out)
 		}
+	}
+}
+
+// TestUnloadableLibraryGives503: a ZmqLibrary that is missing, or is not a
+// mod_zmq library, is logged at start and in each child; requests get 503 and
+// no child dies (the error_log scan fails on "exit signal").
+func TestUnloadableLibraryGives503(t *testing.T) {
+	dir := t.TempDir()
+	os.Chmod(dir, 0o755)
+	os.Chmod(filepath.Dir(dir), 0o755)
+	notLib := filepath.Join(dir, "libnot.so")
+	os.WriteFile(notLib, []byte("not an ELF file"), 0o644)
+	for lib, code := range map[string]string{filepath.Join(dir, "missing.so"): "MODZMQ0001", notLib: "MODZMQ0002"} {
+		h := startHTTPD(t, httpdParams{MPM: "event", LibraryOverride: lib,
+			Extra: "\t<Location /z>\n\t\tSetHandler zmq\n\t\tZmqBackend tcp://127.0.0.1:1\n\t</Location>\n"})
+		h.expect(`MODZMQ000[12]: `)
+		resp, _ := do(t, "GET", h.URL+"/z/x", "", nil)
+		if resp.StatusCode != 503 {
+			t.Errorf("%s: status %d, want 503", lib, resp.StatusCode)
+		}
+		checkFor(t, 5*time.Second, func() error {
+			if !strings.Contains(h.errorLog(), code) {
+				return fmt.Errorf("%s: no %s line", lib, code)
+			}
+			return nil
+		})
 	}
 }

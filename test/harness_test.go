@@ -178,6 +178,7 @@ type httpdParams struct {
 	Port, DeadPort                          int
 	REP, REP2, Router, Go, Slow, Counter    string
 	Extra                                   string // raw configuration inside the first vhost
+	LibraryOverride                         string // ZmqLibrary other than the built one
 }
 
 // startHTTPD renders conf/test/httpd.conf.tmpl with p and starts httpd. It is
@@ -192,6 +193,9 @@ func startHTTPD(t *testing.T, p httpdParams) *httpd {
 	p.ModDir = "/usr/lib/apache2/modules"
 	p.Module = buildPath("mod_zmq.so")
 	p.Library = buildPath("libmodzmq.so")
+	if p.LibraryOverride != "" {
+		p.Library = p.LibraryOverride
+	}
 	p.Port = freePort(t)
 	if os.Getuid() == 0 {
 		p.User = "www-data"
