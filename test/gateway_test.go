@@ -377,3 +377,53 @@ print("ok")`
 		}
 	})
 }
+
+// TestGatewayCommandLine covers what an operator types: -check on good and
+// bad files, -version, -help, keygen usage, and the admin listener.
+func TestGatewayCommandLine(t *testing.T) {
+	requireBuilt(t, "zmq-gateway")
+	bin := buildPath("zmq-gateway")
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(bad, []byte("routes:\n  - prefix: /a\n    backend: [tcp://127.0.0.1:1]\n    timeout: soon\n"), 0o644)
+	out, err := exec.Command(bin, "-check", "-config", bad).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), bad+":4: duration \"soon\"") {
+		t.Errorf("-check on a bad file: %v %s", err, out)
+	}
+	out, err = exec.Command(bin, "-check", "-config", filepath.Join(root, "conf/zmq-gateway.yaml")).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "OK, 3 route(s)") {
+		t.Errorf("-check on conf/zmq-gateway.yaml: %v %s", err, out)
+	}
+	if out, err = exec.Command(bin, "-version").CombinedOutput(); err != nil || !strings.HasPrefix(string(out), "zmq-gateway ") {
+		t.Errorf("-version: %v %s", err, out)
+	}
+	if out, err = exec.Command(bin, "-help").CombinedOutput(); err != nil || !strings.Contains(string(out), "zmq-gateway stream [flags]") {
+		t.Errorf("-help: %v %s", err, out)
+	}
+	if out, err = exec.Command(bin).CombinedOutput(); err == nil || !strings.Contains(string(out), "nothing to serve") {
+		t.Errorf("no arguments: %v %s", err, out)
+	}
+
+	w := startPyWorker(t, "admin")
+	admin := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	cmd := exec.Command(bin, "-listen", addr, "-route", "/="+w.Endpoint, "-admin", admin, "-access-log", "off")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() }()
+	checkFor(t, 10*time.Second, func() error {
+		c, err := net.Dial("tcp", admin)
+		if err == nil {
+			c.Close()
+		}
+		return err
+	})
+	for i := 0; i < 4; i++ {
+		do(t, "GET", "http://"+addr+"/x", "", nil)
+	}
+	_, metrics := do(t, "GET", "http://"+admin+"/metrics", "", nil)
+	if !strings.Contains(string(metrics), `modzmq_responses_total{code="200",route="/"} 4`) {
+		t.Errorf("admin /metrics lacks the 4 answers:\n%.2000s", metrics)
+	}
+}
