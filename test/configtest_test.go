@@ -104,3 +104,15 @@ func TestUnloadableLibraryGives503(t *testing.T) {
 		})
 	}
 }
+
+// TestVhostExamplePassesConfigtest keeps conf/vhost-example.conf valid.
+func TestVhostExamplePassesConfigtest(t *testing.T) {
+	example, err := os.ReadFile(filepath.Join(root, "conf/vhost-example.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := configtest(t, "LoadModule authz_host_module /usr/lib/apache2/modules/mod_authz_host.so\n"+string(example), "ZmqBackend tcp://127.0.0.1:1")
+	if err != nil || !strings.Contains(out, "Syntax OK") {
+		t.Errorf("conf/vhost-example.conf: %v\n%s", err, out)
+	}
+}
