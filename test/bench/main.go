@@ -5,7 +5,6 @@
 package main
 
 import (
-	"bufio"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -404,21 +403,21 @@ func cpuTicks(pids []int) int64 {
 	return t
 }
 
-func peakRSS(pids []int) int64 {
+// statusKiB sums a "Vm…:" field of /proc/PID/status (VmHWM: peak resident
+// memory, VmRSS: resident now) over pids, in KiB.
+func statusKiB(pids []int, field string) int64 {
 	var kib int64
 	for _, p := range pids {
-		f, err := os.Open(fmt.Sprintf("/proc/%d/status", p))
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p))
 		if err != nil {
 			continue
 		}
-		sc := bufio.NewScanner(f)
-		for sc.Scan() {
-			if v, ok := strings.CutPrefix(sc.Text(), "VmHWM:"); ok {
+		for _, l := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(l, field+":"); ok {
 				n, _ := strconv.ParseInt(strings.Fields(v)[0], 10, 64)
 				kib += n
 			}
 		}
-		f.Close()
 	}
 	return kib
 }
@@ -482,7 +481,7 @@ func measure(f front, c bcase, d time.Duration, placement string) cell {
 	if reqs > 0 {
 		m.CPUus = float64(ticks) * 1e6 / 100 / reqs // USER_HZ is 100 on Linux
 	}
-	m.RSSKiB = peakRSS(f.pids())
+	m.RSSKiB = statusKiB(f.pids(), "VmHWM")
 	return m
 }
 
@@ -619,24 +618,7 @@ func soakRSS(e *env, n int) {
 				k, _ := strconv.Atoi(x[1])
 				sent += k
 			}
-			fmt.Printf("  %9d  %8d KiB\n", sent, currentRSS(f.pids()))
+			fmt.Printf("  %9d  %8d KiB\n", sent, statusKiB(f.pids(), "VmRSS"))
 		}
 	}
-}
-
-func currentRSS(pids []int) int64 {
-	var kib int64
-	for _, p := range pids {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p))
-		if err != nil {
-			continue
-		}
-		for _, l := range strings.Split(string(b), "\n") {
-			if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
-				k, _ := strconv.ParseInt(strings.Fields(v)[0], 10, 64)
-				kib += k
-			}
-		}
-	}
-	return kib
 }
