@@ -78,6 +78,16 @@ func (call *Call) FD() int {
 	return fd
 }
 
+// Conn returns the connection the call waits on, or nil when it is done.
+// A front that does the waiting itself (see FD) may need the connection's
+// own handle; it must not use it once the call is done.
+func (call *Call) Conn() Conn {
+	if call.done || call.p == nil {
+		return nil
+	}
+	return call.p.conn
+}
+
 // Wait is how long a caller may wait before calling Step again: until the
 // deadline, but no longer than the interval at which a lost worker or a
 // cancelled context is noticed.

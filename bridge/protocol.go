@@ -11,6 +11,8 @@ import (
 // Version is the first frame of every MZMQ/1 request.
 const Version = "MZMQ/1"
 
+var versionFrame = []byte(Version)
+
 // Request is one HTTP request as a front hands it to the bridge. Byte slices
 // are borrowed for the duration of the call; the bridge never keeps them.
 type Request struct {
@@ -48,7 +50,7 @@ func AppendHeader(dst []byte, name, value string) []byte {
 // and request frames of MZMQ/1: [id, "", "MZMQ/1", method, target, headers,
 // meta, body]. meta must already start with the request-id line.
 func requestFrames(frames [][]byte, id, meta []byte, r *Request) [][]byte {
-	return append(frames[:0], id, nil, []byte(Version), r.Method, r.Target, r.Headers, meta, r.Body)
+	return append(frames[:0], id, nil, versionFrame, r.Method, r.Target, r.Headers, meta, r.Body)
 }
 
 // appendMeta returns the meta frame: the request-id line followed by the

@@ -81,10 +81,15 @@ apr_off_t modzmq_conf_max_reply(const modzmq_dir_conf *conf);
 /* modzmq_loader.c */
 void modzmq_loader_check(apr_pool_t *ptemp, server_rec *s);
 void modzmq_loader_child_init(apr_pool_t *pchild, server_rec *s);
-/* Returns the relay function, or NULL with a log code and reason in *why. */
-modzmq_relay_fn modzmq_loader_relay(const char **why);
-/* The library's resume function (valid once modzmq_loader_relay is). */
-modzmq_resume_fn modzmq_loader_resume(void);
+/* The library's request path. */
+typedef struct modzmq_calls {
+    modzmq_relay_fn relay;
+    modzmq_wait_fn wait;
+    modzmq_resume_fn resume;
+    modzmq_release_fn release;
+} modzmq_calls;
+/* Returns the library's request path, or NULL with a log code and reason in *why. */
+const modzmq_calls *modzmq_loader_calls(const char **why);
 /* The library's handle for registry index i (1-based), or 0. */
 int modzmq_loader_backend(int i);
 /* Creates the shared statistics segment (parent, post_config). */

@@ -6,8 +6,6 @@
  * reply. Errors map to one status each: no worker 503, timeout 504, bad reply
  * 502, body too large 413; a client that went away gets no error line.
  */
-#include <errno.h>
-#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -190,19 +188,16 @@ static const char *pack_meta(request_rec *r, const modzmq_dir_conf *conf, apr_si
 
 /* ---- the reply --------------------------------------------------------- */
 
-static void free_block(void *block) { free(block); }
-
-/* Sets status and headers from resp; the block's header lines were validated
- * by the library, so splitting them needs no further checks. */
+/* Sets status and headers from resp; the header lines were validated by
+ * the library, so splitting them needs no further checks. */
 static void set_reply_headers(request_rec *r, const modzmq_response *resp)
 {
-    const char *p = resp->block + resp->body_len;
+    const char *p = resp->headers;
     const char *end = p + resp->headers_len;
 
     r->status = resp->status;
     if (resp->reason_len) {
-        r->status_line = apr_psprintf(r->pool, "%d %.*s", resp->status, (int)resp->reason_len,
-                                      resp->block + resp->body_len + resp->headers_len);
+        r->status_line = apr_psprintf(r->pool, "%d %.*s", resp->status, (int)resp->reason_len, resp->reason);
     }
     while (p < end) {
         const char *eol = memchr(p, '\r', end - p);
@@ -226,7 +221,10 @@ static void set_reply_headers(request_rec *r, const modzmq_response *resp)
     }
 }
 
-static int write_reply(request_rec *r, modzmq_response *resp)
+/* Writes the reply. The body is passed as a transient bucket, straight from
+ * the frame libzmq received: the output filters copy it only if they must
+ * keep it past this call, and the caller releases the frames after. */
+static int write_reply(request_rec *r, const modzmq_response *resp)
 {
     conn_rec *c = r->connection;
     apr_bucket_brigade *bb = apr_brigade_create(r->pool, c->bucket_alloc);
@@ -235,14 +233,8 @@ static int write_reply(request_rec *r, modzmq_response *resp)
     set_reply_headers(r, resp);
     ap_set_content_length(r, resp->body_len);
     if (!r->header_only && resp->body_len) {
-        /* The heap bucket takes the block and frees it when sent. */
-        APR_BRIGADE_INSERT_TAIL(bb, apr_bucket_heap_create(resp->block, resp->body_len, free_block,
-                                                            c->bucket_alloc));
+        APR_BRIGADE_INSERT_TAIL(bb, apr_bucket_transient_create(resp->body, resp->body_len, c->bucket_alloc));
     }
-    else {
-        free(resp->block);
-    }
-    resp->block = NULL;
     APR_BRIGADE_INSERT_TAIL(bb, apr_bucket_eos_create(c->bucket_alloc));
     rv = ap_pass_brigade(r->output_filters, bb);
     if (rv != APR_SUCCESS) {
@@ -253,12 +245,12 @@ static int write_reply(request_rec *r, modzmq_response *resp)
 
 /* ---- the handler ------------------------------------------------------- */
 
-static int relay_request(request_rec *r, const modzmq_dir_conf *conf, modzmq_relay_fn relay, int handle);
+static int relay_request(request_rec *r, const modzmq_dir_conf *conf, const modzmq_calls *lib, int handle);
 
 int modzmq_handler(request_rec *r)
 {
     const modzmq_dir_conf *conf;
-    modzmq_relay_fn relay;
+    const modzmq_calls *lib;
     const char *why = NULL;
     int handle, status;
 
@@ -271,8 +263,8 @@ int modzmq_handler(request_rec *r)
                       " without " MODZMQ_DIR_BACKEND " for %s", conf->route ? conf->route : r->uri);
         return HTTP_INTERNAL_SERVER_ERROR;
     }
-    relay = modzmq_loader_relay(&why);
-    if (relay == NULL) {
+    lib = modzmq_loader_calls(&why);
+    if (lib == NULL) {
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "%s", why);
         return HTTP_SERVICE_UNAVAILABLE;
     }
@@ -293,15 +285,15 @@ int modzmq_handler(request_rec *r)
             modzmq_stats_overload(conf->backend);
             return HTTP_SERVICE_UNAVAILABLE;
         }
-        status = relay_request(r, conf, relay, handle);
+        status = relay_request(r, conf, lib, handle);
         __atomic_sub_fetch(conf->in_flight, 1, __ATOMIC_RELAXED);
         return status;
     }
-    return relay_request(r, conf, relay, handle);
+    return relay_request(r, conf, lib, handle);
 }
 
 /* Reads the body, relays the request and writes the reply or error. */
-static int relay_request(request_rec *r, const modzmq_dir_conf *conf, modzmq_relay_fn relay, int handle)
+static int relay_request(request_rec *r, const modzmq_dir_conf *conf, const modzmq_calls *lib, int handle)
 {
     modzmq_request req;
     modzmq_response resp;
@@ -331,27 +323,20 @@ static int relay_request(request_rec *r, const modzmq_dir_conf *conf, modzmq_rel
         req.curve_client_cert = conf->curve_client_cert;
     }
 
-    resp.block = NULL;
     resp.error[0] = '\0';
-    rc = relay(handle, &req, &resp);
-    if (rc == MODZMQ_PENDING) {
-        /* Wait here, in C: an Apache thread parked inside Go costs the Go
-         * scheduler a hand-off on every request. */
-        modzmq_resume_fn resume = modzmq_loader_resume();
-        while (rc == MODZMQ_PENDING) {
-            struct pollfd pfd;
-            pfd.fd = resp.fd;
-            pfd.events = POLLIN;
-            pfd.revents = 0;
-            if (poll(&pfd, resp.fd >= 0 ? 1 : 0, resp.wait_ms) < 0 && errno != EINTR) {
-                ap_log_rerror(APLOG_MARK, APLOG_DEBUG, errno, r, "MODZMQ0017: poll failed; resuming");
-            }
-            rc = resume(&resp);
-        }
+    rc = lib->relay(handle, &req, &resp);
+    /* Wait here, in C (modzmq_wait is plain C in the library): an Apache
+     * thread parked inside Go costs the Go scheduler a hand-off on every
+     * request. */
+    while (rc == MODZMQ_PENDING) {
+        lib->wait(&resp);
+        rc = lib->resume(&resp);
     }
     switch (rc) {
     case MODZMQ_OK:
-        return write_reply(r, &resp);
+        status = write_reply(r, &resp);
+        lib->release(&resp);
+        return status;
     case MODZMQ_ENOWORKER:
         status = HTTP_SERVICE_UNAVAILABLE;
         break;
@@ -365,6 +350,7 @@ static int relay_request(request_rec *r, const modzmq_dir_conf *conf, modzmq_rel
         status = HTTP_INTERNAL_SERVER_ERROR;
         break;
     }
+    lib->release(&resp);
     ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "%s (" MODZMQ_DIR_BACKEND " %s, answered %d)",
                   resp.error, conf->endpoints, status);
     return status;

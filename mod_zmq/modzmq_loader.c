@@ -34,8 +34,7 @@ static struct {
     apr_int64_t *slot;     /* this child's slot, or NULL */
     modzmq_status_render_fn render;
     pid_t pid;             /* process that loaded the library */
-    modzmq_relay_fn relay; /* NULL until loaded */
-    modzmq_resume_fn resume;
+    modzmq_calls calls;    /* relay is NULL until loaded */
     const char *failure;   /* why relay is NULL, for request log lines */
     int *handles;          /* library handle per registry index (1-based) */
     int nhandles;
@@ -206,7 +205,7 @@ int modzmq_stats_sum(apr_int64_t *sums)
 
 int modzmq_stats_backends(void) { return rt.stats ? rt.nbackends : 0; }
 
-modzmq_status_render_fn modzmq_loader_render(void) { return rt.relay && getpid() == rt.pid ? rt.render : NULL; }
+modzmq_status_render_fn modzmq_loader_render(void) { return rt.calls.relay && getpid() == rt.pid ? rt.render : NULL; }
 
 /* ---- loading ------------------------------------------------------------ */
 
@@ -218,7 +217,7 @@ static const char *load(apr_pool_t *p, server_rec *s)
     modzmq_abi_version_fn abi;
     modzmq_init_fn init;
     modzmq_backend_open_fn open_backend;
-    modzmq_relay_fn relay;
+    modzmq_calls calls;
     modzmq_stats_attach_fn attach;
     void *lib;
     int i;
@@ -230,9 +229,11 @@ static const char *load(apr_pool_t *p, server_rec *s)
     abi = (modzmq_abi_version_fn)need_symbol(lib, "modzmq_abi_version", &why, p);
     init = (modzmq_init_fn)need_symbol(lib, "modzmq_init", &why, p);
     open_backend = (modzmq_backend_open_fn)need_symbol(lib, "modzmq_backend_open", &why, p);
-    relay = (modzmq_relay_fn)need_symbol(lib, "modzmq_relay", &why, p);
+    calls.relay = (modzmq_relay_fn)need_symbol(lib, "modzmq_relay", &why, p);
+    calls.wait = (modzmq_wait_fn)need_symbol(lib, "modzmq_wait", &why, p);
+    calls.resume = (modzmq_resume_fn)need_symbol(lib, "modzmq_resume", &why, p);
+    calls.release = (modzmq_release_fn)need_symbol(lib, "modzmq_release", &why, p);
     attach = (modzmq_stats_attach_fn)need_symbol(lib, "modzmq_stats_attach", &why, p);
-    rt.resume = (modzmq_resume_fn)need_symbol(lib, "modzmq_resume", &why, p);
     rt.render = (modzmq_status_render_fn)need_symbol(lib, "modzmq_status_render", &why, p);
     if (why) {
         return why;
@@ -257,7 +258,7 @@ static const char *load(apr_pool_t *p, server_rec *s)
                          "MODZMQ0005: " MODZMQ_DIR_BACKEND " %s unusable: %s", endpoints, err);
         }
     }
-    rt.relay = relay;
+    rt.calls = calls;
     if (claim_slot() && rt.nbackends == rt.nhandles) {
         attach(rt.slot, rt.nbackends);
     }
@@ -281,9 +282,9 @@ void modzmq_loader_child_init(apr_pool_t *pchild, server_rec *s)
                  " with %d backend(s)", modzmq_config_library(), rt.pid, rt.nhandles);
 }
 
-modzmq_relay_fn modzmq_loader_relay(const char **why)
+const modzmq_calls *modzmq_loader_calls(const char **why)
 {
-    if (rt.relay == NULL) {
+    if (rt.calls.relay == NULL) {
         *why = rt.failure ? rt.failure : "MODZMQ0011: the Go library was not loaded in this process";
         return NULL;
     }
@@ -292,10 +293,8 @@ modzmq_relay_fn modzmq_loader_relay(const char **why)
                "only children may use it";
         return NULL;
     }
-    return rt.relay;
+    return &rt.calls;
 }
-
-modzmq_resume_fn modzmq_loader_resume(void) { return rt.resume; }
 
 int modzmq_loader_backend(int i)
 {

@@ -37,6 +37,8 @@ var (
 	// Apache starts its request threads, and read on every request.
 	backends atomic.Pointer[[]*backend]
 	openMu   sync.Mutex
+	// transport gives the request path raw sockets to wait on in C.
+	transport = &cTransport{}
 )
 
 // backend is one ZmqBackend endpoint list. Sockets depend on the heartbeat
@@ -89,6 +91,7 @@ func (b *backend) client(k clientKey) (*bridge.Client, error) {
 		MaxReply:         k.maxReply,
 		Curve:            curve,
 		Log:              logFunc,
+		Transport:        transport,
 	})
 	if err != nil {
 		return nil, err
@@ -174,8 +177,8 @@ func modzmq_relay(backend C.int, req *C.modzmq_request, resp *C.modzmq_response)
 			rc = C.MODZMQ_EINTERNAL
 		}
 	}()
-	resp.block = nil
-	resp.call = 0
+	resp.block, resp.nmsgs, resp.nframes = nil, 0, 0
+	resp.call, resp.socket = 0, nil
 	b := lookup(int(backend))
 	if b == nil {
 		setError(&resp.error[0], C.size_t(len(resp.error)), fmt.Sprintf("%v: unknown backend handle %d", bridge.CodeConfig, backend))
@@ -201,19 +204,22 @@ func modzmq_relay(backend C.int, req *C.modzmq_request, resp *C.modzmq_response)
 		Body:    view(req.body, req.body_len),
 	}
 	call := client.Start(context.Background(), r, time.Duration(req.timeout_ms)*time.Millisecond)
-	call.Step(0)
 	return outcome(call, resp, 0)
 }
 
 // outcome reports a call: its result when done, else a handle to resume it
-// with and what the caller should wait on.
+// with and the socket modzmq_wait waits on.
 func outcome(call *bridge.Call, resp *C.modzmq_response, h cgo.Handle) C.int {
 	if !call.Done() {
+		conn, ok := call.Conn().(*cConn)
+		if !ok {
+			panic(fmt.Sprintf("call on a %T, not a cConn", call.Conn()))
+		}
 		if h == 0 {
 			h = cgo.NewHandle(call)
 		}
 		resp.call = C.uint64_t(h)
-		resp.fd = C.int(call.FD())
+		resp.socket = conn.sock
 		resp.wait_ms = C.int(max(call.Wait().Milliseconds(), 1))
 		return C.MODZMQ_PENDING
 	}
@@ -221,6 +227,7 @@ func outcome(call *bridge.Call, resp *C.modzmq_response, h cgo.Handle) C.int {
 		h.Delete()
 	}
 	resp.call = 0
+	resp.socket = nil
 	out, err := call.Result()
 	if err != nil {
 		setError(&resp.error[0], C.size_t(len(resp.error)), fmt.Sprintf("%v: %v", bridge.CodeOf(err), err))
@@ -234,22 +241,39 @@ func outcome(call *bridge.Call, resp *C.modzmq_response, h cgo.Handle) C.int {
 		}
 		return C.MODZMQ_EINTERNAL
 	}
-	total := len(out.Body) + len(out.Headers) + len(out.Reason)
-	block := C.malloc(C.size_t(total + 1))
-	if block == nil {
-		setError(&resp.error[0], C.size_t(len(resp.error)), fmt.Sprintf("%v: out of memory for a %d-byte reply", bridge.CodeSocket, total))
-		return C.MODZMQ_EINTERNAL
-	}
-	dst := unsafe.Slice((*byte)(block), total)
-	n := copy(dst, out.Body)
-	n += copy(dst[n:], out.Headers)
-	copy(dst[n:], out.Reason)
+	// The reply's parts point into the frames modzmq_wait received, except
+	// header lines the bridge rewrote: those are copied into a C block.
 	resp.status = C.int(out.Status)
-	resp.block = (*C.char)(block)
-	resp.body_len = C.size_t(len(out.Body))
-	resp.headers_len = C.size_t(len(out.Headers))
-	resp.reason_len = C.size_t(len(out.Reason))
+	resp.body, resp.body_len = inFrames(resp, out.Body)
+	resp.reason, resp.reason_len = inFrames(resp, out.Reason)
+	resp.headers, resp.headers_len = inFrames(resp, out.Headers)
+	if resp.headers == nil && len(out.Headers) > 0 {
+		block := C.malloc(C.size_t(len(out.Headers)))
+		if block == nil {
+			setError(&resp.error[0], C.size_t(len(resp.error)), fmt.Sprintf("%v: out of memory for %d bytes of headers", bridge.CodeSocket, len(out.Headers)))
+			return C.MODZMQ_EINTERNAL
+		}
+		copy(unsafe.Slice((*byte)(block), len(out.Headers)), out.Headers)
+		resp.block = (*C.char)(block)
+		resp.headers, resp.headers_len = resp.block, C.size_t(len(out.Headers))
+	}
 	return C.MODZMQ_OK
+}
+
+// inFrames returns b as a pointer into the frames held by resp, or nil when
+// b is empty or not inside them.
+func inFrames(resp *C.modzmq_response, b []byte) (*C.char, C.size_t) {
+	if len(b) == 0 {
+		return nil, 0
+	}
+	p := uintptr(unsafe.Pointer(&b[0]))
+	for i := 0; i < int(resp.nmsgs); i++ {
+		start := uintptr(unsafe.Pointer(resp.frame[i]))
+		if p >= start && p+uintptr(len(b)) <= start+uintptr(resp.frame_len[i]) {
+			return (*C.char)(unsafe.Pointer(&b[0])), C.size_t(len(b))
+		}
+	}
+	return nil, 0
 }
 
 //export modzmq_resume
@@ -266,6 +290,15 @@ func modzmq_resume(resp *C.modzmq_response) (rc C.int) {
 	if !ok {
 		setError(&resp.error[0], C.size_t(len(resp.error)), fmt.Sprintf("%v: unknown call handle", bridge.CodePanic))
 		return C.MODZMQ_EINTERNAL
+	}
+	if resp.nframes > 0 {
+		// What modzmq_wait received: views of its frames (nil for those
+		// past MODZMQ_MAX_FRAMES, which it counted and dropped).
+		frames := make([][]byte, resp.nframes)
+		for i := 0; i < int(resp.nmsgs); i++ {
+			frames[i] = view(resp.frame[i], resp.frame_len[i])
+		}
+		call.Conn().(*cConn).deliver(frames)
 	}
 	call.Step(0)
 	return outcome(call, resp, h)

@@ -5,10 +5,14 @@
  * child_init and looks each function up with dlsym(), so this header declares
  * the data types and one function-pointer type per export, never prototypes.
  *
- * Memory rule: the caller owns every buffer it passes in; the library never
- * keeps a pointer past the call. What the library returns in
- * modzmq_response.block was allocated with malloc() and is the caller's to
- * free().
+ * Memory rule: the caller owns every buffer it passes in; the library keeps
+ * a pointer to the request only while the call is in progress. What a reply
+ * holds (frames received by libzmq, a malloc()ed block) is freed by
+ * modzmq_release().
+ *
+ * The request path enters Go twice (modzmq_relay, modzmq_resume) and does no
+ * blocking call there: the wait and the receive are plain C in the library
+ * (modzmq_wait), on the socket the Go side chose.
  */
 #ifndef MODZMQ_H
 #define MODZMQ_H
@@ -17,7 +21,7 @@
 #include <stdint.h>
 
 /* The ABI this header describes; modzmq_abi_version() must return it. */
-#define MODZMQ_ABI_VERSION 5
+#define MODZMQ_ABI_VERSION 6
 
 /* Return codes of modzmq_relay(). */
 #define MODZMQ_OK         0 /* reply in *resp */
@@ -26,7 +30,7 @@
 #define MODZMQ_EPROTOCOL  3 /* the reply broke MZMQ/1: 502 */
 #define MODZMQ_EBACKEND   4 /* unknown backend handle: 500 */
 #define MODZMQ_EINTERNAL  5 /* anything else, including a recovered panic: 500 */
-#define MODZMQ_PENDING    6 /* sent; wait for POLLIN on resp->fd up to resp->wait_ms, then call modzmq_resume */
+#define MODZMQ_PENDING    6 /* sent: call modzmq_wait(resp), then modzmq_resume(resp) */
 
 /* Log severities are Apache's (APLOG_ERR = 3 ... APLOG_DEBUG = 7). */
 typedef void (*modzmq_log_fn)(int level, const char *msg);
@@ -48,21 +52,47 @@ typedef struct modzmq_request {
     const char *curve_client_cert;
 } modzmq_request;
 
+/* The most frames of a reply modzmq_wait keeps (MZMQ/1 replies have 3 to 5). */
+#define MODZMQ_MAX_FRAMES 8
+
+/* Room for one libzmq message (a zmq_msg_t, 64 bytes); only the library
+ * looks inside. */
+typedef union modzmq_msg {
+    unsigned char bytes[64];
+    void *align_ptr;
+    int64_t align_int;
+    double align_double;
+} modzmq_msg;
+
 /*
- * One reply. On MODZMQ_OK, block holds the body (body_len bytes), then the
- * validated header lines (headers_len bytes, hop-by-hop fields removed), then
- * the reason phrase (reason_len bytes, possibly 0). On any other code, block
- * is NULL and error holds a NUL-terminated "MODZMQnnnn: ..." line.
+ * One reply. On MODZMQ_OK, status is set and body, headers (the validated
+ * "Name: value\r\n" lines, hop-by-hop fields removed) and reason (possibly
+ * empty) point into the reply's frames or into block; they stay valid until
+ * modzmq_release(resp). On any other code, error holds a NUL-terminated
+ * "MODZMQnnnn: ..." line.
+ *
+ * The caller declares the struct and never touches the fields below error:
+ * they carry the request in progress between the library's functions. The
+ * request's reply frames are received into it (no copy between libzmq and
+ * the caller); modzmq_release frees them.
  */
 typedef struct modzmq_response {
-    int    status;
-    char  *block;
-    size_t body_len, headers_len, reason_len;
-    char   error[256];
-    /* While MODZMQ_PENDING: the call to resume, what to wait on, how long. */
-    uint64_t call;
-    int      fd;
-    int      wait_ms;
+    int         status;
+    const char *body;    size_t body_len;
+    const char *headers; size_t headers_len;
+    const char *reason;  size_t reason_len;
+    char        error[256];
+
+    /* The library's own (see above). */
+    char      *block;                           /* malloc()ed when headers had to be rewritten */
+    uint64_t   call;                            /* the call in progress */
+    void      *socket;                          /* the libzmq socket its reply comes on */
+    int        wait_ms;                         /* how long modzmq_wait may wait */
+    int        nframes;                         /* frames of the message received; may exceed nmsgs */
+    int        nmsgs;                           /* messages held in msg[] */
+    const char *frame[MODZMQ_MAX_FRAMES];
+    size_t     frame_len[MODZMQ_MAX_FRAMES];
+    modzmq_msg msg[MODZMQ_MAX_FRAMES];
 } modzmq_response;
 
 /*
@@ -144,17 +174,32 @@ typedef int (*modzmq_backend_open_fn)(char *endpoints, char *routes, int64_t con
  * int modzmq_relay(int backend, const modzmq_request *req,
  *                  modzmq_response *resp):
  * sends one request and returns at once: MODZMQ_PENDING while the reply is
- * awaited, or a final code. The caller waits outside the library (an Apache
- * thread must never park inside Go): poll(resp->fd, POLLIN, resp->wait_ms),
- * then modzmq_resume(resp), until the code is not MODZMQ_PENDING. req must
- * stay valid until then (a retry sends it again). Thread-safe.
+ * awaited, or a final code. The caller waits outside Go (an Apache thread
+ * must never park inside the Go runtime): modzmq_wait(resp), then
+ * modzmq_resume(resp), until the code is not MODZMQ_PENDING; then it uses the
+ * reply and calls modzmq_release(resp), whatever the code. req must stay
+ * valid until then (a retry sends it again). Thread-safe.
  */
 typedef int (*modzmq_relay_fn)(int backend, modzmq_request *req, modzmq_response *resp);
 
 /*
+ * void modzmq_wait(modzmq_response *resp): waits up to resp->wait_ms for the
+ * reply and receives it into resp. Plain C inside the library (libzmq's
+ * zmq_poll): it never enters the Go runtime.
+ */
+typedef void (*modzmq_wait_fn)(modzmq_response *resp);
+
+/*
  * int modzmq_resume(modzmq_response *resp): advances the call in resp->call
- * without blocking; returns as modzmq_relay does.
+ * with what modzmq_wait received, without blocking; returns as modzmq_relay
+ * does.
  */
 typedef int (*modzmq_resume_fn)(modzmq_response *resp);
+
+/*
+ * void modzmq_release(modzmq_response *resp): frees what resp holds (the
+ * reply's frames, block). Plain C; safe to call more than once.
+ */
+typedef void (*modzmq_release_fn)(modzmq_response *resp);
 
 #endif /* MODZMQ_H */

@@ -1,0 +1,52 @@
+/*
+ * zmqio.h - the libzmq calls of libmodzmq.so that are written in C: the
+ * request path's socket work (so that no Apache thread blocks inside the Go
+ * runtime) and the few calls Go makes with raw sockets.
+ */
+#ifndef MODZMQ_ZMQIO_H
+#define MODZMQ_ZMQIO_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "modzmq.h"
+
+/* What modzmq_dealer was doing when it failed (errno says why). */
+enum { MODZMQ_STAGE_CONTEXT = 1, MODZMQ_STAGE_SOCKET, MODZMQ_STAGE_OPTIONS, MODZMQ_STAGE_CONNECT };
+
+/* A DEALER with ZMQ_LINGER 0 and ZMQ_IMMEDIATE, connected to endpoint.
+ * heartbeat_ms 0 leaves heartbeats off; curve_server NULL leaves CurveZMQ
+ * off (keys are keylen bytes: 32 raw or 40 in Z85); max_msg_size 0 means no limit. NULL with
+ * *stage and errno set on failure. */
+void *modzmq_dealer(const char *endpoint, int heartbeat_ms, int heartbeat_timeout_ms,
+                    const void *curve_server, const void *curve_public, const void *curve_secret, size_t keylen,
+                    int64_t max_msg_size, int *stage);
+
+/* Sends up to 8 frames (n of them) as part of one message: all with
+ * ZMQ_SNDMORE unless last is set, when the final one ends the message.
+ * sndtimeo_ms >= 0 sets ZMQ_SNDTIMEO first. Returns 0 or an errno value. */
+int modzmq_send(void *sock, int sndtimeo_ms, int n, int last,
+                const void *p0, size_t l0, const void *p1, size_t l1,
+                const void *p2, size_t l2, const void *p3, size_t l3,
+                const void *p4, size_t l4, const void *p5, size_t l5,
+                const void *p6, size_t l6, const void *p7, size_t l7);
+
+/* Waits up to timeout_ms (0: not at all) for a message; 1 when one is
+ * there, 0 when not, -errno on failure. */
+int modzmq_readable(void *sock, int timeout_ms);
+
+/* Receives the next frame of a message without waiting into msg (which
+ * modzmq_msg_close must release). Returns the frame's size and sets *more,
+ * or -errno. */
+int64_t modzmq_recv_frame(void *sock, modzmq_msg *msg, const void **data, int *more);
+void modzmq_msg_close(modzmq_msg *msg);
+
+int modzmq_fd(void *sock);
+void modzmq_close(void *sock);
+
+/* The request path's wait and release, exported from the library; see
+ * modzmq.h. */
+void modzmq_wait(modzmq_response *resp);
+void modzmq_release(modzmq_response *resp);
+
+#endif
