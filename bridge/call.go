@@ -59,6 +59,48 @@ func (c *Client) Start(ctx context.Context, req *Request, timeout time.Duration)
 	return call
 }
 
+// Sent describes an attempt a front made by itself, on a connection of its
+// own to one of the client's endpoints, and hands over with Adopt.
+type Sent struct {
+	Endpoint int    // index in Options.Endpoints
+	Conn     Conn   // the connection the request went out on; the client owns it from now on
+	ID       []byte // the request id it was sent with
+	Epoch    uint64 // the endpoint's epoch (see Options.OnState) when it was sent
+	Start    time.Time
+	Deadline time.Time
+}
+
+// Dial makes a connection to endpoint i (an index in Options.Endpoints)
+// with the client's options, for a front that sends some requests by itself
+// and hands them over with Adopt.
+func (c *Client) Dial(i int) (Conn, error) {
+	if i < 0 || i >= len(c.endpoints) {
+		return nil, fmt.Errorf("%w: no endpoint %d", ErrConfig, i)
+	}
+	return c.opts.Transport.Dial(c.endpoints[i].addr, c.dial)
+}
+
+// Adopt takes over a request a front sent by itself (a fast path that
+// handles the common case without the client) as the call's first attempt:
+// from here on the call waits, notices a lost worker, retries and counts as
+// if Start had sent it.
+func (c *Client) Adopt(ctx context.Context, req *Request, s Sent) *Call {
+	call := &Call{c: c, ctx: ctx, req: req, start: s.Start, deadline: s.Deadline, attempts: 1, attempt: 1}
+	if d, ok := ctx.Deadline(); ok && d.Before(call.deadline) {
+		call.deadline = d
+	}
+	if c.opts.RetryAll || idempotent(req.Method) {
+		call.attempts += c.opts.Retries
+	}
+	c.inFlight.Add(1)
+	e := c.endpoints[s.Endpoint]
+	call.e, call.tried, call.epoch = e, uint64(1)<<(s.Endpoint%64), s.Epoch
+	call.p = &pooled{conn: s.Conn, id: append([]byte(nil), s.ID...), frames: make([][]byte, 0, 8)}
+	e.stats.Requests.Add(1)
+	e.stats.InFlight.Add(1)
+	return call
+}
+
 // Done reports whether the call has its result.
 func (call *Call) Done() bool { return call.done }
 
@@ -197,7 +239,9 @@ func (call *Call) end(resp Response, err error) {
 	// hold the message: it is closed rather than let that reach a worker.
 	reusable := err == nil || errors.Is(err, ErrProtocol) ||
 		errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
-	e.put(call.p, reusable, c.opts.MaxIdle, c.closed.Load())
+	if !(reusable && c.opts.Reuse != nil && !c.closed.Load() && c.opts.Reuse(e.index, call.p.conn)) {
+		e.put(call.p, reusable, c.opts.MaxIdle, c.closed.Load())
+	}
 	call.p = nil
 	if err != nil && call.attempt < call.attempts && retriable(err) && time.Until(call.deadline) > 0 && call.ctx.Err() == nil {
 		c.retries.Add(1)

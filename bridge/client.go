@@ -65,6 +65,15 @@ type Options struct {
 	Transport Transport
 	// Log receives the client's log lines; nil discards them.
 	Log LogFunc
+	// OnState, when set, is called (from the watch goroutine) after every
+	// change of an endpoint's state, with its index in Endpoints and its
+	// epoch, which grows at every disconnect. A front that waits for replies
+	// by itself mirrors them to notice a lost worker (see Adopt).
+	OnState func(endpoint int, state State, epoch uint64)
+	// Reuse, when set, is offered every sound connection the client is done
+	// with before it pools it, with its endpoint's index; it returns true
+	// when it took the connection (a front keeping a pool of its own).
+	Reuse func(endpoint int, conn Conn) bool
 }
 
 // ParseEndpoint checks that s is an endpoint the bridge can connect to:
@@ -154,8 +163,8 @@ func NewClient(opts Options) (*Client, error) {
 	if opts.MaxReply > 0 {
 		c.dial.MaxMsgSize = 2*opts.MaxReply + 64<<10
 	}
-	for _, addr := range opts.Endpoints {
-		c.endpoints = append(c.endpoints, &endpoint{addr: addr})
+	for i, addr := range opts.Endpoints {
+		c.endpoints = append(c.endpoints, &endpoint{addr: addr, index: i})
 	}
 	{
 		c.pendingFirst.Store(int64(len(c.endpoints)))
@@ -209,13 +218,17 @@ func (c *Client) Counters() (inFlight, overloads, retries int64) {
 // event handles a watch event (from the transport's watch goroutine).
 func (c *Client) event(addr string, ev EventKind, detail string) {
 	var e *endpoint
-	for _, x := range c.endpoints {
+	index := -1
+	for i, x := range c.endpoints {
 		if x.addr == addr {
-			e = x
+			e, index = x, i
 		}
 	}
 	if e == nil {
 		return
+	}
+	if c.opts.OnState != nil {
+		defer func() { c.opts.OnState(index, e.State(), e.epoch.Load()) }()
 	}
 	if ev != EventClosed && !e.reported {
 		e.reported = true

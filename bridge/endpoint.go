@@ -35,6 +35,7 @@ type EndpointStats struct {
 // bridge always knows which worker holds a request.
 type endpoint struct {
 	addr  string
+	index int // in Options.Endpoints
 	state atomic.Int32
 	// epoch grows at every disconnect: a request sent in an earlier epoch
 	// was on a connection that is gone.

@@ -123,7 +123,7 @@ func (c *cConn) Recv(timeout time.Duration) ([][]byte, error) {
 		c.delivered, c.pending = nil, false
 		return msg, nil
 	}
-	rc := C.modzmq_readable(c.sock, C.int(timeout.Milliseconds()))
+	rc := C.modzmq_poll_in(c.sock, C.int(timeout.Milliseconds()))
 	if rc < 0 {
 		return nil, fmt.Errorf("zmq poll: %w", syscall.Errno(-rc))
 	}

@@ -8,6 +8,7 @@ package main
 /*
 #include <stdlib.h>
 #include "modzmq.h"
+#include "fast.h"
 
 static void modzmq_call_log(modzmq_log_fn fn, int level, const char *msg) { fn(level, msg); }
 */
@@ -50,7 +51,29 @@ type backend struct {
 	routes         string // the <Location>s using it, for status pages
 	connectTimeout time.Duration
 	mu             sync.Mutex
-	clients        atomic.Pointer[map[clientKey]*bridge.Client]
+	clients        atomic.Pointer[map[clientKey]*client]
+}
+
+// client is a bridge client with its C fast path (fast.h), which relays the
+// common case without entering Go.
+type client struct {
+	*bridge.Client
+	fast  *C.modzmq_fast
+	index int // in clients
+}
+
+// clients lists every client by index, for the fast path's calls into Go.
+var (
+	clients   atomic.Pointer[[]*client]
+	clientsMu sync.Mutex
+)
+
+func clientAt(i C.int) *client {
+	list := clients.Load()
+	if list == nil || i < 0 || int(i) >= len(*list) {
+		return nil
+	}
+	return (*list)[i]
 }
 
 type clientKey struct {
@@ -61,7 +84,7 @@ type clientKey struct {
 	curveServer, curveClient    string
 }
 
-func (b *backend) client(k clientKey) (*bridge.Client, error) {
+func (b *backend) client(k clientKey) (*client, error) {
 	if m := b.clients.Load(); m != nil {
 		if c := (*m)[k]; c != nil {
 			return c, nil
@@ -80,7 +103,7 @@ func (b *backend) client(k clientKey) (*bridge.Client, error) {
 			return nil, err
 		}
 	}
-	c, err := bridge.NewClient(bridge.Options{
+	opts := bridge.Options{
 		Endpoints:        b.endpoints,
 		ConnectTimeout:   b.connectTimeout,
 		Heartbeat:        time.Duration(max(k.heartbeat, 0)) * time.Millisecond,
@@ -92,11 +115,42 @@ func (b *backend) client(k clientKey) (*bridge.Client, error) {
 		Curve:            curve,
 		Log:              logFunc,
 		Transport:        transport,
-	})
+	}
+	clientsMu.Lock()
+	defer clientsMu.Unlock()
+	c := &client{}
+	if list := clients.Load(); list != nil {
+		c.index = len(*list)
+	}
+	c.fast = newFast(c.index, &opts)
+	if c.fast != nil {
+		opts.OnState = func(endpoint int, state bridge.State, epoch uint64) {
+			up := C.int(0)
+			if state == bridge.StateUp {
+				up = 1
+			}
+			C.modzmq_fast_set_state(c.fast, C.int(endpoint), up, C.uint64_t(epoch))
+		}
+		// Sockets Go is done with (the fast path's, after it handed a
+		// request over) go back to the fast path's pool.
+		opts.Reuse = func(endpoint int, conn bridge.Conn) bool {
+			cc, ok := conn.(*cConn)
+			return ok && C.modzmq_fast_put(c.fast, C.int(endpoint), cc.sock, cc.sndtimeo) != 0
+		}
+	}
+	bc, err := bridge.NewClient(opts)
 	if err != nil {
+		// The fast path (a few hundred bytes) is not reused; it stays.
 		return nil, err
 	}
-	m := map[clientKey]*bridge.Client{k: c}
+	c.Client = bc
+	var list []*client
+	if old := clients.Load(); old != nil {
+		list = append(list, *old...)
+	}
+	list = append(list, c)
+	clients.Store(&list)
+	m := map[clientKey]*client{k: c}
 	if old != nil {
 		for kk, cc := range *old {
 			m[kk] = cc
@@ -168,8 +222,11 @@ func modzmq_backend_open(endpoints, routes *C.char, connectTimeoutMS C.int64_t, 
 	return C.int(len(list))
 }
 
-//export modzmq_relay
-func modzmq_relay(backend C.int, req *C.modzmq_request, resp *C.modzmq_response) (rc C.int) {
+// modzmq_go_relay is modzmq_relay (fast.c) when the fast path cannot take
+// the request: the first one of a client, or no worker up, no pooled socket.
+//
+//export modzmq_go_relay
+func modzmq_go_relay(backend C.int, req *C.modzmq_request, resp *C.modzmq_response) (rc C.int) {
 	defer func() {
 		if p := recover(); p != nil {
 			setError(&resp.error[0], C.size_t(len(resp.error)), fmt.Sprintf("%v: recovered panic: %v", bridge.CodePanic, p))
@@ -177,8 +234,6 @@ func modzmq_relay(backend C.int, req *C.modzmq_request, resp *C.modzmq_response)
 			rc = C.MODZMQ_EINTERNAL
 		}
 	}()
-	resp.block, resp.nmsgs, resp.nframes = nil, 0, 0
-	resp.call, resp.socket = 0, nil
 	b := lookup(int(backend))
 	if b == nil {
 		setError(&resp.error[0], C.size_t(len(resp.error)), fmt.Sprintf("%v: unknown backend handle %d", bridge.CodeConfig, backend))
@@ -196,15 +251,20 @@ func modzmq_relay(backend C.int, req *C.modzmq_request, resp *C.modzmq_response)
 		setError(&resp.error[0], C.size_t(len(resp.error)), fmt.Sprintf("%v: %s: %v", bridge.CodeConfig, strings.Join(b.endpoints, " "), err))
 		return C.MODZMQ_ENOWORKER
 	}
-	r := &bridge.Request{
+	C.modzmq_fast_register(backend, req, client.fast)
+	call := client.Start(context.Background(), request(req), time.Duration(req.timeout_ms)*time.Millisecond)
+	return outcome(call, resp, 0)
+}
+
+// request views req; it stays valid while the call is in progress.
+func request(req *C.modzmq_request) *bridge.Request {
+	return &bridge.Request{
 		Method:  view(req.method, req.method_len),
 		Target:  view(req.target, req.target_len),
 		Headers: view(req.headers, req.headers_len),
 		Meta:    view(req.meta, req.meta_len),
 		Body:    view(req.body, req.body_len),
 	}
-	call := client.Start(context.Background(), r, time.Duration(req.timeout_ms)*time.Millisecond)
-	return outcome(call, resp, 0)
 }
 
 // outcome reports a call: its result when done, else a handle to resume it
@@ -291,17 +351,23 @@ func modzmq_resume(resp *C.modzmq_response) (rc C.int) {
 		setError(&resp.error[0], C.size_t(len(resp.error)), fmt.Sprintf("%v: unknown call handle", bridge.CodePanic))
 		return C.MODZMQ_EINTERNAL
 	}
-	if resp.nframes > 0 {
-		// What modzmq_wait received: views of its frames (nil for those
-		// past MODZMQ_MAX_FRAMES, which it counted and dropped).
-		frames := make([][]byte, resp.nframes)
-		for i := 0; i < int(resp.nmsgs); i++ {
-			frames[i] = view(resp.frame[i], resp.frame_len[i])
-		}
-		call.Conn().(*cConn).deliver(frames)
-	}
+	deliver(call, resp)
 	call.Step(0)
 	return outcome(call, resp, h)
+}
+
+// deliver hands what modzmq_wait or the fast path received to the call's
+// connection: views of its frames (nil for those past MODZMQ_MAX_FRAMES,
+// which were counted and dropped).
+func deliver(call *bridge.Call, resp *C.modzmq_response) {
+	if resp.nframes == 0 || call.Done() {
+		return
+	}
+	frames := make([][]byte, resp.nframes)
+	for i := 0; i < int(resp.nmsgs); i++ {
+		frames[i] = view(resp.frame[i], resp.frame_len[i])
+	}
+	call.Conn().(*cConn).deliver(frames)
 }
 
 func lookup(handle int) *backend {

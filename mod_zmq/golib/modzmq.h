@@ -21,7 +21,7 @@
 #include <stdint.h>
 
 /* The ABI this header describes; modzmq_abi_version() must return it. */
-#define MODZMQ_ABI_VERSION 6
+#define MODZMQ_ABI_VERSION 7
 
 /* Return codes of modzmq_relay(). */
 #define MODZMQ_OK         0 /* reply in *resp */
@@ -93,6 +93,12 @@ typedef struct modzmq_response {
     const char *frame[MODZMQ_MAX_FRAMES];
     size_t     frame_len[MODZMQ_MAX_FRAMES];
     modzmq_msg msg[MODZMQ_MAX_FRAMES];
+    /* A request the C fast path sent and hands over to Go. */
+    int        client, endpoint;
+    uint64_t   epoch;
+    int64_t    elapsed_ns, remaining_ns;
+    size_t     id_len;
+    char       id[64];
 } modzmq_response;
 
 /*

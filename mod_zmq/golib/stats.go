@@ -3,6 +3,7 @@ package main
 /*
 #include <stdlib.h>
 #include "modzmq.h"
+#include "fast.h"
 */
 import "C"
 
@@ -77,6 +78,9 @@ func publish() {
 		var sums [statsBackend]int64
 		if m := b.clients.Load(); m != nil {
 			for _, c := range *m {
+				if c.fast != nil {
+					C.modzmq_fast_add_stats(c.fast, (*C.int64_t)(unsafe.Pointer(&sums[0])))
+				}
 				st := c.Stats()
 				for code := range st.Status {
 					sums[offCodes+code] += st.Status[code].Load()

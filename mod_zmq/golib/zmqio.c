@@ -93,7 +93,7 @@ int modzmq_send(void *sock, int sndtimeo_ms, int n, int last,
 
 /* zmq_poll for up to timeout_ms, again after a signal (Go's SIGURG reaches
  * every thread that has run Go code) for the time that is left. */
-static int poll_in(void *sock, int timeout_ms)
+int modzmq_poll_in(void *sock, int timeout_ms)
 {
     zmq_pollitem_t item = {sock, 0, ZMQ_POLLIN, 0};
     struct timespec start, now;
@@ -116,7 +116,6 @@ static int poll_in(void *sock, int timeout_ms)
     }
 }
 
-int modzmq_readable(void *sock, int timeout_ms) { return poll_in(sock, timeout_ms); }
 
 int64_t modzmq_recv_frame(void *sock, modzmq_msg *m, const void **data, int *more)
 {
@@ -159,23 +158,15 @@ void modzmq_release(modzmq_response *resp)
     resp->block = NULL;
 }
 
-void modzmq_wait(modzmq_response *resp)
+void modzmq_receive(void *sock, modzmq_response *resp)
 {
     int more = 1;
 
-    modzmq_release(resp);
-    if (resp->socket == NULL) {
-        poll(NULL, 0, resp->wait_ms);
-        return;
-    }
-    if (poll_in(resp->socket, resp->wait_ms) <= 0) {
-        return; /* nothing yet, or a failure modzmq_resume will meet again */
-    }
     /* A message's frames arrive together: once the first is there, all are. */
     while (more) {
         modzmq_msg scratch, *m = resp->nmsgs < MODZMQ_MAX_FRAMES ? &resp->msg[resp->nmsgs] : &scratch;
         const void *data;
-        int64_t n = modzmq_recv_frame(resp->socket, m, &data, &more);
+        int64_t n = modzmq_recv_frame(sock, m, &data, &more);
         if (n < 0) {
             break;
         }
@@ -189,4 +180,17 @@ void modzmq_wait(modzmq_response *resp)
         }
         resp->nframes++;
     }
+}
+
+void modzmq_wait(modzmq_response *resp)
+{
+    modzmq_release(resp);
+    if (resp->socket == NULL) {
+        poll(NULL, 0, resp->wait_ms);
+        return;
+    }
+    if (modzmq_poll_in(resp->socket, resp->wait_ms) > 0) {
+        modzmq_receive(resp->socket, resp);
+    }
+    /* else nothing yet, or a failure modzmq_resume meets again */
 }

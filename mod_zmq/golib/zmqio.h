@@ -32,8 +32,11 @@ int modzmq_send(void *sock, int sndtimeo_ms, int n, int last,
                 const void *p6, size_t l6, const void *p7, size_t l7);
 
 /* Waits up to timeout_ms (0: not at all) for a message; 1 when one is
- * there, 0 when not, -errno on failure. */
-int modzmq_readable(void *sock, int timeout_ms);
+ * there, 0 when not, -errno on failure. Retries after signals. */
+int modzmq_poll_in(void *sock, int timeout_ms);
+
+/* Receives one whole message (which must be there) into resp's frames. */
+void modzmq_receive(void *sock, modzmq_response *resp);
 
 /* Receives the next frame of a message without waiting into msg (which
  * modzmq_msg_close must release). Returns the frame's size and sets *more,

@@ -1,0 +1,468 @@
+/*
+ * fast.c - see fast.h. Built into libmodzmq.so by cgo.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <zmq.h>
+
+#include "fast.h"
+#include "zmqio.h"
+#include "_cgo_export.h"
+
+#define FAST_MAX_IDLE 64
+/* How long the fast path waits before handing the request to Go, which then
+ * also watches for a lost worker (bridge's watchSlice). */
+#define FAST_SLICE_MS 100
+
+typedef struct fast_ep {
+    int up;             /* atomic: the watch connection is up */
+    uint64_t epoch;     /* atomic: grows at every disconnect */
+    int64_t in_flight;  /* atomic */
+    pthread_mutex_t mu; /* guards the idle sockets */
+    int nidle;
+    struct {
+        void *sock;
+        int sndtimeo;
+    } idle[FAST_MAX_IDLE];
+} fast_ep;
+
+struct modzmq_fast {
+    int client, nendpoints;
+    int64_t timeout_ms, connect_timeout_ms, max_reply;
+    int64_t bounds_ns[MODZMQ_STATS_BUCKETS - 1];
+    char prefix[32];
+    uint64_t seq, rr;                    /* atomic */
+    int64_t stats[MODZMQ_STATS_BACKEND]; /* atomic; the layout of a backend block */
+    fast_ep ep[];
+};
+
+modzmq_fast *modzmq_fast_new(int client, int nendpoints, int64_t timeout_ms, int64_t connect_timeout_ms,
+                             int64_t max_reply, const int64_t *bounds_ns, const char *prefix)
+{
+    modzmq_fast *f = calloc(1, sizeof(*f) + (size_t)nendpoints * sizeof(fast_ep));
+    int i;
+
+    if (f == NULL) {
+        return NULL;
+    }
+    f->client = client;
+    f->nendpoints = nendpoints;
+    f->timeout_ms = timeout_ms;
+    f->connect_timeout_ms = connect_timeout_ms;
+    f->max_reply = max_reply;
+    memcpy(f->bounds_ns, bounds_ns, sizeof(f->bounds_ns));
+    snprintf(f->prefix, sizeof(f->prefix), "%s", prefix);
+    for (i = 0; i < nendpoints; i++) {
+        pthread_mutex_init(&f->ep[i].mu, NULL);
+    }
+    return f;
+}
+
+void modzmq_fast_set_state(modzmq_fast *f, int endpoint, int up, uint64_t epoch)
+{
+    if (endpoint >= 0 && endpoint < f->nendpoints) {
+        __atomic_store_n(&f->ep[endpoint].epoch, epoch, __ATOMIC_SEQ_CST);
+        __atomic_store_n(&f->ep[endpoint].up, up, __ATOMIC_SEQ_CST);
+    }
+}
+
+void modzmq_fast_add_stats(modzmq_fast *f, int64_t *sums)
+{
+    int i;
+    for (i = 0; i < MODZMQ_STATS_BACKEND; i++) {
+        sums[i] += __atomic_load_n(&f->stats[i], __ATOMIC_RELAXED);
+    }
+    for (i = 0; i < f->nendpoints; i++) {
+        int64_t n = __atomic_load_n(&f->ep[i].in_flight, __ATOMIC_RELAXED);
+        sums[MODZMQ_STATS_OFF_INFLIGHT] += n;
+        if (i < MODZMQ_STATS_ENDPOINTS) {
+            sums[MODZMQ_STATS_OFF_EP + i * MODZMQ_STATS_EP_FIELDS + MODZMQ_EP_INFLIGHT] += n;
+        }
+    }
+}
+
+/* ---- which fast path serves a request ---------------------------------- */
+
+/* Fast paths are found by backend and by the request's options, as Go
+ * finds its clients; the list only grows, so readers need no lock. */
+typedef struct fast_entry {
+    int backend;
+    int64_t heartbeat_ms, heartbeat_timeout_ms, max_reply;
+    int retries, retry_all;
+    char *curve_server, *curve_client;
+    modzmq_fast *fast;
+    struct fast_entry *next;
+} fast_entry;
+
+static fast_entry *registry;
+
+static int same_string(const char *a, const char *b) { return (a == NULL || b == NULL) ? a == b : strcmp(a, b) == 0; }
+
+static int matches(const fast_entry *e, int backend, const modzmq_request *req)
+{
+    return e->backend == backend && e->heartbeat_ms == req->heartbeat_ms &&
+           e->heartbeat_timeout_ms == req->heartbeat_timeout_ms && e->max_reply == req->max_reply &&
+           e->retries == req->retries && e->retry_all == req->retry_all &&
+           same_string(e->curve_server, req->curve_server_cert) && same_string(e->curve_client, req->curve_client_cert);
+}
+
+static modzmq_fast *lookup(int backend, const modzmq_request *req)
+{
+    fast_entry *e;
+    for (e = __atomic_load_n(&registry, __ATOMIC_ACQUIRE); e != NULL; e = e->next) {
+        if (matches(e, backend, req)) {
+            return e->fast;
+        }
+    }
+    return NULL;
+}
+
+void modzmq_fast_register(int backend, const modzmq_request *req, modzmq_fast *f)
+{
+    fast_entry *e;
+    if (f == NULL || lookup(backend, req) != NULL || (e = calloc(1, sizeof(*e))) == NULL) {
+        return;
+    }
+    e->backend = backend;
+    e->heartbeat_ms = req->heartbeat_ms;
+    e->heartbeat_timeout_ms = req->heartbeat_timeout_ms;
+    e->max_reply = req->max_reply;
+    e->retries = req->retries;
+    e->retry_all = req->retry_all;
+    e->curve_server = req->curve_server_cert ? strdup(req->curve_server_cert) : NULL;
+    e->curve_client = req->curve_client_cert ? strdup(req->curve_client_cert) : NULL;
+    e->fast = f;
+    e->next = __atomic_load_n(&registry, __ATOMIC_ACQUIRE);
+    while (!__atomic_compare_exchange_n(&registry, &e->next, e, 0, __ATOMIC_RELEASE, __ATOMIC_ACQUIRE)) {
+    }
+}
+
+/* ---- the reply --------------------------------------------------------- */
+
+static int is_digit(char c) { return c >= '0' && c <= '9'; }
+
+static int is_token_char(unsigned char c)
+{
+    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || is_digit((char)c)) {
+        return 1;
+    }
+    return c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+}
+
+static int is_dropped(const char *name, size_t n)
+{
+    static const char *const dropped[] = {"connection", "keep-alive", "transfer-encoding", "te", "trailer",
+                                          "upgrade", "content-length"};
+    size_t i;
+    if (n >= 6 && strncasecmp(name, "proxy-", 6) == 0) {
+        return 1;
+    }
+    for (i = 0; i < sizeof(dropped) / sizeof(dropped[0]); i++) {
+        if (strlen(dropped[i]) == n && strncasecmp(name, dropped[i], n) == 0) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Header lines as bridge.ParseHeaderLines reads them; 0 also when a field
+ * must be removed (bridge.filterReplyHeaders rewrites those in Go). */
+static int headers_ok(const char *b, size_t n)
+{
+    const char *end = b + n;
+    while (b < end) {
+        const char *eol = b, *colon, *v, *ve;
+        while (eol < end && !(eol[0] == '\r' && eol + 1 < end && eol[1] == '\n')) {
+            eol++;
+        }
+        if (eol == b) {
+            return 0; /* empty line */
+        }
+        colon = memchr(b, ':', (size_t)(eol - b));
+        if (colon == NULL || colon == b || is_dropped(b, (size_t)(colon - b))) {
+            return 0;
+        }
+        for (v = b; v < colon; v++) {
+            if (!is_token_char((unsigned char)*v)) {
+                return 0;
+            }
+        }
+        for (v = colon + 1; v < eol && (*v == ' ' || *v == '\t'); v++) {
+        }
+        for (ve = eol; ve > v && (ve[-1] == ' ' || ve[-1] == '\t'); ve--) {
+        }
+        for (; v < ve; v++) {
+            unsigned char c = (unsigned char)*v;
+            if ((c < 0x20 && c != '\t') || c == 0x7f) {
+                return 0;
+            }
+        }
+        b = eol < end ? eol + 2 : end;
+    }
+    return 1;
+}
+
+int modzmq_fast_decode(const char *const *frame, const size_t *len, int n, int64_t max_reply, int *status,
+                       const char **reason, size_t *reason_len, const char **headers, size_t *headers_len,
+                       const char **body, size_t *body_len)
+{
+    const char *s;
+    size_t i, total = 0;
+
+    if (n < 1 || n > 3) {
+        return 0;
+    }
+    for (i = 0; i < (size_t)n; i++) {
+        total += len[i];
+    }
+    if (max_reply > 0 && total > (uint64_t)max_reply) {
+        return 0;
+    }
+    *status = 200;
+    *reason = *headers = NULL;
+    *reason_len = *headers_len = 0;
+    *body = frame[n - 1];
+    *body_len = len[n - 1];
+    if (n == 1) {
+        return 1;
+    }
+    s = frame[0];
+    if (len[0] < 3 || !is_digit(s[0]) || !is_digit(s[1]) || !is_digit(s[2])) {
+        return 0;
+    }
+    *status = (s[0] - '0') * 100 + (s[1] - '0') * 10 + (s[2] - '0');
+    if (*status < 200 || *status > 599) {
+        return 0;
+    }
+    if (len[0] > 3) {
+        if (s[3] != ' ') {
+            return 0;
+        }
+        for (i = 4; i < len[0]; i++) {
+            unsigned char c = (unsigned char)s[i];
+            if (c != ' ' && c != '\t' && (c < 0x21 || c == 0x7f)) {
+                return 0;
+            }
+        }
+        if (len[0] > 4) {
+            *reason = s + 4;
+            *reason_len = len[0] - 4;
+        }
+    }
+    if (n == 3) {
+        if (!headers_ok(frame[1], len[1])) {
+            return 0;
+        }
+        if (len[1] > 0) {
+            *headers = frame[1];
+            *headers_len = len[1];
+        }
+    }
+    return 1;
+}
+
+/* ---- the request ------------------------------------------------------- */
+
+static int64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* The endpoint a request goes to: among those up, the one with the fewest
+ * requests in flight, ties round-robin; -1 when none is up. */
+static int pick(modzmq_fast *f)
+{
+    int k, best = -1, start = (int)(__atomic_fetch_add(&f->rr, 1, __ATOMIC_RELAXED) % (uint64_t)f->nendpoints);
+    int64_t best_load = 0;
+    for (k = 0; k < f->nendpoints; k++) {
+        int i = (start + k) % f->nendpoints;
+        int64_t load;
+        if (!__atomic_load_n(&f->ep[i].up, __ATOMIC_ACQUIRE)) {
+            continue;
+        }
+        load = __atomic_load_n(&f->ep[i].in_flight, __ATOMIC_RELAXED);
+        if (best < 0 || load < best_load) {
+            best = i;
+            best_load = load;
+        }
+    }
+    return best;
+}
+
+static void *take_socket(modzmq_fast *f, int i, int *sndtimeo)
+{
+    fast_ep *e = &f->ep[i];
+    void *sock = NULL;
+    pthread_mutex_lock(&e->mu);
+    if (e->nidle > 0) {
+        e->nidle--;
+        sock = e->idle[e->nidle].sock;
+        *sndtimeo = e->idle[e->nidle].sndtimeo;
+    }
+    pthread_mutex_unlock(&e->mu);
+    if (sock == NULL) {
+        /* Rare once warm: Go makes the socket, with the client's options. */
+        sock = modzmq_go_dial(f->client, i);
+        *sndtimeo = -1;
+    }
+    return sock;
+}
+
+int modzmq_fast_put(modzmq_fast *f, int i, void *sock, int sndtimeo)
+{
+    fast_ep *e = &f->ep[i];
+    int taken = 0;
+    if (i < 0 || i >= f->nendpoints) {
+        return 0;
+    }
+    pthread_mutex_lock(&e->mu);
+    if (e->nidle < FAST_MAX_IDLE) {
+        e->idle[e->nidle].sock = sock;
+        e->idle[e->nidle].sndtimeo = sndtimeo;
+        e->nidle++;
+        taken = 1;
+    }
+    pthread_mutex_unlock(&e->mu);
+    return taken;
+}
+
+static void count(modzmq_fast *f, int i, int status, int64_t d)
+{
+    int b = 0;
+    while (b < MODZMQ_STATS_BUCKETS - 1 && d > f->bounds_ns[b]) {
+        b++;
+    }
+    __atomic_fetch_add(&f->stats[MODZMQ_STATS_OFF_CODES + status], 1, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&f->stats[MODZMQ_STATS_OFF_BUCKETS + b], 1, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&f->stats[MODZMQ_STATS_OFF_SUM_NS], d, __ATOMIC_RELAXED);
+    if (i < MODZMQ_STATS_ENDPOINTS) {
+        int64_t *ep = &f->stats[MODZMQ_STATS_OFF_EP + i * MODZMQ_STATS_EP_FIELDS];
+        __atomic_fetch_add(&ep[MODZMQ_EP_REQUESTS], 1, __ATOMIC_RELAXED);
+        __atomic_fetch_add(&ep[MODZMQ_EP_REPLIES], 1, __ATOMIC_RELAXED);
+    }
+}
+
+/* Sends the MZMQ/1 request (docs/PROTOCOL.md; bridge.requestFrames is the
+ * reference) with its request-id meta line; 0 or an errno value. */
+static int send_request(void *sock, const modzmq_request *req, const char *id, size_t id_len)
+{
+    char stack[2048], *meta = stack;
+    size_t meta_len = sizeof("request-id: ") - 1 + id_len + 2 + req->meta_len;
+    const struct {
+        const void *p;
+        size_t n;
+    } frames[] = {
+        {id, id_len}, {"", 0}, {"MZMQ/1", 6}, {req->method, req->method_len}, {req->target, req->target_len},
+        {req->headers, req->headers_len}, {NULL, meta_len}, {req->body, req->body_len},
+    };
+    int i, n = (int)(sizeof(frames) / sizeof(frames[0])), err = 0;
+
+    if (meta_len > sizeof(stack) && (meta = malloc(meta_len)) == NULL) {
+        return ENOMEM;
+    }
+    memcpy(meta, "request-id: ", 12);
+    memcpy(meta + 12, id, id_len);
+    memcpy(meta + 12 + id_len, "\r\n", 2);
+    if (req->meta_len) {
+        memcpy(meta + 14 + id_len, req->meta, req->meta_len);
+    }
+    for (i = 0; i < n && err == 0; i++) {
+        const void *p = i == 6 ? meta : frames[i].p;
+        while (zmq_send(sock, frames[i].n ? p : "", frames[i].n, i == n - 1 ? 0 : ZMQ_SNDMORE) < 0) {
+            if (errno != EINTR) {
+                err = errno;
+                break;
+            }
+        }
+    }
+    if (meta != stack) {
+        free(meta);
+    }
+    return err;
+}
+
+/* The common case; returns -1 to leave the request to Go (nothing sent), or
+ * a code of modzmq_relay. */
+static int fast_relay(modzmq_fast *f, modzmq_request *req, modzmq_response *resp)
+{
+    int i = pick(f), sndtimeo, want, rc;
+    int64_t start = now_ns(), timeout_ms = req->timeout_ms > 0 ? req->timeout_ms : f->timeout_ms;
+    void *sock;
+    fast_ep *e;
+
+    if (i < 0 || (sock = take_socket(f, i, &sndtimeo)) == NULL) {
+        return -1;
+    }
+    e = &f->ep[i];
+    want = (int)(timeout_ms < f->connect_timeout_ms ? timeout_ms : f->connect_timeout_ms);
+    if (want < 1) {
+        want = 1;
+    }
+    if (want != sndtimeo) {
+        if (zmq_setsockopt(sock, ZMQ_SNDTIMEO, &want, sizeof(want)) != 0) {
+            zmq_close(sock);
+            return -1;
+        }
+        sndtimeo = want;
+    }
+    resp->id_len = (size_t)snprintf(resp->id, sizeof(resp->id), "%s%" PRIu64, f->prefix,
+                                    __atomic_add_fetch(&f->seq, 1, __ATOMIC_RELAXED));
+    resp->epoch = __atomic_load_n(&e->epoch, __ATOMIC_ACQUIRE);
+    __atomic_fetch_add(&e->in_flight, 1, __ATOMIC_RELAXED);
+    if (send_request(sock, req, resp->id, resp->id_len) != 0) {
+        /* The worker did not take it (nothing of it stays queued: the
+         * socket is closed with linger 0): Go tries again, by its rules. */
+        __atomic_fetch_sub(&e->in_flight, 1, __ATOMIC_RELAXED);
+        zmq_close(sock);
+        return -1;
+    }
+    if (modzmq_poll_in(sock, timeout_ms < FAST_SLICE_MS ? (int)timeout_ms : FAST_SLICE_MS) > 0) {
+        modzmq_receive(sock, resp);
+    }
+    __atomic_fetch_sub(&e->in_flight, 1, __ATOMIC_RELAXED);
+    if (resp->nframes >= 3 && resp->nframes == resp->nmsgs && resp->frame_len[0] == resp->id_len &&
+        memcmp(resp->frame[0], resp->id, resp->id_len) == 0 && resp->frame_len[1] == 0 &&
+        modzmq_fast_decode(resp->frame + 2, resp->frame_len + 2, resp->nframes - 2, f->max_reply, &resp->status,
+                           &resp->reason, &resp->reason_len, &resp->headers, &resp->headers_len, &resp->body,
+                           &resp->body_len)) {
+        if (!modzmq_fast_put(f, i, sock, sndtimeo)) {
+            zmq_close(sock);
+        }
+        count(f, i, resp->status, now_ns() - start);
+        return MODZMQ_OK;
+    }
+    /* No reply yet, or one Go must look at (stale, invalid, a header to
+     * remove): Go takes the request over, with what was received. */
+    resp->client = f->client;
+    resp->endpoint = i;
+    resp->socket = sock;
+    resp->elapsed_ns = now_ns() - start;
+    resp->remaining_ns = timeout_ms * 1000000 - resp->elapsed_ns;
+    rc = modzmq_go_adopt(req, resp);
+    return rc;
+}
+
+int modzmq_relay(int backend, modzmq_request *req, modzmq_response *resp)
+{
+    modzmq_fast *f = lookup(backend, req);
+
+    resp->block = NULL;
+    resp->nmsgs = resp->nframes = 0;
+    resp->call = 0;
+    resp->socket = NULL;
+    if (f != NULL) {
+        int rc = fast_relay(f, req, resp);
+        if (rc >= 0) {
+            return rc;
+        }
+    }
+    return modzmq_go_relay(backend, req, resp);
+}

@@ -1,0 +1,46 @@
+/*
+ * fast.h - the request path's common case, in C inside libmodzmq.so.
+ *
+ * Entering Go from an Apache thread costs far more than the Go code it runs:
+ * on the 2-core VM of docs/BENCHMARKS.md one call into Go per request cut an
+ * otherwise all-C relay's throughput by a quarter (the runtime's hand-offs of
+ * its P and sysmon wake-ups). So a request whose worker is up, whose socket
+ * is pooled, and whose reply comes within the first wait slice, valid and
+ * needing no header rewrite, never enters Go: modzmq_relay (here) sends it,
+ * waits, checks the reply and counts it. Anything else - a socket to dial,
+ * a reply not there yet, a stale or invalid one, a lost worker, retries - is
+ * handed to the Go bridge (bridge.Client.Adopt), which owns every rule; the
+ * checks here only ever accept what the Go decoder accepts (fuzzed against
+ * it in fast_test.go).
+ */
+#ifndef MODZMQ_FAST_H
+#define MODZMQ_FAST_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "modzmq.h"
+
+/* One bridge client's fast path (one ZmqBackend with one set of options). */
+typedef struct modzmq_fast modzmq_fast;
+
+/* Made and updated by Go. bounds_ns holds MODZMQ_STATS_BUCKETS-1 latency
+ * bucket bounds; prefix is the request id prefix. */
+modzmq_fast *modzmq_fast_new(int client, int nendpoints, int64_t timeout_ms, int64_t connect_timeout_ms,
+                             int64_t max_reply, const int64_t *bounds_ns, const char *prefix);
+void modzmq_fast_set_state(modzmq_fast *f, int endpoint, int up, uint64_t epoch);
+/* Remembers f for requests to backend with req's options. */
+void modzmq_fast_register(int backend, const modzmq_request *req, modzmq_fast *f);
+/* Offers an idle socket of endpoint i to the fast path's pool; 1 when
+ * taken, 0 when the pool is full (the caller keeps it). */
+int modzmq_fast_put(modzmq_fast *f, int endpoint, void *sock, int sndtimeo);
+/* Adds the fast path's counters (a MODZMQ_STATS_BACKEND block) to sums. */
+void modzmq_fast_add_stats(modzmq_fast *f, int64_t *sums);
+
+/* Checks reply frames (the envelope removed) as bridge.DecodeReply does;
+ * 1 with the parts set when valid and no header needs removing, else 0. */
+int modzmq_fast_decode(const char *const *frame, const size_t *len, int n, int64_t max_reply, int *status,
+                       const char **reason, size_t *reason_len, const char **headers, size_t *headers_len,
+                       const char **body, size_t *body_len);
+
+#endif

@@ -1,0 +1,79 @@
+package main
+
+import (
+	"bytes"
+	"testing"
+
+	"github.com/modzmq/modzmq/bridge"
+)
+
+// The C fast path accepts a reply only when the Go decoder would, with the
+// same parts and no header to remove; everything else it leaves to Go.
+func checkFastDecode(t *testing.T, frames [][]byte, maxReply int64) {
+	t.Helper()
+	ok, got := fastDecode(frames, maxReply)
+	want, err := bridge.DecodeReply(frames)
+	size := int64(0)
+	for _, f := range frames {
+		size += int64(len(f))
+	}
+	rewritten := err == nil && len(frames) == 3 && !bytes.Equal(want.Headers, frames[1])
+	goAccepts := err == nil && (maxReply <= 0 || size <= maxReply) && !rewritten
+	if ok != goAccepts {
+		t.Fatalf("frames %q, max reply %d: fast path accepts %v, Go decoder accepts %v (err %v, headers rewritten %v)",
+			frames, maxReply, ok, goAccepts, err, rewritten)
+	}
+	if !ok {
+		return
+	}
+	if got.Status != want.Status || !bytes.Equal(got.Reason, want.Reason) || !bytes.Equal(got.Headers, want.Headers) ||
+		!bytes.Equal(got.Body, want.Body) {
+		t.Fatalf("frames %q: fast path %d %q %q %q, Go %d %q %q %q", frames, got.Status, got.Reason, got.Headers, got.Body,
+			want.Status, want.Reason, want.Headers, want.Body)
+	}
+}
+
+func TestFastDecode(t *testing.T) {
+	for _, frames := range [][][]byte{
+		{[]byte("body")},
+		{},
+		{[]byte("200"), []byte("")},
+		{[]byte("404 Not Found"), []byte("gone")},
+		{[]byte("201 "), []byte("x")},
+		{[]byte("200 OK\x01"), []byte("x")},
+		{[]byte("199"), []byte("x")},
+		{[]byte("600"), []byte("x")},
+		{[]byte("20x"), []byte("x")},
+		{[]byte("200x"), []byte("x")},
+		{[]byte("200"), []byte("A: b\r\nC:  d \r\n"), []byte("x")},
+		{[]byte("200"), []byte("A: b\r\nC: d"), []byte("x")},
+		{[]byte("200"), []byte(""), []byte("x")},
+		{[]byte("200"), []byte("A: b\r\n\r\n"), []byte("x")},
+		{[]byte("200"), []byte("A b\r\n"), []byte("x")},
+		{[]byte("200"), []byte(": b\r\n"), []byte("x")},
+		{[]byte("200"), []byte("A(: b\r\n"), []byte("x")},
+		{[]byte("200"), []byte("A: b\rc\r\n"), []byte("x")},
+		{[]byte("200"), []byte("A: b\tc\x7f\r\n"), []byte("x")},
+		{[]byte("200"), []byte("A: \t b \t\r\n"), []byte("x")},
+		{[]byte("200"), []byte("Connection: close\r\n"), []byte("x")},
+		{[]byte("200"), []byte("Proxy-Foo: 1\r\nA: b\r\n"), []byte("x")},
+		{[]byte("200"), []byte("content-LENGTH: 1\r\n"), []byte("x")},
+		{[]byte("200"), []byte("TE: x\r\n"), []byte("x")},
+		{[]byte("200"), []byte("Tea: x\r\n"), []byte("x")},
+		{[]byte("200"), []byte("A: b\r\n"), []byte("x"), []byte("y")},
+	} {
+		checkFastDecode(t, frames, 0)
+		checkFastDecode(t, frames, 3)
+	}
+}
+
+func FuzzFastDecode(f *testing.F) {
+	f.Add(uint8(3), []byte("200 OK"), []byte("Content-Type: text/plain\r\nSet-Cookie: a=1\r\n"), []byte("hello"), int64(0))
+	f.Add(uint8(2), []byte("503"), []byte("busy"), []byte(nil), int64(0))
+	f.Add(uint8(1), []byte("just a body"), []byte(nil), []byte(nil), int64(4))
+	f.Add(uint8(3), []byte("200"), []byte("Keep-Alive: 5\r\nX: y"), []byte("z"), int64(100))
+	f.Fuzz(func(t *testing.T, n uint8, a, b, c []byte, maxReply int64) {
+		frames := [][]byte{a, b, c, a}[:n%5]
+		checkFastDecode(t, frames, maxReply)
+	})
+}
