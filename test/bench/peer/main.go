@@ -16,9 +16,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
-	"os"
 	"strconv"
-	"syscall"
 
 	zmq "github.com/pebbe/zmq4"
 )
@@ -67,10 +65,6 @@ func main() {
 	}
 }
 
-// serveZMQ answers MZMQ/1 requests on a ROUTER. Like the gateway, it waits
-// in Go's netpoller (on a dup of libzmq's ZMQ_FD) rather than in a blocking
-// receive, and answers every request that is there before it waits again: a
-// goroutine blocked in a cgo call costs Go's scheduler a hand-off per wait.
 func serveZMQ(listen string) {
 	s, err := zmq.NewSocket(zmq.ROUTER)
 	if err != nil {
@@ -79,55 +73,26 @@ func serveZMQ(listen string) {
 	if err := s.Bind(listen); err != nil {
 		log.Fatal(err)
 	}
-	fd, err := s.GetFd()
-	if err != nil {
-		log.Fatal(err)
-	}
-	dup, err := syscall.Dup(fd)
-	if err != nil {
-		log.Fatal(err)
-	}
-	f := os.NewFile(uintptr(dup), "zmq-fd")
-	rc, err := f.SyscallConn()
-	if err != nil {
-		log.Fatal(err)
-	}
 	hdr := []byte("Content-Type: text/plain\r\n")
 	status := []byte("200")
 	for {
-		// Answer what is there; ZMQ_EVENTS also re-arms ZMQ_FD.
-		for {
-			ev, err := s.GetEvents()
-			if err != nil {
-				log.Fatal(err)
-			}
-			if ev&zmq.POLLIN == 0 {
-				break
-			}
-			msg, err := s.RecvMessageBytes(zmq.DONTWAIT)
-			if err != nil {
-				continue
-			}
-			i := 0
-			for i < len(msg) && len(msg[i]) != 0 {
-				i++
-			}
-			if len(msg)-i-1 != 6 {
-				continue
-			}
-			for _, f := range msg[:i+1] {
-				s.SendBytes(f, zmq.SNDMORE)
-			}
-			s.SendBytes(status, zmq.SNDMORE)
-			s.SendBytes(hdr, zmq.SNDMORE)
-			s.SendBytes(body(msg[i+3]), 0)
+		msg, err := s.RecvMessageBytes(0)
+		if err != nil {
+			continue
 		}
-		first := true
-		rc.Read(func(uintptr) bool {
-			ready := !first
-			first = false
-			return ready
-		})
+		i := 0
+		for i < len(msg) && len(msg[i]) != 0 {
+			i++
+		}
+		if len(msg)-i-1 != 6 {
+			continue
+		}
+		for _, f := range msg[:i+1] {
+			s.SendBytes(f, zmq.SNDMORE)
+		}
+		s.SendBytes(status, zmq.SNDMORE)
+		s.SendBytes(hdr, zmq.SNDMORE)
+		s.SendBytes(body(msg[i+3]), 0)
 	}
 }
 
