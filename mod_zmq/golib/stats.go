@@ -59,6 +59,11 @@ func modzmq_stats_attach(slot *C.int64_t, nbackends C.int) {
 	}()
 }
 
+// publishSums is publish's scratch block (only publish's goroutine uses it):
+// with the C fast path, Apache children allocate almost nothing in Go, and a
+// block per backend twice a second would be most of their garbage.
+var publishSums [statsBackend]int64
+
 // publish writes every backend's counters (summed over its clients) into
 // this process's slot. Only this process writes its slot, except the
 // overload field, which the shim adds to and publish leaves alone.
@@ -75,7 +80,8 @@ func publish() {
 			return
 		}
 		block := slot[start : start+statsBackend]
-		var sums [statsBackend]int64
+		sums := &publishSums
+		*sums = [statsBackend]int64{}
 		if m := b.clients.Load(); m != nil {
 			for _, c := range *m {
 				if c.fast != nil {
