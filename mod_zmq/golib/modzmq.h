@@ -10,9 +10,10 @@
  * holds (frames received by libzmq, a malloc()ed block) is freed by
  * modzmq_release().
  *
- * The request path enters Go twice (modzmq_relay, modzmq_resume) and does no
- * blocking call there: the wait and the receive are plain C in the library
- * (modzmq_wait), on the socket the Go side chose.
+ * The request path is C first: modzmq_relay (fast.c) sends, waits and checks
+ * the common request without entering Go, and hands anything else to the Go
+ * bridge. Whatever Go does, it never blocks an Apache thread inside the Go
+ * runtime: waits are plain C in the library (modzmq_wait).
  */
 #ifndef MODZMQ_H
 #define MODZMQ_H
@@ -179,8 +180,9 @@ typedef int (*modzmq_backend_open_fn)(char *endpoints, char *routes, int64_t con
 /*
  * int modzmq_relay(int backend, const modzmq_request *req,
  *                  modzmq_response *resp):
- * sends one request and returns at once: MODZMQ_PENDING while the reply is
- * awaited, or a final code. The caller waits outside Go (an Apache thread
+ * relays one request: the common case (a worker up, its reply within 100 ms)
+ * ends here with MODZMQ_OK; otherwise it returns MODZMQ_PENDING while the
+ * reply is awaited, or a final code. The caller waits outside Go (an Apache thread
  * must never park inside the Go runtime): modzmq_wait(resp), then
  * modzmq_resume(resp), until the code is not MODZMQ_PENDING; then it uses the
  * reply and calls modzmq_release(resp), whatever the code. req must stay
