@@ -62,15 +62,20 @@ func TestAdoptFinishesARequestSentElsewhere(t *testing.T) {
 }
 
 func TestAdoptNoticesALostWorkerFromTheEpoch(t *testing.T) {
-	ep, _ := blackHole(t)
+	ep, taken := blackHole(t)
 	c := newTestClient(t, Options{Endpoints: []string{ep}, Timeout: 10 * time.Second})
+	checkUntil(t, func() bool { return c.Status()[0].State == StateUp })
 	req := &Request{Method: []byte("POST"), Target: []byte("/x")}
-	// Sent in an epoch that has already passed: the connection it went out
-	// on is known to be gone, so the call fails at its first look.
-	sent := sendOwn(t, c, req, "own-2", c.endpoints[0].epoch.Load()+1, 10*time.Second)
+	// The worker takes the request and drops its connections: the watch
+	// sees the disconnect, the endpoint's epoch moves past the one the
+	// request was sent in, and the adopted call fails at its next look.
+	sent := sendOwn(t, c, req, "own-2", c.endpoints[0].epoch.Load(), 10*time.Second)
 	_, err := finish(c.Adopt(context.Background(), req, sent))
 	if !errors.Is(err, ErrWorkerLost) {
 		t.Fatalf("got %v, want ErrWorkerLost (not a timeout: the epoch says the worker is gone)", err)
+	}
+	if taken.Load() == 0 {
+		t.Error("the worker never saw the request")
 	}
 }
 
