@@ -33,17 +33,14 @@ type Call struct {
 // Start sends req and returns the call; it blocks only while no worker is
 // connected (up to Options.ConnectTimeout). See Do for timeout and ctx.
 func (c *Client) Start(ctx context.Context, req *Request, timeout time.Duration) *Call {
-	call := &Call{c: c, ctx: ctx, req: req, start: time.Now()}
-	if c.closed.Load() {
-		call.done, call.err = true, ErrClosed
-		return call
-	}
 	if timeout <= 0 {
 		timeout = c.opts.Timeout
 	}
-	call.deadline = call.start.Add(timeout)
-	if d, ok := ctx.Deadline(); ok && d.Before(call.deadline) {
-		call.deadline = d
+	now := time.Now()
+	call := c.newCall(ctx, req, now, now.Add(timeout))
+	if c.closed.Load() {
+		call.done, call.err = true, ErrClosed
+		return call
 	}
 	n := c.inFlight.Add(1)
 	if c.opts.MaxInFlight > 0 && n > int64(c.opts.MaxInFlight) {
@@ -51,12 +48,28 @@ func (c *Client) Start(ctx context.Context, req *Request, timeout time.Duration)
 		call.finish(Response{}, fmt.Errorf("%w: %d requests in flight, the limit is %d", ErrOverload, n-1, c.opts.MaxInFlight))
 		return call
 	}
-	call.attempts = 1
+	call.next()
+	return call
+}
+
+// newCall makes a call whose first attempt is still to be made: its deadline
+// (shortened by ctx's) and how many attempts it may have.
+func (c *Client) newCall(ctx context.Context, req *Request, start, deadline time.Time) *Call {
+	call := &Call{c: c, ctx: ctx, req: req, start: start, deadline: deadline, attempts: 1}
+	if d, ok := ctx.Deadline(); ok && d.Before(call.deadline) {
+		call.deadline = d
+	}
 	if c.opts.RetryAll || idempotent(req.Method) {
 		call.attempts += c.opts.Retries
 	}
-	call.next()
 	return call
+}
+
+// attach makes p, a connection to e, the call's current attempt.
+func (call *Call) attach(e *endpoint, p *pooled) {
+	call.e, call.p = e, p
+	e.stats.Requests.Add(1)
+	e.stats.InFlight.Add(1)
 }
 
 // Sent describes an attempt a front made by itself, on a connection of its
@@ -85,19 +98,10 @@ func (c *Client) Dial(i int) (Conn, error) {
 // from here on the call waits, notices a lost worker, retries and counts as
 // if Start had sent it.
 func (c *Client) Adopt(ctx context.Context, req *Request, s Sent) *Call {
-	call := &Call{c: c, ctx: ctx, req: req, start: s.Start, deadline: s.Deadline, attempts: 1, attempt: 1}
-	if d, ok := ctx.Deadline(); ok && d.Before(call.deadline) {
-		call.deadline = d
-	}
-	if c.opts.RetryAll || idempotent(req.Method) {
-		call.attempts += c.opts.Retries
-	}
+	call := c.newCall(ctx, req, s.Start, s.Deadline)
 	c.inFlight.Add(1)
-	e := c.endpoints[s.Endpoint]
-	call.e, call.tried, call.epoch = e, uint64(1)<<(s.Endpoint%64), s.Epoch
-	call.p = &pooled{conn: s.Conn, id: append([]byte(nil), s.ID...), frames: make([][]byte, 0, 8)}
-	e.stats.Requests.Add(1)
-	e.stats.InFlight.Add(1)
+	call.attempt, call.tried, call.epoch = 1, uint64(1)<<(s.Endpoint%64), s.Epoch
+	call.attach(c.endpoints[s.Endpoint], &pooled{conn: s.Conn, id: append([]byte(nil), s.ID...), frames: make([][]byte, 0, 8)})
 	return call
 }
 
@@ -202,9 +206,7 @@ func (call *Call) next() {
 		call.finish(Response{}, err)
 		return
 	}
-	call.e, call.p = e, p
-	e.stats.Requests.Add(1)
-	e.stats.InFlight.Add(1)
+	call.attach(e, p)
 	p.id = strconv.AppendUint(append(p.id[:0], c.prefix...), c.seq.Add(1), 10)
 	p.meta = appendMeta(p.meta[:0], p.id, call.req.Meta)
 	p.frames = requestFrames(p.frames, p.id, p.meta, call.req)
