@@ -351,19 +351,13 @@ static void count(modzmq_fast *f, int i, int status, int64_t d)
 }
 
 /* Sends the MZMQ/1 request (docs/PROTOCOL.md; bridge.requestFrames is the
- * reference) with its request-id meta line; 0 or an errno value. */
-static int send_request(void *sock, const modzmq_request *req, const char *id, size_t id_len)
+ * reference) with its request-id meta line, setting ZMQ_SNDTIMEO first when
+ * sndtimeo_ms >= 0; 0 or an errno value. */
+static int send_request(void *sock, int sndtimeo_ms, const modzmq_request *req, const char *id, size_t id_len)
 {
     char stack[2048], *meta = stack;
     size_t meta_len = sizeof("request-id: ") - 1 + id_len + 2 + req->meta_len;
-    const struct {
-        const void *p;
-        size_t n;
-    } frames[] = {
-        {id, id_len}, {"", 0}, {"MZMQ/1", 6}, {req->method, req->method_len}, {req->target, req->target_len},
-        {req->headers, req->headers_len}, {NULL, meta_len}, {req->body, req->body_len},
-    };
-    int i, n = (int)(sizeof(frames) / sizeof(frames[0])), err = 0;
+    int err;
 
     if (meta_len > sizeof(stack) && (meta = malloc(meta_len)) == NULL) {
         return ENOMEM;
@@ -374,15 +368,9 @@ static int send_request(void *sock, const modzmq_request *req, const char *id, s
     if (req->meta_len) {
         memcpy(meta + 14 + id_len, req->meta, req->meta_len);
     }
-    for (i = 0; i < n && err == 0; i++) {
-        const void *p = i == 6 ? meta : frames[i].p;
-        while (zmq_send(sock, frames[i].n ? p : "", frames[i].n, i == n - 1 ? 0 : ZMQ_SNDMORE) < 0) {
-            if (errno != EINTR) {
-                err = errno;
-                break;
-            }
-        }
-    }
+    err = modzmq_send(sock, sndtimeo_ms, 8, 1, id, id_len, "", 0, "MZMQ/1", 6, req->method, req->method_len,
+                      req->target, req->target_len, req->headers, req->headers_len, meta, meta_len, req->body,
+                      req->body_len);
     if (meta != stack) {
         free(meta);
     }
@@ -393,7 +381,7 @@ static int send_request(void *sock, const modzmq_request *req, const char *id, s
  * a code of modzmq_relay. */
 static int fast_relay(modzmq_fast *f, modzmq_request *req, modzmq_response *resp)
 {
-    int i = pick(f), sndtimeo, want, rc;
+    int i = pick(f), sndtimeo, want;
     int64_t start = now_ns(), timeout_ms = req->timeout_ms > 0 ? req->timeout_ms : f->timeout_ms;
     void *sock;
     fast_ep *e;
@@ -406,24 +394,18 @@ static int fast_relay(modzmq_fast *f, modzmq_request *req, modzmq_response *resp
     if (want < 1) {
         want = 1;
     }
-    if (want != sndtimeo) {
-        if (zmq_setsockopt(sock, ZMQ_SNDTIMEO, &want, sizeof(want)) != 0) {
-            zmq_close(sock);
-            return -1;
-        }
-        sndtimeo = want;
-    }
     resp->id_len = (size_t)snprintf(resp->id, sizeof(resp->id), "%s%" PRIu64, f->prefix,
                                     __atomic_add_fetch(&f->seq, 1, __ATOMIC_RELAXED));
     resp->epoch = __atomic_load_n(&e->epoch, __ATOMIC_ACQUIRE);
     __atomic_fetch_add(&e->in_flight, 1, __ATOMIC_RELAXED);
-    if (send_request(sock, req, resp->id, resp->id_len) != 0) {
+    if (send_request(sock, want != sndtimeo ? want : -1, req, resp->id, resp->id_len) != 0) {
         /* The worker did not take it (nothing of it stays queued: the
          * socket is closed with linger 0): Go tries again, by its rules. */
         __atomic_fetch_sub(&e->in_flight, 1, __ATOMIC_RELAXED);
         zmq_close(sock);
         return -1;
     }
+    sndtimeo = want;
     if (modzmq_poll_in(sock, timeout_ms < FAST_SLICE_MS ? (int)timeout_ms : FAST_SLICE_MS) > 0) {
         modzmq_receive(sock, resp);
     }
@@ -446,8 +428,7 @@ static int fast_relay(modzmq_fast *f, modzmq_request *req, modzmq_response *resp
     resp->socket = sock;
     resp->elapsed_ns = now_ns() - start;
     resp->remaining_ns = timeout_ms * 1000000 - resp->elapsed_ns;
-    rc = modzmq_go_adopt(req, resp);
-    return rc;
+    return modzmq_go_adopt(req, resp);
 }
 
 int modzmq_relay(int backend, modzmq_request *req, modzmq_response *resp)
