@@ -1,7 +1,9 @@
 package bridge
 
-// This file is the one implementation of the MZMQ/1 wire protocol specified in
-// docs/PROTOCOL.md. Nothing else in mod_zmq builds or parses MZMQ/1 frames.
+// This file is the reference implementation of the MZMQ/1 wire protocol
+// specified in docs/PROTOCOL.md. The only other one is the Apache module's C
+// fast path (mod_zmq/golib/fast.c), which builds requests the same way and
+// accepts only replies DecodeReply accepts (FuzzFastDecode checks that).
 
 import (
 	"bytes"

@@ -102,10 +102,9 @@ func fastDecode(frames [][]byte, maxReply int64) (ok bool, resp bridge.Response)
 	if n == 0 {
 		n = 1 // room for the C arrays; the count passed is still 0
 	}
-	ptrs := (*[1 << 20]*C.char)(C.malloc(C.size_t(n) * C.size_t(unsafe.Sizeof((*C.char)(nil)))))[:n:n]
-	lens := (*[1 << 20]C.size_t)(C.malloc(C.size_t(n) * C.size_t(unsafe.Sizeof(C.size_t(0)))))[:n:n]
-	defer C.free(unsafe.Pointer(&ptrs[0]))
-	defer C.free(unsafe.Pointer(&lens[0]))
+	// The arrays hold only C pointers, so they may be Go memory; the frames
+	// are C memory, as libzmq's are.
+	ptrs, lens := make([]*C.char, n), make([]C.size_t, n)
 	for i, f := range frames {
 		p := C.malloc(C.size_t(len(f) + 1))
 		copy(unsafe.Slice((*byte)(p), len(f)), f)
