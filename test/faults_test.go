@@ -24,6 +24,7 @@ type load struct {
 	mu                                       sync.Mutex
 	statuses                                 map[int]int
 	errs                                     []string
+	wrong                                    []string // what some mismatched requests got
 	stop                                     chan struct{}
 	wg                                       sync.WaitGroup
 }
@@ -64,6 +65,11 @@ func startLoad(t *testing.T, url string, conc int) *load {
 				var e echo
 				if json.Unmarshal(b, &e) != nil || !strings.HasSuffix(e.Target, "?id="+id) {
 					l.mismatch.Add(1)
+					l.mu.Lock()
+					if len(l.wrong) < 3 {
+						l.wrong = append(l.wrong, fmt.Sprintf("%s got %d %q", id, resp.StatusCode, b[:min(len(b), 200)]))
+					}
+					l.mu.Unlock()
 					continue
 				}
 				l.ok.Add(1)
@@ -82,7 +88,7 @@ func (l *load) finish(t *testing.T) {
 	sent, ok, bad, tr, mm := l.sent.Load(), l.ok.Load(), l.errStatus.Load(), l.transport.Load(), l.mismatch.Load()
 	t.Logf("%d requests: %d ok, %d error statuses %v, %d transport errors, %d mismatched", sent, ok, bad, l.statuses, tr, mm)
 	if mm > 0 {
-		t.Errorf("%d replies went to the wrong request", mm)
+		t.Errorf("%d requests got a reply that is not theirs: %q", mm, l.wrong)
 	}
 	if tr > 0 {
 		t.Errorf("%d requests got no HTTP answer (hung or dropped): %v", tr, l.errs[:min(3, len(l.errs))])

@@ -94,33 +94,3 @@ func modzmq_go_adopt(req *C.modzmq_request, resp *C.modzmq_response) (rc C.int) 
 	call.Step(0)
 	return outcome(call, resp, 0)
 }
-
-// fastDecode runs the fast path's reply check (modzmq_fast_decode) on
-// frames copied into C memory, for tests.
-func fastDecode(frames [][]byte, maxReply int64) (ok bool, resp bridge.Response) {
-	n := len(frames)
-	if n == 0 {
-		n = 1 // room for the C arrays; the count passed is still 0
-	}
-	// The arrays hold only C pointers, so they may be Go memory; the frames
-	// are C memory, as libzmq's are.
-	ptrs, lens := make([]*C.char, n), make([]C.size_t, n)
-	for i, f := range frames {
-		p := C.malloc(C.size_t(len(f) + 1))
-		copy(unsafe.Slice((*byte)(p), len(f)), f)
-		ptrs[i], lens[i] = (*C.char)(p), C.size_t(len(f))
-		defer C.free(p)
-	}
-	var status C.int
-	var reason, headers, body *C.char
-	var reasonLen, headersLen, bodyLen C.size_t
-	if C.modzmq_fast_decode(&ptrs[0], &lens[0], C.int(len(frames)), C.int64_t(maxReply), &status,
-		&reason, &reasonLen, &headers, &headersLen, &body, &bodyLen) == 0 {
-		return false, resp
-	}
-	resp.Status = int(status)
-	resp.Reason = C.GoBytes(unsafe.Pointer(reason), C.int(reasonLen))
-	resp.Headers = C.GoBytes(unsafe.Pointer(headers), C.int(headersLen))
-	resp.Body = C.GoBytes(unsafe.Pointer(body), C.int(bodyLen))
-	return true, resp
-}

@@ -308,21 +308,39 @@ func outcome(call *bridge.Call, resp *C.modzmq_response, h cgo.Handle) C.int {
 		}
 		return C.MODZMQ_EINTERNAL
 	}
-	// The reply's parts point into the frames modzmq_wait received, except
-	// header lines the bridge rewrote: those are copied into a C block.
+	// The reply's parts point into the frames modzmq_wait received. A part
+	// that is not inside them is copied into one C block: header lines the
+	// bridge rewrote, and a whole reply Go received itself (one that was
+	// already queued when the call stepped after a wait ran out, or behind
+	// a stale reply it dropped).
 	resp.status = C.int(out.Status)
-	resp.body, resp.body_len = inFrames(resp, out.Body)
-	resp.reason, resp.reason_len = inFrames(resp, out.Reason)
-	resp.headers, resp.headers_len = inFrames(resp, out.Headers)
-	if resp.headers == nil && len(out.Headers) > 0 {
-		block := C.malloc(C.size_t(len(out.Headers)))
+	parts := [3]struct {
+		b   []byte
+		ptr **C.char
+		n   *C.size_t
+	}{{out.Body, &resp.body, &resp.body_len}, {out.Reason, &resp.reason, &resp.reason_len}, {out.Headers, &resp.headers, &resp.headers_len}}
+	outside := 0
+	for _, p := range parts {
+		*p.ptr, *p.n = inFrames(resp, p.b)
+		if *p.ptr == nil {
+			outside += len(p.b)
+		}
+	}
+	if outside > 0 {
+		block := C.malloc(C.size_t(outside))
 		if block == nil {
-			setError(&resp.error[0], C.size_t(len(resp.error)), fmt.Sprintf("%v: out of memory for %d bytes of headers", bridge.CodeSocket, len(out.Headers)))
+			setError(&resp.error[0], C.size_t(len(resp.error)), fmt.Sprintf("%v: out of memory for %d bytes of reply", bridge.CodeSocket, outside))
 			return C.MODZMQ_EINTERNAL
 		}
-		copy(unsafe.Slice((*byte)(block), len(out.Headers)), out.Headers)
 		resp.block = (*C.char)(block)
-		resp.headers, resp.headers_len = resp.block, C.size_t(len(out.Headers))
+		dst := unsafe.Slice((*byte)(block), outside)
+		for _, p := range parts {
+			if *p.ptr == nil && len(p.b) > 0 {
+				n := copy(dst, p.b)
+				*p.ptr, *p.n = (*C.char)(unsafe.Pointer(&dst[0])), C.size_t(n)
+				dst = dst[n:]
+			}
+		}
 	}
 	return C.MODZMQ_OK
 }

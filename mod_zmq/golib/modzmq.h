@@ -85,7 +85,7 @@ typedef struct modzmq_response {
     char        error[256];
 
     /* The library's own (see above). */
-    char      *block;                           /* malloc()ed when headers had to be rewritten */
+    char      *block;                           /* malloc()ed for parts not inside the frames */
     uint64_t   call;                            /* the call in progress */
     void      *socket;                          /* the libzmq socket its reply comes on */
     int        wait_ms;                         /* how long modzmq_wait may wait */

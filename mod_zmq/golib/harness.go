@@ -1,0 +1,102 @@
+package main
+
+// Helpers for the package's tests, which cannot use cgo themselves.
+
+/*
+#include <stdlib.h>
+#include <string.h>
+#include "modzmq.h"
+#include "fast.h"
+#include "zmqio.h"
+
+int modzmq_relay(int backend, modzmq_request *req, modzmq_response *resp);
+*/
+import "C"
+
+import (
+	"unsafe"
+
+	"github.com/modzmq/modzmq/bridge"
+)
+
+// fastDecode runs the fast path's reply check (modzmq_fast_decode) on
+// frames copied into C memory, for tests.
+func fastDecode(frames [][]byte, maxReply int64) (ok bool, resp bridge.Response) {
+	n := len(frames)
+	if n == 0 {
+		n = 1 // room for the C arrays; the count passed is still 0
+	}
+	// The arrays hold only C pointers, so they may be Go memory; the frames
+	// are C memory, as libzmq's are.
+	ptrs, lens := make([]*C.char, n), make([]C.size_t, n)
+	for i, f := range frames {
+		p := C.malloc(C.size_t(len(f) + 1))
+		copy(unsafe.Slice((*byte)(p), len(f)), f)
+		ptrs[i], lens[i] = (*C.char)(p), C.size_t(len(f))
+		defer C.free(p)
+	}
+	var status C.int
+	var reason, headers, body *C.char
+	var reasonLen, headersLen, bodyLen C.size_t
+	if C.modzmq_fast_decode(&ptrs[0], &lens[0], C.int(len(frames)), C.int64_t(maxReply), &status,
+		&reason, &reasonLen, &headers, &headersLen, &body, &bodyLen) == 0 {
+		return false, resp
+	}
+	resp.Status = int(status)
+	resp.Reason = C.GoBytes(unsafe.Pointer(reason), C.int(reasonLen))
+	resp.Headers = C.GoBytes(unsafe.Pointer(headers), C.int(headersLen))
+	resp.Body = C.GoBytes(unsafe.Pointer(body), C.int(bodyLen))
+	return true, resp
+}
+
+// relayed is one request's outcome through the library's entry points.
+type relayed struct {
+	rc                    int
+	status                int
+	reason, headers, body []byte
+	err                   string
+}
+
+// relayLeavingReplyQueued relays a GET of target to backend as the shim
+// does (modzmq_relay, then wait and resume until done, then release), except
+// that its waits only poll: they leave a reply queued on the socket instead
+// of receiving it, as when a reply lands just after modzmq_wait gave up.
+func relayLeavingReplyQueued(backend int, target string) relayed {
+	req := (*C.modzmq_request)(C.calloc(1, C.sizeof_modzmq_request))
+	resp := (*C.modzmq_response)(C.calloc(1, C.sizeof_modzmq_response))
+	method, ctarget := C.CString("GET"), C.CString(target)
+	defer func() {
+		C.free(unsafe.Pointer(method))
+		C.free(unsafe.Pointer(ctarget))
+		C.free(unsafe.Pointer(req))
+		C.free(unsafe.Pointer(resp))
+	}()
+	req.method, req.method_len = method, 3
+	req.target, req.target_len = ctarget, C.size_t(len(target))
+	req.timeout_ms = 5000
+	rc := C.modzmq_relay(C.int(backend), req, resp)
+	for rc == C.MODZMQ_PENDING {
+		C.modzmq_release(resp)
+		C.modzmq_poll_in(resp.socket, resp.wait_ms)
+		rc = modzmq_resume(resp)
+	}
+	out := relayed{rc: int(rc), err: C.GoString(&resp.error[0])}
+	if rc == C.MODZMQ_OK {
+		out.status = int(resp.status)
+		out.reason = C.GoBytes(unsafe.Pointer(resp.reason), C.int(resp.reason_len))
+		out.headers = C.GoBytes(unsafe.Pointer(resp.headers), C.int(resp.headers_len))
+		out.body = C.GoBytes(unsafe.Pointer(resp.body), C.int(resp.body_len))
+	}
+	C.modzmq_release(resp)
+	return out
+}
+
+// openBackend opens endpoint as a ZmqBackend; it returns the handle.
+func openBackend(endpoint string) (int, string) {
+	ep, routes := C.CString(endpoint), C.CString("/test")
+	defer C.free(unsafe.Pointer(ep))
+	defer C.free(unsafe.Pointer(routes))
+	var errbuf [256]C.char
+	h := modzmq_backend_open(ep, routes, 2000, &errbuf[0], C.size_t(len(errbuf)))
+	return int(h), C.GoString(&errbuf[0])
+}
