@@ -28,6 +28,9 @@ type Call struct {
 	resp     Response
 	err      error
 	done     bool
+	// connFailed: the current attempt's connection reported an error of
+	// its own; it is closed, whatever the error says about the reply.
+	connFailed bool
 }
 
 // Start sends req and returns the call; it blocks only while no worker is
@@ -161,6 +164,7 @@ func (call *Call) Step(wait time.Duration) {
 			return
 		}
 		if err != nil {
+			call.connFailed = true
 			call.end(Response{}, err)
 			return
 		}
@@ -203,6 +207,13 @@ func (call *Call) next() {
 	call.tried |= bit
 	p, err := e.get(c.opts.Transport, c.dial)
 	if err != nil {
+		if errors.Is(err, ErrNoWorker) {
+			// A transport that connects in Dial found no worker: an
+			// attempt no worker took, counted and retried as one.
+			call.attach(e, nil)
+			call.end(Response{}, err)
+			return
+		}
 		call.finish(Response{}, err)
 		return
 	}
@@ -239,9 +250,10 @@ func (call *Call) end(resp Response, err error) {
 	// ways libzmq does not repair (a frame over MaxReply makes it drop the
 	// connection for good), and after a refused or lost send it may still
 	// hold the message: it is closed rather than let that reach a worker.
-	reusable := err == nil || errors.Is(err, ErrProtocol) ||
-		errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
-	if !(reusable && c.opts.Reuse != nil && !c.closed.Load() && c.opts.Reuse(e.index, call.p.conn)) {
+	reusable := !call.connFailed && (err == nil || errors.Is(err, ErrProtocol) ||
+		errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded))
+	call.connFailed = false
+	if call.p != nil && !(reusable && c.opts.Reuse != nil && !c.closed.Load() && c.opts.Reuse(e.index, call.p.conn)) {
 		e.put(call.p, reusable, c.opts.MaxIdle, c.closed.Load())
 	}
 	call.p = nil

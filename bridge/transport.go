@@ -31,6 +31,10 @@ type DialOptions struct {
 	// MaxMsgSize drops a connection whose peer sends a larger frame; zero
 	// means no limit.
 	MaxMsgSize int64
+	// ConnectTimeout is how long a transport that connects in Dial itself
+	// may keep trying while the worker is not there (Options.ConnectTimeout).
+	// libzmq connects in the background and ignores it.
+	ConnectTimeout time.Duration
 }
 
 // EventKind is a connection event reported by a Transport's Watch.

@@ -4,10 +4,12 @@ package main
 #cgo pkg-config: libzmq
 #include <stdlib.h>
 #include "zmqio.h"
+#include "zmtp.h"
 */
 import "C"
 
 import (
+	"errors"
 	"fmt"
 	"syscall"
 	"time"
@@ -17,11 +19,13 @@ import (
 )
 
 // cTransport is the bridge transport of the Apache module. Its connections
-// are raw libzmq DEALER sockets that the request path's C code (modzmq_wait
-// in zmqio.c) polls and receives on, so an Apache thread never waits inside
-// the Go runtime: Go sends the request (one call into C) and decodes the
-// reply frames that C received, without copying them. Endpoint watching is
-// the bridge's own (bridge.ZMQ).
+// are ones the request path's C code (modzmq_wait in zmqio.c) waits and
+// receives on, so an Apache thread never waits inside the Go runtime: Go
+// sends the request (one call into C) and decodes the reply frames that C
+// received, without copying them. To tcp:// and ipc:// endpoints without
+// CURVE they are ZMTP connections spoken on the thread's own socket
+// (zmtp.h, zConn); otherwise raw libzmq DEALER sockets (cConn). Endpoint
+// watching is the bridge's own (bridge.ZMQ).
 type cTransport struct {
 	watch bridge.ZMQ
 }
@@ -30,9 +34,33 @@ func (t *cTransport) Watch(endpoints []string, opts bridge.DialOptions, fn func(
 	return t.watch.Watch(endpoints, opts, fn)
 }
 
+// direct reports whether connections to endpoint with opts are ZMTP ones
+// (zConn).
+func direct(endpoint string, opts *bridge.DialOptions) bool {
+	if opts.Curve != nil {
+		return false
+	}
+	cep := C.CString(endpoint)
+	defer C.free(unsafe.Pointer(cep))
+	return C.zmtp_supported(cep) != 0
+}
+
 func (t *cTransport) Dial(endpoint string, opts bridge.DialOptions) (bridge.Conn, error) {
 	cep := C.CString(endpoint)
 	defer C.free(unsafe.Pointer(cep))
+	if direct(endpoint, &opts) {
+		z, err := C.zmtp_connect(cep, C.int(max(opts.ConnectTimeout.Milliseconds(), 0)), C.int64_t(opts.MaxMsgSize))
+		if z == nil {
+			if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ETIMEDOUT) {
+				return nil, fmt.Errorf("%w: %s: no worker accepted a connection within %v (%v)", bridge.ErrNoWorker, endpoint, opts.ConnectTimeout, err)
+			}
+			if errors.Is(err, syscall.EPROTO) {
+				return nil, fmt.Errorf("%w: %s: the peer is not a ZMTP 3 worker socket (REP, ROUTER or DEALER) without security", bridge.ErrNoWorker, endpoint)
+			}
+			return nil, fmt.Errorf("%w: connect %s: %v", bridge.ErrNoWorker, endpoint, err)
+		}
+		return &zConn{z: z}, nil
+	}
 	var server, public, secret unsafe.Pointer
 	var keylen int
 	if k := opts.Curve; k != nil {
@@ -158,5 +186,83 @@ func (c *cConn) FD() (int, error) {
 
 func (c *cConn) Close() error {
 	C.modzmq_close(c.sock)
+	return nil
+}
+
+// zConn is one ZMTP connection (zmtp.h). Like cConn, its replies arrive
+// delivered by the request path or received by Recv itself.
+type zConn struct {
+	z         *C.zmtp_conn
+	delivered [][]byte
+	pending   bool
+}
+
+func (c *zConn) Send(frames [][]byte, timeout time.Duration) error {
+	if len(frames) > 8 {
+		return fmt.Errorf("zmtp send: %d frames, at most 8", len(frames))
+	}
+	var p [8]unsafe.Pointer
+	var l [8]C.size_t
+	for i, f := range frames {
+		l[i] = C.size_t(len(f))
+		if len(f) > 0 {
+			p[i] = unsafe.Pointer(&f[0])
+		}
+	}
+	rc := C.modzmq_zsend(unsafe.Pointer(c.z), C.int(max(timeout.Milliseconds(), 1)), C.int(len(frames)),
+		p[0], l[0], p[1], l[1], p[2], l[2], p[3], l[3], p[4], l[4], p[5], l[5], p[6], l[6], p[7], l[7])
+	if rc != 0 {
+		// The connection is closed after this: what was written of the
+		// request is never completed.
+		return fmt.Errorf("%w: send: %v", bridge.ErrNoWorker, syscall.Errno(rc))
+	}
+	return nil
+}
+
+func (c *zConn) deliver(frames [][]byte) {
+	c.delivered, c.pending = frames, true
+}
+
+func (c *zConn) Recv(timeout time.Duration) ([][]byte, error) {
+	if c.pending {
+		msg := c.delivered
+		c.delivered, c.pending = nil, false
+		return msg, nil
+	}
+	var frame [C.ZMTP_MAX_FRAMES]*C.char
+	var size [C.ZMTP_MAX_FRAMES]C.size_t
+	var n, kept C.int
+	rc := C.zmtp_recv(c.z, C.int(timeout.Milliseconds()), &frame[0], &size[0], &n, &kept)
+	switch {
+	case rc == 0:
+		return nil, bridge.ErrTimeout
+	case rc < 0:
+		return nil, zmtpError(syscall.Errno(-rc))
+	}
+	// Copy the frames out: this path's callers own their replies.
+	msg := make([][]byte, int(n))
+	for i := 0; i < int(kept); i++ {
+		msg[i] = C.GoBytes(unsafe.Pointer(frame[i]), C.int(size[i]))
+	}
+	return msg, nil
+}
+
+// zmtpError names a failed ZMTP connection as the bridge's errors do.
+func zmtpError(err syscall.Errno) error {
+	switch err {
+	case syscall.EPIPE, syscall.ECONNRESET:
+		return fmt.Errorf("%w: the worker closed the connection", bridge.ErrWorkerLost)
+	case syscall.EMSGSIZE:
+		return fmt.Errorf("%w: the reply has a frame over the connection's size limit (2 x the reply limit + 64 KiB)", bridge.ErrProtocol)
+	case syscall.EPROTO:
+		return fmt.Errorf("%w: the worker broke ZMTP", bridge.ErrProtocol)
+	}
+	return fmt.Errorf("zmtp recv: %w", err)
+}
+
+func (c *zConn) FD() (int, error) { return int(C.zmtp_fd(c.z)), nil }
+
+func (c *zConn) Close() error {
+	C.zmtp_close(c.z)
 	return nil
 }

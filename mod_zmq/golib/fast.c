@@ -13,6 +13,7 @@
 
 #include "fast.h"
 #include "zmqio.h"
+#include "zmtp.h"
 #include "_cgo_export.h"
 
 #define FAST_MAX_IDLE 64
@@ -21,10 +22,11 @@
 #define FAST_SLICE_MS 100
 
 typedef struct fast_ep {
+    int direct;         /* its connections are ZMTP ones (zmtp.h), not libzmq sockets */
     int up;             /* atomic: the watch connection is up */
     uint64_t epoch;     /* atomic: grows at every disconnect */
     int64_t in_flight;  /* atomic */
-    pthread_mutex_t mu; /* guards the idle sockets */
+    pthread_mutex_t mu; /* guards the idle connections */
     int nidle;
     struct {
         void *sock;
@@ -62,6 +64,13 @@ modzmq_fast *modzmq_fast_new(int client, int nendpoints, int64_t timeout_ms, int
         pthread_mutex_init(&f->ep[i].mu, NULL);
     }
     return f;
+}
+
+void modzmq_fast_set_direct(modzmq_fast *f, int endpoint)
+{
+    if (endpoint >= 0 && endpoint < f->nendpoints) {
+        f->ep[endpoint].direct = 1;
+    }
 }
 
 void modzmq_fast_set_state(modzmq_fast *f, int endpoint, int up, uint64_t epoch)
@@ -308,8 +317,13 @@ static void *take_socket(modzmq_fast *f, int i, int *sndtimeo)
         *sndtimeo = e->idle[e->nidle].sndtimeo;
     }
     pthread_mutex_unlock(&e->mu);
+    if (sock != NULL && e->direct && zmtp_check(sock) != 0) {
+        /* Closed by the worker while idle (or a stray message): a new one. */
+        zmtp_close(sock);
+        sock = NULL;
+    }
     if (sock == NULL) {
-        /* Rare once warm: Go makes the socket, with the client's options. */
+        /* Rare once warm: Go makes the connection, with the client's options. */
         sock = modzmq_go_dial(f->client, i);
         *sndtimeo = -1;
     }
@@ -351,9 +365,11 @@ static void count(modzmq_fast *f, int i, int status, int64_t d)
 }
 
 /* Sends the MZMQ/1 request (docs/PROTOCOL.md; bridge.requestFrames is the
- * reference) with its request-id meta line, setting ZMQ_SNDTIMEO first when
+ * reference) with its request-id meta line: on a ZMTP connection within
+ * sndtimeo_ms, on a libzmq socket setting ZMQ_SNDTIMEO first when
  * sndtimeo_ms >= 0; 0 or an errno value. */
-static int send_request(void *sock, int sndtimeo_ms, const modzmq_request *req, const char *id, size_t id_len)
+static int send_request(int direct, void *sock, int sndtimeo_ms, const modzmq_request *req, const char *id,
+                        size_t id_len)
 {
     char stack[2048], *meta = stack;
     size_t meta_len = sizeof("request-id: ") - 1 + id_len + 2 + req->meta_len;
@@ -368,9 +384,16 @@ static int send_request(void *sock, int sndtimeo_ms, const modzmq_request *req, 
     if (req->meta_len) {
         memcpy(meta + 14 + id_len, req->meta, req->meta_len);
     }
-    err = modzmq_send(sock, sndtimeo_ms, 8, 1, id, id_len, "", 0, "MZMQ/1", 6, req->method, req->method_len,
-                      req->target, req->target_len, req->headers, req->headers_len, meta, meta_len, req->body,
-                      req->body_len);
+    if (direct) {
+        const void *p[8] = {id, "", "MZMQ/1", req->method, req->target, req->headers, meta, req->body};
+        size_t len[8] = {id_len, 0, 6, req->method_len, req->target_len, req->headers_len, meta_len, req->body_len};
+        err = zmtp_send(sock, sndtimeo_ms, 8, p, len);
+    }
+    else {
+        err = modzmq_send(sock, sndtimeo_ms, 8, 1, id, id_len, "", 0, "MZMQ/1", 6, req->method, req->method_len,
+                          req->target, req->target_len, req->headers, req->headers_len, meta, meta_len, req->body,
+                          req->body_len);
+    }
     if (meta != stack) {
         free(meta);
     }
@@ -398,15 +421,24 @@ static int fast_relay(modzmq_fast *f, modzmq_request *req, modzmq_response *resp
                                     __atomic_add_fetch(&f->seq, 1, __ATOMIC_RELAXED));
     resp->epoch = __atomic_load_n(&e->epoch, __ATOMIC_ACQUIRE);
     __atomic_fetch_add(&e->in_flight, 1, __ATOMIC_RELAXED);
-    if (send_request(sock, want != sndtimeo ? want : -1, req, resp->id, resp->id_len) != 0) {
+    if (send_request(e->direct, sock, e->direct || want != sndtimeo ? want : -1, req, resp->id, resp->id_len) != 0) {
         /* The worker did not take it (nothing of it stays queued: the
-         * socket is closed with linger 0): Go tries again, by its rules. */
+         * connection is closed, a libzmq one with linger 0): Go tries
+         * again, by its rules. */
         __atomic_fetch_sub(&e->in_flight, 1, __ATOMIC_RELAXED);
-        zmq_close(sock);
+        if (e->direct) {
+            zmtp_close(sock);
+        }
+        else {
+            zmq_close(sock);
+        }
         return -1;
     }
     sndtimeo = want;
-    if (modzmq_poll_in(sock, timeout_ms < FAST_SLICE_MS ? (int)timeout_ms : FAST_SLICE_MS) > 0) {
+    if (e->direct) {
+        modzmq_zreceive(sock, timeout_ms < FAST_SLICE_MS ? (int)timeout_ms : FAST_SLICE_MS, resp);
+    }
+    else if (modzmq_poll_in(sock, timeout_ms < FAST_SLICE_MS ? (int)timeout_ms : FAST_SLICE_MS) > 0) {
         modzmq_receive(sock, resp);
     }
     __atomic_fetch_sub(&e->in_flight, 1, __ATOMIC_RELAXED);
@@ -416,7 +448,12 @@ static int fast_relay(modzmq_fast *f, modzmq_request *req, modzmq_response *resp
                            &resp->reason, &resp->reason_len, &resp->headers, &resp->headers_len, &resp->body,
                            &resp->body_len)) {
         if (!modzmq_fast_put(f, i, sock, sndtimeo)) {
-            zmq_close(sock);
+            if (e->direct) {
+                zmtp_close(sock);
+            }
+            else {
+                zmq_close(sock);
+            }
         }
         count(f, i, resp->status, now_ns() - start);
         return MODZMQ_OK;
@@ -425,7 +462,12 @@ static int fast_relay(modzmq_fast *f, modzmq_request *req, modzmq_response *resp
      * remove): Go takes the request over, with what was received. */
     resp->client = f->client;
     resp->endpoint = i;
-    resp->socket = sock;
+    if (e->direct) {
+        resp->zconn = sock;
+    }
+    else {
+        resp->socket = sock;
+    }
     resp->elapsed_ns = now_ns() - start;
     resp->remaining_ns = timeout_ms * 1000000 - resp->elapsed_ns;
     return modzmq_go_adopt(req, resp);
@@ -435,10 +477,10 @@ int modzmq_relay(int backend, modzmq_request *req, modzmq_response *resp)
 {
     modzmq_fast *f = lookup(backend, req);
 
-    resp->block = NULL;
+    resp->block = resp->zbuf = NULL;
     resp->nmsgs = resp->nframes = 0;
     resp->call = 0;
-    resp->socket = NULL;
+    resp->socket = resp->zconn = NULL;
     if (f != NULL) {
         int rc = fast_relay(f, req, resp);
         if (rc >= 0) {

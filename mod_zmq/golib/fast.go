@@ -3,6 +3,7 @@ package main
 /*
 #include <stdlib.h>
 #include "fast.h"
+#include "zmtp.h"
 */
 import "C"
 
@@ -37,8 +38,16 @@ func newFast(index int, opts *bridge.Options) *C.modzmq_fast {
 	if connect <= 0 {
 		connect = bridge.DefaultConnectTimeout
 	}
-	return C.modzmq_fast_new(C.int(index), C.int(len(opts.Endpoints)), C.int64_t(timeout.Milliseconds()),
+	f := C.modzmq_fast_new(C.int(index), C.int(len(opts.Endpoints)), C.int64_t(timeout.Milliseconds()),
 		C.int64_t(connect.Milliseconds()), C.int64_t(opts.MaxReply), &bounds[0], prefix)
+	if f != nil {
+		for i, ep := range opts.Endpoints {
+			if direct(ep, &bridge.DialOptions{Curve: opts.Curve}) {
+				C.modzmq_fast_set_direct(f, C.int(i))
+			}
+		}
+	}
+	return f
 }
 
 // modzmq_go_dial makes a socket for the fast path of a client, or returns
@@ -61,7 +70,13 @@ func modzmq_go_dial(index, endpoint C.int) (sock unsafe.Pointer) {
 		logFunc.Logf(bridge.LevelError, bridge.CodeSocket, "%s: %v", c.Endpoints()[endpoint], err)
 		return nil
 	}
-	return conn.(*cConn).sock
+	switch conn := conn.(type) {
+	case *zConn:
+		return unsafe.Pointer(conn.z)
+	case *cConn:
+		return conn.sock
+	}
+	return nil
 }
 
 // modzmq_go_adopt takes over a request the fast path sent but could not
@@ -81,10 +96,14 @@ func modzmq_go_adopt(req *C.modzmq_request, resp *C.modzmq_response) (rc C.int) 
 	if c == nil {
 		panic(fmt.Sprintf("no client %d", resp.client))
 	}
+	var conn bridge.Conn = &cConn{sock: resp.socket, sndtimeo: -1}
+	if resp.zconn != nil {
+		conn = &zConn{z: (*C.zmtp_conn)(resp.zconn)}
+	}
 	now := time.Now()
 	call := c.Adopt(context.Background(), request(req), bridge.Sent{
 		Endpoint: int(resp.endpoint),
-		Conn:     &cConn{sock: resp.socket, sndtimeo: -1},
+		Conn:     conn,
 		ID:       view(&resp.id[0], resp.id_len),
 		Epoch:    uint64(resp.epoch),
 		Start:    now.Add(-time.Duration(resp.elapsed_ns)),

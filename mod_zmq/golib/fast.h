@@ -28,6 +28,8 @@ typedef struct modzmq_fast modzmq_fast;
  * bucket bounds; prefix is the request id prefix. */
 modzmq_fast *modzmq_fast_new(int client, int nendpoints, int64_t timeout_ms, int64_t connect_timeout_ms,
                              int64_t max_reply, const int64_t *bounds_ns, const char *prefix);
+/* Marks endpoint's connections as ZMTP ones (zmtp.h): Go dials them so. */
+void modzmq_fast_set_direct(modzmq_fast *f, int endpoint);
 void modzmq_fast_set_state(modzmq_fast *f, int endpoint, int up, uint64_t epoch);
 /* Remembers f for requests to backend with req's options. */
 void modzmq_fast_register(int backend, const modzmq_request *req, modzmq_fast *f);

@@ -8,8 +8,22 @@ package main
 #include "modzmq.h"
 #include "fast.h"
 #include "zmqio.h"
+#include "zmtp.h"
+
+#include <poll.h>
 
 int modzmq_relay(int backend, modzmq_request *req, modzmq_response *resp);
+
+// Waits for resp's connection to have input, receiving nothing.
+static void poll_only(modzmq_response *resp)
+{
+    if (resp->zconn != NULL) {
+        struct pollfd p = {zmtp_fd(resp->zconn), POLLIN, 0};
+        poll(&p, 1, resp->wait_ms);
+    } else {
+        modzmq_poll_in(resp->socket, resp->wait_ms);
+    }
+}
 */
 import "C"
 
@@ -77,7 +91,7 @@ func relayLeavingReplyQueued(backend int, target string) relayed {
 	rc := C.modzmq_relay(C.int(backend), req, resp)
 	for rc == C.MODZMQ_PENDING {
 		C.modzmq_release(resp)
-		C.modzmq_poll_in(resp.socket, resp.wait_ms)
+		C.poll_only(resp)
 		rc = modzmq_resume(resp)
 	}
 	out := relayed{rc: int(rc), err: C.GoString(&resp.error[0])}

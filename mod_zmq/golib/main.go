@@ -135,8 +135,13 @@ func (b *backend) client(k clientKey) (*client, error) {
 		// Sockets Go is done with (the fast path's, after it handed a
 		// request over) go back to the fast path's pool.
 		opts.Reuse = func(endpoint int, conn bridge.Conn) bool {
-			cc, ok := conn.(*cConn)
-			return ok && C.modzmq_fast_put(c.fast, C.int(endpoint), cc.sock, cc.sndtimeo) != 0
+			switch conn := conn.(type) {
+			case *cConn:
+				return C.modzmq_fast_put(c.fast, C.int(endpoint), conn.sock, conn.sndtimeo) != 0
+			case *zConn:
+				return C.modzmq_fast_put(c.fast, C.int(endpoint), unsafe.Pointer(conn.z), -1) != 0
+			}
+			return false
 		}
 	}
 	bc, err := bridge.NewClient(opts)
@@ -278,15 +283,19 @@ func request(req *C.modzmq_request) *bridge.Request {
 // with and the socket modzmq_wait waits on.
 func outcome(call *bridge.Call, resp *C.modzmq_response, h cgo.Handle) C.int {
 	if !call.Done() {
-		conn, ok := call.Conn().(*cConn)
-		if !ok {
-			panic(fmt.Sprintf("call on a %T, not a cConn", call.Conn()))
+		resp.socket, resp.zconn = nil, nil
+		switch conn := call.Conn().(type) {
+		case *cConn:
+			resp.socket = conn.sock
+		case *zConn:
+			resp.zconn = unsafe.Pointer(conn.z)
+		default:
+			panic(fmt.Sprintf("call on a %T, not a cConn or zConn", call.Conn()))
 		}
 		if h == 0 {
 			h = cgo.NewHandle(call)
 		}
 		resp.call = C.uint64_t(h)
-		resp.socket = conn.sock
 		resp.wait_ms = C.int(max(call.Wait().Milliseconds(), 1))
 		return C.MODZMQ_PENDING
 	}
@@ -294,7 +303,7 @@ func outcome(call *bridge.Call, resp *C.modzmq_response, h cgo.Handle) C.int {
 		h.Delete()
 	}
 	resp.call = 0
-	resp.socket = nil
+	resp.socket, resp.zconn = nil, nil
 	out, err := call.Result()
 	if err != nil {
 		setError(&resp.error[0], C.size_t(len(resp.error)), fmt.Sprintf("%v: %v", bridge.CodeOf(err), err))
@@ -392,7 +401,7 @@ func deliver(call *bridge.Call, resp *C.modzmq_response) {
 	for i := 0; i < int(resp.nmsgs); i++ {
 		frames[i] = view(resp.frame[i], resp.frame_len[i])
 	}
-	call.Conn().(*cConn).deliver(frames)
+	call.Conn().(interface{ deliver([][]byte) }).deliver(frames)
 }
 
 func lookup(handle int) *backend {

@@ -22,7 +22,7 @@
 #include <stdint.h>
 
 /* The ABI this header describes; modzmq_abi_version() must return it. */
-#define MODZMQ_ABI_VERSION 7
+#define MODZMQ_ABI_VERSION 8
 
 /* Return codes of modzmq_relay(). */
 #define MODZMQ_OK         0 /* reply in *resp */
@@ -86,11 +86,13 @@ typedef struct modzmq_response {
 
     /* The library's own (see above). */
     char      *block;                           /* malloc()ed for parts not inside the frames */
+    char      *zbuf;                            /* malloc()ed: holds the frames when they came over zconn */
     uint64_t   call;                            /* the call in progress */
-    void      *socket;                          /* the libzmq socket its reply comes on */
+    void      *socket;                          /* the libzmq socket its reply comes on, or */
+    void      *zconn;                           /* the ZMTP connection (zmtp.h) */
     int        wait_ms;                         /* how long modzmq_wait may wait */
     int        nframes;                         /* frames of the message received; may exceed nmsgs */
-    int        nmsgs;                           /* messages held in msg[] */
+    int        nmsgs;                           /* frames held (libzmq messages in msg[] unless zbuf) */
     const char *frame[MODZMQ_MAX_FRAMES];
     size_t     frame_len[MODZMQ_MAX_FRAMES];
     modzmq_msg msg[MODZMQ_MAX_FRAMES];

@@ -10,8 +10,10 @@
 #include <zmq.h>
 
 #include "zmqio.h"
+#include "zmtp.h"
 
 _Static_assert(sizeof(zmq_msg_t) <= sizeof(modzmq_msg), "modzmq_msg must hold a zmq_msg_t");
+_Static_assert(ZMTP_MAX_FRAMES == MODZMQ_MAX_FRAMES, "a ZMTP reply fits a modzmq_response");
 
 static pthread_once_t ctx_once = PTHREAD_ONCE_INIT;
 static void *ctx;
@@ -149,13 +151,41 @@ void modzmq_close(void *sock) { zmq_close(sock); }
 void modzmq_release(modzmq_response *resp)
 {
     int i;
-    for (i = 0; i < resp->nmsgs; i++) {
-        zmq_msg_close((zmq_msg_t *)&resp->msg[i]);
+    if (resp->zbuf != NULL) {
+        free(resp->zbuf);
+        resp->zbuf = NULL;
+    }
+    else {
+        for (i = 0; i < resp->nmsgs; i++) {
+            zmq_msg_close((zmq_msg_t *)&resp->msg[i]);
+        }
     }
     resp->nmsgs = 0;
     resp->nframes = 0;
     free(resp->block);
     resp->block = NULL;
+}
+
+int modzmq_zsend(void *conn, int timeout_ms, int n,
+                 const void *p0, size_t l0, const void *p1, size_t l1,
+                 const void *p2, size_t l2, const void *p3, size_t l3,
+                 const void *p4, size_t l4, const void *p5, size_t l5,
+                 const void *p6, size_t l6, const void *p7, size_t l7)
+{
+    const void *p[8] = {p0, p1, p2, p3, p4, p5, p6, p7};
+    size_t l[8] = {l0, l1, l2, l3, l4, l5, l6, l7};
+    return zmtp_send(conn, timeout_ms, n, p, l);
+}
+
+void modzmq_zreceive(void *conn, int timeout_ms, modzmq_response *resp)
+{
+    int nframes, kept;
+    if (zmtp_recv(conn, timeout_ms, resp->frame, resp->frame_len, &nframes, &kept) > 0) {
+        resp->nframes = nframes;
+        resp->nmsgs = kept;
+        resp->zbuf = zmtp_detach(conn);
+    }
+    /* else nothing yet, or a failure the connection keeps for Go to meet */
 }
 
 void modzmq_receive(void *sock, modzmq_response *resp)
@@ -185,6 +215,10 @@ void modzmq_receive(void *sock, modzmq_response *resp)
 void modzmq_wait(modzmq_response *resp)
 {
     modzmq_release(resp);
+    if (resp->zconn != NULL) {
+        modzmq_zreceive(resp->zconn, resp->wait_ms, resp);
+        return;
+    }
     if (resp->socket == NULL) {
         poll(NULL, 0, resp->wait_ms);
         return;

@@ -38,6 +38,18 @@ int modzmq_poll_in(void *sock, int timeout_ms);
 /* Receives one whole message (which must be there) into resp's frames. */
 void modzmq_receive(void *sock, modzmq_response *resp);
 
+/* zmtp_send with the frames as arguments (Go may not pass an array of
+ * pointers to its memory). */
+int modzmq_zsend(void *conn, int timeout_ms, int n,
+                 const void *p0, size_t l0, const void *p1, size_t l1,
+                 const void *p2, size_t l2, const void *p3, size_t l3,
+                 const void *p4, size_t l4, const void *p5, size_t l5,
+                 const void *p6, size_t l6, const void *p7, size_t l7);
+
+/* Waits up to timeout_ms for a message on a ZMTP connection (zmtp.h) and
+ * receives it into resp, which then owns the buffer its frames are in. */
+void modzmq_zreceive(void *conn, int timeout_ms, modzmq_response *resp);
+
 /* Receives the next frame of a message without waiting into msg (which
  * modzmq_msg_close must release). Returns the frame's size and sets *more,
  * or -errno. */

@@ -1,0 +1,53 @@
+/*
+ * zmtp.h - a ZMTP 3 DEALER connection spoken on the calling thread's own
+ * socket (RFC 23/ZMTP, NULL mechanism), for the request path inside Apache.
+ *
+ * libzmq moves every message through its I/O thread: on a request-reply
+ * round trip that is two thread wake-ups and four eventfd operations on top
+ * of the TCP send and receive, which on a busy 2-core host cost more than the
+ * relay itself (docs/BENCHMARKS.md). A connection here is one non-blocking
+ * TCP or IPC socket owned by one request at a time: the request is written
+ * with one writev and the reply read straight into the connection's buffer.
+ * Workers see an ordinary DEALER peer. CURVE and other transports stay on
+ * libzmq.
+ */
+#ifndef MODZMQ_ZMTP_H
+#define MODZMQ_ZMTP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define ZMTP_MAX_FRAMES 8
+
+typedef struct zmtp_conn zmtp_conn;
+
+/* Whether endpoint is one zmtp_connect can reach (tcp:// or ipc://). */
+int zmtp_supported(const char *endpoint);
+
+/* Connects to endpoint and completes the handshake within timeout_ms.
+ * NULL with errno set on failure (EPROTO: the peer is not a ZMTP 3 NULL
+ * peer that accepts a DEALER). max_msg_size > 0 refuses longer messages. */
+zmtp_conn *zmtp_connect(const char *endpoint, int timeout_ms, int64_t max_msg_size);
+void zmtp_close(zmtp_conn *c);
+/* Hands over the connection's buffer, which the frames zmtp_recv returned
+ * point into, to the caller (who frees it); the connection goes on with a
+ * new one. So a reply outlives its connection's return to a pool. */
+char *zmtp_detach(zmtp_conn *c);
+int zmtp_fd(const zmtp_conn *c);
+
+/* Writes one message of n frames (n <= ZMTP_MAX_FRAMES) within timeout_ms;
+ * 0 or an errno value (then the connection is unusable). */
+int zmtp_send(zmtp_conn *c, int timeout_ms, int n, const void *const *p, const size_t *len);
+
+/* Reads what has arrived, answering PINGs, without waiting: 0 when the
+ * connection is sound and nothing but commands arrived, 1 when a message
+ * is ready for zmtp_recv, or an errno value (EPIPE: the peer closed). */
+int zmtp_check(zmtp_conn *c);
+
+/* Waits up to timeout_ms for the next message. Returns 1 with its frames
+ * (pointers into the connection's buffer, valid until the next call on the
+ * connection; frames past ZMTP_MAX_FRAMES are counted in *nframes but not
+ * kept), 0 on timeout, or -errno (the connection is then unusable). */
+int zmtp_recv(zmtp_conn *c, int timeout_ms, const char **frame, size_t *len, int *nframes, int *nkept);
+
+#endif
