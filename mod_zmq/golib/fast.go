@@ -11,6 +11,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"time"
 	"unsafe"
@@ -67,7 +68,11 @@ func modzmq_go_dial(index, endpoint C.int) (sock unsafe.Pointer) {
 	}
 	conn, err := c.Dial(int(endpoint))
 	if err != nil {
-		logFunc.Logf(bridge.LevelError, bridge.CodeSocket, "%s: %v", c.Endpoints()[endpoint], err)
+		// The request goes to Go, which tries again and reports the
+		// outcome; only a failure of this process is worth a line here.
+		if !errors.Is(err, bridge.ErrNoWorker) {
+			logFunc.Logf(bridge.LevelError, bridge.CodeSocket, "%s: %v", c.Endpoints()[endpoint], err)
+		}
 		return nil
 	}
 	switch conn := conn.(type) {

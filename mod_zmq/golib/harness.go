@@ -28,6 +28,7 @@ static void poll_only(modzmq_response *resp)
 import "C"
 
 import (
+	"syscall"
 	"unsafe"
 
 	"github.com/modzmq/modzmq/bridge"
@@ -113,4 +114,95 @@ func openBackend(endpoint string) (int, string) {
 	var errbuf [256]C.char
 	h := modzmq_backend_open(ep, routes, 2000, &errbuf[0], C.size_t(len(errbuf)))
 	return int(h), C.GoString(&errbuf[0])
+}
+
+// zmtpTest is a ZMTP connection (zmtp.h) driven from Go, for tests.
+type zmtpTest struct{ z *C.zmtp_conn }
+
+func zmtpDial(endpoint string, timeoutMS int, maxMsgSize int64) (*zmtpTest, error) {
+	cep := C.CString(endpoint)
+	defer C.free(unsafe.Pointer(cep))
+	z, err := C.zmtp_connect(cep, C.int(timeoutMS), C.int64_t(maxMsgSize))
+	if z == nil {
+		return nil, err
+	}
+	return &zmtpTest{z}, nil
+}
+
+// send writes one message; 0 or an errno value.
+func (c *zmtpTest) send(frames ...[]byte) syscall.Errno {
+	n := len(frames)
+	ptrs := (*[C.ZMTP_MAX_FRAMES]unsafe.Pointer)(C.calloc(C.ZMTP_MAX_FRAMES, C.size_t(unsafe.Sizeof(unsafe.Pointer(nil)))))
+	lens := (*[C.ZMTP_MAX_FRAMES]C.size_t)(C.calloc(C.ZMTP_MAX_FRAMES, C.size_t(unsafe.Sizeof(C.size_t(0)))))
+	defer C.free(unsafe.Pointer(ptrs))
+	defer C.free(unsafe.Pointer(lens))
+	for i, f := range frames[:min(n, C.ZMTP_MAX_FRAMES)] {
+		ptrs[i] = C.CBytes(append(f, 0))
+		lens[i] = C.size_t(len(f))
+		defer C.free(ptrs[i])
+	}
+	return syscall.Errno(C.zmtp_send(c.z, 1000, C.int(n), &ptrs[0], &lens[0]))
+}
+
+// recv waits up to timeoutMS for a message: its kept frames, how many it
+// had, and zmtp_recv's code.
+func (c *zmtpTest) recv(timeoutMS int) (msg [][]byte, n int, rc int) {
+	var frame [C.ZMTP_MAX_FRAMES]*C.char
+	var size [C.ZMTP_MAX_FRAMES]C.size_t
+	var total, kept C.int
+	r := C.zmtp_recv(c.z, C.int(timeoutMS), &frame[0], &size[0], &total, &kept)
+	if r <= 0 {
+		return nil, 0, int(r)
+	}
+	for i := 0; i < int(kept); i++ {
+		msg = append(msg, C.GoBytes(unsafe.Pointer(frame[i]), C.int(size[i])))
+	}
+	return msg, int(total), int(r)
+}
+
+func (c *zmtpTest) check() syscall.Errno { return syscall.Errno(C.zmtp_check(c.z)) }
+func (c *zmtpTest) close()               { C.zmtp_close(c.z) }
+
+// zmtpStream feeds data, as a peer's bytes (after a valid greeting and
+// READY when handshake is set), to a connection over a socket pair, then
+// ends the stream; it returns the messages read and the code that ended
+// the reading (an errno value; EPIPE at the end of the stream), or the
+// handshake's errno with no messages.
+func zmtpStream(data []byte, maxMsgSize int64, handshake bool) (msgs [][][]byte, counts []int, end syscall.Errno) {
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, err.(syscall.Errno)
+	}
+	peer := fds[1]
+	defer syscall.Close(peer)
+	if handshake {
+		greeting := make([]byte, 64)
+		greeting[0], greeting[8], greeting[9], greeting[10], greeting[11] = 0xff, 1, 0x7f, 3, 1
+		copy(greeting[12:], "NULL")
+		ready := []byte("\x04\x1c\x05READY\x0bSocket-Type\x00\x00\x00\x06ROUTER")
+		data = append(append(greeting, ready...), data...)
+	}
+	for len(data) > 0 {
+		n, err := syscall.Write(peer, data)
+		if err != nil {
+			return nil, nil, err.(syscall.Errno)
+		}
+		data = data[n:]
+	}
+	syscall.Shutdown(peer, syscall.SHUT_WR)
+	syscall.SetNonblock(fds[0], true)
+	z, cerr := C.zmtp_attach(C.int(fds[0]), 1000, C.int64_t(maxMsgSize))
+	if z == nil {
+		e, _ := cerr.(syscall.Errno)
+		return nil, nil, e
+	}
+	c := &zmtpTest{z}
+	defer c.close()
+	for {
+		msg, n, rc := c.recv(1000)
+		if rc <= 0 {
+			return msgs, counts, syscall.Errno(-rc)
+		}
+		msgs, counts = append(msgs, msg), append(counts, n)
+	}
 }

@@ -36,6 +36,8 @@ struct zmtp_conn {
 };
 
 #define ZMTP_BUF 4096
+/* Commands (READY, PING, ...) are small; a longer one is refused. */
+#define ZMTP_MAX_COMMAND 65536
 
 /* ---- time and waiting -------------------------------------------------- */
 
@@ -174,7 +176,10 @@ static int fill(zmtp_conn *c, int64_t deadline)
     for (;;) {
         ssize_t n;
         if (c->w == c->cap || c->r + c->need > c->cap) {
-            size_t cap = c->cap * 2 > c->r + c->need ? c->cap * 2 : c->r + c->need;
+            /* Room for the frame being read, as far as 4 MiB past what has
+             * arrived: a size in a header is a claim, not yet memory. */
+            size_t want = c->r + c->need < c->w + (4 << 20) ? c->r + c->need : c->w + (4 << 20);
+            size_t cap = c->cap * 2 > want ? c->cap * 2 : want;
             char *b = realloc(c->buf, cap);
             if (b == NULL) {
                 return -ENOMEM;
@@ -232,7 +237,8 @@ static int parse_frame(zmtp_conn *c, size_t *at, int *flags, size_t *off, size_t
         n = p[1];
         hdr = 2;
     }
-    if (n > (uint64_t)1 << 40 || (c->max_msg_size > 0 && n > (uint64_t)c->max_msg_size)) {
+    if ((p[0] & F_COMMAND) ? n > ZMTP_MAX_COMMAND
+                           : n > (uint64_t)1 << 40 || (c->max_msg_size > 0 && n > (uint64_t)c->max_msg_size)) {
         return -EMSGSIZE;
     }
     if (have - hdr < n) {
@@ -536,11 +542,32 @@ static int handshake(zmtp_conn *c, int64_t deadline)
 /* Whether a failed connect may succeed later: nobody listening yet. */
 static int transient(int err) { return err == ECONNREFUSED || err == ENOENT || err == ECONNRESET || err == EPIPE; }
 
+zmtp_conn *zmtp_attach(int fd, int timeout_ms, int64_t max_msg_size)
+{
+    zmtp_conn *c = calloc(1, sizeof(*c));
+    int rc;
+
+    if (c == NULL || (c->buf = malloc(ZMTP_BUF)) == NULL) {
+        free(c);
+        close(fd);
+        errno = ENOMEM;
+        return NULL;
+    }
+    c->fd = fd;
+    c->cap = ZMTP_BUF;
+    c->max_msg_size = max_msg_size;
+    if ((rc = handshake(c, now_ms() + (timeout_ms > 0 ? timeout_ms : 0))) != 0) {
+        zmtp_close(c);
+        errno = rc;
+        return NULL;
+    }
+    compact(c);
+    return c;
+}
+
 zmtp_conn *zmtp_connect(const char *endpoint, int timeout_ms, int64_t max_msg_size)
 {
     int64_t deadline = now_ms() + (timeout_ms > 0 ? timeout_ms : 0);
-    zmtp_conn *c;
-    int rc;
 
     if (!zmtp_supported(endpoint)) {
         errno = EPROTONOSUPPORT;
@@ -549,27 +576,18 @@ zmtp_conn *zmtp_connect(const char *endpoint, int timeout_ms, int64_t max_msg_si
     /* As libzmq does in the background: try again every 100 ms while the
      * worker is not there, until the deadline. */
     for (;;) {
-        if ((c = calloc(1, sizeof(*c))) == NULL || (c->buf = malloc(ZMTP_BUF)) == NULL) {
-            free(c);
-            errno = ENOMEM;
-            return NULL;
+        int fd = open_socket(endpoint, deadline), err;
+        zmtp_conn *c = NULL;
+        if (fd >= 0) {
+            int64_t left = deadline - now_ms();
+            c = zmtp_attach(fd, left > 0 ? (int)left : 0, max_msg_size);
         }
-        c->cap = ZMTP_BUF;
-        c->max_msg_size = max_msg_size;
-        if ((c->fd = open_socket(endpoint, deadline)) < 0) {
-            rc = errno;
-            free(c->buf);
-            free(c);
-        }
-        else if ((rc = handshake(c, deadline)) != 0) {
-            zmtp_close(c);
-        }
-        else {
-            compact(c);
+        if (c != NULL) {
             return c;
         }
-        if (!transient(rc) || now_ms() + 100 > deadline) {
-            errno = rc;
+        err = errno;
+        if (!transient(err) || now_ms() + 100 > deadline) {
+            errno = err;
             return NULL;
         }
         poll(NULL, 0, 100);

@@ -28,6 +28,9 @@ int zmtp_supported(const char *endpoint);
  * NULL with errno set on failure (EPROTO: the peer is not a ZMTP 3 NULL
  * peer that accepts a DEALER). max_msg_size > 0 refuses longer messages. */
 zmtp_conn *zmtp_connect(const char *endpoint, int timeout_ms, int64_t max_msg_size);
+/* The handshake of zmtp_connect on fd, a connected non-blocking stream
+ * socket, which the connection owns from now on (closed on failure too). */
+zmtp_conn *zmtp_attach(int fd, int timeout_ms, int64_t max_msg_size);
 void zmtp_close(zmtp_conn *c);
 /* Hands over the connection's buffer, which the frames zmtp_recv returned
  * point into, to the caller (who frees it); the connection goes on with a

@@ -78,6 +78,7 @@ def main():
     ap.add_argument("--log", action="store_true", help="print each request's target")
     ap.add_argument("--broker", help="connect to this broker backend (MZMQW/1) instead of binding")
     ap.add_argument("--curve-secret", help="run as a CURVE server with this secret certificate")
+    ap.add_argument("--heartbeat", type=int, help="send ZMTP PINGs every this many ms and drop peers silent for 3 times as long")
     ap.add_argument("--curve-allow", help="with --curve-secret: accept only clients whose public certificates are in this directory")
     args = ap.parse_args()
 
@@ -104,7 +105,13 @@ def main():
             auth.configure_curve(domain="*", location=args.curve_allow)
         sock.curve_publickey, sock.curve_secretkey = zmq.auth.load_certificate(args.curve_secret)
         sock.curve_server = True
+    if args.heartbeat:
+        sock.heartbeat_ivl = args.heartbeat
+        sock.heartbeat_timeout = 3 * args.heartbeat
     sock.bind(args.bind)
+    if args.bind.startswith("ipc://"):
+        import os
+        os.chmod(args.bind[len("ipc://"):], 0o777)  # Apache's children run as another user
     print("ready", flush=True)
     while True:
         msg = sock.recv_multipart()

@@ -1,0 +1,309 @@
+package main
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"net"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	zmq "github.com/pebbe/zmq4"
+
+	"github.com/modzmq/modzmq/internal/zmqtest"
+)
+
+// echoWorker answers every message with its own frames after the
+// envelope, so a test sees what arrived.
+func echoRouter(t *testing.T) string {
+	return zmqtest.ROUTER(t, func(msg [][]byte, reply func([][]byte)) { reply(msg) })
+}
+
+func dialT(t *testing.T, endpoint string, maxMsgSize int64) *zmtpTest {
+	t.Helper()
+	c, err := zmtpDial(endpoint, 2000, maxMsgSize)
+	if err != nil {
+		t.Fatalf("zmtp connect %s: %v", endpoint, err)
+	}
+	t.Cleanup(c.close)
+	return c
+}
+
+func roundTrip(t *testing.T, c *zmtpTest, frames ...[]byte) [][]byte {
+	t.Helper()
+	if err := c.send(frames...); err != 0 {
+		t.Fatalf("send: %v", err)
+	}
+	msg, n, rc := c.recv(2000)
+	if rc != 1 || n != len(msg) {
+		t.Fatalf("recv: code %d, %d frames of %d kept", rc, len(msg), n)
+	}
+	return msg
+}
+
+// A libzmq ROUTER and REP take the connection for a DEALER's, in both
+// directions, with short and long frames.
+func TestZMTPWithLibzmq(t *testing.T) {
+	long := bytes.Repeat([]byte("0123456789abcdef"), 70000/16)
+	frames := [][]byte{[]byte("id"), {}, []byte("x"), bytes.Repeat([]byte("y"), 255), bytes.Repeat([]byte("z"), 256), long}
+	t.Run("ROUTER", func(t *testing.T) {
+		c := dialT(t, echoRouter(t), 0)
+		for range 3 {
+			if got := roundTrip(t, c, frames...); len(got) != len(frames) || !bytes.Equal(got[5], long) || len(got[4]) != 256 || len(got[1]) != 0 {
+				t.Fatalf("echo: %d frames", len(got))
+			}
+		}
+	})
+	t.Run("REP", func(t *testing.T) {
+		ep := zmqtest.REP(t, func(req [][]byte) [][]byte { return [][]byte{[]byte("200"), req[len(req)-1]} })
+		c := dialT(t, ep, 0)
+		got := roundTrip(t, c, []byte("id"), nil, []byte("MZMQ/1"), long)
+		// REP strips the envelope up to the empty frame and puts it back.
+		if len(got) != 4 || string(got[0]) != "id" || len(got[1]) != 0 || string(got[2]) != "200" || !bytes.Equal(got[3], long) {
+			t.Fatalf("REP reply: %q", got[:min(len(got), 3)])
+		}
+	})
+	t.Run("ipc", func(t *testing.T) {
+		ep := "ipc://" + filepath.Join(t.TempDir(), "w.sock")
+		s, _ := zmq.NewSocket(zmq.ROUTER)
+		defer s.Close()
+		s.SetLinger(0)
+		if err := s.Bind(ep); err != nil {
+			t.Fatal(err)
+		}
+		c := dialT(t, ep, 0)
+		if err := c.send([]byte("hi")); err != 0 {
+			t.Fatal(err)
+		}
+		msg, err := s.RecvMessageBytes(0)
+		if err != nil || len(msg) != 2 || string(msg[1]) != "hi" {
+			t.Fatalf("ROUTER got %q, %v", msg, err)
+		}
+		s.SendMessage(msg[0], "there")
+		if msg, _, rc := c.recv(2000); rc != 1 || string(msg[0]) != "there" {
+			t.Fatalf("reply %q, code %d", msg, rc)
+		}
+	})
+}
+
+// A worker that heartbeats gets its PINGs answered whenever the connection
+// is read, and so keeps the connection open.
+func TestZMTPAnswersPings(t *testing.T) {
+	s, _ := zmq.NewSocket(zmq.ROUTER)
+	defer s.Close()
+	s.SetLinger(0)
+	s.SetHeartbeatIvl(50 * time.Millisecond)
+	s.SetHeartbeatTimeout(200 * time.Millisecond)
+	if err := s.Bind("tcp://127.0.0.1:*"); err != nil {
+		t.Fatal(err)
+	}
+	ep, _ := s.GetLastEndpoint()
+	c := dialT(t, ep, 0)
+	// Four heartbeat timeouts with nothing but PINGs coming in.
+	if _, _, rc := c.recv(800); rc != 0 {
+		t.Fatalf("waiting through PINGs: code %d, want a timeout (0)", rc)
+	}
+	if err := c.check(); err != 0 {
+		t.Fatalf("after the PINGs: %v", err)
+	}
+	if err := c.send([]byte("still here")); err != 0 {
+		t.Fatal(err)
+	}
+	s.SetRcvtimeo(2 * time.Second)
+	if msg, err := s.RecvMessageBytes(0); err != nil || string(msg[1]) != "still here" {
+		t.Fatalf("worker got %q, %v", msg, err)
+	}
+	// A connection nobody reads answers nothing, and the worker drops it:
+	// what check sees before a pooled connection is reused.
+	idle := dialT(t, ep, 0)
+	time.Sleep(800 * time.Millisecond)
+	if err := idle.check(); err != syscall.EPIPE && err != syscall.ECONNRESET {
+		t.Fatalf("unread connection after four heartbeat timeouts: %v, want it dropped", err)
+	}
+}
+
+// A worker that goes away is noticed by check (idle) and recv (waiting).
+func TestZMTPNoticesAClosedPeer(t *testing.T) {
+	s, _ := zmq.NewSocket(zmq.ROUTER)
+	s.SetLinger(0)
+	if err := s.Bind("tcp://127.0.0.1:*"); err != nil {
+		t.Fatal(err)
+	}
+	ep, _ := s.GetLastEndpoint()
+	idle, waiting := dialT(t, ep, 0), dialT(t, ep, 0)
+	if err := idle.check(); err != 0 {
+		t.Fatalf("sound connection: %v", err)
+	}
+	s.Close()
+	if _, _, rc := waiting.recv(2000); rc != -int(syscall.EPIPE) && rc != -int(syscall.ECONNRESET) {
+		t.Fatalf("recv from a closed worker: %d, want -EPIPE or -ECONNRESET", rc)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for idle.check() == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := idle.check(); err != syscall.EPIPE && err != syscall.ECONNRESET {
+		t.Fatalf("check of a closed worker's connection: %v", err)
+	}
+}
+
+func TestZMTPConnectFailures(t *testing.T) {
+	// Nobody listening: refused, after trying until the timeout.
+	l, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := l.Addr().String()
+	l.Close()
+	start := time.Now()
+	if _, err := zmtpDial("tcp://"+addr, 300, 0); !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Errorf("nobody listening: %v, want ECONNREFUSED", err)
+	}
+	if time.Since(start) < 200*time.Millisecond {
+		t.Errorf("gave up after %v, before the 300 ms connect timeout", time.Since(start))
+	}
+	// An HTTP server is not a ZMTP peer.
+	l, _ = net.Listen("tcp", "127.0.0.1:0")
+	defer l.Close()
+	go func() {
+		for {
+			conn, err := l.Accept()
+			if err != nil {
+				return
+			}
+			conn.Write([]byte("HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n" + string(make([]byte, 64))))
+			conn.Close()
+		}
+	}()
+	if _, err := zmtpDial("tcp://"+l.Addr().String(), 1000, 0); !errors.Is(err, syscall.EPROTO) {
+		t.Errorf("HTTP server: %v, want EPROTO", err)
+	}
+	// A PUB socket does not take a DEALER.
+	s, _ := zmq.NewSocket(zmq.PUB)
+	defer s.Close()
+	s.SetLinger(0)
+	s.Bind("tcp://127.0.0.1:*")
+	ep, _ := s.GetLastEndpoint()
+	if _, err := zmtpDial(ep, 1000, 0); err == nil {
+		t.Errorf("PUB peer: connected, want a refusal")
+	}
+	for _, ep := range []string{"inproc://x", "tcp://127.0.0.1:1;127.0.0.1:2", "udp://127.0.0.1:5"} {
+		if _, err := zmtpDial(ep, 100, 0); !errors.Is(err, syscall.EPROTONOSUPPORT) {
+			t.Errorf("%s: %v, want EPROTONOSUPPORT", ep, err)
+		}
+	}
+}
+
+// A frame over the size limit is refused from its header, before its body
+// is read.
+func TestZMTPSizeLimit(t *testing.T) {
+	ep := zmqtest.ROUTER(t, func(msg [][]byte, reply func([][]byte)) {
+		reply([][]byte{msg[0], make([]byte, 5000)})
+	})
+	c := dialT(t, ep, 1000)
+	if err := c.send([]byte("x")); err != 0 {
+		t.Fatal(err)
+	}
+	if _, _, rc := c.recv(2000); rc != -int(syscall.EMSGSIZE) {
+		t.Fatalf("5000-byte frame, limit 1000: code %d, want -EMSGSIZE", rc)
+	}
+	if err := c.check(); err != syscall.EMSGSIZE {
+		t.Fatalf("the connection after: %v, want it kept unusable (EMSGSIZE)", err)
+	}
+}
+
+// zmtpFrames reads data as ZMTP frames the plain way: the messages it holds,
+// and the errno that ends it, as zmtp_recv must.
+func zmtpFrames(data []byte, maxMsgSize int64) (msgs [][][]byte, end syscall.Errno) {
+	var cur [][]byte
+	for {
+		if len(data) < 2 {
+			return msgs, syscall.EPIPE
+		}
+		flags, size, hdr := data[0], uint64(data[1]), 2
+		if flags&2 != 0 {
+			if len(data) < 9 {
+				return msgs, syscall.EPIPE
+			}
+			size, hdr = binary.BigEndian.Uint64(data[1:9]), 9
+		}
+		if flags&4 != 0 && size > 65536 || flags&4 == 0 && (size > 1<<40 || maxMsgSize > 0 && size > uint64(maxMsgSize)) {
+			return msgs, syscall.EMSGSIZE
+		}
+		if uint64(len(data)-hdr) < size {
+			return msgs, syscall.EPIPE
+		}
+		body := data[hdr : hdr+int(size)]
+		data = data[hdr+int(size):]
+		if flags&4 != 0 {
+			if cur != nil || bytes.HasPrefix(body, []byte("\x05ERROR")) {
+				return msgs, syscall.EPROTO
+			}
+			continue
+		}
+		cur = append(cur, body)
+		if flags&1 == 0 {
+			msgs, cur = append(msgs, cur), nil
+		}
+	}
+}
+
+func checkZMTPStream(t *testing.T, data []byte, maxMsgSize int64) {
+	t.Helper()
+	got, counts, end := zmtpStream(data, maxMsgSize, true)
+	want, wantEnd := zmtpFrames(data, maxMsgSize)
+	if end != wantEnd || len(got) != len(want) {
+		t.Fatalf("%q (limit %d): %d messages ending %v, want %d ending %v", data, maxMsgSize, len(got), end, len(want), wantEnd)
+	}
+	for i := range want {
+		if counts[i] != len(want[i]) || len(got[i]) != min(len(want[i]), 8) {
+			t.Fatalf("%q: message %d has %d frames (%d kept), want %d", data, i, counts[i], len(got[i]), len(want[i]))
+		}
+		for j := range got[i] {
+			if !bytes.Equal(got[i][j], want[i][j]) {
+				t.Fatalf("%q: message %d frame %d is %q, want %q", data, i, j, got[i][j], want[i][j])
+			}
+		}
+	}
+}
+
+func TestZMTPFrames(t *testing.T) {
+	long := append([]byte{2, 0, 0, 0, 0, 0, 0, 1, 0}, make([]byte, 256)...)
+	for _, data := range [][]byte{
+		nil,
+		{0, 0},
+		{1, 1, 'a', 0, 1, 'b'},
+		{1, 1, 'a'},
+		{4, 7, 4, 'P', 'I', 'N', 'G', 0, 0, 0, 2, 'o', 'k'},
+		{4, 3, 1, 'X', 'Y', 0, 1, 'z'},
+		{1, 0, 4, 3, 1, 'X', 'Y', 0, 0},
+		{4, 6, 5, 'E', 'R', 'R', 'O', 'R', 0, 0},
+		{0, 5, 'a'},
+		long,
+		{2, 0xff, 0, 0, 0, 0, 0, 0, 1, 0},
+		{1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 0, 1, 'n'},
+	} {
+		checkZMTPStream(t, data, 0)
+		checkZMTPStream(t, data, 100)
+	}
+}
+
+func FuzzZMTPFrames(f *testing.F) {
+	f.Add([]byte{1, 1, 'a', 0, 1, 'b'}, int64(0), true)
+	f.Add([]byte{4, 7, 4, 'P', 'I', 'N', 'G', 0, 0, 0, 2, 'o', 'k'}, int64(10), true)
+	f.Add([]byte{2, 0, 0, 0, 0, 0, 0, 1, 0, 'x'}, int64(0), true)
+	f.Add([]byte("\xff\x00\x00\x00\x00\x00\x00\x00\x01\x7f\x03\x01NULL"), int64(0), false)
+	f.Fuzz(func(t *testing.T, data []byte, maxMsgSize int64, handshake bool) {
+		if len(data) > 1<<16 {
+			return
+		}
+		if handshake {
+			checkZMTPStream(t, data, maxMsgSize)
+			return
+		}
+		// The handshake itself from arbitrary bytes: no crash, and no
+		// message from a peer that never completed it.
+		if msgs, _, end := zmtpStream(data, maxMsgSize, false); len(msgs) > 0 && len(data) < 64 {
+			t.Fatalf("%q: %d messages before a whole greeting (end %v)", data, len(msgs), end)
+		}
+	})
+}
