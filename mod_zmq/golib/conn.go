@@ -201,6 +201,15 @@ func (c *zConn) Send(frames [][]byte, timeout time.Duration) error {
 	if len(frames) > 8 {
 		return fmt.Errorf("zmtp send: %d frames, at most 8", len(frames))
 	}
+	ms := C.int(max(timeout.Milliseconds(), 1))
+	if C.zmtp_check(c.z) != 0 {
+		// Closed by the worker while it sat in a pool (a restart, or its
+		// heartbeat timeout), with nothing in flight: connect again, as
+		// libzmq would, within the send's wait.
+		if rc := C.zmtp_redial(c.z, ms); rc != 0 {
+			return fmt.Errorf("%w: connect again: %v", bridge.ErrNoWorker, syscall.Errno(rc))
+		}
+	}
 	var p [8]unsafe.Pointer
 	var l [8]C.size_t
 	for i, f := range frames {
@@ -209,7 +218,7 @@ func (c *zConn) Send(frames [][]byte, timeout time.Duration) error {
 			p[i] = unsafe.Pointer(&f[0])
 		}
 	}
-	rc := C.modzmq_zsend(unsafe.Pointer(c.z), C.int(max(timeout.Milliseconds(), 1)), C.int(len(frames)),
+	rc := C.modzmq_zsend(unsafe.Pointer(c.z), ms, C.int(len(frames)),
 		p[0], l[0], p[1], l[1], p[2], l[2], p[3], l[3], p[4], l[4], p[5], l[5], p[6], l[6], p[7], l[7])
 	if rc != 0 {
 		// The connection is closed after this: what was written of the

@@ -16,7 +16,9 @@
 #include "zmtp.h"
 #include "_cgo_export.h"
 
-#define FAST_MAX_IDLE 64
+/* Idle connections kept per endpoint: enough for every thread of a child
+ * (ThreadsPerChild) to have one, so a busy child does not reconnect. */
+#define FAST_MAX_IDLE 256
 /* How long the fast path waits before handing the request to Go, which then
  * also watches for a lost worker (bridge's watchSlice). */
 #define FAST_SLICE_MS 100
@@ -306,6 +308,16 @@ static int pick(modzmq_fast *f)
     return best;
 }
 
+static void close_conn(const fast_ep *e, void *conn)
+{
+    if (e->direct) {
+        zmtp_close(conn);
+    }
+    else {
+        zmq_close(conn);
+    }
+}
+
 static void *take_socket(modzmq_fast *f, int i, int *sndtimeo)
 {
     fast_ep *e = &f->ep[i];
@@ -426,12 +438,7 @@ static int fast_relay(modzmq_fast *f, modzmq_request *req, modzmq_response *resp
          * connection is closed, a libzmq one with linger 0): Go tries
          * again, by its rules. */
         __atomic_fetch_sub(&e->in_flight, 1, __ATOMIC_RELAXED);
-        if (e->direct) {
-            zmtp_close(sock);
-        }
-        else {
-            zmq_close(sock);
-        }
+        close_conn(e, sock);
         return -1;
     }
     sndtimeo = want;
@@ -448,12 +455,7 @@ static int fast_relay(modzmq_fast *f, modzmq_request *req, modzmq_response *resp
                            &resp->reason, &resp->reason_len, &resp->headers, &resp->headers_len, &resp->body,
                            &resp->body_len)) {
         if (!modzmq_fast_put(f, i, sock, sndtimeo)) {
-            if (e->direct) {
-                zmtp_close(sock);
-            }
-            else {
-                zmq_close(sock);
-            }
+            close_conn(e, sock);
         }
         count(f, i, resp->status, now_ns() - start);
         return MODZMQ_OK;

@@ -162,6 +162,9 @@ func (c *zmtpTest) recv(timeoutMS int) (msg [][]byte, n int, rc int) {
 
 func (c *zmtpTest) check() syscall.Errno { return syscall.Errno(C.zmtp_check(c.z)) }
 func (c *zmtpTest) close()               { C.zmtp_close(c.z) }
+func (c *zmtpTest) redial(timeoutMS int) syscall.Errno {
+	return syscall.Errno(C.zmtp_redial(c.z, C.int(timeoutMS)))
+}
 
 // zmtpStream feeds data, as a peer's bytes (after a valid greeting and
 // READY when handshake is set), to a connection over a socket pair, then

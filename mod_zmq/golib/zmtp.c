@@ -27,6 +27,7 @@
 enum { F_MORE = 0x01, F_LONG = 0x02, F_COMMAND = 0x04 };
 
 struct zmtp_conn {
+    char *endpoint; /* for zmtp_redial; NULL when attached to a given fd */
     int fd;
     int broken; /* an errno value once the connection is unusable */
     int64_t max_msg_size;
@@ -583,6 +584,11 @@ zmtp_conn *zmtp_connect(const char *endpoint, int timeout_ms, int64_t max_msg_si
             c = zmtp_attach(fd, left > 0 ? (int)left : 0, max_msg_size);
         }
         if (c != NULL) {
+            if ((c->endpoint = strdup(endpoint)) == NULL) {
+                zmtp_close(c);
+                errno = ENOMEM;
+                return NULL;
+            }
             return c;
         }
         err = errno;
@@ -621,8 +627,26 @@ void zmtp_close(zmtp_conn *c)
     if (c != NULL) {
         close(c->fd);
         free(c->buf);
+        free(c->endpoint);
         free(c);
     }
+}
+
+int zmtp_redial(zmtp_conn *c, int timeout_ms)
+{
+    zmtp_conn *n;
+    if (c->endpoint == NULL) {
+        return EINVAL;
+    }
+    if ((n = zmtp_connect(c->endpoint, timeout_ms, c->max_msg_size)) == NULL) {
+        return errno;
+    }
+    close(c->fd);
+    free(c->buf);
+    free(c->endpoint);
+    *c = *n;
+    free(n);
+    return 0;
 }
 
 int zmtp_fd(const zmtp_conn *c) { return c->fd; }

@@ -32,6 +32,9 @@ zmtp_conn *zmtp_connect(const char *endpoint, int timeout_ms, int64_t max_msg_si
  * socket, which the connection owns from now on (closed on failure too). */
 zmtp_conn *zmtp_attach(int fd, int timeout_ms, int64_t max_msg_size);
 void zmtp_close(zmtp_conn *c);
+/* Replaces a connection made by zmtp_connect with a new one to the same
+ * endpoint, in place; 0 or an errno value (c is then unchanged). */
+int zmtp_redial(zmtp_conn *c, int timeout_ms);
 /* Hands over the connection's buffer, which the frames zmtp_recv returned
  * point into, to the caller (who frees it); the connection goes on with a
  * new one. So a reply outlives its connection's return to a pool. */

@@ -149,6 +149,44 @@ func TestZMTPNoticesAClosedPeer(t *testing.T) {
 	}
 }
 
+// A worker restarted on the same endpoint is reached again by redial, in
+// place (the connection's pointer, held by pools, stays the same).
+func TestZMTPRedial(t *testing.T) {
+	l, _ := net.Listen("tcp", "127.0.0.1:0")
+	_, port, _ := net.SplitHostPort(l.Addr().String())
+	l.Close()
+	bind := func() *zmq.Socket {
+		s, _ := zmq.NewSocket(zmq.ROUTER)
+		s.SetLinger(0)
+		s.SetRcvtimeo(2 * time.Second)
+		if err := s.Bind("tcp://127.0.0.1:" + port); err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	s := bind()
+	c := dialT(t, "tcp://127.0.0.1:"+port, 0)
+	s.Close()
+	deadline := time.Now().Add(2 * time.Second)
+	for c.check() == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := c.check(); err == 0 {
+		t.Fatal("the worker's close was not noticed")
+	}
+	s = bind()
+	defer s.Close()
+	if err := c.redial(2000); err != 0 {
+		t.Fatalf("redial: %v", err)
+	}
+	if err := c.send([]byte("again")); err != 0 {
+		t.Fatal(err)
+	}
+	if msg, err := s.RecvMessageBytes(0); err != nil || string(msg[1]) != "again" {
+		t.Fatalf("restarted worker got %q, %v", msg, err)
+	}
+}
+
 func TestZMTPConnectFailures(t *testing.T) {
 	// Nobody listening: refused, after trying until the timeout.
 	l, _ := net.Listen("tcp", "127.0.0.1:0")
