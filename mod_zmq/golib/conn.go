@@ -54,6 +54,9 @@ func (t *cTransport) Dial(endpoint string, opts bridge.DialOptions) (bridge.Conn
 			if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ETIMEDOUT) {
 				return nil, fmt.Errorf("%w: %s: no worker accepted a connection within %v (%v)", bridge.ErrNoWorker, endpoint, opts.ConnectTimeout, err)
 			}
+			if errors.Is(err, syscall.EACCES) {
+				return nil, fmt.Errorf("%w: %s: the worker refused the connection (its ZAP authentication said no)", bridge.ErrNoWorker, endpoint)
+			}
 			if errors.Is(err, syscall.EPROTO) {
 				return nil, fmt.Errorf("%w: %s: the peer is not a ZMTP 3 worker socket (REP, ROUTER or DEALER) without security", bridge.ErrNoWorker, endpoint)
 			}

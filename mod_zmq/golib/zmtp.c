@@ -526,8 +526,11 @@ static int handshake(zmtp_conn *c, int64_t deadline)
             continue;
         }
         c->r = at;
+        if ((flags & F_COMMAND) && size >= 6 && memcmp(c->buf + off, "\x05" "ERROR", 6) == 0) {
+            return EACCES; /* refused: the worker's ZAP handler said no */
+        }
         if (!(flags & F_COMMAND) || size < 6 || memcmp(c->buf + off, "\x05READY", 6) != 0) {
-            return EPROTO; /* ERROR, or not a ZMTP 3 NULL peer */
+            return EPROTO;
         }
         if (property(c->buf + off, size, "Socket-Type", &voff, &vlen)) {
             const char *t = c->buf + off + voff;

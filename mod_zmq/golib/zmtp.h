@@ -26,7 +26,8 @@ int zmtp_supported(const char *endpoint);
 
 /* Connects to endpoint and completes the handshake within timeout_ms.
  * NULL with errno set on failure (EPROTO: the peer is not a ZMTP 3 NULL
- * peer that accepts a DEALER). max_msg_size > 0 refuses longer messages. */
+ * peer that accepts a DEALER; EACCES: it answered the handshake with ERROR,
+ * its ZAP handler refusing us). max_msg_size > 0 refuses longer messages. */
 zmtp_conn *zmtp_connect(const char *endpoint, int timeout_ms, int64_t max_msg_size);
 /* The handshake of zmtp_connect on fd, a connected non-blocking stream
  * socket, which the connection owns from now on (closed on failure too). */

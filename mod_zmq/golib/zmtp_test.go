@@ -224,6 +224,21 @@ func TestZMTPConnectFailures(t *testing.T) {
 	if _, err := zmtpDial(ep, 1000, 0); err == nil {
 		t.Errorf("PUB peer: connected, want a refusal")
 	}
+	// A worker whose ZAP handler refuses us answers ERROR.
+	if err := zmq.AuthStart(); err != nil {
+		t.Fatal(err)
+	}
+	defer zmq.AuthStop()
+	zmq.AuthDeny("mzt", "127.0.0.1")
+	z, _ := zmq.NewSocket(zmq.ROUTER)
+	defer z.Close()
+	z.SetLinger(0)
+	z.SetZapDomain("mzt")
+	z.Bind("tcp://127.0.0.1:*")
+	ep, _ = z.GetLastEndpoint()
+	if _, err := zmtpDial(ep, 1000, 0); !errors.Is(err, syscall.EACCES) {
+		t.Errorf("worker refusing us by ZAP: %v, want EACCES", err)
+	}
 	for _, ep := range []string{"inproc://x", "tcp://127.0.0.1:1;127.0.0.1:2", "udp://127.0.0.1:5"} {
 		if _, err := zmtpDial(ep, 100, 0); !errors.Is(err, syscall.EPROTONOSUPPORT) {
 			t.Errorf("%s: %v, want EPROTONOSUPPORT", ep, err)
