@@ -72,7 +72,7 @@ $(BUILD)/modzmq-bench: $(wildcard test/bench/*.go)
 	$(GO) build -o $@ ./test/bench
 
 FUZZTIME ?= 2000000x
-FUZZ_TARGETS := FuzzFastDecode:./mod_zmq/golib FuzzZMTPFrames:./mod_zmq/golib FuzzDecodeReply:./bridge FuzzRequestRoundTrip:./bridge FuzzParseHeaderLines:./bridge FuzzParser:./gateway/stream
+FUZZ_TARGETS := FuzzFastDecode:./mod_zmq/golib FuzzZMTPFrames:./mod_zmq/golib FuzzZMTPTransport:./bridge FuzzDecodeReply:./bridge FuzzRequestRoundTrip:./bridge FuzzParseHeaderLines:./bridge FuzzParser:./gateway/stream
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \
 		echo "fuzz $${t%%:*} ($(FUZZTIME))"; \

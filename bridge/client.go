@@ -61,7 +61,8 @@ type Options struct {
 	// MaxIdle is how many idle connections the client keeps per endpoint;
 	// zero means DefaultMaxIdle.
 	MaxIdle int
-	// Transport makes connections; nil means libzmq (ZMQ).
+	// Transport makes connections; nil means ZMTP (ZMTP in Go where it can,
+	// libzmq otherwise).
 	Transport Transport
 	// Log receives the client's log lines; nil discards them.
 	Log LogFunc
@@ -185,7 +186,7 @@ func NewClient(opts Options) (*Client, error) {
 	return c, nil
 }
 
-var defaultTransport = &ZMQ{}
+var defaultTransport = &ZMTP{}
 
 // Endpoints returns the endpoints the client was made with.
 func (c *Client) Endpoints() []string { return c.opts.Endpoints }

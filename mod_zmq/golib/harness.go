@@ -166,25 +166,17 @@ func (c *zmtpTest) redial(timeoutMS int) syscall.Errno {
 	return syscall.Errno(C.zmtp_redial(c.z, C.int(timeoutMS)))
 }
 
-// zmtpStream feeds data, as a peer's bytes (after a valid greeting and
-// READY when handshake is set), to a connection over a socket pair, then
-// ends the stream; it returns the messages read and the code that ended
-// the reading (an errno value; EPIPE at the end of the stream), or the
-// handshake's errno with no messages.
-func zmtpStream(data []byte, maxMsgSize int64, handshake bool) (msgs [][][]byte, counts []int, end syscall.Errno) {
+// zmtpStream feeds data, as a peer's bytes from its greeting on, to a
+// connection over a socket pair, then ends the stream; it returns the
+// messages read and the code that ended the reading (an errno value; EPIPE
+// at the end of the stream), or the handshake's errno with no messages.
+func zmtpStream(data []byte, maxMsgSize int64) (msgs [][][]byte, counts []int, end syscall.Errno) {
 	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, nil, err.(syscall.Errno)
 	}
 	peer := fds[1]
 	defer syscall.Close(peer)
-	if handshake {
-		greeting := make([]byte, 64)
-		greeting[0], greeting[8], greeting[9], greeting[10], greeting[11] = 0xff, 1, 0x7f, 3, 1
-		copy(greeting[12:], "NULL")
-		ready := []byte("\x04\x1c\x05READY\x0bSocket-Type\x00\x00\x00\x06ROUTER")
-		data = append(append(greeting, ready...), data...)
-	}
 	for len(data) > 0 {
 		n, err := syscall.Write(peer, data)
 		if err != nil {

@@ -1,0 +1,255 @@
+package bridge
+
+import (
+	"bytes"
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	zmq "github.com/pebbe/zmq4"
+
+	"github.com/modzmq/modzmq/internal/zmqtest"
+)
+
+func dialZMTP(t *testing.T, endpoint string, opts DialOptions) *zmtpConn {
+	t.Helper()
+	if opts.ConnectTimeout == 0 {
+		opts.ConnectTimeout = 2 * time.Second
+	}
+	conn, err := (&ZMTP{}).Dial(endpoint, opts)
+	if err != nil {
+		t.Fatalf("dial %s: %v", endpoint, err)
+	}
+	c, ok := conn.(*zmtpConn)
+	if !ok {
+		t.Fatalf("dial %s: a %T, want the Go ZMTP connection", endpoint, conn)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func boundRouter(t *testing.T, endpoint string, setup func(*zmq.Socket)) (*zmq.Socket, string) {
+	t.Helper()
+	s, _ := zmq.NewSocket(zmq.ROUTER)
+	s.SetLinger(0)
+	s.SetRcvtimeo(2 * time.Second)
+	if setup != nil {
+		setup(s)
+	}
+	if err := s.Bind(endpoint); err != nil {
+		t.Fatal(err)
+	}
+	ep, _ := s.GetLastEndpoint()
+	return s, ep
+}
+
+// The Go ZMTP connection talks to libzmq ROUTER and REP workers over tcp://
+// and ipc://, with frames on both sides of the short/long boundary.
+func TestZMTPTransportWithLibzmq(t *testing.T) {
+	long := bytes.Repeat([]byte("0123456789abcdef"), 70000/16)
+	frames := [][]byte{[]byte("id"), {}, []byte("x"), bytes.Repeat([]byte("y"), 255), bytes.Repeat([]byte("z"), 256), long}
+	echo := zmqtest.ROUTER(t, func(msg [][]byte, reply func([][]byte)) { reply(msg) })
+	c := dialZMTP(t, echo, DialOptions{})
+	for range 3 {
+		if err := c.Send(frames, time.Second); err != nil {
+			t.Fatal(err)
+		}
+		got, err := c.Recv(2 * time.Second)
+		if err != nil || len(got) != len(frames) || !bytes.Equal(got[5], long) || len(got[3]) != 255 || len(got[1]) != 0 {
+			t.Fatalf("echo: %d frames, %v", len(got), err)
+		}
+	}
+	if _, err := c.Recv(0); err != ErrTimeout {
+		t.Fatalf("nothing more: %v, want ErrTimeout", err)
+	}
+	rep := zmqtest.REP(t, func(req [][]byte) [][]byte { return [][]byte{[]byte("200"), req[len(req)-1]} })
+	r := dialZMTP(t, rep, DialOptions{})
+	r.Send([][]byte{[]byte("id"), nil, []byte("MZMQ/1"), long}, time.Second)
+	if got, err := r.Recv(2 * time.Second); err != nil || len(got) != 4 || string(got[0]) != "id" || !bytes.Equal(got[3], long) {
+		t.Fatalf("REP: %d frames, %v", len(got), err)
+	}
+	dir, _ := os.MkdirTemp("", "mzt")
+	defer os.RemoveAll(dir)
+	s, ep := boundRouter(t, "ipc://"+filepath.Join(dir, "w.sock"), nil)
+	defer s.Close()
+	i := dialZMTP(t, ep, DialOptions{})
+	i.Send([][]byte{[]byte("hi")}, time.Second)
+	if msg, err := s.RecvMessageBytes(0); err != nil || string(msg[1]) != "hi" {
+		t.Fatalf("ipc ROUTER got %q, %v", msg, err)
+	}
+}
+
+// PINGs from a heartbeating worker are answered whenever Recv reads, so the
+// connection stays; one nobody reads is dropped, and Send connects again.
+func TestZMTPTransportPingsAndReconnects(t *testing.T) {
+	s, ep := boundRouter(t, "tcp://127.0.0.1:*", func(s *zmq.Socket) {
+		s.SetHeartbeatIvl(50 * time.Millisecond)
+		s.SetHeartbeatTimeout(200 * time.Millisecond)
+	})
+	defer s.Close()
+	c := dialZMTP(t, ep, DialOptions{})
+	if _, err := c.Recv(800 * time.Millisecond); err != ErrTimeout {
+		t.Fatalf("waiting through PINGs: %v, want ErrTimeout", err)
+	}
+	if err := c.idle(); err != nil {
+		t.Fatalf("after answering PINGs: %v", err)
+	}
+	idle := dialZMTP(t, ep, DialOptions{})
+	time.Sleep(800 * time.Millisecond)
+	if err := idle.idle(); err == nil {
+		t.Fatal("a connection nobody read was not dropped by the worker")
+	}
+	// Send notices and connects again, with nothing lost.
+	if err := idle.Send([][]byte{[]byte("after")}, time.Second); err != nil {
+		t.Fatalf("send on a dropped pooled connection: %v", err)
+	}
+	if msg, err := s.RecvMessageBytes(0); err != nil || string(msg[1]) != "after" {
+		t.Fatalf("worker got %q, %v", msg, err)
+	}
+}
+
+func TestZMTPTransportFailures(t *testing.T) {
+	// A worker closing with a request in flight: ErrWorkerLost.
+	s, ep := boundRouter(t, "tcp://127.0.0.1:*", nil)
+	c := dialZMTP(t, ep, DialOptions{})
+	c.Send([][]byte{[]byte("x")}, time.Second)
+	s.RecvMessageBytes(0)
+	s.Close()
+	if _, err := c.Recv(2 * time.Second); !errors.Is(err, ErrWorkerLost) {
+		t.Errorf("worker closed: %v, want ErrWorkerLost", err)
+	}
+	nobody, http, pub, zap := zmqtest.ZMTPUnreachable(t)
+	start := time.Now()
+	if _, err := (&ZMTP{}).Dial(nobody, DialOptions{ConnectTimeout: 300 * time.Millisecond}); !errors.Is(err, ErrNoWorker) {
+		t.Errorf("nobody listening: %v, want ErrNoWorker", err)
+	}
+	if time.Since(start) < 200*time.Millisecond {
+		t.Errorf("gave up after %v, before the 300 ms connect wait", time.Since(start))
+	}
+	for _, tc := range []struct {
+		what, endpoint string
+		want           error
+	}{{"HTTP server", http, errZMTPProtocol}, {"PUB socket", pub, ErrNoWorker}, {"ZAP refusal", zap, errZMTPRefused}} {
+		if _, err := (&ZMTP{}).Dial(tc.endpoint, DialOptions{ConnectTimeout: time.Second}); !errors.Is(err, ErrNoWorker) || !errors.Is(err, tc.want) {
+			t.Errorf("%s: %v, want ErrNoWorker and %v", tc.what, err, tc.want)
+		}
+	}
+	// A frame over the size limit: ErrProtocol, and the connection is done.
+	big := zmqtest.ROUTER(t, func(msg [][]byte, reply func([][]byte)) { reply([][]byte{msg[0], make([]byte, 5000)}) })
+	b := dialZMTP(t, big, DialOptions{MaxMsgSize: 1000})
+	b.Send([][]byte{[]byte("x")}, time.Second)
+	if _, err := b.Recv(2 * time.Second); !errors.Is(err, ErrProtocol) {
+		t.Errorf("5000-byte frame, limit 1000: %v, want ErrProtocol", err)
+	}
+	if _, err := b.Recv(0); !errors.Is(err, ErrProtocol) {
+		t.Errorf("after: %v, want the connection kept failed", err)
+	}
+	// CURVE and other transports go to libzmq.
+	if conn, err := (&ZMTP{}).Dial("inproc://x", DialOptions{}); err != nil {
+		t.Errorf("inproc: %v", err)
+	} else {
+		if _, ok := conn.(*zmqConn); !ok {
+			t.Errorf("inproc: a %T, want libzmq's", conn)
+		}
+		conn.Close()
+	}
+}
+
+// zmtpRead feeds data (a peer's bytes from its greeting on) to a Go ZMTP
+// connection over a socket pair and reads messages until the stream ends.
+func zmtpRead(t *testing.T, data []byte, maxMsgSize int64) (msgs [][][]byte, end error) {
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := os.NewFile(uintptr(fds[0]), "zmtp")
+	nc, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		for len(data) > 0 {
+			n, err := syscall.Write(fds[1], data)
+			if err != nil {
+				break
+			}
+			data = data[n:]
+		}
+		syscall.Shutdown(fds[1], syscall.SHUT_WR)
+	}()
+	defer syscall.Close(fds[1])
+	c := &zmtpConn{maxMsgSize: maxMsgSize}
+	if err := c.attach(nc, time.Now().Add(5*time.Second)); err != nil {
+		nc.Close()
+		return nil, err
+	}
+	defer c.Close()
+	for {
+		msg, err := c.Recv(5 * time.Second)
+		if err != nil {
+			return msgs, err
+		}
+		msgs = append(msgs, msg)
+	}
+}
+
+func checkZMTPRead(t *testing.T, data []byte, maxMsgSize int64) {
+	t.Helper()
+	got, end := zmtpRead(t, append(zmqtest.ZMTPPeerHello(), data...), maxMsgSize)
+	want, wantEnd := zmqtest.ZMTPFrames(data, maxMsgSize)
+	var wantErr error
+	switch wantEnd {
+	case syscall.EPIPE:
+		wantErr = ErrWorkerLost
+	default:
+		wantErr = ErrProtocol
+	}
+	if !errors.Is(end, wantErr) || len(got) != len(want) {
+		t.Fatalf("%q (limit %d): %d messages ending %v, want %d ending %v", data, maxMsgSize, len(got), end, len(want), wantEnd)
+	}
+	for i := range want {
+		if len(got[i]) != len(want[i]) {
+			t.Fatalf("%q: message %d has %d frames, want %d", data, i, len(got[i]), len(want[i]))
+		}
+		for j := range want[i] {
+			if !bytes.Equal(got[i][j], want[i][j]) {
+				t.Fatalf("%q: message %d frame %d is %q, want %q", data, i, j, got[i][j], want[i][j])
+			}
+		}
+	}
+}
+
+func TestZMTPTransportFrames(t *testing.T) {
+	for _, data := range [][]byte{
+		nil,
+		{0, 0},
+		{1, 1, 'a', 0, 1, 'b'},
+		{1, 1, 'a'},
+		{4, 7, 4, 'P', 'I', 'N', 'G', 0, 0, 0, 2, 'o', 'k'},
+		{1, 0, 4, 3, 1, 'X', 'Y', 0, 0},
+		{4, 6, 5, 'E', 'R', 'R', 'O', 'R', 0, 0},
+		append([]byte{2, 0, 0, 0, 0, 0, 0, 1, 0}, make([]byte, 256)...),
+		{2, 0, 0, 0, 0x30, 0x30, 0x30, 0x30, 0x30},
+		{1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 0, 1, 'n'},
+	} {
+		checkZMTPRead(t, data, 0)
+		checkZMTPRead(t, data, 100)
+	}
+}
+
+func FuzzZMTPTransport(f *testing.F) {
+	f.Add([]byte{1, 1, 'a', 0, 1, 'b'}, int64(0))
+	f.Add([]byte{4, 7, 4, 'P', 'I', 'N', 'G', 0, 0, 0, 2, 'o', 'k'}, int64(10))
+	f.Add([]byte{2, 0, 0, 0, 0, 0, 0, 1, 0, 'x'}, int64(0))
+	f.Fuzz(func(t *testing.T, data []byte, maxMsgSize int64) {
+		if len(data) > 1<<16 {
+			return
+		}
+		checkZMTPRead(t, data, maxMsgSize)
+	})
+}
