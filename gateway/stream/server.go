@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -49,18 +50,21 @@ type Options struct {
 }
 
 // Server serves the gateway's routes from one ZMQ_STREAM socket. One
-// goroutine owns the socket; relays run in their own goroutines and hand
-// finished responses back through a queue and an inproc wake-up socket.
+// goroutine owns the socket and waits in Go's netpoller on its ZMQ_FD (a
+// goroutine parked in zmq_poll would hold an OS thread in cgo, which costs
+// the scheduler a hand-off and sysmon wake-ups on every request); relays
+// run in their own goroutines and hand finished responses back through a
+// queue, waking the owner by moving its wait's deadline to now.
 type Server struct {
 	gw   *gateway.Gateway
 	opts Options
 	log  *slog.Logger
 
-	sock   *zmq.Socket
-	wakeRx *zmq.Socket
+	sock    *zmq.Socket
+	waiter  *os.File        // a dup of the socket's ZMQ_FD, in the netpoller
+	waitRaw syscall.RawConn // its raw reads
 
 	wakeMu  sync.Mutex
-	wakeTx  *zmq.Socket
 	queue   []*slot
 	pending atomic.Bool
 
@@ -120,8 +124,6 @@ func connHeader(closeAfter bool, minor int) string {
 	return ""
 }
 
-var wakeSeq atomic.Uint64
-
 // New binds a ZMQ_STREAM socket to the listen address (host:port).
 func New(gw *gateway.Gateway, listen string, opts Options) (*Server, error) {
 	if opts.IdleTimeout <= 0 {
@@ -154,11 +156,25 @@ func New(gw *gateway.Gateway, listen string, opts Options) (*Server, error) {
 		s.sock.Close()
 		return nil, fmt.Errorf("bind %s: %w", listen, err)
 	}
-	wake := fmt.Sprintf("inproc://modzmq-stream-wake-%d", wakeSeq.Add(1))
-	s.wakeRx, _ = zmq.NewSocket(zmq.PULL)
-	s.wakeTx, _ = zmq.NewSocket(zmq.PUSH)
-	s.wakeRx.Bind(wake)
-	s.wakeTx.Connect(wake)
+	fd, err := s.sock.GetFd()
+	if err == nil {
+		fd, err = syscall.Dup(fd)
+	}
+	if err != nil {
+		s.sock.Close()
+		return nil, fmt.Errorf("ZMQ_FD: %w", err)
+	}
+	syscall.CloseOnExec(fd)
+	syscall.SetNonblock(fd, true)
+	s.waiter = os.NewFile(uintptr(fd), "zmq-stream-fd")
+	if s.waitRaw, err = s.waiter.SyscallConn(); err == nil {
+		err = s.waiter.SetReadDeadline(time.Time{}) // fails unless the netpoller took it
+	}
+	if err != nil {
+		s.waiter.Close()
+		s.sock.Close()
+		return nil, fmt.Errorf("ZMQ_FD in the netpoller: %w", err)
+	}
 	return s, nil
 }
 
@@ -177,9 +193,6 @@ func (s *Server) OpenConnections() int64 { return s.stats.Connections.Load() }
 func (s *Server) Serve(ctx context.Context) error {
 	defer s.close()
 	s.log.Info(CodeServing.String()+": serving HTTP from a ZMQ_STREAM socket", "listen", s.Addr())
-	poller := zmq.NewPoller()
-	poller.Add(s.sock, zmq.POLLIN)
-	poller.Add(s.wakeRx, zmq.POLLIN)
 	nextSweep := time.Now().Add(time.Second)
 	var drainUntil time.Time
 	for {
@@ -204,23 +217,26 @@ func (s *Server) Serve(ctx context.Context) error {
 		} else {
 			wait = min(wait, 20*time.Millisecond)
 		}
-		polled, err := poller.Poll(max(wait, time.Millisecond))
-		if err != nil {
-			if errors.Is(err, zmq.Errno(syscall.EINTR)) {
-				continue
-			}
-			s.log.Error(CodeSocket.String()+": poll failed", "err", err)
+		if err := s.wait(max(wait, time.Millisecond)); err != nil {
+			s.log.Error(CodeSocket.String()+": waiting on the socket failed", "err", err)
 			return err
 		}
-		for _, p := range polled {
-			switch p.Socket {
-			case s.sock:
-				if err := s.readStream(drainUntil.IsZero()); err != nil {
-					return err
-				}
-			case s.wakeRx:
-				s.drainWake()
+		s.drainQueue()
+		// ZMQ_FD only says that something may have changed, and any send
+		// or receive may consume its signal: ZMQ_EVENTS says what is there.
+		for {
+			ev, err := s.sock.GetEvents()
+			if err != nil {
+				s.log.Error(CodeSocket.String()+": ZMQ_EVENTS failed", "err", err)
+				return err
 			}
+			if ev&zmq.POLLIN == 0 {
+				break
+			}
+			if err := s.readStream(drainUntil.IsZero()); err != nil {
+				return err
+			}
+			s.drainQueue()
 		}
 		if now := time.Now(); now.After(nextSweep) {
 			s.sweep(now)
@@ -235,11 +251,31 @@ func (s *Server) close() {
 	}
 	s.stop()
 	s.inFlight.Wait()
+	s.waiter.Close()
 	s.sock.Close()
-	s.wakeRx.Close()
-	s.wakeMu.Lock()
-	s.wakeTx.Close()
-	s.wakeMu.Unlock()
+}
+
+// wait parks the loop until the socket's ZMQ_FD is readable, a relay
+// finished (complete moves the deadline to now), or d passed.
+func (s *Server) wait(d time.Duration) error {
+	if err := s.waiter.SetReadDeadline(time.Now().Add(d)); err != nil {
+		return err
+	}
+	// A relay that finished before the deadline was set found nothing to
+	// interrupt: look at the queue after setting it.
+	if s.pending.Load() {
+		return nil
+	}
+	first := true
+	err := s.waitRaw.Read(func(uintptr) bool {
+		ready := !first
+		first = false
+		return ready
+	})
+	if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+		return err
+	}
+	return nil
 }
 
 // readStream handles every message waiting on the STREAM socket.
@@ -512,17 +548,17 @@ func (s *Server) complete(sl *slot, data []byte) {
 	sl.data = data
 	s.wakeMu.Lock()
 	s.queue = append(s.queue, sl)
-	if !s.pending.Swap(true) {
-		s.wakeTx.SendBytes(nil, zmq.DONTWAIT)
-	}
+	wake := !s.pending.Swap(true)
 	s.wakeMu.Unlock()
+	if wake {
+		s.waiter.SetReadDeadline(time.Now())
+	}
 }
 
-func (s *Server) drainWake() {
-	for {
-		if _, err := s.wakeRx.RecvBytes(zmq.DONTWAIT); err != nil {
-			break
-		}
+// drainQueue sends the responses relays finished.
+func (s *Server) drainQueue() {
+	if !s.pending.Load() {
+		return
 	}
 	s.wakeMu.Lock()
 	q := s.queue
