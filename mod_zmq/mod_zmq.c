@@ -10,6 +10,7 @@
 #include "http_log.h"
 #include "ap_mpm.h"
 #include "http_core.h"
+#include "http_request.h"
 
 #include "mod_zmq.h"
 
@@ -39,6 +40,8 @@ static void modzmq_register_hooks(apr_pool_t *p)
     ap_hook_pre_config(modzmq_pre_config, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_post_config(modzmq_post_config, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_child_init(modzmq_child_init, NULL, NULL, APR_HOOK_MIDDLE);
+    ap_hook_translate_name(modzmq_translate_name, NULL, NULL, APR_HOOK_LAST);
+    ap_hook_map_to_storage(modzmq_map_to_storage, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_handler(modzmq_handler, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_handler(modzmq_status_handler, NULL, NULL, APR_HOOK_MIDDLE);
 }

@@ -108,5 +108,7 @@ int modzmq_status_handler(request_rec *r);
 
 /* modzmq_handler.c */
 int modzmq_handler(request_rec *r);
+int modzmq_translate_name(request_rec *r);
+int modzmq_map_to_storage(request_rec *r);
 
 #endif /* MOD_ZMQ_H */

@@ -15,6 +15,8 @@
 #include "http_log.h"
 #include "http_protocol.h"
 #include "http_request.h"
+#include "http_core.h"
+#include "ap_expr.h"
 #include "util_filter.h"
 #include "apr_buckets.h"
 #include "apr_strings.h"
@@ -244,6 +246,36 @@ static int write_reply(request_rec *r, const modzmq_response *resp)
 }
 
 /* ---- the handler ------------------------------------------------------- */
+
+/* A zmq location names no file: like mod_proxy's locations, it skips the
+ * core's walk of the filesystem (a stat and an .htaccess lookup per path
+ * component, on every request). <Location> sections still apply; <Directory>
+ * sections and .htaccess files do not. The location's SetHandler is only
+ * visible before map_to_storage (which runs on the server's defaults), so
+ * translate_name, run after mod_rewrite's and mod_alias's, notes it: only a
+ * SetHandler zmq seen by the location walk counts, one set in <Directory>
+ * or <Files> leaves the walk in place. */
+int modzmq_translate_name(request_rec *r)
+{
+    core_dir_config *core = ap_get_core_module_config(r->per_dir_config);
+    const char *handler, *err = NULL;
+
+    if (core == NULL || core->expr_handler == NULL) {
+        return DECLINED;
+    }
+    handler = ap_expr_str_exec(r, core->expr_handler, &err);
+    if (err != NULL || handler == NULL || strcmp(handler, MODZMQ_HANDLER) != 0) {
+        return DECLINED;
+    }
+    r->filename = apr_pstrcat(r->pool, "zmq:", r->uri, NULL);
+    ap_set_module_config(r->request_config, &zmq_module, (void *)1);
+    return OK;
+}
+
+int modzmq_map_to_storage(request_rec *r)
+{
+    return ap_get_module_config(r->request_config, &zmq_module) != NULL ? OK : DECLINED;
+}
 
 static int relay_request(request_rec *r, const modzmq_dir_conf *conf, const modzmq_calls *lib, int handle);
 
