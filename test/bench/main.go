@@ -56,6 +56,8 @@ type cell struct {
 	RSSKiB  int64   `json:"front_peak_rss_kib"`
 	Errors  int64   `json:"errors"`
 	Samples []float64
+	// P99Samples are the rounds' p99s, in round order.
+	P99Samples []float64 `json:"p99_samples_ms,omitempty"`
 }
 
 func main() {
@@ -93,6 +95,7 @@ func main() {
 	placements := []string{"shared", "pinned"}
 	for r := 0; r < *rounds; r++ {
 		for _, pl := range placements {
+			switched := true // the placement just changed
 			for _, c := range cases {
 				order := rotate(env.fronts, r)
 				for _, f := range order {
@@ -101,7 +104,8 @@ func main() {
 					if c.Name == "12B_c32" {
 						d = *keyDur
 					}
-					m := measure(f, c, d, pl)
+					m := measure(f, c, d, pl, switched)
+					switched = false
 					if results[f.Name] == nil {
 						results[f.Name] = map[string]map[string][]cell{}
 					}
@@ -430,17 +434,25 @@ var (
 	reReqs = regexp.MustCompile(`(\d+) requests in`)
 )
 
-func measure(f front, c bcase, d time.Duration, placement string) cell {
+func measure(f front, c bcase, d time.Duration, placement string, warm bool) cell {
+	wrk := func(args ...string) *exec.Cmd {
+		if placement == "pinned" {
+			return exec.Command("taskset", append([]string{"-c", "1", "wrk"}, args...)...)
+		}
+		return exec.Command("wrk", args...)
+	}
+	if warm {
+		// A second of the same load first, not measured: right after the
+		// placement changed, the kernel is still spreading hundreds of
+		// threads over the CPUs, and whichever configuration ran first paid
+		// for it in its p99 (mod_zmq's shared p99 read 16.7 ms when it came
+		// first in a round, 3.4-7.7 ms otherwise).
+		wrk("-t2", fmt.Sprintf("-c%d", c.Conns), "-d1s", f.URL+c.Query).Run()
+	}
 	pids := f.pids()
 	before := cpuTicks(pids)
 	args := []string{"-t2", fmt.Sprintf("-c%d", c.Conns), fmt.Sprintf("-d%ds", int(d.Seconds())), "--latency", f.URL + c.Query}
-	var cmd *exec.Cmd
-	if placement == "pinned" {
-		cmd = exec.Command("taskset", append([]string{"-c", "1", "wrk"}, args...)...)
-	} else {
-		cmd = exec.Command("wrk", args...)
-	}
-	out, err := cmd.CombinedOutput()
+	out, err := wrk(args...).CombinedOutput()
 	if err != nil {
 		fatal("wrk %v: %v\n%s", args, err, out)
 	}
@@ -504,7 +516,7 @@ func summarize(cs []cell) cell {
 		m.Errors += c.Errors
 		m.RSSKiB = max(m.RSSKiB, c.RSSKiB)
 	}
-	m.RPS, m.P50ms, m.P99ms, m.CPUus, m.Samples = median(rps), median(p50), median(p99), median(cpu), rps
+	m.RPS, m.P50ms, m.P99ms, m.CPUus, m.Samples, m.P99Samples = median(rps), median(p50), median(p99), median(cpu), rps, p99
 	return m
 }
 
