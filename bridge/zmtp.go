@@ -45,11 +45,8 @@ func zmtpAddr(endpoint string) (network, addr string, ok bool) {
 	case strings.HasPrefix(endpoint, "tcp://"):
 		return "tcp", strings.TrimPrefix(endpoint, "tcp://"), true
 	case strings.HasPrefix(endpoint, "ipc://"):
-		path := strings.TrimPrefix(endpoint, "ipc://")
-		if strings.HasPrefix(path, "@") {
-			path = "\x00" + path[1:] // the abstract namespace, as libzmq spells it
-		}
-		return "unix", path, true
+		// "@name" is the abstract namespace to libzmq and to Go alike.
+		return "unix", strings.TrimPrefix(endpoint, "ipc://"), true
 	}
 	return "", "", false
 }

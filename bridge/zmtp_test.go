@@ -3,6 +3,7 @@ package bridge
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -80,6 +81,14 @@ func TestZMTPTransportWithLibzmq(t *testing.T) {
 	i.Send([][]byte{[]byte("hi")}, time.Second)
 	if msg, err := s.RecvMessageBytes(0); err != nil || string(msg[1]) != "hi" {
 		t.Fatalf("ipc ROUTER got %q, %v", msg, err)
+	}
+	// The abstract namespace, spelled "@name" by libzmq.
+	a, aep := boundRouter(t, fmt.Sprintf("ipc://@mzt-%d", os.Getpid()), nil)
+	defer a.Close()
+	ai := dialZMTP(t, aep, DialOptions{})
+	ai.Send([][]byte{[]byte("abstract")}, time.Second)
+	if msg, err := a.RecvMessageBytes(0); err != nil || string(msg[1]) != "abstract" {
+		t.Fatalf("abstract ipc ROUTER got %q, %v", msg, err)
 	}
 }
 

@@ -3,7 +3,9 @@ package main
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"net"
+	"os"
 	"path/filepath"
 	"syscall"
 	"testing"
@@ -83,6 +85,23 @@ func TestZMTPWithLibzmq(t *testing.T) {
 		s.SendMessage(msg[0], "there")
 		if msg, _, rc := c.recv(2000); rc != 1 || string(msg[0]) != "there" {
 			t.Fatalf("reply %q, code %d", msg, rc)
+		}
+	})
+	t.Run("abstract ipc", func(t *testing.T) {
+		ep := fmt.Sprintf("ipc://@mzc-%d", os.Getpid()) // libzmq's spelling of the abstract namespace
+		s, _ := zmq.NewSocket(zmq.ROUTER)
+		defer s.Close()
+		s.SetLinger(0)
+		s.SetRcvtimeo(2 * time.Second)
+		if err := s.Bind(ep); err != nil {
+			t.Fatal(err)
+		}
+		c := dialT(t, ep, 0)
+		if err := c.send([]byte("abstract")); err != 0 {
+			t.Fatal(err)
+		}
+		if msg, err := s.RecvMessageBytes(0); err != nil || len(msg) != 2 || string(msg[1]) != "abstract" {
+			t.Fatalf("ROUTER got %q, %v", msg, err)
 		}
 	})
 }
