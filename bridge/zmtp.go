@@ -315,9 +315,9 @@ func (c *zmtpConn) command(body []byte) error {
 // next returns the next whole message, copied out, or nil when it has not
 // fully arrived; commands before it are handled.
 func (c *zmtpConn) next() ([][]byte, error) {
-	at, n := c.r, 0
-	var bodies [8][]byte
-	var more [][]byte
+	var spans [8][]byte
+	frames := spans[:0]
+	at := c.r
 	for {
 		end, flags, body, err := c.frame(at)
 		if err != nil || body == nil {
@@ -325,7 +325,7 @@ func (c *zmtpConn) next() ([][]byte, error) {
 		}
 		at = end
 		if flags&zmtpCommand != 0 {
-			if n > 0 {
+			if len(frames) > 0 {
 				return nil, errZMTPBroken // a command inside a message
 			}
 			if err := c.command(body); err != nil {
@@ -334,37 +334,23 @@ func (c *zmtpConn) next() ([][]byte, error) {
 			c.r = at
 			continue
 		}
-		if n < len(bodies) {
-			bodies[n] = body
-		} else {
-			more = append(more, body)
-		}
-		n++
+		frames = append(frames, body)
 		if flags&zmtpMore == 0 {
 			break
 		}
 	}
 	// One allocation for the whole message, sliced into its frames.
-	msg := make([][]byte, n)
 	size := 0
-	for i := range n {
-		size += len(frameAt(&bodies, more, i))
+	for _, f := range frames {
+		size += len(f)
 	}
-	mem := make([]byte, size)
-	for i := range n {
-		b := frameAt(&bodies, more, i)
-		k := copy(mem, b)
+	msg, mem := make([][]byte, len(frames)), make([]byte, size)
+	for i, f := range frames {
+		k := copy(mem, f)
 		msg[i], mem = mem[:k:k], mem[k:]
 	}
 	c.r = at
 	return msg, nil
-}
-
-func frameAt(bodies *[8][]byte, more [][]byte, i int) []byte {
-	if i < len(bodies) {
-		return bodies[i]
-	}
-	return more[i-len(bodies)]
 }
 
 // fail marks the connection unusable and names err as the bridge does.
