@@ -194,8 +194,9 @@ typedef int (*modzmq_relay_fn)(int backend, modzmq_request *req, modzmq_response
 
 /*
  * void modzmq_wait(modzmq_response *resp): waits up to resp->wait_ms for the
- * reply and receives it into resp. Plain C inside the library (libzmq's
- * zmq_poll): it never enters the Go runtime.
+ * reply and receives it into resp. Plain C inside the library (poll on a
+ * ZMTP connection, zmq_poll on a libzmq socket): it never enters the Go
+ * runtime.
  */
 typedef void (*modzmq_wait_fn)(modzmq_response *resp);
 
