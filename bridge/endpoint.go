@@ -1,11 +1,8 @@
 package bridge
 
 import (
-	"errors"
-	"os"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 )
 
@@ -57,11 +54,10 @@ type pooled struct {
 	id     []byte
 	meta   []byte
 	frames [][]byte
-	// waiter lets a goroutine wait for the connection in Go's netpoller (a
-	// dup of its ZMQ_FD) instead of blocking an OS thread in zmq_poll.
-	waiter     *os.File
-	waiterConn syscall.RawConn
-	noWaiter   bool
+	// waiter lets a goroutine wait for the connection in Go's netpoller (on
+	// its ZMQ_FD) instead of blocking an OS thread in zmq_poll.
+	waiter   *FDWaiter
+	noWaiter bool
 }
 
 // close releases the connection and its waiter.
@@ -82,30 +78,18 @@ func (p *pooled) wait(d time.Duration) bool {
 	if p.waiter == nil {
 		fd, err := p.conn.FD()
 		if err == nil {
-			fd, err = syscall.Dup(fd)
+			p.waiter, err = NewFDWaiter(fd)
 		}
 		if err != nil {
 			p.noWaiter = true
 			return false
 		}
-		p.waiter = os.NewFile(uintptr(fd), "zmq-fd")
-		if p.waiterConn, err = p.waiter.SyscallConn(); err != nil {
-			p.waiter.Close()
-			p.waiter, p.noWaiter = nil, true
-			return false
-		}
 	}
-	if err := p.waiter.SetReadDeadline(time.Now().Add(d)); err != nil {
-		p.noWaiter = true // not pollable (a blocking descriptor)
+	if err := p.waiter.SetDeadline(time.Now().Add(d)); err != nil {
+		p.noWaiter = true
 		return false
 	}
-	first := true
-	err := p.waiterConn.Read(func(uintptr) bool {
-		ready := !first
-		first = false
-		return ready
-	})
-	if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+	if err := p.waiter.Wait(); err != nil {
 		p.noWaiter = true
 		return false
 	}

@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
-	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -60,9 +59,8 @@ type Server struct {
 	opts Options
 	log  *slog.Logger
 
-	sock    *zmq.Socket
-	waiter  *os.File        // a dup of the socket's ZMQ_FD, in the netpoller
-	waitRaw syscall.RawConn // its raw reads
+	sock   *zmq.Socket
+	waiter *bridge.FDWaiter // the socket's ZMQ_FD, in the netpoller
 
 	wakeMu  sync.Mutex
 	queue   []*slot
@@ -158,20 +156,9 @@ func New(gw *gateway.Gateway, listen string, opts Options) (*Server, error) {
 	}
 	fd, err := s.sock.GetFd()
 	if err == nil {
-		fd, err = syscall.Dup(fd)
+		s.waiter, err = bridge.NewFDWaiter(fd)
 	}
 	if err != nil {
-		s.sock.Close()
-		return nil, fmt.Errorf("ZMQ_FD: %w", err)
-	}
-	syscall.CloseOnExec(fd)
-	syscall.SetNonblock(fd, true)
-	s.waiter = os.NewFile(uintptr(fd), "zmq-stream-fd")
-	if s.waitRaw, err = s.waiter.SyscallConn(); err == nil {
-		err = s.waiter.SetReadDeadline(time.Time{}) // fails unless the netpoller took it
-	}
-	if err != nil {
-		s.waiter.Close()
 		s.sock.Close()
 		return nil, fmt.Errorf("ZMQ_FD in the netpoller: %w", err)
 	}
@@ -258,7 +245,7 @@ func (s *Server) close() {
 // wait parks the loop until the socket's ZMQ_FD is readable, a relay
 // finished (complete moves the deadline to now), or d passed.
 func (s *Server) wait(d time.Duration) error {
-	if err := s.waiter.SetReadDeadline(time.Now().Add(d)); err != nil {
+	if err := s.waiter.SetDeadline(time.Now().Add(d)); err != nil {
 		return err
 	}
 	// A relay that finished before the deadline was set found nothing to
@@ -266,16 +253,7 @@ func (s *Server) wait(d time.Duration) error {
 	if s.pending.Load() {
 		return nil
 	}
-	first := true
-	err := s.waitRaw.Read(func(uintptr) bool {
-		ready := !first
-		first = false
-		return ready
-	})
-	if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
-		return err
-	}
-	return nil
+	return s.waiter.Wait()
 }
 
 // readStream handles every message waiting on the STREAM socket.
@@ -551,7 +529,7 @@ func (s *Server) complete(sl *slot, data []byte) {
 	wake := !s.pending.Swap(true)
 	s.wakeMu.Unlock()
 	if wake {
-		s.waiter.SetReadDeadline(time.Now())
+		s.waiter.SetDeadline(time.Now())
 	}
 }
 
