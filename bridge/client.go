@@ -292,14 +292,18 @@ func idempotent(method []byte) bool {
 // the caller.
 func (c *Client) Do(ctx context.Context, req *Request, timeout time.Duration) (Response, error) {
 	call := c.Start(ctx, req, timeout)
-	// A first look arms ZMQ_FD: libzmq signals it only for a reader that
-	// found its pipe empty.
-	call.Step(0)
 	for !call.Done() {
-		if call.p != nil && call.p.wait(call.Wait()) {
-			call.Step(0)
-		} else if !call.Done() {
+		p := call.p
+		if !p.canWait() {
+			// The transport waits itself (ZMTP in the netpoller, zmq_poll).
 			call.Step(call.Wait())
+			continue
+		}
+		// A look first: libzmq signals ZMQ_FD only for a reader that found
+		// its pipe empty.
+		call.Step(0)
+		if !call.Done() && call.p == p {
+			p.wait(call.Wait())
 		}
 	}
 	return call.Result()

@@ -68,32 +68,28 @@ func (p *pooled) close() {
 	p.conn.Close()
 }
 
-// wait parks the goroutine until the connection may have progressed or d
-// passed. It reports false when the netpoller cannot watch this connection,
-// and the caller must wait in the transport instead.
-func (p *pooled) wait(d time.Duration) bool {
-	if p.noWaiter {
-		return false
-	}
-	if p.waiter == nil {
+// canWait reports whether the netpoller can watch the connection (its
+// transport gives a descriptor); otherwise the caller waits in Recv.
+func (p *pooled) canWait() bool {
+	if p.waiter == nil && !p.noWaiter {
 		fd, err := p.conn.FD()
 		if err == nil {
 			p.waiter, err = NewFDWaiter(fd)
 		}
-		if err != nil {
-			p.noWaiter = true
-			return false
-		}
+		p.noWaiter = err != nil
 	}
-	if err := p.waiter.SetDeadline(time.Now().Add(d)); err != nil {
-		p.noWaiter = true
-		return false
+	return !p.noWaiter
+}
+
+// wait parks the goroutine until the connection may have progressed or d
+// passed; canWait must have said yes. A waiter that fails is given up, and
+// the caller then waits in Recv.
+func (p *pooled) wait(d time.Duration) {
+	err := p.waiter.SetDeadline(time.Now().Add(d))
+	if err == nil {
+		err = p.waiter.Wait()
 	}
-	if err := p.waiter.Wait(); err != nil {
-		p.noWaiter = true
-		return false
-	}
-	return true
+	p.noWaiter = err != nil
 }
 
 func (e *endpoint) State() State { return State(e.state.Load()) }
