@@ -110,22 +110,9 @@ func (c *cConn) Send(frames [][]byte, timeout time.Duration) error {
 	if ms == c.sndtimeo {
 		set = -1
 	}
-	var p [8]unsafe.Pointer
-	var l [8]C.size_t
 	for len(frames) > 0 {
 		n := min(len(frames), 8)
-		for i, f := range frames[:n] {
-			p[i], l[i] = nil, C.size_t(len(f))
-			if len(f) > 0 {
-				p[i] = unsafe.Pointer(&f[0])
-			}
-		}
-		last := C.int(0)
-		if n == len(frames) {
-			last = 1
-		}
-		rc := C.modzmq_send(c.sock, set, C.int(n), last, p[0], l[0], p[1], l[1], p[2], l[2], p[3], l[3],
-			p[4], l[4], p[5], l[5], p[6], l[6], p[7], l[7])
+		rc := send(c.sock, false, set, frames[:n], n == len(frames))
 		if set >= 0 && (rc == 0 || syscall.Errno(rc) == syscall.EAGAIN) {
 			c.sndtimeo = ms
 		}
@@ -140,6 +127,28 @@ func (c *cConn) Send(frames [][]byte, timeout time.Duration) error {
 		frames = frames[n:]
 	}
 	return nil
+}
+
+// send passes up to 8 frames to modzmq_send: on a libzmq socket, or on a
+// ZMTP connection when direct (then frames are the whole message).
+func send(conn unsafe.Pointer, direct bool, sndtimeo C.int, frames [][]byte, last bool) C.int {
+	var p [8]unsafe.Pointer
+	var l [8]C.size_t
+	for i, f := range frames {
+		l[i] = C.size_t(len(f))
+		if len(f) > 0 {
+			p[i] = unsafe.Pointer(&f[0])
+		}
+	}
+	var d, end C.int
+	if direct {
+		d = 1
+	}
+	if last {
+		end = 1
+	}
+	return C.modzmq_send(conn, d, sndtimeo, C.int(len(frames)), end,
+		p[0], l[0], p[1], l[1], p[2], l[2], p[3], l[3], p[4], l[4], p[5], l[5], p[6], l[6], p[7], l[7])
 }
 
 // deliver hands over a message the request path received. It is Recv's next
@@ -213,17 +222,7 @@ func (c *zConn) Send(frames [][]byte, timeout time.Duration) error {
 			return fmt.Errorf("%w: connect again: %v", bridge.ErrNoWorker, syscall.Errno(rc))
 		}
 	}
-	var p [8]unsafe.Pointer
-	var l [8]C.size_t
-	for i, f := range frames {
-		l[i] = C.size_t(len(f))
-		if len(f) > 0 {
-			p[i] = unsafe.Pointer(&f[0])
-		}
-	}
-	rc := C.modzmq_zsend(unsafe.Pointer(c.z), ms, C.int(len(frames)),
-		p[0], l[0], p[1], l[1], p[2], l[2], p[3], l[3], p[4], l[4], p[5], l[5], p[6], l[6], p[7], l[7])
-	if rc != 0 {
+	if rc := send(unsafe.Pointer(c.z), true, ms, frames, true); rc != 0 {
 		// The connection is closed after this: what was written of the
 		// request is never completed.
 		return fmt.Errorf("%w: send: %v", bridge.ErrNoWorker, syscall.Errno(rc))

@@ -396,16 +396,9 @@ static int send_request(int direct, void *sock, int sndtimeo_ms, const modzmq_re
     if (req->meta_len) {
         memcpy(meta + 14 + id_len, req->meta, req->meta_len);
     }
-    if (direct) {
-        const void *p[8] = {id, "", "MZMQ/1", req->method, req->target, req->headers, meta, req->body};
-        size_t len[8] = {id_len, 0, 6, req->method_len, req->target_len, req->headers_len, meta_len, req->body_len};
-        err = zmtp_send(sock, sndtimeo_ms, 8, p, len);
-    }
-    else {
-        err = modzmq_send(sock, sndtimeo_ms, 8, 1, id, id_len, "", 0, "MZMQ/1", 6, req->method, req->method_len,
-                          req->target, req->target_len, req->headers, req->headers_len, meta, meta_len, req->body,
-                          req->body_len);
-    }
+    err = modzmq_send(sock, direct, sndtimeo_ms, 8, 1, id, id_len, "", 0, "MZMQ/1", 6, req->method, req->method_len,
+                      req->target, req->target_len, req->headers, req->headers_len, meta, meta_len, req->body,
+                      req->body_len);
     if (meta != stack) {
         free(meta);
     }

@@ -69,7 +69,7 @@ fail:
     return NULL;
 }
 
-int modzmq_send(void *sock, int sndtimeo_ms, int n, int last,
+int modzmq_send(void *conn, int direct, int sndtimeo_ms, int n, int last,
                 const void *p0, size_t l0, const void *p1, size_t l1,
                 const void *p2, size_t l2, const void *p3, size_t l3,
                 const void *p4, size_t l4, const void *p5, size_t l5,
@@ -77,8 +77,12 @@ int modzmq_send(void *sock, int sndtimeo_ms, int n, int last,
 {
     const void *p[8] = {p0, p1, p2, p3, p4, p5, p6, p7};
     size_t l[8] = {l0, l1, l2, l3, l4, l5, l6, l7};
+    void *sock = conn;
     int i;
 
+    if (direct) {
+        return last ? zmtp_send(conn, sndtimeo_ms, n, p, l) : EINVAL;
+    }
     if (sndtimeo_ms >= 0 && zmq_setsockopt(sock, ZMQ_SNDTIMEO, &sndtimeo_ms, sizeof(int)) != 0) {
         return errno;
     }
@@ -164,17 +168,6 @@ void modzmq_release(modzmq_response *resp)
     resp->nframes = 0;
     free(resp->block);
     resp->block = NULL;
-}
-
-int modzmq_zsend(void *conn, int timeout_ms, int n,
-                 const void *p0, size_t l0, const void *p1, size_t l1,
-                 const void *p2, size_t l2, const void *p3, size_t l3,
-                 const void *p4, size_t l4, const void *p5, size_t l5,
-                 const void *p6, size_t l6, const void *p7, size_t l7)
-{
-    const void *p[8] = {p0, p1, p2, p3, p4, p5, p6, p7};
-    size_t l[8] = {l0, l1, l2, l3, l4, l5, l6, l7};
-    return zmtp_send(conn, timeout_ms, n, p, l);
 }
 
 void modzmq_zreceive(void *conn, int timeout_ms, modzmq_response *resp)

@@ -22,10 +22,14 @@ void *modzmq_dealer(const char *endpoint, int heartbeat_ms, int heartbeat_timeou
                     const void *curve_server, const void *curve_public, const void *curve_secret, size_t keylen,
                     int64_t max_msg_size, int *stage);
 
-/* Sends up to 8 frames (n of them) as part of one message: all with
- * ZMQ_SNDMORE unless last is set, when the final one ends the message.
- * sndtimeo_ms >= 0 sets ZMQ_SNDTIMEO first. Returns 0 or an errno value. */
-int modzmq_send(void *sock, int sndtimeo_ms, int n, int last,
+/* Sends up to 8 frames (n of them) as part of one message on conn: a
+ * libzmq socket, or a ZMTP connection (zmtp.h) when direct is set. On a
+ * libzmq socket all go with ZMQ_SNDMORE unless last is set, when the final
+ * one ends the message, and sndtimeo_ms >= 0 sets ZMQ_SNDTIMEO first; on a
+ * ZMTP connection the frames are the whole message (last must be set) and
+ * are written within sndtimeo_ms. The frames are arguments because Go may
+ * not pass an array of pointers to its memory. Returns 0 or an errno value. */
+int modzmq_send(void *conn, int direct, int sndtimeo_ms, int n, int last,
                 const void *p0, size_t l0, const void *p1, size_t l1,
                 const void *p2, size_t l2, const void *p3, size_t l3,
                 const void *p4, size_t l4, const void *p5, size_t l5,
@@ -37,14 +41,6 @@ int modzmq_poll_in(void *sock, int timeout_ms);
 
 /* Receives one whole message (which must be there) into resp's frames. */
 void modzmq_receive(void *sock, modzmq_response *resp);
-
-/* zmtp_send with the frames as arguments (Go may not pass an array of
- * pointers to its memory). */
-int modzmq_zsend(void *conn, int timeout_ms, int n,
-                 const void *p0, size_t l0, const void *p1, size_t l1,
-                 const void *p2, size_t l2, const void *p3, size_t l3,
-                 const void *p4, size_t l4, const void *p5, size_t l5,
-                 const void *p6, size_t l6, const void *p7, size_t l7);
 
 /* Waits up to timeout_ms for a message on a ZMTP connection (zmtp.h) and
  * receives it into resp, which then owns the buffer its frames are in. */
