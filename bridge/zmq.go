@@ -91,6 +91,7 @@ func (t *ZMQ) Watch(endpoints []string, opts DialOptions, fn func(string, EventK
 	var ws []watched
 	closeAll := func() {
 		for _, w := range ws {
+			unmonitor(w.sentinel)
 			w.sentinel.Close()
 			w.events.Close()
 		}
@@ -115,11 +116,13 @@ func (t *ZMQ) Watch(endpoints []string, opts DialOptions, fn func(string, EventK
 			err = ev.Connect(addr)
 		}
 		if err != nil {
+			unmonitor(s)
 			s.Close()
 			closeAll()
 			return nil, fmt.Errorf("zmq monitor: %w", err)
 		}
 		if err := s.Connect(ep); err != nil {
+			unmonitor(s)
 			s.Close()
 			ev.Close()
 			closeAll()
@@ -163,6 +166,15 @@ func (t *ZMQ) Watch(endpoints []string, opts DialOptions, fn func(string, EventK
 			<-done
 		}
 	}, nil
+}
+
+// unmonitor stops s's monitor before s and the monitor's reader close.
+// libzmq (4.3.4) otherwise keeps the monitor until it has reaped s, and an
+// event in that window (a connect retried) is sent, blocking, to a monitor
+// socket whose reader is gone: the context's I/O thread then waits forever,
+// and every socket of the context stops connecting and reporting.
+func unmonitor(s *zmq.Socket) {
+	s.Monitor("", 0)
 }
 
 func eventKind(e zmq.Event, addr string, value int) (EventKind, string) {
