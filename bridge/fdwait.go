@@ -5,6 +5,8 @@ import (
 	"os"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // FDWaiter parks goroutines in Go's netpoller until a descriptor becomes
@@ -45,15 +47,33 @@ func (w *FDWaiter) SetDeadline(t time.Time) error { return w.f.SetReadDeadline(t
 // an error).
 func (w *FDWaiter) Wait() error {
 	first := true
-	err := w.raw.Read(func(uintptr) bool {
-		ready := !first
+	err := w.raw.Read(func(fd uintptr) bool {
+		if !first {
+			return true
+		}
 		first = false
-		return ready
+		// The netpoller forgets a readiness that arrived before this call
+		// (RawConn.Read resets it before it first asks), so look at the
+		// descriptor itself: without this, a signal libzmq sent between the
+		// caller's last look at ZMQ_EVENTS and here was lost, and the
+		// caller slept to its deadline with work waiting.
+		return readable(int(fd))
 	})
 	if errors.Is(err, os.ErrDeadlineExceeded) {
 		return nil
 	}
 	return err
+}
+
+// readable reports whether fd is readable now, without reading it.
+func readable(fd int) bool {
+	p := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	for {
+		n, err := unix.Poll(p, 0)
+		if err != unix.EINTR {
+			return err == nil && n > 0 && p[0].Revents != 0
+		}
+	}
 }
 
 // Close stops watching; the original descriptor stays open.
