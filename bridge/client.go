@@ -157,7 +157,7 @@ func NewClient(opts Options) (*Client, error) {
 		return nil, err
 	}
 	c := &Client{opts: opts, prefix: append(hex.AppendEncode(make([]byte, 0, 16), r[:]), '-')}
-	c.dial = DialOptions{Curve: opts.Curve, ConnectTimeout: opts.ConnectTimeout}
+	c.dial = DialOptions{Curve: opts.Curve, ConnectTimeout: opts.ConnectTimeout, Log: opts.Log}
 	if !opts.NoHeartbeat {
 		c.dial.Heartbeat, c.dial.HeartbeatTimeout = opts.Heartbeat, opts.HeartbeatTimeout
 	}

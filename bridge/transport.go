@@ -35,6 +35,9 @@ type DialOptions struct {
 	// may keep trying while the worker is not there (Options.ConnectTimeout).
 	// libzmq connects in the background and ignores it.
 	ConnectTimeout time.Duration
+	// Log receives the transport's own lines: a shared connection dropping
+	// a reply nobody waits for any more (MODZMQ0104, debug).
+	Log LogFunc
 }
 
 // EventKind is a connection event reported by a Transport's Watch.

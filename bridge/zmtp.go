@@ -19,8 +19,13 @@ import (
 // thread. Workers see an ordinary DEALER peer. Other connections, and
 // endpoint watching, are libzmq's (ZMQ). The Apache module has the same in
 // C (mod_zmq/golib/zmtp.c).
+//
+// Requests to one endpoint share a few connections (see shared.go) unless
+// Exclusive is set, which gives each Conn a connection of its own.
 type ZMTP struct {
 	ZMQ
+	Exclusive bool
+	shared    sessions
 }
 
 // Dial connects to endpoint, trying again every 100 ms while nobody
@@ -29,6 +34,9 @@ func (t *ZMTP) Dial(endpoint string, opts DialOptions) (Conn, error) {
 	network, addr, ok := zmtpAddr(endpoint)
 	if !ok || opts.Curve != nil {
 		return t.ZMQ.Dial(endpoint, opts)
+	}
+	if !t.Exclusive {
+		return t.dialShared(network, addr, endpoint, opts)
 	}
 	c := &zmtpConn{network: network, addr: addr, endpoint: endpoint, maxMsgSize: opts.MaxMsgSize}
 	if err := c.connect(opts.ConnectTimeout); err != nil {
@@ -90,6 +98,9 @@ type zmtpConn struct {
 	err                     error // once set, the connection is unusable
 	hdr                     [8][9]byte
 	out                     net.Buffers
+	// pong, when set, sends a PONG for the connection's reader, which must
+	// not write to the connection itself (a shared one has its own writer).
+	pong func([]byte) error
 }
 
 // connect makes (or remakes) the connection and completes the handshake.
@@ -303,6 +314,9 @@ func (c *zmtpConn) command(body []byte) error {
 	case len(body) >= 7 && string(body[:5]) == "\x04PING":
 		ctx := body[7:min(len(body), 7+16)]
 		pong := append([]byte{zmtpCommand, byte(5 + len(ctx)), 4, 'P', 'O', 'N', 'G'}, ctx...)
+		if c.pong != nil {
+			return c.pong(pong)
+		}
 		c.nc.SetWriteDeadline(time.Now().Add(time.Second))
 		_, err := c.nc.Write(pong)
 		return err
@@ -351,6 +365,22 @@ func (c *zmtpConn) next() ([][]byte, error) {
 	}
 	c.r = at
 	return msg, nil
+}
+
+// partialID returns the first frame of the message being read, when it has
+// arrived: the request id of a reply that broke the connection.
+func (c *zmtpConn) partialID() string {
+	at := c.r
+	for {
+		end, flags, body, err := c.frame(at)
+		if err != nil || body == nil {
+			return ""
+		}
+		if flags&zmtpCommand == 0 {
+			return string(body)
+		}
+		at = end
+	}
 }
 
 // fail marks the connection unusable and names err as the bridge does.
@@ -407,17 +437,7 @@ func (c *zmtpConn) Send(frames [][]byte, timeout time.Duration) error {
 	}
 	c.out = c.out[:0]
 	for i, f := range frames {
-		h := c.hdr[i][:0]
-		flags := byte(0)
-		if i < len(frames)-1 {
-			flags = zmtpMore
-		}
-		if len(f) > 255 {
-			h = binary.BigEndian.AppendUint64(append(h, flags|zmtpLong), uint64(len(f)))
-		} else {
-			h = append(h, flags, byte(len(f)))
-		}
-		c.out = append(c.out, h)
+		c.out = append(c.out, appendFrameHeader(c.hdr[i][:0], i < len(frames)-1, len(f)))
 		if len(f) > 0 {
 			c.out = append(c.out, f)
 		}

@@ -21,7 +21,7 @@ func dialZMTP(t *testing.T, endpoint string, opts DialOptions) *zmtpConn {
 	if opts.ConnectTimeout == 0 {
 		opts.ConnectTimeout = 2 * time.Second
 	}
-	conn, err := (&ZMTP{}).Dial(endpoint, opts)
+	conn, err := (&ZMTP{Exclusive: true}).Dial(endpoint, opts)
 	if err != nil {
 		t.Fatalf("dial %s: %v", endpoint, err)
 	}

@@ -14,7 +14,9 @@ import (
 func REP(t testing.TB, fn func(req [][]byte) [][]byte) string {
 	t.Helper()
 	return serve(t, zmq.REP, func(s *zmq.Socket, msg [][]byte) {
-		send(s, fn(msg))
+		if msg != nil {
+			send(s, fn(msg))
+		}
 	})
 }
 
@@ -22,8 +24,21 @@ func REP(t testing.TB, fn func(req [][]byte) [][]byte) string {
 // may send any number of replies with reply.
 func ROUTER(t testing.TB, fn func(msg [][]byte, reply func([][]byte))) string {
 	t.Helper()
+	return ROUTERIdle(t, fn, nil)
+}
+
+// ROUTERIdle is ROUTER with idle, when not nil, called whenever 20 ms pass
+// without a message: a worker holding requests answers them there.
+func ROUTERIdle(t testing.TB, fn func(msg [][]byte, reply func([][]byte)), idle func(reply func([][]byte))) string {
+	t.Helper()
 	return serve(t, zmq.ROUTER, func(s *zmq.Socket, msg [][]byte) {
-		fn(msg, func(frames [][]byte) { send(s, frames) })
+		reply := func(frames [][]byte) { send(s, frames) }
+		switch {
+		case msg != nil:
+			fn(msg, reply)
+		case idle != nil:
+			idle(reply)
+		}
 	})
 }
 
@@ -57,9 +72,10 @@ func serve(t testing.TB, kind zmq.Type, handle func(*zmq.Socket, [][]byte)) stri
 			default:
 			}
 			msg, err := sock.RecvMessageBytes(0)
-			if err == nil {
-				handle(sock, msg)
+			if err != nil {
+				msg = nil // a receive timeout: handle sees nil
 			}
+			handle(sock, msg)
 		}
 	}()
 	t.Cleanup(func() { close(stop); <-done })

@@ -1,0 +1,471 @@
+package bridge
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+)
+
+// Shared connections. The gateway's requests to one endpoint travel on a few
+// ZMTP connections that many requests use at once, instead of one connection
+// per request in flight; replies are matched to requests by request id, as
+// MZMQ/1 requires of every bridge anyway. Under load, the requests of many
+// clients leave in one write and their replies arrive in one read, on both
+// sides: the worker's libzmq takes in a batch per wake-up instead of one
+// request per connection.
+
+// sessionUsers is how many Conns (with a request in flight, or pooled idle)
+// share one ZMTP connection before another is made. It also bounds the
+// replies a worker queues for one connection, well under the 1000 of a
+// ROUTER's default send high-water mark, past which libzmq drops replies.
+const sessionUsers = 64
+
+// sessionQueue bounds the bytes waiting to be written on one connection; a
+// sender that finds more waits for the writer, up to its send timeout.
+const sessionQueue = 1 << 20
+
+// sessions holds a transport's shared connections by endpoint.
+type sessions struct {
+	mu  sync.Mutex
+	all map[string]*sessionSet
+}
+
+type sessionSet struct {
+	live    []*session
+	dialing chan struct{} // closed when the dial in progress ends
+	dialErr error
+}
+
+// session is one ZMTP connection shared by many shareConns. Its reader
+// goroutine receives every message and hands each reply to the Conn that
+// sent the request. Senders append to one queue; one that finds nobody
+// writing writes the queue, and goes on while others add to it.
+type session struct {
+	t     *ZMTP
+	set   *sessionSet
+	zc    *zmtpConn
+	log   LogFunc
+	users int // under t.shared.mu
+
+	wmu      sync.Mutex
+	queue    []byte
+	spare    []byte
+	writing  bool
+	progress chan struct{} // closed after each write, when a sender waits for room
+
+	pmu     sync.Mutex
+	pending map[string]*shareConn // by request id
+
+	dead  chan struct{} // closed once the connection failed
+	err   error         // why; set before dead closes
+	blame string        // the request whose reply broke the connection, if known
+}
+
+// shareConn is a Conn whose requests go out on a shared session. Like every
+// Conn it has one request in flight at a time.
+type shareConn struct {
+	t        *ZMTP
+	network  string
+	addr     string
+	endpoint string
+	opts     DialOptions
+	s        *session
+	id       string // the request id last sent
+	inbox    chan [][]byte
+	timer    *time.Timer
+	hdr      []byte // frame headers of a direct write
+	out      net.Buffers
+}
+
+// dialShared returns a Conn on a shared connection to endpoint.
+func (t *ZMTP) dialShared(network, addr, endpoint string, opts DialOptions) (Conn, error) {
+	s, err := t.bind(network, addr, endpoint, opts, opts.ConnectTimeout)
+	if err != nil {
+		return nil, err
+	}
+	// Room for the reply waited for, and one to a request given up on that
+	// raced with the next send: the reader never blocks on a slow Conn.
+	return &shareConn{t: t, network: network, addr: addr, endpoint: endpoint, opts: opts, s: s,
+		inbox: make(chan [][]byte, 2), hdr: make([]byte, 0, 8*9)}, nil
+}
+
+// bind finds a sound session with room, or makes one. One dial at a time per
+// endpoint: the others wait for it and share the connection it makes.
+func (t *ZMTP) bind(network, addr, endpoint string, opts DialOptions, wait time.Duration) (*session, error) {
+	key := fmt.Sprintf("%s\x00%d", endpoint, opts.MaxMsgSize)
+	t.shared.mu.Lock()
+	defer t.shared.mu.Unlock()
+	if t.shared.all == nil {
+		t.shared.all = map[string]*sessionSet{}
+	}
+	set := t.shared.all[key]
+	if set == nil {
+		set = &sessionSet{}
+		t.shared.all[key] = set
+	}
+	for {
+		for _, s := range set.live {
+			if s.users < sessionUsers {
+				s.users++
+				return s, nil
+			}
+		}
+		if set.dialing != nil {
+			done := set.dialing
+			t.shared.mu.Unlock()
+			<-done
+			t.shared.mu.Lock()
+			if err := set.dialErr; err != nil {
+				return nil, err
+			}
+			continue
+		}
+		done := make(chan struct{})
+		set.dialing = done
+		t.shared.mu.Unlock()
+		zc := &zmtpConn{network: network, addr: addr, endpoint: endpoint, maxMsgSize: opts.MaxMsgSize}
+		err := zc.connect(wait)
+		t.shared.mu.Lock()
+		set.dialing, set.dialErr = nil, err
+		close(done)
+		if err != nil {
+			return nil, err
+		}
+		s := &session{t: t, set: set, zc: zc, log: opts.Log, users: 1,
+			pending: map[string]*shareConn{}, dead: make(chan struct{})}
+		zc.pong = s.queueCommand
+		set.live = append(set.live, s)
+		go s.read()
+		return s, nil
+	}
+}
+
+// unbind lets go of s; its last user closes it.
+func (s *session) unbind() {
+	t := s.t
+	t.shared.mu.Lock()
+	s.users--
+	last := s.users == 0
+	if last {
+		s.set.remove(s)
+	}
+	t.shared.mu.Unlock()
+	if last {
+		s.zc.nc.Close()
+	}
+}
+
+func (set *sessionSet) remove(s *session) {
+	for i, x := range set.live {
+		if x == s {
+			set.live = append(set.live[:i], set.live[i+1:]...)
+			return
+		}
+	}
+}
+
+// fail ends the session; every request on it then gets err from Recv.
+func (s *session) fail(err error, blame string) {
+	t := s.t
+	t.shared.mu.Lock()
+	if s.isDead() {
+		t.shared.mu.Unlock()
+		return
+	}
+	s.set.remove(s)
+	s.err, s.blame = err, blame
+	close(s.dead)
+	t.shared.mu.Unlock()
+	s.zc.nc.Close()
+}
+
+func (s *session) isDead() bool {
+	select {
+	case <-s.dead:
+		return true
+	default:
+		return false
+	}
+}
+
+// failed is the error request id gets from a dead session. A reply over the
+// size limit is a protocol error of its own request only; the others on the
+// connection lost their worker, as far as they can tell, and may be retried.
+func (s *session) failed(id string) error {
+	if errors.Is(s.err, ErrProtocol) && id != s.blame {
+		return fmt.Errorf("%w: %s: the shared connection was dropped (%v)", ErrWorkerLost, s.zc.endpoint, s.err)
+	}
+	return s.err
+}
+
+// read receives every message on the session until it fails.
+func (s *session) read() {
+	zc := s.zc
+	for {
+		zc.compact()
+		for {
+			msg, err := zc.next()
+			if err != nil {
+				s.fail(zc.fail(err), zc.partialID())
+				return
+			}
+			if msg == nil {
+				break
+			}
+			s.deliver(msg)
+		}
+		if err := zc.fill(true); err != nil {
+			s.fail(zc.fail(err), "")
+			return
+		}
+	}
+}
+
+// deliver hands a reply to the Conn waiting for it.
+func (s *session) deliver(msg [][]byte) {
+	var c *shareConn
+	if len(msg) > 0 {
+		s.pmu.Lock()
+		if c = s.pending[string(msg[0])]; c != nil {
+			delete(s.pending, string(msg[0]))
+		}
+		s.pmu.Unlock()
+	}
+	if c != nil {
+		select {
+		case c.inbox <- msg:
+			return
+		default:
+		}
+	}
+	s.log.Logf(LevelDebug, CodeStaleReply, "dropped a reply nobody waits for any more (request %s)", idOf(msg))
+}
+
+// queueCommand queues a command (a PONG) from the reader, which must not
+// itself wait for a write.
+func (s *session) queueCommand(b []byte) error {
+	s.wmu.Lock()
+	s.queue = append(s.queue, b...)
+	start := !s.writing
+	s.writing = s.writing || start
+	s.wmu.Unlock()
+	if start {
+		go s.write(time.Second)
+	}
+	return nil
+}
+
+// write writes the queue until it is empty; the caller set s.writing. A
+// write that fails or stalls past wait fails the session: part of a message
+// may be out.
+func (s *session) write(wait time.Duration) error {
+	s.wmu.Lock()
+	for len(s.queue) > 0 {
+		out := s.queue
+		s.queue = s.spare[:0]
+		s.wmu.Unlock()
+		s.zc.nc.SetWriteDeadline(time.Now().Add(max(wait, time.Millisecond)))
+		_, err := s.zc.nc.Write(out)
+		s.wmu.Lock()
+		s.spare = out[:0]
+		if s.progress != nil {
+			close(s.progress)
+			s.progress = nil
+		}
+		if err != nil {
+			s.writing = false
+			s.wmu.Unlock()
+			return s.writeFailed(err)
+		}
+	}
+	s.writing = false
+	s.wmu.Unlock()
+	return nil
+}
+
+// writeFailed fails the session after a failed write and returns the
+// sender's error.
+func (s *session) writeFailed(err error) error {
+	err = fmt.Errorf("%w: send to %s: %v", ErrNoWorker, s.zc.endpoint, err)
+	s.fail(fmt.Errorf("%w: the connection failed while requests were going out (%v)", ErrWorkerLost, err), "")
+	return err
+}
+
+// directWrite is the message size from which a sender that finds nobody
+// writing writes its frames where they are instead of copying them into
+// the queue: a large body is then not copied at all.
+const directWrite = 16 << 10
+
+// Send queues the request on the session (dialing again when the session
+// is gone, as libzmq would) and writes the queue if nobody is writing it.
+func (c *shareConn) Send(frames [][]byte, timeout time.Duration) error {
+	if len(frames) == 0 {
+		return errors.New("zmtp send: no frames")
+	}
+	if c.s.isDead() {
+		s, err := c.t.bind(c.network, c.addr, c.endpoint, c.opts, timeout)
+		if err != nil {
+			return err
+		}
+		c.s.unbind()
+		c.s = s
+	}
+	s := c.s
+	// Forget the request before, whose reply may still come, and any reply
+	// to it that came already.
+	s.pmu.Lock()
+	if c.id != "" && s.pending[c.id] == c {
+		delete(s.pending, c.id)
+	}
+	c.id = string(frames[0])
+	s.pending[c.id] = c
+	s.pmu.Unlock()
+	for len(c.inbox) > 0 {
+		<-c.inbox
+	}
+
+	s.wmu.Lock()
+	for s.writing && len(s.queue) > sessionQueue {
+		if s.progress == nil {
+			s.progress = make(chan struct{})
+		}
+		progress := s.progress
+		s.wmu.Unlock()
+		if c.timer == nil {
+			c.timer = time.NewTimer(timeout)
+		} else {
+			c.timer.Reset(timeout)
+		}
+		select {
+		case <-progress:
+			c.timer.Stop()
+		case <-s.dead:
+			c.timer.Stop()
+			return fmt.Errorf("%w: send to %s: %v", ErrNoWorker, c.endpoint, s.err)
+		case <-c.timer.C:
+			return fmt.Errorf("%w: send to %s: the worker took no request for %v", ErrNoWorker, c.endpoint, timeout)
+		}
+		s.wmu.Lock()
+	}
+	if !s.writing && len(s.queue) == 0 && messageSize(frames) >= directWrite {
+		s.writing = true
+		s.wmu.Unlock()
+		if err := c.writeFrames(frames, timeout); err != nil {
+			s.wmu.Lock()
+			s.writing = false
+			s.wmu.Unlock()
+			return s.writeFailed(err)
+		}
+		return s.write(timeout) // what others queued meanwhile
+	}
+	s.queue = appendMessage(s.queue, frames)
+	if s.writing {
+		s.wmu.Unlock()
+		return nil
+	}
+	s.writing = true
+	s.wmu.Unlock()
+	return s.write(timeout)
+}
+
+// writeFrames writes frames as one message with one writev, without copying
+// them; the caller is the session's writer.
+func (c *shareConn) writeFrames(frames [][]byte, timeout time.Duration) error {
+	c.out = c.out[:0]
+	hdr := c.hdr[:0]
+	for i, f := range frames {
+		start := len(hdr)
+		hdr = appendFrameHeader(hdr, i < len(frames)-1, len(f))
+		c.out = append(c.out, hdr[start:len(hdr):len(hdr)])
+		if len(f) > 0 {
+			c.out = append(c.out, f)
+		}
+	}
+	nc := c.s.zc.nc
+	nc.SetWriteDeadline(time.Now().Add(max(timeout, time.Millisecond)))
+	out := c.out // WriteTo consumes the slice it is called on
+	_, err := out.WriteTo(nc)
+	return err
+}
+
+func messageSize(frames [][]byte) int {
+	n := 0
+	for _, f := range frames {
+		n += len(f)
+	}
+	return n
+}
+
+// appendFrameHeader appends the header of a frame of size bytes.
+func appendFrameHeader(b []byte, more bool, size int) []byte {
+	flags := byte(0)
+	if more {
+		flags = zmtpMore
+	}
+	if size > 255 {
+		return binary.BigEndian.AppendUint64(append(b, flags|zmtpLong), uint64(size))
+	}
+	return append(b, flags, byte(size))
+}
+
+// appendMessage appends frames as one ZMTP message.
+func appendMessage(b []byte, frames [][]byte) []byte {
+	for i, f := range frames {
+		b = append(appendFrameHeader(b, i < len(frames)-1, len(f)), f...)
+	}
+	return b
+}
+
+// Recv waits for the reply to the request last sent.
+func (c *shareConn) Recv(timeout time.Duration) ([][]byte, error) {
+	select {
+	case msg := <-c.inbox:
+		return msg, nil
+	default:
+	}
+	s := c.s
+	if timeout <= 0 {
+		if s.isDead() {
+			return nil, s.failed(c.id)
+		}
+		return nil, ErrTimeout
+	}
+	if c.timer == nil {
+		c.timer = time.NewTimer(timeout)
+	} else {
+		c.timer.Reset(timeout)
+	}
+	select {
+	case msg := <-c.inbox:
+		c.timer.Stop()
+		return msg, nil
+	case <-s.dead:
+		c.timer.Stop()
+		select {
+		case msg := <-c.inbox:
+			return msg, nil
+		default:
+		}
+		return nil, s.failed(c.id)
+	case <-c.timer.C:
+		return nil, ErrTimeout
+	}
+}
+
+// FD reports no descriptor: Recv waits in Go.
+func (c *shareConn) FD() (int, error) { return -1, errors.New("zmtp: Recv waits in Go") }
+
+// Close forgets the request in flight and lets go of the session.
+func (c *shareConn) Close() error {
+	s := c.s
+	s.pmu.Lock()
+	if s.pending[c.id] == c {
+		delete(s.pending, c.id)
+	}
+	s.pmu.Unlock()
+	s.unbind()
+	return nil
+}
