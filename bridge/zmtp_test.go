@@ -181,9 +181,17 @@ func zmtpRead(t *testing.T, data []byte, maxMsgSize int64) (msgs [][][]byte, end
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The writer is done before fds[1] closes: a late Shutdown would hit
+	// whatever socket reuses the descriptor number, a later call's.
+	written := make(chan struct{})
+	defer func() { <-written; syscall.Close(fds[1]) }()
 	go func() {
+		defer close(written)
 		for len(data) > 0 {
 			n, err := syscall.Write(fds[1], data)
+			if err == syscall.EINTR { // Go's preemption signals, often under the fuzzer
+				continue
+			}
 			if err != nil {
 				break
 			}
@@ -191,7 +199,6 @@ func zmtpRead(t *testing.T, data []byte, maxMsgSize int64) (msgs [][][]byte, end
 		}
 		syscall.Shutdown(fds[1], syscall.SHUT_WR)
 	}()
-	defer syscall.Close(fds[1])
 	c := &zmtpConn{maxMsgSize: maxMsgSize}
 	if err := c.attach(nc, time.Now().Add(5*time.Second)); err != nil {
 		nc.Close()

@@ -179,6 +179,9 @@ func zmtpStream(data []byte, maxMsgSize int64) (msgs [][][]byte, counts []int, e
 	defer syscall.Close(peer)
 	for len(data) > 0 {
 		n, err := syscall.Write(peer, data)
+		if err == syscall.EINTR { // Go's preemption signals, often under the fuzzer
+			continue
+		}
 		if err != nil {
 			return nil, nil, err.(syscall.Errno)
 		}
