@@ -78,6 +78,7 @@ type shareConn struct {
 	timer    *time.Timer
 	hdr      []byte // frame headers of a direct write
 	out      net.Buffers
+	closed   bool
 }
 
 // dialShared returns a Conn on a shared connection to endpoint.
@@ -94,6 +95,8 @@ func (t *ZMTP) dialShared(network, addr, endpoint string, opts DialOptions) (Con
 
 // bind finds a sound session with room, or makes one. One dial at a time per
 // endpoint: the others wait for it and share the connection it makes.
+// Clients of one transport with the same endpoint and size limit share
+// connections; a session logs through the options of the Conn that made it.
 func (t *ZMTP) bind(network, addr, endpoint string, opts DialOptions, wait time.Duration) (*session, error) {
 	key := fmt.Sprintf("%s\x00%d", endpoint, opts.MaxMsgSize)
 	t.shared.mu.Lock()
@@ -458,9 +461,14 @@ func (c *shareConn) Recv(timeout time.Duration) ([][]byte, error) {
 // FD reports no descriptor: Recv waits in Go.
 func (c *shareConn) FD() (int, error) { return -1, errors.New("zmtp: Recv waits in Go") }
 
-// Close forgets the request in flight and lets go of the session.
+// Close forgets the request in flight and lets go of the session; a second
+// Close does nothing (the session counts each Conn once).
 func (c *shareConn) Close() error {
 	s := c.s
+	if c.closed {
+		return nil
+	}
+	c.closed = true
 	s.pmu.Lock()
 	if s.pending[c.id] == c {
 		delete(s.pending, c.id)

@@ -278,3 +278,27 @@ func TestSharedConnectionSendGivesUpOnAStuckWorker(t *testing.T) {
 		t.Errorf("after the failed send: %v, want the connection failed", err)
 	}
 }
+
+// Closing a Conn twice lets go of its connection once: the others on it
+// keep working.
+func TestSharedConnectionDoubleCloseSparesTheOthers(t *testing.T) {
+	ep := zmqtest.ROUTER(t, func(msg [][]byte, reply func([][]byte)) { reply(msg) })
+	tr := &ZMTP{}
+	a, err := tr.Dial(ep, DialOptions{ConnectTimeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := tr.Dial(ep, DialOptions{ConnectTimeout: 2 * time.Second})
+	defer b.Close()
+	a.Close()
+	a.Close()
+	if err := b.Send([][]byte{[]byte("id"), nil, []byte("x")}, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if msg, err := b.Recv(2 * time.Second); err != nil || string(msg[2]) != "x" {
+		t.Fatalf("the other Conn got %q, %v", msg, err)
+	}
+	if b.(*shareConn).s.isDead() {
+		t.Error("the other Conn's connection was closed under it")
+	}
+}
