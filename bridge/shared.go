@@ -274,6 +274,9 @@ func (s *session) write(wait time.Duration) error {
 		_, err := s.zc.nc.Write(out)
 		s.wmu.Lock()
 		s.spare = out[:0]
+		if cap(out) > sessionQueue {
+			s.spare = nil // a burst's larger buffer is left to the collector
+		}
 		if s.progress != nil {
 			close(s.progress)
 			s.progress = nil

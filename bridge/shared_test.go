@@ -302,3 +302,33 @@ func TestSharedConnectionDoubleCloseSparesTheOthers(t *testing.T) {
 		t.Error("the other Conn's connection was closed under it")
 	}
 }
+
+// Large requests from many goroutines at once: some go out directly, some
+// through the queue (past its usual size); every reply is its own request's.
+func TestSharedConnectionLargeConcurrentBodies(t *testing.T) {
+	ep := zmqtest.ROUTER(t, func(msg [][]byte, reply func([][]byte)) {
+		reply(append(msg[:3:3], []byte("200"), nil, msg[8]))
+	})
+	c := newTestClient(t, Options{Endpoints: []string{ep}, NoHeartbeat: true})
+	var wg sync.WaitGroup
+	errs := make(chan error, 16)
+	for g := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 8 {
+				body := bytes.Repeat([]byte{byte('a' + g), byte('0' + i)}, 150<<10)
+				resp, err := c.Do(context.Background(), &Request{Method: []byte("POST"), Body: body}, 20*time.Second)
+				if err != nil || !bytes.Equal(resp.Body, body) {
+					errs <- fmt.Errorf("goroutine %d request %d: %d bytes back, %v", g, i, len(resp.Body), err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+}
