@@ -90,7 +90,7 @@ func (t *ZMTP) dialShared(network, addr, endpoint string, opts DialOptions) (Con
 	// Room for the reply waited for, and one to a request given up on that
 	// raced with the next send: the reader never blocks on a slow Conn.
 	return &shareConn{t: t, network: network, addr: addr, endpoint: endpoint, opts: opts, s: s,
-		inbox: make(chan [][]byte, 2), hdr: make([]byte, 0, 8*9)}, nil
+		inbox: make(chan [][]byte, 2)}, nil
 }
 
 // bind finds a sound session with room, or makes one. One dial at a time per
@@ -359,7 +359,7 @@ func (c *shareConn) Send(frames [][]byte, timeout time.Duration) error {
 	if !s.writing && len(s.queue) == 0 && messageSize(frames) >= directWrite {
 		s.writing = true
 		s.wmu.Unlock()
-		if err := c.writeFrames(frames, timeout); err != nil {
+		if err := writeMessage(s.zc.nc, &c.hdr, &c.out, frames, timeout); err != nil {
 			s.wmu.Lock()
 			s.writing = false
 			s.wmu.Unlock()
@@ -375,26 +375,6 @@ func (c *shareConn) Send(frames [][]byte, timeout time.Duration) error {
 	s.writing = true
 	s.wmu.Unlock()
 	return s.write(timeout)
-}
-
-// writeFrames writes frames as one message with one writev, without copying
-// them; the caller is the session's writer.
-func (c *shareConn) writeFrames(frames [][]byte, timeout time.Duration) error {
-	c.out = c.out[:0]
-	hdr := c.hdr[:0]
-	for i, f := range frames {
-		start := len(hdr)
-		hdr = appendFrameHeader(hdr, i < len(frames)-1, len(f))
-		c.out = append(c.out, hdr[start:len(hdr):len(hdr)])
-		if len(f) > 0 {
-			c.out = append(c.out, f)
-		}
-	}
-	nc := c.s.zc.nc
-	nc.SetWriteDeadline(time.Now().Add(max(timeout, time.Millisecond)))
-	out := c.out // WriteTo consumes the slice it is called on
-	_, err := out.WriteTo(nc)
-	return err
 }
 
 func messageSize(frames [][]byte) int {

@@ -94,9 +94,9 @@ type zmtpConn struct {
 	nc                      net.Conn
 	raw                     syscall.RawConn
 	buf                     []byte
-	r, w                    int   // unparsed bytes are buf[r:w]
-	err                     error // once set, the connection is unusable
-	hdr                     [8][9]byte
+	r, w                    int    // unparsed bytes are buf[r:w]
+	err                     error  // once set, the connection is unusable
+	hdr                     []byte // frame headers of the message going out
 	out                     net.Buffers
 	// pong, when set, sends a PONG for the connection's reader, which must
 	// not write to the connection itself (a shared one has its own writer).
@@ -423,9 +423,6 @@ func (c *zmtpConn) idle() error {
 }
 
 func (c *zmtpConn) Send(frames [][]byte, timeout time.Duration) error {
-	if len(frames) > len(c.hdr) {
-		return fmt.Errorf("zmtp send: %d frames, at most %d", len(frames), len(c.hdr))
-	}
 	if c.idle() != nil {
 		// Closed by the worker while it sat in a pool (a restart, or its
 		// heartbeat timeout), with nothing in flight: connect again, as
@@ -435,22 +432,31 @@ func (c *zmtpConn) Send(frames [][]byte, timeout time.Duration) error {
 			return err
 		}
 	}
-	c.out = c.out[:0]
-	for i, f := range frames {
-		c.out = append(c.out, appendFrameHeader(c.hdr[i][:0], i < len(frames)-1, len(f)))
-		if len(f) > 0 {
-			c.out = append(c.out, f)
-		}
-	}
-	c.nc.SetWriteDeadline(time.Now().Add(max(timeout, time.Millisecond)))
-	out := c.out // WriteTo consumes the slice it is called on
-	if _, err := out.WriteTo(c.nc); err != nil {
+	if err := writeMessage(c.nc, &c.hdr, &c.out, frames, timeout); err != nil {
 		// Part of the request may be out: the connection is never used
 		// again, and the worker discards an incomplete message.
 		c.err = err
 		return fmt.Errorf("%w: send to %s: %v", ErrNoWorker, c.endpoint, err)
 	}
 	return nil
+}
+
+// writeMessage writes frames to nc as one ZMTP message with one writev,
+// without copying them; hdr and out are the caller's scratch space.
+func writeMessage(nc net.Conn, hdr *[]byte, out *net.Buffers, frames [][]byte, timeout time.Duration) error {
+	h, bufs := (*hdr)[:0], (*out)[:0]
+	for i, f := range frames {
+		start := len(h)
+		h = appendFrameHeader(h, i < len(frames)-1, len(f))
+		bufs = append(bufs, h[start:len(h):len(h)]) // stays valid if h grows
+		if len(f) > 0 {
+			bufs = append(bufs, f)
+		}
+	}
+	*hdr, *out = h, bufs
+	nc.SetWriteDeadline(time.Now().Add(max(timeout, time.Millisecond)))
+	_, err := bufs.WriteTo(nc) // consumes bufs, not *out
+	return err
 }
 
 func (c *zmtpConn) Recv(timeout time.Duration) ([][]byte, error) {
