@@ -1,6 +1,7 @@
 package bridge
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"sync"
@@ -146,7 +147,11 @@ func (t *ZMQ) Watch(endpoints []string, opts DialOptions, fn func(string, EventK
 					if w.events != p.Socket {
 						continue
 					}
-					e, addr, value, err := w.events.RecvEvent(zmq.DONTWAIT)
+					msg, err := w.events.RecvMessageBytes(zmq.DONTWAIT)
+					if err != nil {
+						continue
+					}
+					e, addr, value, err := decodeMonitorEvent(msg)
 					if err != nil {
 						continue
 					}
@@ -175,6 +180,25 @@ func (t *ZMQ) Watch(endpoints []string, opts DialOptions, fn func(string, EventK
 // and every socket of the context stops connecting and reporting.
 func unmonitor(s *zmq.Socket) {
 	s.Monitor("", 0)
+}
+
+// errMonitorEvent is a monitor message that is not a libzmq 4.x event.
+var errMonitorEvent = errors.New("not a libzmq 4.x monitor event")
+
+// decodeMonitorEvent decodes a message from a libzmq 4.x socket monitor
+// (zmq_socket_monitor): frame 1 is 6 bytes, the event id (uint16) then its
+// value (uint32), both in native byte order; frame 2 is the endpoint's
+// address. The value comes back as a signed 32-bit number, as
+// (*zmq.Socket).RecvEvent gives it. Watch uses this instead of RecvEvent,
+// whose C helper in github.com/pebbe/zmq4 (v1.4.0 and master) loads the value
+// through a misaligned uint32 pointer, undefined behaviour that UBSan reports.
+func decodeMonitorEvent(msg [][]byte) (e zmq.Event, addr string, value int, err error) {
+	if len(msg) != 2 || len(msg[0]) != 6 {
+		return 0, "", 0, errMonitorEvent
+	}
+	e = zmq.Event(binary.NativeEndian.Uint16(msg[0]))
+	value = int(int32(binary.NativeEndian.Uint32(msg[0][2:])))
+	return e, string(msg[1]), value, nil
 }
 
 func eventKind(e zmq.Event, addr string, value int) (EventKind, string) {
