@@ -336,8 +336,20 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request, h *Handle) {
 	}
 }
 
-// readBody reads the whole body within max bytes (0: no limit). It returns
-// a non-zero status when the body is too large (413) or unreadable (400).
+// firstBodyBuffer bounds the buffer readBody allocates before body bytes
+// arrive, whatever Content-Length claims: at most this plus one byte.
+const firstBodyBuffer = 64 << 10
+
+// readBody reads the whole body within max bytes (0: no limit) into one
+// buffer. It returns a non-zero status when the body is too large (413) or
+// unreadable (400).
+//
+// Content-Length never sizes an allocation alone: the buffer starts at
+// min(Content-Length, 64 KiB)+1 bytes and doubles only when the bytes
+// received fill it, never past Content-Length+1. A body the client claims
+// but does not send costs at most 64 KiB; an honest body of up to 64 KiB is
+// read into one buffer with no copy, and a larger one is not allocated past
+// its length. (The +1 lets the read see EOF without growing.)
 func readBody(w http.ResponseWriter, r *http.Request, max int64) ([]byte, int) {
 	if r.ContentLength == 0 || r.Body == nil || r.Body == http.NoBody {
 		return nil, 0
@@ -348,7 +360,7 @@ func readBody(w http.ResponseWriter, r *http.Request, max int64) ([]byte, int) {
 	}
 	size := 512
 	if r.ContentLength > 0 {
-		size = int(r.ContentLength) + 1 // +1 lets ReadAll see EOF without growing
+		size = int(min(r.ContentLength, firstBodyBuffer)) + 1
 	}
 	buf := make([]byte, 0, size)
 	for {
@@ -365,7 +377,11 @@ func readBody(w http.ResponseWriter, r *http.Request, max int64) ([]byte, int) {
 			return nil, http.StatusBadRequest
 		}
 		if len(buf) == cap(buf) {
-			buf = append(buf, 0)[:len(buf)]
+			size := 2 * cap(buf)
+			if cl := r.ContentLength; cl >= int64(len(buf)) && cl < int64(size) {
+				size = int(cl) + 1
+			}
+			buf = append(make([]byte, 0, size), buf...)
 		}
 	}
 }

@@ -27,12 +27,40 @@ APLOG_USE_MODULE(zmq);
 
 /* ---- request body ---------------------------------------------------- */
 
-/* Reads the whole body into one buffer from r->pool. Returns OK or a status. */
+/* Largest first body buffer: whatever Content-Length claims, no more is
+ * allocated until received bytes fill it. */
+#define MODZMQ_BODY_FIRST 65536
+
+/* The size of the next body buffer, which must hold need bytes: doubling from
+ * MODZMQ_BODY_FIRST, never past claim (the Content-Length, -1 if none) while
+ * the bytes received stay within it. */
+static apr_size_t body_size(apr_size_t cap, apr_size_t need, apr_off_t claim)
+{
+    apr_size_t size = cap ? cap : MODZMQ_BODY_FIRST;
+    while (size < need) {
+        size = size > APR_SIZE_MAX / 2 ? need : size * 2;
+    }
+    if (claim >= 0 && (apr_off_t)need <= claim && (apr_off_t)size > claim) {
+        size = (apr_size_t)claim;
+    }
+    return size;
+}
+
+/* Reads the whole body into one buffer. Returns OK or a status.
+ *
+ * Content-Length never sizes an allocation alone: the first buffer, from
+ * r->pool, is allocated when the first bytes arrive and holds min(Content-
+ * Length, 64 KiB) (64 KiB without a length); it doubles as bytes fill it,
+ * never past an honest Content-Length. A grown buffer lives in its own
+ * subpool of r->pool, destroyed when the next one takes over, so a large body
+ * leaves only its last buffer and the first 64 KiB with the request. */
 static int read_body(request_rec *r, apr_off_t max, const char **out, apr_size_t *outlen)
 {
     const char *clen = apr_table_get(r->headers_in, "Content-Length");
     apr_bucket_brigade *bb;
+    apr_pool_t *bp = NULL; /* holds buf */
     apr_size_t cap = 0, len = 0;
+    apr_off_t claim = -1;
     char *buf = NULL;
     int eos = 0;
 
@@ -48,11 +76,8 @@ static int read_body(request_rec *r, apr_off_t max, const char **out, apr_size_t
                               n, max);
                 return HTTP_REQUEST_ENTITY_TOO_LARGE;
             }
-            cap = (apr_size_t)n;
+            claim = n;
         }
-    }
-    if (cap) {
-        buf = apr_palloc(r->pool, cap);
     }
     bb = apr_brigade_create(r->pool, r->connection->bucket_alloc);
     while (!eos) {
@@ -83,18 +108,22 @@ static int read_body(request_rec *r, apr_off_t max, const char **out, apr_size_t
                               MODZMQ_DIR_MAXBODY " %" APR_OFF_T_FMT " bytes", max);
                 return HTTP_REQUEST_ENTITY_TOO_LARGE;
             }
-            if (len + n > cap) {
-                apr_size_t ncap = cap ? cap : 16384;
+            if (!buf) {
+                cap = body_size(0, n, claim);
+                buf = apr_palloc(r->pool, cap);
+            } else if (len + n > cap) {
+                apr_pool_t *np;
                 char *nbuf;
-                while (ncap < len + n) {
-                    ncap *= 2;
+                cap = body_size(cap, len + n, claim);
+                apr_pool_create(&np, r->pool);
+                apr_pool_tag(np, "modzmq_body");
+                nbuf = apr_palloc(np, cap);
+                memcpy(nbuf, buf, len);
+                if (bp) {
+                    apr_pool_destroy(bp);
                 }
-                nbuf = apr_palloc(r->pool, ncap);
-                if (len) {
-                    memcpy(nbuf, buf, len);
-                }
+                bp = np;
                 buf = nbuf;
-                cap = ncap;
             }
             memcpy(buf + len, data, n);
             len += n;

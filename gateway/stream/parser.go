@@ -115,9 +115,15 @@ func (p *Parser) InProgress() bool { return p.st != stLine || p.Buffered() > 0 }
 // Request returns the request Next reported (Head or Done).
 func (p *Parser) Request() *Request { return p.req }
 
+// firstBodyBuffer bounds the body buffer allocated before body bytes arrive,
+// whatever Content-Length claims.
+const firstBodyBuffer = 64 << 10
+
 // SetBodyLimit sets the largest body accepted for the current request (0 =
 // none) and lets Next continue with the body. A Content-Length over the limit
-// fails at once with 413.
+// fails at once with 413. The body buffer starts at min(Content-Length,
+// 64 KiB) and doubles only as received bytes fill it, never past
+// Content-Length: a length claimed but not sent costs at most 64 KiB.
 func (p *Parser) SetBodyLimit(n int64) *Error {
 	p.limit = n
 	r := p.req
@@ -128,11 +134,7 @@ func (p *Parser) SetBodyLimit(n int64) *Error {
 		if n > 0 && r.ContentLength > n {
 			return p.setErr(fail(413, "request body over the limit"))
 		}
-		size := r.ContentLength
-		if n == 0 && size > 1<<20 {
-			size = 1 << 20 // grow as bytes arrive rather than trust a huge length
-		}
-		r.Body = make([]byte, 0, size)
+		r.Body = make([]byte, 0, min(r.ContentLength, firstBodyBuffer))
 		p.st = stBody
 	default:
 		p.st = stReady
@@ -195,6 +197,10 @@ func (p *Parser) Next() (Event, *Error) {
 				return NeedMore, nil
 			}
 			n := min(need, avail)
+			if int64(len(r.Body))+n > int64(cap(r.Body)) {
+				size := max(2*int64(cap(r.Body)), int64(len(r.Body))+n)
+				r.Body = append(make([]byte, 0, min(size, r.ContentLength)), r.Body...)
+			}
 			r.Body = append(r.Body, p.buf[p.off:p.off+int(n)]...)
 			p.off += int(n)
 			if int64(len(r.Body)) == r.ContentLength {

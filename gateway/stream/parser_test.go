@@ -2,6 +2,7 @@ package stream
 
 import (
 	"bytes"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -162,4 +163,60 @@ func FuzzParser(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestParserBodyGrowsWithBytesReceived: a Content-Length, with or without a
+// body limit, sizes no buffer before the bytes arrive; the buffer then grows
+// with the bytes received and never past the length claimed.
+func TestParserBodyGrowsWithBytesReceived(t *testing.T) {
+	for _, tt := range []struct {
+		name          string
+		length, limit int64
+		send          int // bytes of body actually sent
+	}{
+		{"huge claim, no limit", 1_000_000_000_000, 0, 100},
+		{"claim at the default limit", 8 << 20, 8 << 20, 100},
+		{"honest body, no limit", 3<<20 + 17, 0, 3<<20 + 17},
+		{"honest body under a limit", 200_001, 1 << 20, 200_001},
+		{"small honest body", 10, 0, 10},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			p := NewParser()
+			p.Feed([]byte("POST /u HTTP/1.1\r\nHost: x\r\nContent-Length: " + strconv.FormatInt(tt.length, 10) + "\r\n\r\n"))
+			if ev, err := p.Next(); ev != Head || err != nil {
+				t.Fatalf("head: %v %v", ev, err)
+			}
+			if err := p.SetBodyLimit(tt.limit); err != nil {
+				t.Fatalf("SetBodyLimit(%d): %v", tt.limit, err)
+			}
+			r := p.Request()
+			if c := cap(r.Body); c > firstBodyBuffer {
+				t.Fatalf("%d bytes allocated for a body before any arrived, want at most %d", c, firstBodyBuffer)
+			}
+			body := make([]byte, tt.send)
+			for i := range body {
+				body[i] = byte(i % 251)
+			}
+			var ev Event
+			for off := 0; off < len(body); off += 7919 {
+				p.Feed(body[off:min(off+7919, len(body))])
+				var err *Error
+				if ev, err = p.Next(); err != nil {
+					t.Fatal(err)
+				}
+				got := len(r.Body)
+				if c := cap(r.Body); c > max(firstBodyBuffer, 2*got) || int64(c) > tt.length {
+					t.Fatalf("after %d of %d bytes: buffer of %d (bound max(64 KiB, 2 x received), never over %d)",
+						got, tt.length, c, tt.length)
+				}
+			}
+			if int64(tt.send) == tt.length {
+				if ev != Done || !bytes.Equal(r.Body, body) {
+					t.Errorf("honest body: event %v, %d bytes, equal %v", ev, len(r.Body), bytes.Equal(r.Body, body))
+				}
+			} else if ev != NeedMore {
+				t.Errorf("short body: event %v, want NeedMore", ev)
+			}
+		})
+	}
 }
