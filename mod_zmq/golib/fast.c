@@ -3,6 +3,7 @@
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,9 +17,16 @@
 #include "zmtp.h"
 #include "_cgo_export.h"
 
-/* Idle connections kept per endpoint: enough for every thread of a child
- * (ThreadsPerChild) to have one, so a busy child does not reconnect. */
+/* Idle connections kept per endpoint, at most: enough for every thread of a
+ * child (ThreadsPerChild) to have one, so a busy child does not reconnect.
+ * Fewer are kept in practice: this pool is the client's only one (Go takes
+ * from it too, see main.go), and a connection is made only when none is
+ * idle, so an endpoint never has more connections than it had requests in
+ * flight at once. */
 #define FAST_MAX_IDLE 256
+/* How often, at most, taking from a pool also looks at the rest of it for
+ * connections the worker closed (one poll() over all of them). */
+#define FAST_SWEEP_NS 1000000000
 /* How long the fast path waits before handing the request to Go, which then
  * also watches for a lost worker (bridge's watchSlice). */
 #define FAST_SLICE_MS 100
@@ -28,8 +36,9 @@ typedef struct fast_ep {
     int up;             /* atomic: the watch connection is up */
     uint64_t epoch;     /* atomic: grows at every disconnect */
     int64_t in_flight;  /* atomic */
-    pthread_mutex_t mu; /* guards the idle connections */
-    int nidle;
+    pthread_mutex_t mu; /* guards the idle connections and swept_ns */
+    int nidle;          /* idle[0] is the longest idle, idle[nidle-1] the last put */
+    int64_t swept_ns;   /* when sweep last ran */
     struct {
         void *sock;
         int sndtimeo;
@@ -75,11 +84,148 @@ void modzmq_fast_set_direct(modzmq_fast *f, int endpoint)
     }
 }
 
+/* ---- the pool --------------------------------------------------------- */
+
+static int64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static void close_conn(const fast_ep *e, void *conn)
+{
+    if (e->direct) {
+        zmtp_close(conn);
+    }
+    else {
+        zmq_close(conn);
+    }
+}
+
+/* Moves the idle ZMTP connections the worker closed (or that hold a stray
+ * message, as take_idle rules) from e's list to gone, keeping the order of
+ * the rest, and returns how many; e->mu is held. One poll() looks at every
+ * descriptor; only those with something to read are read. libzmq sockets
+ * reconnect by themselves and are left alone. */
+static int sweep(fast_ep *e, void **gone)
+{
+    struct pollfd pfd[FAST_MAX_IDLE];
+    int i, kept = 0, ngone = 0;
+
+    if (!e->direct || e->nidle == 0) {
+        return 0;
+    }
+    for (i = 0; i < e->nidle; i++) {
+        pfd[i].fd = zmtp_fd(e->idle[i].sock);
+        pfd[i].events = POLLIN;
+        pfd[i].revents = 0;
+    }
+    if (poll(pfd, (nfds_t)e->nidle, 0) <= 0) {
+        return 0;
+    }
+    for (i = 0; i < e->nidle; i++) {
+        if (pfd[i].revents != 0 && zmtp_check(e->idle[i].sock) != 0) {
+            gone[ngone++] = e->idle[i].sock;
+        }
+        else {
+            e->idle[kept++] = e->idle[i];
+        }
+    }
+    e->nidle = kept;
+    return ngone;
+}
+
+/* Takes the most recently pooled connection of endpoint i that the worker
+ * has not closed, or NULL when there is none. Once a second at most, and
+ * whenever the one taken turns out closed (a restarted worker closed them
+ * all), the rest of the list is swept first, so connections a worker closed
+ * do not linger in CLOSE_WAIT below those in use. */
+static void *take_idle(modzmq_fast *f, int i, int64_t now, int *sndtimeo)
+{
+    fast_ep *e = &f->ep[i];
+    void *sock, *gone[FAST_MAX_IDLE];
+    int k, ngone, force = 0;
+
+    for (;;) {
+        sock = NULL;
+        ngone = 0;
+        pthread_mutex_lock(&e->mu);
+        if (force || now - e->swept_ns >= FAST_SWEEP_NS) {
+            ngone = sweep(e, gone);
+            e->swept_ns = now;
+        }
+        if (e->nidle > 0) {
+            e->nidle--;
+            sock = e->idle[e->nidle].sock;
+            *sndtimeo = e->idle[e->nidle].sndtimeo;
+        }
+        pthread_mutex_unlock(&e->mu);
+        for (k = 0; k < ngone; k++) {
+            zmtp_close(gone[k]);
+        }
+        if (sock == NULL || !e->direct || zmtp_check(sock) == 0) {
+            return sock;
+        }
+        /* Closed by the worker while idle (or a stray message). */
+        zmtp_close(sock);
+        force = 1;
+    }
+}
+
+void *modzmq_fast_take(modzmq_fast *f, int endpoint, int *sndtimeo, int *direct)
+{
+    if (endpoint < 0 || endpoint >= f->nendpoints) {
+        return NULL;
+    }
+    *direct = f->ep[endpoint].direct;
+    return take_idle(f, endpoint, now_ns(), sndtimeo);
+}
+
+int modzmq_fast_put(modzmq_fast *f, int i, void *sock, int sndtimeo)
+{
+    fast_ep *e = &f->ep[i];
+    int taken = 0;
+    if (i < 0 || i >= f->nendpoints) {
+        return 0;
+    }
+    pthread_mutex_lock(&e->mu);
+    if (e->nidle < FAST_MAX_IDLE) {
+        e->idle[e->nidle].sock = sock;
+        e->idle[e->nidle].sndtimeo = sndtimeo;
+        e->nidle++;
+        taken = 1;
+    }
+    pthread_mutex_unlock(&e->mu);
+    return taken;
+}
+
 void modzmq_fast_set_state(modzmq_fast *f, int endpoint, int up, uint64_t epoch)
 {
-    if (endpoint >= 0 && endpoint < f->nendpoints) {
-        __atomic_store_n(&f->ep[endpoint].epoch, epoch, __ATOMIC_SEQ_CST);
-        __atomic_store_n(&f->ep[endpoint].up, up, __ATOMIC_SEQ_CST);
+    fast_ep *e;
+    void *gone[FAST_MAX_IDLE];
+    int k, ngone = 0;
+    uint64_t was_epoch;
+    int was_up;
+
+    if (endpoint < 0 || endpoint >= f->nendpoints) {
+        return;
+    }
+    e = &f->ep[endpoint];
+    was_epoch = __atomic_exchange_n(&e->epoch, epoch, __ATOMIC_SEQ_CST);
+    was_up = __atomic_exchange_n(&e->up, up, __ATOMIC_SEQ_CST);
+    if (up || (!was_up && was_epoch == epoch)) {
+        return;
+    }
+    /* The endpoint went down (or lost its connection again): its idle
+     * connections are to a worker that is gone or unreachable. */
+    pthread_mutex_lock(&e->mu);
+    for (; e->nidle > 0; e->nidle--) {
+        gone[ngone++] = e->idle[e->nidle - 1].sock;
+    }
+    pthread_mutex_unlock(&e->mu);
+    for (k = 0; k < ngone; k++) {
+        close_conn(e, gone[k]);
     }
 }
 
@@ -280,13 +426,6 @@ int modzmq_fast_decode(const char *const *frame, const size_t *len, int n, int64
 
 /* ---- the request ------------------------------------------------------- */
 
-static int64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 /* The endpoint a request goes to: among those up, the one with the fewest
  * requests in flight, ties round-robin; -1 when none is up. */
 static int pick(modzmq_fast *f)
@@ -306,58 +445,6 @@ static int pick(modzmq_fast *f)
         }
     }
     return best;
-}
-
-static void close_conn(const fast_ep *e, void *conn)
-{
-    if (e->direct) {
-        zmtp_close(conn);
-    }
-    else {
-        zmq_close(conn);
-    }
-}
-
-static void *take_socket(modzmq_fast *f, int i, int *sndtimeo)
-{
-    fast_ep *e = &f->ep[i];
-    void *sock = NULL;
-    pthread_mutex_lock(&e->mu);
-    if (e->nidle > 0) {
-        e->nidle--;
-        sock = e->idle[e->nidle].sock;
-        *sndtimeo = e->idle[e->nidle].sndtimeo;
-    }
-    pthread_mutex_unlock(&e->mu);
-    if (sock != NULL && e->direct && zmtp_check(sock) != 0) {
-        /* Closed by the worker while idle (or a stray message): a new one. */
-        zmtp_close(sock);
-        sock = NULL;
-    }
-    if (sock == NULL) {
-        /* Rare once warm: Go makes the connection, with the client's options. */
-        sock = modzmq_go_dial(f->client, i);
-        *sndtimeo = -1;
-    }
-    return sock;
-}
-
-int modzmq_fast_put(modzmq_fast *f, int i, void *sock, int sndtimeo)
-{
-    fast_ep *e = &f->ep[i];
-    int taken = 0;
-    if (i < 0 || i >= f->nendpoints) {
-        return 0;
-    }
-    pthread_mutex_lock(&e->mu);
-    if (e->nidle < FAST_MAX_IDLE) {
-        e->idle[e->nidle].sock = sock;
-        e->idle[e->nidle].sndtimeo = sndtimeo;
-        e->nidle++;
-        taken = 1;
-    }
-    pthread_mutex_unlock(&e->mu);
-    return taken;
 }
 
 static void count(modzmq_fast *f, int i, int status, int64_t d)
@@ -414,8 +501,15 @@ static int fast_relay(modzmq_fast *f, modzmq_request *req, modzmq_response *resp
     void *sock;
     fast_ep *e;
 
-    if (i < 0 || (sock = take_socket(f, i, &sndtimeo)) == NULL) {
+    if (i < 0) {
         return -1;
+    }
+    if ((sock = take_idle(f, i, start, &sndtimeo)) == NULL) {
+        /* Rare once warm: Go makes the connection, with the client's options. */
+        if ((sock = modzmq_go_dial(f->client, i)) == NULL) {
+            return -1;
+        }
+        sndtimeo = -1;
     }
     e = &f->ep[i];
     want = (int)(timeout_ms < f->connect_timeout_ms ? timeout_ms : f->connect_timeout_ms);

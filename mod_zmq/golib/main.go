@@ -9,6 +9,7 @@ package main
 #include <stdlib.h>
 #include "modzmq.h"
 #include "fast.h"
+#include "zmtp.h"
 
 static void modzmq_call_log(modzmq_log_fn fn, int level, const char *msg) { fn(level, msg); }
 */
@@ -132,17 +133,9 @@ func (b *backend) client(k clientKey) (*client, error) {
 			}
 			C.modzmq_fast_set_state(c.fast, C.int(endpoint), up, C.uint64_t(epoch))
 		}
-		// Sockets Go is done with (the fast path's, after it handed a
-		// request over) go back to the fast path's pool.
-		opts.Reuse = func(endpoint int, conn bridge.Conn) bool {
-			switch conn := conn.(type) {
-			case *cConn:
-				return C.modzmq_fast_put(c.fast, C.int(endpoint), conn.sock, conn.sndtimeo) != 0
-			case *zConn:
-				return C.modzmq_fast_put(c.fast, C.int(endpoint), unsafe.Pointer(conn.z), -1) != 0
-			}
-			return false
-		}
+		pool := &fastPool{cTransport: transport, fast: c.fast, endpoints: b.endpoints}
+		opts.Transport = pool
+		opts.Reuse = pool.reuse
 	}
 	bc, err := bridge.NewClient(opts)
 	if err != nil {
@@ -164,6 +157,53 @@ func (b *backend) client(k clientKey) (*client, error) {
 	}
 	b.clients.Store(&m)
 	return c, nil
+}
+
+// fastPool is the transport of a client with a fast path: the fast path's
+// pool (fast.c) is the client's only pool. Go takes an idle connection from
+// it before making one (Dial) and gives back every connection it is done
+// with (reuse), so no connection is made while another to the same
+// endpoint sits idle, and the pool's sweeps and bound cover them all.
+type fastPool struct {
+	*cTransport
+	fast      *C.modzmq_fast
+	endpoints []string
+}
+
+func (p *fastPool) Dial(endpoint string, opts bridge.DialOptions) (bridge.Conn, error) {
+	for i, ep := range p.endpoints {
+		if ep != endpoint {
+			continue
+		}
+		var sndtimeo, direct C.int
+		if sock := C.modzmq_fast_take(p.fast, C.int(i), &sndtimeo, &direct); sock != nil {
+			if direct != 0 {
+				return &zConn{z: (*C.zmtp_conn)(sock)}, nil
+			}
+			return &cConn{sock: sock, sndtimeo: sndtimeo}, nil
+		}
+		break
+	}
+	return p.cTransport.Dial(endpoint, opts)
+}
+
+// reuse is the client's Options.Reuse: a connection goes back to the fast
+// path's pool, or is closed when the pool is full (FAST_MAX_IDLE).
+func (p *fastPool) reuse(endpoint int, conn bridge.Conn) bool {
+	var sock unsafe.Pointer
+	sndtimeo := C.int(-1)
+	switch conn := conn.(type) {
+	case *cConn:
+		sock, sndtimeo = conn.sock, conn.sndtimeo
+	case *zConn:
+		sock = unsafe.Pointer(conn.z)
+	default:
+		return false
+	}
+	if C.modzmq_fast_put(p.fast, C.int(endpoint), sock, sndtimeo) == 0 {
+		conn.Close()
+	}
+	return true
 }
 
 //export modzmq_abi_version
