@@ -9,10 +9,12 @@ BUILD   := build
 LIBEXEC  = $(shell $(APXS) -q LIBEXECDIR 2>/dev/null)
 SYSCONF  = $(shell $(APXS) -q SYSCONFDIR 2>/dev/null)
 LIBRARY  = $(LIBEXEC)/libmodzmq.so
-GOSRC   := $(shell find bridge mod_zmq/golib -name '*.go' -not -name '*_test.go') go.mod go.sum
+# Everything the Go binaries are built from, C included (cgo compiles the
+# .c and .h files of mod_zmq/golib into libmodzmq.so).
+GOSRC   := $(shell find bridge internal mod_zmq/golib \( -name '*.go' -o -name '*.c' -o -name '*.h' \) -not -name '*_test.go') go.mod go.sum
 CSRC    := $(wildcard mod_zmq/*.c mod_zmq/*.h) mod_zmq/golib/modzmq.h apxs/build.sh
 
-.PHONY: all deps install demo test fuzz bench clean
+.PHONY: all deps install demo test fuzz fuzz-asan bench clean
 all: $(BUILD)/mod_zmq.so $(BUILD)/libmodzmq.so $(BUILD)/go-worker $(BUILD)/brokerworker $(BUILD)/zmq-gateway
 
 deps:
@@ -77,6 +79,25 @@ fuzz:
 	@for t in $(FUZZ_TARGETS); do \
 		echo "fuzz $${t%%:*} ($(FUZZTIME))"; \
 		$(GO) test -run '^$$' -fuzz "^$${t%%:*}$$" -fuzztime $(FUZZTIME) $${t#*:} || exit 1; \
+	done
+
+# The fuzz targets that reach the C of mod_zmq/golib (fast.c, zmtp.c, zmqio.c),
+# each for ASAN_FUZZTIME under AddressSanitizer (go test -asan, which also
+# checks for leaks at exit) and UBSan (-fsanitize=undefined through
+# CGO_CFLAGS, for every cgo package the test links). A sanitizer report ends
+# the process and fails the target. A fuzzing run does not show a worker's
+# report, so a failed target is re-run on its corpus, the crasher it wrote to
+# testdata/fuzz/ included, to print it. Add a target as Name:package.
+ASAN_FUZZTIME ?= 20000x
+ASAN_FUZZ_TARGETS := FuzzFastDecode:./mod_zmq/golib FuzzZMTPFrames:./mod_zmq/golib
+ASAN_ENV := CGO_CFLAGS='-O1 -g -fno-omit-frame-pointer -fsanitize=undefined -fno-sanitize-recover=undefined' \
+	CGO_LDFLAGS='-fsanitize=undefined' \
+	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 ASAN_OPTIONS=halt_on_error=1:detect_leaks=1
+fuzz-asan:
+	@for t in $(ASAN_FUZZ_TARGETS); do \
+		echo "fuzz-asan $${t%%:*} ($(ASAN_FUZZTIME))"; \
+		$(ASAN_ENV) $(GO) test -asan -run '^$$' -fuzz "^$${t%%:*}$$" -fuzztime $(ASAN_FUZZTIME) $${t#*:} || { \
+			$(ASAN_ENV) $(GO) test -asan -count=1 -run "^$${t%%:*}$$" $${t#*:}; exit 1; }; \
 	done
 
 clean:

@@ -53,10 +53,13 @@ type Options struct {
 	// Curve, when set, makes every connection a CurveZMQ client of workers
 	// that run as CURVE servers (see LoadCurve).
 	Curve *Curve
-	// MaxReply bounds the size of a reply (all frames); a larger one is an
-	// ErrProtocol error (502). Frames over twice the limit make libzmq drop
-	// the connection before they are read (ErrWorkerLost). Zero means no
-	// limit.
+	// MaxReply bounds the size of a reply (its status, headers and body
+	// frames); a larger one is an ErrProtocol error (502). A connection's
+	// reader refuses a message that passes MaxReply + 64 KiB (counting 64
+	// bytes a frame) as soon as a frame header says so, before the bytes
+	// arrive (see DialOptions.MaxMsgSize). Zero means no limit on the size;
+	// the buffer then still grows only with bytes received, and a reply of
+	// more than five frames is refused from its header either way.
 	MaxReply int64
 	// MaxIdle is how many idle connections the client keeps per endpoint;
 	// zero means DefaultMaxIdle.
@@ -162,7 +165,9 @@ func NewClient(opts Options) (*Client, error) {
 		c.dial.Heartbeat, c.dial.HeartbeatTimeout = opts.Heartbeat, opts.HeartbeatTimeout
 	}
 	if opts.MaxReply > 0 {
-		c.dial.MaxMsgSize = 2*opts.MaxReply + 64<<10
+		// Room for the envelope and each frame's count: the exact limit
+		// is DecodeReply's.
+		c.dial.MaxMsgSize = opts.MaxReply + 64<<10
 	}
 	for i, addr := range opts.Endpoints {
 		c.endpoints = append(c.endpoints, &endpoint{addr: addr, index: i})

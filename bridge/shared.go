@@ -247,10 +247,16 @@ func (s *session) deliver(msg [][]byte) {
 	s.log.Logf(LevelDebug, CodeStaleReply, "dropped a reply nobody waits for any more (request %s)", idOf(msg))
 }
 
-// queueCommand queues a command (a PONG) from the reader, which must not
-// itself wait for a write.
+// queueCommand queues a PONG from the reader, which must not itself wait
+// for a write. As in libzmq, PONGs do not pile up: while anything waits to
+// be written (an earlier PONG, requests) the new one is dropped, since any
+// traffic tells the worker the connection lives.
 func (s *session) queueCommand(b []byte) error {
 	s.wmu.Lock()
+	if len(s.queue) > 0 {
+		s.wmu.Unlock()
+		return nil
+	}
 	s.queue = append(s.queue, b...)
 	start := !s.writing
 	s.writing = s.writing || start

@@ -28,8 +28,10 @@ type DialOptions struct {
 	HeartbeatTimeout time.Duration
 	// Curve, when set, makes the connection a CurveZMQ client.
 	Curve *Curve
-	// MaxMsgSize drops a connection whose peer sends a larger frame; zero
-	// means no limit.
+	// MaxMsgSize bounds a message: the ZMTP transport's reader counts each
+	// frame's size plus 64 bytes and refuses a message that passes it from
+	// the header that would (ErrReplyTooLarge); libzmq (ZMQ_MAXMSGSIZE)
+	// applies it to each frame alone. Zero means no limit.
 	MaxMsgSize int64
 	// ConnectTimeout is how long a transport that connects in Dial itself
 	// may keep trying while the worker is not there (Options.ConnectTimeout).

@@ -63,12 +63,28 @@ const (
 	zmtpMore    = 0x01
 	zmtpLong    = 0x02
 	zmtpCommand = 0x04
-	// zmtpMaxCommand bounds command frames (READY, PING, ...), which are
-	// small; a longer one is refused.
-	zmtpMaxCommand = 64 << 10
-	// zmtpReadAhead bounds how far the buffer grows past what has arrived
-	// for a frame whose header claims a size: a claim is not yet memory.
-	zmtpReadAhead = 4 << 20
+)
+
+// The reader's rules, the same as the Apache module's (zmtp.h; their
+// specification is internal/zmqtest.ZMTPFrames, and each reader's fuzz
+// target compares it with it):
+//   - a message has at most zmtpMaxFrames frames, an MZMQ/1 reply with its
+//     envelope; a frame header announcing one more fails the read at once;
+//   - with DialOptions.MaxMsgSize, a message's frames, each counted with
+//     zmtpFrameCost bytes more (and any command among them, likewise),
+//     total at most MaxMsgSize, decided from each frame's header before its
+//     body arrives; a command alone may be MaxMsgSize bytes, as in libzmq;
+//   - the buffer grows with the bytes received, never with a size a header
+//     claims;
+//   - commands are handled wherever they arrive, as libzmq does: PING gets
+//     its PONG, others (ERROR included, once the handshake is over) are
+//     ignored; a command whose name runs past its end breaks the connection.
+const (
+	zmtpMaxFrames = 5
+	zmtpFrameCost = 64
+	zmtpMaxClaim  = 1 << 40
+	// zmtpIdleBudget bounds what idle reads in one call.
+	zmtpIdleBudget = 64 << 10
 )
 
 var (
@@ -82,8 +98,13 @@ var (
 
 	errZMTPRefused  = errors.New("the worker refused the connection (its ZAP authentication said no)")
 	errZMTPProtocol = errors.New("the peer is not a ZMTP 3 worker socket (REP, ROUTER or DEALER) without security")
-	errZMTPTooLong  = errors.New("a frame over the connection's size limit")
 	errZMTPBroken   = errors.New("the worker broke ZMTP")
+
+	// ErrReplyTooLarge and ErrReplyFrames say why a connection's reader
+	// refused a reply (wrapped in ErrProtocol); the Apache module's C reader
+	// refuses the same replies.
+	ErrReplyTooLarge = errors.New("the reply passed the connection's size limit (the reply limit + 64 KiB, each frame counting 64 bytes more)")
+	ErrReplyFrames   = fmt.Errorf("the reply has more than %d frames after its envelope: MZMQ/1 allows at most 3 (status, headers, body)", zmtpMaxFrames-2)
 )
 
 // zmtpConn is one ZMTP connection. Replies are read into buf; each message
@@ -94,10 +115,16 @@ type zmtpConn struct {
 	nc                      net.Conn
 	raw                     syscall.RawConn
 	buf                     []byte
-	r, w                    int    // unparsed bytes are buf[r:w]
-	err                     error  // once set, the connection is unusable
-	hdr                     []byte // frame headers of the message going out
-	out                     net.Buffers
+	r, w                    int // unparsed bytes are buf[r:w]
+	// The message being read: buf[r:r+scan] has been parsed (its frames so
+	// far, and commands among them), frames at offsets from r.
+	scan    int
+	nframes int
+	cost    uint64
+	spans   [zmtpMaxFrames][2]int // offset from r, size
+	err     error                 // once set, the connection is unusable
+	hdr     []byte                // frame headers of the message going out
+	out     net.Buffers
 	// pong, when set, sends a PONG for the connection's reader, which must
 	// not write to the connection itself (a shared one has its own writer).
 	pong func([]byte) error
@@ -152,7 +179,7 @@ func (c *zmtpConn) attach(nc net.Conn, deadline time.Time) error {
 	if c.buf == nil {
 		c.buf = make([]byte, 4096)
 	}
-	c.r, c.w = 0, 0
+	c.r, c.w, c.scan, c.nframes, c.cost = 0, 0, 0, 0, 0
 	nc.SetDeadline(deadline)
 	defer nc.SetDeadline(time.Time{})
 	if _, err := (&net.Buffers{zmtpGreeting, zmtpReady}).WriteTo(nc); err != nil {
@@ -164,101 +191,118 @@ func (c *zmtpConn) attach(nc net.Conn, deadline time.Time) error {
 		}
 	}
 	g := c.buf[:64]
-	if g[0] != 0xff || g[9]&1 == 0 || g[10] < 3 || string(g[12:17]) != "NULL\x00" {
+	if g[0] != 0xff || g[9]&1 == 0 || g[10] < 3 || string(g[12:32]) != zmtpNullMechanism {
 		return errZMTPProtocol
 	}
 	c.r = 64
 	for {
-		at, flags, body, err := c.frame(c.r)
+		flags, off, size, err := c.frame(c.r, 0, 0)
 		if err != nil {
 			return err
 		}
-		if body == nil {
+		if off < 0 {
 			if err := c.fill(true); err != nil {
 				return err
 			}
 			continue
 		}
-		c.r = at
+		c.r = off + size
+		body := c.buf[off : off+size]
 		switch {
-		case flags&zmtpCommand != 0 && len(body) >= 6 && string(body[:6]) == "\x05ERROR":
-			return errZMTPRefused
-		case flags&zmtpCommand == 0 || len(body) < 6 || string(body[:6]) != "\x05READY":
+		case flags&zmtpCommand == 0:
+			return errZMTPProtocol
+		case len(body) >= 6 && string(body[:6]) == "\x05ERROR":
+			// Refused (the worker's ZAP handler said no), if well formed.
+			if len(body) >= 7 && int(body[6]) <= len(body)-7 {
+				return errZMTPRefused
+			}
+			return errZMTPProtocol
+		case len(body) < 6 || string(body[:6]) != "\x05READY":
 			return errZMTPProtocol
 		}
-		if t, ok := zmtpProperty(body, "Socket-Type"); ok && t != "ROUTER" && t != "REP" && t != "DEALER" {
-			return errZMTPProtocol
-		}
-		return nil
+		return zmtpReadyMetadata(body)
 	}
 }
 
-// zmtpProperty returns a READY command's property.
-func zmtpProperty(body []byte, name string) (string, bool) {
-	at := 1 + int(body[0])
-	for at < len(body) {
-		nl := int(body[at])
-		if at+1+nl+4 > len(body) {
-			return "", false
+// zmtpNullMechanism is the mechanism field of a NULL greeting.
+const zmtpNullMechanism = "NULL\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"
+
+// zmtpReadyMetadata checks a READY command's metadata, body[6:], as libzmq
+// 4.3.4 does: properties (a 1-octet name length, the name, a 4-octet value
+// length, the value) fill it exactly, and a Socket-Type property (the name
+// compared exactly) names a socket that talks to a DEALER.
+func zmtpReadyMetadata(body []byte) error {
+	b := body[6:]
+	for len(b) > 1 {
+		nl := int(b[0])
+		b = b[1:]
+		if len(b) < nl {
+			break
 		}
-		vl := int(binary.BigEndian.Uint32(body[at+1+nl:]))
-		if vl < 0 || at+5+nl+vl > len(body) || vl > len(body) {
-			return "", false
+		name := b[:nl]
+		b = b[nl:]
+		if len(b) < 4 {
+			break
 		}
-		if strings.EqualFold(string(body[at+1:at+1+nl]), name) {
-			return string(body[at+5+nl : at+5+nl+vl]), true
+		vl := uint64(binary.BigEndian.Uint32(b))
+		b = b[4:]
+		if uint64(len(b)) < vl {
+			break
 		}
-		at += 5 + nl + vl
+		value := b[:vl]
+		b = b[vl:]
+		if string(name) == "Socket-Type" {
+			if t := string(value); t != "ROUTER" && t != "REP" && t != "DEALER" {
+				return errZMTPProtocol
+			}
+		}
 	}
-	return "", false
+	if len(b) > 0 {
+		return errZMTPProtocol
+	}
+	return nil
 }
 
-// frame parses the frame at buf[at:w]: the offset past it, its flags and
-// body; a nil body (and no error) when it has not fully arrived.
-func (c *zmtpConn) frame(at int) (next int, flags byte, body []byte, err error) {
+// frame parses the frame header at buf[at:w] by the reader's rules, given
+// the frames and cost of the message in progress: the frame's flags and
+// its body's offset and size once it has fully arrived, an offset of -1
+// when it has not, or the error that refuses its header.
+func (c *zmtpConn) frame(at, nframes int, cost uint64) (flags byte, off, size int, err error) {
 	have := c.w - at
 	if have < 2 {
-		c.grow(at, 2)
-		return at, 0, nil, nil
+		return 0, -1, 0, nil
 	}
 	flags = c.buf[at]
-	size, hdr := uint64(c.buf[at+1]), 2
+	n, hdr := uint64(c.buf[at+1]), 2
 	if flags&zmtpLong != 0 {
 		if have < 9 {
-			c.grow(at, 9)
-			return at, 0, nil, nil
+			return 0, -1, 0, nil
 		}
-		size, hdr = binary.BigEndian.Uint64(c.buf[at+1:]), 9
+		n, hdr = binary.BigEndian.Uint64(c.buf[at+1:]), 9
 	}
-	if flags&zmtpCommand != 0 && size > zmtpMaxCommand ||
-		flags&zmtpCommand == 0 && (size > 1<<40 || c.maxMsgSize > 0 && size > uint64(c.maxMsgSize)) {
-		return at, 0, nil, errZMTPTooLong
+	limit := uint64(max(c.maxMsgSize, 0))
+	alone := flags&zmtpCommand != 0 && nframes == 0
+	switch {
+	case n > zmtpMaxClaim,
+		limit > 0 && alone && n > limit,
+		limit > 0 && !alone && cost+n+zmtpFrameCost > limit:
+		return 0, -1, 0, ErrReplyTooLarge
+	case flags&(zmtpCommand|zmtpMore) == zmtpMore && nframes == zmtpMaxFrames-1:
+		return 0, -1, 0, ErrReplyFrames
+	case uint64(have-hdr) < n:
+		return 0, -1, 0, nil
 	}
-	if uint64(have-hdr) < size {
-		c.grow(at, hdr+int(size))
-		return at, 0, nil, nil
-	}
-	end := at + hdr + int(size)
-	return end, flags, c.buf[at+hdr : end : end], nil
-}
-
-// grow makes room for need bytes from at, as far as zmtpReadAhead past what
-// has arrived.
-func (c *zmtpConn) grow(at, need int) {
-	want := min(at+need, c.w+zmtpReadAhead)
-	if want <= len(c.buf) && c.w < len(c.buf) {
-		return
-	}
-	nb := make([]byte, max(2*len(c.buf), want))
-	copy(nb, c.buf[:c.w])
-	c.buf = nb
+	return flags, at + hdr, int(n), nil
 }
 
 // fill reads what has arrived; with wait, it waits for at least one byte
-// until the read deadline. io.EOF means the peer closed.
+// until the read deadline. io.EOF means the peer closed. The buffer doubles
+// only when what arrived fills it.
 func (c *zmtpConn) fill(wait bool) error {
 	if c.w == len(c.buf) {
-		c.grow(c.r, c.w-c.r+1)
+		nb := make([]byte, 2*len(c.buf))
+		copy(nb, c.buf[:c.w])
+		c.buf = nb
 	}
 	if wait {
 		n, err := c.nc.Read(c.buf[c.w:])
@@ -298,20 +342,27 @@ func (c *zmtpConn) fill(wait bool) error {
 	return io.EOF
 }
 
-// compact moves unparsed bytes to the start of the buffer.
+// compact moves unparsed bytes to the start of the buffer, unless a
+// message is in progress (its frames are where they are).
 func (c *zmtpConn) compact() {
-	if c.r == c.w {
+	switch {
+	case c.nframes > 0:
+	case c.r == c.w:
 		c.r, c.w = 0, 0
-	} else if c.r > 0 {
+	case c.r > 0:
 		c.w = copy(c.buf, c.buf[c.r:c.w])
 		c.r = 0
 	}
 }
 
-// command handles a command frame: PING gets its PONG; the rest is ignored.
+// command handles a command frame as libzmq does once the handshake is
+// over: PING gets its PONG, the rest is ignored; a command whose name runs
+// past its end breaks the connection.
 func (c *zmtpConn) command(body []byte) error {
-	switch {
-	case len(body) >= 7 && string(body[:5]) == "\x04PING":
+	if len(body) < 1 || int(body[0])+1 > len(body) {
+		return errZMTPBroken
+	}
+	if len(body) >= 7 && string(body[:5]) == "\x04PING" {
 		ctx := body[7:min(len(body), 7+16)]
 		pong := append([]byte{zmtpCommand, byte(5 + len(ctx)), 4, 'P', 'O', 'N', 'G'}, ctx...)
 		if c.pong != nil {
@@ -320,76 +371,88 @@ func (c *zmtpConn) command(body []byte) error {
 		c.nc.SetWriteDeadline(time.Now().Add(time.Second))
 		_, err := c.nc.Write(pong)
 		return err
-	case len(body) >= 6 && string(body[:6]) == "\x05ERROR":
-		return errZMTPBroken
 	}
 	return nil
 }
 
-// next returns the next whole message, copied out, or nil when it has not
-// fully arrived; commands before it are handled.
-func (c *zmtpConn) next() ([][]byte, error) {
-	var spans [8][]byte
-	frames := spans[:0]
-	at := c.r
+// parse parses what has arrived past the message in progress: true when a
+// message is complete (c.spans, c.nframes; c.scan covers it). With
+// stopAtFrame it reports true as soon as a message frame begins instead.
+// Each byte is parsed once, however the bytes arrive.
+func (c *zmtpConn) parse(stopAtFrame bool) (bool, error) {
 	for {
-		end, flags, body, err := c.frame(at)
-		if err != nil || body == nil {
-			return nil, err
+		at := c.r + c.scan
+		flags, off, size, err := c.frame(at, c.nframes, c.cost)
+		if err != nil {
+			return false, err
 		}
-		at = end
+		if off < 0 {
+			return stopAtFrame && c.w > at && c.buf[at]&zmtpCommand == 0, nil
+		}
 		if flags&zmtpCommand != 0 {
-			if len(frames) > 0 {
-				return nil, errZMTPBroken // a command inside a message
+			if err := c.command(c.buf[off : off+size]); err != nil {
+				return false, err
 			}
-			if err := c.command(body); err != nil {
-				return nil, err
+			if c.nframes == 0 {
+				c.r = off + size // done with it
+			} else {
+				c.scan = off + size - c.r
+				c.cost += uint64(size) + zmtpFrameCost
 			}
-			c.r = at
 			continue
 		}
-		frames = append(frames, body)
-		if flags&zmtpMore == 0 {
-			break
+		if stopAtFrame {
+			return true, nil
 		}
+		c.spans[c.nframes] = [2]int{off - c.r, size}
+		c.nframes++
+		c.cost += uint64(size) + zmtpFrameCost
+		c.scan = off + size - c.r
+		if flags&zmtpMore == 0 {
+			return true, nil
+		}
+	}
+}
+
+// next returns the next whole message, copied out, or nil when it has not
+// fully arrived; commands before and among its frames are handled.
+func (c *zmtpConn) next() ([][]byte, error) {
+	done, err := c.parse(false)
+	if err != nil || !done {
+		return nil, err
 	}
 	// One allocation for the whole message, sliced into its frames.
 	size := 0
-	for _, f := range frames {
-		size += len(f)
+	for _, sp := range c.spans[:c.nframes] {
+		size += sp[1]
 	}
-	msg, mem := make([][]byte, len(frames)), make([]byte, size)
-	for i, f := range frames {
-		k := copy(mem, f)
+	msg, mem := make([][]byte, c.nframes), make([]byte, size)
+	for i, sp := range c.spans[:c.nframes] {
+		k := copy(mem, c.buf[c.r+sp[0]:c.r+sp[0]+sp[1]])
 		msg[i], mem = mem[:k:k], mem[k:]
 	}
-	c.r = at
+	c.r += c.scan
+	c.scan, c.nframes, c.cost = 0, 0, 0
 	return msg, nil
 }
 
 // partialID returns the first frame of the message being read, when it has
 // arrived: the request id of a reply that broke the connection.
 func (c *zmtpConn) partialID() string {
-	at := c.r
-	for {
-		end, flags, body, err := c.frame(at)
-		if err != nil || body == nil {
-			return ""
-		}
-		if flags&zmtpCommand == 0 {
-			return string(body)
-		}
-		at = end
+	if c.nframes == 0 {
+		return ""
 	}
+	sp := c.spans[0]
+	return string(c.buf[c.r+sp[0] : c.r+sp[0]+sp[1]])
 }
 
 // fail marks the connection unusable and names err as the bridge does.
 func (c *zmtpConn) fail(err error) error {
 	switch {
-	case errors.Is(err, errZMTPTooLong):
-		err = fmt.Errorf("%w: the reply has %v (2 x the reply limit + 64 KiB)", ErrProtocol, err)
+	case errors.Is(err, ErrReplyTooLarge) || errors.Is(err, ErrReplyFrames):
+		err = fmt.Errorf("%w: %w", ErrProtocol, err)
 	case errors.Is(err, errZMTPBroken):
-		err = fmt.Errorf("%w: %v", ErrProtocol, err)
+		err = fmt.Errorf("%w: %w", ErrProtocol, err)
 	case errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE):
 		err = fmt.Errorf("%w: the worker closed the connection", ErrWorkerLost)
 	default:
@@ -400,26 +463,32 @@ func (c *zmtpConn) fail(err error) error {
 }
 
 // idle reads what arrived while the connection sat in a pool without
-// waiting: nil when it is sound with nothing pending.
+// waiting (a bounded amount): nil when it is sound with nothing pending.
 func (c *zmtpConn) idle() error {
 	if c.err != nil {
 		return c.err
 	}
-	c.compact()
-	for {
-		err := c.fill(false)
+	for budget := zmtpIdleBudget; ; {
+		c.compact()
+		started, err := c.parse(true)
+		switch {
+		case err != nil:
+			return err
+		case started || c.nframes > 0:
+			return errors.New("a message nobody asked for")
+		}
+		before := c.w
+		err = c.fill(false)
 		if errors.Is(err, os.ErrDeadlineExceeded) {
-			break
+			return nil
 		}
 		if err != nil {
 			return err
 		}
+		if budget -= c.w - before; budget <= 0 {
+			return nil
+		}
 	}
-	msg, err := c.next()
-	if err == nil && (msg != nil || c.r != c.w) {
-		err = errors.New("a message nobody asked for")
-	}
-	return err
 }
 
 func (c *zmtpConn) Send(frames [][]byte, timeout time.Duration) error {
@@ -465,15 +534,20 @@ func (c *zmtpConn) Recv(timeout time.Duration) ([][]byte, error) {
 	}
 	c.compact()
 	if timeout > 0 {
+		// The deadline holds however the bytes arrive: a read after it
+		// fails even when more are there.
 		c.nc.SetReadDeadline(time.Now().Add(timeout))
 	}
-	for {
+	for filled := false; ; filled = true {
 		msg, err := c.next()
 		if err != nil {
 			return nil, c.fail(err)
 		}
 		if msg != nil {
 			return msg, nil
+		}
+		if filled && timeout <= 0 {
+			return nil, ErrTimeout // what was there is read
 		}
 		err = c.fill(timeout > 0)
 		if errors.Is(err, os.ErrDeadlineExceeded) || isTimeout(err) {

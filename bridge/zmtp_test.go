@@ -52,7 +52,7 @@ func boundRouter(t *testing.T, endpoint string, setup func(*zmq.Socket)) (*zmq.S
 // and ipc://, with frames on both sides of the short/long boundary.
 func TestZMTPTransportWithLibzmq(t *testing.T) {
 	long := bytes.Repeat([]byte("0123456789abcdef"), 70000/16)
-	frames := [][]byte{[]byte("id"), {}, []byte("x"), bytes.Repeat([]byte("y"), 255), bytes.Repeat([]byte("z"), 256), long}
+	frames := [][]byte{[]byte("id"), {}, bytes.Repeat([]byte("y"), 255), bytes.Repeat([]byte("z"), 256), long}
 	echo := zmqtest.ROUTER(t, func(msg [][]byte, reply func([][]byte)) { reply(msg) })
 	c := dialZMTP(t, echo, DialOptions{})
 	for range 3 {
@@ -60,7 +60,7 @@ func TestZMTPTransportWithLibzmq(t *testing.T) {
 			t.Fatal(err)
 		}
 		got, err := c.Recv(2 * time.Second)
-		if err != nil || len(got) != len(frames) || !bytes.Equal(got[5], long) || len(got[3]) != 255 || len(got[1]) != 0 {
+		if err != nil || len(got) != len(frames) || !bytes.Equal(got[4], long) || len(got[2]) != 255 || len(got[1]) != 0 {
 			t.Fatalf("echo: %d frames, %v", len(got), err)
 		}
 	}
@@ -169,8 +169,10 @@ func TestZMTPTransportFailures(t *testing.T) {
 }
 
 // zmtpRead feeds data (a peer's bytes from its greeting on) to a Go ZMTP
-// connection over a socket pair and reads messages until the stream ends.
-func zmtpRead(t *testing.T, data []byte, maxMsgSize int64) (msgs [][][]byte, end error) {
+// connection over a socket pair, chunk bytes at a time (all at once when
+// chunk <= 0), and reads messages until the stream ends. What the
+// connection writes (PONGs) is read and dropped.
+func zmtpRead(t *testing.T, data []byte, maxMsgSize int64, chunk int) (msgs [][][]byte, end error) {
 	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -181,14 +183,21 @@ func zmtpRead(t *testing.T, data []byte, maxMsgSize int64) (msgs [][][]byte, end
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The writer is done before fds[1] closes: a late Shutdown would hit
+	if chunk <= 0 {
+		chunk = len(data)
+	}
+	// The peer is done before fds[1] closes: a late Shutdown would hit
 	// whatever socket reuses the descriptor number, a later call's.
-	written := make(chan struct{})
-	defer func() { <-written; syscall.Close(fds[1]) }()
+	done := make(chan struct{})
+	defer func() {
+		syscall.Shutdown(fds[1], syscall.SHUT_RDWR)
+		<-done
+		syscall.Close(fds[1])
+	}()
 	go func() {
-		defer close(written)
+		defer close(done)
 		for len(data) > 0 {
-			n, err := syscall.Write(fds[1], data)
+			n, err := syscall.Write(fds[1], data[:min(chunk, len(data))])
 			if err == syscall.EINTR { // Go's preemption signals, often under the fuzzer
 				continue
 			}
@@ -198,6 +207,12 @@ func zmtpRead(t *testing.T, data []byte, maxMsgSize int64) (msgs [][][]byte, end
 			data = data[n:]
 		}
 		syscall.Shutdown(fds[1], syscall.SHUT_WR)
+		var sink [4096]byte
+		for {
+			if n, err := syscall.Read(fds[1], sink[:]); n <= 0 && err != syscall.EINTR {
+				return
+			}
+		}
 	}()
 	c := &zmtpConn{maxMsgSize: maxMsgSize}
 	if err := c.attach(nc, time.Now().Add(5*time.Second)); err != nil {
@@ -214,19 +229,20 @@ func zmtpRead(t *testing.T, data []byte, maxMsgSize int64) (msgs [][][]byte, end
 	}
 }
 
-func checkZMTPRead(t *testing.T, data []byte, maxMsgSize int64) {
+func checkZMTPRead(t *testing.T, data []byte, maxMsgSize int64, chunk int) {
 	t.Helper()
-	got, end := zmtpRead(t, append(zmqtest.ZMTPPeerHello(), data...), maxMsgSize)
-	want, wantEnd := zmqtest.ZMTPFrames(data, maxMsgSize)
-	var wantErr error
-	switch wantEnd {
-	case syscall.EPIPE:
-		wantErr = ErrWorkerLost
-	default:
-		wantErr = ErrProtocol
+	got, end := zmtpRead(t, append(zmqtest.ZMTPPeerHello(), data...), maxMsgSize, chunk)
+	if maxMsgSize > 0 && maxMsgSize < zmqtest.ZMTPPeerReadySize {
+		if !errors.Is(end, ErrReplyTooLarge) || len(got) > 0 {
+			t.Fatalf("limit %d, below the peer's READY: %v, want the handshake refused", maxMsgSize, end)
+		}
+		return
 	}
-	if !errors.Is(end, wantErr) || len(got) != len(want) {
-		t.Fatalf("%q (limit %d): %d messages ending %v, want %d ending %v", data, maxMsgSize, len(got), end, len(want), wantEnd)
+	want, wantEnd := zmqtest.ZMTPFrames(data, maxMsgSize)
+	wantErr := map[syscall.Errno]error{syscall.EPIPE: ErrWorkerLost, syscall.EMSGSIZE: ErrReplyTooLarge,
+		syscall.E2BIG: ErrReplyFrames, syscall.EPROTO: errZMTPBroken}[wantEnd]
+	if !errors.Is(end, wantErr) || wantEnd != syscall.EPIPE && !errors.Is(end, ErrProtocol) || len(got) != len(want) {
+		t.Fatalf("%q (limit %d, chunks of %d): %d messages ending %v, want %d ending %v", data, maxMsgSize, chunk, len(got), end, len(want), wantEnd)
 	}
 	for i := range want {
 		if len(got[i]) != len(want[i]) {
@@ -240,32 +256,62 @@ func checkZMTPRead(t *testing.T, data []byte, maxMsgSize int64) {
 	}
 }
 
-func TestZMTPTransportFrames(t *testing.T) {
-	for _, data := range [][]byte{
-		nil,
-		{0, 0},
-		{1, 1, 'a', 0, 1, 'b'},
-		{1, 1, 'a'},
-		{4, 7, 4, 'P', 'I', 'N', 'G', 0, 0, 0, 2, 'o', 'k'},
-		{1, 0, 4, 3, 1, 'X', 'Y', 0, 0},
-		{4, 6, 5, 'E', 'R', 'R', 'O', 'R', 0, 0},
-		append([]byte{2, 0, 0, 0, 0, 0, 0, 1, 0}, make([]byte, 256)...),
-		{2, 0, 0, 0, 0x30, 0x30, 0x30, 0x30, 0x30},
-		{1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 0, 1, 'n'},
-	} {
-		checkZMTPRead(t, data, 0)
-		checkZMTPRead(t, data, 100)
+// The reader's constants are the specification's.
+func TestZMTPLimitsAreTheSpecification(t *testing.T) {
+	if zmtpMaxFrames != zmqtest.ZMTPMaxFrames || zmtpFrameCost != zmqtest.ZMTPFrameCost {
+		t.Fatalf("bridge: %d frames, %d bytes a frame; internal/zmqtest: %d, %d", zmtpMaxFrames, zmtpFrameCost, zmqtest.ZMTPMaxFrames, zmqtest.ZMTPFrameCost)
 	}
 }
 
+func TestZMTPTransportFrames(t *testing.T) {
+	for _, data := range zmqtest.ZMTPCases {
+		for _, limit := range []int64{0, 100, 150, 1000} {
+			checkZMTPRead(t, data, limit, 0)
+			checkZMTPRead(t, data, limit, 1)
+		}
+	}
+}
+
+// FuzzZMTPTransport feeds the reader arbitrary bytes through a real socket
+// pair, all at once or trickled in small pieces, with small limits, and
+// checks that it reads what the specification reads.
 func FuzzZMTPTransport(f *testing.F) {
-	f.Add([]byte{1, 1, 'a', 0, 1, 'b'}, int64(0))
-	f.Add([]byte{4, 7, 4, 'P', 'I', 'N', 'G', 0, 0, 0, 2, 'o', 'k'}, int64(10))
-	f.Add([]byte{2, 0, 0, 0, 0, 0, 0, 1, 0, 'x'}, int64(0))
-	f.Fuzz(func(t *testing.T, data []byte, maxMsgSize int64) {
+	for _, data := range zmqtest.ZMTPCases {
+		f.Add(data, int64(0), uint8(0))
+		f.Add(data, int64(120), uint8(3))
+	}
+	f.Fuzz(func(t *testing.T, data []byte, maxMsgSize int64, chunk uint8) {
 		if len(data) > 1<<16 {
 			return
 		}
-		checkZMTPRead(t, data, maxMsgSize)
+		checkZMTPRead(t, data, maxMsgSize, int(chunk))
 	})
+}
+
+// A frame header's claim costs nothing until its bytes arrive, with or
+// without a size limit: the buffer grows with what was received.
+func TestZMTPTransportBufferGrowsWithBytesReceived(t *testing.T) {
+	claim := append(zmqtest.FrameHeader(0, 1<<40-1), make([]byte, 200)...)
+	for _, limit := range []int64{0, 1 << 50} {
+		fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		syscall.Write(fds[1], append(zmqtest.ZMTPPeerHello(), claim...))
+		f := os.NewFile(uintptr(fds[0]), "zmtp")
+		nc, _ := net.FileConn(f)
+		f.Close()
+		c := &zmtpConn{maxMsgSize: limit}
+		if err := c.attach(nc, time.Now().Add(2*time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Recv(100 * time.Millisecond); err != ErrTimeout {
+			t.Errorf("limit %d: %v, want a timeout", limit, err)
+		}
+		if len(c.buf) > 8192 {
+			t.Errorf("limit %d: a 1 TiB claim and 200 bytes grew the buffer to %d bytes", limit, len(c.buf))
+		}
+		c.Close()
+		syscall.Close(fds[1])
+	}
 }

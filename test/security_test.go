@@ -116,7 +116,7 @@ func TestOversizedReplies(t *testing.T) {
 	h := startHTTPD(t, httpdParams{MPM: "event", Extra: fmt.Sprintf(
 		"\t<Location /r>\n\t\tSetHandler zmq\n\t\tZmqBackend %s\n\t\tZmqMaxReply 1000\n\t\tZmqTimeout 2\n\t</Location>\n", w.Endpoint)})
 	h.expect(`MODZMQ0103: .*is 1503 bytes, over the limit of 1000`)
-	h.expect(`MODZMQ0103: .*a frame over the connection's size limit`)
+	h.expect(`MODZMQ0103: .*the reply passed the connection's size limit`)
 	// The limit counts the whole reply: status, headers and body.
 	if resp, b := do(t, "GET", h.URL+"/r/blob?n=997", "", nil); resp.StatusCode != 200 || len(b) != 997 {
 		t.Errorf("reply at the limit: %d, %d bytes", resp.StatusCode, len(b))
@@ -124,8 +124,9 @@ func TestOversizedReplies(t *testing.T) {
 	if resp, _ := do(t, "GET", h.URL+"/r/blob?n=1500", "", nil); resp.StatusCode != 502 {
 		t.Errorf("reply over the limit: %d, want 502", resp.StatusCode)
 	}
-	// A frame far over the limit is refused from its size, before it is
-	// read: the connection is closed and the request answered 502 at once.
+	// A reply far over the limit (past the limit + 64 KiB) is refused from
+	// its frame header, before the frame is read: the connection is closed
+	// and the request answered 502 at once.
 	if resp, _ := do(t, "GET", h.URL+"/r/blob?n=200000", "", nil); resp.StatusCode != 502 {
 		t.Errorf("huge reply: %d, want 502", resp.StatusCode)
 	}

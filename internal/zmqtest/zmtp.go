@@ -1,7 +1,6 @@
 package zmqtest
 
 import (
-	"bytes"
 	"encoding/binary"
 	"net"
 	"syscall"
@@ -19,13 +18,38 @@ func ZMTPPeerHello() []byte {
 	return append(g, "\x04\x1c\x05READY\x0bSocket-Type\x00\x00\x00\x06ROUTER"...)
 }
 
-// ZMTPFrames reads data as a peer's ZMTP frames the plain way, as the
-// bridge's ZMTP readers must: the messages it holds, and the errno that ends
-// the reading (EPIPE at the end of the data, EMSGSIZE for a frame over
-// maxMsgSize or a command over 64 KiB, EPROTO for an ERROR command or a
-// command inside a message). Other commands are skipped.
+// The reader's limits: the most frames of a message (an MZMQ/1 reply with
+// its envelope: request id, empty delimiter, status, headers, body), and
+// what each frame counts against a message size limit on top of its size.
+const (
+	ZMTPMaxFrames = 5
+	ZMTPFrameCost = 64
+)
+
+// ZMTPPeerReadySize is the size of the READY command in ZMTPPeerHello: a
+// reader whose size limit is below it refuses the handshake, as libzmq does.
+const ZMTPPeerReadySize = 28
+
+// ZMTPFrames is the specification of the bridge's ZMTP readers (zmtp.c in
+// the Apache module, bridge.zmtpConn in Go): it reads data, a peer's frames
+// after the handshake, and returns the messages it holds and the errno that
+// ends the reading:
+//   - EPIPE at the end of the data;
+//   - EMSGSIZE for a frame header claiming over 2^40 bytes or, with
+//     maxMsgSize > 0, a header that takes its message past maxMsgSize (each
+//     frame of a message, and each command among them, counts its size plus
+//     ZMTPFrameCost), or a command outside a message over maxMsgSize. Decided
+//     from the header, before the body arrives;
+//   - E2BIG for the ZMTPMaxFrames-th frame of a message announcing one more
+//     (MORE set), decided from its header;
+//   - EPROTO for a command whose name runs past its end.
+//
+// Commands are otherwise skipped wherever they arrive (PING is answered,
+// ERROR ignored once the handshake is over), as libzmq 4.3.4 does.
 func ZMTPFrames(data []byte, maxMsgSize int64) (msgs [][][]byte, end syscall.Errno) {
 	var cur [][]byte
+	var cost uint64
+	limit := uint64(max(maxMsgSize, 0))
 	for {
 		if len(data) < 2 {
 			return msgs, syscall.EPIPE
@@ -37,25 +61,60 @@ func ZMTPFrames(data []byte, maxMsgSize int64) (msgs [][][]byte, end syscall.Err
 			}
 			size, hdr = binary.BigEndian.Uint64(data[1:9]), 9
 		}
-		if flags&4 != 0 && size > 65536 || flags&4 == 0 && (size > 1<<40 || maxMsgSize > 0 && size > uint64(maxMsgSize)) {
+		command, more := flags&4 != 0, flags&1 != 0
+		switch {
+		case size > 1<<40:
 			return msgs, syscall.EMSGSIZE
-		}
-		if uint64(len(data)-hdr) < size {
+		case limit > 0 && command && len(cur) == 0 && size > limit:
+			return msgs, syscall.EMSGSIZE
+		case limit > 0 && !(command && len(cur) == 0) && cost+size+ZMTPFrameCost > limit:
+			return msgs, syscall.EMSGSIZE
+		case !command && more && len(cur) == ZMTPMaxFrames-1:
+			return msgs, syscall.E2BIG
+		case uint64(len(data)-hdr) < size:
 			return msgs, syscall.EPIPE
 		}
 		body := data[hdr : hdr+int(size)]
 		data = data[hdr+int(size):]
-		if flags&4 != 0 {
-			if cur != nil || bytes.HasPrefix(body, []byte("\x05ERROR")) {
+		if command {
+			if len(body) < 1 || int(body[0])+1 > len(body) {
 				return msgs, syscall.EPROTO
+			}
+			if len(cur) > 0 {
+				cost += size + ZMTPFrameCost
 			}
 			continue
 		}
 		cur = append(cur, body)
-		if flags&1 == 0 {
-			msgs, cur = append(msgs, cur), nil
+		cost += size + ZMTPFrameCost
+		if !more {
+			msgs, cur, cost = append(msgs, cur), nil, 0
 		}
 	}
+}
+
+// ZMTPCases are streams (after the handshake) that cover each rule of
+// ZMTPFrames, for the tests of both readers.
+var ZMTPCases = [][]byte{
+	nil,
+	{0, 0},
+	{1, 1, 'a', 0, 1, 'b'},
+	{1, 1, 'a'},
+	{4, 7, 4, 'P', 'I', 'N', 'G', 0, 0, 0, 2, 'o', 'k'},
+	{4, 3, 1, 'X', 'Y', 0, 1, 'z'},
+	{1, 0, 4, 3, 1, 'X', 'Y', 0, 0},          // a command inside a message
+	{4, 6, 5, 'E', 'R', 'R', 'O', 'R', 0, 0}, // ERROR after the handshake: ignored
+	{4, 0, 0, 0},                             // a command without a name
+	{4, 2, 5, 'E'},                           // a name past the command's end
+	{0, 5, 'a'},                              // a frame cut short
+	append([]byte{2, 0, 0, 0, 0, 0, 0, 1, 0}, make([]byte, 256)...),
+	{2, 0xff, 0, 0, 0, 0, 0, 0, 1, 0},                     // a claim over 2^40
+	{2, 0, 0, 1, 0, 0, 0, 0, 0, 'x', 'y'},                 // a 1 TiB claim, trickled
+	{1, 0, 1, 0, 1, 0, 1, 0, 0, 1, 'n'},                   // five frames: the most
+	{1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 0, 1, 'n'}, // eight: too many
+	{1, 40, 'a'}, // 40 + 64 bytes against a limit of 100
+	{1, 20, 'a', 'b', 'c', 'd', 'e', 'f', 'g', 'h', 'i', 'j', 'k', 'l', 'm', 'n', 'o', 'p', 'q', 'r', 's', 't', 0, 0},
+	{4, 100, 4, 'P', 'I', 'N', 'G'}, // a command alone at the limit
 }
 
 // ZMTPUnreachable lists endpoints a ZMTP dial must fail on, each with what

@@ -240,10 +240,10 @@ func (c *zConn) Recv(timeout time.Duration) ([][]byte, error) {
 		c.delivered, c.pending = nil, false
 		return msg, nil
 	}
-	var frame [C.ZMTP_MAX_FRAMES]*C.char
-	var size [C.ZMTP_MAX_FRAMES]C.size_t
-	var n, kept C.int
-	rc := C.zmtp_recv(c.z, C.int(timeout.Milliseconds()), &frame[0], &size[0], &n, &kept)
+	var frame [C.ZMTP_MAX_RECV_FRAMES]*C.char
+	var size [C.ZMTP_MAX_RECV_FRAMES]C.size_t
+	var n C.int
+	rc := C.zmtp_recv(c.z, C.int(timeout.Milliseconds()), &frame[0], &size[0], &n)
 	switch {
 	case rc == 0:
 		return nil, bridge.ErrTimeout
@@ -252,7 +252,7 @@ func (c *zConn) Recv(timeout time.Duration) ([][]byte, error) {
 	}
 	// Copy the frames out: this path's callers own their replies.
 	msg := make([][]byte, int(n))
-	for i := 0; i < int(kept); i++ {
+	for i := range msg {
 		msg[i] = C.GoBytes(unsafe.Pointer(frame[i]), C.int(size[i]))
 	}
 	return msg, nil
@@ -264,7 +264,9 @@ func zmtpError(err syscall.Errno) error {
 	case syscall.EPIPE, syscall.ECONNRESET:
 		return fmt.Errorf("%w: the worker closed the connection", bridge.ErrWorkerLost)
 	case syscall.EMSGSIZE:
-		return fmt.Errorf("%w: the reply has a frame over the connection's size limit (2 x the reply limit + 64 KiB)", bridge.ErrProtocol)
+		return fmt.Errorf("%w: %v", bridge.ErrProtocol, bridge.ErrReplyTooLarge)
+	case syscall.E2BIG:
+		return fmt.Errorf("%w: %v", bridge.ErrProtocol, bridge.ErrReplyFrames)
 	case syscall.EPROTO:
 		return fmt.Errorf("%w: the worker broke ZMTP", bridge.ErrProtocol)
 	}

@@ -144,20 +144,20 @@ func (c *zmtpTest) send(frames ...[]byte) syscall.Errno {
 	return syscall.Errno(C.zmtp_send(c.z, 1000, C.int(n), &ptrs[0], &lens[0]))
 }
 
-// recv waits up to timeoutMS for a message: its kept frames, how many it
-// had, and zmtp_recv's code.
-func (c *zmtpTest) recv(timeoutMS int) (msg [][]byte, n int, rc int) {
-	var frame [C.ZMTP_MAX_FRAMES]*C.char
-	var size [C.ZMTP_MAX_FRAMES]C.size_t
-	var total, kept C.int
-	r := C.zmtp_recv(c.z, C.int(timeoutMS), &frame[0], &size[0], &total, &kept)
+// recv waits up to timeoutMS for a message: its frames and zmtp_recv's
+// code.
+func (c *zmtpTest) recv(timeoutMS int) (msg [][]byte, rc int) {
+	var frame [C.ZMTP_MAX_RECV_FRAMES]*C.char
+	var size [C.ZMTP_MAX_RECV_FRAMES]C.size_t
+	var n C.int
+	r := C.zmtp_recv(c.z, C.int(timeoutMS), &frame[0], &size[0], &n)
 	if r <= 0 {
-		return nil, 0, int(r)
+		return nil, int(r)
 	}
-	for i := 0; i < int(kept); i++ {
+	for i := 0; i < int(n); i++ {
 		msg = append(msg, C.GoBytes(unsafe.Pointer(frame[i]), C.int(size[i])))
 	}
-	return msg, int(total), int(r)
+	return msg, int(r)
 }
 
 func (c *zmtpTest) check() syscall.Errno { return syscall.Errno(C.zmtp_check(c.z)) }
@@ -167,40 +167,90 @@ func (c *zmtpTest) redial(timeoutMS int) syscall.Errno {
 }
 
 // zmtpStream feeds data, as a peer's bytes from its greeting on, to a
-// connection over a socket pair, then ends the stream; it returns the
-// messages read and the code that ended the reading (an errno value; EPIPE
-// at the end of the stream), or the handshake's errno with no messages.
-func zmtpStream(data []byte, maxMsgSize int64) (msgs [][][]byte, counts []int, end syscall.Errno) {
+// connection over a socket pair, chunk bytes at a time (all at once when
+// chunk <= 0), then ends the stream; it returns the messages read and the
+// code that ended the reading (an errno value; EPIPE at the end of the
+// stream), or the handshake's errno with no messages. What the connection
+// writes (PONGs) is read and dropped.
+func zmtpStream(data []byte, maxMsgSize int64, chunk int) (msgs [][][]byte, end syscall.Errno) {
 	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return nil, nil, err.(syscall.Errno)
+		return nil, err.(syscall.Errno)
 	}
 	peer := fds[1]
-	defer syscall.Close(peer)
-	for len(data) > 0 {
-		n, err := syscall.Write(peer, data)
-		if err == syscall.EINTR { // Go's preemption signals, often under the fuzzer
-			continue
-		}
-		if err != nil {
-			return nil, nil, err.(syscall.Errno)
-		}
-		data = data[n:]
+	if chunk <= 0 {
+		chunk = len(data)
 	}
-	syscall.Shutdown(peer, syscall.SHUT_WR)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for len(data) > 0 {
+			n, err := syscall.Write(peer, data[:min(chunk, len(data))])
+			if err == syscall.EINTR { // Go's preemption signals, often under the fuzzer
+				continue
+			}
+			if err != nil {
+				break
+			}
+			data = data[n:]
+		}
+		syscall.Shutdown(peer, syscall.SHUT_WR)
+		var sink [4096]byte
+		for {
+			n, err := syscall.Read(peer, sink[:])
+			if n <= 0 && err != syscall.EINTR {
+				return
+			}
+		}
+	}()
+	defer func() {
+		syscall.Shutdown(peer, syscall.SHUT_RDWR)
+		<-done
+		syscall.Close(peer)
+	}()
 	syscall.SetNonblock(fds[0], true)
-	z, cerr := C.zmtp_attach(C.int(fds[0]), 1000, C.int64_t(maxMsgSize))
+	z, cerr := C.zmtp_attach(C.int(fds[0]), 2000, C.int64_t(maxMsgSize))
 	if z == nil {
 		e, _ := cerr.(syscall.Errno)
-		return nil, nil, e
+		return nil, e
 	}
 	c := &zmtpTest{z}
 	defer c.close()
 	for {
-		msg, n, rc := c.recv(1000)
+		msg, rc := c.recv(2000)
 		if rc <= 0 {
-			return msgs, counts, syscall.Errno(-rc)
+			return msgs, syscall.Errno(-rc)
 		}
-		msgs, counts = append(msgs, msg), append(counts, n)
+		msgs = append(msgs, msg)
 	}
+}
+
+// zmtpLimits are the reader's constants of zmtp.h, for the test that they
+// are the specification's.
+func zmtpLimits() (maxFrames, frameCost int) {
+	return C.ZMTP_MAX_RECV_FRAMES, C.ZMTP_FRAME_COST
+}
+
+// zmtpBufferAfter feeds data (a peer's bytes from its greeting on) to a
+// connection, reads until the data runs out, and returns the size its read
+// buffer grew to.
+func zmtpBufferAfter(data []byte, maxMsgSize int64) int {
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1
+	}
+	defer syscall.Close(fds[1])
+	syscall.Write(fds[1], data)
+	syscall.SetNonblock(fds[0], true)
+	z := C.zmtp_attach(C.int(fds[0]), 2000, C.int64_t(maxMsgSize))
+	if z == nil {
+		return -1
+	}
+	defer C.zmtp_close(z)
+	var frame [C.ZMTP_MAX_RECV_FRAMES]*C.char
+	var size [C.ZMTP_MAX_RECV_FRAMES]C.size_t
+	var n C.int
+	for C.zmtp_recv(z, 100, &frame[0], &size[0], &n) > 0 {
+	}
+	return int(C.zmtp_buffer_size(z))
 }

@@ -13,7 +13,7 @@
 #include "zmtp.h"
 
 _Static_assert(sizeof(zmq_msg_t) <= sizeof(modzmq_msg), "modzmq_msg must hold a zmq_msg_t");
-_Static_assert(ZMTP_MAX_FRAMES == MODZMQ_MAX_FRAMES, "a ZMTP reply fits a modzmq_response");
+_Static_assert(ZMTP_MAX_RECV_FRAMES <= MODZMQ_MAX_FRAMES, "a ZMTP reply fits a modzmq_response");
 
 static pthread_once_t ctx_once = PTHREAD_ONCE_INIT;
 static void *ctx;
@@ -172,10 +172,10 @@ void modzmq_release(modzmq_response *resp)
 
 void modzmq_zreceive(void *conn, int timeout_ms, modzmq_response *resp)
 {
-    int nframes, kept;
-    if (zmtp_recv(conn, timeout_ms, resp->frame, resp->frame_len, &nframes, &kept) > 0) {
+    int nframes;
+    if (zmtp_recv(conn, timeout_ms, resp->frame, resp->frame_len, &nframes) > 0) {
         resp->nframes = nframes;
-        resp->nmsgs = kept;
+        resp->nmsgs = nframes;
         resp->zbuf = zmtp_detach(conn);
     }
     /* else nothing yet, or a failure the connection keeps for Go to meet */

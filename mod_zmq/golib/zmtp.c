@@ -15,7 +15,6 @@
 #include <stdlib.h>
 #include <stddef.h>
 #include <string.h>
-#include <strings.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <sys/un.h>
@@ -33,12 +32,22 @@ struct zmtp_conn {
     int64_t max_msg_size;
     char *buf;
     size_t cap, r, w; /* unparsed bytes are buf[r:w] */
-    size_t need;      /* bytes from r the frame being read needs, or 0 */
+    /* The message being read: buf[r:r+scan] has been parsed (its frames so
+     * far, and commands among them), frames at offsets from r. */
+    size_t scan;
+    int nframes;
+    uint64_t cost;
+    size_t off[ZMTP_MAX_RECV_FRAMES], len[ZMTP_MAX_RECV_FRAMES];
+    /* The rest of a PONG the socket took only part of. */
+    unsigned char pong[2 + 5 + 16];
+    size_t npong;
 };
 
 #define ZMTP_BUF 4096
-/* Commands (READY, PING, ...) are small; a longer one is refused. */
-#define ZMTP_MAX_COMMAND 65536
+/* The largest frame size a header may claim with no limit set. */
+#define ZMTP_MAX_CLAIM ((uint64_t)1 << 40)
+/* What zmtp_check reads at most in one call. */
+#define ZMTP_CHECK_BUDGET (64 << 10)
 
 /* ---- time and waiting -------------------------------------------------- */
 
@@ -170,23 +179,21 @@ fail:
 
 /* ---- reading ----------------------------------------------------------- */
 
-/* Reads what the socket has, up to deadline for at least one byte;
- * 1 read, 0 timed out, -errno (-EPIPE: the peer closed). */
+/* Reads what the socket has, waiting until deadline for at least one byte
+ * (deadline < 0: not at all); 1 read, 0 nothing (timed out), -errno
+ * (-EPIPE: the peer closed). The buffer doubles only when what arrived
+ * fills it. */
 static int fill(zmtp_conn *c, int64_t deadline)
 {
     for (;;) {
         ssize_t n;
-        if (c->w == c->cap || c->r + c->need > c->cap) {
-            /* Room for the frame being read, as far as 4 MiB past what has
-             * arrived: a size in a header is a claim, not yet memory. */
-            size_t want = c->r + c->need < c->w + (4 << 20) ? c->r + c->need : c->w + (4 << 20);
-            size_t cap = c->cap * 2 > want ? c->cap * 2 : want;
-            char *b = realloc(c->buf, cap);
+        if (c->w == c->cap) {
+            char *b = realloc(c->buf, c->cap * 2);
             if (b == NULL) {
                 return -ENOMEM;
             }
             c->buf = b;
-            c->cap = cap;
+            c->cap *= 2;
         }
         n = recv(c->fd, c->buf + c->w, c->cap - c->w, 0);
         if (n > 0) {
@@ -212,14 +219,17 @@ static int fill(zmtp_conn *c, int64_t deadline)
     }
 }
 
-/* Parses the frame at buf[*at:w]: 1 with its flags, body offset and size,
- * 0 when it has not fully arrived (c->need then says how many bytes from
- * c->r it takes, when known), -errno when it is too long. */
-static int parse_frame(zmtp_conn *c, size_t *at, int *flags, size_t *off, size_t *size)
+/* Parses the frame header at buf[at:w]: 1 with its flags, body offset and
+ * size once the whole frame has arrived, 0 when it has not (nothing is
+ * kept of it), -errno as soon as the header is refused (see zmtp.h):
+ * -EMSGSIZE for its size, -E2BIG for a message frame that announces one
+ * frame too many. nframes and cost describe the message in progress. */
+static int parse_frame(const zmtp_conn *c, size_t at, int nframes, uint64_t cost, int *flags, size_t *off,
+                       size_t *size)
 {
-    size_t have = c->w - *at, hdr;
-    const unsigned char *p = (const unsigned char *)c->buf + *at;
-    uint64_t n = 0;
+    size_t have = c->w - at, hdr;
+    const unsigned char *p = (const unsigned char *)c->buf + at;
+    uint64_t n = 0, limit = c->max_msg_size > 0 ? (uint64_t)c->max_msg_size : 0;
     int i;
 
     if (have < 2) {
@@ -238,41 +248,65 @@ static int parse_frame(zmtp_conn *c, size_t *at, int *flags, size_t *off, size_t
         n = p[1];
         hdr = 2;
     }
-    if ((p[0] & F_COMMAND) ? n > ZMTP_MAX_COMMAND
-                           : n > (uint64_t)1 << 40 || (c->max_msg_size > 0 && n > (uint64_t)c->max_msg_size)) {
+    if (n > ZMTP_MAX_CLAIM) {
         return -EMSGSIZE;
     }
+    if (limit > 0) {
+        if ((p[0] & F_COMMAND) && nframes == 0 ? n > limit : cost + n + ZMTP_FRAME_COST > limit) {
+            return -EMSGSIZE; /* a command alone, or the message, would pass the limit */
+        }
+    }
+    if (!(p[0] & F_COMMAND) && (p[0] & F_MORE) && nframes == ZMTP_MAX_RECV_FRAMES - 1) {
+        return -E2BIG;
+    }
     if (have - hdr < n) {
-        c->need = *at + hdr + (size_t)n - c->r;
         return 0;
     }
-    c->need = 0;
     *flags = p[0];
-    *off = *at + hdr;
+    *off = at + hdr;
     *size = (size_t)n;
-    *at = *off + (size_t)n;
     return 1;
 }
 
-static int send_all(zmtp_conn *c, struct iovec *iov, int niov, int64_t deadline);
+/* Writes what the socket takes of buf[0:*n] without waiting; the rest
+ * moves to the start of buf. 0 or an errno value. */
+static int send_some(zmtp_conn *c, unsigned char *buf, size_t *n)
+{
+    ssize_t k;
+    while ((k = send(c->fd, buf, *n, MSG_NOSIGNAL | MSG_DONTWAIT)) < 0 && errno == EINTR) {
+    }
+    if (k < 0) {
+        return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : errno;
+    }
+    memmove(buf, buf + k, *n - (size_t)k);
+    *n -= (size_t)k;
+    return 0;
+}
 
-/* Handles a command frame: answers PING with PONG; ignores the rest. */
+/* Handles a command frame as libzmq does once the handshake is over: PING
+ * gets its PONG, other commands are ignored; a command whose name runs past
+ * its end is EPROTO. PONGs never wait: as in libzmq, one is pending at a
+ * time (a PING that comes while one is pending gets none; any traffic tells
+ * the worker the connection lives), and what the socket has no room for is
+ * written before the next message. */
 static int command(zmtp_conn *c, size_t off, size_t size)
 {
-    const char *b = c->buf + off;
-    if (size >= 7 && (unsigned char)b[0] == 4 && memcmp(b + 1, "PING", 4) == 0) {
+    const unsigned char *b = (const unsigned char *)c->buf + off;
+    if (size < 1 || (size_t)b[0] + 1 > size) {
+        return EPROTO;
+    }
+    if (size >= 7 && b[0] == 4 && memcmp(b + 1, "PING", 4) == 0) {
         /* PING: name, a 2-octet TTL, a context of up to 16 octets to echo */
         size_t ctx = size - 7 > 16 ? 16 : size - 7;
-        unsigned char pong[2 + 5 + 16];
-        struct iovec iov = {pong, 2 + 5 + ctx};
-        pong[0] = F_COMMAND;
-        pong[1] = (unsigned char)(5 + ctx);
-        memcpy(pong + 2, "\x04PONG", 5);
-        memcpy(pong + 7, b + 7, ctx);
-        return send_all(c, &iov, 1, now_ms() + 1000);
-    }
-    if (size >= 6 && (unsigned char)b[0] == 5 && memcmp(b + 1, "ERROR", 5) == 0) {
-        return EPROTO;
+        if (c->npong > 0) {
+            return send_some(c, c->pong, &c->npong);
+        }
+        c->pong[0] = F_COMMAND;
+        c->pong[1] = (unsigned char)(5 + ctx);
+        memcpy(c->pong + 2, "\x04PONG", 5);
+        memcpy(c->pong + 7, b + 7, ctx);
+        c->npong = 7 + ctx;
+        return send_some(c, c->pong, &c->npong);
     }
     return 0;
 }
@@ -290,50 +324,80 @@ static void compact(zmtp_conn *c)
     }
 }
 
-int zmtp_recv(zmtp_conn *c, int timeout_ms, const char **frame, size_t *len, int *nframes, int *nkept)
+/* Parses what has arrived past the message in progress: 1 when a message
+ * is complete (its frames in c->off/len/nframes; c->scan covers it), 0
+ * when more must arrive, or an errno value (negative). With stop_at_frame,
+ * returns 1 as soon as a message frame's header has arrived instead. */
+static int parse(zmtp_conn *c, int stop_at_frame)
+{
+    for (;;) {
+        size_t at = c->r + c->scan, off, size;
+        int flags, rc;
+        rc = parse_frame(c, at, c->nframes, c->cost, &flags, &off, &size);
+        if (rc <= 0) {
+            if (rc == 0 && stop_at_frame && c->w > at && !(c->buf[at] & F_COMMAND)) {
+                return 1;
+            }
+            return rc;
+        }
+        if (flags & F_COMMAND) {
+            if ((rc = command(c, off, size)) != 0) {
+                return -rc;
+            }
+            if (c->nframes == 0) {
+                c->r = off + size; /* done with it */
+            }
+            else {
+                c->scan = off + size - c->r;
+                c->cost += size + ZMTP_FRAME_COST;
+            }
+            continue;
+        }
+        if (stop_at_frame) {
+            return 1;
+        }
+        c->off[c->nframes] = off - c->r;
+        c->len[c->nframes] = size;
+        c->nframes++;
+        c->cost += size + ZMTP_FRAME_COST;
+        c->scan = off + size - c->r;
+        if (!(flags & F_MORE)) {
+            return 1;
+        }
+    }
+}
+
+int zmtp_recv(zmtp_conn *c, int timeout_ms, const char **frame, size_t *len, int *nframes)
 {
     int64_t deadline = now_ms() + (timeout_ms > 0 ? timeout_ms : 0);
-    size_t offs[ZMTP_MAX_FRAMES];
+    int rc, filled = 0;
 
     if (c->broken) {
         return -c->broken;
     }
-    compact(c);
+    if (c->nframes == 0) {
+        compact(c); /* a message in progress stays where it is */
+    }
     for (;;) {
-        size_t at = c->r, off, size;
-        int flags, n = 0, kept = 0, rc;
-        /* A whole message, or the commands before it. */
-        while ((rc = parse_frame(c, &at, &flags, &off, &size)) > 0) {
-            if (flags & F_COMMAND) {
-                if (n > 0) {
-                    c->broken = EPROTO; /* a command inside a message */
-                    return -EPROTO;
-                }
-                if ((rc = command(c, off, size)) != 0) {
-                    c->broken = rc;
-                    return -rc;
-                }
-                c->r = at;
-                continue;
+        rc = parse(c, 0);
+        if (rc > 0) {
+            int i;
+            for (i = 0; i < c->nframes; i++) {
+                frame[i] = c->buf + c->r + c->off[i];
+                len[i] = c->len[i];
             }
-            if (kept < ZMTP_MAX_FRAMES) {
-                offs[kept] = off;
-                len[kept] = size;
-                kept++;
-            }
-            n++;
-            if (!(flags & F_MORE)) {
-                int i;
-                for (i = 0; i < kept; i++) {
-                    frame[i] = c->buf + offs[i];
-                }
-                *nframes = n;
-                *nkept = kept;
-                c->r = at;
-                return 1;
-            }
+            *nframes = c->nframes;
+            c->r += c->scan;
+            c->scan = 0;
+            c->nframes = 0;
+            c->cost = 0;
+            return 1;
         }
         if (rc == 0) {
+            if (filled && now_ms() >= deadline) {
+                return 0; /* bytes kept coming, but the time is up */
+            }
+            filled = 1;
             rc = fill(c, deadline);
             if (rc > 0) {
                 continue;
@@ -348,33 +412,31 @@ int zmtp_recv(zmtp_conn *c, int timeout_ms, const char **frame, size_t *len, int
 
 int zmtp_check(zmtp_conn *c)
 {
+    size_t budget = ZMTP_CHECK_BUDGET;
     int rc;
+
     if (c->broken) {
         return c->broken;
     }
-    compact(c);
-    while ((rc = fill(c, -1)) > 0) {
-    }
-    if (rc < 0) {
-        return -rc;
+    if (c->nframes > 0) {
+        return 1; /* part of a message nobody asked for */
     }
     for (;;) {
-        size_t at = c->r, off, size;
-        int flags;
-        rc = parse_frame(c, &at, &flags, &off, &size);
+        size_t before;
+        compact(c);
+        rc = parse(c, 1);
+        if (rc != 0) {
+            return rc > 0 ? 1 : -rc;
+        }
+        before = c->w;
+        rc = fill(c, -1);
         if (rc < 0) {
             return -rc;
         }
-        if (rc == 0) {
+        if (rc == 0 || c->w - before >= budget) {
             return 0;
         }
-        if (!(flags & F_COMMAND)) {
-            return 1;
-        }
-        if ((rc = command(c, off, size)) != 0) {
-            return rc;
-        }
-        c->r = at;
+        budget -= c->w - before;
     }
 }
 
@@ -419,14 +481,18 @@ static int send_all(zmtp_conn *c, struct iovec *iov, int niov, int64_t deadline)
 int zmtp_send(zmtp_conn *c, int timeout_ms, int n, const void *const *p, const size_t *len)
 {
     unsigned char hdr[ZMTP_MAX_FRAMES][9];
-    struct iovec iov[2 * ZMTP_MAX_FRAMES];
-    int i, k, niov = 0;
+    struct iovec iov[1 + 2 * ZMTP_MAX_FRAMES];
+    int i, k, niov = 0, rc;
 
     if (c->broken) {
         return c->broken;
     }
     if (n < 1 || n > ZMTP_MAX_FRAMES) {
         return EINVAL;
+    }
+    if (c->npong > 0) { /* the rest of a PONG goes first */
+        iov[niov].iov_base = c->pong;
+        iov[niov++].iov_len = c->npong;
     }
     for (i = 0; i < n; i++) {
         int more = i < n - 1 ? F_MORE : 0;
@@ -450,42 +516,59 @@ int zmtp_send(zmtp_conn *c, int timeout_ms, int n, const void *const *p, const s
             iov[niov++].iov_len = len[i];
         }
     }
-    return send_all(c, iov, niov, now_ms() + (timeout_ms > 0 ? timeout_ms : 0));
+    rc = send_all(c, iov, niov, now_ms() + (timeout_ms > 0 ? timeout_ms : 0));
+    c->npong = 0;
+    return rc;
 }
 
 /* ---- the handshake ----------------------------------------------------- */
 
-/* The property name of a READY command, within body[0:size]; its value's
- * offset and length, or 0 when absent. */
-static int property(const char *body, size_t size, const char *name, size_t *voff, size_t *vlen)
+/* Checks a READY command's metadata, body[6:size], as libzmq 4.3.4 does:
+ * properties (a 1-octet name length, the name, a 4-octet value length, the
+ * value) fill it exactly, and a Socket-Type property (the name compared
+ * exactly) names a socket that talks to a DEALER. 0 or EPROTO. */
+static int ready_metadata(const unsigned char *body, size_t size)
 {
-    size_t at = 1 + (unsigned char)body[0]; /* past the command name */
-    while (at < size) {
-        size_t nl = (unsigned char)body[at], vl;
-        if (at + 1 + nl + 4 > size) {
-            return 0;
+    size_t at = 6, left = size - 6;
+    while (left > 1) {
+        size_t nl = body[at], vl;
+        const unsigned char *name, *value;
+        at++;
+        left--;
+        if (left < nl) {
+            break;
         }
-        vl = (size_t)(unsigned char)body[at + 1 + nl] << 24 | (size_t)(unsigned char)body[at + 2 + nl] << 16 |
-             (size_t)(unsigned char)body[at + 3 + nl] << 8 | (unsigned char)body[at + 4 + nl];
-        if (at + 5 + nl + vl > size) {
-            return 0;
+        name = body + at;
+        at += nl;
+        left -= nl;
+        if (left < 4) {
+            break;
         }
-        if (nl == strlen(name) && strncasecmp(body + at + 1, name, nl) == 0) {
-            *voff = at + 5 + nl;
-            *vlen = vl;
-            return 1;
+        vl = (size_t)body[at] << 24 | (size_t)body[at + 1] << 16 | (size_t)body[at + 2] << 8 | body[at + 3];
+        at += 4;
+        left -= 4;
+        if (left < vl) {
+            break;
         }
-        at += 5 + nl + vl;
+        value = body + at;
+        at += vl;
+        left -= vl;
+        if (nl == 11 && memcmp(name, "Socket-Type", 11) == 0 &&
+            !((vl == 6 && memcmp(value, "ROUTER", 6) == 0) || (vl == 3 && memcmp(value, "REP", 3) == 0) ||
+              (vl == 6 && memcmp(value, "DEALER", 6) == 0))) {
+            return EPROTO;
+        }
     }
-    return 0;
+    return left > 0 ? EPROTO : 0;
 }
 
 static int handshake(zmtp_conn *c, int64_t deadline)
 {
     static const char ready[] = "\x04\x1c\x05READY\x0bSocket-Type\x00\x00\x00\x06" "DEALER";
+    static const char null_mechanism[20] = "NULL";
     unsigned char greeting[64];
     struct iovec iov[2];
-    const unsigned char *g;
+    const unsigned char *g, *b;
     int rc;
 
     memset(greeting, 0, sizeof(greeting));
@@ -508,14 +591,14 @@ static int handshake(zmtp_conn *c, int64_t deadline)
         }
     }
     g = (const unsigned char *)c->buf;
-    if (g[0] != 0xff || !(g[9] & 1) || g[10] < 3 || memcmp(g + 12, "NULL\0", 5) != 0) {
+    if (g[0] != 0xff || !(g[9] & 1) || g[10] < 3 || memcmp(g + 12, null_mechanism, 20) != 0) {
         return EPROTO;
     }
     c->r = 64;
     for (;;) {
-        size_t at = c->r, off, size, voff, vlen;
+        size_t off, size;
         int flags;
-        rc = parse_frame(c, &at, &flags, &off, &size);
+        rc = parse_frame(c, c->r, 0, 0, &flags, &off, &size);
         if (rc < 0) {
             return -rc;
         }
@@ -525,21 +608,19 @@ static int handshake(zmtp_conn *c, int64_t deadline)
             }
             continue;
         }
-        c->r = at;
-        if ((flags & F_COMMAND) && size >= 6 && memcmp(c->buf + off, "\x05" "ERROR", 6) == 0) {
-            return EACCES; /* refused: the worker's ZAP handler said no */
-        }
-        if (!(flags & F_COMMAND) || size < 6 || memcmp(c->buf + off, "\x05READY", 6) != 0) {
+        c->r = off + size;
+        b = (const unsigned char *)c->buf + off;
+        if (!(flags & F_COMMAND)) {
             return EPROTO;
         }
-        if (property(c->buf + off, size, "Socket-Type", &voff, &vlen)) {
-            const char *t = c->buf + off + voff;
-            if (!((vlen == 6 && memcmp(t, "ROUTER", 6) == 0) || (vlen == 3 && memcmp(t, "REP", 3) == 0) ||
-                  (vlen == 6 && memcmp(t, "DEALER", 6) == 0))) {
-                return EPROTO;
-            }
+        if (size >= 6 && memcmp(b, "\x05" "ERROR", 6) == 0) {
+            /* refused (the worker's ZAP handler said no), if well formed */
+            return size >= 7 && (size_t)b[6] <= size - 7 ? EACCES : EPROTO;
         }
-        return 0;
+        if (size < 6 || memcmp(b, "\x05READY", 6) != 0) {
+            return EPROTO;
+        }
+        return ready_metadata(b, size);
     }
 }
 
@@ -614,7 +695,7 @@ char *zmtp_detach(zmtp_conn *c)
          * next use. */
         c->broken = ENOMEM;
         c->buf = NULL;
-        c->cap = c->r = c->w = c->need = 0;
+        c->cap = c->r = c->w = 0;
         return old;
     }
     memcpy(b, old + c->r, rest);
@@ -653,3 +734,5 @@ int zmtp_redial(zmtp_conn *c, int timeout_ms)
 }
 
 int zmtp_fd(const zmtp_conn *c) { return c->fd; }
+
+size_t zmtp_buffer_size(const zmtp_conn *c) { return c->cap; }

@@ -17,7 +17,27 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* The most frames zmtp_send writes in one message. */
 #define ZMTP_MAX_FRAMES 8
+
+/* What the reader accepts of a peer (bridge.ZMTP reads by the same rules;
+ * internal/zmqtest.ZMTPFrames is their specification, and the fuzz targets
+ * of both readers compare them with it):
+ * - a message has at most ZMTP_MAX_RECV_FRAMES frames, an MZMQ/1 reply with
+ *   its envelope (request id, empty delimiter, status, headers, body); a
+ *   frame header past that count fails the read with E2BIG at once;
+ * - with max_msg_size > 0, a message's frames, each counted with
+ *   ZMTP_FRAME_COST bytes more for its bookkeeping (and any command that
+ *   arrives among them, likewise), total at most max_msg_size; a frame
+ *   header that would pass it fails the read with EMSGSIZE before its body
+ *   arrives. A command alone may be max_msg_size bytes, as in libzmq;
+ * - the buffer grows with the bytes received, never with a size a header
+ *   claims, so a claim costs nothing until its bytes arrive;
+ * - commands are handled wherever they arrive, as libzmq does: PING gets
+ *   its PONG, others (ERROR included, once the handshake is over) are
+ *   ignored; a command whose name runs past its end fails with EPROTO. */
+#define ZMTP_MAX_RECV_FRAMES 5
+#define ZMTP_FRAME_COST 64
 
 typedef struct zmtp_conn zmtp_conn;
 
@@ -26,8 +46,9 @@ int zmtp_supported(const char *endpoint);
 
 /* Connects to endpoint and completes the handshake within timeout_ms.
  * NULL with errno set on failure (EPROTO: the peer is not a ZMTP 3 NULL
- * peer that accepts a DEALER; EACCES: it answered the handshake with ERROR,
- * its ZAP handler refusing us). max_msg_size > 0 refuses longer messages. */
+ * peer that accepts a DEALER, or its READY is malformed; EACCES: it
+ * answered the handshake with ERROR, its ZAP handler refusing us).
+ * max_msg_size limits messages as described above; 0 means no limit. */
 zmtp_conn *zmtp_connect(const char *endpoint, int timeout_ms, int64_t max_msg_size);
 /* The handshake of zmtp_connect on fd, a connected non-blocking stream
  * socket, which the connection owns from now on (closed on failure too). */
@@ -41,20 +62,25 @@ int zmtp_redial(zmtp_conn *c, int timeout_ms);
  * new one. So a reply outlives its connection's return to a pool. */
 char *zmtp_detach(zmtp_conn *c);
 int zmtp_fd(const zmtp_conn *c);
+/* The size of the connection's read buffer, which the reader's rules bound. */
+size_t zmtp_buffer_size(const zmtp_conn *c);
 
 /* Writes one message of n frames (n <= ZMTP_MAX_FRAMES) within timeout_ms;
  * 0 or an errno value (then the connection is unusable). */
 int zmtp_send(zmtp_conn *c, int timeout_ms, int n, const void *const *p, const size_t *len);
 
-/* Reads what has arrived, answering PINGs, without waiting: 0 when the
- * connection is sound and nothing but commands arrived, 1 when a message
- * is ready for zmtp_recv, or an errno value (EPIPE: the peer closed). */
+/* Reads what has arrived (up to a bounded amount), answering PINGs,
+ * without waiting: 0 when the connection is sound and nothing but commands
+ * arrived, 1 when a message has begun to arrive, or an errno value (EPIPE:
+ * the peer closed). */
 int zmtp_check(zmtp_conn *c);
 
-/* Waits up to timeout_ms for the next message. Returns 1 with its frames
- * (pointers into the connection's buffer, valid until the next call on the
- * connection; frames past ZMTP_MAX_FRAMES are counted in *nframes but not
- * kept), 0 on timeout, or -errno (the connection is then unusable). */
-int zmtp_recv(zmtp_conn *c, int timeout_ms, const char **frame, size_t *len, int *nframes, int *nkept);
+/* Waits up to timeout_ms for the next message, however the peer's bytes
+ * arrive: the deadline holds while they keep coming, and what arrived is
+ * kept for the next call (each byte is parsed once). Returns 1 with its
+ * frames (pointers into the connection's buffer, valid until the next call
+ * on the connection) and their count in *nframes, 0 on timeout, or -errno
+ * (the connection is then unusable). */
+int zmtp_recv(zmtp_conn *c, int timeout_ms, const char **frame, size_t *len, int *nframes);
 
 #endif

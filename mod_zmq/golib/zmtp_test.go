@@ -37,9 +37,9 @@ func roundTrip(t *testing.T, c *zmtpTest, frames ...[]byte) [][]byte {
 	if err := c.send(frames...); err != 0 {
 		t.Fatalf("send: %v", err)
 	}
-	msg, n, rc := c.recv(2000)
-	if rc != 1 || n != len(msg) {
-		t.Fatalf("recv: code %d, %d frames of %d kept", rc, len(msg), n)
+	msg, rc := c.recv(2000)
+	if rc != 1 {
+		t.Fatalf("recv: code %d", rc)
 	}
 	return msg
 }
@@ -48,11 +48,11 @@ func roundTrip(t *testing.T, c *zmtpTest, frames ...[]byte) [][]byte {
 // directions, with short and long frames.
 func TestZMTPWithLibzmq(t *testing.T) {
 	long := bytes.Repeat([]byte("0123456789abcdef"), 70000/16)
-	frames := [][]byte{[]byte("id"), {}, []byte("x"), bytes.Repeat([]byte("y"), 255), bytes.Repeat([]byte("z"), 256), long}
+	frames := [][]byte{[]byte("id"), {}, bytes.Repeat([]byte("y"), 255), bytes.Repeat([]byte("z"), 256), long}
 	t.Run("ROUTER", func(t *testing.T) {
 		c := dialT(t, echoRouter(t), 0)
 		for range 3 {
-			if got := roundTrip(t, c, frames...); len(got) != len(frames) || !bytes.Equal(got[5], long) || len(got[4]) != 256 || len(got[1]) != 0 {
+			if got := roundTrip(t, c, frames...); len(got) != len(frames) || !bytes.Equal(got[4], long) || len(got[3]) != 256 || len(got[1]) != 0 {
 				t.Fatalf("echo: %d frames", len(got))
 			}
 		}
@@ -83,7 +83,7 @@ func TestZMTPWithLibzmq(t *testing.T) {
 			t.Fatalf("ROUTER got %q, %v", msg, err)
 		}
 		s.SendMessage(msg[0], "there")
-		if msg, _, rc := c.recv(2000); rc != 1 || string(msg[0]) != "there" {
+		if msg, rc := c.recv(2000); rc != 1 || string(msg[0]) != "there" {
 			t.Fatalf("reply %q, code %d", msg, rc)
 		}
 	})
@@ -120,7 +120,7 @@ func TestZMTPAnswersPings(t *testing.T) {
 	ep, _ := s.GetLastEndpoint()
 	c := dialT(t, ep, 0)
 	// Four heartbeat timeouts with nothing but PINGs coming in.
-	if _, _, rc := c.recv(800); rc != 0 {
+	if _, rc := c.recv(800); rc != 0 {
 		t.Fatalf("waiting through PINGs: code %d, want a timeout (0)", rc)
 	}
 	if err := c.check(); err != 0 {
@@ -155,7 +155,7 @@ func TestZMTPNoticesAClosedPeer(t *testing.T) {
 		t.Fatalf("sound connection: %v", err)
 	}
 	s.Close()
-	if _, _, rc := waiting.recv(2000); rc != -int(syscall.EPIPE) && rc != -int(syscall.ECONNRESET) {
+	if _, rc := waiting.recv(2000); rc != -int(syscall.EPIPE) && rc != -int(syscall.ECONNRESET) {
 		t.Fatalf("recv from a closed worker: %d, want -EPIPE or -ECONNRESET", rc)
 	}
 	deadline := time.Now().Add(2 * time.Second)
@@ -241,7 +241,7 @@ func TestZMTPSizeLimit(t *testing.T) {
 	if err := c.send([]byte("x")); err != 0 {
 		t.Fatal(err)
 	}
-	if _, _, rc := c.recv(2000); rc != -int(syscall.EMSGSIZE) {
+	if _, rc := c.recv(2000); rc != -int(syscall.EMSGSIZE) {
 		t.Fatalf("5000-byte frame, limit 1000: code %d, want -EMSGSIZE", rc)
 	}
 	if err := c.check(); err != syscall.EMSGSIZE {
@@ -249,16 +249,22 @@ func TestZMTPSizeLimit(t *testing.T) {
 	}
 }
 
-func checkZMTPStream(t *testing.T, data []byte, maxMsgSize int64) {
+func checkZMTPStream(t *testing.T, data []byte, maxMsgSize int64, chunk int) {
 	t.Helper()
-	got, counts, end := zmtpStream(append(zmqtest.ZMTPPeerHello(), data...), maxMsgSize)
+	got, end := zmtpStream(append(zmqtest.ZMTPPeerHello(), data...), maxMsgSize, chunk)
+	if maxMsgSize > 0 && maxMsgSize < zmqtest.ZMTPPeerReadySize {
+		if end != syscall.EMSGSIZE || len(got) > 0 {
+			t.Fatalf("limit %d, below the peer's READY: %v, want the handshake refused", maxMsgSize, end)
+		}
+		return
+	}
 	want, wantEnd := zmqtest.ZMTPFrames(data, maxMsgSize)
 	if end != wantEnd || len(got) != len(want) {
-		t.Fatalf("%q (limit %d): %d messages ending %v, want %d ending %v", data, maxMsgSize, len(got), end, len(want), wantEnd)
+		t.Fatalf("%q (limit %d, chunks of %d): %d messages ending %v, want %d ending %v", data, maxMsgSize, chunk, len(got), end, len(want), wantEnd)
 	}
 	for i := range want {
-		if counts[i] != len(want[i]) || len(got[i]) != min(len(want[i]), 8) {
-			t.Fatalf("%q: message %d has %d frames (%d kept), want %d", data, i, counts[i], len(got[i]), len(want[i]))
+		if len(got[i]) != len(want[i]) {
+			t.Fatalf("%q: message %d has %d frames, want %d", data, i, len(got[i]), len(want[i]))
 		}
 		for j := range got[i] {
 			if !bytes.Equal(got[i][j], want[i][j]) {
@@ -268,44 +274,60 @@ func checkZMTPStream(t *testing.T, data []byte, maxMsgSize int64) {
 	}
 }
 
-func TestZMTPFrames(t *testing.T) {
-	long := append([]byte{2, 0, 0, 0, 0, 0, 0, 1, 0}, make([]byte, 256)...)
-	for _, data := range [][]byte{
-		nil,
-		{0, 0},
-		{1, 1, 'a', 0, 1, 'b'},
-		{1, 1, 'a'},
-		{4, 7, 4, 'P', 'I', 'N', 'G', 0, 0, 0, 2, 'o', 'k'},
-		{4, 3, 1, 'X', 'Y', 0, 1, 'z'},
-		{1, 0, 4, 3, 1, 'X', 'Y', 0, 0},
-		{4, 6, 5, 'E', 'R', 'R', 'O', 'R', 0, 0},
-		{0, 5, 'a'},
-		long,
-		{2, 0xff, 0, 0, 0, 0, 0, 0, 1, 0},
-		{1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 0, 1, 'n'},
-	} {
-		checkZMTPStream(t, data, 0)
-		checkZMTPStream(t, data, 100)
+// The reader's constants are the specification's.
+func TestZMTPLimitsAreTheSpecification(t *testing.T) {
+	if frames, cost := zmtpLimits(); frames != zmqtest.ZMTPMaxFrames || cost != zmqtest.ZMTPFrameCost {
+		t.Fatalf("zmtp.h: %d frames, %d bytes a frame; internal/zmqtest: %d, %d", frames, cost, zmqtest.ZMTPMaxFrames, zmqtest.ZMTPFrameCost)
 	}
 }
 
+func TestZMTPFrames(t *testing.T) {
+	for _, data := range zmqtest.ZMTPCases {
+		for _, limit := range []int64{0, 100, 150, 1000} {
+			checkZMTPStream(t, data, limit, 0)
+			checkZMTPStream(t, data, limit, 1)
+		}
+	}
+}
+
+// FuzzZMTPFrames feeds the reader arbitrary bytes through a real socket
+// pair, all at once or trickled in small pieces, with small limits, and
+// checks that it reads what the specification reads.
 func FuzzZMTPFrames(f *testing.F) {
-	f.Add([]byte{1, 1, 'a', 0, 1, 'b'}, int64(0), true)
-	f.Add([]byte{4, 7, 4, 'P', 'I', 'N', 'G', 0, 0, 0, 2, 'o', 'k'}, int64(10), true)
-	f.Add([]byte{2, 0, 0, 0, 0, 0, 0, 1, 0, 'x'}, int64(0), true)
-	f.Add([]byte("\xff\x00\x00\x00\x00\x00\x00\x00\x01\x7f\x03\x01NULL"), int64(0), false)
-	f.Fuzz(func(t *testing.T, data []byte, maxMsgSize int64, handshake bool) {
+	for _, data := range zmqtest.ZMTPCases {
+		f.Add(data, int64(0), uint8(0), true)
+		f.Add(data, int64(120), uint8(3), true)
+	}
+	f.Add([]byte("\xff\x00\x00\x00\x00\x00\x00\x00\x01\x7f\x03\x01NULL"), int64(0), uint8(0), false)
+	f.Fuzz(func(t *testing.T, data []byte, maxMsgSize int64, chunk uint8, handshake bool) {
 		if len(data) > 1<<16 {
 			return
 		}
 		if handshake {
-			checkZMTPStream(t, data, maxMsgSize)
+			checkZMTPStream(t, data, maxMsgSize, int(chunk))
 			return
 		}
 		// The handshake itself from arbitrary bytes: no crash, and no
 		// message from a peer that never completed it.
-		if msgs, _, end := zmtpStream(data, maxMsgSize); len(msgs) > 0 && len(data) < 64 {
+		if msgs, end := zmtpStream(data, maxMsgSize, int(chunk)); len(msgs) > 0 && len(data) < 64 {
 			t.Fatalf("%q: %d messages before a whole greeting (end %v)", data, len(msgs), end)
 		}
 	})
+}
+
+// A frame header's claim costs nothing until its bytes arrive, with or
+// without a size limit: the buffer grows with what was received.
+func TestZMTPBufferGrowsWithBytesReceived(t *testing.T) {
+	claim := append(zmqtest.FrameHeader(0, 1<<40-1), make([]byte, 200)...)
+	for _, limit := range []int64{0, 1 << 50} {
+		if got := zmtpBufferAfter(append(zmqtest.ZMTPPeerHello(), claim...), limit); got < 0 || got > 8192 {
+			t.Errorf("limit %d: a 1 TiB claim and 200 bytes grew the buffer to %d bytes", limit, got)
+		}
+	}
+	// An honest large frame still arrives whole.
+	big := zmqtest.Message([]byte("id"), nil, make([]byte, 3<<20))
+	msgs, end := zmtpStream(append(zmqtest.ZMTPPeerHello(), big...), 0, 0)
+	if len(msgs) != 1 || len(msgs[0][2]) != 3<<20 || end != syscall.EPIPE {
+		t.Fatalf("a 3 MiB reply: %d messages, end %v", len(msgs), end)
+	}
 }
