@@ -95,10 +95,10 @@ func (t *ZMTP) dialShared(network, addr, endpoint string, opts DialOptions) (Con
 
 // bind finds a sound session with room, or makes one. One dial at a time per
 // endpoint: the others wait for it and share the connection it makes.
-// Clients of one transport with the same endpoint and size limit share
-// connections; a session logs through the options of the Conn that made it.
+// Clients of one transport with the same endpoint, size limit and CURVE
+// keys share connections; a session logs through the options of the Conn that made it.
 func (t *ZMTP) bind(network, addr, endpoint string, opts DialOptions, wait time.Duration) (*session, error) {
-	key := fmt.Sprintf("%s\x00%d", endpoint, opts.MaxMsgSize)
+	key := fmt.Sprintf("%s\x00%d\x00%p", endpoint, opts.MaxMsgSize, opts.Curve)
 	t.shared.mu.Lock()
 	defer t.shared.mu.Unlock()
 	if t.shared.all == nil {
@@ -129,7 +129,7 @@ func (t *ZMTP) bind(network, addr, endpoint string, opts DialOptions, wait time.
 		done := make(chan struct{})
 		set.dialing = done
 		t.shared.mu.Unlock()
-		zc := &zmtpConn{network: network, addr: addr, endpoint: endpoint, maxMsgSize: opts.MaxMsgSize}
+		zc := &zmtpConn{network: network, addr: addr, endpoint: endpoint, maxMsgSize: opts.MaxMsgSize, keys: opts.Curve}
 		err := zc.connect(wait)
 		t.shared.mu.Lock()
 		set.dialing, set.dialErr = nil, err
@@ -251,13 +251,13 @@ func (s *session) deliver(msg [][]byte) {
 // for a write. As in libzmq, PONGs do not pile up: while anything waits to
 // be written (an earlier PONG, requests) the new one is dropped, since any
 // traffic tells the worker the connection lives.
-func (s *session) queueCommand(b []byte) error {
+func (s *session) queueCommand(body []byte) error {
 	s.wmu.Lock()
 	if len(s.queue) > 0 {
 		s.wmu.Unlock()
 		return nil
 	}
-	s.queue = append(s.queue, b...)
+	s.queue = s.zc.appendCommand(s.queue, body)
 	start := !s.writing
 	s.writing = s.writing || start
 	s.wmu.Unlock()
@@ -362,7 +362,7 @@ func (c *shareConn) Send(frames [][]byte, timeout time.Duration) error {
 		}
 		s.wmu.Lock()
 	}
-	if !s.writing && len(s.queue) == 0 && messageSize(frames) >= directWrite {
+	if !s.writing && len(s.queue) == 0 && s.zc.curve == nil && messageSize(frames) >= directWrite {
 		s.writing = true
 		s.wmu.Unlock()
 		if err := writeMessage(s.zc.nc, &c.hdr, &c.out, frames, timeout); err != nil {
@@ -373,7 +373,7 @@ func (c *shareConn) Send(frames [][]byte, timeout time.Duration) error {
 		}
 		return s.write(timeout) // what others queued meanwhile
 	}
-	s.queue = appendMessage(s.queue, frames)
+	s.queue = s.zc.appendFrames(s.queue, frames)
 	if s.writing {
 		s.wmu.Unlock()
 		return nil

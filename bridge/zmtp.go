@@ -13,12 +13,13 @@ import (
 )
 
 // ZMTP is the default transport. Connections to tcp:// and ipc:// endpoints
-// without CURVE are ZMTP 3.1 DEALER connections (RFC 23/ZMTP, NULL
-// mechanism) spoken in Go on the netpoller: a request is one writev, a
-// reply one or two reads, with no cgo call and no hop through libzmq's I/O
-// thread. Workers see an ordinary DEALER peer. Other connections, and
-// endpoint watching, are libzmq's (ZMQ). The Apache module has the same in
-// C (mod_zmq/golib/zmtp.c).
+// are ZMTP 3.1 DEALER connections (RFC 23/ZMTP; the NULL mechanism, or
+// CurveZMQ, RFC 26, with DialOptions.Curve) spoken in Go on the netpoller: a
+// request is one writev, a reply one or two reads, with no cgo call and no
+// hop through libzmq's I/O thread, and the reader's rules (below) bound
+// what a worker can make the bridge hold. Workers see an ordinary DEALER
+// peer. Endpoints with a source address are libzmq's (ZMQ). The Apache
+// module has the same without CURVE in C (mod_zmq/golib/zmtp.c).
 //
 // Requests to one endpoint share a few connections (see shared.go) unless
 // Exclusive is set, which gives each Conn a connection of its own.
@@ -32,13 +33,13 @@ type ZMTP struct {
 // listens, up to opts.ConnectTimeout.
 func (t *ZMTP) Dial(endpoint string, opts DialOptions) (Conn, error) {
 	network, addr, ok := zmtpAddr(endpoint)
-	if !ok || opts.Curve != nil {
+	if !ok {
 		return t.ZMQ.Dial(endpoint, opts)
 	}
 	if !t.Exclusive {
 		return t.dialShared(network, addr, endpoint, opts)
 	}
-	c := &zmtpConn{network: network, addr: addr, endpoint: endpoint, maxMsgSize: opts.MaxMsgSize}
+	c := &zmtpConn{network: network, addr: addr, endpoint: endpoint, maxMsgSize: opts.MaxMsgSize, keys: opts.Curve}
 	if err := c.connect(opts.ConnectTimeout); err != nil {
 		return nil, err
 	}
@@ -97,8 +98,9 @@ var (
 	zmtpReady = []byte("\x04\x1c\x05READY\x0bSocket-Type\x00\x00\x00\x06DEALER")
 
 	errZMTPRefused  = errors.New("the worker refused the connection (its ZAP authentication said no)")
-	errZMTPProtocol = errors.New("the peer is not a ZMTP 3 worker socket (REP, ROUTER or DEALER) without security")
+	errZMTPProtocol = errors.New("the peer is not a ZMTP 3 worker socket (REP, ROUTER or DEALER) with the bridge's security mechanism")
 	errZMTPBroken   = errors.New("the worker broke ZMTP")
+	errZMTPCurve    = errors.New("the CurveZMQ handshake failed (is the worker's public key the one configured?)")
 
 	// ErrReplyTooLarge and ErrReplyFrames say why a connection's reader
 	// refused a reply (wrapped in ErrProtocol); the Apache module's C reader
@@ -122,12 +124,20 @@ type zmtpConn struct {
 	nframes int
 	cost    uint64
 	spans   [zmtpMaxFrames][2]int // offset from r, size
+	seen    int64                 // bytes received since the handshake began
 	err     error                 // once set, the connection is unusable
 	hdr     []byte                // frame headers of the message going out
 	out     net.Buffers
-	// pong, when set, sends a PONG for the connection's reader, which must
-	// not write to the connection itself (a shared one has its own writer).
-	pong func([]byte) error
+	// keys, when set, make the connection a CurveZMQ client; curve is its
+	// state once attached, plain the frames of the message being read,
+	// decrypted (their spans are offsets into it).
+	keys  *Curve
+	curve *curveClient
+	plain []byte
+	// pong, when set, sends a command (a PONG's body) for the connection's
+	// reader, which must not write to the connection itself (a shared one
+	// has its own writer).
+	pong func(body []byte) error
 }
 
 // connect makes (or remakes) the connection and completes the handshake.
@@ -179,30 +189,54 @@ func (c *zmtpConn) attach(nc net.Conn, deadline time.Time) error {
 	if c.buf == nil {
 		c.buf = make([]byte, 4096)
 	}
-	c.r, c.w, c.scan, c.nframes, c.cost = 0, 0, 0, 0, 0
+	c.r, c.w, c.scan, c.nframes, c.cost, c.plain, c.curve = 0, 0, 0, 0, 0, c.plain[:0], nil
 	nc.SetDeadline(deadline)
 	defer nc.SetDeadline(time.Time{})
+	if c.keys != nil {
+		return c.attachCurve(nc)
+	}
 	if _, err := (&net.Buffers{zmtpGreeting, zmtpReady}).WriteTo(nc); err != nil {
 		return err
 	}
+	if err := c.greeting(zmtpNullMechanism); err != nil {
+		return err
+	}
+	body, err := c.handshakeCommand()
+	if err != nil {
+		return err
+	}
+	if len(body) < 6 || string(body[:6]) != "\x05READY" {
+		return errZMTPProtocol
+	}
+	return zmtpReadyMetadata(body)
+}
+
+// greeting reads the peer's greeting and checks it names mechanism.
+func (c *zmtpConn) greeting(mechanism string) error {
 	for c.w < 64 {
 		if err := c.fill(true); err != nil {
 			return err
 		}
 	}
 	g := c.buf[:64]
-	if g[0] != 0xff || g[9]&1 == 0 || g[10] < 3 || string(g[12:32]) != zmtpNullMechanism {
+	if g[0] != 0xff || g[9]&1 == 0 || g[10] < 3 || string(g[12:32]) != mechanism {
 		return errZMTPProtocol
 	}
 	c.r = 64
+	return nil
+}
+
+// handshakeCommand reads the next frame of the handshake, which must be a
+// command: its body, or errZMTPRefused for a well-formed ERROR.
+func (c *zmtpConn) handshakeCommand() ([]byte, error) {
 	for {
 		flags, off, size, err := c.frame(c.r, 0, 0)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if off < 0 {
 			if err := c.fill(true); err != nil {
-				return err
+				return nil, err
 			}
 			continue
 		}
@@ -210,19 +244,66 @@ func (c *zmtpConn) attach(nc net.Conn, deadline time.Time) error {
 		body := c.buf[off : off+size]
 		switch {
 		case flags&zmtpCommand == 0:
-			return errZMTPProtocol
+			return nil, errZMTPProtocol
 		case len(body) >= 6 && string(body[:6]) == "\x05ERROR":
 			// Refused (the worker's ZAP handler said no), if well formed.
 			if len(body) >= 7 && int(body[6]) <= len(body)-7 {
-				return errZMTPRefused
+				return nil, fmt.Errorf("%w (%q)", errZMTPRefused, body[7:7+int(body[6])])
 			}
-			return errZMTPProtocol
-		case len(body) < 6 || string(body[:6]) != "\x05READY":
-			return errZMTPProtocol
+			return nil, errZMTPProtocol
 		}
-		return zmtpReadyMetadata(body)
+		return body, nil
 	}
 }
+
+// attachCurve runs the CurveZMQ client handshake (RFC 26) after the
+// greeting: HELLO, WELCOME, INITIATE, READY.
+func (c *zmtpConn) attachCurve(nc net.Conn) error {
+	cc, err := newCurveClient(c.keys)
+	if err != nil {
+		return err
+	}
+	hello := appendFrameHeader(append([]byte(nil), curveGreeting...), false, curveHelloSize)
+	hello[64] |= zmtpCommand
+	if _, err := nc.Write(append(hello, cc.hello()...)); err != nil {
+		return err
+	}
+	if err := c.greeting(zmtpCurveMechanism); err != nil {
+		return err
+	}
+	body, err := c.handshakeCommand()
+	if err != nil {
+		return err
+	}
+	if err := cc.welcome(body); err != nil {
+		return fmt.Errorf("%w: %v", errZMTPCurve, err)
+	}
+	initiate, err := cc.initiate()
+	if err != nil {
+		return fmt.Errorf("%w: %v", errZMTPCurve, err)
+	}
+	if _, err := nc.Write(append(zmtpCommandHeader(len(initiate)), initiate...)); err != nil {
+		return err
+	}
+	if body, err = c.handshakeCommand(); err != nil {
+		return err
+	}
+	if _, err := cc.ready(body); err != nil {
+		return fmt.Errorf("%w: %v", errZMTPCurve, err)
+	}
+	c.curve = cc
+	return nil
+}
+
+// zmtpCommandHeader returns the header of a command frame of size bytes.
+func zmtpCommandHeader(size int) []byte {
+	h := appendFrameHeader(nil, false, size)
+	h[0] |= zmtpCommand
+	return h
+}
+
+// zmtpCurveMechanism is the mechanism field of a CURVE greeting.
+const zmtpCurveMechanism = "CURVE\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"
 
 // zmtpNullMechanism is the mechanism field of a NULL greeting.
 const zmtpNullMechanism = "NULL\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"
@@ -281,13 +362,18 @@ func (c *zmtpConn) frame(at, nframes int, cost uint64) (flags byte, off, size in
 		n, hdr = binary.BigEndian.Uint64(c.buf[at+1:]), 9
 	}
 	limit := uint64(max(c.maxMsgSize, 0))
-	alone := flags&zmtpCommand != 0 && nframes == 0
+	claim, alone, sealed := n, flags&zmtpCommand != 0 && nframes == 0, c.curve != nil
+	if sealed && n <= zmtpMaxClaim {
+		// A MESSAGE: what it holds is its size less the overhead, and
+		// whether that is a command, or more follows, is inside.
+		claim, alone = max(n, curveMessageOverhead)-curveMessageOverhead, nframes == 0
+	}
 	switch {
 	case n > zmtpMaxClaim,
-		limit > 0 && alone && n > limit,
-		limit > 0 && !alone && cost+n+zmtpFrameCost > limit:
+		limit > 0 && alone && claim > limit,
+		limit > 0 && !alone && cost+claim+zmtpFrameCost > limit:
 		return 0, -1, 0, ErrReplyTooLarge
-	case flags&(zmtpCommand|zmtpMore) == zmtpMore && nframes == zmtpMaxFrames-1:
+	case !sealed && flags&(zmtpCommand|zmtpMore) == zmtpMore && nframes == zmtpMaxFrames-1:
 		return 0, -1, 0, ErrReplyFrames
 	case uint64(have-hdr) < n:
 		return 0, -1, 0, nil
@@ -307,6 +393,7 @@ func (c *zmtpConn) fill(wait bool) error {
 	if wait {
 		n, err := c.nc.Read(c.buf[c.w:])
 		c.w += n
+		c.seen += int64(n)
 		if n > 0 {
 			return nil
 		}
@@ -333,6 +420,7 @@ func (c *zmtpConn) fill(wait bool) error {
 	switch {
 	case n > 0:
 		c.w += n
+		c.seen += int64(n)
 		return nil
 	case rerr == syscall.EAGAIN:
 		return os.ErrDeadlineExceeded
@@ -346,7 +434,7 @@ func (c *zmtpConn) fill(wait bool) error {
 // message is in progress (its frames are where they are).
 func (c *zmtpConn) compact() {
 	switch {
-	case c.nframes > 0:
+	case c.nframes > 0 && c.curve == nil:
 	case c.r == c.w:
 		c.r, c.w = 0, 0
 	case c.r > 0:
@@ -363,13 +451,12 @@ func (c *zmtpConn) command(body []byte) error {
 		return errZMTPBroken
 	}
 	if len(body) >= 7 && string(body[:5]) == "\x04PING" {
-		ctx := body[7:min(len(body), 7+16)]
-		pong := append([]byte{zmtpCommand, byte(5 + len(ctx)), 4, 'P', 'O', 'N', 'G'}, ctx...)
+		pong := append([]byte{4, 'P', 'O', 'N', 'G'}, body[7:min(len(body), 7+16)]...)
 		if c.pong != nil {
 			return c.pong(pong)
 		}
 		c.nc.SetWriteDeadline(time.Now().Add(time.Second))
-		_, err := c.nc.Write(pong)
+		_, err := c.nc.Write(c.appendCommand(nil, pong))
 		return err
 	}
 	return nil
@@ -380,6 +467,9 @@ func (c *zmtpConn) command(body []byte) error {
 // stopAtFrame it reports true as soon as a message frame begins instead.
 // Each byte is parsed once, however the bytes arrive.
 func (c *zmtpConn) parse(stopAtFrame bool) (bool, error) {
+	if c.curve != nil {
+		return c.parseSealed(stopAtFrame)
+	}
 	for {
 		at := c.r + c.scan
 		flags, off, size, err := c.frame(at, c.nframes, c.cost)
@@ -414,6 +504,53 @@ func (c *zmtpConn) parse(stopAtFrame bool) (bool, error) {
 	}
 }
 
+// parseSealed is parse for CurveZMQ: each frame arrives sealed in a
+// MESSAGE, opened into c.plain as soon as it is whole (the wire bytes are
+// then done with), and the reader's rules apply to what it holds. Whether
+// more follows is inside the box, so a sixth frame is refused when the
+// fifth, opened, announces it.
+func (c *zmtpConn) parseSealed(stopAtFrame bool) (bool, error) {
+	for {
+		_, off, size, err := c.frame(c.r, c.nframes, c.cost)
+		if err != nil || off < 0 {
+			return false, err
+		}
+		start := len(c.plain)
+		flags, plain, err := c.curve.open(c.plain, c.buf[off:off+size])
+		if err != nil {
+			return false, fmt.Errorf("%w: %v", errZMTPBroken, err)
+		}
+		c.r = off + size
+		payload := plain[start:]
+		limit := uint64(max(c.maxMsgSize, 0))
+		if flags&curveFlagCommand != 0 {
+			if err := c.command(payload); err != nil {
+				return false, err
+			}
+			if c.nframes > 0 {
+				c.cost += uint64(len(payload)) + zmtpFrameCost
+			}
+			continue // c.plain keeps only message frames
+		}
+		if stopAtFrame {
+			return true, nil
+		}
+		switch {
+		case limit > 0 && c.cost+uint64(len(payload))+zmtpFrameCost > limit:
+			return false, ErrReplyTooLarge
+		case flags&curveFlagMore != 0 && c.nframes == zmtpMaxFrames-1:
+			return false, ErrReplyFrames
+		}
+		c.plain = plain
+		c.spans[c.nframes] = [2]int{start, len(payload)}
+		c.nframes++
+		c.cost += uint64(len(payload)) + zmtpFrameCost
+		if flags&curveFlagMore == 0 {
+			return true, nil
+		}
+	}
+}
+
 // next returns the next whole message, copied out, or nil when it has not
 // fully arrived; commands before and among its frames are handled.
 func (c *zmtpConn) next() ([][]byte, error) {
@@ -426,13 +563,17 @@ func (c *zmtpConn) next() ([][]byte, error) {
 	for _, sp := range c.spans[:c.nframes] {
 		size += sp[1]
 	}
+	src, base := c.buf, c.r
+	if c.curve != nil {
+		src, base = c.plain, 0
+	}
 	msg, mem := make([][]byte, c.nframes), make([]byte, size)
 	for i, sp := range c.spans[:c.nframes] {
-		k := copy(mem, c.buf[c.r+sp[0]:c.r+sp[0]+sp[1]])
+		k := copy(mem, src[base+sp[0]:base+sp[0]+sp[1]])
 		msg[i], mem = mem[:k:k], mem[k:]
 	}
 	c.r += c.scan
-	c.scan, c.nframes, c.cost = 0, 0, 0
+	c.scan, c.nframes, c.cost, c.plain = 0, 0, 0, c.plain[:0]
 	return msg, nil
 }
 
@@ -443,6 +584,9 @@ func (c *zmtpConn) partialID() string {
 		return ""
 	}
 	sp := c.spans[0]
+	if c.curve != nil {
+		return string(c.plain[sp[0] : sp[0]+sp[1]])
+	}
 	return string(c.buf[c.r+sp[0] : c.r+sp[0]+sp[1]])
 }
 
@@ -501,13 +645,48 @@ func (c *zmtpConn) Send(frames [][]byte, timeout time.Duration) error {
 			return err
 		}
 	}
-	if err := writeMessage(c.nc, &c.hdr, &c.out, frames, timeout); err != nil {
+	var err error
+	if c.curve != nil {
+		c.nc.SetWriteDeadline(time.Now().Add(max(timeout, time.Millisecond)))
+		c.hdr = c.appendFrames(c.hdr[:0], frames)
+		_, err = c.nc.Write(c.hdr)
+	} else {
+		err = writeMessage(c.nc, &c.hdr, &c.out, frames, timeout)
+	}
+	if err != nil {
 		// Part of the request may be out: the connection is never used
 		// again, and the worker discards an incomplete message.
 		c.err = err
 		return fmt.Errorf("%w: send to %s: %v", ErrNoWorker, c.endpoint, err)
 	}
 	return nil
+}
+
+// appendFrames appends frames as one message in the connection's wire
+// form: ZMTP frames, or with CurveZMQ one sealed MESSAGE each. Messages
+// must be appended in the order they are written (CurveZMQ nonces).
+func (c *zmtpConn) appendFrames(b []byte, frames [][]byte) []byte {
+	if c.curve == nil {
+		return appendMessage(b, frames)
+	}
+	for i, f := range frames {
+		flags := byte(0)
+		if i < len(frames)-1 {
+			flags = curveFlagMore
+		}
+		b = appendFrameHeader(b, false, len(f)+curveMessageOverhead)
+		b = c.curve.seal(b, flags, f)
+	}
+	return b
+}
+
+// appendCommand appends a command with body in the connection's wire form.
+func (c *zmtpConn) appendCommand(b []byte, body []byte) []byte {
+	if c.curve == nil {
+		return append(append(b, zmtpCommandHeader(len(body))...), body...)
+	}
+	b = appendFrameHeader(b, false, len(body)+curveMessageOverhead)
+	return c.curve.seal(b, curveFlagCommand, body)
 }
 
 // writeMessage writes frames to nc as one ZMTP message with one writev,

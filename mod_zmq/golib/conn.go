@@ -18,20 +18,22 @@ import (
 	"github.com/modzmq/modzmq/bridge"
 )
 
-// cTransport is the bridge transport of the Apache module. Its connections
-// are ones the request path's C code (modzmq_wait in zmqio.c) waits and
-// receives on, so an Apache thread never waits inside the Go runtime: Go
-// sends the request (one call into C) and decodes the reply frames that C
-// received, without copying them. To tcp:// and ipc:// endpoints without
-// CURVE they are ZMTP connections spoken on the thread's own socket
-// (zmtp.h, zConn); otherwise raw libzmq DEALER sockets (cConn). Endpoint
-// watching is the bridge's own (bridge.ZMQ).
+// cTransport is the bridge transport of the Apache module. To tcp:// and
+// ipc:// endpoints without CURVE its connections are ZMTP connections spoken
+// on the Apache thread's own socket (zmtp.h, zConn), which the request
+// path's C code (modzmq_wait in zmqio.c) waits and receives on, so the
+// thread never waits inside the Go runtime: Go sends the request (one call
+// into C) and decodes the reply frames that C received, without copying
+// them. With CURVE they are the bridge's own (bridge.ZMTP, CurveZMQ in Go),
+// waited on in Go (modzmq_resume), and to endpoints with a source address
+// raw libzmq DEALER sockets (cConn). Endpoint watching is the bridge's own
+// (bridge.ZMTP.Watch).
 type cTransport struct {
-	watch bridge.ZMQ
+	zmtp bridge.ZMTP
 }
 
 func (t *cTransport) Watch(endpoints []string, opts bridge.DialOptions, fn func(string, bridge.EventKind, string)) (func(), error) {
-	return t.watch.Watch(endpoints, opts, fn)
+	return t.zmtp.Watch(endpoints, opts, fn)
 }
 
 // direct reports whether connections to endpoint with opts are ZMTP ones
@@ -46,6 +48,9 @@ func direct(endpoint string, opts *bridge.DialOptions) bool {
 }
 
 func (t *cTransport) Dial(endpoint string, opts bridge.DialOptions) (bridge.Conn, error) {
+	if opts.Curve != nil {
+		return t.zmtp.Dial(endpoint, opts)
+	}
 	cep := C.CString(endpoint)
 	defer C.free(unsafe.Pointer(cep))
 	if direct(endpoint, &opts) {
@@ -64,21 +69,9 @@ func (t *cTransport) Dial(endpoint string, opts bridge.DialOptions) (bridge.Conn
 		}
 		return &zConn{z: z}, nil
 	}
-	var server, public, secret unsafe.Pointer
-	var keylen int
-	if k := opts.Curve; k != nil {
-		keylen = len(k.ServerKey)
-		if len(k.PublicKey) != keylen || len(k.SecretKey) != keylen {
-			return nil, fmt.Errorf("%w: CURVE keys of different lengths", bridge.ErrConfig)
-		}
-		server, public, secret = C.CBytes([]byte(k.ServerKey)), C.CBytes([]byte(k.PublicKey)), C.CBytes([]byte(k.SecretKey))
-		defer C.free(server)
-		defer C.free(public)
-		defer C.free(secret)
-	}
 	var stage C.int
 	sock, err := C.modzmq_dealer(cep, C.int(opts.Heartbeat.Milliseconds()), C.int(opts.HeartbeatTimeout.Milliseconds()),
-		server, public, secret, C.size_t(keylen), C.int64_t(opts.MaxMsgSize), &stage)
+		C.int64_t(opts.MaxMsgSize), &stage)
 	if sock == nil {
 		switch stage {
 		case C.MODZMQ_STAGE_CONNECT:

@@ -20,8 +20,12 @@ import (
 )
 
 // newFast makes the C fast path (fast.h) of the client with the given index
-// and options, or returns nil (the client then relays everything in Go).
+// and options, or returns nil (the client then relays everything in Go, as
+// it does with CURVE).
 func newFast(index int, opts *bridge.Options) *C.modzmq_fast {
+	if opts.Curve != nil {
+		return nil // CurveZMQ is spoken in Go (bridge.ZMTP)
+	}
 	var r [6]byte
 	if _, err := rand.Read(r[:]); err != nil {
 		return nil

@@ -320,7 +320,8 @@ func request(req *C.modzmq_request) *bridge.Request {
 }
 
 // outcome reports a call: its result when done, else a handle to resume it
-// with and the socket modzmq_wait waits on.
+// with and the connection modzmq_wait waits on (none when Go waits on it
+// itself, in modzmq_resume).
 func outcome(call *bridge.Call, resp *C.modzmq_response, h cgo.Handle) C.int {
 	if !call.Done() {
 		resp.socket, resp.zconn = nil, nil
@@ -329,8 +330,6 @@ func outcome(call *bridge.Call, resp *C.modzmq_response, h cgo.Handle) C.int {
 			resp.socket = conn.sock
 		case *zConn:
 			resp.zconn = unsafe.Pointer(conn.z)
-		default:
-			panic(fmt.Sprintf("call on a %T, not a cConn or zConn", call.Conn()))
 		}
 		if h == 0 {
 			h = cgo.NewHandle(call)
@@ -426,8 +425,19 @@ func modzmq_resume(resp *C.modzmq_response) (rc C.int) {
 		return C.MODZMQ_EINTERNAL
 	}
 	deliver(call, resp)
-	call.Step(0)
+	call.Step(goWait(call))
 	return outcome(call, resp, h)
+}
+
+// goWait is how long a step of call waits in Go: not at all on the
+// connections C waits on (modzmq_wait), a slice of the call's wait on the
+// others (CurveZMQ, bridge.ZMTP), where the Apache thread waits in Go.
+func goWait(call *bridge.Call) time.Duration {
+	switch call.Conn().(type) {
+	case *cConn, *zConn, nil:
+		return 0
+	}
+	return call.Wait()
 }
 
 // deliver hands what modzmq_wait or the fast path received to the call's

@@ -12,8 +12,9 @@
  *
  * The request path is C first: modzmq_relay (fast.c) sends, waits and checks
  * the common request without entering Go, and hands anything else to the Go
- * bridge. Whatever Go does, it never blocks an Apache thread inside the Go
- * runtime: waits are plain C in the library (modzmq_wait).
+ * bridge. Waits are plain C in the library (modzmq_wait), so an Apache
+ * thread does not wait inside the Go runtime, except on CurveZMQ
+ * connections, which Go speaks and waits on (in modzmq_resume).
  */
 #ifndef MODZMQ_H
 #define MODZMQ_H
@@ -196,14 +197,16 @@ typedef int (*modzmq_relay_fn)(int backend, modzmq_request *req, modzmq_response
  * void modzmq_wait(modzmq_response *resp): waits up to resp->wait_ms for the
  * reply and receives it into resp. Plain C inside the library (poll on a
  * ZMTP connection, zmq_poll on a libzmq socket): it never enters the Go
- * runtime.
+ * runtime. On a CurveZMQ connection it returns at once: modzmq_resume
+ * waits there.
  */
 typedef void (*modzmq_wait_fn)(modzmq_response *resp);
 
 /*
  * int modzmq_resume(modzmq_response *resp): advances the call in resp->call
- * with what modzmq_wait received, without blocking; returns as modzmq_relay
- * does.
+ * with what modzmq_wait received, without blocking (on a CurveZMQ
+ * connection, waiting up to resp->wait_ms for the reply); returns as
+ * modzmq_relay does.
  */
 typedef int (*modzmq_resume_fn)(modzmq_response *resp);
 

@@ -2,7 +2,6 @@
  * zmqio.c - see zmqio.h. Built into libmodzmq.so by cgo.
  */
 #include <errno.h>
-#include <poll.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,9 +24,8 @@ static void ctx_init(void)
     ctx_errno = ctx ? 0 : errno;
 }
 
-void *modzmq_dealer(const char *endpoint, int heartbeat_ms, int heartbeat_timeout_ms,
-                    const void *curve_server, const void *curve_public, const void *curve_secret, size_t keylen,
-                    int64_t max_msg_size, int *stage)
+void *modzmq_dealer(const char *endpoint, int heartbeat_ms, int heartbeat_timeout_ms, int64_t max_msg_size,
+                    int *stage)
 {
     int zero = 0, one = 1, err;
     void *s;
@@ -49,10 +47,6 @@ void *modzmq_dealer(const char *endpoint, int heartbeat_ms, int heartbeat_timeou
          (zmq_setsockopt(s, ZMQ_HEARTBEAT_IVL, &heartbeat_ms, sizeof(int)) != 0 ||
           zmq_setsockopt(s, ZMQ_HEARTBEAT_TIMEOUT, &heartbeat_timeout_ms, sizeof(int)) != 0 ||
           zmq_setsockopt(s, ZMQ_HEARTBEAT_TTL, &heartbeat_timeout_ms, sizeof(int)) != 0)) ||
-        (curve_server != NULL &&
-         (zmq_setsockopt(s, ZMQ_CURVE_SERVERKEY, curve_server, keylen) != 0 ||
-          zmq_setsockopt(s, ZMQ_CURVE_PUBLICKEY, curve_public, keylen) != 0 ||
-          zmq_setsockopt(s, ZMQ_CURVE_SECRETKEY, curve_secret, keylen) != 0)) ||
         (max_msg_size > 0 && zmq_setsockopt(s, ZMQ_MAXMSGSIZE, &max_msg_size, sizeof(max_msg_size)) != 0)) {
         *stage = MODZMQ_STAGE_OPTIONS;
         goto fail;
@@ -213,8 +207,7 @@ void modzmq_wait(modzmq_response *resp)
         return;
     }
     if (resp->socket == NULL) {
-        poll(NULL, 0, resp->wait_ms);
-        return;
+        return; /* a connection Go waits on itself (modzmq_resume) */
     }
     if (modzmq_poll_in(resp->socket, resp->wait_ms) > 0) {
         modzmq_receive(resp->socket, resp);

@@ -15,12 +15,10 @@
 enum { MODZMQ_STAGE_CONTEXT = 1, MODZMQ_STAGE_SOCKET, MODZMQ_STAGE_OPTIONS, MODZMQ_STAGE_CONNECT };
 
 /* A DEALER with ZMQ_LINGER 0 and ZMQ_IMMEDIATE, connected to endpoint.
- * heartbeat_ms 0 leaves heartbeats off; curve_server NULL leaves CurveZMQ
- * off (keys are keylen bytes: 32 raw or 40 in Z85); max_msg_size 0 means no limit. NULL with
- * *stage and errno set on failure. */
-void *modzmq_dealer(const char *endpoint, int heartbeat_ms, int heartbeat_timeout_ms,
-                    const void *curve_server, const void *curve_public, const void *curve_secret, size_t keylen,
-                    int64_t max_msg_size, int *stage);
+ * heartbeat_ms 0 leaves heartbeats off; max_msg_size 0 means no limit.
+ * NULL with *stage and errno set on failure. */
+void *modzmq_dealer(const char *endpoint, int heartbeat_ms, int heartbeat_timeout_ms, int64_t max_msg_size,
+                    int *stage);
 
 /* Sends up to 8 frames (n of them) as part of one message on conn: a
  * libzmq socket, or a ZMTP connection (zmtp.h) when direct is set. On a
