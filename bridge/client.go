@@ -81,11 +81,19 @@ type Options struct {
 }
 
 // ParseEndpoint checks that s is an endpoint the bridge can connect to:
-// tcp://host:port or ipc://path. Its errors wrap ErrConfig only in NewClient.
+// tcp://host:port, tcp://source;host:port (the connection's own address:
+// "*" or a numeric IP address, then ":port", ":*" or nothing) or
+// ipc://path. Its errors wrap ErrConfig only in NewClient.
 func ParseEndpoint(s string) error {
 	switch {
 	case strings.HasPrefix(s, "tcp://"):
 		hostport := s[len("tcp://"):]
+		if src, dst, ok := strings.Cut(hostport, ";"); ok {
+			if _, err := sourceAddr(src); err != nil {
+				return fmt.Errorf("endpoint %q: %v", s, err)
+			}
+			hostport = dst
+		}
 		i := strings.LastIndexByte(hostport, ':')
 		if i <= 0 {
 			return fmt.Errorf("endpoint %q: tcp:// needs host:port", s)

@@ -3,7 +3,6 @@ package bridge
 import (
 	"context"
 	"errors"
-	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -185,57 +184,4 @@ func TestWatchReportsDownAndUp(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	t.Fatalf("states %v %v; log %q", c.Status()[0].State, c.Status()[1].State, lines)
-}
-
-// Watches stopped while libzmq retries a connect must not leave the
-// context's I/O thread stuck sending an event nobody reads: the watches
-// after them still start, report and stop.
-func TestWatchesStoppedMidRetryLeaveTheContextWorking(t *testing.T) {
-	tr := &ZMQ{} // a context of its own
-	opts := DialOptions{Heartbeat: time.Second, HeartbeatTimeout: 3 * time.Second}
-	watch := func() (events chan EventKind, stop func(), err error) {
-		events = make(chan EventKind, 100)
-		stop, err = tr.Watch([]string{"tcp://127.0.0.1:1"}, opts, func(_ string, ev EventKind, _ string) {
-			select {
-			case events <- ev:
-			default:
-			}
-		})
-		return events, stop, err
-	}
-	result := make(chan error, 1)
-	go func() {
-		for i := range 150 {
-			events, stop, err := watch()
-			if err != nil {
-				result <- err
-				return
-			}
-			if i%10 == 0 {
-				<-events // now and then, stop only once retrying is under way
-			}
-			stop()
-		}
-		events, stop, err := watch()
-		if err != nil {
-			result <- err
-			return
-		}
-		defer stop()
-		if ev := <-events; ev != EventConnectRetried {
-			result <- fmt.Errorf("first event %v, want %v", ev, EventConnectRetried)
-			return
-		}
-		result <- nil
-	}()
-	select {
-	case err := <-result:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(60 * time.Second):
-		// Each cycle takes milliseconds; the last watch reports within
-		// 100 ms of starting.
-		t.Fatal("watches stopped starting or reporting: the context's I/O thread is stuck")
-	}
 }

@@ -68,8 +68,6 @@ type session struct {
 // Conn it has one request in flight at a time.
 type shareConn struct {
 	t        *ZMTP
-	network  string
-	addr     string
 	endpoint string
 	opts     DialOptions
 	s        *session
@@ -82,14 +80,14 @@ type shareConn struct {
 }
 
 // dialShared returns a Conn on a shared connection to endpoint.
-func (t *ZMTP) dialShared(network, addr, endpoint string, opts DialOptions) (Conn, error) {
-	s, err := t.bind(network, addr, endpoint, opts, opts.ConnectTimeout)
+func (t *ZMTP) dialShared(endpoint string, opts DialOptions) (Conn, error) {
+	s, err := t.bind(endpoint, opts, opts.ConnectTimeout)
 	if err != nil {
 		return nil, err
 	}
 	// Room for the reply waited for, and one to a request given up on that
 	// raced with the next send: the reader never blocks on a slow Conn.
-	return &shareConn{t: t, network: network, addr: addr, endpoint: endpoint, opts: opts, s: s,
+	return &shareConn{t: t, endpoint: endpoint, opts: opts, s: s,
 		inbox: make(chan [][]byte, 2)}, nil
 }
 
@@ -97,7 +95,7 @@ func (t *ZMTP) dialShared(network, addr, endpoint string, opts DialOptions) (Con
 // endpoint: the others wait for it and share the connection it makes.
 // Clients of one transport with the same endpoint, size limit and CURVE
 // keys share connections; a session logs through the options of the Conn that made it.
-func (t *ZMTP) bind(network, addr, endpoint string, opts DialOptions, wait time.Duration) (*session, error) {
+func (t *ZMTP) bind(endpoint string, opts DialOptions, wait time.Duration) (*session, error) {
 	key := fmt.Sprintf("%s\x00%d\x00%p", endpoint, opts.MaxMsgSize, opts.Curve)
 	t.shared.mu.Lock()
 	defer t.shared.mu.Unlock()
@@ -129,7 +127,7 @@ func (t *ZMTP) bind(network, addr, endpoint string, opts DialOptions, wait time.
 		done := make(chan struct{})
 		set.dialing = done
 		t.shared.mu.Unlock()
-		zc := &zmtpConn{network: network, addr: addr, endpoint: endpoint, maxMsgSize: opts.MaxMsgSize, keys: opts.Curve}
+		zc := newZMTPConn(endpoint, opts)
 		err := zc.connect(wait)
 		t.shared.mu.Lock()
 		set.dialing, set.dialErr = nil, err
@@ -318,7 +316,7 @@ func (c *shareConn) Send(frames [][]byte, timeout time.Duration) error {
 		return errors.New("zmtp send: no frames")
 	}
 	if c.s.isDead() {
-		s, err := c.t.bind(c.network, c.addr, c.endpoint, c.opts, timeout)
+		s, err := c.t.bind(c.endpoint, c.opts, timeout)
 		if err != nil {
 			return err
 		}

@@ -9,10 +9,10 @@ import (
 	"time"
 )
 
-// refusing is libzmq, except that Dial to one endpoint finds no worker, as
+// refusing is the ZMTP transport, except that Dial to one endpoint finds no worker, as
 // a transport that connects in Dial does when nobody listens.
 type refusing struct {
-	ZMQ
+	ZMTP
 	refuse string
 }
 
@@ -20,7 +20,7 @@ func (t *refusing) Dial(endpoint string, opts DialOptions) (Conn, error) {
 	if endpoint == t.refuse {
 		return nil, fmt.Errorf("%w: %s refused the connection", ErrNoWorker, endpoint)
 	}
-	return t.ZMQ.Dial(endpoint, opts)
+	return t.ZMTP.Dial(endpoint, opts)
 }
 
 // A Dial that finds no worker is an attempt: counted on its endpoint and
@@ -50,10 +50,10 @@ func TestDialWithoutWorkerIsARetriedAttempt(t *testing.T) {
 	}
 }
 
-// broken is libzmq, except that its connections fail to receive with an
+// broken is the ZMTP transport, except that its connections fail to receive with an
 // error that names a bad reply.
 type broken struct {
-	ZMQ
+	ZMTP
 	closed atomic.Int64
 }
 
@@ -63,7 +63,7 @@ type brokenConn struct {
 }
 
 func (t *broken) Dial(endpoint string, opts DialOptions) (Conn, error) {
-	conn, err := t.ZMQ.Dial(endpoint, opts)
+	conn, err := t.ZMTP.Dial(endpoint, opts)
 	if err != nil {
 		return nil, err
 	}

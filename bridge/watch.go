@@ -26,35 +26,23 @@ const (
 // when the worker closes the connection, breaks ZMTP, or (with heartbeats)
 // sends nothing for HeartbeatTimeout after a PING. The connection never
 // sends a request; what a worker sends on it is read by the reader's rules
-// and dropped. Endpoints the ZMTP transport does not reach (source
-// addresses) are watched by libzmq. fn is never called concurrently.
+// and dropped. fn is never called concurrently.
 func (t *ZMTP) Watch(endpoints []string, opts DialOptions, fn func(string, EventKind, string)) (func(), error) {
-	var own, other []string
-	for _, ep := range endpoints {
-		if _, _, ok := zmtpAddr(ep); ok {
-			own = append(own, ep)
-		} else {
-			other = append(other, ep)
-		}
-	}
 	var mu sync.Mutex
 	report := func(ep string, ev EventKind, detail string) {
 		mu.Lock()
 		defer mu.Unlock()
 		fn(ep, ev, detail)
 	}
-	stopOther := func() {}
-	if len(other) > 0 {
-		var err error
-		if stopOther, err = t.ZMQ.Watch(other, opts, report); err != nil {
-			return nil, err
+	for _, ep := range endpoints {
+		if _, _, _, ok := zmtpAddr(ep); !ok {
+			return nil, fmt.Errorf("%w: endpoint %q", ErrConfig, ep)
 		}
 	}
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
-	for _, ep := range own {
+	for _, ep := range endpoints {
 		w := &watcher{endpoint: ep, opts: opts, stop: stop, report: report}
-		w.network, w.addr, _ = zmtpAddr(ep)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -66,20 +54,19 @@ func (t *ZMTP) Watch(endpoints []string, opts DialOptions, fn func(string, Event
 		once.Do(func() {
 			close(stop)
 			wg.Wait()
-			for _, ep := range own {
+			for _, ep := range endpoints {
 				report(ep, EventClosed, "")
 			}
-			stopOther()
 		})
 	}, nil
 }
 
 // watcher is the watch of one endpoint.
 type watcher struct {
-	endpoint, network, addr string
-	opts                    DialOptions
-	stop                    chan struct{}
-	report                  func(string, EventKind, string)
+	endpoint string
+	opts     DialOptions
+	stop     chan struct{}
+	report   func(string, EventKind, string)
 
 	mu sync.Mutex
 	nc net.Conn // the connection being read, closed to stop the read
@@ -134,7 +121,8 @@ func (w *watcher) run() {
 // there is none (the next attempt comes after retry).
 func (w *watcher) connect(retry time.Duration) (*zmtpConn, EventKind, string) {
 	wait := max(w.opts.ConnectTimeout, time.Second)
-	nc, err := net.DialTimeout(w.network, w.addr, wait)
+	c := newZMTPConn(w.endpoint, w.opts)
+	nc, err := c.dial(wait)
 	if err != nil {
 		return nil, EventConnectRetried, fmt.Sprintf("next attempt in %d ms (%v)", retry.Milliseconds(), errors.Unwrap(err))
 	}
@@ -146,7 +134,6 @@ func (w *watcher) connect(retry time.Duration) (*zmtpConn, EventKind, string) {
 	}
 	w.nc = nc
 	w.mu.Unlock()
-	c := &zmtpConn{network: w.network, addr: w.addr, endpoint: w.endpoint, maxMsgSize: w.opts.MaxMsgSize, keys: w.opts.Curve}
 	if err := c.attach(nc, time.Now().Add(wait)); err != nil {
 		nc.Close()
 		switch {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -18,13 +19,12 @@ import (
 // request is one writev, a reply one or two reads, with no cgo call and no
 // hop through libzmq's I/O thread, and the reader's rules (below) bound
 // what a worker can make the bridge hold. Workers see an ordinary DEALER
-// peer. Endpoints with a source address are libzmq's (ZMQ). The Apache
-// module has the same without CURVE in C (mod_zmq/golib/zmtp.c).
+// peer. The Apache module has the same without CURVE in C
+// (mod_zmq/golib/zmtp.c).
 //
 // Requests to one endpoint share a few connections (see shared.go) unless
 // Exclusive is set, which gives each Conn a connection of its own.
 type ZMTP struct {
-	ZMQ
 	Exclusive bool
 	shared    sessions
 }
@@ -32,32 +32,77 @@ type ZMTP struct {
 // Dial connects to endpoint, trying again every 100 ms while nobody
 // listens, up to opts.ConnectTimeout.
 func (t *ZMTP) Dial(endpoint string, opts DialOptions) (Conn, error) {
-	network, addr, ok := zmtpAddr(endpoint)
-	if !ok {
-		return t.ZMQ.Dial(endpoint, opts)
+	if _, _, _, ok := zmtpAddr(endpoint); !ok {
+		return nil, fmt.Errorf("%w: endpoint %q", ErrConfig, endpoint)
 	}
 	if !t.Exclusive {
-		return t.dialShared(network, addr, endpoint, opts)
+		return t.dialShared(endpoint, opts)
 	}
-	c := &zmtpConn{network: network, addr: addr, endpoint: endpoint, maxMsgSize: opts.MaxMsgSize, keys: opts.Curve}
+	c := newZMTPConn(endpoint, opts)
 	if err := c.connect(opts.ConnectTimeout); err != nil {
 		return nil, err
 	}
 	return c, nil
 }
 
-// zmtpAddr maps an endpoint zmtpConn can reach to a net.Dial address.
-func zmtpAddr(endpoint string) (network, addr string, ok bool) {
+// zmtpAddr maps an endpoint to what a dial needs: tcp://host:port,
+// tcp://source;host:port (the connection's own address first, as libzmq
+// spells it: "*" or a numeric IP address, with ":port" or not), ipc://path,
+// and ipc://@name, the abstract namespace to libzmq and to Go alike.
+func zmtpAddr(endpoint string) (network, addr string, local net.Addr, ok bool) {
 	switch {
-	case strings.Contains(endpoint, ";"):
-		return "", "", false // a source address: libzmq's
 	case strings.HasPrefix(endpoint, "tcp://"):
-		return "tcp", strings.TrimPrefix(endpoint, "tcp://"), true
+		addr = strings.TrimPrefix(endpoint, "tcp://")
+		if src, dst, found := strings.Cut(addr, ";"); found {
+			l, err := sourceAddr(src)
+			if err != nil {
+				return "", "", nil, false
+			}
+			return "tcp", dst, l, true
+		}
+		return "tcp", addr, nil, true
 	case strings.HasPrefix(endpoint, "ipc://"):
-		// "@name" is the abstract namespace to libzmq and to Go alike.
-		return "unix", strings.TrimPrefix(endpoint, "ipc://"), true
+		return "unix", strings.TrimPrefix(endpoint, "ipc://"), nil, true
 	}
-	return "", "", false
+	return "", "", nil, false
+}
+
+// sourceAddr parses the source part of a tcp:// endpoint: "*" or a numeric
+// IP address (IPv6 in brackets when a port follows), then ":port" or ":*"
+// or nothing.
+func sourceAddr(src string) (*net.TCPAddr, error) {
+	bad := fmt.Errorf("source address %q: want *, or a numeric IP address (not an interface name), and :port if any", src)
+	host, port := src, "0"
+	switch {
+	case strings.HasPrefix(src, "["):
+		end := strings.IndexByte(src, ']')
+		if end < 0 {
+			return nil, bad
+		}
+		host, port = src[1:end], "0"
+		if rest := src[end+1:]; rest != "" {
+			if rest[0] != ':' {
+				return nil, bad
+			}
+			port = rest[1:]
+		}
+	case strings.Count(src, ":") == 1:
+		host, port, _ = strings.Cut(src, ":")
+	}
+	a := &net.TCPAddr{}
+	if host != "*" {
+		if a.IP = net.ParseIP(host); a.IP == nil {
+			return nil, bad
+		}
+	}
+	if port != "*" {
+		n, err := strconv.Atoi(port)
+		if err != nil || n < 0 || n > 65535 {
+			return nil, bad
+		}
+		a.Port = n
+	}
+	return a, nil
 }
 
 const (
@@ -113,6 +158,7 @@ var (
 // is copied out whole into memory of its own.
 type zmtpConn struct {
 	network, addr, endpoint string
+	local                   net.Addr // the source address to bind, if any
 	maxMsgSize              int64
 	nc                      net.Conn
 	raw                     syscall.RawConn
@@ -144,7 +190,7 @@ type zmtpConn struct {
 func (c *zmtpConn) connect(wait time.Duration) error {
 	deadline := time.Now().Add(max(wait, 0))
 	for {
-		nc, err := net.DialTimeout(c.network, c.addr, max(time.Until(deadline), time.Millisecond))
+		nc, err := c.dial(max(time.Until(deadline), time.Millisecond))
 		if err == nil {
 			err = c.attach(nc, deadline)
 			if err == nil {
@@ -165,6 +211,22 @@ func (c *zmtpConn) connect(wait time.Duration) error {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// newZMTPConn returns an unconnected connection to endpoint, which
+// zmtpAddr accepts.
+func newZMTPConn(endpoint string, opts DialOptions) *zmtpConn {
+	network, addr, local, _ := zmtpAddr(endpoint)
+	return &zmtpConn{network: network, addr: addr, local: local, endpoint: endpoint, maxMsgSize: opts.MaxMsgSize, keys: opts.Curve}
+}
+
+// dial makes the TCP or IPC connection, from the source address if any.
+func (c *zmtpConn) dial(wait time.Duration) (net.Conn, error) {
+	d := net.Dialer{Timeout: wait}
+	if c.local != nil {
+		d.LocalAddr = c.local
+	}
+	return d.Dial(c.network, c.addr)
 }
 
 func isTimeout(err error) bool {

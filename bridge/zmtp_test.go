@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -157,14 +158,9 @@ func TestZMTPTransportFailures(t *testing.T) {
 	if _, err := b.Recv(0); !errors.Is(err, ErrProtocol) {
 		t.Errorf("after: %v, want the connection kept failed", err)
 	}
-	// CURVE and other transports go to libzmq.
-	if conn, err := (&ZMTP{}).Dial("inproc://x", DialOptions{}); err != nil {
-		t.Errorf("inproc: %v", err)
-	} else {
-		if _, ok := conn.(*zmqConn); !ok {
-			t.Errorf("inproc: a %T, want libzmq's", conn)
-		}
-		conn.Close()
+	// Endpoints ParseEndpoint refuses are refused here too.
+	if _, err := (&ZMTP{}).Dial("inproc://x", DialOptions{}); !errors.Is(err, ErrConfig) {
+		t.Errorf("inproc: %v, want ErrConfig", err)
 	}
 }
 
@@ -313,5 +309,32 @@ func TestZMTPTransportBufferGrowsWithBytesReceived(t *testing.T) {
 		}
 		c.Close()
 		syscall.Close(fds[1])
+	}
+}
+
+// The Go transport connects from the source addresses ParseEndpoint
+// accepts (the same ones zmtp.c and configtest accept).
+func TestZMTPTransportSourceAddress(t *testing.T) {
+	ep := zmqtest.ROUTER(t, func(msg [][]byte, reply func([][]byte)) { reply(msg) })
+	for src, ok := range zmqtest.SourceAddresses {
+		full := "tcp://" + src + ";" + strings.TrimPrefix(ep, "tcp://")
+		if got := ParseEndpoint(full) == nil; got != ok {
+			t.Errorf("%s: ParseEndpoint: %v, want %v", full, got, ok)
+		}
+		if !ok {
+			continue
+		}
+		c := dialZMTP(t, full, DialOptions{})
+		if err := c.Send([][]byte{[]byte("id"), nil, []byte(src)}, time.Second); err != nil {
+			t.Fatalf("%s: %v", full, err)
+		}
+		if got, err := c.Recv(2 * time.Second); err != nil || string(got[2]) != src {
+			t.Errorf("%s: echo %q %v", full, got, err)
+		}
+	}
+	for _, src := range []string{"[::1]:0", "[::1]", "[::1]:*"} {
+		if _, err := sourceAddr(src); err != nil {
+			t.Errorf("%s: %v", src, err)
+		}
 	}
 }

@@ -4,6 +4,7 @@
  * Directive handlers only validate and store: they never log and never touch
  * the Go library, so `apachectl configtest` reports every mistake on its own.
  */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -132,14 +133,71 @@ apr_off_t modzmq_conf_max_reply(const modzmq_dir_conf *conf)
     return conf->max_reply != MODZMQ_UNSET ? conf->max_reply : MODZMQ_DEFAULT_MAX_REPLY;
 }
 
-/* Checks one endpoint: tcp://host:port or ipc://path. */
+/* Checks the source part of tcp://source;host:port, src[0:n]: "*" or a
+ * numeric IP address (IPv6 in brackets when a port follows), then ":port",
+ * ":*" or nothing, as the library reads it (bridge.sourceAddr, zmtp.c). */
+static int source_ok(const char *src, size_t n)
+{
+    char host[64];
+    const char *port = NULL, *h = src, *c1;
+    size_t hlen = n;
+    unsigned char addr[16];
+
+    if (n > 0 && src[0] == '[') {
+        const char *end = memchr(src, ']', n);
+        if (end == NULL || (end + 1 < src + n && end[1] != ':')) {
+            return 0;
+        }
+        h = src + 1;
+        hlen = (size_t)(end - h);
+        port = end + 1 < src + n ? end + 2 : NULL;
+    }
+    else if ((c1 = memchr(src, ':', n)) != NULL && memchr(c1 + 1, ':', (size_t)(src + n - c1 - 1)) == NULL) {
+        hlen = (size_t)(c1 - src);
+        port = c1 + 1;
+    }
+    if (hlen == 0 || hlen >= sizeof(host)) {
+        return 0;
+    }
+    memcpy(host, h, hlen);
+    host[hlen] = '\0';
+    if (strcmp(host, "*") != 0 && inet_pton(AF_INET, host, addr) != 1 && inet_pton(AF_INET6, host, addr) != 1) {
+        return 0;
+    }
+    if (port != NULL && !(src + n - port == 1 && *port == '*')) {
+        long v = 0;
+        const char *q;
+        if (port == src + n) {
+            return 0;
+        }
+        for (q = port; q < src + n; q++) {
+            if (*q < '0' || *q > '9' || (v = v * 10 + (*q - '0')) > 65535) {
+                return 0;
+            }
+        }
+    }
+    return 1;
+}
+
+/* Checks one endpoint: tcp://host:port, tcp://source;host:port or
+ * ipc://path. */
 static const char *check_endpoint(apr_pool_t *p, const char *ep)
 {
     if (strncmp(ep, "tcp://", 6) == 0) {
+        const char *semi = strchr(ep + 6, ';');
         const char *colon = strrchr(ep + 6, ':');
+        if (semi != NULL) {
+            if (!source_ok(ep + 6, (size_t)(semi - ep - 6))) {
+                return apr_psprintf(p, MODZMQ_DIR_BACKEND " %s: the source address must be * or a numeric IP "
+                                    "address, with :port or not (an interface name is not supported)", ep);
+            }
+            if (colon != NULL && colon < semi) {
+                colon = NULL;
+            }
+        }
         char *end;
         long port;
-        if (colon == NULL || colon == ep + 6) {
+        if (colon == NULL || colon == ep + 6 || (semi != NULL && colon == semi + 1)) {
             return apr_psprintf(p, MODZMQ_DIR_BACKEND " %s: tcp:// needs host:port", ep);
         }
         errno = 0;

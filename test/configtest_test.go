@@ -8,6 +8,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/modzmq/modzmq/bridge"
+	"github.com/modzmq/modzmq/internal/zmqtest"
 )
 
 // configtest runs `apache2 -t` on a minimal config with body inside a
@@ -114,5 +117,20 @@ func TestVhostExamplePassesConfigtest(t *testing.T) {
 	out, err := configtest(t, "LoadModule authz_host_module /usr/lib/apache2/modules/mod_authz_host.so\n"+string(example), "ZmqBackend tcp://127.0.0.1:1")
 	if err != nil || !strings.Contains(out, "Syntax OK") {
 		t.Errorf("conf/vhost-example.conf: %v\n%s", err, out)
+	}
+}
+
+// A backend's source address is read alike by configtest (C) and by the
+// library (bridge.ParseEndpoint).
+func TestConfigtestSourceAddresses(t *testing.T) {
+	for src, ok := range zmqtest.SourceAddresses {
+		ep := "tcp://" + src + ";127.0.0.1:5555"
+		out, err := configtest(t, "", "ZmqBackend "+ep)
+		if got := err == nil && strings.Contains(out, "Syntax OK"); got != ok {
+			t.Errorf("%s: configtest accepts it: %v, want %v\n%s", ep, got, ok, out)
+		}
+		if got := bridge.ParseEndpoint(ep) == nil; got != ok {
+			t.Errorf("%s: bridge.ParseEndpoint accepts it: %v, want %v", ep, got, ok)
+		}
 	}
 }

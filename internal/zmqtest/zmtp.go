@@ -164,3 +164,13 @@ func ZMTPUnreachable(t testing.TB) (nobody, http, pub, zapRefused string) {
 	zapRefused = bound(zmq.ROUTER, func(s *zmq.Socket) { s.SetZapDomain("zmqtest") })
 	return nobody, http, pub, zapRefused
 }
+
+// SourceAddresses are the source parts of tcp://source;host:port endpoints
+// the tests of every reader of them (bridge.ParseEndpoint, the Apache
+// module's configtest, zmtp.c's connect) check against each other: those
+// marked true are accepted.
+var SourceAddresses = map[string]bool{
+	"127.0.0.1": true, "127.0.0.1:0": true, "127.0.0.1:*": true, "*": true, "*:*": true, "*:0": true,
+	"eth0": false, "lo:0": false, "127.0.0.1:": false, "127.0.0.1:x": false, "127.0.0.1:70000": false,
+	"[127.0.0.1": false, "": false, "localhost": false,
+}

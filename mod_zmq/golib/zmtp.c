@@ -86,10 +86,96 @@ static int wait_fd(int fd, short events, int64_t deadline)
 
 int zmtp_supported(const char *endpoint)
 {
-    if (strchr(endpoint, ';') != NULL) {
-        return 0; /* a source address: libzmq's */
-    }
     return strncmp(endpoint, "tcp://", 6) == 0 || strncmp(endpoint, "ipc://", 6) == 0;
+}
+
+/* Parses hp[0:n], "host:port" (an IPv6 host in brackets; without brackets
+ * and with more than one colon, all of it is the host), into host
+ * (NUL-terminated, brackets removed) and *port (NULL when there is none).
+ * 0 or an errno value. */
+static int split_host(const char *hp, size_t n, char *host, size_t hostsize, const char **port)
+{
+    const char *colon = NULL, *h = hp;
+    size_t hlen = n;
+
+    if (n > 0 && hp[0] == '[') {
+        const char *end = memchr(hp, ']', n);
+        if (end == NULL) {
+            return EINVAL;
+        }
+        h = hp + 1;
+        hlen = (size_t)(end - h);
+        if (end + 1 < hp + n) {
+            if (end[1] != ':') {
+                return EINVAL;
+            }
+            colon = end + 1;
+        }
+    }
+    else {
+        const char *c1 = memchr(hp, ':', n);
+        if (c1 != NULL && memchr(c1 + 1, ':', (size_t)(hp + n - c1 - 1)) == NULL) {
+            colon = c1;
+            hlen = (size_t)(colon - hp);
+        }
+    }
+    if (hlen >= hostsize) {
+        return ENAMETOOLONG;
+    }
+    memcpy(host, h, hlen);
+    host[hlen] = '\0';
+    *port = colon != NULL ? colon + 1 : NULL;
+    return 0;
+}
+
+/* Binds fd to the source part of a tcp:// endpoint, src[0:n]: "*" or a
+ * numeric IP address, then ":port", ":*" or nothing (bridge.sourceAddr reads
+ * it the same way). 0 or an errno value. */
+static int bind_source(int fd, int family, const char *src, size_t n)
+{
+    char host[64], port[8];
+    const char *p;
+    struct addrinfo hints, *ai = NULL;
+    int rc, one = 1;
+    size_t plen;
+
+    if ((rc = split_host(src, n, host, sizeof(host), &p)) != 0) {
+        return rc;
+    }
+    plen = p != NULL ? (size_t)(src + n - p) : 0;
+    if (plen >= sizeof(port)) {
+        return EINVAL;
+    }
+    if (p == NULL || (plen == 1 && p[0] == '*')) {
+        strcpy(port, "0");
+    }
+    else {
+        size_t i;
+        if (plen == 0 || plen > 5) {
+            return EINVAL;
+        }
+        for (i = 0; i < plen; i++) {
+            if (p[i] < '0' || p[i] > '9') {
+                return EINVAL;
+            }
+        }
+        memcpy(port, p, plen);
+        port[plen] = '\0';
+        if (atoi(port) > 65535) {
+            return EINVAL;
+        }
+    }
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = family;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV | AI_PASSIVE;
+    if ((rc = getaddrinfo(strcmp(host, "*") == 0 ? NULL : host, port, &hints, &ai)) != 0) {
+        return EINVAL;
+    }
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    rc = bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 ? 0 : errno;
+    freeaddrinfo(ai);
+    return rc;
 }
 
 /* A non-blocking socket connecting to endpoint; -1 with errno set. */
@@ -121,28 +207,20 @@ static int open_socket(const char *endpoint, int64_t deadline)
     }
     else {
         char host[256];
-        const char *hp = endpoint + 6, *colon = strrchr(hp, ':');
+        const char *hp = endpoint + 6, *src = NULL, *port, *semi = strchr(hp, ';');
         struct addrinfo hints, *ai = NULL;
-        size_t hlen;
-        if (colon == NULL || colon == hp) {
-            errno = EINVAL;
+        if (semi != NULL) { /* a source address first */
+            src = hp;
+            hp = semi + 1;
+        }
+        if ((rc = split_host(hp, strlen(hp), host, sizeof(host), &port)) != 0 || port == NULL || *port == '\0') {
+            errno = rc ? rc : EINVAL;
             return -1;
         }
-        hlen = (size_t)(colon - hp);
-        if (hp[0] == '[' && hlen >= 2 && hp[hlen - 1] == ']') {
-            hp++;
-            hlen -= 2;
-        }
-        if (hlen >= sizeof(host)) {
-            errno = ENAMETOOLONG;
-            return -1;
-        }
-        memcpy(host, hp, hlen);
-        host[hlen] = '\0';
         memset(&hints, 0, sizeof(hints));
         hints.ai_socktype = SOCK_STREAM;
         hints.ai_flags = AI_NUMERICSERV;
-        if ((rc = getaddrinfo(host, colon + 1, &hints, &ai)) != 0) {
+        if ((rc = getaddrinfo(host, port, &hints, &ai)) != 0) {
             errno = rc == EAI_SYSTEM ? errno : EHOSTUNREACH;
             return -1;
         }
@@ -152,6 +230,10 @@ static int open_socket(const char *endpoint, int64_t deadline)
             return -1;
         }
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        if (src != NULL && (err = bind_source(fd, ai->ai_family, src, (size_t)(semi - src))) != 0) {
+            freeaddrinfo(ai);
+            goto fail;
+        }
         rc = connect(fd, ai->ai_addr, ai->ai_addrlen);
         freeaddrinfo(ai);
     }

@@ -8,8 +8,8 @@
  * relay itself (docs/BENCHMARKS.md). A connection here is one non-blocking
  * TCP or IPC socket owned by one request at a time: the request is written
  * with one writev and the reply read straight into the connection's buffer.
- * Workers see an ordinary DEALER peer. CURVE and other transports stay on
- * libzmq.
+ * Workers see an ordinary DEALER peer. CURVE connections are the Go
+ * bridge's (bridge.ZMTP).
  */
 #ifndef MODZMQ_ZMTP_H
 #define MODZMQ_ZMTP_H
@@ -41,7 +41,9 @@
 
 typedef struct zmtp_conn zmtp_conn;
 
-/* Whether endpoint is one zmtp_connect can reach (tcp:// or ipc://). */
+/* Whether endpoint is one zmtp_connect can reach: tcp://host:port,
+ * tcp://source;host:port (source "*" or a numeric IP address, then ":port",
+ * ":*" or nothing), ipc://path or ipc://@name. */
 int zmtp_supported(const char *endpoint);
 
 /* Connects to endpoint and completes the handshake within timeout_ms.
