@@ -142,6 +142,14 @@ func curveEchoRouter(t *testing.T, secret string, setup func(*zmq.Socket)) strin
 // curveRouter is curveEchoRouter with a stop function instead of a cleanup.
 func curveRouter(t *testing.T, secret string, setup func(*zmq.Socket)) (addr string, stop func()) {
 	t.Helper()
+	return curveServe(t, secret, setup, func(msg [][]byte) [][]byte { return msg })
+}
+
+// curveServe starts a libzmq ROUTER that is a CURVE server with secret and
+// sends answer(msg) for every message msg (envelope first); it returns its
+// host:port and a stop function.
+func curveServe(t *testing.T, secret string, setup func(*zmq.Socket), answer func([][]byte) [][]byte) (addr string, stop func()) {
+	t.Helper()
 	if !zmq.HasCurve() {
 		t.Fatal("libzmq has no CURVE support")
 	}
@@ -172,8 +180,9 @@ func curveRouter(t *testing.T, secret string, setup func(*zmq.Socket)) (addr str
 			default:
 			}
 			if msg, err := s.RecvMessageBytes(0); err == nil {
-				parts := make([]any, len(msg))
-				for i, f := range msg {
+				reply := answer(msg)
+				parts := make([]any, len(reply))
+				for i, f := range reply {
 					parts[i] = f
 				}
 				s.SendMessage(parts...)

@@ -227,3 +227,53 @@ func TestHostileWorkersGateway(t *testing.T) {
 		})
 	}
 }
+
+// CURVE workers (pyzmq, libzmq) whose replies break the bounds: the
+// bridge's own CurveZMQ client refuses them by the same rules, on both
+// fronts, as soon as they are broken.
+func TestHostileCurveWorkers(t *testing.T) {
+	requireBuilt(t, "zmq-gateway")
+	dir := t.TempDir()
+	os.Chmod(dir, 0o755)
+	os.Chmod(filepath.Dir(dir), 0o755) // children run as the Apache User
+	worker, bridgeKey := keygen(t, dir, "worker"), keygen(t, dir, "bridge")
+	w := startPyWorker(t, "curve", "--router", "--curve-secret", worker+".key_secret")
+	cases := map[string]int{"/c/ok": 200, "/c/manyframes": 502, "/c/bigframes": 502}
+	check := func(t *testing.T, base string, logged func() string) {
+		for path, want := range cases {
+			resp, err := (&http.Client{Timeout: 30 * time.Second}).Get(base + path)
+			if err != nil {
+				t.Errorf("%s: %v", path, err)
+				continue
+			}
+			resp.Body.Close()
+			if resp.StatusCode != want {
+				t.Errorf("%s: %d, want %d", path, resp.StatusCode, want)
+			}
+		}
+		if !strings.Contains(logged(), "MODZMQ0103") {
+			t.Errorf("no MODZMQ0103 line for the refused replies")
+		}
+	}
+	t.Run("apache", func(t *testing.T) {
+		h := startHTTPD(t, httpdParams{MPM: "event", Extra: fmt.Sprintf(
+			"\t<Location /c>\n\t\tSetHandler zmq\n\t\tZmqBackend %s\n\t\tZmqCurve %s %s\n\t\tZmqMaxReply %d\n\t\tZmqTimeout %d\n\t</Location>\n",
+			w.Endpoint, worker+".key", bridgeKey+".key_secret", hostileMaxReply, hostileTimeout)})
+		h.expect(`MODZMQ0103: `)
+		before := map[int]int64{}
+		for _, pid := range children(h.pid()) {
+			before[pid] = rss(t, pid)
+		}
+		check(t, h.URL, h.errorLog)
+		for _, pid := range children(h.pid()) {
+			if grew := rss(t, pid) - before[pid]; grew > rssBound {
+				t.Errorf("Apache child %d grew by %d MiB", pid, grew>>20)
+			}
+		}
+	})
+	t.Run("gateway", func(t *testing.T) {
+		g := startGatewayProc(t, "", fmt.Sprintf("  - prefix: /c/\n    backend: [%s]\n    curve_server_cert: %s\n    curve_client_cert: %s\n    max_reply: %d\n",
+			w.Endpoint, worker+".key", bridgeKey+".key_secret", hostileMaxReply))
+		check(t, g.URL, g.Stderr.String)
+	})
+}

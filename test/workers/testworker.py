@@ -11,6 +11,9 @@ It behaves according to the last segment of the request path:
   .../bad4         four frames (breaks MZMQ/1)
   .../badstatus    status "abc"
   .../badheader    a header value with CR LF inside
+  .../manyframes   a status and 100,000 empty frames (breaks MZMQ/1)
+  .../bigframes    a status and 40 frames of 64 KiB (breaks MZMQ/1, and is
+                   over any reply limit under 2.5 MiB)
   anything else    JSON describing the request (as examples/python/echo.py)
 """
 import argparse
@@ -55,6 +58,10 @@ def answer(name, frames):
         return [b"200", b"", b"body", b"extra"]
     if last == "badstatus":
         return [b"abc", b"body"]
+    if last == "manyframes":
+        return [b"200"] + [b""] * 100000
+    if last == "bigframes":
+        return [b"200"] + [bytes(65536)] * 40
     if last == "badheader":
         return [b"200", b"X-Evil: a\r\nInjected: yes\rstill\r\n", b"body"]
     doc = {
