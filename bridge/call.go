@@ -10,9 +10,10 @@ import (
 )
 
 // Call is one request in progress. Do drives a Call to its end, waiting in
-// libzmq; a caller that must not block inside Go (the Apache module, whose
-// threads are C threads) waits on FD itself and calls Step(0) when it is
-// readable or when Wait has passed. A Call is used by one goroutine.
+// Step; a caller that must not block inside Go (the Apache module, whose
+// threads are C threads) waits on the connection's own handle (Conn) itself
+// and calls Step(0) when a reply came or Wait has passed. A Call is used by
+// one goroutine.
 type Call struct {
 	c        *Client
 	ctx      context.Context
@@ -114,22 +115,9 @@ func (call *Call) Done() bool { return call.done }
 // Result returns the reply or the error; valid once Done.
 func (call *Call) Result() (Response, error) { return call.resp, call.err }
 
-// FD returns a file descriptor that becomes readable when the call may have
-// progressed (libzmq's ZMQ_FD of its connection), or -1.
-func (call *Call) FD() int {
-	if call.done || call.p == nil {
-		return -1
-	}
-	fd, err := call.p.conn.FD()
-	if err != nil {
-		return -1
-	}
-	return fd
-}
-
 // Conn returns the connection the call waits on, or nil when it is done.
-// A front that does the waiting itself (see FD) may need the connection's
-// own handle; it must not use it once the call is done.
+// A front that does the waiting itself needs the connection's own handle;
+// it must not use it once the call is done.
 func (call *Call) Conn() Conn {
 	if call.done || call.p == nil {
 		return nil
@@ -246,10 +234,10 @@ func (call *Call) end(resp Response, err error) {
 	}
 	// Reuse a connection only when it is known to be sound: after a reply
 	// (good or bad), or when the caller went away (a late reply is then
-	// dropped by request id). After a timeout the connection may be dead in
-	// ways libzmq does not repair (a frame over MaxReply makes it drop the
-	// connection for good), and after a refused or lost send it may still
-	// hold the message: it is closed rather than let that reach a worker.
+	// dropped by request id). After a timeout the connection may be in the
+	// middle of a reply (a worker trickling one), and after a refused or
+	// lost send part of the request may be out: it is closed rather than
+	// reused.
 	reusable := !call.connFailed && (err == nil || errors.Is(err, ErrProtocol) ||
 		errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded))
 	call.connFailed = false

@@ -64,8 +64,7 @@ type Options struct {
 	// MaxIdle is how many idle connections the client keeps per endpoint;
 	// zero means DefaultMaxIdle.
 	MaxIdle int
-	// Transport makes connections; nil means ZMTP (ZMTP in Go where it can,
-	// libzmq otherwise).
+	// Transport makes connections; nil means ZMTP.
 	Transport Transport
 	// Log receives the client's log lines; nil discards them.
 	Log LogFunc
@@ -306,18 +305,7 @@ func idempotent(method []byte) bool {
 func (c *Client) Do(ctx context.Context, req *Request, timeout time.Duration) (Response, error) {
 	call := c.Start(ctx, req, timeout)
 	for !call.Done() {
-		p := call.p
-		if !p.canWait() {
-			// The transport waits itself (ZMTP in the netpoller, zmq_poll).
-			call.Step(call.Wait())
-			continue
-		}
-		// A look first: libzmq signals ZMQ_FD only for a reader that found
-		// its pipe empty.
-		call.Step(0)
-		if !call.Done() && call.p == p {
-			p.wait(call.Wait())
-		}
+		call.Step(call.Wait()) // the connection waits in Go's netpoller
 	}
 	return call.Result()
 }

@@ -54,43 +54,10 @@ type pooled struct {
 	id     []byte
 	meta   []byte
 	frames [][]byte
-	// waiter lets a goroutine wait for the connection in Go's netpoller (on
-	// its ZMQ_FD) instead of blocking an OS thread in zmq_poll.
-	waiter   *FDWaiter
-	noWaiter bool
 }
 
-// close releases the connection and its waiter.
-func (p *pooled) close() {
-	if p.waiter != nil {
-		p.waiter.Close()
-	}
-	p.conn.Close()
-}
-
-// canWait reports whether the netpoller can watch the connection (its
-// transport gives a descriptor); otherwise the caller waits in Recv.
-func (p *pooled) canWait() bool {
-	if p.waiter == nil && !p.noWaiter {
-		fd, err := p.conn.FD()
-		if err == nil {
-			p.waiter, err = NewFDWaiter(fd)
-		}
-		p.noWaiter = err != nil
-	}
-	return !p.noWaiter
-}
-
-// wait parks the goroutine until the connection may have progressed or d
-// passed; canWait must have said yes. A waiter that fails is given up, and
-// the caller then waits in Recv.
-func (p *pooled) wait(d time.Duration) {
-	err := p.waiter.SetDeadline(time.Now().Add(d))
-	if err == nil {
-		err = p.waiter.Wait()
-	}
-	p.noWaiter = err != nil
-}
+// close releases the connection.
+func (p *pooled) close() { p.conn.Close() }
 
 func (e *endpoint) State() State { return State(e.state.Load()) }
 

@@ -445,9 +445,6 @@ func (c *shareConn) Recv(timeout time.Duration) ([][]byte, error) {
 	}
 }
 
-// FD reports no descriptor: Recv waits in Go.
-func (c *shareConn) FD() (int, error) { return -1, errors.New("zmtp: Recv waits in Go") }
-
 // Close forgets the request in flight and lets go of the session; a second
 // Close does nothing (the session counts each Conn once).
 func (c *shareConn) Close() error {

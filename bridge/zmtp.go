@@ -800,7 +800,4 @@ func (c *zmtpConn) Recv(timeout time.Duration) ([][]byte, error) {
 	}
 }
 
-// FD reports no descriptor: Recv itself waits in the netpoller.
-func (c *zmtpConn) FD() (int, error) { return -1, errors.New("zmtp: Recv waits in the netpoller") }
-
 func (c *zmtpConn) Close() error { return c.nc.Close() }

@@ -253,7 +253,7 @@ static void set_reply_headers(request_rec *r, const modzmq_response *resp)
 }
 
 /* Writes the reply. The body is passed as a transient bucket, straight from
- * the frame libzmq received: the output filters copy it only if they must
+ * the buffer the reply was read into: the output filters copy it only if they must
  * keep it past this call, and the caller releases the frames after. */
 static int write_reply(request_rec *r, const modzmq_response *resp)
 {

@@ -196,11 +196,15 @@ func testGatewayRouting(t *testing.T, g *gatewayProc) {
 // TestGatewayDrainsOnSIGTERM: requests in flight when SIGTERM arrives still
 // get their replies; then the process exits 0.
 func TestGatewayDrainsOnSIGTERM(t *testing.T) {
-	slow := startPyWorker(t, "slow1")
-	slow2 := startPyWorker(t, "slow2")
+	slow := startPyWorker(t, "slow1", "--log")
+	slow2 := startPyWorker(t, "slow2", "--log")
 	for _, mode := range []string{"", "stream"} {
 		t.Run("mode="+mode, func(t *testing.T) {
 			g := startGatewayProc(t, mode, fmt.Sprintf("  - prefix: /\n    backend: [%s, %s]\n", slow.Endpoint, slow2.Endpoint))
+			seen := func() int {
+				return strings.Count(slow.Output.String(), "got ") + strings.Count(slow2.Output.String(), "got ")
+			}
+			before := seen()
 			var wg sync.WaitGroup
 			results := make(chan string, 2)
 			for i := 0; i < 2; i++ {
@@ -217,7 +221,12 @@ func TestGatewayDrainsOnSIGTERM(t *testing.T) {
 					results <- resp.Status
 				}()
 			}
-			time.Sleep(500 * time.Millisecond) // both requests are with the workers
+			checkFor(t, 20*time.Second, func() error { // both requests are with the workers
+				if n := seen() - before; n < 2 {
+					return fmt.Errorf("%d of 2 requests reached the workers", n)
+				}
+				return nil
+			})
 			g.cmd.Process.Signal(syscall.SIGTERM)
 			wg.Wait()
 			close(results)

@@ -10,7 +10,6 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
-#include <zmq.h>
 
 #include "fast.h"
 #include "zmqio.h"
@@ -32,17 +31,13 @@
 #define FAST_SLICE_MS 100
 
 typedef struct fast_ep {
-    int direct;         /* its connections are ZMTP ones (zmtp.h), not libzmq sockets */
     int up;             /* atomic: the watch connection is up */
     uint64_t epoch;     /* atomic: grows at every disconnect */
     int64_t in_flight;  /* atomic */
     pthread_mutex_t mu; /* guards the idle connections and swept_ns */
     int nidle;          /* idle[0] is the longest idle, idle[nidle-1] the last put */
     int64_t swept_ns;   /* when sweep last ran */
-    struct {
-        void *sock;
-        int sndtimeo;
-    } idle[FAST_MAX_IDLE];
+    zmtp_conn *idle[FAST_MAX_IDLE];
 } fast_ep;
 
 struct modzmq_fast {
@@ -77,13 +72,6 @@ modzmq_fast *modzmq_fast_new(int client, int nendpoints, int64_t timeout_ms, int
     return f;
 }
 
-void modzmq_fast_set_direct(modzmq_fast *f, int endpoint)
-{
-    if (endpoint >= 0 && endpoint < f->nendpoints) {
-        f->ep[endpoint].direct = 1;
-    }
-}
-
 /* ---- the pool --------------------------------------------------------- */
 
 static int64_t now_ns(void)
@@ -93,31 +81,20 @@ static int64_t now_ns(void)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-static void close_conn(const fast_ep *e, void *conn)
-{
-    if (e->direct) {
-        zmtp_close(conn);
-    }
-    else {
-        zmq_close(conn);
-    }
-}
-
-/* Moves the idle ZMTP connections the worker closed (or that hold a stray
+/* Moves the idle connections the worker closed (or that hold a stray
  * message, as take_idle rules) from e's list to gone, keeping the order of
  * the rest, and returns how many; e->mu is held. One poll() looks at every
- * descriptor; only those with something to read are read. libzmq sockets
- * reconnect by themselves and are left alone. */
-static int sweep(fast_ep *e, void **gone)
+ * descriptor; only those with something to read are read. */
+static int sweep(fast_ep *e, zmtp_conn **gone)
 {
     struct pollfd pfd[FAST_MAX_IDLE];
     int i, kept = 0, ngone = 0;
 
-    if (!e->direct || e->nidle == 0) {
+    if (e->nidle == 0) {
         return 0;
     }
     for (i = 0; i < e->nidle; i++) {
-        pfd[i].fd = zmtp_fd(e->idle[i].sock);
+        pfd[i].fd = zmtp_fd(e->idle[i]);
         pfd[i].events = POLLIN;
         pfd[i].revents = 0;
     }
@@ -125,8 +102,8 @@ static int sweep(fast_ep *e, void **gone)
         return 0;
     }
     for (i = 0; i < e->nidle; i++) {
-        if (pfd[i].revents != 0 && zmtp_check(e->idle[i].sock) != 0) {
-            gone[ngone++] = e->idle[i].sock;
+        if (pfd[i].revents != 0 && zmtp_check(e->idle[i]) != 0) {
+            gone[ngone++] = e->idle[i];
         }
         else {
             e->idle[kept++] = e->idle[i];
@@ -141,10 +118,10 @@ static int sweep(fast_ep *e, void **gone)
  * whenever the one taken turns out closed (a restarted worker closed them
  * all), the rest of the list is swept first, so connections a worker closed
  * do not linger in CLOSE_WAIT below those in use. */
-static void *take_idle(modzmq_fast *f, int i, int64_t now, int *sndtimeo)
+static zmtp_conn *take_idle(modzmq_fast *f, int i, int64_t now)
 {
     fast_ep *e = &f->ep[i];
-    void *sock, *gone[FAST_MAX_IDLE];
+    zmtp_conn *sock, *gone[FAST_MAX_IDLE];
     int k, ngone, force = 0;
 
     for (;;) {
@@ -156,15 +133,13 @@ static void *take_idle(modzmq_fast *f, int i, int64_t now, int *sndtimeo)
             e->swept_ns = now;
         }
         if (e->nidle > 0) {
-            e->nidle--;
-            sock = e->idle[e->nidle].sock;
-            *sndtimeo = e->idle[e->nidle].sndtimeo;
+            sock = e->idle[--e->nidle];
         }
         pthread_mutex_unlock(&e->mu);
         for (k = 0; k < ngone; k++) {
             zmtp_close(gone[k]);
         }
-        if (sock == NULL || !e->direct || zmtp_check(sock) == 0) {
+        if (sock == NULL || zmtp_check(sock) == 0) {
             return sock;
         }
         /* Closed by the worker while idle (or a stray message). */
@@ -173,16 +148,15 @@ static void *take_idle(modzmq_fast *f, int i, int64_t now, int *sndtimeo)
     }
 }
 
-void *modzmq_fast_take(modzmq_fast *f, int endpoint, int *sndtimeo, int *direct)
+zmtp_conn *modzmq_fast_take(modzmq_fast *f, int endpoint)
 {
     if (endpoint < 0 || endpoint >= f->nendpoints) {
         return NULL;
     }
-    *direct = f->ep[endpoint].direct;
-    return take_idle(f, endpoint, now_ns(), sndtimeo);
+    return take_idle(f, endpoint, now_ns());
 }
 
-int modzmq_fast_put(modzmq_fast *f, int i, void *sock, int sndtimeo)
+int modzmq_fast_put(modzmq_fast *f, int i, zmtp_conn *sock)
 {
     fast_ep *e = &f->ep[i];
     int taken = 0;
@@ -191,9 +165,7 @@ int modzmq_fast_put(modzmq_fast *f, int i, void *sock, int sndtimeo)
     }
     pthread_mutex_lock(&e->mu);
     if (e->nidle < FAST_MAX_IDLE) {
-        e->idle[e->nidle].sock = sock;
-        e->idle[e->nidle].sndtimeo = sndtimeo;
-        e->nidle++;
+        e->idle[e->nidle++] = sock;
         taken = 1;
     }
     pthread_mutex_unlock(&e->mu);
@@ -203,7 +175,7 @@ int modzmq_fast_put(modzmq_fast *f, int i, void *sock, int sndtimeo)
 void modzmq_fast_set_state(modzmq_fast *f, int endpoint, int up, uint64_t epoch)
 {
     fast_ep *e;
-    void *gone[FAST_MAX_IDLE];
+    zmtp_conn *gone[FAST_MAX_IDLE];
     int k, ngone = 0;
     uint64_t was_epoch;
     int was_up;
@@ -221,11 +193,11 @@ void modzmq_fast_set_state(modzmq_fast *f, int endpoint, int up, uint64_t epoch)
      * connections are to a worker that is gone or unreachable. */
     pthread_mutex_lock(&e->mu);
     for (; e->nidle > 0; e->nidle--) {
-        gone[ngone++] = e->idle[e->nidle - 1].sock;
+        gone[ngone++] = e->idle[e->nidle - 1];
     }
     pthread_mutex_unlock(&e->mu);
     for (k = 0; k < ngone; k++) {
-        close_conn(e, gone[k]);
+        zmtp_close(gone[k]);
     }
 }
 
@@ -464,11 +436,9 @@ static void count(modzmq_fast *f, int i, int status, int64_t d)
 }
 
 /* Sends the MZMQ/1 request (docs/PROTOCOL.md; bridge.requestFrames is the
- * reference) with its request-id meta line: on a ZMTP connection within
- * sndtimeo_ms, on a libzmq socket setting ZMQ_SNDTIMEO first when
- * sndtimeo_ms >= 0; 0 or an errno value. */
-static int send_request(int direct, void *sock, int sndtimeo_ms, const modzmq_request *req, const char *id,
-                        size_t id_len)
+ * reference) with its request-id meta line within timeout_ms; 0 or an errno
+ * value. */
+static int send_request(zmtp_conn *conn, int timeout_ms, const modzmq_request *req, const char *id, size_t id_len)
 {
     char stack[2048], *meta = stack;
     size_t meta_len = sizeof("request-id: ") - 1 + id_len + 2 + req->meta_len;
@@ -483,9 +453,8 @@ static int send_request(int direct, void *sock, int sndtimeo_ms, const modzmq_re
     if (req->meta_len) {
         memcpy(meta + 14 + id_len, req->meta, req->meta_len);
     }
-    err = modzmq_send(sock, direct, sndtimeo_ms, 8, 1, id, id_len, "", 0, "MZMQ/1", 6, req->method, req->method_len,
-                      req->target, req->target_len, req->headers, req->headers_len, meta, meta_len, req->body,
-                      req->body_len);
+    err = modzmq_send(conn, timeout_ms, 8, id, id_len, "", 0, "MZMQ/1", 6, req->method, req->method_len, req->target,
+                      req->target_len, req->headers, req->headers_len, meta, meta_len, req->body, req->body_len);
     if (meta != stack) {
         free(meta);
     }
@@ -496,20 +465,19 @@ static int send_request(int direct, void *sock, int sndtimeo_ms, const modzmq_re
  * a code of modzmq_relay. */
 static int fast_relay(modzmq_fast *f, modzmq_request *req, modzmq_response *resp)
 {
-    int i = pick(f), sndtimeo, want;
+    int i = pick(f), want;
     int64_t start = now_ns(), timeout_ms = req->timeout_ms > 0 ? req->timeout_ms : f->timeout_ms;
-    void *sock;
+    zmtp_conn *sock;
     fast_ep *e;
 
     if (i < 0) {
         return -1;
     }
-    if ((sock = take_idle(f, i, start, &sndtimeo)) == NULL) {
+    if ((sock = take_idle(f, i, start)) == NULL) {
         /* Rare once warm: Go makes the connection, with the client's options. */
         if ((sock = modzmq_go_dial(f->client, i)) == NULL) {
             return -1;
         }
-        sndtimeo = -1;
     }
     e = &f->ep[i];
     want = (int)(timeout_ms < f->connect_timeout_ms ? timeout_ms : f->connect_timeout_ms);
@@ -520,29 +488,23 @@ static int fast_relay(modzmq_fast *f, modzmq_request *req, modzmq_response *resp
                                     __atomic_add_fetch(&f->seq, 1, __ATOMIC_RELAXED));
     resp->epoch = __atomic_load_n(&e->epoch, __ATOMIC_ACQUIRE);
     __atomic_fetch_add(&e->in_flight, 1, __ATOMIC_RELAXED);
-    if (send_request(e->direct, sock, e->direct || want != sndtimeo ? want : -1, req, resp->id, resp->id_len) != 0) {
-        /* The worker did not take it (nothing of it stays queued: the
-         * connection is closed, a libzmq one with linger 0): Go tries
-         * again, by its rules. */
+    if (send_request(sock, want, req, resp->id, resp->id_len) != 0) {
+        /* The worker did not take it (the connection is closed, and a
+         * worker discards an incomplete message): Go tries again, by its
+         * rules. */
         __atomic_fetch_sub(&e->in_flight, 1, __ATOMIC_RELAXED);
-        close_conn(e, sock);
+        zmtp_close(sock);
         return -1;
     }
-    sndtimeo = want;
-    if (e->direct) {
-        modzmq_zreceive(sock, timeout_ms < FAST_SLICE_MS ? (int)timeout_ms : FAST_SLICE_MS, resp);
-    }
-    else if (modzmq_poll_in(sock, timeout_ms < FAST_SLICE_MS ? (int)timeout_ms : FAST_SLICE_MS) > 0) {
-        modzmq_receive(sock, resp);
-    }
+    modzmq_zreceive(sock, timeout_ms < FAST_SLICE_MS ? (int)timeout_ms : FAST_SLICE_MS, resp);
     __atomic_fetch_sub(&e->in_flight, 1, __ATOMIC_RELAXED);
-    if (resp->nframes >= 3 && resp->nframes == resp->nmsgs && resp->frame_len[0] == resp->id_len &&
+    if (resp->nframes >= 3 && resp->frame_len[0] == resp->id_len &&
         memcmp(resp->frame[0], resp->id, resp->id_len) == 0 && resp->frame_len[1] == 0 &&
         modzmq_fast_decode(resp->frame + 2, resp->frame_len + 2, resp->nframes - 2, f->max_reply, &resp->status,
                            &resp->reason, &resp->reason_len, &resp->headers, &resp->headers_len, &resp->body,
                            &resp->body_len)) {
-        if (!modzmq_fast_put(f, i, sock, sndtimeo)) {
-            close_conn(e, sock);
+        if (!modzmq_fast_put(f, i, sock)) {
+            zmtp_close(sock);
         }
         count(f, i, resp->status, now_ns() - start);
         return MODZMQ_OK;
@@ -551,12 +513,7 @@ static int fast_relay(modzmq_fast *f, modzmq_request *req, modzmq_response *resp
      * remove): Go takes the request over, with what was received. */
     resp->client = f->client;
     resp->endpoint = i;
-    if (e->direct) {
-        resp->zconn = sock;
-    }
-    else {
-        resp->socket = sock;
-    }
+    resp->zconn = sock;
     resp->elapsed_ns = now_ns() - start;
     resp->remaining_ns = timeout_ms * 1000000 - resp->elapsed_ns;
     return modzmq_go_adopt(req, resp);
@@ -567,9 +524,9 @@ int modzmq_relay(int backend, modzmq_request *req, modzmq_response *resp)
     modzmq_fast *f = lookup(backend, req);
 
     resp->block = resp->zbuf = NULL;
-    resp->nmsgs = resp->nframes = 0;
+    resp->nframes = 0;
     resp->call = 0;
-    resp->socket = resp->zconn = NULL;
+    resp->zconn = NULL;
     if (f != NULL) {
         int rc = fast_relay(f, req, resp);
         if (rc >= 0) {

@@ -43,20 +43,12 @@ func newFast(index int, opts *bridge.Options) *C.modzmq_fast {
 	if connect <= 0 {
 		connect = bridge.DefaultConnectTimeout
 	}
-	f := C.modzmq_fast_new(C.int(index), C.int(len(opts.Endpoints)), C.int64_t(timeout.Milliseconds()),
+	return C.modzmq_fast_new(C.int(index), C.int(len(opts.Endpoints)), C.int64_t(timeout.Milliseconds()),
 		C.int64_t(connect.Milliseconds()), C.int64_t(opts.MaxReply), &bounds[0], prefix)
-	if f != nil {
-		for i, ep := range opts.Endpoints {
-			if direct(ep, &bridge.DialOptions{Curve: opts.Curve}) {
-				C.modzmq_fast_set_direct(f, C.int(i))
-			}
-		}
-	}
-	return f
 }
 
-// modzmq_go_dial makes a socket for the fast path of a client, or returns
-// NULL (the request then goes through Go).
+// modzmq_go_dial makes a connection (zmtp.h) for the fast path of a
+// client, or returns NULL (the request then goes through Go).
 //
 //export modzmq_go_dial
 func modzmq_go_dial(index, endpoint C.int) (sock unsafe.Pointer) {
@@ -79,12 +71,10 @@ func modzmq_go_dial(index, endpoint C.int) (sock unsafe.Pointer) {
 		}
 		return nil
 	}
-	switch conn := conn.(type) {
-	case *zConn:
-		return unsafe.Pointer(conn.z)
-	case *cConn:
-		return conn.sock
+	if z, ok := conn.(*zConn); ok {
+		return unsafe.Pointer(z.z)
 	}
+	conn.Close() // not one C can use (the fast path has no CURVE)
 	return nil
 }
 
@@ -105,10 +95,7 @@ func modzmq_go_adopt(req *C.modzmq_request, resp *C.modzmq_response) (rc C.int) 
 	if c == nil {
 		panic(fmt.Sprintf("no client %d", resp.client))
 	}
-	var conn bridge.Conn = &cConn{sock: resp.socket, sndtimeo: -1}
-	if resp.zconn != nil {
-		conn = &zConn{z: (*C.zmtp_conn)(resp.zconn)}
-	}
+	conn := &zConn{z: (*C.zmtp_conn)(resp.zconn)}
 	now := time.Now()
 	call := c.Adopt(context.Background(), request(req), bridge.Sent{
 		Endpoint: int(resp.endpoint),

@@ -20,6 +20,7 @@
 #include <stdint.h>
 
 #include "modzmq.h"
+#include "zmtp.h"
 
 /* One bridge client's fast path (one ZmqBackend with one set of options). */
 typedef struct modzmq_fast modzmq_fast;
@@ -28,20 +29,17 @@ typedef struct modzmq_fast modzmq_fast;
  * bucket bounds; prefix is the request id prefix. */
 modzmq_fast *modzmq_fast_new(int client, int nendpoints, int64_t timeout_ms, int64_t connect_timeout_ms,
                              int64_t max_reply, const int64_t *bounds_ns, const char *prefix);
-/* Marks endpoint's connections as ZMTP ones (zmtp.h): Go dials them so. */
-void modzmq_fast_set_direct(modzmq_fast *f, int endpoint);
 /* Mirrors an endpoint's state; when it goes down (or its epoch grows while
  * down), its idle connections are closed. */
 void modzmq_fast_set_state(modzmq_fast *f, int endpoint, int up, uint64_t epoch);
 /* Remembers f for requests to backend with req's options. */
 void modzmq_fast_register(int backend, const modzmq_request *req, modzmq_fast *f);
-/* Offers an idle socket of endpoint i to the fast path's pool; 1 when
+/* Offers an idle connection of endpoint i to the fast path's pool; 1 when
  * taken, 0 when the pool is full (the caller keeps it). */
-int modzmq_fast_put(modzmq_fast *f, int endpoint, void *sock, int sndtimeo);
-/* Takes an idle socket of endpoint from the pool, one the worker has not
- * closed, with its last ZMQ_SNDTIMEO; *direct is 1 for a ZMTP connection
- * (zmtp.h), 0 for a libzmq socket. NULL when none is idle. */
-void *modzmq_fast_take(modzmq_fast *f, int endpoint, int *sndtimeo, int *direct);
+int modzmq_fast_put(modzmq_fast *f, int endpoint, zmtp_conn *conn);
+/* Takes an idle connection of endpoint from the pool, one the worker has
+ * not closed; NULL when none is idle. */
+zmtp_conn *modzmq_fast_take(modzmq_fast *f, int endpoint);
 /* Adds the fast path's counters (a MODZMQ_STATS_BACKEND block) to sums. */
 void modzmq_fast_add_stats(modzmq_fast *f, int64_t *sums);
 

@@ -20,8 +20,6 @@ static void poll_only(modzmq_response *resp)
     if (resp->zconn != NULL) {
         struct pollfd p = {zmtp_fd(resp->zconn), POLLIN, 0};
         poll(&p, 1, resp->wait_ms);
-    } else {
-        modzmq_poll_in(resp->socket, resp->wait_ms);
     }
 }
 */

@@ -175,12 +175,8 @@ func (p *fastPool) Dial(endpoint string, opts bridge.DialOptions) (bridge.Conn, 
 		if ep != endpoint {
 			continue
 		}
-		var sndtimeo, direct C.int
-		if sock := C.modzmq_fast_take(p.fast, C.int(i), &sndtimeo, &direct); sock != nil {
-			if direct != 0 {
-				return &zConn{z: (*C.zmtp_conn)(sock)}, nil
-			}
-			return &cConn{sock: sock, sndtimeo: sndtimeo}, nil
+		if z := C.modzmq_fast_take(p.fast, C.int(i)); z != nil {
+			return &zConn{z: z}, nil
 		}
 		break
 	}
@@ -190,18 +186,12 @@ func (p *fastPool) Dial(endpoint string, opts bridge.DialOptions) (bridge.Conn, 
 // reuse is the client's Options.Reuse: a connection goes back to the fast
 // path's pool, or is closed when the pool is full (FAST_MAX_IDLE).
 func (p *fastPool) reuse(endpoint int, conn bridge.Conn) bool {
-	var sock unsafe.Pointer
-	sndtimeo := C.int(-1)
-	switch conn := conn.(type) {
-	case *cConn:
-		sock, sndtimeo = conn.sock, conn.sndtimeo
-	case *zConn:
-		sock = unsafe.Pointer(conn.z)
-	default:
+	z, ok := conn.(*zConn)
+	if !ok {
 		return false
 	}
-	if C.modzmq_fast_put(p.fast, C.int(endpoint), sock, sndtimeo) == 0 {
-		conn.Close()
+	if C.modzmq_fast_put(p.fast, C.int(endpoint), z.z) == 0 {
+		z.Close()
 	}
 	return true
 }
@@ -324,11 +314,8 @@ func request(req *C.modzmq_request) *bridge.Request {
 // itself, in modzmq_resume).
 func outcome(call *bridge.Call, resp *C.modzmq_response, h cgo.Handle) C.int {
 	if !call.Done() {
-		resp.socket, resp.zconn = nil, nil
-		switch conn := call.Conn().(type) {
-		case *cConn:
-			resp.socket = conn.sock
-		case *zConn:
+		resp.zconn = nil
+		if conn, ok := call.Conn().(*zConn); ok {
 			resp.zconn = unsafe.Pointer(conn.z)
 		}
 		if h == 0 {
@@ -342,7 +329,7 @@ func outcome(call *bridge.Call, resp *C.modzmq_response, h cgo.Handle) C.int {
 		h.Delete()
 	}
 	resp.call = 0
-	resp.socket, resp.zconn = nil, nil
+	resp.zconn = nil
 	out, err := call.Result()
 	if err != nil {
 		setError(&resp.error[0], C.size_t(len(resp.error)), fmt.Sprintf("%v: %v", bridge.CodeOf(err), err))
@@ -400,7 +387,7 @@ func inFrames(resp *C.modzmq_response, b []byte) (*C.char, C.size_t) {
 		return nil, 0
 	}
 	p := uintptr(unsafe.Pointer(&b[0]))
-	for i := 0; i < int(resp.nmsgs); i++ {
+	for i := 0; i < int(resp.nframes); i++ {
 		start := uintptr(unsafe.Pointer(resp.frame[i]))
 		if p >= start && p+uintptr(len(b)) <= start+uintptr(resp.frame_len[i]) {
 			return (*C.char)(unsafe.Pointer(&b[0])), C.size_t(len(b))
@@ -434,21 +421,21 @@ func modzmq_resume(resp *C.modzmq_response) (rc C.int) {
 // others (CurveZMQ, bridge.ZMTP), where the Apache thread waits in Go.
 func goWait(call *bridge.Call) time.Duration {
 	switch call.Conn().(type) {
-	case *cConn, *zConn, nil:
+	case *zConn, nil:
 		return 0
 	}
 	return call.Wait()
 }
 
 // deliver hands what modzmq_wait or the fast path received to the call's
-// connection: views of its frames (nil for those past MODZMQ_MAX_FRAMES,
-// which were counted and dropped).
+// connection (a zConn: Go's own connections receive for themselves): views
+// of its frames.
 func deliver(call *bridge.Call, resp *C.modzmq_response) {
 	if resp.nframes == 0 || call.Done() {
 		return
 	}
 	frames := make([][]byte, resp.nframes)
-	for i := 0; i < int(resp.nmsgs); i++ {
+	for i := 0; i < int(resp.nframes); i++ {
 		frames[i] = view(resp.frame[i], resp.frame_len[i])
 	}
 	call.Conn().(interface{ deliver([][]byte) }).deliver(frames)

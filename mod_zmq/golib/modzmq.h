@@ -7,7 +7,7 @@
  *
  * Memory rule: the caller owns every buffer it passes in; the library keeps
  * a pointer to the request only while the call is in progress. What a reply
- * holds (frames received by libzmq, a malloc()ed block) is freed by
+ * holds (the buffer its frames were read into, a malloc()ed block) is freed by
  * modzmq_release().
  *
  * The request path is C first: modzmq_relay (fast.c) sends, waits and checks
@@ -23,7 +23,7 @@
 #include <stdint.h>
 
 /* The ABI this header describes; modzmq_abi_version() must return it. */
-#define MODZMQ_ABI_VERSION 8
+#define MODZMQ_ABI_VERSION 9
 
 /* Return codes of modzmq_relay(). */
 #define MODZMQ_OK         0 /* reply in *resp */
@@ -57,15 +57,6 @@ typedef struct modzmq_request {
 /* The most frames of a reply modzmq_wait keeps (MZMQ/1 replies have 3 to 5). */
 #define MODZMQ_MAX_FRAMES 8
 
-/* Room for one libzmq message (a zmq_msg_t, 64 bytes); only the library
- * looks inside. */
-typedef union modzmq_msg {
-    unsigned char bytes[64];
-    void *align_ptr;
-    int64_t align_int;
-    double align_double;
-} modzmq_msg;
-
 /*
  * One reply. On MODZMQ_OK, status is set and body, headers (the validated
  * "Name: value\r\n" lines, hop-by-hop fields removed) and reason (possibly
@@ -75,8 +66,8 @@ typedef union modzmq_msg {
  *
  * The caller declares the struct and never touches the fields below error:
  * they carry the request in progress between the library's functions. The
- * request's reply frames are received into it (no copy between libzmq and
- * the caller); modzmq_release frees them.
+ * request's reply frames are read into a buffer it holds (no copy between
+ * the connection and the caller); modzmq_release frees it.
  */
 typedef struct modzmq_response {
     int         status;
@@ -87,16 +78,14 @@ typedef struct modzmq_response {
 
     /* The library's own (see above). */
     char      *block;                           /* malloc()ed for parts not inside the frames */
-    char      *zbuf;                            /* malloc()ed: holds the frames when they came over zconn */
+    char      *zbuf;                            /* malloc()ed: holds the frames */
     uint64_t   call;                            /* the call in progress */
-    void      *socket;                          /* the libzmq socket its reply comes on, or */
-    void      *zconn;                           /* the ZMTP connection (zmtp.h) */
+    void      *zconn;                           /* the ZMTP connection (zmtp.h) its reply comes on, or
+                                                   NULL when Go waits on the call's connection itself */
     int        wait_ms;                         /* how long modzmq_wait may wait */
-    int        nframes;                         /* frames of the message received; may exceed nmsgs */
-    int        nmsgs;                           /* frames held (libzmq messages in msg[] unless zbuf) */
+    int        nframes;                         /* frames of the message received */
     const char *frame[MODZMQ_MAX_FRAMES];
     size_t     frame_len[MODZMQ_MAX_FRAMES];
-    modzmq_msg msg[MODZMQ_MAX_FRAMES];
     /* A request the C fast path sent and hands over to Go. */
     int        client, endpoint;
     uint64_t   epoch;
@@ -195,10 +184,9 @@ typedef int (*modzmq_relay_fn)(int backend, modzmq_request *req, modzmq_response
 
 /*
  * void modzmq_wait(modzmq_response *resp): waits up to resp->wait_ms for the
- * reply and receives it into resp. Plain C inside the library (poll on a
- * ZMTP connection, zmq_poll on a libzmq socket): it never enters the Go
- * runtime. On a CurveZMQ connection it returns at once: modzmq_resume
- * waits there.
+ * reply and receives it into resp. Plain C inside the library (poll on the
+ * ZMTP connection): it never enters the Go runtime. On a CurveZMQ
+ * connection it returns at once: modzmq_resume waits there.
  */
 typedef void (*modzmq_wait_fn)(modzmq_response *resp);
 
