@@ -33,6 +33,10 @@ type Route struct {
 	Buckets    []int64          `json:"-"` // bridge.LatencyBuckets counts, +Inf last
 	SumSeconds float64          `json:"-"`
 	Endpoints  []Endpoint       `json:"endpoints"`
+	// GoEntries counts the calls Apache threads made into Go for the route
+	// (the Apache module only: its fast path makes none for a warm, plain
+	// request).
+	GoEntries *int64 `json:"go_entries,omitempty"`
 }
 
 // Endpoint is one endpoint of a route.
@@ -115,6 +119,9 @@ func Text(w io.Writer, title string, routes []Route) {
 		fmt.Fprintf(w, "\nroute %s: %d requests (%s), %d in flight, %d retries, %d refused over the in-flight limit\n",
 			r.Route, r.Requests, strings.Join(parts, ", "), r.InFlight, r.Retries, r.Overloads)
 		fmt.Fprintf(w, "  latency p50 %.4fs  p90 %.4fs  p99 %.4fs\n", r.P50, r.P90, r.P99)
+		if r.GoEntries != nil {
+			fmt.Fprintf(w, "  calls from Apache threads into Go: %d\n", *r.GoEntries)
+		}
 		for _, e := range r.Endpoints {
 			fmt.Fprintf(w, "  %s  %s  in flight %d, requests %d, replies %d, timeouts %d, no worker %d, lost %d, bad replies %d; "+
 				"connects %d, disconnects %d, connect retries %d, handshake failures %d\n", e.Endpoint, e.State, e.InFlight,
@@ -124,9 +131,18 @@ func Text(w io.Writer, title string, routes []Route) {
 	}
 }
 
-// JSON renders routes as {"routes": [...]}.
+// JSON renders routes as {"routes": [...]}, with "go_entries", the sum of
+// the routes' GoEntries, when they have them.
 func JSON(w io.Writer, routes []Route) error {
-	return json.NewEncoder(w).Encode(map[string]any{"routes": routes})
+	doc := map[string]any{"routes": routes}
+	var total int64
+	for _, r := range routes {
+		if r.GoEntries != nil {
+			total += *r.GoEntries
+			doc["go_entries"] = total
+		}
+	}
+	return json.NewEncoder(w).Encode(doc)
 }
 
 // Collector exposes snapshots to Prometheus at scrape time.
@@ -141,11 +157,12 @@ var (
 	descOverloads = prometheus.NewDesc("modzmq_overloads_total", "Requests refused over the in-flight limit.", []string{"route"}, nil)
 	descEvents    = prometheus.NewDesc("modzmq_endpoint_events_total", "Per endpoint: requests, their outcomes, and connection events.",
 		[]string{"route", "endpoint", "event"}, nil)
+	descGoEntries = prometheus.NewDesc("modzmq_go_entries_total", "Calls from Apache threads into the Go runtime (none for a warm, plain request).", []string{"route"}, nil)
 )
 
 // Describe implements prometheus.Collector.
 func (c Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descResponses, descDuration, descInFlight, descUp, descRetries, descOverloads, descEvents} {
+	for _, d := range []*prometheus.Desc{descResponses, descDuration, descInFlight, descUp, descRetries, descOverloads, descEvents, descGoEntries} {
 		ch <- d
 	}
 }
@@ -169,6 +186,9 @@ func (c Collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstHistogram(descDuration, cum, r.SumSeconds, buckets, r.Route)
 		ch <- prometheus.MustNewConstMetric(descRetries, prometheus.CounterValue, float64(r.Retries), r.Route)
 		ch <- prometheus.MustNewConstMetric(descOverloads, prometheus.CounterValue, float64(r.Overloads), r.Route)
+		if r.GoEntries != nil {
+			ch <- prometheus.MustNewConstMetric(descGoEntries, prometheus.CounterValue, float64(*r.GoEntries), r.Route)
+		}
 		for _, e := range r.Endpoints {
 			ch <- prometheus.MustNewConstMetric(descUp, prometheus.GaugeValue, float64(e.UpIn), r.Route, e.Endpoint)
 			ch <- prometheus.MustNewConstMetric(descInFlight, prometheus.GaugeValue, float64(e.InFlight), r.Route, e.Endpoint)

@@ -62,6 +62,7 @@ func modzmq_go_dial(index, endpoint C.int) (sock unsafe.Pointer) {
 	if c == nil {
 		return nil
 	}
+	c.b.goEntries.Add(1)
 	conn, err := c.Dial(int(endpoint))
 	if err != nil {
 		// The request goes to Go, which tries again and reports the
@@ -95,6 +96,7 @@ func modzmq_go_adopt(req *C.modzmq_request, resp *C.modzmq_response) (rc C.int) 
 	if c == nil {
 		panic(fmt.Sprintf("no client %d", resp.client))
 	}
+	c.b.goEntries.Add(1)
 	conn := &zConn{z: (*C.zmtp_conn)(resp.zconn)}
 	now := time.Now()
 	call := c.Adopt(context.Background(), request(req), bridge.Sent{
@@ -107,5 +109,5 @@ func modzmq_go_adopt(req *C.modzmq_request, resp *C.modzmq_response) (rc C.int) 
 	})
 	deliver(call, resp)
 	call.Step(0)
-	return outcome(call, resp, 0)
+	return outcome(call, c.b, resp, 0)
 }

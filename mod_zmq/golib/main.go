@@ -54,12 +54,18 @@ type backend struct {
 	connectTimeout time.Duration
 	mu             sync.Mutex
 	clients        atomic.Pointer[map[clientKey]*client]
+	// goEntries counts the calls into Go the request path made for it from
+	// Apache threads (modzmq_go_relay, _go_adopt, _go_dial, _resume): the
+	// fast path makes none for a warm, plain request (zmq-status shows the
+	// sum as go_entries).
+	goEntries atomic.Int64
 }
 
 // client is a bridge client with its C fast path (fast.h), which relays the
 // common case without entering Go.
 type client struct {
 	*bridge.Client
+	b     *backend
 	fast  *C.modzmq_fast
 	index int // in clients
 }
@@ -120,7 +126,7 @@ func (b *backend) client(k clientKey) (*client, error) {
 	}
 	clientsMu.Lock()
 	defer clientsMu.Unlock()
-	c := &client{}
+	c := &client{b: b}
 	if list := clients.Load(); list != nil {
 		c.index = len(*list)
 	}
@@ -281,6 +287,7 @@ func modzmq_go_relay(backend C.int, req *C.modzmq_request, resp *C.modzmq_respon
 		setError(&resp.error[0], C.size_t(len(resp.error)), fmt.Sprintf("%v: unknown backend handle %d", bridge.CodeConfig, backend))
 		return C.MODZMQ_EBACKEND
 	}
+	b.goEntries.Add(1)
 	key := clientKey{heartbeat: int64(req.heartbeat_ms), heartbeatTimeout: int64(req.heartbeat_timeout_ms),
 		retries: int(req.retries), retryAll: req.retry_all != 0, maxReply: int64(req.max_reply)}
 	if req.curve_server_cert != nil {
@@ -295,7 +302,7 @@ func modzmq_go_relay(backend C.int, req *C.modzmq_request, resp *C.modzmq_respon
 	}
 	C.modzmq_fast_register(backend, req, client.fast)
 	call := client.Start(context.Background(), request(req), time.Duration(req.timeout_ms)*time.Millisecond)
-	return outcome(call, resp, 0)
+	return outcome(call, b, resp, 0)
 }
 
 // request views req; it stays valid while the call is in progress.
@@ -309,17 +316,23 @@ func request(req *C.modzmq_request) *bridge.Request {
 	}
 }
 
-// outcome reports a call: its result when done, else a handle to resume it
-// with and the connection modzmq_wait waits on (none when Go waits on it
-// itself, in modzmq_resume).
-func outcome(call *bridge.Call, resp *C.modzmq_response, h cgo.Handle) C.int {
+// pending is a call in progress between modzmq_wait and modzmq_resume.
+type pending struct {
+	call *bridge.Call
+	b    *backend
+}
+
+// outcome reports a call for backend b: its result when done, else a
+// handle to resume it with and the connection modzmq_wait waits on (none
+// when Go waits on it itself, in modzmq_resume).
+func outcome(call *bridge.Call, b *backend, resp *C.modzmq_response, h cgo.Handle) C.int {
 	if !call.Done() {
 		resp.zconn = nil
 		if conn, ok := call.Conn().(*zConn); ok {
 			resp.zconn = unsafe.Pointer(conn.z)
 		}
 		if h == 0 {
-			h = cgo.NewHandle(call)
+			h = cgo.NewHandle(&pending{call, b})
 		}
 		resp.call = C.uint64_t(h)
 		resp.wait_ms = C.int(max(call.Wait().Milliseconds(), 1))
@@ -406,14 +419,15 @@ func modzmq_resume(resp *C.modzmq_response) (rc C.int) {
 		}
 	}()
 	h := cgo.Handle(resp.call)
-	call, ok := h.Value().(*bridge.Call)
+	p, ok := h.Value().(*pending)
 	if !ok {
 		setError(&resp.error[0], C.size_t(len(resp.error)), fmt.Sprintf("%v: unknown call handle", bridge.CodePanic))
 		return C.MODZMQ_EINTERNAL
 	}
-	deliver(call, resp)
-	call.Step(goWait(call))
-	return outcome(call, resp, h)
+	p.b.goEntries.Add(1)
+	deliver(p.call, resp)
+	p.call.Step(goWait(p.call))
+	return outcome(p.call, p.b, resp, h)
 }
 
 // goWait is how long a step of call waits in Go: not at all on the

@@ -115,6 +115,7 @@ typedef struct modzmq_response {
 #define MODZMQ_STATS_OFF_RETRIES   618
 #define MODZMQ_STATS_OFF_OVERLOADS 619 /* written by the shim */
 #define MODZMQ_STATS_OFF_INFLIGHT  620 /* gauge */
+#define MODZMQ_STATS_OFF_GO_ENTRIES 621 /* calls from Apache threads into Go */
 #define MODZMQ_STATS_OFF_EP        624
 #define MODZMQ_STATS_BACKEND       (MODZMQ_STATS_OFF_EP + MODZMQ_STATS_ENDPOINTS * MODZMQ_STATS_EP_FIELDS)
 /* Fields of one endpoint, from MODZMQ_STATS_OFF_EP + i * MODZMQ_STATS_EP_FIELDS. */

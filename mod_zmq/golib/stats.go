@@ -29,6 +29,7 @@ const (
 	offRetries    = C.MODZMQ_STATS_OFF_RETRIES
 	offOverloads  = C.MODZMQ_STATS_OFF_OVERLOADS
 	offInFlight   = C.MODZMQ_STATS_OFF_INFLIGHT
+	offGoEntries  = C.MODZMQ_STATS_OFF_GO_ENTRIES
 	offEndpoints  = C.MODZMQ_STATS_OFF_EP
 	epFields      = C.MODZMQ_STATS_EP_FIELDS
 	maxEndpoints  = C.MODZMQ_STATS_ENDPOINTS
@@ -82,6 +83,7 @@ func publish() {
 		block := slot[start : start+statsBackend]
 		sums := &publishSums
 		*sums = [statsBackend]int64{}
+		sums[offGoEntries] = b.goEntries.Load()
 		if m := b.clients.Load(); m != nil {
 			for _, c := range *m {
 				if c.fast != nil {
@@ -172,7 +174,7 @@ func modzmq_status_render(format C.int, sums *C.int64_t, nbackends C.int, proces
 func fromBlock(b *backend, block []int64, processes int64) status.Route {
 	r := status.Route{Route: b.routes, Statuses: map[string]int64{}, Buckets: make([]int64, statusBuckets),
 		SumSeconds: float64(block[offSumNs]) / 1e9, Retries: block[offRetries], Overloads: block[offOverloads],
-		InFlight: block[offInFlight]}
+		InFlight: block[offInFlight], GoEntries: &block[offGoEntries]}
 	for code := 0; code < C.MODZMQ_STATS_CODES; code++ {
 		if n := block[offCodes+code]; n > 0 {
 			r.Statuses[strconv.Itoa(code)] = n
