@@ -74,7 +74,7 @@ $(BUILD)/modzmq-bench: $(wildcard test/bench/*.go)
 	$(GO) build -o $@ ./test/bench
 
 FUZZTIME ?= 2000000x
-FUZZ_TARGETS := FuzzFastDecode:./mod_zmq/golib FuzzZMTPFrames:./mod_zmq/golib FuzzZMTPTransport:./bridge FuzzDecodeReply:./bridge FuzzRequestRoundTrip:./bridge FuzzParseHeaderLines:./bridge FuzzParser:./gateway/stream
+FUZZ_TARGETS := FuzzFastDecode:./mod_zmq/golib FuzzFastEncode:./mod_zmq/golib FuzzZMTPFrames:./mod_zmq/golib FuzzCurveOpen:./bridge FuzzZMTPTransport:./bridge FuzzDecodeReply:./bridge FuzzRequestRoundTrip:./bridge FuzzParseHeaderLines:./bridge FuzzParser:./gateway/stream
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \
 		echo "fuzz $${t%%:*} ($(FUZZTIME))"; \
@@ -90,8 +90,8 @@ fuzz:
 # testdata/fuzz/ included, to print it (with symbols: go test strips them by
 # default). -asan makes fuzzing slow (FuzzFastDecode: about 100 executions a
 # second against thousands), hence the small count. Add a target as Name:package.
-ASAN_FUZZTIME ?= 20000x
-ASAN_FUZZ_TARGETS := FuzzFastDecode:./mod_zmq/golib FuzzZMTPFrames:./mod_zmq/golib
+ASAN_FUZZTIME ?= 10000x
+ASAN_FUZZ_TARGETS := FuzzFastDecode:./mod_zmq/golib FuzzFastEncode:./mod_zmq/golib FuzzZMTPFrames:./mod_zmq/golib
 ASAN_ENV := CGO_CFLAGS='-O1 -g -fno-omit-frame-pointer -fsanitize=undefined -fno-sanitize-recover=undefined' \
 	CGO_LDFLAGS='-fsanitize=undefined' \
 	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 ASAN_OPTIONS=halt_on_error=1:detect_leaks=1

@@ -2,8 +2,9 @@ package bridge
 
 // This file is the reference implementation of the MZMQ/1 wire protocol
 // specified in docs/PROTOCOL.md. The only other one is the Apache module's C
-// fast path (mod_zmq/golib/fast.c), which builds requests the same way and
-// accepts only replies DecodeReply accepts (FuzzFastDecode checks that).
+// fast path (mod_zmq/golib/fast.c), which builds requests as EncodeRequest
+// does (FuzzFastEncode checks that) and accepts only replies DecodeReply
+// accepts (FuzzFastDecode checks that).
 
 import (
 	"bytes"
@@ -53,6 +54,14 @@ func AppendHeader(dst []byte, name, value string) []byte {
 // meta, body]. meta must already start with the request-id line.
 func requestFrames(frames [][]byte, id, meta []byte, r *Request) [][]byte {
 	return append(frames[:0], id, nil, versionFrame, r.Method, r.Target, r.Headers, meta, r.Body)
+}
+
+// EncodeRequest returns the frames the bridge sends for r with request id
+// id: the envelope (id, an empty delimiter) and the six request frames, the
+// meta frame starting with the request-id line. It is the specification of
+// the Apache module's C encoder (FuzzFastEncode compares them).
+func EncodeRequest(id []byte, r *Request) [][]byte {
+	return requestFrames(make([][]byte, 0, 8), id, appendMeta(nil, id, r.Meta), r)
 }
 
 // appendMeta returns the meta frame: the request-id line followed by the

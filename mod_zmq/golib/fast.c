@@ -435,16 +435,14 @@ static void count(modzmq_fast *f, int i, int status, int64_t d)
     }
 }
 
-/* Sends the MZMQ/1 request (docs/PROTOCOL.md; bridge.requestFrames is the
- * reference) with its request-id meta line within timeout_ms; 0 or an errno
- * value. */
-static int send_request(zmtp_conn *conn, int timeout_ms, const modzmq_request *req, const char *id, size_t id_len)
+int modzmq_fast_encode(const modzmq_request *req, const char *id, size_t id_len, char *stack, size_t stack_size,
+                       char **heap, const void **p, size_t *len)
 {
-    char stack[2048], *meta = stack;
     size_t meta_len = sizeof("request-id: ") - 1 + id_len + 2 + req->meta_len;
-    int err;
+    char *meta = stack;
 
-    if (meta_len > sizeof(stack) && (meta = malloc(meta_len)) == NULL) {
+    *heap = NULL;
+    if (meta_len > stack_size && (meta = *heap = malloc(meta_len)) == NULL) {
         return ENOMEM;
     }
     memcpy(meta, "request-id: ", 12);
@@ -453,11 +451,30 @@ static int send_request(zmtp_conn *conn, int timeout_ms, const modzmq_request *r
     if (req->meta_len) {
         memcpy(meta + 14 + id_len, req->meta, req->meta_len);
     }
-    err = modzmq_send(conn, timeout_ms, 8, id, id_len, "", 0, "MZMQ/1", 6, req->method, req->method_len, req->target,
-                      req->target_len, req->headers, req->headers_len, meta, meta_len, req->body, req->body_len);
-    if (meta != stack) {
-        free(meta);
+    p[0] = id, len[0] = id_len;
+    p[1] = "", len[1] = 0;
+    p[2] = "MZMQ/1", len[2] = 6;
+    p[3] = req->method, len[3] = req->method_len;
+    p[4] = req->target, len[4] = req->target_len;
+    p[5] = req->headers, len[5] = req->headers_len;
+    p[6] = meta, len[6] = meta_len;
+    p[7] = req->body, len[7] = req->body_len;
+    return 0;
+}
+
+/* Sends the MZMQ/1 request with its request id within timeout_ms; 0 or an
+ * errno value. */
+static int send_request(zmtp_conn *conn, int timeout_ms, const modzmq_request *req, const char *id, size_t id_len)
+{
+    char stack[2048], *heap;
+    const void *p[8];
+    size_t len[8];
+    int err = modzmq_fast_encode(req, id, id_len, stack, sizeof(stack), &heap, p, len);
+
+    if (err == 0) {
+        err = zmtp_send(conn, timeout_ms, 8, p, len);
     }
+    free(heap);
     return err;
 }
 

@@ -43,6 +43,16 @@ zmtp_conn *modzmq_fast_take(modzmq_fast *f, int endpoint);
 /* Adds the fast path's counters (a MODZMQ_STATS_BACKEND block) to sums. */
 void modzmq_fast_add_stats(modzmq_fast *f, int64_t *sums);
 
+/* Builds the eight frames of an MZMQ/1 request with its envelope, as
+ * bridge.EncodeRequest does (FuzzFastEncode compares them byte for byte):
+ * p and len get [id, "", "MZMQ/1", method, target, headers, meta, body],
+ * pointing into req and into the meta frame, which starts with the
+ * request-id line and is written into stack when it fits stack_size, else
+ * into *heap (malloc()ed, for the caller to free; NULL otherwise). 0 or
+ * ENOMEM. */
+int modzmq_fast_encode(const modzmq_request *req, const char *id, size_t id_len, char *stack, size_t stack_size,
+                       char **heap, const void **p, size_t *len);
+
 /* Checks reply frames (the envelope removed) as bridge.DecodeReply does;
  * 1 with the parts set when valid and no header needs removing, else 0. */
 int modzmq_fast_decode(const char *const *frame, const size_t *len, int n, int64_t max_reply, int *status,

@@ -62,6 +62,44 @@ func fastDecode(frames [][]byte, maxReply int64) (ok bool, resp bridge.Response)
 	return true, resp
 }
 
+// fastEncode runs the fast path's request encoder (modzmq_fast_encode) on
+// r and id copied into C memory, with stackSize bytes of room for the meta
+// frame before it allocates, and returns the frames it built.
+func fastEncode(id []byte, r *bridge.Request, stackSize int) [][]byte {
+	cbytes := func(b []byte) (*C.char, C.size_t) {
+		p := C.malloc(C.size_t(len(b) + 1))
+		copy(unsafe.Slice((*byte)(p), len(b)), b)
+		return (*C.char)(p), C.size_t(len(b))
+	}
+	req := (*C.modzmq_request)(C.calloc(1, C.sizeof_modzmq_request))
+	defer C.free(unsafe.Pointer(req))
+	req.method, req.method_len = cbytes(r.Method)
+	req.target, req.target_len = cbytes(r.Target)
+	req.headers, req.headers_len = cbytes(r.Headers)
+	req.meta, req.meta_len = cbytes(r.Meta)
+	req.body, req.body_len = cbytes(r.Body)
+	cid, idLen := cbytes(id)
+	for _, p := range []*C.char{req.method, req.target, req.headers, req.meta, req.body, cid} {
+		defer C.free(unsafe.Pointer(p))
+	}
+	stack := C.malloc(C.size_t(max(stackSize, 1)))
+	defer C.free(stack)
+	ptrs := (*[8]unsafe.Pointer)(C.calloc(8, C.size_t(unsafe.Sizeof(unsafe.Pointer(nil)))))
+	lens := (*[8]C.size_t)(C.calloc(8, C.size_t(unsafe.Sizeof(C.size_t(0)))))
+	defer C.free(unsafe.Pointer(ptrs))
+	defer C.free(unsafe.Pointer(lens))
+	var heap *C.char
+	if C.modzmq_fast_encode(req, cid, idLen, (*C.char)(stack), C.size_t(stackSize), &heap, &ptrs[0], &lens[0]) != 0 {
+		return nil
+	}
+	defer C.free(unsafe.Pointer(heap))
+	frames := make([][]byte, 8)
+	for i := range frames {
+		frames[i] = C.GoBytes(ptrs[i], C.int(lens[i]))
+	}
+	return frames
+}
+
 // relayed is one request's outcome through the library's entry points.
 type relayed struct {
 	rc                    int
