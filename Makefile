@@ -13,6 +13,10 @@ LIBRARY  = $(LIBEXEC)/libmodzmq.so
 # .c and .h files of mod_zmq/golib into libmodzmq.so).
 GOSRC   := $(shell find bridge internal mod_zmq/golib \( -name '*.go' -o -name '*.c' -o -name '*.h' \) -not -name '*_test.go') go.mod go.sum
 CSRC    := $(wildcard mod_zmq/*.c mod_zmq/*.h) mod_zmq/golib/modzmq.h apxs/build.sh
+# The library's test helpers (mod_zmq/golib/harness.go) and the tests that
+# use them build only with this tag, so they are not linked into the
+# libmodzmq.so users install: run go test and go vet with it.
+TESTTAGS := -tags modzmq_test
 
 .PHONY: all deps install demo test fuzz fuzz-asan bench clean
 all: $(BUILD)/mod_zmq.so $(BUILD)/libmodzmq.so $(BUILD)/go-worker $(BUILD)/brokerworker $(BUILD)/zmq-gateway
@@ -53,8 +57,8 @@ demo: deps all
 	PORT=$(PORT) ./examples/demo.sh
 
 test: deps all
-	$(GO) vet ./...
-	$(GO) test -race -count=1 ./...
+	$(GO) vet $(TESTTAGS) ./...
+	$(GO) test $(TESTTAGS) -race -count=1 ./...
 	$(MAKE) --no-print-directory fuzz FUZZTIME=200000x
 
 # Each fuzz target for FUZZTIME. An execution count (200000x) rather than a
@@ -78,7 +82,7 @@ FUZZ_TARGETS := FuzzFastDecode:./mod_zmq/golib FuzzFastEncode:./mod_zmq/golib Fu
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \
 		echo "fuzz $${t%%:*} ($(FUZZTIME))"; \
-		$(GO) test -run '^$$' -fuzz "^$${t%%:*}$$" -fuzztime $(FUZZTIME) $${t#*:} || exit 1; \
+		$(GO) test $(TESTTAGS) -run '^$$' -fuzz "^$${t%%:*}$$" -fuzztime $(FUZZTIME) $${t#*:} || exit 1; \
 	done
 
 # The fuzz targets that reach the C of mod_zmq/golib (fast.c, zmtp.c, zmqio.c),
@@ -98,8 +102,8 @@ ASAN_ENV := CGO_CFLAGS='-O1 -g -fno-omit-frame-pointer -fsanitize=undefined -fno
 fuzz-asan:
 	@for t in $(ASAN_FUZZ_TARGETS); do \
 		echo "fuzz-asan $${t%%:*} ($(ASAN_FUZZTIME))"; \
-		$(ASAN_ENV) $(GO) test -asan -run '^$$' -fuzz "^$${t%%:*}$$" -fuzztime $(ASAN_FUZZTIME) $${t#*:} || { \
-			$(ASAN_ENV) $(GO) test -asan -ldflags='-s=false -w=false' -count=1 -run "^$${t%%:*}$$" $${t#*:}; exit 1; }; \
+		$(ASAN_ENV) $(GO) test $(TESTTAGS) -asan -run '^$$' -fuzz "^$${t%%:*}$$" -fuzztime $(ASAN_FUZZTIME) $${t#*:} || { \
+			$(ASAN_ENV) $(GO) test $(TESTTAGS) -asan -ldflags='-s=false -w=false' -count=1 -run "^$${t%%:*}$$" $${t#*:}; exit 1; }; \
 	done
 
 clean:

@@ -1,6 +1,9 @@
+//go:build modzmq_test
+
 package main
 
-// Helpers for the package's tests, which cannot use cgo themselves.
+// Helpers for the package's tests, which cannot use cgo themselves. The
+// build tag keeps them out of the library users install; make test sets it.
 
 /*
 #include <stdlib.h>

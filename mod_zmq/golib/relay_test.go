@@ -1,3 +1,5 @@
+//go:build modzmq_test
+
 package main
 
 import (
