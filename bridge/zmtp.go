@@ -22,11 +22,9 @@ import (
 // peer. The Apache module has the same without CURVE in C
 // (mod_zmq/golib/zmtp.c).
 //
-// Requests to one endpoint share a few connections (see shared.go) unless
-// Exclusive is set, which gives each Conn a connection of its own.
+// Requests to one endpoint share a few connections (see shared.go).
 type ZMTP struct {
-	Exclusive bool
-	shared    sessions
+	shared sessions
 }
 
 // Dial connects to endpoint, trying again every 100 ms while nobody
@@ -35,14 +33,7 @@ func (t *ZMTP) Dial(endpoint string, opts DialOptions) (Conn, error) {
 	if _, _, _, ok := zmtpAddr(endpoint); !ok {
 		return nil, fmt.Errorf("%w: endpoint %q", ErrConfig, endpoint)
 	}
-	if !t.Exclusive {
-		return t.dialShared(endpoint, opts)
-	}
-	c := newZMTPConn(endpoint, opts)
-	if err := c.connect(opts.ConnectTimeout); err != nil {
-		return nil, err
-	}
-	return c, nil
+	return t.dialShared(endpoint, opts)
 }
 
 // zmtpAddr maps an endpoint to what a dial needs: tcp://host:port,
@@ -129,8 +120,6 @@ const (
 	zmtpMaxFrames = 5
 	zmtpFrameCost = 64
 	zmtpMaxClaim  = 1 << 40
-	// zmtpIdleBudget bounds what idle reads in one call.
-	zmtpIdleBudget = 64 << 10
 )
 
 var (
@@ -172,8 +161,6 @@ type zmtpConn struct {
 	spans   [zmtpMaxFrames][2]int // offset from r, size
 	seen    int64                 // bytes received since the handshake began
 	err     error                 // once set, the connection is unusable
-	hdr     []byte                // frame headers of the message going out
-	out     net.Buffers
 	// keys, when set, make the connection a CurveZMQ client; curve is its
 	// state once attached, plain the frames of the message being read,
 	// decrypted (their spans are offsets into it).
@@ -525,12 +512,11 @@ func (c *zmtpConn) command(body []byte) error {
 }
 
 // parse parses what has arrived past the message in progress: true when a
-// message is complete (c.spans, c.nframes; c.scan covers it). With
-// stopAtFrame it reports true as soon as a message frame begins instead.
-// Each byte is parsed once, however the bytes arrive.
-func (c *zmtpConn) parse(stopAtFrame bool) (bool, error) {
+// message is complete (c.spans, c.nframes; c.scan covers it). Each byte is
+// parsed once, however the bytes arrive.
+func (c *zmtpConn) parse() (bool, error) {
 	if c.curve != nil {
-		return c.parseSealed(stopAtFrame)
+		return c.parseSealed()
 	}
 	for {
 		at := c.r + c.scan
@@ -539,7 +525,7 @@ func (c *zmtpConn) parse(stopAtFrame bool) (bool, error) {
 			return false, err
 		}
 		if off < 0 {
-			return stopAtFrame && c.w > at && c.buf[at]&zmtpCommand == 0, nil
+			return false, nil
 		}
 		if flags&zmtpCommand != 0 {
 			if err := c.command(c.buf[off : off+size]); err != nil {
@@ -552,9 +538,6 @@ func (c *zmtpConn) parse(stopAtFrame bool) (bool, error) {
 				c.cost += uint64(size) + zmtpFrameCost
 			}
 			continue
-		}
-		if stopAtFrame {
-			return true, nil
 		}
 		c.spans[c.nframes] = [2]int{off - c.r, size}
 		c.nframes++
@@ -571,7 +554,7 @@ func (c *zmtpConn) parse(stopAtFrame bool) (bool, error) {
 // then done with), and the reader's rules apply to what it holds. Whether
 // more follows is inside the box, so a sixth frame is refused when the
 // fifth, opened, announces it.
-func (c *zmtpConn) parseSealed(stopAtFrame bool) (bool, error) {
+func (c *zmtpConn) parseSealed() (bool, error) {
 	for {
 		_, off, size, err := c.frame(c.r, c.nframes, c.cost)
 		if err != nil || off < 0 {
@@ -594,9 +577,6 @@ func (c *zmtpConn) parseSealed(stopAtFrame bool) (bool, error) {
 			}
 			continue // c.plain keeps only message frames
 		}
-		if stopAtFrame {
-			return true, nil
-		}
 		switch {
 		case limit > 0 && c.cost+uint64(len(payload))+zmtpFrameCost > limit:
 			return false, ErrReplyTooLarge
@@ -616,7 +596,7 @@ func (c *zmtpConn) parseSealed(stopAtFrame bool) (bool, error) {
 // next returns the next whole message, copied out, or nil when it has not
 // fully arrived; commands before and among its frames are handled.
 func (c *zmtpConn) next() ([][]byte, error) {
-	done, err := c.parse(false)
+	done, err := c.parse()
 	if err != nil || !done {
 		return nil, err
 	}
@@ -666,62 +646,6 @@ func (c *zmtpConn) fail(err error) error {
 	}
 	c.err = err
 	return err
-}
-
-// idle reads what arrived while the connection sat in a pool without
-// waiting (a bounded amount): nil when it is sound with nothing pending.
-func (c *zmtpConn) idle() error {
-	if c.err != nil {
-		return c.err
-	}
-	for budget := zmtpIdleBudget; ; {
-		c.compact()
-		started, err := c.parse(true)
-		switch {
-		case err != nil:
-			return err
-		case started || c.nframes > 0:
-			return errors.New("a message nobody asked for")
-		}
-		before := c.w
-		err = c.fill(false)
-		if errors.Is(err, os.ErrDeadlineExceeded) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		if budget -= c.w - before; budget <= 0 {
-			return nil
-		}
-	}
-}
-
-func (c *zmtpConn) Send(frames [][]byte, timeout time.Duration) error {
-	if c.idle() != nil {
-		// Closed by the worker while it sat in a pool (a restart, or its
-		// heartbeat timeout), with nothing in flight: connect again, as
-		// libzmq would, within the send's wait.
-		if err := c.connect(timeout); err != nil {
-			c.err = err
-			return err
-		}
-	}
-	var err error
-	if c.curve != nil {
-		c.nc.SetWriteDeadline(time.Now().Add(max(timeout, time.Millisecond)))
-		c.hdr = c.appendFrames(c.hdr[:0], frames)
-		_, err = c.nc.Write(c.hdr)
-	} else {
-		err = writeMessage(c.nc, &c.hdr, &c.out, frames, timeout)
-	}
-	if err != nil {
-		// Part of the request may be out: the connection is never used
-		// again, and the worker discards an incomplete message.
-		c.err = err
-		return fmt.Errorf("%w: send to %s: %v", ErrNoWorker, c.endpoint, err)
-	}
-	return nil
 }
 
 // appendFrames appends frames as one message in the connection's wire

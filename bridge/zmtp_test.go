@@ -17,21 +17,31 @@ import (
 	"github.com/modzmq/modzmq/internal/zmqtest"
 )
 
+// dialZMTP makes one ZMTP connection to endpoint, of the kind shared
+// sessions are made of, for tests of the connection itself.
 func dialZMTP(t *testing.T, endpoint string, opts DialOptions) *zmtpConn {
 	t.Helper()
 	if opts.ConnectTimeout == 0 {
 		opts.ConnectTimeout = 2 * time.Second
 	}
-	conn, err := (&ZMTP{Exclusive: true}).Dial(endpoint, opts)
-	if err != nil {
+	c := newZMTPConn(endpoint, opts)
+	if err := c.connect(opts.ConnectTimeout); err != nil {
 		t.Fatalf("dial %s: %v", endpoint, err)
-	}
-	c, ok := conn.(*zmtpConn)
-	if !ok {
-		t.Fatalf("dial %s: a %T, want the Go ZMTP connection", endpoint, conn)
 	}
 	t.Cleanup(func() { c.Close() })
 	return c
+}
+
+// Send writes frames as one message, as a session's writer would.
+func (c *zmtpConn) Send(frames [][]byte, timeout time.Duration) error {
+	if c.curve != nil {
+		c.nc.SetWriteDeadline(time.Now().Add(max(timeout, time.Millisecond)))
+		_, err := c.nc.Write(c.appendFrames(nil, frames))
+		return err
+	}
+	var hdr []byte
+	var out net.Buffers
+	return writeMessage(c.nc, &hdr, &out, frames, timeout)
 }
 
 func boundRouter(t *testing.T, endpoint string, setup func(*zmq.Socket)) (*zmq.Socket, string) {
@@ -90,35 +100,6 @@ func TestZMTPTransportWithLibzmq(t *testing.T) {
 	ai.Send([][]byte{[]byte("abstract")}, time.Second)
 	if msg, err := a.RecvMessageBytes(0); err != nil || string(msg[1]) != "abstract" {
 		t.Fatalf("abstract ipc ROUTER got %q, %v", msg, err)
-	}
-}
-
-// PINGs from a heartbeating worker are answered whenever Recv reads, so the
-// connection stays; one nobody reads is dropped, and Send connects again.
-func TestZMTPTransportPingsAndReconnects(t *testing.T) {
-	s, ep := boundRouter(t, "tcp://127.0.0.1:*", func(s *zmq.Socket) {
-		s.SetHeartbeatIvl(50 * time.Millisecond)
-		s.SetHeartbeatTimeout(200 * time.Millisecond)
-	})
-	defer s.Close()
-	c := dialZMTP(t, ep, DialOptions{})
-	if _, err := c.Recv(800 * time.Millisecond); err != ErrTimeout {
-		t.Fatalf("waiting through PINGs: %v, want ErrTimeout", err)
-	}
-	if err := c.idle(); err != nil {
-		t.Fatalf("after answering PINGs: %v", err)
-	}
-	idle := dialZMTP(t, ep, DialOptions{})
-	time.Sleep(800 * time.Millisecond)
-	if err := idle.idle(); err == nil {
-		t.Fatal("a connection nobody read was not dropped by the worker")
-	}
-	// Send notices and connects again, with nothing lost.
-	if err := idle.Send([][]byte{[]byte("after")}, time.Second); err != nil {
-		t.Fatalf("send on a dropped pooled connection: %v", err)
-	}
-	if msg, err := s.RecvMessageBytes(0); err != nil || string(msg[1]) != "after" {
-		t.Fatalf("worker got %q, %v", msg, err)
 	}
 }
 
