@@ -2,9 +2,11 @@
  * modzmq_handler.c - the request path.
  *
  * One pass: check the handler, read the body (bounded by ZmqMaxBody), pack
- * headers and trusted metadata, make one call into the Go library, write the
- * reply. Errors map to one status each: no worker 503, timeout 504, bad reply
- * 502, body too large 413; a client that went away gets no error line.
+ * headers and trusted metadata, relay the request through the library
+ * (modzmq_relay, then modzmq_wait and modzmq_resume while it is pending),
+ * write the reply. Errors map to one status each: no worker 503, timeout 504,
+ * bad reply 502, body too large 413; a client that went away gets no error
+ * line.
  */
 #include <stdlib.h>
 #include <string.h>

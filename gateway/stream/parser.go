@@ -57,7 +57,7 @@ type Event int
 // Events returned by Next.
 const (
 	NeedMore Event = iota // feed more bytes
-	Head                  // headers complete; call SetBodyLimit or Reject, then Next again
+	Head                  // headers complete; call SetBodyLimit, then Next again
 	Done                  // a whole request is ready in Request()
 )
 
