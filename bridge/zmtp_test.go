@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -318,5 +319,44 @@ func TestZMTPTransportSourceAddress(t *testing.T) {
 		if _, err := sourceAddr(src); err != nil {
 			t.Errorf("%s: %v", src, err)
 		}
+	}
+}
+
+// The handshake vectors both readers run (internal/zmqtest.ZMTPHandshakes).
+func TestZMTPTransportHandshakes(t *testing.T) {
+	errno := func(err error) syscall.Errno {
+		switch {
+		case err == nil:
+			return 0
+		case errors.Is(err, errZMTPRefused):
+			return syscall.EACCES
+		case errors.Is(err, errZMTPProtocol):
+			return syscall.EPROTO
+		case errors.Is(err, ErrReplyTooLarge):
+			return syscall.EMSGSIZE
+		case errors.Is(err, io.EOF):
+			return syscall.EPIPE
+		}
+		t.Fatalf("an error no vector names: %v", err)
+		return 0
+	}
+	for _, h := range zmqtest.ZMTPHandshakes {
+		fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func(fd int, peer []byte) {
+			syscall.Write(fd, peer)
+			syscall.Shutdown(fd, syscall.SHUT_WR)
+		}(fds[1], h.Peer)
+		f := os.NewFile(uintptr(fds[0]), "zmtp")
+		nc, _ := net.FileConn(f)
+		f.Close()
+		c := &zmtpConn{maxMsgSize: h.Limit}
+		if got := errno(c.attach(nc, time.Now().Add(2*time.Second))); got != h.Want {
+			t.Errorf("%s: %v, want %v", h.Name, got, h.Want)
+		}
+		nc.Close()
+		syscall.Close(fds[1])
 	}
 }

@@ -174,3 +174,58 @@ var SourceAddresses = map[string]bool{
 	"eth0": false, "lo:0": false, "127.0.0.1:": false, "127.0.0.1:x": false, "127.0.0.1:70000": false,
 	"[127.0.0.1": false, "": false, "localhost": false,
 }
+
+// ZMTPHandshake is a peer's side of a handshake, from its greeting on, and
+// what a bridge reader makes of it with a size limit: 0 (accepted), EPROTO
+// (not a ZMTP 3 NULL worker socket that takes a DEALER, or a malformed
+// command), EACCES (a well-formed ERROR: refused), EMSGSIZE (a command over
+// the limit) or EPIPE (the peer stopped early). Both readers run every one,
+// and behave as libzmq 4.3.4 does.
+type ZMTPHandshake struct {
+	Name  string
+	Peer  []byte
+	Limit int64
+	Want  syscall.Errno
+}
+
+// ZMTPHandshakes are the handshake vectors of both readers.
+var ZMTPHandshakes = func() []ZMTPHandshake {
+	greeting := ZMTPPeerHello()[:64]
+	with := func(i int, b byte) []byte {
+		g := append([]byte(nil), greeting...)
+		g[i] = b
+		return g
+	}
+	ready := func(meta ...[]byte) []byte {
+		b := []byte("\x05READY")
+		for _, m := range meta {
+			b = append(b, m...)
+		}
+		return append(append([]byte(nil), greeting...), Frame(4, b)...)
+	}
+	sock := func(t string) []byte { return Property("Socket-Type", []byte(t)) }
+	big := Property("X-Big", make([]byte, 70000))
+	return []ZMTPHandshake{
+		{"ROUTER", ZMTPPeerHello(), 0, 0},
+		{"REP", ready(sock("REP")), 0, 0},
+		{"DEALER", ready(sock("DEALER")), 0, 0},
+		{"no Socket-Type", ready(), 0, 0},
+		{"more properties", ready(sock("ROUTER"), Property("Identity", nil), Property("X-Any", []byte("v"))), 0, 0},
+		{"PUB", ready(sock("PUB")), 0, syscall.EPROTO},
+		{"socket-type in another case is just a property", ready(Property("socket-type", []byte("PUB"))), 0, 0},
+		{"a value past the end", ready(sock("ROUTER"), []byte{5, 'X', '-', 'a', 'b', 'c', 0, 0, 1, 0, 'v'}), 0, syscall.EPROTO},
+		{"a name cut short", ready(sock("ROUTER"), []byte{9, 'X', '-', 'a'}), 0, syscall.EPROTO},
+		{"one byte left over", ready(sock("ROUTER"), []byte{0}), 0, syscall.EPROTO},
+		{"a 70 KB property", ready(sock("ROUTER"), big), 0, 0},
+		{"a 70 KB property over the limit", ready(sock("ROUTER"), big), 1000, syscall.EMSGSIZE},
+		{"CURVE", append(func() []byte { g := append([]byte(nil), greeting...); copy(g[12:], "CURVE"); return g }(), Frame(4, []byte("\x05READY"))...), 0, syscall.EPROTO},
+		{"ZMTP 2", append(with(10, 2), Frame(4, []byte("\x05READY"))...), 0, syscall.EPROTO},
+		{"no signature", append(with(0, 0x7f), Frame(4, []byte("\x05READY"))...), 0, syscall.EPROTO},
+		{"ERROR", append(append([]byte(nil), greeting...), Frame(4, []byte("\x05ERROR\x03bad"))...), 0, syscall.EACCES},
+		{"ERROR without its reason", append(append([]byte(nil), greeting...), Frame(4, []byte("\x05ERROR"))...), 0, syscall.EPROTO},
+		{"PING before READY", append(append([]byte(nil), greeting...), Frame(4, []byte("\x04PING\x00\x00"))...), 0, syscall.EPROTO},
+		{"a message before READY", append(append([]byte(nil), greeting...), Frame(0, []byte("hi"))...), 0, syscall.EPROTO},
+		{"the greeting alone", append([]byte(nil), greeting...), 0, syscall.EPIPE},
+		{"half a greeting", greeting[:30], 0, syscall.EPIPE},
+	}
+}()

@@ -293,3 +293,33 @@ func zmtpBufferAfter(data []byte, maxMsgSize int64) int {
 	}
 	return int(C.zmtp_buffer_size(z))
 }
+
+// zmtpHandshake runs a connection's handshake against peer, a peer's bytes
+// from its greeting on (then the end of its stream), with a size limit:
+// 0 when the connection was made, or the errno zmtp_attach failed with.
+func zmtpHandshake(peer []byte, maxMsgSize int64) syscall.Errno {
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err.(syscall.Errno)
+	}
+	defer syscall.Close(fds[1])
+	for len(peer) > 0 {
+		n, err := syscall.Write(fds[1], peer)
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			return err.(syscall.Errno)
+		}
+		peer = peer[n:]
+	}
+	syscall.Shutdown(fds[1], syscall.SHUT_WR)
+	syscall.SetNonblock(fds[0], true)
+	z, cerr := C.zmtp_attach(C.int(fds[0]), 2000, C.int64_t(maxMsgSize))
+	if z == nil {
+		e, _ := cerr.(syscall.Errno)
+		return e
+	}
+	C.zmtp_close(z)
+	return 0
+}

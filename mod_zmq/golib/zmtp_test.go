@@ -358,3 +358,12 @@ func TestZMTPSourceAddress(t *testing.T) {
 		}
 	}
 }
+
+// The handshake vectors both readers run (internal/zmqtest.ZMTPHandshakes).
+func TestZMTPHandshakes(t *testing.T) {
+	for _, h := range zmqtest.ZMTPHandshakes {
+		if got := zmtpHandshake(h.Peer, h.Limit); got != h.Want {
+			t.Errorf("%s: %v, want %v", h.Name, got, h.Want)
+		}
+	}
+}
