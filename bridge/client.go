@@ -134,7 +134,8 @@ type Client struct {
 }
 
 // NewClient checks opts and returns a client. Connections are made lazily;
-// with heartbeats on, a watch connection per endpoint starts at once.
+// a watch connection per endpoint starts at once, and NewClient waits up to
+// 250 ms (or ConnectTimeout) for their first reports.
 func NewClient(opts Options) (*Client, error) {
 	if len(opts.Endpoints) == 0 {
 		return nil, fmt.Errorf("%w: no endpoints", ErrConfig)

@@ -204,6 +204,12 @@ func (s *session) failed(id string) error {
 
 // read receives every message on the session until it fails.
 func (s *session) read() {
+	defer func() {
+		if p := recover(); p != nil {
+			s.log.Logf(LevelError, CodePanic, "recovered panic reading %s: %v", s.zc.endpoint, p)
+			s.fail(fmt.Errorf("%w: the connection's reader failed", ErrWorkerLost), "")
+		}
+	}()
 	zc := s.zc
 	for {
 		zc.compact()
@@ -260,7 +266,15 @@ func (s *session) queueCommand(body []byte) error {
 	s.writing = s.writing || start
 	s.wmu.Unlock()
 	if start {
-		go s.write(time.Second)
+		go func() {
+			defer func() {
+				if p := recover(); p != nil {
+					s.log.Logf(LevelError, CodePanic, "recovered panic writing to %s: %v", s.zc.endpoint, p)
+					s.fail(fmt.Errorf("%w: the connection's writer failed", ErrWorkerLost), "")
+				}
+			}()
+			s.write(time.Second)
+		}()
 	}
 	return nil
 }

@@ -82,6 +82,11 @@ func (w *watcher) stopped() bool {
 }
 
 func (w *watcher) run() {
+	defer func() {
+		if p := recover(); p != nil {
+			w.opts.Log.Logf(LevelError, CodePanic, "%s: recovered panic in the endpoint's watch, which has stopped: %v", w.endpoint, p)
+		}
+	}()
 	go func() {
 		<-w.stop
 		w.mu.Lock()

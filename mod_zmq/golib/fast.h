@@ -3,7 +3,7 @@
  *
  * Entering Go from an Apache thread costs far more than the Go code it runs:
  * on the 2-core VM of docs/BENCHMARKS.md one call into Go per request cut an
- * otherwise all-C relay's throughput by a quarter (the runtime's hand-offs of
+ * otherwise all-C relay's throughput by a third (the runtime's hand-offs of
  * its P and sysmon wake-ups). So a request whose worker is up, whose connection
  * is pooled, and whose reply comes within the first wait slice, valid and
  * needing no header rewrite, never enters Go: modzmq_relay (here) sends it,

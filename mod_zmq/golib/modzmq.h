@@ -14,7 +14,9 @@
  * the common request without entering Go, and hands anything else to the Go
  * bridge. Waits are plain C in the library (modzmq_wait), so an Apache
  * thread does not wait inside the Go runtime, except on CurveZMQ
- * connections, which Go speaks and waits on (in modzmq_resume).
+ * connections, which Go speaks and waits on (in modzmq_resume), and in a
+ * child's first request with a location's options, which makes its bridge
+ * client and waits up to 250 ms for its endpoints' first reports.
  */
 #ifndef MODZMQ_H
 #define MODZMQ_H

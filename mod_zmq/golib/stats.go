@@ -36,11 +36,14 @@ const (
 	statusBuckets = C.MODZMQ_STATS_BUCKETS
 )
 
-func init() {
-	if len(bridge.Stats{}.Buckets) != statusBuckets || len(bridge.Stats{}.Status) != C.MODZMQ_STATS_CODES {
-		panic("modzmq.h statistics layout does not match package bridge")
-	}
-}
+// modzmq.h's statistics layout is package bridge's: a build where they
+// differ does not compile.
+var (
+	_ [statusBuckets - len(bridge.Stats{}.Buckets)]struct{}
+	_ [len(bridge.Stats{}.Buckets) - statusBuckets]struct{}
+	_ [C.MODZMQ_STATS_CODES - len(bridge.Stats{}.Status)]struct{}
+	_ [len(bridge.Stats{}.Status) - C.MODZMQ_STATS_CODES]struct{}
+)
 
 var statsSlot atomic.Pointer[[]int64]
 
