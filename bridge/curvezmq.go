@@ -312,34 +312,12 @@ func (c *curveClient) ready(body []byte) (map[string]string, error) {
 	return props, nil
 }
 
-// curveMetadata parses READY's properties: name (1-byte length), value
-// (4-byte big-endian length), and checks Socket-Type.
+// curveMetadata reads the metadata in READY's box by the rules of
+// zmtpMetadata, as libzmq does for every mechanism.
 func curveMetadata(b []byte) (map[string]string, error) {
-	props := map[string]string{}
-	socketType := false
-	for len(b) > 0 {
-		nl := int(b[0])
-		if len(b) < 1+nl+4 {
-			return nil, fmt.Errorf("%w: READY metadata is cut short", errCurveProtocol)
-		}
-		name := string(b[1 : 1+nl])
-		vl := binary.BigEndian.Uint32(b[1+nl:])
-		b = b[1+nl+4:]
-		if uint64(vl) > uint64(len(b)) {
-			return nil, fmt.Errorf("%w: READY metadata is cut short", errCurveProtocol)
-		}
-		value := string(b[:vl])
-		b = b[vl:]
-		if strings.EqualFold(name, "Socket-Type") {
-			if value != "ROUTER" && value != "REP" && value != "DEALER" {
-				return nil, fmt.Errorf("%w: the peer is a %q socket, not ROUTER, REP or DEALER", errCurveProtocol, value)
-			}
-			socketType = true
-		}
-		props[name] = value
-	}
-	if !socketType {
-		return nil, fmt.Errorf("%w: READY names no Socket-Type", errCurveProtocol)
+	props, err := zmtpMetadata(b)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", errCurveProtocol, err)
 	}
 	return props, nil
 }

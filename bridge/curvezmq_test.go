@@ -705,7 +705,7 @@ func TestCurveHandshakeErrors(t *testing.T) {
 		{"READY: short", readyCase(curveTestReadyMeta, func(b []byte) []byte { return b[:curveReadyMin-1] }), errCurveProtocol},
 		{"READY: altered", readyCase(curveTestReadyMeta, func(b []byte) []byte { b[len(b)-1] ^= 1; return b }), errCurveCrypto},
 		{"READY: PUB socket", readyCase("\x0bSocket-Type\x00\x00\x00\x03PUB", same), errCurveProtocol},
-		{"READY: no Socket-Type", readyCase("\x08Identity\x00\x00\x00\x00", same), errCurveProtocol},
+		{"READY: a value past its end", readyCase("\x08Identity\x00\x00\x00\x05ab", same), errCurveProtocol},
 		{"READY: cut-short metadata", readyCase(curveTestReadyMeta[:20], same), errCurveProtocol},
 		{"READY: trailing byte", readyCase(curveTestReadyMeta+"\x00", same), errCurveProtocol},
 		{"READY: lower-case name, REP", readyCase("\x0bsocket-type\x00\x00\x00\x03REP", same), nil},

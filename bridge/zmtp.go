@@ -87,8 +87,9 @@ func sourceAddr(src string) (*net.TCPAddr, error) {
 		}
 	}
 	if port != "*" {
+		// One to five digits, as zmtp.c and configtest read it.
 		n, err := strconv.Atoi(port)
-		if err != nil || n < 0 || n > 65535 {
+		if err != nil || len(port) > 5 || strings.TrimLeft(port, "0123456789") != "" || n > 65535 {
 			return nil, bad
 		}
 		a.Port = n
@@ -357,19 +358,28 @@ const zmtpCurveMechanism = "CURVE\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x0
 // zmtpNullMechanism is the mechanism field of a NULL greeting.
 const zmtpNullMechanism = "NULL\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"
 
-// zmtpReadyMetadata checks a READY command's metadata, body[6:], as libzmq
-// 4.3.4 does: properties (a 1-octet name length, the name, a 4-octet value
-// length, the value) fill it exactly, and a Socket-Type property (the name
-// compared exactly) names a socket that talks to a DEALER.
+// zmtpReadyMetadata checks a NULL READY command's metadata, body[6:].
 func zmtpReadyMetadata(body []byte) error {
-	b := body[6:]
+	if _, err := zmtpMetadata(body[6:]); err != nil {
+		return fmt.Errorf("%w: %v", errZMTPProtocol, err)
+	}
+	return nil
+}
+
+// zmtpMetadata reads a READY command's metadata (NULL or CurveZMQ) as
+// libzmq 4.3.4 does: properties (a 1-octet name length, the name, a 4-octet
+// value length, the value) fill it exactly, and a Socket-Type property
+// (the name compared exactly; it may be absent) names a socket that talks
+// to a DEALER. It returns the properties.
+func zmtpMetadata(b []byte) (map[string]string, error) {
+	props := map[string]string{}
 	for len(b) > 1 {
 		nl := int(b[0])
 		b = b[1:]
 		if len(b) < nl {
 			break
 		}
-		name := b[:nl]
+		name := string(b[:nl])
 		b = b[nl:]
 		if len(b) < 4 {
 			break
@@ -379,18 +389,17 @@ func zmtpReadyMetadata(body []byte) error {
 		if uint64(len(b)) < vl {
 			break
 		}
-		value := b[:vl]
+		value := string(b[:vl])
 		b = b[vl:]
-		if string(name) == "Socket-Type" {
-			if t := string(value); t != "ROUTER" && t != "REP" && t != "DEALER" {
-				return errZMTPProtocol
-			}
+		if name == "Socket-Type" && value != "ROUTER" && value != "REP" && value != "DEALER" {
+			return nil, fmt.Errorf("the peer is a %q socket, not ROUTER, REP or DEALER", value)
 		}
+		props[name] = value
 	}
 	if len(b) > 0 {
-		return errZMTPProtocol
+		return nil, errors.New("READY metadata runs past the command or leaves bytes over")
 	}
-	return nil
+	return props, nil
 }
 
 // frame parses the frame header at buf[at:w] by the reader's rules, given
@@ -431,9 +440,14 @@ func (c *zmtpConn) frame(at, nframes int, cost uint64) (flags byte, off, size in
 }
 
 // fill reads what has arrived; with wait, it waits for at least one byte
-// until the read deadline. io.EOF means the peer closed. The buffer doubles
-// only when what arrived fills it.
+// until the read deadline. io.EOF means the peer closed. When what arrived
+// fills the buffer, the bytes already done with make room first; the buffer
+// doubles only when there are none, so it holds at most twice what is still
+// being parsed.
 func (c *zmtpConn) fill(wait bool) error {
+	if c.w == len(c.buf) && c.r > 0 {
+		c.compact()
+	}
 	if c.w == len(c.buf) {
 		nb := make([]byte, 2*len(c.buf))
 		copy(nb, c.buf[:c.w])
@@ -479,11 +493,10 @@ func (c *zmtpConn) fill(wait bool) error {
 	return io.EOF
 }
 
-// compact moves unparsed bytes to the start of the buffer, unless a
-// message is in progress (its frames are where they are).
+// compact moves unparsed bytes to the start of the buffer (the message in
+// progress with them: its frames are offsets from r).
 func (c *zmtpConn) compact() {
 	switch {
-	case c.nframes > 0 && c.curve == nil:
 	case c.r == c.w:
 		c.r, c.w = 0, 0
 	case c.r > 0:
@@ -504,9 +517,11 @@ func (c *zmtpConn) command(body []byte) error {
 		if c.pong != nil {
 			return c.pong(pong)
 		}
+		// A PONG that cannot be written is dropped: the read side meets a
+		// closed connection itself, after what the worker sent before it.
 		c.nc.SetWriteDeadline(time.Now().Add(time.Second))
-		_, err := c.nc.Write(c.appendCommand(nil, pong))
-		return err
+		c.nc.Write(c.appendCommand(nil, pong))
+		return nil
 	}
 	return nil
 }

@@ -360,3 +360,44 @@ func TestZMTPTransportHandshakes(t *testing.T) {
 		syscall.Close(fds[1])
 	}
 }
+
+// A worker that sends commands and never a reply does not grow the buffer:
+// bytes done with make room before it doubles.
+func TestZMTPTransportCommandFloodKeepsTheBufferSmall(t *testing.T) {
+	flood := bytes.Repeat([]byte{4, 1, 0}, 4<<20/3) // a valid, ignored one-byte command
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		data := append(zmqtest.ZMTPPeerHello(), flood...)
+		for len(data) > 0 {
+			n, err := syscall.Write(fds[1], data)
+			if err == syscall.EINTR {
+				continue
+			}
+			if err != nil {
+				return
+			}
+			data = data[n:]
+		}
+		syscall.Shutdown(fds[1], syscall.SHUT_WR)
+	}()
+	defer func() { syscall.Shutdown(fds[1], syscall.SHUT_RDWR); <-done; syscall.Close(fds[1]) }()
+	f := os.NewFile(uintptr(fds[0]), "zmtp")
+	nc, _ := net.FileConn(f)
+	f.Close()
+	c := &zmtpConn{maxMsgSize: 1000}
+	if err := c.attach(nc, time.Now().Add(2*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Recv(5 * time.Second); !errors.Is(err, ErrWorkerLost) {
+		t.Fatalf("commands, then the close: %v, want ErrWorkerLost", err)
+	}
+	if len(c.buf) > 8192 {
+		t.Errorf("4 MiB of commands grew the buffer to %d bytes", len(c.buf))
+	}
+}

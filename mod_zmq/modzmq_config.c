@@ -167,8 +167,8 @@ static int source_ok(const char *src, size_t n)
     if (port != NULL && !(src + n - port == 1 && *port == '*')) {
         long v = 0;
         const char *q;
-        if (port == src + n) {
-            return 0;
+        if (port == src + n || src + n - port > 5) {
+            return 0; /* one to five digits */
         }
         for (q = port; q < src + n; q++) {
             if (*q < '0' || *q > '9' || (v = v * 10 + (*q - '0')) > 65535) {

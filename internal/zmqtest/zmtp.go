@@ -172,7 +172,8 @@ func ZMTPUnreachable(t testing.TB) (nobody, http, pub, zapRefused string) {
 var SourceAddresses = map[string]bool{
 	"127.0.0.1": true, "127.0.0.1:0": true, "127.0.0.1:*": true, "*": true, "*:*": true, "*:0": true,
 	"eth0": false, "lo:0": false, "127.0.0.1:": false, "127.0.0.1:x": false, "127.0.0.1:70000": false,
-	"[127.0.0.1": false, "": false, "localhost": false,
+	"[127.0.0.1": false, "": false, "localhost": false, "127.0.0.1:000000": false, "127.0.0.1:+0": false,
+	"127.0.0.1:-0": false, "127.0.0.1:00000": true,
 }
 
 // ZMTPHandshake is a peer's side of a handshake, from its greeting on, and

@@ -158,11 +158,12 @@ zmtp_conn *modzmq_fast_take(modzmq_fast *f, int endpoint)
 
 int modzmq_fast_put(modzmq_fast *f, int i, zmtp_conn *sock)
 {
-    fast_ep *e = &f->ep[i];
+    fast_ep *e;
     int taken = 0;
     if (i < 0 || i >= f->nendpoints) {
         return 0;
     }
+    e = &f->ep[i];
     pthread_mutex_lock(&e->mu);
     if (e->nidle < FAST_MAX_IDLE) {
         e->idle[e->nidle++] = sock;

@@ -264,6 +264,45 @@ func zmtpStream(data []byte, maxMsgSize int64, chunk int) (msgs [][][]byte, end 
 	}
 }
 
+// zmtpStreamClosing is zmtpStream with a peer that closes its socket,
+// reading nothing, once the handshake is done and data written: the
+// connection's PONGs then fail to go out.
+func zmtpStreamClosing(data []byte, chunk int) (msgs [][][]byte, end syscall.Errno) {
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, err.(syscall.Errno)
+	}
+	if chunk <= 0 {
+		chunk = len(data)
+	}
+	for len(data) > 0 {
+		n, err := syscall.Write(fds[1], data[:min(chunk, len(data))])
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			break
+		}
+		data = data[n:]
+	}
+	syscall.SetNonblock(fds[0], true)
+	z, cerr := C.zmtp_attach(C.int(fds[0]), 2000, 0)
+	syscall.Close(fds[1])
+	if z == nil {
+		e, _ := cerr.(syscall.Errno)
+		return nil, e
+	}
+	c := &zmtpTest{z}
+	defer c.close()
+	for {
+		msg, rc := c.recv(2000)
+		if rc <= 0 {
+			return msgs, syscall.Errno(-rc)
+		}
+		msgs = append(msgs, msg)
+	}
+}
+
 // zmtpLimits are the reader's constants of zmtp.h, for the test that they
 // are the specification's.
 func zmtpLimits() (maxFrames, frameCost int) {
@@ -278,8 +317,26 @@ func zmtpBufferAfter(data []byte, maxMsgSize int64) int {
 	if err != nil {
 		return -1
 	}
-	defer syscall.Close(fds[1])
-	syscall.Write(fds[1], data)
+	done := make(chan struct{})
+	go func() { // data may be more than the socket holds
+		defer close(done)
+		for len(data) > 0 {
+			n, err := syscall.Write(fds[1], data)
+			if err == syscall.EINTR {
+				continue
+			}
+			if err != nil {
+				break
+			}
+			data = data[n:]
+		}
+		syscall.Shutdown(fds[1], syscall.SHUT_WR)
+	}()
+	defer func() {
+		syscall.Shutdown(fds[1], syscall.SHUT_RDWR)
+		<-done
+		syscall.Close(fds[1])
+	}()
 	syscall.SetNonblock(fds[0], true)
 	z := C.zmtp_attach(C.int(fds[0]), 2000, C.int64_t(maxMsgSize))
 	if z == nil {

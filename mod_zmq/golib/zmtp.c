@@ -261,14 +261,20 @@ fail:
 
 /* ---- reading ----------------------------------------------------------- */
 
+static void compact(zmtp_conn *c);
+
 /* Reads what the socket has, waiting until deadline for at least one byte
  * (deadline < 0: not at all); 1 read, 0 nothing (timed out), -errno
- * (-EPIPE: the peer closed). The buffer doubles only when what arrived
- * fills it. */
+ * (-EPIPE: the peer closed). When what arrived fills the buffer, the bytes
+ * already done with make room first; the buffer doubles only when there
+ * are none, so it holds at most twice what is still being parsed. */
 static int fill(zmtp_conn *c, int64_t deadline)
 {
     for (;;) {
         ssize_t n;
+        if (c->w == c->cap && c->r > 0) {
+            compact(c);
+        }
         if (c->w == c->cap) {
             char *b = realloc(c->buf, c->cap * 2);
             if (b == NULL) {
@@ -351,18 +357,21 @@ static int parse_frame(const zmtp_conn *c, size_t at, int nframes, uint64_t cost
 }
 
 /* Writes what the socket takes of buf[0:*n] without waiting; the rest
- * moves to the start of buf. 0 or an errno value. */
-static int send_some(zmtp_conn *c, unsigned char *buf, size_t *n)
+ * moves to the start of buf. A failure drops it all: the read side meets
+ * a closed connection itself, after what the worker sent before it. */
+static void send_some(zmtp_conn *c, unsigned char *buf, size_t *n)
 {
     ssize_t k;
     while ((k = send(c->fd, buf, *n, MSG_NOSIGNAL | MSG_DONTWAIT)) < 0 && errno == EINTR) {
     }
     if (k < 0) {
-        return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : errno;
+        if (errno != EAGAIN && errno != EWOULDBLOCK) {
+            *n = 0;
+        }
+        return;
     }
     memmove(buf, buf + k, *n - (size_t)k);
     *n -= (size_t)k;
-    return 0;
 }
 
 /* Handles a command frame as libzmq does once the handshake is over: PING
@@ -380,20 +389,20 @@ static int command(zmtp_conn *c, size_t off, size_t size)
     if (size >= 7 && b[0] == 4 && memcmp(b + 1, "PING", 4) == 0) {
         /* PING: name, a 2-octet TTL, a context of up to 16 octets to echo */
         size_t ctx = size - 7 > 16 ? 16 : size - 7;
-        if (c->npong > 0) {
-            return send_some(c, c->pong, &c->npong);
+        if (c->npong == 0) {
+            c->pong[0] = F_COMMAND;
+            c->pong[1] = (unsigned char)(5 + ctx);
+            memcpy(c->pong + 2, "\x04PONG", 5);
+            memcpy(c->pong + 7, b + 7, ctx);
+            c->npong = 7 + ctx;
         }
-        c->pong[0] = F_COMMAND;
-        c->pong[1] = (unsigned char)(5 + ctx);
-        memcpy(c->pong + 2, "\x04PONG", 5);
-        memcpy(c->pong + 7, b + 7, ctx);
-        c->npong = 7 + ctx;
-        return send_some(c, c->pong, &c->npong);
+        send_some(c, c->pong, &c->npong);
     }
     return 0;
 }
 
-/* Moves unparsed bytes to the start of the buffer. */
+/* Moves unparsed bytes to the start of the buffer (the message in
+ * progress with them: its frames are offsets from r). */
 static void compact(zmtp_conn *c)
 {
     if (c->r == c->w) {
@@ -457,9 +466,7 @@ int zmtp_recv(zmtp_conn *c, int timeout_ms, const char **frame, size_t *len, int
     if (c->broken) {
         return -c->broken;
     }
-    if (c->nframes == 0) {
-        compact(c); /* a message in progress stays where it is */
-    }
+    compact(c);
     for (;;) {
         rc = parse(c, 0);
         if (rc > 0) {
@@ -600,6 +607,9 @@ int zmtp_send(zmtp_conn *c, int timeout_ms, int n, const void *const *p, const s
     }
     rc = send_all(c, iov, niov, now_ms() + (timeout_ms > 0 ? timeout_ms : 0));
     c->npong = 0;
+    if (rc != 0) {
+        c->broken = rc; /* part of the message may be out */
+    }
     return rc;
 }
 

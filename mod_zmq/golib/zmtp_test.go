@@ -367,3 +367,26 @@ func TestZMTPHandshakes(t *testing.T) {
 		}
 	}
 }
+
+// A worker that sends commands and never a reply does not grow the buffer:
+// bytes done with make room before it doubles.
+func TestZMTPCommandFloodKeepsTheBufferSmall(t *testing.T) {
+	flood := bytes.Repeat([]byte{4, 1, 0}, 4<<20/3) // a valid, ignored one-byte command
+	for _, limit := range []int64{0, 1000} {
+		if got := zmtpBufferAfter(append(zmqtest.ZMTPPeerHello(), flood...), limit); got < 0 || got > 8192 {
+			t.Errorf("limit %d: 4 MiB of commands grew the buffer to %d bytes", limit, got)
+		}
+	}
+}
+
+// A PING just before the reply, from a worker that then closes: the reply
+// is read though the PONG cannot be written, as libzmq reads it.
+func TestZMTPReplyAfterAPingFromAClosingWorker(t *testing.T) {
+	data := append(zmqtest.Frame(4, []byte("\x04PING\x00\x00")), zmqtest.Message([]byte("id"), nil, []byte("ok"))...)
+	for _, chunk := range []int{0, 1} {
+		msgs, end := zmtpStreamClosing(append(zmqtest.ZMTPPeerHello(), data...), chunk)
+		if len(msgs) != 1 || end != syscall.EPIPE && end != syscall.ECONNRESET {
+			t.Errorf("chunks of %d: %d messages ending %v, want the reply, then the close", chunk, len(msgs), end)
+		}
+	}
+}
