@@ -631,7 +631,28 @@ func (c *zmtpConn) next() ([][]byte, error) {
 	}
 	c.r += c.scan
 	c.scan, c.nframes, c.cost, c.plain = 0, 0, 0, c.plain[:0]
+	c.shrink()
 	return msg, nil
+}
+
+// A connection's buffers grown past zmtpShrink (by a large reply, or a
+// burst) go back to zmtpKeep once what is left to parse fits.
+const (
+	zmtpShrink = 1 << 20
+	zmtpKeep   = 64 << 10
+)
+
+// shrink lets go of buffers a large message grew: a long-lived connection
+// does not keep its largest reply's size.
+func (c *zmtpConn) shrink() {
+	if len(c.buf) > zmtpShrink && c.w-c.r <= zmtpKeep {
+		nb := make([]byte, zmtpKeep)
+		c.w = copy(nb, c.buf[c.r:c.w])
+		c.buf, c.r = nb, 0
+	}
+	if cap(c.plain) > zmtpShrink {
+		c.plain = nil
+	}
 }
 
 // partialID returns the first frame of the message being read, when it has

@@ -401,3 +401,45 @@ func TestZMTPTransportCommandFloodKeepsTheBufferSmall(t *testing.T) {
 		t.Errorf("4 MiB of commands grew the buffer to %d bytes", len(c.buf))
 	}
 }
+
+// A connection lets go of the buffer a large reply grew once the reply is
+// out: a long-lived shared connection does not keep its largest reply's size.
+func TestZMTPTransportShrinksAfterALargeReply(t *testing.T) {
+	big := zmqtest.Message([]byte("id"), nil, make([]byte, 3<<20))
+	small := zmqtest.Message([]byte("id"), nil, []byte("ok"))
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		data := append(append(zmqtest.ZMTPPeerHello(), big...), small...)
+		for len(data) > 0 {
+			n, err := syscall.Write(fds[1], data)
+			if err == syscall.EINTR {
+				continue
+			}
+			if err != nil {
+				return
+			}
+			data = data[n:]
+		}
+	}()
+	defer syscall.Close(fds[1])
+	f := os.NewFile(uintptr(fds[0]), "zmtp")
+	nc, _ := net.FileConn(f)
+	f.Close()
+	c := &zmtpConn{}
+	if err := c.attach(nc, time.Now().Add(2*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for _, want := range []int{3 << 20, 2} {
+		msg, err := c.Recv(5 * time.Second)
+		if err != nil || len(msg) != 3 || len(msg[2]) != want {
+			t.Fatalf("reply of %d bytes: %d frames, %v", want, len(msg), err)
+		}
+	}
+	if len(c.buf) > zmtpKeep {
+		t.Errorf("after a 3 MiB reply and a small one the buffer is %d bytes", len(c.buf))
+	}
+}
