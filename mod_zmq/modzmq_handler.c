@@ -87,7 +87,15 @@ static int read_body(request_rec *r, apr_off_t max, const char **out, apr_size_t
         apr_status_t rv = ap_get_brigade(r->input_filters, bb, AP_MODE_READBYTES, APR_BLOCK_READ, 65536);
         if (rv != APR_SUCCESS) {
             int status = ap_map_http_request_error(rv, HTTP_BAD_REQUEST);
-            ap_log_rerror(APLOG_MARK, APLOG_INFO, rv, r, "MODZMQ0015: reading the request body failed (%d)", status);
+            if (rv == AP_FILTER_ERROR) {
+                /* An input filter refused the body (LimitRequestBody, broken
+                 * chunking) and has answered the client itself. */
+                ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, "MODZMQ0015: reading the request body failed: "
+                              "an input filter refused it (LimitRequestBody, or a malformed body)");
+            }
+            else {
+                ap_log_rerror(APLOG_MARK, APLOG_INFO, rv, r, "MODZMQ0015: reading the request body failed (%d)", status);
+            }
             return status;
         }
         for (b = APR_BRIGADE_FIRST(bb); b != APR_BRIGADE_SENTINEL(bb); b = APR_BUCKET_NEXT(b)) {

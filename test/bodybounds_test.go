@@ -182,7 +182,7 @@ func TestHugeContentLengthWithNoBodyLimitApache(t *testing.T) {
 		name, loc, logged string
 		status            int
 	}{
-		{"LimitRequestBody-default", "/u", `MODZMQ0015: reading the request body failed`, 413},
+		{"LimitRequestBody-default", "/u", `MODZMQ0015: reading the request body failed: an input filter refused it`, 413},
 		{"LimitRequestBody-0", "/n", `MODZMQ0015: reading the request body failed \(400\)`, 400},
 	} {
 		loc := tt.loc
