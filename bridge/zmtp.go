@@ -161,6 +161,7 @@ type zmtpConn struct {
 	cost    uint64
 	spans   [zmtpMaxFrames][2]int // offset from r, size
 	seen    int64                 // bytes received since the handshake began
+	headers int64                 // frame headers looked at (tests: each is parsed once)
 	err     error                 // once set, the connection is unusable
 	// keys, when set, make the connection a CurveZMQ client; curve is its
 	// state once attached, plain the frames of the message being read,
@@ -407,6 +408,7 @@ func zmtpMetadata(b []byte) (map[string]string, error) {
 // its body's offset and size once it has fully arrived, an offset of -1
 // when it has not, or the error that refuses its header.
 func (c *zmtpConn) frame(at, nframes int, cost uint64) (flags byte, off, size int, err error) {
+	c.headers++
 	have := c.w - at
 	if have < 2 {
 		return 0, -1, 0, nil

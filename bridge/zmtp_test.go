@@ -443,3 +443,64 @@ func TestZMTPTransportShrinksAfterALargeReply(t *testing.T) {
 		t.Errorf("after a 3 MiB reply and a small one the buffer is %d bytes", len(c.buf))
 	}
 }
+
+// Parsing is incremental: however the bytes arrive, the reader looks at
+// each frame header once, and once more per read that ends inside a frame,
+// never again at the frames of the message so far.
+func TestZMTPTransportParsesEachHeaderOnce(t *testing.T) {
+	const pings = 2000
+	data := zmqtest.Frame(1, []byte("id"))
+	for range pings {
+		data = append(data, zmqtest.Frame(4, []byte("\x04PING\x00\x00"))...)
+	}
+	data = append(data, zmqtest.Message(nil, []byte("ok"))...)
+	for _, chunk := range []int{7, 4096} {
+		fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		all := append(zmqtest.ZMTPPeerHello(), data...)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for b := all; len(b) > 0; {
+				n, err := syscall.Write(fds[1], b[:min(chunk, len(b))])
+				if err == syscall.EINTR {
+					continue
+				}
+				if err != nil {
+					return
+				}
+				b = b[n:]
+			}
+			syscall.Shutdown(fds[1], syscall.SHUT_WR)
+		}()
+		drained := make(chan struct{})
+		go func() { // the PONGs
+			defer close(drained)
+			var sink [4096]byte
+			for {
+				if n, err := syscall.Read(fds[1], sink[:]); n <= 0 && err != syscall.EINTR {
+					return
+				}
+			}
+		}()
+		f := os.NewFile(uintptr(fds[0]), "zmtp")
+		nc, _ := net.FileConn(f)
+		f.Close()
+		c := &zmtpConn{}
+		if err := c.attach(nc, time.Now().Add(2*time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		msg, err := c.Recv(5 * time.Second)
+		frames, reads := int64(pings+3+1), int64((len(all)+chunk-1)/chunk)
+		if err != nil || len(msg) != 3 || c.headers > frames+reads+2 {
+			t.Errorf("chunks of %d: %d frames, %v; %d header looks for %d frames in at most %d reads", chunk, len(msg), err, c.headers, frames, reads)
+		}
+		c.Close()
+		syscall.Shutdown(fds[1], syscall.SHUT_RDWR)
+		<-done
+		<-drained
+		syscall.Close(fds[1])
+	}
+}

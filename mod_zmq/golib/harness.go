@@ -303,6 +303,45 @@ func zmtpStreamClosing(data []byte, chunk int) (msgs [][][]byte, end syscall.Err
 	}
 }
 
+// zmtpHeadersParsed feeds data (a peer's bytes from its greeting on) to a
+// connection chunk bytes at a time, reads it all, and returns how many
+// messages it read and how many times the reader looked at a frame header.
+func zmtpHeadersParsed(data []byte, chunk int) (msgs int, headers uint64) {
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return 0, 0
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for len(data) > 0 {
+			n, err := syscall.Write(fds[1], data[:min(chunk, len(data))])
+			if err == syscall.EINTR {
+				continue
+			}
+			if err != nil {
+				break
+			}
+			data = data[n:]
+		}
+		syscall.Shutdown(fds[1], syscall.SHUT_WR)
+	}()
+	defer func() { syscall.Shutdown(fds[1], syscall.SHUT_RDWR); <-done; syscall.Close(fds[1]) }()
+	syscall.SetNonblock(fds[0], true)
+	z := C.zmtp_attach(C.int(fds[0]), 2000, 0)
+	if z == nil {
+		return 0, 0
+	}
+	defer C.zmtp_close(z)
+	var frame [C.ZMTP_MAX_RECV_FRAMES]*C.char
+	var size [C.ZMTP_MAX_RECV_FRAMES]C.size_t
+	var n C.int
+	for C.zmtp_recv(z, 2000, &frame[0], &size[0], &n) > 0 {
+		msgs++
+	}
+	return msgs, uint64(C.zmtp_headers_parsed(z))
+}
+
 // zmtpLimits are the reader's constants of zmtp.h, for the test that they
 // are the specification's.
 func zmtpLimits() (maxFrames, frameCost int) {

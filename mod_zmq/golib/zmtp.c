@@ -41,6 +41,7 @@ struct zmtp_conn {
     /* The rest of a PONG the socket took only part of. */
     unsigned char pong[2 + 5 + 16];
     size_t npong;
+    uint64_t headers; /* frame headers looked at, to show each is parsed once */
 };
 
 #define ZMTP_BUF 4096
@@ -312,7 +313,7 @@ static int fill(zmtp_conn *c, int64_t deadline)
  * kept of it), -errno as soon as the header is refused (see zmtp.h):
  * -EMSGSIZE for its size, -E2BIG for a message frame that announces one
  * frame too many. nframes and cost describe the message in progress. */
-static int parse_frame(const zmtp_conn *c, size_t at, int nframes, uint64_t cost, int *flags, size_t *off,
+static int parse_frame(zmtp_conn *c, size_t at, int nframes, uint64_t cost, int *flags, size_t *off,
                        size_t *size)
 {
     size_t have = c->w - at, hdr;
@@ -320,6 +321,7 @@ static int parse_frame(const zmtp_conn *c, size_t at, int nframes, uint64_t cost
     uint64_t n = 0, limit = c->max_msg_size > 0 ? (uint64_t)c->max_msg_size : 0;
     int i;
 
+    c->headers++;
     if (have < 2) {
         return 0;
     }
@@ -828,3 +830,5 @@ int zmtp_redial(zmtp_conn *c, int timeout_ms)
 int zmtp_fd(const zmtp_conn *c) { return c->fd; }
 
 size_t zmtp_buffer_size(const zmtp_conn *c) { return c->cap; }
+
+uint64_t zmtp_headers_parsed(const zmtp_conn *c) { return c->headers; }

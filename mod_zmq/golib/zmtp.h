@@ -64,8 +64,11 @@ int zmtp_redial(zmtp_conn *c, int timeout_ms);
  * new one. So a reply outlives its connection's return to a pool. */
 char *zmtp_detach(zmtp_conn *c);
 int zmtp_fd(const zmtp_conn *c);
-/* The size of the connection's read buffer, which the reader's rules bound. */
+/* The size of the connection's read buffer, which the reader's rules bound,
+ * and how many times it has looked at a frame header (once per frame, and
+ * once more per read that ends inside one): for tests. */
 size_t zmtp_buffer_size(const zmtp_conn *c);
+uint64_t zmtp_headers_parsed(const zmtp_conn *c);
 
 /* Writes one message of n frames (n <= ZMTP_MAX_FRAMES) within timeout_ms;
  * 0 or an errno value (then the connection is unusable). */

@@ -390,3 +390,29 @@ func TestZMTPReplyAfterAPingFromAClosingWorker(t *testing.T) {
 		}
 	}
 }
+
+// zmtpPingsAmidAReply is a reply whose first frame is followed by n PINGs
+// before the rest: with no size limit, all of them are one message's.
+func zmtpPingsAmidAReply(n int) []byte {
+	b := zmqtest.Frame(1, []byte("id"))
+	for range n {
+		b = append(b, zmqtest.Frame(4, []byte("\x04PING\x00\x00"))...)
+	}
+	return append(b, zmqtest.Message(nil, []byte("ok"))...)
+}
+
+// Parsing is incremental: however the bytes arrive, the reader looks at
+// each frame header once, and once more per read that ends inside a frame,
+// never again at the frames of the message so far.
+func TestZMTPParsesEachHeaderOnce(t *testing.T) {
+	const pings = 2000
+	data := zmtpPingsAmidAReply(pings)
+	for _, chunk := range []int{1, 7, 4096} {
+		msgs, headers := zmtpHeadersParsed(append(zmqtest.ZMTPPeerHello(), data...), chunk)
+		frames := uint64(pings + 3 + 1) // the message's, and the peer's READY
+		reads := uint64((len(zmqtest.ZMTPPeerHello()) + len(data) + chunk - 1) / chunk)
+		if msgs != 1 || headers > frames+reads+2 {
+			t.Errorf("chunks of %d: %d messages; %d header looks for %d frames in at most %d reads", chunk, msgs, headers, frames, reads)
+		}
+	}
+}
