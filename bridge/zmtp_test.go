@@ -345,7 +345,11 @@ func TestZMTPTransportHandshakes(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		// The peer is done before fds[1] closes: a late Shutdown would hit
+		// whatever socket reuses the descriptor number, the next vector's.
+		wrote := make(chan struct{})
 		go func(fd int, peer []byte) {
+			defer close(wrote)
 			syscall.Write(fd, peer)
 			syscall.Shutdown(fd, syscall.SHUT_WR)
 		}(fds[1], h.Peer)
@@ -357,6 +361,7 @@ func TestZMTPTransportHandshakes(t *testing.T) {
 			t.Errorf("%s: %v, want %v", h.Name, got, h.Want)
 		}
 		nc.Close()
+		<-wrote
 		syscall.Close(fds[1])
 	}
 }
