@@ -483,6 +483,7 @@ static int send_request(zmtp_conn *conn, int timeout_ms, const modzmq_request *r
  * a code of modzmq_relay. */
 static int fast_relay(modzmq_fast *f, modzmq_request *req, modzmq_response *resp)
 {
+    modzmq_call *st = MODZMQ_CALL(resp);
     int i = pick(f), want;
     int64_t start = now_ns(), timeout_ms = req->timeout_ms > 0 ? req->timeout_ms : f->timeout_ms;
     zmtp_conn *sock;
@@ -502,11 +503,11 @@ static int fast_relay(modzmq_fast *f, modzmq_request *req, modzmq_response *resp
     if (want < 1) {
         want = 1;
     }
-    resp->id_len = (size_t)snprintf(resp->id, sizeof(resp->id), "%s%" PRIu64, f->prefix,
+    st->id_len = (size_t)snprintf(st->id, sizeof(st->id), "%s%" PRIu64, f->prefix,
                                     __atomic_add_fetch(&f->seq, 1, __ATOMIC_RELAXED));
-    resp->epoch = __atomic_load_n(&e->epoch, __ATOMIC_ACQUIRE);
+    st->epoch = __atomic_load_n(&e->epoch, __ATOMIC_ACQUIRE);
     __atomic_fetch_add(&e->in_flight, 1, __ATOMIC_RELAXED);
-    if (send_request(sock, want, req, resp->id, resp->id_len) != 0) {
+    if (send_request(sock, want, req, st->id, st->id_len) != 0) {
         /* The worker did not take it (the connection is closed, and a
          * worker discards an incomplete message): Go tries again, by its
          * rules. */
@@ -516,9 +517,9 @@ static int fast_relay(modzmq_fast *f, modzmq_request *req, modzmq_response *resp
     }
     modzmq_zreceive(sock, timeout_ms < FAST_SLICE_MS ? (int)timeout_ms : FAST_SLICE_MS, resp);
     __atomic_fetch_sub(&e->in_flight, 1, __ATOMIC_RELAXED);
-    if (resp->nframes >= 3 && resp->frame_len[0] == resp->id_len &&
-        memcmp(resp->frame[0], resp->id, resp->id_len) == 0 && resp->frame_len[1] == 0 &&
-        modzmq_fast_decode(resp->frame + 2, resp->frame_len + 2, resp->nframes - 2, f->max_reply, &resp->status,
+    if (st->nframes >= 3 && st->frame_len[0] == st->id_len &&
+        memcmp(st->frame[0], st->id, st->id_len) == 0 && st->frame_len[1] == 0 &&
+        modzmq_fast_decode(st->frame + 2, st->frame_len + 2, st->nframes - 2, f->max_reply, &resp->status,
                            &resp->reason, &resp->reason_len, &resp->headers, &resp->headers_len, &resp->body,
                            &resp->body_len)) {
         if (!modzmq_fast_put(f, i, sock)) {
@@ -529,11 +530,11 @@ static int fast_relay(modzmq_fast *f, modzmq_request *req, modzmq_response *resp
     }
     /* No reply yet, or one Go must look at (stale, invalid, a header to
      * remove): Go takes the request over, with what was received. */
-    resp->client = f->client;
-    resp->endpoint = i;
-    resp->zconn = sock;
-    resp->elapsed_ns = now_ns() - start;
-    resp->remaining_ns = timeout_ms * 1000000 - resp->elapsed_ns;
+    st->client = f->client;
+    st->endpoint = i;
+    st->zconn = sock;
+    st->elapsed_ns = now_ns() - start;
+    st->remaining_ns = timeout_ms * 1000000 - st->elapsed_ns;
     return modzmq_go_adopt(req, resp);
 }
 
@@ -541,10 +542,7 @@ int modzmq_relay(int backend, modzmq_request *req, modzmq_response *resp)
 {
     modzmq_fast *f = lookup(backend, req);
 
-    resp->block = resp->zbuf = NULL;
-    resp->nframes = 0;
-    resp->call = 0;
-    resp->zconn = NULL;
+    memset(MODZMQ_CALL(resp), 0, sizeof(modzmq_call));
     if (f != NULL) {
         int rc = fast_relay(f, req, resp);
         if (rc >= 0) {

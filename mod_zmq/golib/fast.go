@@ -3,6 +3,7 @@ package main
 /*
 #include <stdlib.h>
 #include "fast.h"
+#include "zmqio.h"
 #include "zmtp.h"
 */
 import "C"
@@ -92,20 +93,21 @@ func modzmq_go_adopt(req *C.modzmq_request, resp *C.modzmq_response) (rc C.int) 
 			rc = C.MODZMQ_EINTERNAL
 		}
 	}()
-	c := clientAt(resp.client)
+	st := callState(resp)
+	c := clientAt(st.client)
 	if c == nil {
-		panic(fmt.Sprintf("no client %d", resp.client))
+		panic(fmt.Sprintf("no client %d", st.client))
 	}
 	c.b.goEntries.Add(1)
-	conn := &zConn{z: (*C.zmtp_conn)(resp.zconn)}
+	conn := &zConn{z: (*C.zmtp_conn)(st.zconn)}
 	now := time.Now()
 	call := c.Adopt(context.Background(), request(req), bridge.Sent{
-		Endpoint: int(resp.endpoint),
+		Endpoint: int(st.endpoint),
 		Conn:     conn,
-		ID:       view(&resp.id[0], resp.id_len),
-		Epoch:    uint64(resp.epoch),
-		Start:    now.Add(-time.Duration(resp.elapsed_ns)),
-		Deadline: now.Add(time.Duration(resp.remaining_ns)),
+		ID:       view(&st.id[0], st.id_len),
+		Epoch:    uint64(st.epoch),
+		Start:    now.Add(-time.Duration(st.elapsed_ns)),
+		Deadline: now.Add(time.Duration(st.remaining_ns)),
 	})
 	deliver(call, resp)
 	call.Step(0)

@@ -20,9 +20,9 @@ int modzmq_relay(int backend, modzmq_request *req, modzmq_response *resp);
 // Waits for resp's connection to have input, receiving nothing.
 static void poll_only(modzmq_response *resp)
 {
-    if (resp->zconn != NULL) {
-        struct pollfd p = {zmtp_fd(resp->zconn), POLLIN, 0};
-        poll(&p, 1, resp->wait_ms);
+    if (MODZMQ_CALL(resp)->zconn != NULL) {
+        struct pollfd p = {zmtp_fd(MODZMQ_CALL(resp)->zconn), POLLIN, 0};
+        poll(&p, 1, MODZMQ_CALL(resp)->wait_ms);
     }
 }
 */

@@ -9,6 +9,7 @@ package main
 #include <stdlib.h>
 #include "modzmq.h"
 #include "fast.h"
+#include "zmqio.h"
 #include "zmtp.h"
 
 static void modzmq_call_log(modzmq_log_fn fn, int level, const char *msg) { fn(level, msg); }
@@ -316,6 +317,12 @@ func request(req *C.modzmq_request) *bridge.Request {
 	}
 }
 
+// callState is the library's state of the call in resp (zmqio.h): the part
+// of a modzmq_response the caller never touches.
+func callState(resp *C.modzmq_response) *C.modzmq_call {
+	return (*C.modzmq_call)(unsafe.Pointer(&resp.state))
+}
+
 // pending is a call in progress between modzmq_wait and modzmq_resume.
 type pending struct {
 	call *bridge.Call
@@ -326,23 +333,24 @@ type pending struct {
 // handle to resume it with and the connection modzmq_wait waits on (none
 // when Go waits on it itself, in modzmq_resume).
 func outcome(call *bridge.Call, b *backend, resp *C.modzmq_response, h cgo.Handle) C.int {
+	st := callState(resp)
 	if !call.Done() {
-		resp.zconn = nil
+		st.zconn = nil
 		if conn, ok := call.Conn().(*zConn); ok {
-			resp.zconn = unsafe.Pointer(conn.z)
+			st.zconn = unsafe.Pointer(conn.z)
 		}
 		if h == 0 {
 			h = cgo.NewHandle(&pending{call, b})
 		}
-		resp.call = C.uint64_t(h)
-		resp.wait_ms = C.int(max(call.Wait().Milliseconds(), 1))
+		st.call = C.uint64_t(h)
+		st.wait_ms = C.int(max(call.Wait().Milliseconds(), 1))
 		return C.MODZMQ_PENDING
 	}
 	if h != 0 {
 		h.Delete()
 	}
-	resp.call = 0
-	resp.zconn = nil
+	st.call = 0
+	st.zconn = nil
 	out, err := call.Result()
 	if err != nil {
 		setError(&resp.error[0], C.size_t(len(resp.error)), fmt.Sprintf("%v: %v", bridge.CodeOf(err), err))
@@ -380,7 +388,7 @@ func outcome(call *bridge.Call, b *backend, resp *C.modzmq_response, h cgo.Handl
 			setError(&resp.error[0], C.size_t(len(resp.error)), fmt.Sprintf("%v: out of memory for %d bytes of reply", bridge.CodeSocket, outside))
 			return C.MODZMQ_EINTERNAL
 		}
-		resp.block = (*C.char)(block)
+		st.block = (*C.char)(block)
 		dst := unsafe.Slice((*byte)(block), outside)
 		for _, p := range parts {
 			if *p.ptr == nil && len(p.b) > 0 {
@@ -400,9 +408,10 @@ func inFrames(resp *C.modzmq_response, b []byte) (*C.char, C.size_t) {
 		return nil, 0
 	}
 	p := uintptr(unsafe.Pointer(&b[0]))
-	for i := 0; i < int(resp.nframes); i++ {
-		start := uintptr(unsafe.Pointer(resp.frame[i]))
-		if p >= start && p+uintptr(len(b)) <= start+uintptr(resp.frame_len[i]) {
+	st := callState(resp)
+	for i := 0; i < int(st.nframes); i++ {
+		start := uintptr(unsafe.Pointer(st.frame[i]))
+		if p >= start && p+uintptr(len(b)) <= start+uintptr(st.frame_len[i]) {
 			return (*C.char)(unsafe.Pointer(&b[0])), C.size_t(len(b))
 		}
 	}
@@ -418,7 +427,7 @@ func modzmq_resume(resp *C.modzmq_response) (rc C.int) {
 			rc = C.MODZMQ_EINTERNAL
 		}
 	}()
-	h := cgo.Handle(resp.call)
+	h := cgo.Handle(callState(resp).call)
 	p, ok := h.Value().(*pending)
 	if !ok {
 		setError(&resp.error[0], C.size_t(len(resp.error)), fmt.Sprintf("%v: unknown call handle", bridge.CodePanic))
@@ -445,12 +454,13 @@ func goWait(call *bridge.Call) time.Duration {
 // connection (a zConn: Go's own connections receive for themselves): views
 // of its frames.
 func deliver(call *bridge.Call, resp *C.modzmq_response) {
-	if resp.nframes == 0 || call.Done() {
+	st := callState(resp)
+	if st.nframes == 0 || call.Done() {
 		return
 	}
-	frames := make([][]byte, resp.nframes)
-	for i := 0; i < int(resp.nframes); i++ {
-		frames[i] = view(resp.frame[i], resp.frame_len[i])
+	frames := make([][]byte, st.nframes)
+	for i := range frames {
+		frames[i] = view(st.frame[i], st.frame_len[i])
 	}
 	call.Conn().(interface{ deliver([][]byte) }).deliver(frames)
 }

@@ -62,38 +62,26 @@ typedef struct modzmq_request {
 /*
  * One reply. On MODZMQ_OK, status is set and body, headers (the validated
  * "Name: value\r\n" lines, hop-by-hop fields removed) and reason (possibly
- * empty) point into the reply's frames or into block; they stay valid until
+ * empty) point into the reply's frames or a block of the library's; they stay valid until
  * modzmq_release(resp). On any other code, error holds a NUL-terminated
  * "MODZMQnnnn: ..." line.
  *
- * The caller declares the struct and never touches the fields below error:
- * they carry the request in progress between the library's functions. The
- * request's reply frames are read into a buffer it holds (no copy between
- * the connection and the caller); modzmq_release frees it.
+ * The caller declares the struct and never touches state: it carries the
+ * call in progress between the library's functions (the reply's frames,
+ * read into a buffer it holds without a copy; modzmq_release frees it).
  */
+#define MODZMQ_CALL_STATE 512
 typedef struct modzmq_response {
     int         status;
     const char *body;    size_t body_len;
     const char *headers; size_t headers_len;
     const char *reason;  size_t reason_len;
     char        error[256];
-
-    /* The library's own (see above). */
-    char      *block;                           /* malloc()ed for parts not inside the frames */
-    char      *zbuf;                            /* malloc()ed: holds the frames */
-    uint64_t   call;                            /* the call in progress */
-    void      *zconn;                           /* the ZMTP connection (zmtp.h) its reply comes on, or
-                                                   NULL when Go waits on the call's connection itself */
-    int        wait_ms;                         /* how long modzmq_wait may wait */
-    int        nframes;                         /* frames of the message received */
-    const char *frame[MODZMQ_MAX_FRAMES];
-    size_t     frame_len[MODZMQ_MAX_FRAMES];
-    /* A request the C fast path sent and hands over to Go. */
-    int        client, endpoint;
-    uint64_t   epoch;
-    int64_t    elapsed_ns, remaining_ns;
-    size_t     id_len;
-    char       id[64];
+    union {                                     /* the library's own */
+        unsigned char bytes[MODZMQ_CALL_STATE];
+        void         *align_ptr;
+        int64_t       align_int;
+    } state;
 } modzmq_response;
 
 /*

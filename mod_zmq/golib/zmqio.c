@@ -22,28 +22,31 @@ int modzmq_send(void *conn, int timeout_ms, int n,
 
 void modzmq_release(modzmq_response *resp)
 {
-    free(resp->zbuf);
-    resp->zbuf = NULL;
-    resp->nframes = 0;
-    free(resp->block);
-    resp->block = NULL;
+    modzmq_call *st = MODZMQ_CALL(resp);
+    free(st->zbuf);
+    st->zbuf = NULL;
+    st->nframes = 0;
+    free(st->block);
+    st->block = NULL;
 }
 
 void modzmq_zreceive(void *conn, int timeout_ms, modzmq_response *resp)
 {
+    modzmq_call *st = MODZMQ_CALL(resp);
     int nframes;
-    if (zmtp_recv(conn, timeout_ms, resp->frame, resp->frame_len, &nframes) > 0) {
-        resp->nframes = nframes;
-        resp->zbuf = zmtp_detach(conn);
+    if (zmtp_recv(conn, timeout_ms, st->frame, st->frame_len, &nframes) > 0) {
+        st->nframes = nframes;
+        st->zbuf = zmtp_detach(conn);
     }
     /* else nothing yet, or a failure the connection keeps for Go to meet */
 }
 
 void modzmq_wait(modzmq_response *resp)
 {
+    modzmq_call *st = MODZMQ_CALL(resp);
     modzmq_release(resp);
-    if (resp->zconn != NULL) {
-        modzmq_zreceive(resp->zconn, resp->wait_ms, resp);
+    if (st->zconn != NULL) {
+        modzmq_zreceive(st->zconn, st->wait_ms, resp);
     }
     /* else a connection Go waits on itself (modzmq_resume) */
 }

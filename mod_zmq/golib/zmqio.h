@@ -11,6 +11,32 @@
 
 #include "modzmq.h"
 
+/* The library's state of a call in progress, kept in a modzmq_response's
+ * state (MODZMQ_CALL): what modzmq_wait received, the Go call to resume,
+ * and what the fast path hands over to Go. */
+typedef struct modzmq_call {
+    char       *block;                          /* malloc()ed for reply parts not inside the frames */
+    char       *zbuf;                           /* malloc()ed: holds the frames */
+    uint64_t    call;                           /* the Go call in progress (a cgo.Handle) */
+    void       *zconn;                          /* the ZMTP connection (zmtp.h) its reply comes on, or
+                                                   NULL when Go waits on the call's connection itself */
+    int         wait_ms;                        /* how long modzmq_wait may wait */
+    int         nframes;                        /* frames of the message received */
+    const char *frame[MODZMQ_MAX_FRAMES];
+    size_t      frame_len[MODZMQ_MAX_FRAMES];
+    /* A request the C fast path sent and hands over to Go. */
+    int         client, endpoint;
+    uint64_t    epoch;
+    int64_t     elapsed_ns, remaining_ns;
+    size_t      id_len;
+    char        id[64];
+} modzmq_call;
+
+_Static_assert(sizeof(modzmq_call) <= MODZMQ_CALL_STATE, "a call's state fits a modzmq_response");
+
+/* The call state of resp. */
+#define MODZMQ_CALL(resp) ((modzmq_call *)(void *)(resp)->state.bytes)
+
 /* Writes one message of n frames (n <= 8) on a ZMTP connection (zmtp.h)
  * within timeout_ms. The frames are arguments because Go may not pass an
  * array of pointers to its memory. Returns 0 or an errno value (the
