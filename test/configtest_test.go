@@ -92,7 +92,11 @@ func TestUnloadableLibraryGives503(t *testing.T) {
 	notLib := filepath.Join(dir, "libnot.so")
 	os.WriteFile(notLib, []byte("not an ELF file"), 0o644)
 	for lib, code := range map[string]string{filepath.Join(dir, "missing.so"): "MODZMQ0001", notLib: "MODZMQ0002"} {
-		h := startHTTPD(t, httpdParams{MPM: "event", LibraryOverride: lib,
+		// Prefork: the event MPM, stopped a moment after it started on a
+		// busy machine, has logged errors here that are not about the
+		// library (AH03092 process_lingering_close; once a child ended
+		// with SIGSEGV, which 33 further runs did not reproduce).
+		h := startHTTPD(t, httpdParams{MPM: "prefork", LibraryOverride: lib,
 			Extra: "\t<Location /z>\n\t\tSetHandler zmq\n\t\tZmqBackend tcp://127.0.0.1:1\n\t</Location>\n"})
 		h.expect(`MODZMQ000[12]: `)
 		resp, _ := do(t, "GET", h.URL+"/z/x", "", nil)
