@@ -205,26 +205,25 @@ func (c *zmtpTest) redial(timeoutMS int) syscall.Errno {
 	return syscall.Errno(C.zmtp_redial(c.z, C.int(timeoutMS)))
 }
 
-// zmtpStream feeds data, as a peer's bytes from its greeting on, to a
-// connection over a socket pair, chunk bytes at a time (all at once when
-// chunk <= 0), then ends the stream; it returns the messages read and the
-// code that ended the reading (an errno value; EPIPE at the end of the
-// stream), or the handshake's errno with no messages. What the connection
-// writes (PONGs) is read and dropped.
-func zmtpStream(data []byte, maxMsgSize int64, chunk int) (msgs [][][]byte, end syscall.Errno) {
+// peerSocket makes a socket pair whose far end plays a peer: it writes
+// data chunk bytes at a time (all at once when chunk <= 0), ends its
+// stream, and reads and drops what it is sent (PONGs) until done is called.
+// It returns the near end, non-blocking, for a connection to own; done
+// waits for the peer before closing its socket, so no late call of the
+// peer's reaches a descriptor number reused since.
+func peerSocket(data []byte, chunk int) (fd int, done func(), err error) {
 	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return nil, err.(syscall.Errno)
+		return -1, nil, err
 	}
-	peer := fds[1]
 	if chunk <= 0 {
 		chunk = len(data)
 	}
-	done := make(chan struct{})
+	finished := make(chan struct{})
 	go func() {
-		defer close(done)
+		defer close(finished)
 		for len(data) > 0 {
-			n, err := syscall.Write(peer, data[:min(chunk, len(data))])
+			n, err := syscall.Write(fds[1], data[:min(chunk, len(data))])
 			if err == syscall.EINTR { // Go's preemption signals, often under the fuzzer
 				continue
 			}
@@ -233,22 +232,35 @@ func zmtpStream(data []byte, maxMsgSize int64, chunk int) (msgs [][][]byte, end 
 			}
 			data = data[n:]
 		}
-		syscall.Shutdown(peer, syscall.SHUT_WR)
+		syscall.Shutdown(fds[1], syscall.SHUT_WR)
 		var sink [4096]byte
 		for {
-			n, err := syscall.Read(peer, sink[:])
-			if n <= 0 && err != syscall.EINTR {
+			if n, err := syscall.Read(fds[1], sink[:]); n <= 0 && err != syscall.EINTR {
 				return
 			}
 		}
 	}()
-	defer func() {
-		syscall.Shutdown(peer, syscall.SHUT_RDWR)
-		<-done
-		syscall.Close(peer)
-	}()
 	syscall.SetNonblock(fds[0], true)
-	z, cerr := C.zmtp_attach(C.int(fds[0]), 2000, C.int64_t(maxMsgSize))
+	return fds[0], func() {
+		syscall.Shutdown(fds[1], syscall.SHUT_RDWR)
+		<-finished
+		syscall.Close(fds[1])
+	}, nil
+}
+
+// zmtpStream feeds data, as a peer's bytes from its greeting on, to a
+// connection over a socket pair, chunk bytes at a time (all at once when
+// chunk <= 0), then ends the stream; it returns the messages read and the
+// code that ended the reading (an errno value; EPIPE at the end of the
+// stream), or the handshake's errno with no messages. What the connection
+// writes (PONGs) is read and dropped.
+func zmtpStream(data []byte, maxMsgSize int64, chunk int) (msgs [][][]byte, end syscall.Errno) {
+	fd, done, err := peerSocket(data, chunk)
+	if err != nil {
+		return nil, err.(syscall.Errno)
+	}
+	defer done()
+	z, cerr := C.zmtp_attach(C.int(fd), 2000, C.int64_t(maxMsgSize))
 	if z == nil {
 		e, _ := cerr.(syscall.Errno)
 		return nil, e
@@ -307,28 +319,12 @@ func zmtpStreamClosing(data []byte, chunk int) (msgs [][][]byte, end syscall.Err
 // connection chunk bytes at a time, reads it all, and returns how many
 // messages it read and how many times the reader looked at a frame header.
 func zmtpHeadersParsed(data []byte, chunk int) (msgs int, headers uint64) {
-	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	fd, done, err := peerSocket(data, chunk)
 	if err != nil {
 		return 0, 0
 	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for len(data) > 0 {
-			n, err := syscall.Write(fds[1], data[:min(chunk, len(data))])
-			if err == syscall.EINTR {
-				continue
-			}
-			if err != nil {
-				break
-			}
-			data = data[n:]
-		}
-		syscall.Shutdown(fds[1], syscall.SHUT_WR)
-	}()
-	defer func() { syscall.Shutdown(fds[1], syscall.SHUT_RDWR); <-done; syscall.Close(fds[1]) }()
-	syscall.SetNonblock(fds[0], true)
-	z := C.zmtp_attach(C.int(fds[0]), 2000, 0)
+	defer done()
+	z := C.zmtp_attach(C.int(fd), 2000, 0)
 	if z == nil {
 		return 0, 0
 	}
@@ -352,32 +348,12 @@ func zmtpLimits() (maxFrames, frameCost int) {
 // connection, reads until the data runs out, and returns the size its read
 // buffer grew to.
 func zmtpBufferAfter(data []byte, maxMsgSize int64) int {
-	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	fd, done, err := peerSocket(data, 0)
 	if err != nil {
 		return -1
 	}
-	done := make(chan struct{})
-	go func() { // data may be more than the socket holds
-		defer close(done)
-		for len(data) > 0 {
-			n, err := syscall.Write(fds[1], data)
-			if err == syscall.EINTR {
-				continue
-			}
-			if err != nil {
-				break
-			}
-			data = data[n:]
-		}
-		syscall.Shutdown(fds[1], syscall.SHUT_WR)
-	}()
-	defer func() {
-		syscall.Shutdown(fds[1], syscall.SHUT_RDWR)
-		<-done
-		syscall.Close(fds[1])
-	}()
-	syscall.SetNonblock(fds[0], true)
-	z := C.zmtp_attach(C.int(fds[0]), 2000, C.int64_t(maxMsgSize))
+	defer done()
+	z := C.zmtp_attach(C.int(fd), 2000, C.int64_t(maxMsgSize))
 	if z == nil {
 		return -1
 	}
