@@ -146,52 +146,16 @@ func TestZMTPTransportFailures(t *testing.T) {
 	}
 }
 
-// peerConn makes a socket pair whose far end plays a peer: it writes data
-// chunk bytes at a time (all at once when chunk <= 0) and ends its stream,
-// while it reads and drops what it is sent (PONGs). It returns the near end as a
-// net.Conn; the peer is stopped and its socket closed when the test ends,
-// after the peer is done, so no late call of the peer's reaches a
-// descriptor number reused since.
+// peerConn is zmqtest.PeerSocket as a net.Conn; the peer is stopped when
+// the test ends.
 func peerConn(t *testing.T, data []byte, chunk int) net.Conn {
 	t.Helper()
-	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	fd, done, err := zmqtest.PeerSocket(data, chunk)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if chunk <= 0 {
-		chunk = len(data)
-	}
-	wrote, drained := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(wrote)
-		for len(data) > 0 {
-			n, err := syscall.Write(fds[1], data[:min(chunk, len(data))])
-			if err == syscall.EINTR { // Go's preemption signals, often under the fuzzer
-				continue
-			}
-			if err != nil {
-				break
-			}
-			data = data[n:]
-		}
-		syscall.Shutdown(fds[1], syscall.SHUT_WR)
-	}()
-	go func() { // meanwhile, what the connection writes
-		defer close(drained)
-		var sink [4096]byte
-		for {
-			if n, err := syscall.Read(fds[1], sink[:]); n <= 0 && err != syscall.EINTR {
-				return
-			}
-		}
-	}()
-	t.Cleanup(func() {
-		syscall.Shutdown(fds[1], syscall.SHUT_RDWR)
-		<-wrote
-		<-drained
-		syscall.Close(fds[1])
-	})
-	f := os.NewFile(uintptr(fds[0]), "zmtp")
+	t.Cleanup(done)
+	f := os.NewFile(uintptr(fd), "zmtp")
 	defer f.Close()
 	nc, err := net.FileConn(f)
 	if err != nil {

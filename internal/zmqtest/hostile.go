@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -197,4 +198,52 @@ func (r *Raw) Flood(c net.Conn, chunk []byte, limit int64, pause time.Duration) 
 		}
 	}
 	return n
+}
+
+// PeerSocket makes a socket pair whose far end plays a peer for a reader's
+// tests: it writes data chunk bytes at a time (all at once when chunk <= 0)
+// and ends its stream, while it reads and drops what it is sent (PONGs), so
+// a reader's writes never fill its socket. It returns the near end,
+// non-blocking, for a connection to own; done waits for the peer before
+// closing its socket, so no late call of the peer's reaches a descriptor
+// number reused since.
+func PeerSocket(data []byte, chunk int) (fd int, done func(), err error) {
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, nil, err
+	}
+	if chunk <= 0 {
+		chunk = len(data)
+	}
+	wrote, drained := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(wrote)
+		for len(data) > 0 {
+			n, err := syscall.Write(fds[1], data[:min(chunk, len(data))])
+			if err == syscall.EINTR { // Go's preemption signals, often under the fuzzer
+				continue
+			}
+			if err != nil {
+				break
+			}
+			data = data[n:]
+		}
+		syscall.Shutdown(fds[1], syscall.SHUT_WR)
+	}()
+	go func() {
+		defer close(drained)
+		var sink [4096]byte
+		for {
+			if n, err := syscall.Read(fds[1], sink[:]); n <= 0 && err != syscall.EINTR {
+				return
+			}
+		}
+	}()
+	syscall.SetNonblock(fds[0], true)
+	return fds[0], func() {
+		syscall.Shutdown(fds[1], syscall.SHUT_RDWR)
+		<-wrote
+		<-drained
+		syscall.Close(fds[1])
+	}, nil
 }

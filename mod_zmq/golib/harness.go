@@ -33,6 +33,7 @@ import (
 	"unsafe"
 
 	"github.com/modzmq/modzmq/bridge"
+	"github.com/modzmq/modzmq/internal/zmqtest"
 )
 
 // fastDecode runs the fast path's reply check (modzmq_fast_decode) on
@@ -205,49 +206,6 @@ func (c *zmtpTest) redial(timeoutMS int) syscall.Errno {
 	return syscall.Errno(C.zmtp_redial(c.z, C.int(timeoutMS)))
 }
 
-// peerSocket makes a socket pair whose far end plays a peer: it writes
-// data chunk bytes at a time (all at once when chunk <= 0), ends its
-// stream, and reads and drops what it is sent (PONGs) until done is called.
-// It returns the near end, non-blocking, for a connection to own; done
-// waits for the peer before closing its socket, so no late call of the
-// peer's reaches a descriptor number reused since.
-func peerSocket(data []byte, chunk int) (fd int, done func(), err error) {
-	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return -1, nil, err
-	}
-	if chunk <= 0 {
-		chunk = len(data)
-	}
-	finished := make(chan struct{})
-	go func() {
-		defer close(finished)
-		for len(data) > 0 {
-			n, err := syscall.Write(fds[1], data[:min(chunk, len(data))])
-			if err == syscall.EINTR { // Go's preemption signals, often under the fuzzer
-				continue
-			}
-			if err != nil {
-				break
-			}
-			data = data[n:]
-		}
-		syscall.Shutdown(fds[1], syscall.SHUT_WR)
-		var sink [4096]byte
-		for {
-			if n, err := syscall.Read(fds[1], sink[:]); n <= 0 && err != syscall.EINTR {
-				return
-			}
-		}
-	}()
-	syscall.SetNonblock(fds[0], true)
-	return fds[0], func() {
-		syscall.Shutdown(fds[1], syscall.SHUT_RDWR)
-		<-finished
-		syscall.Close(fds[1])
-	}, nil
-}
-
 // zmtpStream feeds data, as a peer's bytes from its greeting on, to a
 // connection over a socket pair, chunk bytes at a time (all at once when
 // chunk <= 0), then ends the stream; it returns the messages read and the
@@ -255,7 +213,7 @@ func peerSocket(data []byte, chunk int) (fd int, done func(), err error) {
 // stream), or the handshake's errno with no messages. What the connection
 // writes (PONGs) is read and dropped.
 func zmtpStream(data []byte, maxMsgSize int64, chunk int) (msgs [][][]byte, end syscall.Errno) {
-	fd, done, err := peerSocket(data, chunk)
+	fd, done, err := zmqtest.PeerSocket(data, chunk)
 	if err != nil {
 		return nil, err.(syscall.Errno)
 	}
@@ -319,7 +277,7 @@ func zmtpStreamClosing(data []byte, chunk int) (msgs [][][]byte, end syscall.Err
 // connection chunk bytes at a time, reads it all, and returns how many
 // messages it read and how many times the reader looked at a frame header.
 func zmtpHeadersParsed(data []byte, chunk int) (msgs int, headers uint64) {
-	fd, done, err := peerSocket(data, chunk)
+	fd, done, err := zmqtest.PeerSocket(data, chunk)
 	if err != nil {
 		return 0, 0
 	}
@@ -348,7 +306,7 @@ func zmtpLimits() (maxFrames, frameCost int) {
 // connection, reads until the data runs out, and returns the size its read
 // buffer grew to.
 func zmtpBufferAfter(data []byte, maxMsgSize int64) int {
-	fd, done, err := peerSocket(data, 0)
+	fd, done, err := zmqtest.PeerSocket(data, 0)
 	if err != nil {
 		return -1
 	}
