@@ -3,6 +3,7 @@ package bridge
 import (
 	"context"
 	"errors"
+	"net"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -19,9 +20,13 @@ import (
 func blackHole(t *testing.T) (endpoint string, taken *atomic.Int32) {
 	t.Helper()
 	taken = &atomic.Int32{}
-	probe, _ := zmq.NewSocket(zmq.ROUTER)
-	probe.Bind("tcp://127.0.0.1:*")
-	endpoint, _ = probe.GetLastEndpoint()
+	// A free port, found with a listener whose close is done when Close
+	// returns (a libzmq socket's is not: a client could reach it after).
+	probe, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	endpoint = "tcp://" + probe.Addr().String()
 	probe.Close()
 	stop, done := make(chan struct{}), make(chan struct{})
 	go func() {
