@@ -27,7 +27,7 @@ static int modzmq_post_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *p
         modzmq_loader_check(ptemp, s);
         modzmq_stats_create(pconf, s);
     }
-    return OK;
+    return modzmq_config_number_clients(ptemp, s);
 }
 
 static void modzmq_child_init(apr_pool_t *pchild, server_rec *s)

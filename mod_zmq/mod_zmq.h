@@ -74,6 +74,16 @@ void *modzmq_merge_dir_conf(apr_pool_t *p, void *base, void *add);
 void modzmq_config_reset(apr_pool_t *pconf);
 const char *modzmq_config_library(void);
 const apr_array_header_t *modzmq_config_backends(void); /* of modzmq_backend_entry */
+/* Clients (modzmq.h) by handle - 1, their backend a registry index. */
+const apr_array_header_t *modzmq_config_clients(void); /* of modzmq_client_config */
+/* Numbers the client of every section (post_config); OK, or an error logged. */
+int modzmq_config_number_clients(apr_pool_t *ptemp, server_rec *s);
+/* The client conf asks for, with its backend a registry index; the one
+ * place where per-location options become a client's. */
+void modzmq_conf_client(const modzmq_dir_conf *conf, modzmq_client_config *out);
+int modzmq_same_client(const modzmq_client_config *a, const modzmq_client_config *b);
+/* The handle of the client numbered at configuration, or 0. */
+int modzmq_config_client(const modzmq_client_config *want);
 apr_int64_t modzmq_conf_timeout_ms(const modzmq_dir_conf *conf);
 apr_off_t modzmq_conf_max_body(const modzmq_dir_conf *conf);
 apr_off_t modzmq_conf_max_reply(const modzmq_dir_conf *conf);
@@ -92,6 +102,10 @@ typedef struct modzmq_calls {
 const modzmq_calls *modzmq_loader_calls(const char **why);
 /* The library's handle for registry index i (1-based), or 0. */
 int modzmq_loader_backend(int i);
+/* The client handle for conf's backend and options: one numbered at
+ * configuration, or one this child adds; 0 with a log code and reason in
+ * *why when there is none. */
+int modzmq_loader_client(const modzmq_dir_conf *conf, const char **why);
 /* Creates the shared statistics segment (parent, post_config). */
 void modzmq_stats_create(apr_pool_t *pconf, server_rec *s);
 /* Counts a request refused by ZmqMaxInFlight for registry index i. */

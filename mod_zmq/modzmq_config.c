@@ -11,6 +11,8 @@
 
 #include "httpd.h"
 #include "http_config.h"
+#include "http_core.h"
+#include "http_log.h"
 #include "apr_strings.h"
 
 #include "mod_zmq.h"
@@ -18,16 +20,20 @@
 /* Process-wide settings, rebuilt from scratch on every configuration pass. */
 static const char *library_path;
 static apr_array_header_t *backends; /* of modzmq_backend_entry: distinct ZmqBackend argument lists */
+static apr_array_header_t *clients;  /* of modzmq_client_config: distinct (registry index, options) */
 
 void modzmq_config_reset(apr_pool_t *pconf)
 {
     library_path = MODZMQ_DEFAULT_LIBRARY;
     backends = apr_array_make(pconf, 4, sizeof(modzmq_backend_entry));
+    clients = apr_array_make(pconf, 4, sizeof(modzmq_client_config));
 }
 
 const char *modzmq_config_library(void) { return library_path; }
 
 const apr_array_header_t *modzmq_config_backends(void) { return backends; }
+
+const apr_array_header_t *modzmq_config_clients(void) { return clients; }
 
 /* Returns the 1-based registry index of endpoints, adding it if new, and
  * notes route (where the directive stands) for status pages. */
@@ -131,6 +137,100 @@ apr_off_t modzmq_conf_max_body(const modzmq_dir_conf *conf)
 apr_off_t modzmq_conf_max_reply(const modzmq_dir_conf *conf)
 {
     return conf->max_reply != MODZMQ_UNSET ? conf->max_reply : MODZMQ_DEFAULT_MAX_REPLY;
+}
+
+/* ---- clients: (backend, options) ---------------------------------------- */
+
+void modzmq_conf_client(const modzmq_dir_conf *conf, modzmq_client_config *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->backend = conf->backend;
+    out->heartbeat_ms = conf->heartbeat_ms == MODZMQ_OFF ? -1 : (conf->heartbeat_ms > 0 ? conf->heartbeat_ms : 0);
+    out->heartbeat_timeout_ms = out->heartbeat_ms > 0 ? conf->heartbeat_timeout_ms : 0;
+    out->retries = conf->retries > 0 ? conf->retries : 0;
+    out->retry_all = conf->retry_all == 1;
+    out->max_reply = modzmq_conf_max_reply(conf);
+    if (conf->curve_server_cert && *conf->curve_server_cert) {
+        out->curve_server_cert = conf->curve_server_cert;
+        out->curve_client_cert = conf->curve_client_cert;
+    }
+}
+
+static int same_string(const char *a, const char *b) { return (a == NULL || b == NULL) ? a == b : strcmp(a, b) == 0; }
+
+int modzmq_same_client(const modzmq_client_config *a, const modzmq_client_config *b)
+{
+    return a->backend == b->backend && a->heartbeat_ms == b->heartbeat_ms &&
+           a->heartbeat_timeout_ms == b->heartbeat_timeout_ms && a->retries == b->retries &&
+           a->retry_all == b->retry_all && a->max_reply == b->max_reply &&
+           same_string(a->curve_server_cert, b->curve_server_cert) &&
+           same_string(a->curve_client_cert, b->curve_client_cert);
+}
+
+int modzmq_config_client(const modzmq_client_config *want)
+{
+    int i;
+    for (i = 0; clients != NULL && i < clients->nelts; i++) {
+        if (modzmq_same_client(&APR_ARRAY_IDX(clients, i, modzmq_client_config), want)) {
+            return i + 1;
+        }
+    }
+    return 0;
+}
+
+/* Numbers the client of conf merged over defaults, if it names a backend. */
+static int add_client(apr_pool_t *ptemp, const modzmq_dir_conf *defaults, const modzmq_dir_conf *conf)
+{
+    modzmq_client_config c;
+    const modzmq_dir_conf *merged = conf == defaults ? conf : modzmq_merge_dir_conf(ptemp, (void *)defaults, (void *)conf);
+
+    if (merged->backend == 0) {
+        return 0;
+    }
+    modzmq_conf_client(merged, &c);
+    if (modzmq_config_client(&c) != 0) {
+        return 0;
+    }
+    if (clients->nelts >= MODZMQ_MAX_CLIENTS) {
+        return -1;
+    }
+    APR_ARRAY_PUSH(clients, modzmq_client_config) = c;
+    return 0;
+}
+
+/* The sections a request's configuration is merged from: directories and
+ * locations (with the server's own settings under each); a request whose
+ * sections nest, each setting some of the options, may merge into a client
+ * found here as none, which the child then adds (modzmq_loader_client). */
+int modzmq_config_number_clients(apr_pool_t *ptemp, server_rec *s)
+{
+    server_rec *sv;
+    for (sv = s; sv != NULL; sv = sv->next) {
+        const modzmq_dir_conf *defaults = ap_get_module_config(sv->lookup_defaults, &zmq_module);
+        core_server_config *core = ap_get_core_module_config(sv->module_config);
+        apr_array_header_t *sections[2];
+        int i, j;
+
+        sections[0] = core->sec_dir;
+        sections[1] = core->sec_url;
+        if (add_client(ptemp, defaults, defaults) != 0) {
+            goto full;
+        }
+        for (i = 0; i < 2; i++) {
+            for (j = 0; sections[i] != NULL && j < sections[i]->nelts; j++) {
+                ap_conf_vector_t *sec = APR_ARRAY_IDX(sections[i], j, ap_conf_vector_t *);
+                const modzmq_dir_conf *conf = ap_get_module_config(sec, &zmq_module);
+                if (conf != NULL && add_client(ptemp, defaults, conf) != 0) {
+                    goto full;
+                }
+            }
+        }
+    }
+    return OK;
+full:
+    ap_log_error(APLOG_MARK, APLOG_ERR, 0, s, "MODZMQ0007: more than %d distinct " MODZMQ_DIR_BACKEND
+                 " and option sets; merge locations that differ only in options", MODZMQ_MAX_CLIENTS);
+    return HTTP_INTERNAL_SERVER_ERROR;
 }
 
 /* Checks the source part of tcp://source;host:port, src[0:n]: "*" or a

@@ -339,10 +339,13 @@ int modzmq_handler(request_rec *r)
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "%s", why);
         return HTTP_SERVICE_UNAVAILABLE;
     }
-    handle = modzmq_loader_backend(conf->backend);
-    if (handle == 0) {
+    if (modzmq_loader_backend(conf->backend) == 0) {
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "MODZMQ0018: " MODZMQ_DIR_BACKEND " %s "
                       "could not be opened in this process (see MODZMQ0005 at start)", conf->endpoints);
+        return HTTP_SERVICE_UNAVAILABLE;
+    }
+    if ((handle = modzmq_loader_client(conf, &why)) == 0) {
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "%s", why);
         return HTTP_SERVICE_UNAVAILABLE;
     }
 
@@ -384,15 +387,6 @@ static int relay_request(request_rec *r, const modzmq_dir_conf *conf, const modz
     req.headers = pack_headers(r, &req.headers_len);
     req.meta = pack_meta(r, conf, &req.meta_len);
     req.timeout_ms = modzmq_conf_timeout_ms(conf);
-    req.heartbeat_ms = conf->heartbeat_ms == MODZMQ_OFF ? -1 : (conf->heartbeat_ms > 0 ? conf->heartbeat_ms : 0);
-    req.heartbeat_timeout_ms = conf->heartbeat_timeout_ms;
-    req.retries = conf->retries > 0 ? conf->retries : 0;
-    req.retry_all = conf->retry_all == 1;
-    req.max_reply = modzmq_conf_max_reply(conf);
-    if (conf->curve_server_cert && *conf->curve_server_cert) {
-        req.curve_server_cert = conf->curve_server_cert;
-        req.curve_client_cert = conf->curve_client_cert;
-    }
 
     resp.error[0] = '\0';
     rc = lib->relay(handle, &req, &resp);

@@ -38,7 +38,14 @@ static struct {
     const char *failure;   /* why relay is NULL, for request log lines */
     int *handles;          /* library handle per registry index (1-based) */
     int nhandles;
-} rt;
+    modzmq_clients_open_fn open_clients;
+    /* Clients after those numbered at configuration: added by this child
+     * for merged options no single section has (modzmq_loader_client). */
+    pthread_mutex_t added_mu;
+    modzmq_client_config *added; /* MODZMQ_MAX_CLIENTS entries, the first nconfigured unused */
+    int nconfigured, nclients;   /* atomic nclients: handles 1 .. nclients exist */
+    apr_pool_t *pool;            /* the child's, for added clients' strings */
+} rt = {.added_mu = PTHREAD_MUTEX_INITIALIZER};
 
 static server_rec *log_server;
 
@@ -207,6 +214,87 @@ int modzmq_stats_backends(void) { return rt.stats ? rt.nbackends : 0; }
 
 modzmq_status_render_fn modzmq_loader_render(void) { return rt.calls.relay && getpid() == rt.pid ? rt.render : NULL; }
 
+/* ---- clients ------------------------------------------------------------ */
+
+/* c with its backend, a registry index, replaced by the library's handle. */
+static modzmq_client_config library_client(const modzmq_client_config *c)
+{
+    modzmq_client_config out = *c;
+    out.backend = modzmq_loader_backend(c->backend);
+    return out;
+}
+
+/* Makes every client numbered at configuration, in one call: their first
+ * waits for their endpoints run side by side. */
+static const char *open_configured_clients(apr_pool_t *p)
+{
+    const apr_array_header_t *cs = modzmq_config_clients();
+    modzmq_client_config *cfg;
+    int i, n = cs ? cs->nelts : 0;
+
+    rt.pool = p;
+    rt.added = apr_pcalloc(p, MODZMQ_MAX_CLIENTS * sizeof(*rt.added));
+    rt.nconfigured = rt.nclients = n;
+    if (n == 0) {
+        return NULL;
+    }
+    cfg = apr_palloc(p, (apr_size_t)n * sizeof(*cfg));
+    for (i = 0; i < n; i++) {
+        cfg[i] = library_client(&APR_ARRAY_IDX(cs, i, modzmq_client_config));
+    }
+    if (rt.open_clients(1, n, cfg) != 0) {
+        return apr_psprintf(p, "MODZMQ0004: %s refused the configuration's %d client(s)", modzmq_config_library(), n);
+    }
+    return NULL;
+}
+
+int modzmq_loader_client(const modzmq_dir_conf *conf, const char **why)
+{
+    modzmq_client_config want, lib;
+    int h, n;
+
+    modzmq_conf_client(conf, &want);
+    if ((h = modzmq_config_client(&want)) != 0) {
+        return h;
+    }
+    /* Sections that nest, each setting some options: rare, and added once
+     * per child. */
+    n = __atomic_load_n(&rt.nclients, __ATOMIC_ACQUIRE);
+    for (h = rt.nconfigured + 1; h <= n; h++) {
+        if (modzmq_same_client(&rt.added[h - 1], &want)) {
+            return h;
+        }
+    }
+    pthread_mutex_lock(&rt.added_mu);
+    for (h = rt.nconfigured + 1; h <= rt.nclients; h++) {
+        if (modzmq_same_client(&rt.added[h - 1], &want)) {
+            pthread_mutex_unlock(&rt.added_mu);
+            return h;
+        }
+    }
+    if (rt.nclients >= MODZMQ_MAX_CLIENTS) {
+        pthread_mutex_unlock(&rt.added_mu);
+        *why = "MODZMQ0008: this child has made the most clients it may (" MODZMQ_DIR_BACKEND
+               " and option sets merged from nested sections)";
+        return 0;
+    }
+    h = rt.nclients + 1;
+    if (want.curve_server_cert) {
+        want.curve_server_cert = apr_pstrdup(rt.pool, want.curve_server_cert);
+        want.curve_client_cert = apr_pstrdup(rt.pool, want.curve_client_cert);
+    }
+    lib = library_client(&want);
+    if (rt.open_clients(h, 1, &lib) != 0) {
+        pthread_mutex_unlock(&rt.added_mu);
+        *why = "MODZMQ0008: the library refused a client for options merged from nested sections";
+        return 0;
+    }
+    rt.added[h - 1] = want;
+    __atomic_store_n(&rt.nclients, h, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&rt.added_mu);
+    return h;
+}
+
 /* ---- loading ------------------------------------------------------------ */
 
 static const char *load(apr_pool_t *p, server_rec *s)
@@ -233,6 +321,7 @@ static const char *load(apr_pool_t *p, server_rec *s)
     calls.wait = (modzmq_wait_fn)need_symbol(lib, "modzmq_wait", &why, p);
     calls.resume = (modzmq_resume_fn)need_symbol(lib, "modzmq_resume", &why, p);
     calls.release = (modzmq_release_fn)need_symbol(lib, "modzmq_release", &why, p);
+    rt.open_clients = (modzmq_clients_open_fn)need_symbol(lib, "modzmq_clients_open", &why, p);
     attach = (modzmq_stats_attach_fn)need_symbol(lib, "modzmq_stats_attach", &why, p);
     rt.render = (modzmq_status_render_fn)need_symbol(lib, "modzmq_status_render", &why, p);
     if (why) {
@@ -258,6 +347,9 @@ static const char *load(apr_pool_t *p, server_rec *s)
                          "MODZMQ0005: " MODZMQ_DIR_BACKEND " %s unusable: %s", endpoints, err);
         }
     }
+    if ((why = open_configured_clients(p)) != NULL) {
+        return why;
+    }
     rt.calls = calls;
     if (claim_slot() && rt.nbackends == rt.nhandles) {
         attach(rt.slot, rt.nbackends);
@@ -279,7 +371,7 @@ void modzmq_loader_child_init(apr_pool_t *pchild, server_rec *s)
         return;
     }
     ap_log_error(APLOG_MARK, APLOG_DEBUG, 0, s, "MODZMQ0006: loaded %s in child %" APR_PID_T_FMT
-                 " with %d backend(s)", modzmq_config_library(), rt.pid, rt.nhandles);
+                 " with %d backend(s) and %d client(s)", modzmq_config_library(), rt.pid, rt.nhandles, rt.nclients);
 }
 
 const modzmq_calls *modzmq_loader_calls(const char **why)

@@ -3,6 +3,8 @@ package test
 import (
 	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -13,8 +15,17 @@ import (
 // twice a second).
 func goEntries(t *testing.T, h *httpd, want int64) int64 {
 	t.Helper()
+	entries, _ := goCalls(t, h, want)
+	return entries
+}
+
+// goCalls waits until zmq-status has counted want requests and returns its
+// go_entries and go_waits.
+func goCalls(t *testing.T, h *httpd, want int64) (entries, waits int64) {
+	t.Helper()
 	var doc struct {
 		GoEntries *int64 `json:"go_entries"`
+		GoWaits   *int64 `json:"go_waits"`
 		Routes    []struct {
 			Requests int64 `json:"requests"`
 		} `json:"routes"`
@@ -28,12 +39,12 @@ func goEntries(t *testing.T, h *httpd, want int64) int64 {
 		for _, r := range doc.Routes {
 			n += r.Requests
 		}
-		if n != want || doc.GoEntries == nil {
-			return fmt.Errorf("zmq-status shows %d requests (want %d), go_entries %v", n, want, doc.GoEntries)
+		if n != want || doc.GoEntries == nil || doc.GoWaits == nil {
+			return fmt.Errorf("zmq-status shows %d requests (want %d), go_entries %v, go_waits %v", n, want, doc.GoEntries, doc.GoWaits)
 		}
 		return nil
 	})
-	return *doc.GoEntries
+	return *doc.GoEntries, *doc.GoWaits
 }
 
 // The design's central invariant: once warm, a plain request through Apache
@@ -81,5 +92,93 @@ func TestWarmPlainRequestsDoNotEnterGo(t *testing.T) {
 	_, m := do(t, "GET", h.URL+"/zmq-status?metrics", "", nil)
 	if !strings.Contains(string(m), "modzmq_go_entries_total{route=") {
 		t.Errorf("?metrics has no modzmq_go_entries_total:\n%s", m)
+	}
+}
+
+// Sections that nest, each setting some of a backend's options, merge into
+// a client no single section has: the child adds it on first use, and the
+// merged options apply (here the inner section's ZmqMaxReply).
+func TestNestedSectionsMakeTheirClient(t *testing.T) {
+	w := startPyWorker(t, "nested")
+	h := startHTTPD(t, httpdParams{MPM: "event", Extra: fmt.Sprintf(`	<Location /n>
+		SetHandler zmq
+		ZmqBackend %s
+	</Location>
+	<Location /n/small>
+		ZmqMaxReply 1000
+	</Location>
+`, w.Endpoint)})
+	h.expect(`MODZMQ0103: .*over the limit of 1000 .*answered 502`)
+	for i := 0; i < 3; i++ {
+		if resp, body := do(t, "GET", h.URL+"/n/blob?n=5000", "", nil); resp.StatusCode != 200 || len(body) != 5000 {
+			t.Fatalf("/n/blob: %d with %d bytes, want 200 with 5000", resp.StatusCode, len(body))
+		}
+		if resp, _ := do(t, "GET", h.URL+"/n/small/blob?n=5000", "", nil); resp.StatusCode != 502 {
+			t.Fatalf("/n/small/blob of 5000 bytes under ZmqMaxReply 1000: %d, want 502", resp.StatusCode)
+		}
+		if resp, body := do(t, "GET", h.URL+"/n/small/blob?n=500", "", nil); resp.StatusCode != 200 || len(body) != 500 {
+			t.Fatalf("/n/small/blob: %d with %d bytes, want 200 with 500", resp.StatusCode, len(body))
+		}
+	}
+	if log := h.errorLog(); strings.Contains(log, "MODZMQ0008") {
+		t.Errorf("the child could not add the nested sections' client:\n%s", log)
+	}
+}
+
+// The design's second invariant: an Apache thread waits in C, never parked
+// inside Go, whatever the request, except on ZmqCurve locations, where Go
+// speaks the connection. Slow replies, which Go adopts and steps, and a lost
+// worker, which Go retries, enter Go (go_entries) but never wait there
+// (go_waits); a CURVE location does, and the count shows it.
+func TestRequestsWaitInCNotInGo(t *testing.T) {
+	dir := t.TempDir()
+	os.Chmod(dir, 0o755)
+	os.Chmod(filepath.Dir(dir), 0o755) // children run as the Apache User
+	worker, bridgeKey := keygen(t, dir, "worker"), keygen(t, dir, "bridge")
+	plain := startPyWorker(t, "plain")
+	secure := startPyWorker(t, "secure", "--curve-secret", worker+".key_secret")
+	h := startHTTPD(t, httpdParams{MPM: "event", Extra: fmt.Sprintf(`	<Location /p>
+		SetHandler zmq
+		ZmqBackend %s
+	</Location>
+	<Location /gone>
+		SetHandler zmq
+		ZmqBackend tcp://127.0.0.1:%d
+		ZmqTimeout 1
+	</Location>
+	<Location /c>
+		SetHandler zmq
+		ZmqBackend %s
+		ZmqCurve %s %s
+	</Location>
+	<Location /zmq-status>
+		SetHandler zmq-status
+	</Location>
+`, plain.Endpoint, freePort(t), secure.Endpoint, worker+".key", bridgeKey+".key_secret")})
+	h.expect(`MODZMQ01\d\d: .*answered 50[34]`)
+	h.expect(`MODZMQ0121: .*cannot connect`)
+	requests := int64(0)
+	get := func(path string, want int) {
+		t.Helper()
+		requests++
+		if resp, _ := do(t, "GET", h.URL+path, "", nil); resp.StatusCode != want {
+			t.Fatalf("%s: %d, want %d", path, resp.StatusCode, want)
+		}
+	}
+	for i := 0; i < 5; i++ {
+		get(fmt.Sprintf("/p/sleep?ms=%d", 150+100*i), 200) // adopted by Go, stepped in slices
+		get("/p/plain", 200)
+		get("/gone/x", 503)
+	}
+	entries, waits := goCalls(t, h, requests)
+	if entries == 0 {
+		t.Fatalf("go_entries is 0 after slow replies Go adopted: the count is broken")
+	}
+	if waits != 0 {
+		t.Errorf("go_waits is %d after %d requests without ZmqCurve (%d calls into Go); an Apache thread waited inside Go", waits, requests, entries)
+	}
+	get("/c/sleep?ms=150", 200)
+	if _, waits = goCalls(t, h, requests); waits == 0 {
+		t.Errorf("go_waits is 0 after a ZmqCurve request, where Go waits: the count is broken")
 	}
 }

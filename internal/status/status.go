@@ -37,6 +37,10 @@ type Route struct {
 	// (the Apache module only: its fast path makes none for a warm, plain
 	// request).
 	GoEntries *int64 `json:"go_entries,omitempty"`
+	// GoWaits counts those of them that could wait inside Go: steps of a
+	// call on a connection Go reads itself (ZmqCurve) and relays that dial
+	// one in Go.
+	GoWaits *int64 `json:"go_waits,omitempty"`
 }
 
 // Endpoint is one endpoint of a route.
@@ -122,6 +126,9 @@ func Text(w io.Writer, title string, routes []Route) {
 		if r.GoEntries != nil {
 			fmt.Fprintf(w, "  calls from Apache threads into Go: %d\n", *r.GoEntries)
 		}
+		if r.GoWaits != nil {
+			fmt.Fprintf(w, "  of them, calls that could wait inside Go: %d\n", *r.GoWaits)
+		}
 		for _, e := range r.Endpoints {
 			fmt.Fprintf(w, "  %s  %s  in flight %d, requests %d, replies %d, timeouts %d, no worker %d, lost %d, bad replies %d; "+
 				"connects %d, disconnects %d, connect retries %d, handshake failures %d\n", e.Endpoint, e.State, e.InFlight,
@@ -131,15 +138,20 @@ func Text(w io.Writer, title string, routes []Route) {
 	}
 }
 
-// JSON renders routes as {"routes": [...]}, with "go_entries", the sum of
-// the routes' GoEntries, when they have them.
+// JSON renders routes as {"routes": [...]}, with "go_entries" and
+// "go_waits", the sums of the routes' GoEntries and GoWaits, when they have
+// them.
 func JSON(w io.Writer, routes []Route) error {
 	doc := map[string]any{"routes": routes}
-	var total int64
+	var entries, waits int64
 	for _, r := range routes {
 		if r.GoEntries != nil {
-			total += *r.GoEntries
-			doc["go_entries"] = total
+			entries += *r.GoEntries
+			doc["go_entries"] = entries
+		}
+		if r.GoWaits != nil {
+			waits += *r.GoWaits
+			doc["go_waits"] = waits
 		}
 	}
 	return json.NewEncoder(w).Encode(doc)
@@ -158,11 +170,12 @@ var (
 	descEvents    = prometheus.NewDesc("modzmq_endpoint_events_total", "Per endpoint: requests, their outcomes, and connection events.",
 		[]string{"route", "endpoint", "event"}, nil)
 	descGoEntries = prometheus.NewDesc("modzmq_go_entries_total", "Calls from Apache threads into the Go runtime (none for a warm, plain request).", []string{"route"}, nil)
+	descGoWaits   = prometheus.NewDesc("modzmq_go_waits_total", "Calls from Apache threads into the Go runtime that could wait there (ZmqCurve only).", []string{"route"}, nil)
 )
 
 // Describe implements prometheus.Collector.
 func (c Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descResponses, descDuration, descInFlight, descUp, descRetries, descOverloads, descEvents, descGoEntries} {
+	for _, d := range []*prometheus.Desc{descResponses, descDuration, descInFlight, descUp, descRetries, descOverloads, descEvents, descGoEntries, descGoWaits} {
 		ch <- d
 	}
 }
@@ -188,6 +201,9 @@ func (c Collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descOverloads, prometheus.CounterValue, float64(r.Overloads), r.Route)
 		if r.GoEntries != nil {
 			ch <- prometheus.MustNewConstMetric(descGoEntries, prometheus.CounterValue, float64(*r.GoEntries), r.Route)
+		}
+		if r.GoWaits != nil {
+			ch <- prometheus.MustNewConstMetric(descGoWaits, prometheus.CounterValue, float64(*r.GoWaits), r.Route)
 		}
 		for _, e := range r.Endpoints {
 			ch <- prometheus.MustNewConstMetric(descUp, prometheus.GaugeValue, float64(e.UpIn), r.Route, e.Endpoint)

@@ -50,6 +50,10 @@ struct modzmq_fast {
     fast_ep ep[];
 };
 
+/* The fast path of each client, by its handle (modzmq.h); set once, when Go
+ * makes the client, before the requests that use it. */
+static modzmq_fast *fasts[MODZMQ_MAX_CLIENTS + 1];
+
 modzmq_fast *modzmq_fast_new(int client, int nendpoints, int64_t timeout_ms, int64_t connect_timeout_ms,
                              int64_t max_reply, const int64_t *bounds_ns, const char *prefix)
 {
@@ -68,6 +72,9 @@ modzmq_fast *modzmq_fast_new(int client, int nendpoints, int64_t timeout_ms, int
     snprintf(f->prefix, sizeof(f->prefix), "%s", prefix);
     for (i = 0; i < nendpoints; i++) {
         pthread_mutex_init(&f->ep[i].mu, NULL);
+    }
+    if (client >= 1 && client <= MODZMQ_MAX_CLIENTS) {
+        __atomic_store_n(&fasts[client], f, __ATOMIC_RELEASE);
     }
     return f;
 }
@@ -219,58 +226,9 @@ void modzmq_fast_add_stats(modzmq_fast *f, int64_t *sums)
 
 /* ---- which fast path serves a request ---------------------------------- */
 
-/* Fast paths are found by backend and by the request's options, as Go
- * finds its clients; the list only grows, so readers need no lock. */
-typedef struct fast_entry {
-    int backend;
-    int64_t heartbeat_ms, heartbeat_timeout_ms, max_reply;
-    int retries, retry_all;
-    char *curve_server, *curve_client;
-    modzmq_fast *fast;
-    struct fast_entry *next;
-} fast_entry;
-
-static fast_entry *registry;
-
-static int same_string(const char *a, const char *b) { return (a == NULL || b == NULL) ? a == b : strcmp(a, b) == 0; }
-
-static int matches(const fast_entry *e, int backend, const modzmq_request *req)
+static modzmq_fast *fast_at(int client)
 {
-    return e->backend == backend && e->heartbeat_ms == req->heartbeat_ms &&
-           e->heartbeat_timeout_ms == req->heartbeat_timeout_ms && e->max_reply == req->max_reply &&
-           e->retries == req->retries && e->retry_all == req->retry_all &&
-           same_string(e->curve_server, req->curve_server_cert) && same_string(e->curve_client, req->curve_client_cert);
-}
-
-static modzmq_fast *lookup(int backend, const modzmq_request *req)
-{
-    fast_entry *e;
-    for (e = __atomic_load_n(&registry, __ATOMIC_ACQUIRE); e != NULL; e = e->next) {
-        if (matches(e, backend, req)) {
-            return e->fast;
-        }
-    }
-    return NULL;
-}
-
-void modzmq_fast_register(int backend, const modzmq_request *req, modzmq_fast *f)
-{
-    fast_entry *e;
-    if (f == NULL || lookup(backend, req) != NULL || (e = calloc(1, sizeof(*e))) == NULL) {
-        return;
-    }
-    e->backend = backend;
-    e->heartbeat_ms = req->heartbeat_ms;
-    e->heartbeat_timeout_ms = req->heartbeat_timeout_ms;
-    e->max_reply = req->max_reply;
-    e->retries = req->retries;
-    e->retry_all = req->retry_all;
-    e->curve_server = req->curve_server_cert ? strdup(req->curve_server_cert) : NULL;
-    e->curve_client = req->curve_client_cert ? strdup(req->curve_client_cert) : NULL;
-    e->fast = f;
-    e->next = __atomic_load_n(&registry, __ATOMIC_ACQUIRE);
-    while (!__atomic_compare_exchange_n(&registry, &e->next, e, 0, __ATOMIC_RELEASE, __ATOMIC_ACQUIRE)) {
-    }
+    return client >= 1 && client <= MODZMQ_MAX_CLIENTS ? __atomic_load_n(&fasts[client], __ATOMIC_ACQUIRE) : NULL;
 }
 
 /* ---- the reply --------------------------------------------------------- */
@@ -538,9 +496,9 @@ static int fast_relay(modzmq_fast *f, modzmq_request *req, modzmq_response *resp
     return modzmq_go_adopt(req, resp);
 }
 
-int modzmq_relay(int backend, modzmq_request *req, modzmq_response *resp)
+int modzmq_relay(int client, modzmq_request *req, modzmq_response *resp)
 {
-    modzmq_fast *f = lookup(backend, req);
+    modzmq_fast *f = fast_at(client);
 
     memset(MODZMQ_CALL(resp), 0, sizeof(modzmq_call));
     if (f != NULL) {
@@ -549,5 +507,5 @@ int modzmq_relay(int backend, modzmq_request *req, modzmq_response *resp)
             return rc;
         }
     }
-    return modzmq_go_relay(backend, req, resp);
+    return modzmq_go_relay(client, req, resp);
 }

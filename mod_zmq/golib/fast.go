@@ -20,10 +20,10 @@ import (
 	"github.com/modzmq/modzmq/bridge"
 )
 
-// newFast makes the C fast path (fast.h) of the client with the given index
+// newFast makes the C fast path (fast.h) of the client with the given handle
 // and options, or returns nil (the client then relays everything in Go, as
 // it does with CURVE).
-func newFast(index int, opts *bridge.Options) *C.modzmq_fast {
+func newFast(handle int, opts *bridge.Options) *C.modzmq_fast {
 	if opts.Curve != nil {
 		return nil // CurveZMQ is spoken in Go (bridge.ZMTP)
 	}
@@ -44,7 +44,7 @@ func newFast(index int, opts *bridge.Options) *C.modzmq_fast {
 	if connect <= 0 {
 		connect = bridge.DefaultConnectTimeout
 	}
-	return C.modzmq_fast_new(C.int(index), C.int(len(opts.Endpoints)), C.int64_t(timeout.Milliseconds()),
+	return C.modzmq_fast_new(C.int(handle), C.int(len(opts.Endpoints)), C.int64_t(timeout.Milliseconds()),
 		C.int64_t(connect.Milliseconds()), C.int64_t(opts.MaxReply), &bounds[0], prefix)
 }
 
@@ -52,15 +52,15 @@ func newFast(index int, opts *bridge.Options) *C.modzmq_fast {
 // client, or returns NULL (the request then goes through Go).
 //
 //export modzmq_go_dial
-func modzmq_go_dial(index, endpoint C.int) (sock unsafe.Pointer) {
+func modzmq_go_dial(handle, endpoint C.int) (sock unsafe.Pointer) {
 	defer func() {
 		if p := recover(); p != nil {
 			logFunc.Logf(bridge.LevelError, bridge.CodePanic, "recovered panic in modzmq_go_dial: %v", p)
 			sock = nil
 		}
 	}()
-	c := clientAt(index)
-	if c == nil {
+	c := clientAt(handle)
+	if c == nil || c.Client == nil {
 		return nil
 	}
 	c.b.goEntries.Add(1)
@@ -95,7 +95,7 @@ func modzmq_go_adopt(req *C.modzmq_request, resp *C.modzmq_response) (rc C.int) 
 	}()
 	st := callState(resp)
 	c := clientAt(st.client)
-	if c == nil {
+	if c == nil || c.Client == nil {
 		panic(fmt.Sprintf("no client %d", st.client))
 	}
 	c.b.goEntries.Add(1)

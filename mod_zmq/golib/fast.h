@@ -22,18 +22,18 @@
 #include "modzmq.h"
 #include "zmtp.h"
 
-/* One bridge client's fast path (one ZmqBackend with one set of options). */
+/* One client's fast path (modzmq_client_config: one ZmqBackend with one set
+ * of options). */
 typedef struct modzmq_fast modzmq_fast;
 
-/* Made and updated by Go. bounds_ns holds MODZMQ_STATS_BUCKETS-1 latency
- * bucket bounds; prefix is the request id prefix. */
+/* Made and updated by Go; modzmq_relay serves client (its handle) with it
+ * from then on. bounds_ns holds MODZMQ_STATS_BUCKETS-1 latency bucket bounds;
+ * prefix is the request id prefix. */
 modzmq_fast *modzmq_fast_new(int client, int nendpoints, int64_t timeout_ms, int64_t connect_timeout_ms,
                              int64_t max_reply, const int64_t *bounds_ns, const char *prefix);
 /* Mirrors an endpoint's state; when it goes down (or its epoch grows while
  * down), its idle connections are closed. */
 void modzmq_fast_set_state(modzmq_fast *f, int endpoint, int up, uint64_t epoch);
-/* Remembers f for requests to backend with req's options. */
-void modzmq_fast_register(int backend, const modzmq_request *req, modzmq_fast *f);
 /* Offers an idle connection of endpoint i to the fast path's pool; 1 when
  * taken, 0 when the pool is full (the caller keeps it). */
 int modzmq_fast_put(modzmq_fast *f, int endpoint, zmtp_conn *conn);

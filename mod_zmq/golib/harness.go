@@ -15,7 +15,7 @@ package main
 
 #include <poll.h>
 
-int modzmq_relay(int backend, modzmq_request *req, modzmq_response *resp);
+int modzmq_relay(int client, modzmq_request *req, modzmq_response *resp);
 
 // Waits for resp's connection to have input, receiving nothing.
 static void poll_only(modzmq_response *resp)
@@ -112,11 +112,11 @@ type relayed struct {
 	err                   string
 }
 
-// relayLeavingReplyQueued relays a GET of target to backend as the shim
+// relayLeavingReplyQueued relays a GET of target to client as the shim
 // does (modzmq_relay, then wait and resume until done, then release), except
 // that its waits only poll: they leave a reply queued on the socket instead
 // of receiving it, as when a reply lands just after modzmq_wait gave up.
-func relayLeavingReplyQueued(backend int, target string) relayed {
+func relayLeavingReplyQueued(client int, target string) relayed {
 	req := (*C.modzmq_request)(C.calloc(1, C.sizeof_modzmq_request))
 	resp := (*C.modzmq_response)(C.calloc(1, C.sizeof_modzmq_response))
 	method, ctarget := C.CString("GET"), C.CString(target)
@@ -129,7 +129,7 @@ func relayLeavingReplyQueued(backend int, target string) relayed {
 	req.method, req.method_len = method, 3
 	req.target, req.target_len = ctarget, C.size_t(len(target))
 	req.timeout_ms = 5000
-	rc := C.modzmq_relay(C.int(backend), req, resp)
+	rc := C.modzmq_relay(C.int(client), req, resp)
 	for rc == C.MODZMQ_PENDING {
 		C.modzmq_release(resp)
 		C.poll_only(resp)
@@ -146,14 +146,32 @@ func relayLeavingReplyQueued(backend int, target string) relayed {
 	return out
 }
 
-// openBackend opens endpoint as a ZmqBackend; it returns the handle.
-func openBackend(endpoint string) (int, string) {
+// openTestClient opens endpoint as a ZmqBackend and makes a client of it
+// with the default options, as the shim's loader does; it returns the
+// client's handle, or 0 and why.
+func openTestClient(endpoint string) (int, string) {
 	ep, routes := C.CString(endpoint), C.CString("/test")
 	defer C.free(unsafe.Pointer(ep))
 	defer C.free(unsafe.Pointer(routes))
 	var errbuf [256]C.char
-	h := modzmq_backend_open(ep, routes, 2000, &errbuf[0], C.size_t(len(errbuf)))
-	return int(h), C.GoString(&errbuf[0])
+	b := modzmq_backend_open(ep, routes, 2000, &errbuf[0], C.size_t(len(errbuf)))
+	if b == 0 {
+		return 0, C.GoString(&errbuf[0])
+	}
+	handle := C.int(1)
+	for handle <= C.MODZMQ_MAX_CLIENTS && clients[handle].Load() != nil {
+		handle++
+	}
+	cfg := (*C.modzmq_client_config)(C.calloc(1, C.sizeof_modzmq_client_config))
+	defer C.free(unsafe.Pointer(cfg))
+	cfg.backend = b
+	if modzmq_clients_open(handle, 1, cfg) != 0 {
+		return 0, "modzmq_clients_open refused the handle"
+	}
+	if err := clientAt(handle).err; err != nil {
+		return 0, err.Error()
+	}
+	return int(handle), ""
 }
 
 // zmtpTest is a ZMTP connection (zmtp.h) driven from Go, for tests.

@@ -41,129 +41,107 @@ var (
 	// Apache starts its request threads, and read on every request.
 	backends atomic.Pointer[[]*backend]
 	openMu   sync.Mutex
+	// clients holds each client by its handle (modzmq.h), the same number
+	// the shim and fast.c use.
+	clients [C.MODZMQ_MAX_CLIENTS + 1]atomic.Pointer[client]
 	// transport gives the request path raw sockets to wait on in C.
 	transport = &cTransport{}
 )
 
-// backend is one ZmqBackend endpoint list. Sockets depend on the heartbeat
-// settings, which come with each request (they may be set in another scope
-// than ZmqBackend), so it keeps one bridge client per setting, made on
-// first use.
+// backend is one ZmqBackend endpoint list; its clients are the option sets
+// the configuration uses it with.
 type backend struct {
 	endpoints      []string
 	routes         string // the <Location>s using it, for status pages
 	connectTimeout time.Duration
 	mu             sync.Mutex
-	clients        atomic.Pointer[map[clientKey]*client]
+	clients        atomic.Pointer[[]*client] // copy-on-write, for publish
 	// goEntries counts the calls into Go the request path made for it from
 	// Apache threads (modzmq_go_relay, _go_adopt, _go_dial, _resume): the
 	// fast path makes none for a warm, plain request (zmq-status shows the
 	// sum as go_entries).
 	goEntries atomic.Int64
+	// goWaits counts those that could wait inside Go (go_waits): a step of
+	// a call on a connection Go reads itself, a relay that dials in Go
+	// (ZmqCurve). None for any other request.
+	goWaits atomic.Int64
 }
 
 // client is a bridge client with its C fast path (fast.h), which relays the
-// common case without entering Go.
+// common case without entering Go. err, when set, is why its options cannot
+// be used; it has no bridge client then.
 type client struct {
 	*bridge.Client
-	b     *backend
-	fast  *C.modzmq_fast
-	index int // in clients
+	b      *backend
+	fast   *C.modzmq_fast
+	handle int
+	err    error
 }
 
-// clients lists every client by index, for the fast path's calls into Go.
-var (
-	clients   atomic.Pointer[[]*client]
-	clientsMu sync.Mutex
-)
-
-func clientAt(i C.int) *client {
-	list := clients.Load()
-	if list == nil || i < 0 || int(i) >= len(*list) {
+func clientAt(h C.int) *client {
+	if h < 1 || h > C.MODZMQ_MAX_CLIENTS {
 		return nil
 	}
-	return (*list)[i]
+	return clients[h].Load()
 }
 
-type clientKey struct {
-	heartbeat, heartbeatTimeout int64
-	retries                     int
-	retryAll                    bool
-	maxReply                    int64
-	curveServer, curveClient    string
-}
-
-func (b *backend) client(k clientKey) (*client, error) {
-	if m := b.clients.Load(); m != nil {
-		if c := (*m)[k]; c != nil {
-			return c, nil
-		}
-	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	old := b.clients.Load()
-	if old != nil && (*old)[k] != nil {
-		return (*old)[k], nil
-	}
-	var curve *bridge.Curve
-	if k.curveServer != "" {
-		var err error
-		if curve, err = bridge.LoadCurve(k.curveServer, k.curveClient); err != nil {
-			return nil, err
-		}
-	}
+// clientOptions is where a client's configuration (modzmq_client_config)
+// becomes bridge options: a new per-location option is read here.
+func clientOptions(b *backend, cfg *C.modzmq_client_config) (bridge.Options, error) {
 	opts := bridge.Options{
 		Endpoints:        b.endpoints,
 		ConnectTimeout:   b.connectTimeout,
-		Heartbeat:        time.Duration(max(k.heartbeat, 0)) * time.Millisecond,
-		HeartbeatTimeout: time.Duration(k.heartbeatTimeout) * time.Millisecond,
-		NoHeartbeat:      k.heartbeat < 0,
-		Retries:          k.retries,
-		RetryAll:         k.retryAll,
-		MaxReply:         k.maxReply,
-		Curve:            curve,
+		Heartbeat:        time.Duration(max(cfg.heartbeat_ms, 0)) * time.Millisecond,
+		HeartbeatTimeout: time.Duration(cfg.heartbeat_timeout_ms) * time.Millisecond,
+		NoHeartbeat:      cfg.heartbeat_ms < 0,
+		Retries:          int(cfg.retries),
+		RetryAll:         cfg.retry_all != 0,
+		MaxReply:         int64(cfg.max_reply),
 		Log:              logFunc,
 		Transport:        transport,
 	}
-	clientsMu.Lock()
-	defer clientsMu.Unlock()
-	c := &client{b: b}
-	if list := clients.Load(); list != nil {
-		c.index = len(*list)
-	}
-	c.fast = newFast(c.index, &opts)
-	if c.fast != nil {
-		opts.OnState = func(endpoint int, state bridge.State, epoch uint64) {
-			up := C.int(0)
-			if state == bridge.StateUp {
-				up = 1
-			}
-			C.modzmq_fast_set_state(c.fast, C.int(endpoint), up, C.uint64_t(epoch))
+	if cfg.curve_server_cert != nil {
+		curve, err := bridge.LoadCurve(C.GoString(cfg.curve_server_cert), C.GoString(cfg.curve_client_cert))
+		if err != nil {
+			return opts, err
 		}
-		pool := &fastPool{cTransport: transport, fast: c.fast, endpoints: b.endpoints}
-		opts.Transport = pool
-		opts.Reuse = pool.reuse
+		opts.Curve = curve
 	}
-	bc, err := bridge.NewClient(opts)
-	if err != nil {
-		// The fast path (a few hundred bytes) is not reused; it stays.
-		return nil, err
+	return opts, nil
+}
+
+// openClient makes client handle of backend b from opts (or records why it
+// cannot): its fast path, unless it speaks CURVE, and its bridge client,
+// which starts watching the endpoints. It returns once the endpoints have
+// reported, or after 250 ms.
+func openClient(handle int, b *backend, opts bridge.Options, optsErr error) *client {
+	c := &client{b: b, handle: handle, err: optsErr}
+	if c.err == nil {
+		c.fast = newFast(handle, &opts)
+		if c.fast != nil {
+			opts.OnState = func(endpoint int, state bridge.State, epoch uint64) {
+				up := C.int(0)
+				if state == bridge.StateUp {
+					up = 1
+				}
+				C.modzmq_fast_set_state(c.fast, C.int(endpoint), up, C.uint64_t(epoch))
+			}
+			pool := &fastPool{cTransport: transport, fast: c.fast, endpoints: b.endpoints}
+			opts.Transport = pool
+			opts.Reuse = pool.reuse
+		}
+		c.Client, c.err = bridge.NewClient(opts)
 	}
-	c.Client = bc
+	clients[handle].Store(c)
+	b.mu.Lock()
 	var list []*client
-	if old := clients.Load(); old != nil {
+	if old := b.clients.Load(); old != nil {
 		list = append(list, *old...)
 	}
 	list = append(list, c)
-	clients.Store(&list)
-	m := map[clientKey]*client{k: c}
-	if old != nil {
-		for kk, cc := range *old {
-			m[kk] = cc
-		}
-	}
-	b.clients.Store(&m)
-	return c, nil
+	b.clients.Store(&list)
+	b.mu.Unlock()
+	return c
 }
 
 // fastPool is the transport of a client with a fast path: the fast path's
@@ -271,11 +249,52 @@ func modzmq_backend_open(endpoints, routes *C.char, connectTimeoutMS C.int64_t, 
 	return C.int(len(list))
 }
 
+//export modzmq_clients_open
+func modzmq_clients_open(first, n C.int, cfg *C.modzmq_client_config) (rc C.int) {
+	defer func() {
+		if p := recover(); p != nil {
+			logFunc.Logf(bridge.LevelError, bridge.CodePanic, "recovered panic in modzmq_clients_open: %v", p)
+			rc = -1
+		}
+	}()
+	if n < 0 || first < 1 || first+n-1 > C.MODZMQ_MAX_CLIENTS {
+		return -1
+	}
+	cfgs := unsafe.Slice(cfg, int(n))
+	openMu.Lock()
+	defer openMu.Unlock()
+	for i := range cfgs {
+		if clients[int(first)+i].Load() != nil {
+			return -1
+		}
+	}
+	// Each client's first wait for its endpoints runs beside the others'.
+	var wg sync.WaitGroup
+	for i := range cfgs {
+		handle := int(first) + i
+		b := lookup(int(cfgs[i].backend))
+		if b == nil {
+			clients[handle].Store(&client{handle: handle, b: &backend{},
+				err: fmt.Errorf("unknown backend handle %d", cfgs[i].backend)})
+			continue
+		}
+		opts, err := clientOptions(b, &cfgs[i])
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			openClient(handle, b, opts, err)
+		}()
+	}
+	wg.Wait()
+	return 0
+}
+
 // modzmq_go_relay is modzmq_relay (fast.c) when the fast path cannot take
-// the request: the first one of a client, or no worker up, no pooled socket.
+// the request: no worker up, a connection it could not make or send on, or
+// a client without a fast path (CURVE).
 //
 //export modzmq_go_relay
-func modzmq_go_relay(backend C.int, req *C.modzmq_request, resp *C.modzmq_response) (rc C.int) {
+func modzmq_go_relay(handle C.int, req *C.modzmq_request, resp *C.modzmq_response) (rc C.int) {
 	defer func() {
 		if p := recover(); p != nil {
 			setError(&resp.error[0], C.size_t(len(resp.error)), fmt.Sprintf("%v: recovered panic: %v", bridge.CodePanic, p))
@@ -283,27 +302,23 @@ func modzmq_go_relay(backend C.int, req *C.modzmq_request, resp *C.modzmq_respon
 			rc = C.MODZMQ_EINTERNAL
 		}
 	}()
-	b := lookup(int(backend))
-	if b == nil {
-		setError(&resp.error[0], C.size_t(len(resp.error)), fmt.Sprintf("%v: unknown backend handle %d", bridge.CodeConfig, backend))
+	c := clientAt(handle)
+	if c == nil {
+		setError(&resp.error[0], C.size_t(len(resp.error)), fmt.Sprintf("%v: unknown client handle %d", bridge.CodeConfig, handle))
 		return C.MODZMQ_EBACKEND
 	}
-	b.goEntries.Add(1)
-	key := clientKey{heartbeat: int64(req.heartbeat_ms), heartbeatTimeout: int64(req.heartbeat_timeout_ms),
-		retries: int(req.retries), retryAll: req.retry_all != 0, maxReply: int64(req.max_reply)}
-	if req.curve_server_cert != nil {
-		key.curveServer, key.curveClient = C.GoString(req.curve_server_cert), C.GoString(req.curve_client_cert)
-	}
-	client, err := b.client(key)
-	if err != nil {
+	c.b.goEntries.Add(1)
+	if c.err != nil {
 		// Unusable settings (a CURVE certificate that cannot be read): the
 		// service is unavailable until the operator fixes them.
-		setError(&resp.error[0], C.size_t(len(resp.error)), fmt.Sprintf("%v: %s: %v", bridge.CodeConfig, strings.Join(b.endpoints, " "), err))
+		setError(&resp.error[0], C.size_t(len(resp.error)), fmt.Sprintf("%v: %s: %v", bridge.CodeConfig, strings.Join(c.b.endpoints, " "), c.err))
 		return C.MODZMQ_ENOWORKER
 	}
-	C.modzmq_fast_register(backend, req, client.fast)
-	call := client.Start(context.Background(), request(req), time.Duration(req.timeout_ms)*time.Millisecond)
-	return outcome(call, b, resp, 0)
+	if c.fast == nil {
+		c.b.goWaits.Add(1) // the connection, if one is made, is made in Go
+	}
+	call := c.Start(context.Background(), request(req), time.Duration(req.timeout_ms)*time.Millisecond)
+	return outcome(call, c.b, resp, 0)
 }
 
 // request views req; it stays valid while the call is in progress.
@@ -435,7 +450,11 @@ func modzmq_resume(resp *C.modzmq_response) (rc C.int) {
 	}
 	p.b.goEntries.Add(1)
 	deliver(p.call, resp)
-	p.call.Step(goWait(p.call))
+	wait := goWait(p.call)
+	if wait > 0 {
+		p.b.goWaits.Add(1)
+	}
+	p.call.Step(wait)
 	return outcome(p.call, p.b, resp, h)
 }
 

@@ -14,9 +14,7 @@
  * the common request without entering Go, and hands anything else to the Go
  * bridge. Waits are plain C in the library (modzmq_wait), so an Apache
  * thread does not wait inside the Go runtime, except on CurveZMQ
- * connections, which Go speaks and waits on (in modzmq_resume), and in a
- * child's first request with a location's options, which makes its bridge
- * client and waits up to 250 ms for its endpoints' first reports.
+ * connections, which Go speaks and waits on (in modzmq_resume).
  */
 #ifndef MODZMQ_H
 #define MODZMQ_H
@@ -25,14 +23,14 @@
 #include <stdint.h>
 
 /* The ABI this header describes; modzmq_abi_version() must return it. */
-#define MODZMQ_ABI_VERSION 9
+#define MODZMQ_ABI_VERSION 10
 
 /* Return codes of modzmq_relay(). */
 #define MODZMQ_OK         0 /* reply in *resp */
 #define MODZMQ_ENOWORKER  1 /* no worker took the request in time: 503 */
 #define MODZMQ_ETIMEOUT   2 /* no reply before the timeout: 504 */
 #define MODZMQ_EPROTOCOL  3 /* the reply broke MZMQ/1: 502 */
-#define MODZMQ_EBACKEND   4 /* unknown backend handle: 500 */
+#define MODZMQ_EBACKEND   4 /* unknown client handle: 500 */
 #define MODZMQ_EINTERNAL  5 /* anything else, including a recovered panic: 500 */
 #define MODZMQ_PENDING    6 /* sent: call modzmq_wait(resp), then modzmq_resume(resp) */
 
@@ -47,6 +45,18 @@ typedef struct modzmq_request {
     const char *meta;    size_t meta_len;    /* trusted lines, no request-id */
     const char *body;    size_t body_len;
     int64_t timeout_ms;                      /* whole exchange, retries included; 0 = default */
+} modzmq_request;
+
+/*
+ * One client: a ZmqBackend with one set of the options that shape its
+ * connections and calls. The shim numbers each distinct (backend, options)
+ * once, when Apache reads its configuration (modzmq_config.c); that number is
+ * the client's handle in the shim, in the library's C (fast.c) and in its Go
+ * (main.go). A new per-location option is a field here, filled in
+ * modzmq_config.c: modzmq_conf_client and read in main.go: clientOptions.
+ */
+typedef struct modzmq_client_config {
+    int     backend;                         /* modzmq_backend_open's handle */
     int64_t heartbeat_ms;                    /* ZMTP heartbeat interval; 0 = default, -1 = off */
     int64_t heartbeat_timeout_ms;            /* 0 = default */
     int     retries;                         /* extra attempts for idempotent methods */
@@ -54,7 +64,10 @@ typedef struct modzmq_request {
     int64_t max_reply;                       /* bytes; 0 = no limit */
     const char *curve_server_cert;           /* NUL-terminated paths, or NULL: CurveZMQ off */
     const char *curve_client_cert;
-} modzmq_request;
+} modzmq_client_config;
+
+/* The most clients a process has (the shim refuses more at configuration). */
+#define MODZMQ_MAX_CLIENTS 1024
 
 /* The most frames of a reply modzmq_wait keeps (MZMQ/1 replies have 3 to 5). */
 #define MODZMQ_MAX_FRAMES 8
@@ -106,6 +119,7 @@ typedef struct modzmq_response {
 #define MODZMQ_STATS_OFF_OVERLOADS 619 /* written by the shim */
 #define MODZMQ_STATS_OFF_INFLIGHT  620 /* gauge */
 #define MODZMQ_STATS_OFF_GO_ENTRIES 621 /* calls from Apache threads into Go */
+#define MODZMQ_STATS_OFF_GO_WAITS  622 /* of those, calls that may wait inside Go */
 #define MODZMQ_STATS_OFF_EP        624
 #define MODZMQ_STATS_BACKEND       (MODZMQ_STATS_OFF_EP + MODZMQ_STATS_ENDPOINTS * MODZMQ_STATS_EP_FIELDS)
 /* Fields of one endpoint, from MODZMQ_STATS_OFF_EP + i * MODZMQ_STATS_EP_FIELDS. */
@@ -152,8 +166,7 @@ typedef int (*modzmq_init_fn)(modzmq_log_fn log, int log_level, int max_procs);
  * int modzmq_backend_open(const char *endpoints, const char *routes,
  *                         int64_t connect_timeout_ms, char *err, size_t err_len):
  * routes names the <Location>s using it (space-separated), for status pages.
- * endpoints are separated by spaces. Connections (one client per heartbeat
- * setting a request asks for) are made on first use. (Parameters are not const because the
+ * endpoints are separated by spaces. (Parameters are not const because the
  * prototypes cgo generates are not; the library only reads them.) Returns a handle > 0, or 0 with a
  * NUL-terminated reason in err.
  */
@@ -161,7 +174,18 @@ typedef int (*modzmq_backend_open_fn)(char *endpoints, char *routes, int64_t con
                                       char *err, size_t err_len);
 
 /*
- * int modzmq_relay(int backend, const modzmq_request *req,
+ * int modzmq_clients_open(int first, int n, modzmq_client_config *cfg):
+ * makes clients first .. first+n-1 (1 <= handle <= MODZMQ_MAX_CLIENTS) from
+ * cfg[0] .. cfg[n-1], at once: each starts watching its endpoints, and the
+ * call returns when every endpoint has reported or after 250 ms. A client
+ * whose options cannot be used (a CURVE certificate that cannot be read)
+ * is still made: its requests fail with MODZMQ_ENOWORKER and the reason.
+ * Returns 0, or -1 when a handle is out of range or already made.
+ */
+typedef int (*modzmq_clients_open_fn)(int first, int n, modzmq_client_config *cfg);
+
+/*
+ * int modzmq_relay(int client, const modzmq_request *req,
  *                  modzmq_response *resp):
  * relays one request: the common case (a worker up, its reply within 100 ms)
  * ends here with MODZMQ_OK; otherwise it returns MODZMQ_PENDING while the
@@ -171,7 +195,7 @@ typedef int (*modzmq_backend_open_fn)(char *endpoints, char *routes, int64_t con
  * reply and calls modzmq_release(resp), whatever the code. req must stay
  * valid until then (a retry sends it again). Thread-safe.
  */
-typedef int (*modzmq_relay_fn)(int backend, modzmq_request *req, modzmq_response *resp);
+typedef int (*modzmq_relay_fn)(int client, modzmq_request *req, modzmq_response *resp);
 
 /*
  * void modzmq_wait(modzmq_response *resp): waits up to resp->wait_ms for the

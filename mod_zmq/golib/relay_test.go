@@ -25,7 +25,7 @@ func TestReplyReceivedByGoKeepsItsParts(t *testing.T) {
 		time.Sleep(150 * time.Millisecond)
 		reply([][]byte{msg[0], msg[1], {}, []byte("201 Made"), []byte("X-Target: " + string(msg[5]) + "\r\n"), msg[5]})
 	})
-	h, msg := openBackend(ep)
+	h, msg := openTestClient(ep)
 	if h == 0 {
 		t.Fatalf("backend: %s", msg)
 	}

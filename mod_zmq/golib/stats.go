@@ -30,6 +30,7 @@ const (
 	offOverloads  = C.MODZMQ_STATS_OFF_OVERLOADS
 	offInFlight   = C.MODZMQ_STATS_OFF_INFLIGHT
 	offGoEntries  = C.MODZMQ_STATS_OFF_GO_ENTRIES
+	offGoWaits    = C.MODZMQ_STATS_OFF_GO_WAITS
 	offEndpoints  = C.MODZMQ_STATS_OFF_EP
 	epFields      = C.MODZMQ_STATS_EP_FIELDS
 	maxEndpoints  = C.MODZMQ_STATS_ENDPOINTS
@@ -87,8 +88,12 @@ func publish() {
 		sums := &publishSums
 		*sums = [statsBackend]int64{}
 		sums[offGoEntries] = b.goEntries.Load()
-		if m := b.clients.Load(); m != nil {
-			for _, c := range *m {
+		sums[offGoWaits] = b.goWaits.Load()
+		if list := b.clients.Load(); list != nil {
+			for _, c := range *list {
+				if c.Client == nil {
+					continue
+				}
 				if c.fast != nil {
 					C.modzmq_fast_add_stats(c.fast, (*C.int64_t)(unsafe.Pointer(&sums[0])))
 				}
@@ -177,7 +182,7 @@ func modzmq_status_render(format C.int, sums *C.int64_t, nbackends C.int, proces
 func fromBlock(b *backend, block []int64, processes int64) status.Route {
 	r := status.Route{Route: b.routes, Statuses: map[string]int64{}, Buckets: make([]int64, statusBuckets),
 		SumSeconds: float64(block[offSumNs]) / 1e9, Retries: block[offRetries], Overloads: block[offOverloads],
-		InFlight: block[offInFlight], GoEntries: &block[offGoEntries]}
+		InFlight: block[offInFlight], GoEntries: &block[offGoEntries], GoWaits: &block[offGoWaits]}
 	for code := 0; code < C.MODZMQ_STATS_CODES; code++ {
 		if n := block[offCodes+code]; n > 0 {
 			r.Statuses[strconv.Itoa(code)] = n
