@@ -10,10 +10,10 @@ LIBEXEC  = $(shell $(APXS) -q LIBEXECDIR 2>/dev/null)
 SYSCONF  = $(shell $(APXS) -q SYSCONFDIR 2>/dev/null)
 LIBRARY  = $(LIBEXEC)/libmodzmq.so
 # Everything the Go binaries are built from, C included (cgo compiles the
-# .c and .h files of mod_zmq/golib into libmodzmq.so).
-GOSRC   := $(shell find bridge internal mod_zmq/golib \( -name '*.go' -o -name '*.c' -o -name '*.h' \) -not -name '*_test.go') go.mod go.sum
+# .c and .h files of mod_zmq/relay into libmodzmq.so).
+GOSRC   := $(shell find bridge internal mod_zmq/golib mod_zmq/relay \( -name '*.go' -o -name '*.c' -o -name '*.h' \) -not -name '*_test.go') go.mod go.sum
 CSRC    := $(wildcard mod_zmq/*.c mod_zmq/*.h) mod_zmq/golib/modzmq.h apxs/build.sh
-# The library's test helpers (mod_zmq/golib/harness.go) and the tests that
+# The library's test helpers (mod_zmq/relay/harness.go) and the tests that
 # use them build only with this tag, so they are not linked into the
 # libmodzmq.so users install: run go test and go vet with it.
 TESTTAGS := -tags modzmq_test
@@ -78,14 +78,14 @@ $(BUILD)/modzmq-bench: $(wildcard test/bench/*.go)
 	$(GO) build -o $@ ./test/bench
 
 FUZZTIME ?= 2000000x
-FUZZ_TARGETS := FuzzFastDecode:./mod_zmq/golib FuzzFastEncode:./mod_zmq/golib FuzzZMTPFrames:./mod_zmq/golib FuzzCurveOpen:./bridge FuzzZMTPTransport:./bridge FuzzDecodeReply:./bridge FuzzRequestRoundTrip:./bridge FuzzParseHeaderLines:./bridge FuzzParser:./gateway/stream
+FUZZ_TARGETS := FuzzFastDecode:./mod_zmq/relay FuzzFastEncode:./mod_zmq/relay FuzzZMTPFrames:./mod_zmq/relay FuzzCurveOpen:./bridge FuzzZMTPTransport:./bridge FuzzDecodeReply:./bridge FuzzRequestRoundTrip:./bridge FuzzParseHeaderLines:./bridge FuzzParser:./gateway/stream
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \
 		echo "fuzz $${t%%:*} ($(FUZZTIME))"; \
 		$(GO) test $(TESTTAGS) -run '^$$' -fuzz "^$${t%%:*}$$" -fuzztime $(FUZZTIME) $${t#*:} || exit 1; \
 	done
 
-# The fuzz targets that reach the C of mod_zmq/golib (fast.c, zmtp.c, zmqio.c),
+# The fuzz targets that reach the C of mod_zmq/relay (fast.c, zmtp.c, zmqio.c),
 # each for ASAN_FUZZTIME under AddressSanitizer (go test -asan, which also
 # checks for leaks at exit) and UBSan (-fsanitize=undefined through
 # CGO_CFLAGS, for every cgo package the test links). A sanitizer report ends
@@ -95,7 +95,7 @@ fuzz:
 # default). -asan makes fuzzing slow (FuzzFastDecode: about 100 executions a
 # second against thousands), hence the small count. Add a target as Name:package.
 ASAN_FUZZTIME ?= 10000x
-ASAN_FUZZ_TARGETS := FuzzFastDecode:./mod_zmq/golib FuzzFastEncode:./mod_zmq/golib FuzzZMTPFrames:./mod_zmq/golib
+ASAN_FUZZ_TARGETS := FuzzFastDecode:./mod_zmq/relay FuzzFastEncode:./mod_zmq/relay FuzzZMTPFrames:./mod_zmq/relay
 ASAN_ENV := CGO_CFLAGS='-O1 -g -fno-omit-frame-pointer -fsanitize=undefined -fno-sanitize-recover=undefined' \
 	CGO_LDFLAGS='-fsanitize=undefined' \
 	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 ASAN_OPTIONS=halt_on_error=1:detect_leaks=1

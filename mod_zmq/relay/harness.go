@@ -1,6 +1,6 @@
 //go:build modzmq_test
 
-package main
+package relay
 
 // Helpers for the package's tests, which cannot use cgo themselves. The
 // build tag keeps them out of the library users install; make test sets it.
@@ -30,6 +30,7 @@ import "C"
 
 import (
 	"syscall"
+	"time"
 	"unsafe"
 
 	"github.com/modzmq/modzmq/bridge"
@@ -133,7 +134,7 @@ func relayLeavingReplyQueued(client int, target string) relayed {
 	for rc == C.MODZMQ_PENDING {
 		C.modzmq_release(resp)
 		C.poll_only(resp)
-		rc = modzmq_resume(resp)
+		rc = C.int(Resume(unsafe.Pointer(resp)))
 	}
 	out := relayed{rc: int(rc), err: C.GoString(&resp.error[0])}
 	if rc == C.MODZMQ_OK {
@@ -150,28 +151,24 @@ func relayLeavingReplyQueued(client int, target string) relayed {
 // with the default options, as the shim's loader does; it returns the
 // client's handle, or 0 and why.
 func openTestClient(endpoint string) (int, string) {
-	ep, routes := C.CString(endpoint), C.CString("/test")
-	defer C.free(unsafe.Pointer(ep))
-	defer C.free(unsafe.Pointer(routes))
-	var errbuf [256]C.char
-	b := modzmq_backend_open(ep, routes, 2000, &errbuf[0], C.size_t(len(errbuf)))
-	if b == 0 {
-		return 0, C.GoString(&errbuf[0])
+	b, err := OpenBackend(endpoint, "/test", 2*time.Second)
+	if err != nil {
+		return 0, err.Error()
 	}
-	handle := C.int(1)
+	handle := 1
 	for handle <= C.MODZMQ_MAX_CLIENTS && clients[handle].Load() != nil {
 		handle++
 	}
 	cfg := (*C.modzmq_client_config)(C.calloc(1, C.sizeof_modzmq_client_config))
 	defer C.free(unsafe.Pointer(cfg))
-	cfg.backend = b
-	if modzmq_clients_open(handle, 1, cfg) != 0 {
-		return 0, "modzmq_clients_open refused the handle"
+	cfg.backend = C.int(b)
+	if !OpenClients(handle, 1, unsafe.Pointer(cfg)) {
+		return 0, "OpenClients refused the handle"
 	}
-	if err := clientAt(handle).err; err != nil {
+	if err := clientAt(C.int(handle)).err; err != nil {
 		return 0, err.Error()
 	}
-	return int(handle), ""
+	return handle, ""
 }
 
 // zmtpTest is a ZMTP connection (zmtp.h) driven from Go, for tests.

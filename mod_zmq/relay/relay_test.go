@@ -1,6 +1,6 @@
 //go:build modzmq_test
 
-package main
+package relay
 
 import (
 	"fmt"

@@ -1,5 +1,5 @@
 /*
- * fast.c - see fast.h. Built into libmodzmq.so by cgo.
+ * fast.c - see fast.h and relay.h. Built into libmodzmq.so by cgo.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -11,10 +11,7 @@
 #include <strings.h>
 #include <time.h>
 
-#include "fast.h"
-#include "zmqio.h"
-#include "zmtp.h"
-#include "_cgo_export.h"
+#include "relay.h"
 
 /* Idle connections kept per endpoint, at most: enough for every thread of a
  * child (ThreadsPerChild) to have one, so a busy child does not reconnect.
@@ -225,6 +222,10 @@ void modzmq_fast_add_stats(modzmq_fast *f, int64_t *sums)
 }
 
 /* ---- which fast path serves a request ---------------------------------- */
+
+static relay_callbacks go;
+
+void relay_set_callbacks(const relay_callbacks *cb) { go = *cb; }
 
 static modzmq_fast *fast_at(int client)
 {
@@ -452,7 +453,7 @@ static int fast_relay(modzmq_fast *f, modzmq_request *req, modzmq_response *resp
     }
     if ((sock = take_idle(f, i, start)) == NULL) {
         /* Rare once warm: Go makes the connection, with the client's options. */
-        if ((sock = modzmq_go_dial(f->client, i)) == NULL) {
+        if ((sock = go.dial(f->client, i)) == NULL) {
             return -1;
         }
     }
@@ -493,7 +494,7 @@ static int fast_relay(modzmq_fast *f, modzmq_request *req, modzmq_response *resp
     st->zconn = sock;
     st->elapsed_ns = now_ns() - start;
     st->remaining_ns = timeout_ms * 1000000 - st->elapsed_ns;
-    return modzmq_go_adopt(req, resp);
+    return go.adopt(req, resp);
 }
 
 int modzmq_relay(int client, modzmq_request *req, modzmq_response *resp)
@@ -507,5 +508,5 @@ int modzmq_relay(int client, modzmq_request *req, modzmq_response *resp)
             return rc;
         }
     }
-    return modzmq_go_relay(client, req, resp);
+    return go.relay(client, req, resp);
 }

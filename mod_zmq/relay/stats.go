@@ -1,7 +1,6 @@
-package main
+package relay
 
 /*
-#include <stdlib.h>
 #include "modzmq.h"
 #include "fast.h"
 */
@@ -48,14 +47,13 @@ var (
 
 var statsSlot atomic.Pointer[[]int64]
 
-//export modzmq_stats_attach
-func modzmq_stats_attach(slot *C.int64_t, nbackends C.int) {
-	defer func() { recover() }()
-	if slot == nil || nbackends <= 0 {
+// AttachStats makes publish write this process's counters into slot (a
+// statistics slot, modzmq.h) twice a second from now on.
+func AttachStats(slot []int64) {
+	if len(slot) < statsHeader+statsBackend {
 		return
 	}
-	s := unsafe.Slice((*int64)(unsafe.Pointer(slot)), statsHeader+int(nbackends)*statsBackend)
-	statsSlot.Store(&s)
+	statsSlot.Store(&slot)
 	go func() {
 		defer func() { recover() }()
 		for range time.Tick(500 * time.Millisecond) {
@@ -63,6 +61,12 @@ func modzmq_stats_attach(slot *C.int64_t, nbackends C.int) {
 		}
 	}()
 }
+
+// BlockWords is the length of one backend's block of a slot.
+const BlockWords = statsBackend
+
+// StatsWords is the length of a slot with nbackends backend blocks.
+func StatsWords(nbackends int) int { return statsHeader + nbackends*statsBackend }
 
 // publishSums is publish's scratch block (only publish's goroutine uses it):
 // with the C fast path, Apache children allocate almost nothing in Go, and a
@@ -139,24 +143,24 @@ func publish() {
 	}
 }
 
-//export modzmq_status_render
-func modzmq_status_render(format C.int, sums *C.int64_t, nbackends C.int, processes C.int, out **C.char, outLen *C.size_t) (rc C.int) {
+// RenderStatus renders summed backend blocks (modzmq_status_render) as
+// format, a MODZMQ_STATUS_* value.
+func RenderStatus(format int, sums []int64, processes int) (out []byte, err error) {
 	defer func() {
 		if p := recover(); p != nil {
-			rc = -1
+			out, err = nil, fmt.Errorf("%v: recovered panic: %v", bridge.CodePanic, p)
 		}
 	}()
 	list := backends.Load()
-	if list == nil || sums == nil {
-		return -1
+	if list == nil {
+		return nil, fmt.Errorf("no backends")
 	}
-	all := unsafe.Slice((*int64)(unsafe.Pointer(sums)), int(nbackends)*statsBackend)
 	var routes []status.Route
 	for i, b := range *list {
-		if i >= int(nbackends) {
+		if (i+1)*statsBackend > len(sums) {
 			break
 		}
-		routes = append(routes, fromBlock(b, all[i*statsBackend:(i+1)*statsBackend], int64(processes)))
+		routes = append(routes, fromBlock(b, sums[i*statsBackend:(i+1)*statsBackend], int64(processes)))
 	}
 	var buf bytes.Buffer
 	switch format {
@@ -164,18 +168,12 @@ func modzmq_status_render(format C.int, sums *C.int64_t, nbackends C.int, proces
 		status.JSON(&buf, routes)
 	case C.MODZMQ_STATUS_METRICS:
 		if err := status.Metrics(&buf, func() []status.Route { return routes }, nil); err != nil {
-			return -1
+			return nil, err
 		}
 	default:
 		status.Text(&buf, fmt.Sprintf("mod_zmq status (%d Apache children)", processes), routes)
 	}
-	p := C.malloc(C.size_t(buf.Len() + 1))
-	if p == nil {
-		return -1
-	}
-	copy(unsafe.Slice((*byte)(p), buf.Len()), buf.Bytes())
-	*out, *outLen = (*C.char)(p), C.size_t(buf.Len())
-	return 0
+	return buf.Bytes(), nil
 }
 
 // fromBlock turns a summed backend block into a status route.
