@@ -143,6 +143,9 @@ func (call *Call) Step(wait time.Duration) {
 		if err == ErrTimeout {
 			switch {
 			case call.ctx.Err() != nil:
+				if call.c.opts.Notices {
+					call.c.cancel(call.p)
+				}
 				call.end(Response{}, call.ctx.Err())
 			case !time.Now().Before(call.deadline):
 				call.end(Response{}, fmt.Errorf("%w (request %s to %s)", ErrTimeout, call.p.id, call.e.addr))
@@ -162,9 +165,53 @@ func (call *Call) Step(wait time.Duration) {
 			wait = 0
 			continue
 		}
+		if call.req.StreamWindow > 0 && len(msg) >= 2 && len(msg[1]) == 0 {
+			switch {
+			case isStreamMessage(msg[2:], partKeepAlive):
+				// Long-poll: the worker holds the request past its timeout.
+				call.deadline = time.Now().Add(call.c.streamIdle())
+				continue
+			case isStreamMessage(msg[2:], partHead):
+				call.startStream(msg)
+				return
+			}
+		}
 		call.end(call.c.decode(call.p.id, msg))
 		return
 	}
+}
+
+func (c *Client) streamIdle() time.Duration {
+	if c.opts.StreamIdleTimeout > 0 {
+		return c.opts.StreamIdleTimeout
+	}
+	return DefaultStreamIdleTimeout
+}
+
+// startStream ends the call with a stream's head: the Stream takes the
+// connection over, and the worker's next messages are its parts.
+func (call *Call) startStream(msg [][]byte) {
+	c := call.c
+	resp, err := DecodeStreamHead(msg[2:])
+	if err != nil {
+		call.end(resp, fmt.Errorf("request %s: %w", call.p.id, err))
+		return
+	}
+	if n := c.streams.Add(1); c.opts.MaxStreams > 0 && n > int64(c.opts.MaxStreams) {
+		c.streams.Add(-1)
+		c.overloads.Add(1)
+		if c.opts.Notices {
+			c.cancel(call.p)
+		}
+		call.end(Response{}, fmt.Errorf("%w: %d streams open, the limit is %d", ErrOverload, n-1, c.opts.MaxStreams))
+		return
+	}
+	s := &Stream{c: c, e: call.e, p: call.p, ctx: call.ctx, window: call.req.StreamWindow,
+		credit: call.req.StreamWindow, idle: c.streamIdle(), epoch: call.epoch}
+	s.deadline = time.Now().Add(s.idle)
+	call.p = nil // the stream's now
+	resp.Stream = s
+	call.end(resp, nil)
 }
 
 func (c *Client) decode(id []byte, msg [][]byte) (Response, error) {
@@ -208,8 +255,14 @@ func (call *Call) next() {
 	call.attach(e, p)
 	p.id = strconv.AppendUint(append(p.id[:0], c.prefix...), c.seq.Add(1), 10)
 	p.meta = appendMeta(p.meta[:0], p.id, call.req.Meta)
+	if call.req.StreamWindow > 0 || c.opts.Notices {
+		p.meta = appendStreamMeta(p.meta, call.req.StreamWindow, c.opts.Notices)
+	}
 	p.frames = requestFrames(p.frames, p.id, p.meta, call.req)
 	call.epoch = e.epoch.Load()
+	if q, ok := p.conn.(interface{ setLimit(int) }); ok {
+		q.setLimit(int(call.req.StreamWindow/PartCost) + plainQueue)
+	}
 	sendWait := min(c.opts.ConnectTimeout, time.Until(call.deadline))
 	if err := p.conn.Send(p.frames, sendWait); err != nil {
 		call.end(Response{}, fmt.Errorf("%s: %w", e.addr, err))

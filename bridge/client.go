@@ -77,6 +77,17 @@ type Options struct {
 	// with before it pools it, with its endpoint's index; it returns true
 	// when it took the connection (a front keeping a pool of its own).
 	Reuse func(endpoint int, conn Conn) bool
+	// Notices: the workers want a cancel notice when a request's caller
+	// goes away (its context is cancelled) before the reply or the stream
+	// ended. REP workers cannot take notices.
+	Notices bool
+	// StreamIdleTimeout ends a stream with no message for this long; zero
+	// means DefaultStreamIdleTimeout. A keep-alive before a stream's head
+	// holds the request this long past its timeout.
+	StreamIdleTimeout time.Duration
+	// MaxStreams bounds the streams open through this client at once; a
+	// head over it fails the request with ErrOverload. Zero: no limit.
+	MaxStreams int
 }
 
 // ParseEndpoint checks that s is an endpoint the bridge can connect to:
@@ -125,6 +136,7 @@ type Client struct {
 	stats     Stats
 	overloads atomic.Int64
 	retries   atomic.Int64
+	streams   atomic.Int64 // open
 	stopWatch func()
 	// ready closes once every endpoint's watch reported its first event.
 	ready        chan struct{}
@@ -302,7 +314,9 @@ func idempotent(method []byte) bool {
 // Do relays req and waits for its reply. timeout bounds the whole exchange
 // (zero means Options.Timeout); a deadline on ctx shortens it, and cancelling
 // ctx ends the wait with ctx's error. The returned response's slices belong to
-// the caller.
+// the caller. When req.StreamWindow allows it and the worker streams its
+// reply, the response has the head and Stream, which the caller reads and
+// must Close.
 func (c *Client) Do(ctx context.Context, req *Request, timeout time.Duration) (Response, error) {
 	call := c.Start(ctx, req, timeout)
 	for !call.Done() {

@@ -53,6 +53,8 @@ const (
 	CodeHandshake      Code = 123 // ZMTP handshake failed (error)
 	CodeEndpointClosed Code = 124 // watch closed (debug)
 	CodeHeartbeatHint  Code = 125 // connections drop right after starting (warn)
+	CodeStream         Code = 130 // a stream ended abnormally after its head
+	CodeCancel         Code = 131 // a cancel notice was sent (debug)
 )
 
 // String formats the code as it appears in logs, e.g. "MODZMQ0103".

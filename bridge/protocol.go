@@ -2,7 +2,7 @@ package bridge
 
 // This file is the reference implementation of the MZMQ/1 wire protocol
 // specified in docs/PROTOCOL.md. The only other one is the Apache module's C
-// fast path (mod_zmq/golib/fast.c), which builds requests as EncodeRequest
+// fast path (mod_zmq/relay/fast.c), which builds requests as EncodeRequest
 // does (FuzzFastEncode checks that) and accepts only replies DecodeReply
 // accepts (FuzzFastDecode checks that).
 
@@ -29,6 +29,10 @@ type Request struct {
 	// puts "request-id" in front of them.
 	Meta []byte
 	Body []byte
+	// StreamWindow, when above zero, lets the worker stream its reply
+	// (meta stream-credits), with this many bytes of credit: the most the
+	// front holds for the stream.
+	StreamWindow int64
 }
 
 // Response is a worker's reply after validation. Headers holds validated
@@ -39,6 +43,9 @@ type Response struct {
 	Reason  []byte
 	Headers []byte
 	Body    []byte
+	// Stream, for a streamed reply, delivers the body in parts; Body is
+	// then empty.
+	Stream *Stream
 }
 
 // AppendHeader appends one "name: value\r\n" line to dst.

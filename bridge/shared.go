@@ -72,11 +72,22 @@ type shareConn struct {
 	opts     DialOptions
 	s        *session
 	id       string // the request id last sent
-	inbox    chan [][]byte
 	timer    *time.Timer
-	hdr      []byte // frame headers of a direct write
-	out      net.Buffers
-	closed   bool
+	// The messages received for the request in flight, and a wake-up for
+	// Recv. A plain reply is one message (room for a second, to a request
+	// given up on that raced with the next send); a stream's parts queue up
+	// to what its credit allows (limit, see setLimit). The reader never
+	// blocks on a slow Conn: a message past the limit is dropped and the
+	// next Recv reports it.
+	qmu    sync.Mutex
+	q      [][][]byte // q[head:] are queued
+	head   int
+	limit  int
+	over   bool
+	ready  chan struct{}
+	hdr    []byte // frame headers of a direct write
+	out    net.Buffers
+	closed bool
 }
 
 // dialShared returns a Conn on a shared connection to endpoint.
@@ -87,8 +98,8 @@ func (t *ZMTP) dialShared(endpoint string, opts DialOptions) (Conn, error) {
 	}
 	// Room for the reply waited for, and one to a request given up on that
 	// raced with the next send: the reader never blocks on a slow Conn.
-	return &shareConn{t: t, endpoint: endpoint, opts: opts, s: s,
-		inbox: make(chan [][]byte, 2)}, nil
+	return &shareConn{t: t, endpoint: endpoint, opts: opts, s: s, limit: plainQueue,
+		ready: make(chan struct{}, 1)}, nil
 }
 
 // bind finds a sound session with room, or makes one. One dial at a time per
@@ -231,24 +242,78 @@ func (s *session) read() {
 	}
 }
 
-// deliver hands a reply to the Conn waiting for it.
+// deliver hands a message to the Conn whose request it answers. The request
+// stays registered until the Conn sends another or closes: a stream's
+// parts follow its head.
 func (s *session) deliver(msg [][]byte) {
 	var c *shareConn
 	if len(msg) > 0 {
 		s.pmu.Lock()
-		if c = s.pending[string(msg[0])]; c != nil {
-			delete(s.pending, string(msg[0]))
-		}
+		c = s.pending[string(msg[0])]
 		s.pmu.Unlock()
 	}
-	if c != nil {
-		select {
-		case c.inbox <- msg:
-			return
-		default:
-		}
+	if c == nil || !c.push(msg) {
+		s.log.Logf(LevelDebug, CodeStaleReply, "dropped a reply nobody waits for any more (request %s)", idOf(msg))
 	}
-	s.log.Logf(LevelDebug, CodeStaleReply, "dropped a reply nobody waits for any more (request %s)", idOf(msg))
+}
+
+// plainQueue is how many messages a Conn holds for a plain request.
+const plainQueue = 2
+
+// push queues msg for Recv; false when the queue is full (the Conn then
+// reports it instead of the messages after).
+func (c *shareConn) push(msg [][]byte) bool {
+	c.qmu.Lock()
+	if len(c.q)-c.head >= c.limit {
+		c.over = true
+		c.qmu.Unlock()
+		return false
+	}
+	c.q = append(c.q, msg)
+	c.qmu.Unlock()
+	select {
+	case c.ready <- struct{}{}:
+	default:
+	}
+	return true
+}
+
+// pop takes the next queued message; err when messages were dropped.
+func (c *shareConn) pop() (msg [][]byte, err error) {
+	c.qmu.Lock()
+	defer c.qmu.Unlock()
+	if c.head < len(c.q) {
+		msg, c.q[c.head] = c.q[c.head], nil
+		if c.head++; c.head == len(c.q) {
+			c.q, c.head = c.q[:0], 0
+		}
+		return msg, nil
+	}
+	if c.over {
+		return nil, protocolError("request %s: the worker sent more messages than the front holds for it (%d); a stream past its credit", c.id, c.limit)
+	}
+	return nil, nil
+}
+
+// setLimit lets the next request queue up to n messages (one that may be
+// streamed: its credit over PartCost); before it is sent, since a stream's
+// parts may follow its head at once.
+func (c *shareConn) setLimit(n int) {
+	c.qmu.Lock()
+	c.limit = max(n, plainQueue)
+	c.qmu.Unlock()
+}
+
+// reset forgets what was queued for the request before.
+func (c *shareConn) reset() {
+	c.qmu.Lock()
+	clear(c.q)
+	c.q, c.head, c.over = c.q[:0], 0, false
+	c.qmu.Unlock()
+	select {
+	case <-c.ready:
+	default:
+	}
 }
 
 // queueCommand queues a PONG from the reader, which must not itself wait
@@ -329,6 +394,12 @@ func (c *shareConn) Send(frames [][]byte, timeout time.Duration) error {
 	if len(frames) == 0 {
 		return errors.New("zmtp send: no frames")
 	}
+	// A message for the request in flight (a stream's credit, a cancel
+	// notice) goes on its session, which must still live.
+	control := c.id != "" && c.id == string(frames[0])
+	if control && c.s.isDead() {
+		return fmt.Errorf("%w: send to %s: %v", ErrWorkerLost, c.endpoint, c.s.err)
+	}
 	if c.s.isDead() {
 		s, err := c.t.bind(c.endpoint, c.opts, timeout)
 		if err != nil {
@@ -338,17 +409,17 @@ func (c *shareConn) Send(frames [][]byte, timeout time.Duration) error {
 		c.s = s
 	}
 	s := c.s
-	// Forget the request before, whose reply may still come, and any reply
-	// to it that came already.
-	s.pmu.Lock()
-	if c.id != "" && s.pending[c.id] == c {
-		delete(s.pending, c.id)
-	}
-	c.id = string(frames[0])
-	s.pending[c.id] = c
-	s.pmu.Unlock()
-	for len(c.inbox) > 0 {
-		<-c.inbox
+	if !control {
+		// Forget the request before, whose reply may still come, and any
+		// reply to it that came already.
+		s.pmu.Lock()
+		if c.id != "" && s.pending[c.id] == c {
+			delete(s.pending, c.id)
+		}
+		c.id = string(frames[0])
+		s.pending[c.id] = c
+		s.pmu.Unlock()
+		c.reset()
 	}
 
 	s.wmu.Lock()
@@ -425,10 +496,8 @@ func appendMessage(b []byte, frames [][]byte) []byte {
 
 // Recv waits for the reply to the request last sent.
 func (c *shareConn) Recv(timeout time.Duration) ([][]byte, error) {
-	select {
-	case msg := <-c.inbox:
-		return msg, nil
-	default:
+	if msg, err := c.pop(); msg != nil || err != nil {
+		return msg, err
 	}
 	s := c.s
 	if timeout <= 0 {
@@ -442,20 +511,23 @@ func (c *shareConn) Recv(timeout time.Duration) ([][]byte, error) {
 	} else {
 		c.timer.Reset(timeout)
 	}
-	select {
-	case msg := <-c.inbox:
-		c.timer.Stop()
-		return msg, nil
-	case <-s.dead:
-		c.timer.Stop()
+	for {
 		select {
-		case msg := <-c.inbox:
-			return msg, nil
-		default:
+		case <-c.ready:
+			if msg, err := c.pop(); msg != nil || err != nil {
+				c.timer.Stop()
+				return msg, err
+			}
+			continue // a wake-up left from a message already taken
+		case <-s.dead:
+			c.timer.Stop()
+			if msg, err := c.pop(); msg != nil || err != nil {
+				return msg, err
+			}
+			return nil, s.failed(c.id)
+		case <-c.timer.C:
+			return nil, ErrTimeout
 		}
-		return nil, s.failed(c.id)
-	case <-c.timer.C:
-		return nil, ErrTimeout
 	}
 }
 

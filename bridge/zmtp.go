@@ -20,7 +20,7 @@ import (
 // hop through libzmq's I/O thread, and the reader's rules (below) bound
 // what a worker can make the bridge hold. Workers see an ordinary DEALER
 // peer. The Apache module has the same without CURVE in C
-// (mod_zmq/golib/zmtp.c).
+// (mod_zmq/relay/zmtp.c).
 //
 // Requests to one endpoint share a few connections (see shared.go).
 type ZMTP struct {

@@ -83,6 +83,22 @@ type Route struct {
 	// ConnectionNotices asks stream mode to tell this route's workers when a
 	// client connection opens and closes (see docs/PROTOCOL.md).
 	ConnectionNotices bool `yaml:"connection_notices"`
+	// Notices: the route's workers get a cancel notice when a client goes
+	// away before its reply or stream ended (docs/PROTOCOL.md). They must
+	// be ROUTER (or DEALER) workers: a REP socket cannot take notices.
+	Notices bool `yaml:"notices"`
+	// StreamWindow is the credit a streamed reply starts with, and the most
+	// the gateway holds for one stream, in bytes; zero means 256 KiB.
+	StreamWindow int64 `yaml:"stream_window"`
+	// StreamIdleTimeout ends a stream with no part for this long; zero
+	// means 60s.
+	StreamIdleTimeout Duration `yaml:"stream_idle_timeout"`
+	// MaxStreams bounds the streams open on this route at once; a stream
+	// over it gets 503 with Retry-After. Zero means no limit.
+	MaxStreams int `yaml:"max_streams"`
+	// StreamBody (request bodies in parts) is not implemented yet; a route
+	// that sets it is refused.
+	StreamBody bool `yaml:"stream_body"`
 
 	line      int           // where the route starts in the file, for messages
 	heartbeat time.Duration // parsed Heartbeat; -1 for off
@@ -95,17 +111,28 @@ const DefaultMaxReply = 64 << 20
 // BridgeOptions are the bridge.Options of the route (without Log).
 func (r *Route) BridgeOptions() bridge.Options {
 	return bridge.Options{
-		Endpoints:        r.Backend,
-		Timeout:          r.TimeoutOrDefault(),
-		Heartbeat:        max(r.heartbeat, 0),
-		HeartbeatTimeout: time.Duration(r.HeartbeatTimeout),
-		NoHeartbeat:      r.heartbeat < 0,
-		Retries:          r.Retries,
-		RetryAll:         r.RetryAll,
-		MaxInFlight:      r.MaxInFlight,
-		MaxReply:         r.maxReply(),
-		Curve:            r.curve,
+		Endpoints:         r.Backend,
+		Timeout:           r.TimeoutOrDefault(),
+		Heartbeat:         max(r.heartbeat, 0),
+		HeartbeatTimeout:  time.Duration(r.HeartbeatTimeout),
+		NoHeartbeat:       r.heartbeat < 0,
+		Retries:           r.Retries,
+		RetryAll:          r.RetryAll,
+		MaxInFlight:       r.MaxInFlight,
+		MaxReply:          r.maxReply(),
+		Curve:             r.curve,
+		Notices:           r.Notices,
+		StreamIdleTimeout: time.Duration(r.StreamIdleTimeout),
+		MaxStreams:        r.MaxStreams,
 	}
+}
+
+// StreamWindowOrDefault is the route's stream window in bytes.
+func (r *Route) StreamWindowOrDefault() int64 {
+	if r.StreamWindow > 0 {
+		return r.StreamWindow
+	}
+	return bridge.DefaultStreamWindow
 }
 
 func (r *Route) maxReply() int64 {
@@ -314,6 +341,18 @@ func (c *Config) Check() error {
 		}
 		if r.MaxInFlight < 0 {
 			return lineError(line, "route %s: max_in_flight must be 0 (no limit) or more", r.Pattern())
+		}
+		if r.StreamWindow != 0 && (r.StreamWindow < 4<<10 || r.StreamWindow > 64<<20) {
+			return lineError(line, "route %s: stream_window must be from 4096 to 67108864 bytes", r.Pattern())
+		}
+		if r.StreamIdleTimeout < 0 {
+			return lineError(line, "route %s: stream_idle_timeout must be 0 (60s) or more", r.Pattern())
+		}
+		if r.MaxStreams < 0 {
+			return lineError(line, "route %s: max_streams must be 0 (no limit) or more", r.Pattern())
+		}
+		if r.StreamBody {
+			return lineError(line, "route %s: stream_body is not implemented yet: request bodies reach the worker whole", r.Pattern())
 		}
 		if r.StripPrefix != "" && !strings.HasPrefix(r.StripPrefix, "/") {
 			return lineError(line, "route %s: strip_prefix %q must start with /", r.Pattern(), r.StripPrefix)

@@ -310,7 +310,8 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request, h *Handle) {
 		Headers: AppendHeaderLines(nil, r.Host, r.Header),
 		Meta: g.AppendMeta(nil, h, &Meta{RemoteAddr: r.RemoteAddr, Scheme: scheme, Host: r.Host,
 			Protocol: r.Proto, ConnectionID: connID, Vars: mux.Vars(r)}),
-		Body: body,
+		Body:         body,
+		StreamWindow: h.Route.StreamWindowOrDefault(),
 	}
 	resp, err := g.Relay(r.Context(), h, &req)
 	if err != nil {
@@ -329,10 +330,61 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request, h *Handle) {
 	if _, ok := hdr["Content-Type"]; !ok {
 		hdr["Content-Type"] = nil // the worker chose none: do not sniff one
 	}
+	if resp.Stream != nil {
+		g.serveStream(w, r, h, resp.Stream, resp.Status)
+		return
+	}
 	hdr.Set("Content-Length", strconv.Itoa(len(resp.Body)))
 	w.WriteHeader(resp.Status)
 	if r.Method != http.MethodHead {
 		w.Write(resp.Body)
+	}
+}
+
+// serveStream writes a streamed reply after its head: each part is flushed
+// to the client when it arrives (HTTP/1.1 chunks, HTTP/2 DATA frames), and
+// asking the stream for the next part after the write returns is what
+// grants the worker credit back, so a slow client slows the worker. A
+// stream that breaks after the head ends the response abnormally:
+// http.ErrAbortHandler makes net/http close an HTTP/1.1 connection without
+// the terminating chunk, and reset an HTTP/2 stream.
+func (g *Gateway) serveStream(w http.ResponseWriter, r *http.Request, h *Handle, s *bridge.Stream, status int) {
+	defer s.Close()
+	w.WriteHeader(status)
+	if r.Method == http.MethodHead {
+		return
+	}
+	rc := http.NewResponseController(w)
+	idle := h.Route.BridgeOptions().StreamIdleTimeout
+	if idle <= 0 {
+		idle = bridge.DefaultStreamIdleTimeout
+	}
+	rc.SetWriteDeadline(time.Now().Add(idle))
+	if err := rc.Flush(); err != nil {
+		return
+	}
+	for {
+		data, end, err := s.Next()
+		if err != nil {
+			if r.Context().Err() != nil {
+				return // the client went away; Close tells the worker
+			}
+			g.log.Error(fmt.Sprintf("%v: stream ended abnormally: %v", bridge.CodeStream, err), "route", h.Route.Pattern(),
+				"backend", strings.Join(h.Route.Backend, " "))
+			panic(http.ErrAbortHandler)
+		}
+		if len(data) > 0 {
+			rc.SetWriteDeadline(time.Now().Add(idle))
+			if _, err := w.Write(data); err != nil {
+				return
+			}
+			if err := rc.Flush(); err != nil {
+				return
+			}
+		}
+		if end {
+			return
+		}
 	}
 }
 

@@ -36,30 +36,44 @@ func AccessLog(next http.Handler, w io.Writer) http.Handler {
 	return http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		rec := &recorder{ResponseWriter: rw}
+		defer func() {
+			// A response the handler aborts (a stream that broke) is
+			// logged too, then the panic goes on to net/http.
+			p := recover()
+			logLine(w, r, rec, start)
+			if p != nil {
+				panic(p)
+			}
+		}()
 		next.ServeHTTP(rec, r)
-		host, _, err := net.SplitHostPort(r.RemoteAddr)
-		if err != nil {
-			host = r.RemoteAddr
-		}
-		status := rec.status
-		if status == 0 {
-			status = 499 // nothing written: the client went away first
-		}
-		line := make([]byte, 0, 160)
-		line = append(line, host...)
-		line = append(line, " - - ["...)
-		line = start.AppendFormat(line, "02/Jan/2006:15:04:05 -0700")
-		line = append(line, "] "...)
-		line = strconv.AppendQuote(line, r.Method+" "+r.RequestURI+" "+r.Proto)
-		line = append(line, ' ')
-		line = strconv.AppendInt(line, int64(status), 10)
-		line = append(line, ' ')
-		line = strconv.AppendInt(line, rec.bytes, 10)
-		line = append(line, ' ')
-		line = strconv.AppendFloat(line, time.Since(start).Seconds(), 'f', 6, 64)
-		line = append(line, '\n')
-		w.Write(line)
 	})
+}
+
+// logLine writes the access log line of r. A request whose client went
+// away before the handler finished shows 499, whatever was written.
+func logLine(w io.Writer, r *http.Request, rec *recorder, start time.Time) {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		host = r.RemoteAddr
+	}
+	status := rec.status
+	if status == 0 || r.Context().Err() != nil {
+		status = 499 // the client went away first
+	}
+	line := make([]byte, 0, 160)
+	line = append(line, host...)
+	line = append(line, " - - ["...)
+	line = start.AppendFormat(line, "02/Jan/2006:15:04:05 -0700")
+	line = append(line, "] "...)
+	line = strconv.AppendQuote(line, r.Method+" "+r.RequestURI+" "+r.Proto)
+	line = append(line, ' ')
+	line = strconv.AppendInt(line, int64(status), 10)
+	line = append(line, ' ')
+	line = strconv.AppendInt(line, rec.bytes, 10)
+	line = append(line, ' ')
+	line = strconv.AppendFloat(line, time.Since(start).Seconds(), 'f', 6, 64)
+	line = append(line, '\n')
+	w.Write(line)
 }
 
 type recorder struct {
@@ -67,6 +81,10 @@ type recorder struct {
 	status int
 	bytes  int64
 }
+
+// Unwrap lets http.NewResponseController reach the writer's Flush and
+// deadlines.
+func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
 
 func (r *recorder) WriteHeader(code int) {
 	if r.status == 0 {

@@ -18,6 +18,8 @@ import (
 	"testing"
 	"text/template"
 	"time"
+
+	"github.com/modzmq/modzmq/internal/zmqtest"
 )
 
 const python = "/usr/bin/python3" // Debian's python3-zmq installs for this one
@@ -67,22 +69,7 @@ func checkFor(t *testing.T, d time.Duration, fn func() error) {
 }
 
 // syncBuffer collects a process's output safely across goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type syncBuffer = zmqtest.Buffer
 
 // worker is a running worker process.
 type worker struct {

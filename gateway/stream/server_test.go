@@ -280,3 +280,38 @@ func TestShutdownDrainsRequestsInFlight(t *testing.T) {
 		return err != nil
 	})
 }
+
+// With notices, a worker holding a request learns that its client closed
+// the connection: stream mode cancels the relay, and the bridge sends
+// @cancel for the request.
+func TestCancelNoticeWhenTheClientCloses(t *testing.T) {
+	got := make(chan [][]byte, 8)
+	ep := zmqtest.ROUTER(t, func(msg [][]byte, reply func([][]byte)) {
+		got <- msg // never answered
+	})
+	_, addr := startServer(t, Options{}, gateway.Route{Prefix: "/", Backend: []string{ep}, Notices: true})
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(c, "GET /held HTTP/1.1\r\nHost: x\r\n\r\n")
+	next := func(what string) [][]byte {
+		t.Helper()
+		select {
+		case m := <-got:
+			return m
+		case <-time.After(10 * time.Second):
+			t.Fatalf("gave up waiting for %s", what)
+		}
+		return nil
+	}
+	req := next("the request") // [peer, id, "", MZMQ/1, GET, /held, headers, meta, body]
+	if len(req) != 9 || string(req[4]) != "GET" || !strings.Contains(string(req[7]), "notices: cancel\r\n") {
+		t.Fatalf("the worker got %q", req)
+	}
+	c.Close()
+	n := next("the cancel notice")
+	if len(n) != 9 || string(n[4]) != "@cancel" || string(n[1]) != string(req[1]) {
+		t.Errorf("after the client closed, the worker got %q; want @cancel for request %s", n, req[1])
+	}
+}

@@ -1,0 +1,255 @@
+package bridge
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+)
+
+// Streams (docs/PROTOCOL.md, "Streams, credits and cancel notices"). A
+// request that may be answered in parts carries a stream-credits meta line;
+// the worker answers with a head, ["@stream", status, headers], and then
+// sends parts, each costing its bytes plus PartCost against the credit the
+// front grants with @credit messages as the client takes the data.
+
+// PartCost is what every stream message after the head costs beyond its
+// bytes: it bounds the number of parts a front holds, as the reply limit
+// counts frames.
+const PartCost = 64
+
+// DefaultStreamWindow is the credit a stream starts with and the most a
+// front holds for it, when the front sets none.
+const DefaultStreamWindow = 256 << 10
+
+// DefaultStreamIdleTimeout ends a stream with no message for this long.
+const DefaultStreamIdleTimeout = 60 * time.Second
+
+// Stream message kinds, the first frame of a worker's message after the
+// envelope.
+var (
+	partHead      = []byte("@stream")
+	partData      = []byte("@data")
+	partKeepAlive = []byte("@keep-alive")
+	partEnd       = []byte("@end")
+	partAbort     = []byte("@abort")
+)
+
+// Control methods the bridge sends the worker, as six-frame requests.
+var (
+	methodCredit = []byte("@credit")
+	methodCancel = []byte("@cancel")
+)
+
+// ErrStreamAborted is the end of a stream the worker aborted.
+var ErrStreamAborted = errors.New("the worker aborted the stream")
+
+// PartKind is what a stream message after the head is.
+type PartKind int
+
+const (
+	PartData PartKind = iota + 1
+	PartKeepAlive
+	PartEnd
+	PartAbort
+)
+
+// isStreamMessage reports whether frames (a worker's message after its
+// envelope) are a stream message of kind: a first frame kind and at least
+// two frames, which no plain reply can be (its status is three digits).
+func isStreamMessage(frames [][]byte, kind []byte) bool {
+	return len(frames) >= 2 && bytes.Equal(frames[0], kind)
+}
+
+// DecodeStreamHead checks a stream's head, ["@stream", status, headers], as
+// DecodeReply checks a plain reply's status and headers.
+func DecodeStreamHead(frames [][]byte) (Response, error) {
+	if len(frames) != 3 || !bytes.Equal(frames[0], partHead) {
+		return Response{}, protocolError("a stream head is [\"@stream\", status, headers], got %d frames", len(frames))
+	}
+	return DecodeReply([][]byte{frames[1], frames[2], nil})
+}
+
+// DecodePart checks a stream message after the head: its kind and its
+// bytes (the data of @data and @end, the reason of @abort).
+func DecodePart(frames [][]byte) (PartKind, []byte, error) {
+	if len(frames) != 2 {
+		return 0, nil, protocolError("a stream part has 2 frames, got %d", len(frames))
+	}
+	switch {
+	case bytes.Equal(frames[0], partData):
+		return PartData, frames[1], nil
+	case bytes.Equal(frames[0], partKeepAlive):
+		return PartKeepAlive, nil, nil
+	case bytes.Equal(frames[0], partEnd):
+		return PartEnd, frames[1], nil
+	case bytes.Equal(frames[0], partAbort):
+		return PartAbort, frames[1], nil
+	}
+	return 0, nil, protocolError("unknown stream part %s", quote(frames[0]))
+}
+
+// appendStreamMeta appends the meta lines that tell the worker what it may
+// do with the request: stream its reply (with window bytes of credit) and
+// expect a cancel notice.
+func appendStreamMeta(meta []byte, window int64, notices bool) []byte {
+	if window > 0 {
+		meta = append(meta, "stream-credits: "...)
+		meta = strconv.AppendInt(meta, window, 10)
+		meta = append(meta, '\r', '\n')
+	}
+	if notices {
+		meta = append(meta, "notices: cancel\r\n"...)
+	}
+	return meta
+}
+
+// controlFrames builds a control message for request id: a six-frame
+// request with method and target, and meta holding the request id.
+func controlFrames(id []byte, method, target []byte) [][]byte {
+	meta := AppendHeader(nil, "request-id", string(id))
+	return [][]byte{id, nil, versionFrame, method, target, nil, meta, nil}
+}
+
+// Stream is a reply the worker sends in parts, after its head (the
+// Response Do returned with it). It is used by one goroutine; Close must be
+// called when done with it.
+type Stream struct {
+	c        *Client
+	e        *endpoint
+	p        *pooled
+	ctx      context.Context
+	window   int64
+	credit   int64 // what the worker may still send
+	owed     int64 // taken by the client, not granted back yet
+	idle     time.Duration
+	deadline time.Time // of the next message
+	epoch    uint64
+	ended    bool // @end received
+	failed   bool // the stream broke
+	broken   bool // and its connection with it: not reusable
+	err      error
+}
+
+// Next waits for the stream's next data: it returns the bytes of a part
+// (never empty), or end true after the last part (with its bytes, possibly
+// empty). Keep-alives are absorbed. Calling Next tells the stream the
+// client took the data Next returned before, which earns the worker its
+// credit back. A stream that breaks returns an error: ErrTimeout when idle
+// too long, ErrWorkerLost, ErrStreamAborted, ErrProtocol, or the context's.
+func (s *Stream) Next() (data []byte, end bool, err error) {
+	if s.ended {
+		return nil, true, nil
+	}
+	if s.failed {
+		return nil, false, errors.New("stream: Next after an error")
+	}
+	s.grant(false)
+	for {
+		wait := min(time.Until(s.deadline), watchSlice)
+		msg, err := s.p.conn.Recv(max(wait, 0))
+		if err == ErrTimeout {
+			switch {
+			case s.ctx.Err() != nil:
+				return nil, false, s.fail(s.ctx.Err())
+			case !time.Now().Before(s.deadline):
+				return nil, false, s.fail(fmt.Errorf("%w: stream of request %s to %s had no part for %v", ErrTimeout, s.p.id, s.e.addr, s.idle))
+			case s.e.epoch.Load() != s.epoch:
+				return nil, false, s.fail(fmt.Errorf("%w: %s dropped the connection holding stream %s", ErrWorkerLost, s.e.addr, s.p.id))
+			}
+			continue
+		}
+		if err != nil {
+			s.broken = true
+			return nil, false, s.fail(err)
+		}
+		if len(msg) < 2 || !bytes.Equal(msg[0], s.p.id) {
+			s.c.opts.Log.Logf(LevelDebug, CodeStaleReply, "dropped a reply nobody waits for any more (request %s)", idOf(msg))
+			continue
+		}
+		if len(msg[1]) != 0 {
+			return nil, false, s.fail(protocolError("stream %s: a part lacks the empty delimiter frame", s.p.id))
+		}
+		kind, b, err := DecodePart(msg[2:])
+		if err != nil {
+			return nil, false, s.fail(fmt.Errorf("stream %s: %w", s.p.id, err))
+		}
+		cost := int64(len(b)) + PartCost
+		if s.credit -= cost; s.credit < 0 {
+			return nil, false, s.fail(fmt.Errorf("%w: stream %s: the worker sent %d bytes beyond its credit", ErrProtocol, s.p.id, -s.credit))
+		}
+		s.deadline = time.Now().Add(s.idle)
+		switch kind {
+		case PartKeepAlive:
+			s.owed += cost // nothing for the client to take
+			s.grant(false)
+			continue
+		case PartAbort:
+			return nil, false, s.fail(fmt.Errorf("%w %s: %s", ErrStreamAborted, s.p.id, quote(b)))
+		case PartEnd:
+			s.ended = true
+			return b, true, nil
+		}
+		s.owed += cost
+		if len(b) == 0 {
+			s.grant(false)
+			continue
+		}
+		return b, false, nil
+	}
+}
+
+// grant sends the worker the credit the client earned back, once it is a
+// quarter of the window (or all of it, when force), so a fast client costs
+// one @credit per quarter window, not one per part.
+func (s *Stream) grant(force bool) {
+	if s.owed == 0 || (!force && s.owed < s.window/4) {
+		return
+	}
+	n := s.owed
+	s.owed, s.credit = 0, s.credit+n
+	if err := s.p.conn.Send(controlFrames(s.p.id, methodCredit, strconv.AppendInt(nil, n, 10)), s.c.opts.ConnectTimeout); err != nil {
+		s.broken = true
+		s.fail(fmt.Errorf("%w: sending credit to %s: %v", ErrWorkerLost, s.e.addr, err))
+	}
+}
+
+// fail marks the stream broken and returns err.
+func (s *Stream) fail(err error) error {
+	s.failed, s.err = true, err
+	return err
+}
+
+// Close ends the stream: when it did not end normally and the client's
+// workers take notices, the worker gets @cancel. The connection goes back
+// to the pool unless it broke.
+func (s *Stream) Close() {
+	if s.p == nil {
+		return
+	}
+	c, e := s.c, s.e
+	if !s.ended && c.opts.Notices {
+		c.cancel(s.p)
+	}
+	// Parts that still come for this request after it ends are dropped by
+	// request id, so the connection is reusable unless it failed itself or
+	// the worker might be in the middle of a message (a timeout).
+	reusable := !s.broken && (s.ended || !errors.Is(s.err, ErrTimeout))
+	if !(reusable && c.opts.Reuse != nil && !c.closed.Load() && c.opts.Reuse(e.index, s.p.conn)) {
+		e.put(s.p, reusable, c.opts.MaxIdle, c.closed.Load())
+	}
+	s.p = nil
+	c.streams.Add(-1)
+}
+
+// cancel tells the worker holding request p that its client went away;
+// best effort, without waiting long.
+func (c *Client) cancel(p *pooled) {
+	if err := p.conn.Send(controlFrames(p.id, methodCancel, nil), min(c.opts.ConnectTimeout, time.Second)); err != nil {
+		c.opts.Log.Logf(LevelDebug, CodeCancel, "could not send the cancel notice for request %s: %v", p.id, err)
+		return
+	}
+	c.opts.Log.Logf(LevelDebug, CodeCancel, "sent a cancel notice for request %s", p.id)
+}

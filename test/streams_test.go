@@ -1,0 +1,140 @@
+package test
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// startStreamClock runs examples/python/stream_clock.py on a free port and
+// waits until it accepts connections. Its stdout holds the cancel notices
+// it received.
+func startStreamClock(t *testing.T, args ...string) *worker {
+	t.Helper()
+	port := freePort(t)
+	ep := fmt.Sprintf("tcp://127.0.0.1:%d", port)
+	return startListening(t, port, ep, python, append([]string{filepath.Join(root, "examples/python/stream_clock.py"), ep}, args...)...)
+}
+
+// startListening runs a worker that prints nothing when ready, and waits
+// until it accepts connections on port.
+func startListening(t *testing.T, port int, ep, name string, args ...string) *worker {
+	t.Helper()
+	cmd := exec.Command(name, args...)
+	out := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	checkFor(t, 20*time.Second, func() error {
+		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			return fmt.Errorf("%s is not listening: %v (%s)", name, err, out)
+		}
+		c.Close()
+		return nil
+	})
+	return &worker{Output: out, cmd: cmd, Endpoint: ep}
+}
+
+// Server-Sent Events from a real pyzmq worker through zmq-gateway, read by
+// curl -N and by a Python client: every event, in order, and the stream
+// ends cleanly. A client that leaves after the first event gets the worker
+// a cancel notice, which also shows the first event arrived while the
+// stream was still going.
+func TestSSEThroughTheGateway(t *testing.T) {
+	clock := startStreamClock(t, "--count", "5", "--interval", "0.05")
+	long := startStreamClock(t, "--count", "100000", "--interval", "0.05")
+	g := startGatewayProc(t, "", fmt.Sprintf("  - prefix: /clock\n    backend: [%s]\n    notices: true\n"+
+		"  - prefix: /long\n    backend: [%s]\n    notices: true\n", clock.Endpoint, long.Endpoint))
+	want := "data: 0\n\ndata: 1\n\ndata: 2\n\ndata: 3\n\ndata: 4\n\n"
+
+	out, err := exec.Command("curl", "-sSN", "--max-time", "20", "-D", "-", g.URL+"/clock").CombinedOutput()
+	if err != nil {
+		t.Fatalf("curl: %v\n%s", err, out)
+	}
+	head, body, _ := strings.Cut(string(out), "\r\n\r\n")
+	if !strings.Contains(head, "200 OK") || !strings.Contains(strings.ToLower(head), "content-type: text/event-stream") ||
+		!strings.Contains(strings.ToLower(head), "transfer-encoding: chunked") {
+		t.Errorf("curl's head:\n%s", head)
+	}
+	if body != want {
+		t.Errorf("curl got %q, want %q", body, want)
+	}
+
+	py := `import sys, urllib.request
+with urllib.request.urlopen(sys.argv[1], timeout=20) as r:
+    events = [line for line in r.read().decode().split("\n\n") if line]
+print(" ".join(e.split(": ")[1] for e in events))`
+	if out, err := exec.Command(python, "-c", py, g.URL+"/clock").CombinedOutput(); err != nil || string(out) != "0 1 2 3 4\n" {
+		t.Errorf("Python client: %q, %v", out, err)
+	}
+
+	cmd := exec.Command("curl", "-sN", g.URL+"/long")
+	stdout, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	first, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil || first != "data: 0\n" {
+		t.Fatalf("first event of the long stream: %q, %v", first, err)
+	}
+	leaveAndExpectCancel(t, cmd, long, clock)
+}
+
+// leaveAndExpectCancel kills the client cmd mid-stream: the worker of the
+// stream (long) must print a cancel notice, and the worker whose streams
+// ended normally (done) none.
+func leaveAndExpectCancel(t *testing.T, cmd *exec.Cmd, long, done *worker) {
+	t.Helper()
+	cmd.Process.Kill()
+	cmd.Wait()
+	checkFor(t, 10*time.Second, func() error {
+		if !strings.Contains(long.Output.String(), "cancel ") {
+			return fmt.Errorf("the worker printed no cancel notice: %q", long.Output.String())
+		}
+		return nil
+	})
+	if strings.Contains(done.Output.String(), "cancel ") {
+		t.Errorf("streams that ended normally got cancel notices: %q", done.Output.String())
+	}
+}
+
+// The Go streaming worker (examples/go/streamworker, pure Go) through
+// zmq-gateway: every event in order, and a cancel notice when the client
+// leaves mid-stream.
+func TestGoStreamWorkerThroughTheGateway(t *testing.T) {
+	requireBuilt(t, "streamworker")
+	port := freePort(t)
+	ep := fmt.Sprintf("tcp://127.0.0.1:%d", port)
+	w := startListening(t, port, ep, buildPath("streamworker"), "-bind", ep, "-count", "4", "-interval", "10ms")
+	port2 := freePort(t)
+	ep2 := fmt.Sprintf("tcp://127.0.0.1:%d", port2)
+	long := startListening(t, port2, ep2, buildPath("streamworker"), "-bind", ep2, "-count", "100000", "-interval", "5ms")
+	g := startGatewayProc(t, "", fmt.Sprintf("  - prefix: /go\n    backend: [%s]\n    heartbeat: off\n    notices: true\n"+
+		"  - prefix: /long\n    backend: [%s]\n    heartbeat: off\n    notices: true\n    stream_window: 4096\n", ep, ep2))
+	out, err := exec.Command("curl", "-sSN", "--max-time", "20", g.URL+"/go").CombinedOutput()
+	if want := "data: 0\n\ndata: 1\n\ndata: 2\n\ndata: 3\n\n"; err != nil || string(out) != want {
+		t.Errorf("curl: %q, %v; want %q", out, err, want)
+	}
+	cmd := exec.Command("curl", "-sN", g.URL+"/long")
+	stdout, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	rd := bufio.NewReader(stdout)
+	for i := 0; i < 100; i++ { // 100 events cost 7.4 KiB: past the first 4 KiB of credit
+		line, err := rd.ReadString('\n')
+		rd.ReadString('\n')
+		if want := fmt.Sprintf("data: %d\n", i); err != nil || line != want {
+			t.Fatalf("event %d of the long stream: %q, %v", i, line, err)
+		}
+	}
+	leaveAndExpectCancel(t, cmd, long, w)
+}
