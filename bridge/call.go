@@ -197,8 +197,8 @@ func (call *Call) startStream(msg [][]byte) {
 		call.end(resp, fmt.Errorf("request %s: %w", call.p.id, err))
 		return
 	}
-	if n := c.streams.Add(1); c.opts.MaxStreams > 0 && n > int64(c.opts.MaxStreams) {
-		c.streams.Add(-1)
+	if n := c.streams.Open.Add(1); c.opts.MaxStreams > 0 && n > int64(c.opts.MaxStreams) {
+		c.streams.Open.Add(-1)
 		c.overloads.Add(1)
 		if c.opts.Notices {
 			c.cancel(call.p)

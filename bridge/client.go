@@ -136,7 +136,7 @@ type Client struct {
 	stats     Stats
 	overloads atomic.Int64
 	retries   atomic.Int64
-	streams   atomic.Int64 // open
+	streams   StreamStats
 	stopWatch func()
 	// ready closes once every endpoint's watch reported its first event.
 	ready        chan struct{}
@@ -231,6 +231,9 @@ func (c *Client) Status() []EndpointStatus {
 	}
 	return out
 }
+
+// StreamStats returns the client's stream counters, which keep counting.
+func (c *Client) StreamStats() *StreamStats { return &c.streams }
 
 // Stats returns the client's outcome counters and latency histogram.
 func (c *Client) Stats() *Stats { return &c.stats }

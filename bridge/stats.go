@@ -19,6 +19,33 @@ type Stats struct {
 	SumNs   atomic.Int64                         // total latency
 }
 
+// StreamStats count a client's streamed replies (see Stream). Safe for
+// concurrent use; the zero value is ready.
+type StreamStats struct {
+	Open    atomic.Int64 // streams open now
+	Parts   atomic.Int64 // parts with data handed to callers
+	Bytes   atomic.Int64 // their bytes: worker to client
+	Cancels atomic.Int64 // cancel notices sent, for streams and plain requests
+	// Ends counts ended streams by cause (StreamEnd).
+	Ends [streamEndCauses]atomic.Int64
+}
+
+// StreamEnd is why a stream ended.
+type StreamEnd int
+
+const (
+	EndNormal     StreamEnd = iota // the worker's @end
+	EndClientGone                  // the caller went away first
+	EndAborted                     // the worker's @abort
+	EndIdle                        // no part for the idle timeout
+	EndBroken                      // a part that broke the rules, a lost worker or connection
+	streamEndCauses
+)
+
+var streamEndNames = [streamEndCauses]string{"end", "client_gone", "aborted", "idle", "broken"}
+
+func (e StreamEnd) String() string { return streamEndNames[e] }
+
 var latencyBounds = [16]float64{}
 
 func init() { copy(latencyBounds[:], LatencyBuckets) }

@@ -190,6 +190,10 @@ func (s *Stream) Next() (data []byte, end bool, err error) {
 			return nil, false, s.fail(fmt.Errorf("%w %s: %s", ErrStreamAborted, s.p.id, quote(b)))
 		case PartEnd:
 			s.ended = true
+			if len(b) > 0 {
+				s.c.streams.Parts.Add(1)
+				s.c.streams.Bytes.Add(int64(len(b)))
+			}
 			return b, true, nil
 		}
 		s.owed += cost
@@ -197,6 +201,8 @@ func (s *Stream) Next() (data []byte, end bool, err error) {
 			s.grant(false)
 			continue
 		}
+		s.c.streams.Parts.Add(1)
+		s.c.streams.Bytes.Add(int64(len(b)))
 		return b, false, nil
 	}
 }
@@ -222,16 +228,16 @@ func (s *Stream) fail(err error) error {
 	return err
 }
 
-// Close ends the stream: when it did not end normally and the client's
-// workers take notices, the worker gets @cancel. The connection goes back
+// Close ends the stream: when it did not end (by @end or @abort) and the
+// client's workers take notices, the worker gets @cancel. The connection goes back
 // to the pool unless it broke.
 func (s *Stream) Close() {
 	if s.p == nil {
 		return
 	}
 	c, e := s.c, s.e
-	if !s.ended && c.opts.Notices {
-		c.cancel(s.p)
+	if !s.ended && !errors.Is(s.err, ErrStreamAborted) && c.opts.Notices {
+		c.cancel(s.p) // the worker may still be working on it
 	}
 	// Parts that still come for this request after it ends are dropped by
 	// request id, so the connection is reusable unless it failed itself or
@@ -241,7 +247,23 @@ func (s *Stream) Close() {
 		e.put(s.p, reusable, c.opts.MaxIdle, c.closed.Load())
 	}
 	s.p = nil
-	c.streams.Add(-1)
+	c.streams.Open.Add(-1)
+	c.streams.Ends[s.cause()].Add(1)
+}
+
+// cause is why the stream ended, for the counters.
+func (s *Stream) cause() StreamEnd {
+	switch {
+	case s.ended:
+		return EndNormal
+	case s.ctx.Err() != nil || s.err == nil:
+		return EndClientGone // closed by its caller before the end
+	case errors.Is(s.err, ErrStreamAborted):
+		return EndAborted
+	case errors.Is(s.err, ErrTimeout):
+		return EndIdle
+	}
+	return EndBroken
 }
 
 // cancel tells the worker holding request p that its client went away;
@@ -251,5 +273,6 @@ func (c *Client) cancel(p *pooled) {
 		c.opts.Log.Logf(LevelDebug, CodeCancel, "could not send the cancel notice for request %s: %v", p.id, err)
 		return
 	}
+	c.streams.Cancels.Add(1)
 	c.opts.Log.Logf(LevelDebug, CodeCancel, "sent a cancel notice for request %s", p.id)
 }

@@ -23,6 +23,14 @@ import (
 // startStreamGateway is startGateway with the gateway's error log kept.
 func startStreamGateway(t *testing.T, cfg *Config) (url string, access, errs *syncBuffer) {
 	t.Helper()
+	url, access, errs, _ = startStreamGatewayAdmin(t, cfg)
+	return url, access, errs
+}
+
+// startStreamGatewayAdmin is startStreamGateway with the gateway's admin
+// handler (/metrics, /status).
+func startStreamGatewayAdmin(t *testing.T, cfg *Config) (url string, access, errs *syncBuffer, admin http.Handler) {
+	t.Helper()
 	if err := cfg.Check(); err != nil {
 		t.Fatal(err)
 	}
@@ -35,7 +43,7 @@ func startStreamGateway(t *testing.T, cfg *Config) (url string, access, errs *sy
 	srv.Config.ConnContext = ConnContext
 	srv.Start()
 	t.Cleanup(func() { srv.Close(); g.Close() })
-	return srv.URL, access, errs
+	return srv.URL, access, errs, g.AdminHandler()
 }
 
 type syncBuffer = zmqtest.Buffer
@@ -391,5 +399,66 @@ func TestStreamConfigChecks(t *testing.T) {
 	}
 	if got := (&Route{StreamWindow: 8192}).StreamWindowOrDefault(); got != 8192 {
 		t.Errorf("StreamWindowOrDefault: %d", got)
+	}
+}
+
+// The admin page counts streams: open, parts and bytes to clients, cancel
+// notices, and ends by cause.
+func TestStreamCounters(t *testing.T) {
+	ep := zmqtest.ROUTER(t, func(msg [][]byte, reply func([][]byte)) {
+		m := splitWorkerMsg(msg)
+		if strings.HasPrefix(m.method, "@") {
+			return
+		}
+		reply(part(m.envelope, "@stream", "200", ""))
+		reply(part(m.envelope, "@data", "12345"))
+		switch m.target {
+		case "/ok":
+			reply(part(m.envelope, "@end", "678"))
+		case "/abort":
+			reply(part(m.envelope, "@abort", "no"))
+		}
+	})
+	url, _, _, admin := startStreamGatewayAdmin(t, &Config{Routes: []Route{{Prefix: "/", Backend: []string{ep}, Notices: true}}})
+	get(t, "GET", url+"/ok", "", nil)
+	resp, err := http.Get(url + "/abort")
+	if err == nil {
+		io.ReadAll(resp.Body)
+		resp.Body.Close()
+	}
+	resp, err = http.Get(url + "/held")
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.ReadFull(resp.Body, make([]byte, 5))
+	resp.Body.Close() // the client leaves: a cancel notice
+	want := []string{
+		`modzmq_streams_open{route="/"} 0`,
+		`modzmq_stream_parts_total{direction="to_client",route="/"} 4`,
+		`modzmq_stream_bytes_total{direction="to_client",route="/"} 18`,
+		`modzmq_cancels_total{route="/"} 1`,
+		`modzmq_stream_ends_total{cause="end",route="/"} 1`,
+		`modzmq_stream_ends_total{cause="aborted",route="/"} 1`,
+		`modzmq_stream_ends_total{cause="client_gone",route="/"} 1`,
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		rec := httptest.NewRecorder()
+		admin.ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+		page := rec.Body.String()
+		missing := ""
+		for _, w := range want {
+			if !strings.Contains(page, w+"\n") {
+				missing = w
+				break
+			}
+		}
+		if missing == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/metrics lacks %s:\n%s", missing, page)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

@@ -41,6 +41,18 @@ type Route struct {
 	// call on a connection Go reads itself (ZmqCurve) and relays that dial
 	// one in Go.
 	GoWaits *int64 `json:"go_waits,omitempty"`
+	// Streams counts streamed replies and cancel notices, where the front
+	// has them (zmq-gateway).
+	Streams *Streams `json:"streams,omitempty"`
+}
+
+// Streams are a route's stream counters.
+type Streams struct {
+	Open    int64            `json:"open"`
+	Parts   int64            `json:"parts"`
+	Bytes   int64            `json:"bytes_to_client"`
+	Cancels int64            `json:"cancels"`
+	Ends    map[string]int64 `json:"ends"` // by cause: end, client_gone, aborted, idle, broken
 }
 
 // Endpoint is one endpoint of a route.
@@ -103,6 +115,12 @@ func FromClient(route string, c *bridge.Client) Route {
 		}
 		r.Endpoints = append(r.Endpoints, ep)
 	}
+	ss := c.StreamStats()
+	r.Streams = &Streams{Open: ss.Open.Load(), Parts: ss.Parts.Load(), Bytes: ss.Bytes.Load(), Cancels: ss.Cancels.Load(),
+		Ends: map[string]int64{}}
+	for cause := range ss.Ends {
+		r.Streams.Ends[bridge.StreamEnd(cause).String()] = ss.Ends[cause].Load()
+	}
 	r.Finish()
 	return r
 }
@@ -125,6 +143,11 @@ func Text(w io.Writer, title string, routes []Route) {
 		fmt.Fprintf(w, "  latency p50 %.4fs  p90 %.4fs  p99 %.4fs\n", r.P50, r.P90, r.P99)
 		if r.GoEntries != nil {
 			fmt.Fprintf(w, "  calls from Apache threads into Go: %d\n", *r.GoEntries)
+		}
+		if s := r.Streams; s != nil {
+			fmt.Fprintf(w, "  streams: %d open, %d parts, %d bytes to clients, %d cancel notices; ended: %d normally, "+
+				"%d client gone, %d aborted, %d idle, %d broken\n", s.Open, s.Parts, s.Bytes, s.Cancels, s.Ends["end"],
+				s.Ends["client_gone"], s.Ends["aborted"], s.Ends["idle"], s.Ends["broken"])
 		}
 		if r.GoWaits != nil {
 			fmt.Fprintf(w, "  of them, calls that could wait inside Go: %d\n", *r.GoWaits)
@@ -171,11 +194,17 @@ var (
 		[]string{"route", "endpoint", "event"}, nil)
 	descGoEntries = prometheus.NewDesc("modzmq_go_entries_total", "Calls from Apache threads into the Go runtime (none for a warm, plain request).", []string{"route"}, nil)
 	descGoWaits   = prometheus.NewDesc("modzmq_go_waits_total", "Calls from Apache threads into the Go runtime that could wait there (ZmqCurve only).", []string{"route"}, nil)
+	descStreams   = prometheus.NewDesc("modzmq_streams_open", "Streamed replies open now.", []string{"route"}, nil)
+	descParts     = prometheus.NewDesc("modzmq_stream_parts_total", "Stream parts with data relayed.", []string{"route", "direction"}, nil)
+	descBytes     = prometheus.NewDesc("modzmq_stream_bytes_total", "Bytes of stream parts relayed.", []string{"route", "direction"}, nil)
+	descCancels   = prometheus.NewDesc("modzmq_cancels_total", "Cancel notices sent to workers whose client went away.", []string{"route"}, nil)
+	descEnds      = prometheus.NewDesc("modzmq_stream_ends_total", "Streams ended, by cause (end, client_gone, aborted, idle, broken).", []string{"route", "cause"}, nil)
 )
 
 // Describe implements prometheus.Collector.
 func (c Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descResponses, descDuration, descInFlight, descUp, descRetries, descOverloads, descEvents, descGoEntries, descGoWaits} {
+	for _, d := range []*prometheus.Desc{descResponses, descDuration, descInFlight, descUp, descRetries, descOverloads, descEvents, descGoEntries, descGoWaits,
+		descStreams, descParts, descBytes, descCancels, descEnds} {
 		ch <- d
 	}
 }
@@ -204,6 +233,15 @@ func (c Collector) Collect(ch chan<- prometheus.Metric) {
 		}
 		if r.GoWaits != nil {
 			ch <- prometheus.MustNewConstMetric(descGoWaits, prometheus.CounterValue, float64(*r.GoWaits), r.Route)
+		}
+		if s := r.Streams; s != nil {
+			ch <- prometheus.MustNewConstMetric(descStreams, prometheus.GaugeValue, float64(s.Open), r.Route)
+			ch <- prometheus.MustNewConstMetric(descParts, prometheus.CounterValue, float64(s.Parts), r.Route, "to_client")
+			ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(s.Bytes), r.Route, "to_client")
+			ch <- prometheus.MustNewConstMetric(descCancels, prometheus.CounterValue, float64(s.Cancels), r.Route)
+			for cause, n := range s.Ends {
+				ch <- prometheus.MustNewConstMetric(descEnds, prometheus.CounterValue, float64(n), r.Route, cause)
+			}
 		}
 		for _, e := range r.Endpoints {
 			ch <- prometheus.MustNewConstMetric(descUp, prometheus.GaugeValue, float64(e.UpIn), r.Route, e.Endpoint)
