@@ -102,11 +102,15 @@ type conn struct {
 	headVars  map[string]string
 }
 
+// slot is one answer in a connection's queue. A relay goroutine fills data
+// and hands the slot to the owner with complete; done, and the connection,
+// are the owner's. A streamed reply (st) reuses its slot for each piece.
 type slot struct {
 	c     *conn
-	done  bool
-	data  []byte
-	close bool
+	done  bool   // data is ready to send
+	data  []byte // not sent when empty: an empty frame would close the connection
+	close bool   // close the connection after the answer
+	st    *streamSlot
 }
 
 // connHeader is the Connection field a response needs: "close" when the
@@ -469,9 +473,11 @@ func (s *Server) start(c *conn, r *Request) {
 		Headers: hdr,
 		Meta: s.gw.AppendMeta(nil, h, &gateway.Meta{RemoteAddr: c.peer, Scheme: "http", Host: r.Host,
 			Protocol: r.Proto, ConnectionID: c.hexID, Vars: c.headVars}),
-		Body: r.Body,
+		Body:         r.Body,
+		StreamWindow: h.Route.StreamWindowOrDefault(),
 	}
 	head := r.Method == http.MethodHead
+	minor := r.Minor
 	ctx, opened := c.ctx, c.opened
 	s.inFlight.Add(1)
 	go func() {
@@ -488,6 +494,10 @@ func (s *Server) start(c *conn, r *Request) {
 				extra = []byte("Retry-After: 1\r\n")
 			}
 			s.complete(sl, errorResponse(st, http.StatusText(st), extra, connHdr))
+			return
+		}
+		if resp.Stream != nil {
+			s.relayStream(ctx, sl, h, &resp, head, minor)
 			return
 		}
 		s.complete(sl, response(&resp, head, connHdr))
@@ -552,15 +562,31 @@ func (s *Server) drainQueue() {
 }
 
 // flush sends the answers at the head of c's queue that are ready, in order.
+// A streamed reply stays at the head until its last piece: the answers
+// behind it wait.
 func (s *Server) flush(c *conn) {
 	for len(c.pending) > 0 && c.pending[0].done {
 		sl := c.pending[0]
-		c.pending[0] = nil
-		c.pending = c.pending[1:]
-		if !s.send(c, sl.data) {
+		if sl.st != nil && sl.st.abort {
+			s.closeConn(c) // no terminating chunk: the client sees the response cut short
+			return
+		}
+		more := sl.st != nil && sl.st.more
+		if !more {
+			c.pending[0] = nil
+			c.pending = c.pending[1:]
+		}
+		if len(sl.data) > 0 && !s.send(c, sl.data) {
 			return
 		}
 		c.lastIO = time.Now()
+		if more {
+			// Handed to the socket: the relay may ask for the next part.
+			sl.done, sl.data = false, nil
+			c.closing = c.closing || sl.close
+			sl.st.sent <- struct{}{}
+			break
+		}
 		if sl.close {
 			s.closeConn(c)
 			return
@@ -617,27 +643,11 @@ func (s *Server) sweep(now time.Time) {
 
 // response formats a worker's reply as an HTTP/1.1 response.
 func response(resp *bridge.Response, head bool, connection string) []byte {
-	reason := string(resp.Reason)
-	if reason == "" {
-		reason = http.StatusText(resp.Status)
-	}
 	body := resp.Body
 	if head || resp.Status == 204 || resp.Status == 304 {
 		body = nil
 	}
-	b := make([]byte, 0, 128+len(resp.Headers)+len(body))
-	b = append(b, "HTTP/1.1 "...)
-	b = strconv.AppendInt(b, int64(resp.Status), 10)
-	b = append(b, ' ')
-	b = append(b, reason...)
-	b = append(b, "\r\n"...)
-	b = append(b, resp.Headers...)
-	if n := len(resp.Headers); n > 0 && !bytes.HasSuffix(resp.Headers, []byte("\r\n")) {
-		b = append(b, "\r\n"...)
-	}
-	b = append(b, "Date: "...)
-	b = appendDate(b)
-	b = append(b, "\r\n"...)
+	b := appendHead(make([]byte, 0, 128+len(resp.Headers)+len(body)), resp)
 	if resp.Status != 204 && resp.Status != 304 {
 		b = append(b, "Content-Length: "...)
 		b = strconv.AppendInt(b, int64(len(resp.Body)), 10)
@@ -650,6 +660,27 @@ func response(resp *bridge.Response, head bool, connection string) []byte {
 	}
 	b = append(b, "\r\n"...)
 	return append(b, body...)
+}
+
+// appendHead appends a response's status line, the worker's header lines
+// and Date.
+func appendHead(b []byte, resp *bridge.Response) []byte {
+	b = append(b, "HTTP/1.1 "...)
+	b = strconv.AppendInt(b, int64(resp.Status), 10)
+	b = append(b, ' ')
+	if len(resp.Reason) > 0 {
+		b = append(b, resp.Reason...)
+	} else {
+		b = append(b, http.StatusText(resp.Status)...)
+	}
+	b = append(b, "\r\n"...)
+	b = append(b, resp.Headers...)
+	if n := len(resp.Headers); n > 0 && !bytes.HasSuffix(resp.Headers, []byte("\r\n")) {
+		b = append(b, "\r\n"...)
+	}
+	b = append(b, "Date: "...)
+	b = appendDate(b)
+	return append(b, "\r\n"...)
 }
 
 func errorResponse(status int, reason string, extra []byte, connection string) []byte {

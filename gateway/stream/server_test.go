@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -23,11 +24,33 @@ import (
 // ends and returns its host:port.
 func startServer(t *testing.T, opts Options, routes ...gateway.Route) (*Server, string) {
 	t.Helper()
+	return runServer(t, nil, opts, routes...)
+}
+
+// startServerLog is startServer with the gateway's and the server's log
+// kept, at debug level, and shown when the test fails.
+func startServerLog(t *testing.T, opts Options, routes ...gateway.Route) (*Server, string, *zmqtest.Buffer) {
+	t.Helper()
+	logs := &zmqtest.Buffer{}
+	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	opts.Log = log
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("log:\n%s", logs.String())
+		}
+	})
+	srv, addr := runServer(t, log, opts, routes...)
+	return srv, addr, logs
+}
+
+// runServer starts the server with log as the gateway's logger.
+func runServer(t *testing.T, log *slog.Logger, opts Options, routes ...gateway.Route) (*Server, string) {
+	t.Helper()
 	cfg := &gateway.Config{Listen: "127.0.0.1:0", Routes: routes, ServerName: "stream.test"}
 	if err := cfg.Check(); err != nil {
 		t.Fatal(err)
 	}
-	gw, err := gateway.New(cfg, nil)
+	gw, err := gateway.New(cfg, log)
 	if err != nil {
 		t.Fatal(err)
 	}
