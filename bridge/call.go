@@ -32,6 +32,7 @@ type Call struct {
 	// connFailed: the current attempt's connection reported an error of
 	// its own; it is closed, whatever the error says about the reply.
 	connFailed bool
+	canceled   bool // ended by Cancel: not counted as an answer
 }
 
 // Start sends req and returns the call; it blocks only while no worker is
@@ -254,10 +255,7 @@ func (call *Call) next() {
 	}
 	call.attach(e, p)
 	p.id = strconv.AppendUint(append(p.id[:0], c.prefix...), c.seq.Add(1), 10)
-	p.meta = appendMeta(p.meta[:0], p.id, call.req.Meta)
-	if call.req.StreamWindow > 0 || c.opts.Notices {
-		p.meta = appendStreamMeta(p.meta, call.req.StreamWindow, c.opts.Notices)
-	}
+	p.meta = appendStreamMeta(appendMeta(p.meta[:0], p.id, call.req.Meta), call.req.StreamWindow, c.opts.Notices)
 	p.frames = requestFrames(p.frames, p.id, p.meta, call.req)
 	call.epoch = e.epoch.Load()
 	if q, ok := p.conn.(interface{ setLimit(int) }); ok {
@@ -307,12 +305,29 @@ func (call *Call) end(resp Response, err error) {
 	call.finish(resp, err)
 }
 
+// Cancel ends the call because its caller went away (a front that notices
+// it by itself, with no context to cancel): the worker gets a cancel
+// notice when the client's workers take them, and the call ends with
+// context.Canceled, counted as no answer.
+func (call *Call) Cancel() {
+	if call.done {
+		return
+	}
+	if call.p != nil && call.c.opts.Notices {
+		call.c.cancel(call.p)
+	}
+	call.canceled = true
+	call.attempts = call.attempt // no retry
+	call.end(Response{}, context.Canceled)
+}
+
 // finish records the outcome.
 func (call *Call) finish(resp Response, err error) {
 	c := call.c
 	call.resp, call.err, call.done = resp, err, true
 	c.inFlight.Add(-1)
 	switch {
+	case call.canceled:
 	case err == nil:
 		c.stats.record(resp.Status, time.Since(call.start))
 	case call.ctx.Err() == nil:

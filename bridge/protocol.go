@@ -65,10 +65,13 @@ func requestFrames(frames [][]byte, id, meta []byte, r *Request) [][]byte {
 
 // EncodeRequest returns the frames the bridge sends for r with request id
 // id: the envelope (id, an empty delimiter) and the six request frames, the
-// meta frame starting with the request-id line. It is the specification of
+// meta frame starting with the request-id line and ending with the lines
+// that say whether the reply may be streamed (r.StreamWindow) and whether
+// the worker gets cancel notices. It is the specification of
 // the Apache module's C encoder (FuzzFastEncode compares them).
-func EncodeRequest(id []byte, r *Request) [][]byte {
-	return requestFrames(make([][]byte, 0, 8), id, appendMeta(nil, id, r.Meta), r)
+func EncodeRequest(id []byte, r *Request, notices bool) [][]byte {
+	meta := appendStreamMeta(appendMeta(nil, id, r.Meta), r.StreamWindow, notices)
+	return requestFrames(make([][]byte, 0, 8), id, meta, r)
 }
 
 // appendMeta returns the meta frame: the request-id line followed by the

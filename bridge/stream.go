@@ -107,7 +107,8 @@ func appendStreamMeta(meta []byte, window int64, notices bool) []byte {
 }
 
 // controlFrames builds a control message for request id: a six-frame
-// request with method and target, and meta holding the request id.
+// request with method and target, and meta holding the request id. (A
+// front that speaks to a worker itself sends these the same way.)
 func controlFrames(id []byte, method, target []byte) [][]byte {
 	meta := AppendHeader(nil, "request-id", string(id))
 	return [][]byte{id, nil, versionFrame, method, target, nil, meta, nil}
@@ -140,45 +141,75 @@ type Stream struct {
 // credit back. A stream that breaks returns an error: ErrTimeout when idle
 // too long, ErrWorkerLost, ErrStreamAborted, ErrProtocol, or the context's.
 func (s *Stream) Next() (data []byte, end bool, err error) {
+	for {
+		data, end, ok, err := s.Step(s.Wait())
+		if ok || err != nil {
+			return data, end, err
+		}
+	}
+}
+
+// Wait is how long a caller may wait before calling Step again: until the
+// idle deadline, but no longer than the interval at which a lost worker or
+// a cancelled context is noticed.
+func (s *Stream) Wait() time.Duration {
+	return max(min(time.Until(s.deadline), watchSlice), 0)
+}
+
+// Conn returns the connection the stream's parts come on, for a front that
+// waits on it by itself (see Call.Conn); nil once closed.
+func (s *Stream) Conn() Conn {
+	if s.p == nil {
+		return nil
+	}
+	return s.p.conn
+}
+
+// Step is Next waiting at most wait: ok false means nothing came in time
+// and the stream goes on.
+func (s *Stream) Step(wait time.Duration) (data []byte, end, ok bool, err error) {
 	if s.ended {
-		return nil, true, nil
+		return nil, true, true, nil
 	}
 	if s.failed {
-		return nil, false, errors.New("stream: Next after an error")
+		return nil, false, false, errors.New("stream: Step after an error")
 	}
 	s.grant(false)
+	if s.failed {
+		return nil, false, false, s.err
+	}
 	for {
-		wait := min(time.Until(s.deadline), watchSlice)
-		msg, err := s.p.conn.Recv(max(wait, 0))
+		msg, err := s.p.conn.Recv(wait)
 		if err == ErrTimeout {
 			switch {
 			case s.ctx.Err() != nil:
-				return nil, false, s.fail(s.ctx.Err())
+				return nil, false, false, s.fail(s.ctx.Err())
 			case !time.Now().Before(s.deadline):
-				return nil, false, s.fail(fmt.Errorf("%w: stream of request %s to %s had no part for %v", ErrTimeout, s.p.id, s.e.addr, s.idle))
+				return nil, false, false, s.fail(fmt.Errorf("%w: stream of request %s to %s had no part for %v", ErrTimeout, s.p.id, s.e.addr, s.idle))
 			case s.e.epoch.Load() != s.epoch:
-				return nil, false, s.fail(fmt.Errorf("%w: %s dropped the connection holding stream %s", ErrWorkerLost, s.e.addr, s.p.id))
+				return nil, false, false, s.fail(fmt.Errorf("%w: %s dropped the connection holding stream %s", ErrWorkerLost, s.e.addr, s.p.id))
 			}
-			continue
+			return nil, false, false, nil
 		}
 		if err != nil {
 			s.broken = true
-			return nil, false, s.fail(err)
+			return nil, false, false, s.fail(err)
 		}
+		wait = 0 // what follows was queued already, or is for the next Step
 		if len(msg) < 2 || !bytes.Equal(msg[0], s.p.id) {
 			s.c.opts.Log.Logf(LevelDebug, CodeStaleReply, "dropped a reply nobody waits for any more (request %s)", idOf(msg))
 			continue
 		}
 		if len(msg[1]) != 0 {
-			return nil, false, s.fail(protocolError("stream %s: a part lacks the empty delimiter frame", s.p.id))
+			return nil, false, false, s.fail(protocolError("stream %s: a part lacks the empty delimiter frame", s.p.id))
 		}
 		kind, b, err := DecodePart(msg[2:])
 		if err != nil {
-			return nil, false, s.fail(fmt.Errorf("stream %s: %w", s.p.id, err))
+			return nil, false, false, s.fail(fmt.Errorf("stream %s: %w", s.p.id, err))
 		}
 		cost := int64(len(b)) + PartCost
 		if s.credit -= cost; s.credit < 0 {
-			return nil, false, s.fail(fmt.Errorf("%w: stream %s: the worker sent %d bytes beyond its credit", ErrProtocol, s.p.id, -s.credit))
+			return nil, false, false, s.fail(fmt.Errorf("%w: stream %s: the worker sent %d bytes beyond its credit", ErrProtocol, s.p.id, -s.credit))
 		}
 		s.deadline = time.Now().Add(s.idle)
 		switch kind {
@@ -187,14 +218,14 @@ func (s *Stream) Next() (data []byte, end bool, err error) {
 			s.grant(false)
 			continue
 		case PartAbort:
-			return nil, false, s.fail(fmt.Errorf("%w %s: %s", ErrStreamAborted, s.p.id, quote(b)))
+			return nil, false, false, s.fail(fmt.Errorf("%w %s: %s", ErrStreamAborted, s.p.id, quote(b)))
 		case PartEnd:
 			s.ended = true
 			if len(b) > 0 {
 				s.c.streams.Parts.Add(1)
 				s.c.streams.Bytes.Add(int64(len(b)))
 			}
-			return b, true, nil
+			return b, true, true, nil
 		}
 		s.owed += cost
 		if len(b) == 0 {
@@ -203,7 +234,7 @@ func (s *Stream) Next() (data []byte, end bool, err error) {
 		}
 		s.c.streams.Parts.Add(1)
 		s.c.streams.Bytes.Add(int64(len(b)))
-		return b, false, nil
+		return b, false, true, nil
 	}
 }
 
@@ -239,10 +270,11 @@ func (s *Stream) Close() {
 	if !s.ended && !errors.Is(s.err, ErrStreamAborted) && c.opts.Notices {
 		c.cancel(s.p) // the worker may still be working on it
 	}
-	// Parts that still come for this request after it ends are dropped by
-	// request id, so the connection is reusable unless it failed itself or
-	// the worker might be in the middle of a message (a timeout).
-	reusable := !s.broken && (s.ended || !errors.Is(s.err, ErrTimeout))
+	// A stream its worker ended leaves the connection clean. Otherwise the
+	// worker may still send parts: a shared connection drops them by request
+	// id, but a front's own connection (Apache's) would meet them on its
+	// next request, so the connection is let go.
+	reusable := !s.broken && (s.ended || errors.Is(s.err, ErrStreamAborted))
 	if !(reusable && c.opts.Reuse != nil && !c.closed.Load() && c.opts.Reuse(e.index, s.p.conn)) {
 		e.put(s.p, reusable, c.opts.MaxIdle, c.closed.Load())
 	}

@@ -65,7 +65,7 @@ func splitWorkerMsg(msg [][]byte) workerMsg {
 		i++
 	}
 	f := msg[i+1:]
-	return workerMsg{envelope: msg[:i+1:i+1], method: string(f[1]), target: string(f[2]), meta: string(f[4])}
+	return workerMsg{envelope: msg[: i+1 : i+1], method: string(f[1]), target: string(f[2]), meta: string(f[4])}
 }
 
 func part(env [][]byte, frames ...string) [][]byte {

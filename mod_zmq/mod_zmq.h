@@ -24,6 +24,11 @@
 #define MODZMQ_DIR_MAXINFLIGHT "ZmqMaxInFlight"
 #define MODZMQ_DIR_MAXREPLY "ZmqMaxReply"
 #define MODZMQ_DIR_CURVE "ZmqCurve"
+#define MODZMQ_DIR_NOTICES "ZmqNotices"
+#define MODZMQ_DIR_STREAMWINDOW "ZmqStreamWindow"
+#define MODZMQ_DIR_STREAMIDLE "ZmqStreamIdleTimeout"
+#define MODZMQ_DIR_MAXSTREAMS "ZmqMaxStreams"
+#define MODZMQ_DIR_STREAMBODY "ZmqStreamBody"
 
 /* The handler names SetHandler accepts. */
 #define MODZMQ_HANDLER "zmq"
@@ -33,6 +38,7 @@
 #define MODZMQ_DEFAULT_TIMEOUT_MS  30000
 #define MODZMQ_DEFAULT_MAX_BODY    (8 * 1024 * 1024)
 #define MODZMQ_DEFAULT_MAX_REPLY   (64 * 1024 * 1024)
+#define MODZMQ_DEFAULT_STREAM_WINDOW (256 * 1024)
 #ifndef MODZMQ_DEFAULT_LIBRARY
 #define MODZMQ_DEFAULT_LIBRARY "/usr/lib/apache2/modules/libmodzmq.so"
 #endif
@@ -57,6 +63,11 @@ typedef struct modzmq_dir_conf {
     apr_off_t max_reply;              /* MODZMQ_UNSET, 0 (no limit) or > 0 */
     const char *curve_server_cert;    /* NULL = unset; "" = ZmqCurve off */
     const char *curve_client_cert;
+    int notices;                      /* MODZMQ_UNSET, 0 or 1 */
+    apr_int64_t stream_window;        /* MODZMQ_UNSET or bytes */
+    apr_int64_t stream_idle_ms;       /* MODZMQ_UNSET or > 0 */
+    int max_streams;                  /* MODZMQ_UNSET, 0 (no limit) or > 0 */
+    apr_uint32_t *streams;            /* open streams, shared by the threads of a child; set with max_streams */
 } modzmq_dir_conf;
 
 /* One ZmqBackend endpoint list and the sections that name it. */
@@ -97,6 +108,7 @@ typedef struct modzmq_calls {
     modzmq_wait_fn wait;
     modzmq_resume_fn resume;
     modzmq_release_fn release;
+    modzmq_cancel_fn cancel;
 } modzmq_calls;
 /* Returns the library's request path, or NULL with a log code and reason in *why. */
 const modzmq_calls *modzmq_loader_calls(const char **why);

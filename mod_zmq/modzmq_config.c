@@ -69,6 +69,10 @@ void *modzmq_create_dir_conf(apr_pool_t *p, char *dir)
     conf->retry_all = MODZMQ_UNSET;
     conf->max_in_flight = MODZMQ_UNSET;
     conf->max_reply = MODZMQ_UNSET;
+    conf->notices = MODZMQ_UNSET;
+    conf->stream_window = MODZMQ_UNSET;
+    conf->stream_idle_ms = MODZMQ_UNSET;
+    conf->max_streams = MODZMQ_UNSET;
     return conf;
 }
 
@@ -105,6 +109,17 @@ void *modzmq_merge_dir_conf(apr_pool_t *p, void *basev, void *addv)
         conf->retry_all = base->retry_all;
     }
     conf->max_reply = add->max_reply != MODZMQ_UNSET ? add->max_reply : base->max_reply;
+    conf->notices = add->notices != MODZMQ_UNSET ? add->notices : base->notices;
+    conf->stream_window = add->stream_window != MODZMQ_UNSET ? add->stream_window : base->stream_window;
+    conf->stream_idle_ms = add->stream_idle_ms != MODZMQ_UNSET ? add->stream_idle_ms : base->stream_idle_ms;
+    if (add->max_streams != MODZMQ_UNSET) {
+        conf->max_streams = add->max_streams;
+        conf->streams = add->streams;
+    }
+    else {
+        conf->max_streams = base->max_streams;
+        conf->streams = base->streams;
+    }
     if (add->curve_server_cert) {
         conf->curve_server_cert = add->curve_server_cert;
         conf->curve_client_cert = add->curve_client_cert;
@@ -154,6 +169,9 @@ void modzmq_conf_client(const modzmq_dir_conf *conf, modzmq_client_config *out)
         out->curve_server_cert = conf->curve_server_cert;
         out->curve_client_cert = conf->curve_client_cert;
     }
+    out->notices = conf->notices == 1;
+    out->stream_window = conf->stream_window != MODZMQ_UNSET ? conf->stream_window : MODZMQ_DEFAULT_STREAM_WINDOW;
+    out->stream_idle_ms = conf->stream_idle_ms != MODZMQ_UNSET ? conf->stream_idle_ms : 0;
 }
 
 static int same_string(const char *a, const char *b) { return (a == NULL || b == NULL) ? a == b : strcmp(a, b) == 0; }
@@ -164,7 +182,8 @@ int modzmq_same_client(const modzmq_client_config *a, const modzmq_client_config
            a->heartbeat_timeout_ms == b->heartbeat_timeout_ms && a->retries == b->retries &&
            a->retry_all == b->retry_all && a->max_reply == b->max_reply &&
            same_string(a->curve_server_cert, b->curve_server_cert) &&
-           same_string(a->curve_client_cert, b->curve_client_cert);
+           same_string(a->curve_client_cert, b->curve_client_cert) && a->notices == b->notices &&
+           a->stream_window == b->stream_window && a->stream_idle_ms == b->stream_idle_ms;
 }
 
 int modzmq_config_client(const modzmq_client_config *want)
@@ -431,15 +450,59 @@ static const char *set_retries(cmd_parms *cmd, void *dconf, const char *n, const
     return NULL;
 }
 
-static const char *set_max_in_flight(cmd_parms *cmd, void *dconf, const char *arg)
+/* A per-location limit (ZmqMaxInFlight, ZmqMaxStreams) and the counter
+ * the threads of a child share for it. */
+static const char *set_limit(cmd_parms *cmd, const char *directive, const char *arg, int *limit, apr_uint32_t **count)
 {
-    modzmq_dir_conf *conf = dconf;
-    const char *err = parse_count(cmd->pool, MODZMQ_DIR_MAXINFLIGHT, arg, 1000000, &conf->max_in_flight);
+    const char *err = parse_count(cmd->pool, directive, arg, 1000000, limit);
     if (err) {
         return err;
     }
-    conf->in_flight = apr_pcalloc(cmd->pool, sizeof(*conf->in_flight));
+    *count = apr_pcalloc(cmd->pool, sizeof(**count));
     return NULL;
+}
+
+static const char *set_max_in_flight(cmd_parms *cmd, void *dconf, const char *arg)
+{
+    modzmq_dir_conf *conf = dconf;
+    return set_limit(cmd, MODZMQ_DIR_MAXINFLIGHT, arg, &conf->max_in_flight, &conf->in_flight);
+}
+
+static const char *set_notices(cmd_parms *cmd, void *dconf, int on)
+{
+    ((modzmq_dir_conf *)dconf)->notices = on != 0;
+    return NULL;
+}
+
+static const char *set_stream_window(cmd_parms *cmd, void *dconf, const char *arg)
+{
+    modzmq_dir_conf *conf = dconf;
+    char *end;
+    apr_int64_t n;
+
+    errno = 0;
+    n = apr_strtoi64(arg, &end, 10);
+    if (errno || end == arg || *end || n < 4096 || n > 64 * 1024 * 1024) {
+        return apr_psprintf(cmd->pool, MODZMQ_DIR_STREAMWINDOW " %s: expected a number of bytes from 4096 to 67108864", arg);
+    }
+    conf->stream_window = n;
+    return NULL;
+}
+
+static const char *set_stream_idle(cmd_parms *cmd, void *dconf, const char *arg)
+{
+    return parse_duration(cmd->pool, MODZMQ_DIR_STREAMIDLE, arg, &((modzmq_dir_conf *)dconf)->stream_idle_ms);
+}
+
+static const char *set_max_streams(cmd_parms *cmd, void *dconf, const char *arg)
+{
+    modzmq_dir_conf *conf = dconf;
+    return set_limit(cmd, MODZMQ_DIR_MAXSTREAMS, arg, &conf->max_streams, &conf->streams);
+}
+
+static const char *set_stream_body(cmd_parms *cmd, void *dconf, int on)
+{
+    return on ? MODZMQ_DIR_STREAMBODY " on is not implemented yet: request bodies reach the worker whole" : NULL;
 }
 
 static const char *set_max_body(cmd_parms *cmd, void *dconf, const char *arg)
@@ -549,6 +612,18 @@ const command_rec modzmq_cmds[] = {
     AP_INIT_TAKE12(MODZMQ_DIR_CURVE, set_curve, NULL, RSRC_CONF | ACCESS_CONF,
                    "CurveZMQ to the workers: the worker's public certificate (.key) and the bridge's "
                    "secret certificate (.key_secret), or off"),
+    AP_INIT_FLAG(MODZMQ_DIR_NOTICES, set_notices, NULL, RSRC_CONF | ACCESS_CONF,
+                 "on: the workers get a cancel notice when a client goes away before its reply or stream "
+                 "ended (ROUTER or DEALER workers only; default off)"),
+    AP_INIT_TAKE1(MODZMQ_DIR_STREAMWINDOW, set_stream_window, NULL, RSRC_CONF | ACCESS_CONF,
+                  "Credit a streamed reply starts with, and the most held for one stream, in bytes (default 262144)"),
+    AP_INIT_TAKE1(MODZMQ_DIR_STREAMIDLE, set_stream_idle, NULL, RSRC_CONF | ACCESS_CONF,
+                  "A streamed reply with no part for this long ends abnormally (default 60)"),
+    AP_INIT_TAKE1(MODZMQ_DIR_MAXSTREAMS, set_max_streams, NULL, RSRC_CONF | ACCESS_CONF,
+                  "Most streamed replies open at once per location and process; more get 503 with Retry-After "
+                  "(default 0 = no limit)"),
+    AP_INIT_FLAG(MODZMQ_DIR_STREAMBODY, set_stream_body, NULL, RSRC_CONF | ACCESS_CONF,
+                 "Request bodies in parts (not implemented yet: only off)"),
     AP_INIT_TAKE1(MODZMQ_DIR_LIBRARY, set_library, NULL, RSRC_CONF,
                   "Path of libmodzmq.so, the Go half of mod_zmq (server config only)"),
     {NULL}

@@ -8,6 +8,10 @@
  * bad reply 502, body too large 413; a client that went away gets no error
  * line.
  */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* POLLRDHUP */
+#endif
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -284,6 +288,82 @@ static int write_reply(request_rec *r, const modzmq_response *resp)
     return OK;
 }
 
+/* ---- streamed replies and clients that leave --------------------------- */
+
+/* Whether the client went away: mod_http2 marks the connection of a reset
+ * stream aborted; over HTTP/1.x the socket tells, by a hangup or the peer
+ * shutting its side (a pipelined request is data, not a close). */
+static int client_gone(request_rec *r)
+{
+    conn_rec *c = r->connection;
+    apr_socket_t *sock;
+    apr_os_sock_t fd;
+    struct pollfd p;
+
+    if (c->aborted) {
+        return 1;
+    }
+    sock = ap_get_conn_socket(c);
+    if (sock == NULL || apr_os_sock_get(&fd, sock) != APR_SUCCESS) {
+        return 0;
+    }
+    p.fd = fd;
+    p.events = POLLRDHUP;
+    p.revents = 0;
+    return poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0;
+}
+
+/* Ends a request whose client went away: the access log shows 499, and
+ * nothing more is written. */
+static int client_left(request_rec *r)
+{
+    ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, "MODZMQ0019: the client went away before the reply ended");
+    r->status = 499;
+    r->connection->aborted = 1;
+    return DONE;
+}
+
+/* Passes what bb holds, with e (flush or EOS) after it, and empties bb. */
+static apr_status_t pass(request_rec *r, apr_bucket_brigade *bb, apr_bucket *e)
+{
+    apr_status_t rv;
+    APR_BRIGADE_INSERT_TAIL(bb, e);
+    rv = ap_pass_brigade(r->output_filters, bb);
+    apr_brigade_cleanup(bb);
+    return rv;
+}
+
+/* Sends a streamed reply's head: status and headers, no length (HTTP/1.1
+ * chunks the body, HTTP/2 sends DATA frames), flushed at once. */
+static apr_status_t write_head(request_rec *r, const modzmq_response *resp, apr_bucket_brigade *bb)
+{
+    set_reply_headers(r, resp);
+    return pass(r, bb, apr_bucket_flush_create(r->connection->bucket_alloc));
+}
+
+/* Sends a part of a streamed reply, flushed through every filter (mod_deflate
+ * included), or the last part and the end. */
+static apr_status_t write_part(request_rec *r, const modzmq_response *resp, int last, apr_bucket_brigade *bb)
+{
+    apr_bucket_alloc_t *ba = r->connection->bucket_alloc;
+    if (resp->body_len) {
+        APR_BRIGADE_INSERT_TAIL(bb, apr_bucket_transient_create(resp->body, resp->body_len, ba));
+    }
+    return pass(r, bb, last ? apr_bucket_eos_create(ba) : apr_bucket_flush_create(ba));
+}
+
+/* Ends a streamed reply abnormally, as mod_proxy does for a backend that
+ * broke: an error bucket makes the chunk filter leave out the last chunk
+ * and close the connection (HTTP/1.1), and mod_http2 reset the stream. */
+static void break_stream(request_rec *r, apr_bucket_brigade *bb)
+{
+    conn_rec *c = r->connection;
+    r->no_cache = 1;
+    c->keepalive = AP_CONN_CLOSE;
+    APR_BRIGADE_INSERT_TAIL(bb, ap_bucket_error_create(HTTP_BAD_GATEWAY, NULL, c->pool, c->bucket_alloc));
+    pass(r, bb, apr_bucket_eos_create(c->bucket_alloc));
+}
+
 /* ---- the handler ------------------------------------------------------- */
 
 /* A zmq location names no file: like mod_proxy's locations, it skips the
@@ -367,12 +447,22 @@ int modzmq_handler(request_rec *r)
 }
 
 /* Reads the body, relays the request and writes the reply or error. */
+/* Lets go of a stream's place under ZmqMaxStreams, if it took one. */
+static void stream_done(const modzmq_dir_conf *conf, int counted)
+{
+    if (counted) {
+        __atomic_sub_fetch(conf->streams, 1, __ATOMIC_RELAXED);
+    }
+}
+
 static int relay_request(request_rec *r, const modzmq_dir_conf *conf, const modzmq_calls *lib, int handle)
 {
     modzmq_request req;
     modzmq_response resp;
+    apr_bucket_brigade *bb = NULL;
+    apr_status_t rv = APR_SUCCESS;
     apr_size_t n;
-    int rc, status;
+    int rc, status, streaming = 0, counted = 0;
 
     memset(&req, 0, sizeof(req));
     status = read_body(r, modzmq_conf_max_body(conf), &req.body, &n);
@@ -392,10 +482,73 @@ static int relay_request(request_rec *r, const modzmq_dir_conf *conf, const modz
     rc = lib->relay(handle, &req, &resp);
     /* Wait here, in C (modzmq_wait is plain C in the library): an Apache
      * thread parked inside Go costs the Go scheduler a hand-off on every
-     * request. */
-    while (rc == MODZMQ_PENDING) {
-        lib->wait(&resp);
+     * request. Between waits (100 ms at most), look for a client that left. */
+    for (;;) {
+        if (rc == MODZMQ_PENDING) {
+            lib->wait(&resp);
+            if (client_gone(r)) {
+                lib->cancel(&resp);
+                lib->release(&resp);
+                stream_done(conf, counted);
+                return client_left(r);
+            }
+            rc = lib->resume(&resp);
+            continue;
+        }
+        if (rc != MODZMQ_HEAD && rc != MODZMQ_PART && rc != MODZMQ_END) {
+            break;
+        }
+        if (bb == NULL) {
+            bb = apr_brigade_create(r->pool, r->connection->bucket_alloc);
+        }
+        if (rc == MODZMQ_HEAD) {
+            if (conf->max_streams > 0) {
+                apr_uint32_t open = __atomic_add_fetch(conf->streams, 1, __ATOMIC_RELAXED);
+                counted = 1;
+                if (open > (apr_uint32_t)conf->max_streams) {
+                    lib->cancel(&resp);
+                    lib->release(&resp);
+                    stream_done(conf, counted);
+                    ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r, "MODZMQ0024: " MODZMQ_DIR_MAXSTREAMS " %d reached "
+                                  "for %s: answered 503", conf->max_streams, conf->route ? conf->route : r->uri);
+                    apr_table_setn(r->err_headers_out, "Retry-After", "1");
+                    modzmq_stats_overload(conf->backend);
+                    return HTTP_SERVICE_UNAVAILABLE;
+                }
+            }
+            streaming = 1;
+            rv = write_head(r, &resp, bb);
+            lib->release(&resp);
+            if (rv == APR_SUCCESS && r->header_only) {
+                lib->cancel(&resp); /* HEAD: the head only */
+                pass(r, bb, apr_bucket_eos_create(r->connection->bucket_alloc));
+                stream_done(conf, counted);
+                return OK;
+            }
+        }
+        else {
+            rv = write_part(r, &resp, rc == MODZMQ_END, bb);
+            lib->release(&resp);
+            if (rc == MODZMQ_END) {
+                stream_done(conf, counted);
+                return OK;
+            }
+        }
+        if (rv != APR_SUCCESS || client_gone(r)) {
+            lib->cancel(&resp);
+            lib->release(&resp);
+            stream_done(conf, counted);
+            return client_left(r);
+        }
         rc = lib->resume(&resp);
+    }
+    if (streaming) {
+        lib->release(&resp);
+        stream_done(conf, counted);
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "MODZMQ0025: the stream ended abnormally after its head: %s ("
+                      MODZMQ_DIR_BACKEND " %s)", resp.error, conf->endpoints);
+        break_stream(r, bb);
+        return OK;
     }
     switch (rc) {
     case MODZMQ_OK:
@@ -403,6 +556,10 @@ static int relay_request(request_rec *r, const modzmq_dir_conf *conf, const modz
         lib->release(&resp);
         return status;
     case MODZMQ_ENOWORKER:
+        status = HTTP_SERVICE_UNAVAILABLE;
+        break;
+    case MODZMQ_EOVERLOAD:
+        apr_table_setn(r->err_headers_out, "Retry-After", "1");
         status = HTTP_SERVICE_UNAVAILABLE;
         break;
     case MODZMQ_ETIMEOUT:

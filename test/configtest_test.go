@@ -50,6 +50,7 @@ func TestConfigtestAcceptsValidDirectives(t *testing.T) {
 		"ZmqBackend tcp://127.0.0.1:5555 tcp://[::1]:5556 ipc:///run/w.sock\nZmqTimeout 10\nZmqMaxBody 0",
 		"ZmqBackend tcp://h:1\nZmqTimeout 250ms\nZmqMaxBody 1048576",
 		"ZmqBackend tcp://h:1\nZmqTimeout 5s",
+		"ZmqBackend tcp://h:1\nZmqNotices on\nZmqStreamWindow 65536\nZmqStreamIdleTimeout 250ms\nZmqMaxStreams 100\nZmqStreamBody off",
 	} {
 		if out, err := configtest(t, "", body); err != nil || !strings.Contains(out, "Syntax OK") {
 			t.Errorf("%q: %v\n%s", body, err, out)
@@ -71,6 +72,12 @@ func TestConfigtestReportsMistakes(t *testing.T) {
 		{"", "ZmqTimeout 100000", "at most one day"},
 		{"", "ZmqMaxBody -5", "expected a number of bytes"},
 		{"", "ZmqMaxBody 1MB", "expected a number of bytes"},
+		{"", "ZmqNotices maybe", "must be On or Off"},
+		{"", "ZmqStreamWindow 100", "expected a number of bytes from 4096"},
+		{"", "ZmqStreamWindow 1G", "expected a number of bytes from 4096"},
+		{"", "ZmqStreamIdleTimeout 0", "expected a positive number"},
+		{"", "ZmqMaxStreams -1", "expected a whole number"},
+		{"", "ZmqStreamBody on", "not implemented yet"},
 		{"", "ZmqLibrary /x/libmodzmq.so", "not allowed"},
 		{"ZmqLibrary relative/libmodzmq.so", "", "give an absolute path"},
 	}

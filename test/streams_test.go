@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"net"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -137,4 +138,89 @@ func TestGoStreamWorkerThroughTheGateway(t *testing.T) {
 		}
 	}
 	leaveAndExpectCancel(t, cmd, long, w)
+}
+
+// Streams and cancel notices through Apache: SSE events from the pyzmq
+// example reach curl one by one (HTTP/1.1 chunks) and end cleanly; a client
+// that leaves gets its worker a cancel notice, mid-request and mid-stream,
+// and the access log shows 499; a stream the worker aborts ends without
+// the last chunk (curl: "transfer closed"); HEAD gets the head only.
+func TestStreamsThroughApache(t *testing.T) {
+	clock := startStreamClock(t, "--count", "5", "--interval", "0.05")
+	port := freePort(t)
+	ep := fmt.Sprintf("tcp://127.0.0.1:%d", port)
+	notice := startListening(t, port, ep, python, filepath.Join(root, "test/workers/notice_worker.py"), ep)
+	h := startHTTPD(t, httpdParams{MPM: "event", Extra: fmt.Sprintf(`	<Location /clock>
+		SetHandler zmq
+		ZmqBackend %s
+	</Location>
+	<Location /n>
+		SetHandler zmq
+		ZmqBackend %s
+		ZmqNotices on
+		ZmqTimeout 30
+	</Location>
+`, clock.Endpoint, ep)})
+	h.expect(`MODZMQ0025: .*aborted the stream`)
+
+	out, err := exec.Command("curl", "-sSN", "--max-time", "20", "-D", "-", h.URL+"/clock").CombinedOutput()
+	if err != nil {
+		t.Fatalf("curl: %v\n%s", err, out)
+	}
+	head, body, _ := strings.Cut(string(out), "\r\n\r\n")
+	if !strings.Contains(strings.ToLower(head), "content-type: text/event-stream") || !strings.Contains(strings.ToLower(head), "transfer-encoding: chunked") {
+		t.Errorf("curl's head:\n%s", head)
+	}
+	if want := "data: 0\n\ndata: 1\n\ndata: 2\n\ndata: 3\n\ndata: 4\n\n"; body != want {
+		t.Errorf("curl got %q, want %q", body, want)
+	}
+	if out, err := exec.Command("curl", "-sSI", "--max-time", "20", h.URL+"/clock").CombinedOutput(); err != nil ||
+		!strings.Contains(strings.ToLower(string(out)), "text/event-stream") {
+		t.Errorf("HEAD: %v\n%s", err, out)
+	}
+
+	// A stream the worker aborts.
+	out, err = exec.Command("curl", "-sSN", "--max-time", "20", h.URL+"/n/abort").CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 18 || !strings.HasPrefix(string(out), "partial") {
+		t.Errorf("an aborted stream: curl %v, %q; want exit 18 (transfer closed) after \"partial\"", err, out)
+	}
+
+	// Clients that leave: mid-request, then mid-stream.
+	for _, path := range []string{"/n/hold", "/n/trickle"} {
+		cmd := exec.Command("curl", "-sN", h.URL+path)
+		stdout, _ := cmd.StdoutPipe()
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		var id string
+		checkFor(t, 10*time.Second, func() error {
+			for _, l := range strings.Split(notice.Output.String(), "\n") {
+				if f := strings.Fields(l); len(f) == 3 && f[0] == "request" && f[2] == path {
+					id = f[1]
+					return nil
+				}
+			}
+			return fmt.Errorf("the worker has not seen %s: %q", path, notice.Output.String())
+		})
+		if path == "/n/trickle" {
+			if line, err := bufio.NewReader(stdout).ReadString('\n'); err != nil || line != "tick\n" {
+				t.Fatalf("the first part of %s: %q, %v", path, line, err)
+			}
+		}
+		cmd.Process.Kill()
+		cmd.Wait()
+		checkFor(t, 10*time.Second, func() error {
+			if !strings.Contains(notice.Output.String(), "cancel "+id+"\n") {
+				return fmt.Errorf("no cancel notice for %s (%s): %q", path, id, notice.Output.String())
+			}
+			return nil
+		})
+	}
+	checkFor(t, 10*time.Second, func() error {
+		b, _ := os.ReadFile(filepath.Join(h.Dir, "access_log"))
+		if n := strings.Count(string(b), `" 499 `); n != 2 {
+			return fmt.Errorf("access_log shows %d requests as 499, want 2:\n%s", n, b)
+		}
+		return nil
+	})
 }

@@ -114,3 +114,8 @@ func modzmq_status_render(format C.int, sums *C.int64_t, nbackends C.int, proces
 	*out, *outLen = (*C.char)(p), C.size_t(len(page))
 	return 0
 }
+
+//export modzmq_cancel
+func modzmq_cancel(resp *C.modzmq_response) {
+	relay.Cancel(unsafe.Pointer(resp))
+}

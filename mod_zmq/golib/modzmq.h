@@ -23,7 +23,7 @@
 #include <stdint.h>
 
 /* The ABI this header describes; modzmq_abi_version() must return it. */
-#define MODZMQ_ABI_VERSION 10
+#define MODZMQ_ABI_VERSION 11
 
 /* Return codes of modzmq_relay(). */
 #define MODZMQ_OK         0 /* reply in *resp */
@@ -33,6 +33,15 @@
 #define MODZMQ_EBACKEND   4 /* unknown client handle: 500 */
 #define MODZMQ_EINTERNAL  5 /* anything else, including a recovered panic: 500 */
 #define MODZMQ_PENDING    6 /* sent: call modzmq_wait(resp), then modzmq_resume(resp) */
+#define MODZMQ_EOVERLOAD  7 /* over the client's stream limit: 503 with Retry-After */
+/* A streamed reply (docs/PROTOCOL.md): the head comes first, with status,
+ * reason and headers set; then parts, each in body; the last one ends it.
+ * After each, the caller writes it to the client and calls modzmq_resume
+ * (no wait) for what follows. Any other code after a head means the stream
+ * broke: the caller ends the response abnormally. */
+#define MODZMQ_HEAD       8
+#define MODZMQ_PART       9
+#define MODZMQ_END        10
 
 /* Log severities are Apache's (APLOG_ERR = 3 ... APLOG_DEBUG = 7). */
 typedef void (*modzmq_log_fn)(int level, const char *msg);
@@ -64,6 +73,9 @@ typedef struct modzmq_client_config {
     int64_t max_reply;                       /* bytes; 0 = no limit */
     const char *curve_server_cert;           /* NUL-terminated paths, or NULL: CurveZMQ off */
     const char *curve_client_cert;
+    int     notices;                         /* non-zero: workers get cancel notices */
+    int64_t stream_window;                   /* bytes of credit a streamed reply starts with; 0 = no streams */
+    int64_t stream_idle_ms;                  /* a stream with no part for this long ends; 0 = default */
 } modzmq_client_config;
 
 /* The most clients a process has (the shim refuses more at configuration). */
@@ -218,5 +230,13 @@ typedef int (*modzmq_resume_fn)(modzmq_response *resp);
  * reply's frames, block). Plain C; safe to call more than once.
  */
 typedef void (*modzmq_release_fn)(modzmq_response *resp);
+
+/*
+ * void modzmq_cancel(modzmq_response *resp): the client of the call in
+ * resp (pending, or a stream after its head) went away: the call ends, and
+ * its worker gets a cancel notice when its client takes notices. The
+ * caller then calls modzmq_release(resp).
+ */
+typedef void (*modzmq_cancel_fn)(modzmq_response *resp);
 
 #endif /* MODZMQ_H */

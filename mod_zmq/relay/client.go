@@ -66,6 +66,7 @@ type client struct {
 	b      *backend
 	fast   *C.modzmq_fast
 	handle int
+	window int64 // its requests' StreamWindow
 	err    error
 }
 
@@ -80,16 +81,18 @@ func clientAt(h C.int) *client {
 // becomes bridge options: a new per-location option is read here.
 func clientOptions(b *backend, cfg *C.modzmq_client_config) (bridge.Options, error) {
 	opts := bridge.Options{
-		Endpoints:        b.endpoints,
-		ConnectTimeout:   b.connectTimeout,
-		Heartbeat:        time.Duration(max(cfg.heartbeat_ms, 0)) * time.Millisecond,
-		HeartbeatTimeout: time.Duration(cfg.heartbeat_timeout_ms) * time.Millisecond,
-		NoHeartbeat:      cfg.heartbeat_ms < 0,
-		Retries:          int(cfg.retries),
-		RetryAll:         cfg.retry_all != 0,
-		MaxReply:         int64(cfg.max_reply),
-		Log:              logFunc,
-		Transport:        transport,
+		Endpoints:         b.endpoints,
+		ConnectTimeout:    b.connectTimeout,
+		Heartbeat:         time.Duration(max(cfg.heartbeat_ms, 0)) * time.Millisecond,
+		HeartbeatTimeout:  time.Duration(cfg.heartbeat_timeout_ms) * time.Millisecond,
+		NoHeartbeat:       cfg.heartbeat_ms < 0,
+		Retries:           int(cfg.retries),
+		RetryAll:          cfg.retry_all != 0,
+		MaxReply:          int64(cfg.max_reply),
+		Log:               logFunc,
+		Transport:         transport,
+		Notices:           cfg.notices != 0,
+		StreamIdleTimeout: time.Duration(cfg.stream_idle_ms) * time.Millisecond,
 	}
 	if cfg.curve_server_cert != nil {
 		curve, err := bridge.LoadCurve(C.GoString(cfg.curve_server_cert), C.GoString(cfg.curve_client_cert))
@@ -105,10 +108,10 @@ func clientOptions(b *backend, cfg *C.modzmq_client_config) (bridge.Options, err
 // cannot): its fast path, unless it speaks CURVE, and its bridge client,
 // which starts watching the endpoints. It returns once the endpoints have
 // reported, or after 250 ms.
-func openClient(handle int, b *backend, opts bridge.Options, optsErr error) *client {
-	c := &client{b: b, handle: handle, err: optsErr}
+func openClient(handle int, b *backend, opts bridge.Options, window int64, optsErr error) *client {
+	c := &client{b: b, handle: handle, window: window, err: optsErr}
 	if c.err == nil {
-		c.fast = newFast(handle, &opts)
+		c.fast = newFast(handle, &opts, window)
 		if c.fast != nil {
 			opts.OnState = func(endpoint int, state bridge.State, epoch uint64) {
 				up := C.int(0)
@@ -244,10 +247,11 @@ func OpenClients(first, n int, cfg unsafe.Pointer) (ok bool) {
 			continue
 		}
 		opts, err := clientOptions(b, &cfgs[i])
+		window := int64(cfgs[i].stream_window)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			openClient(handle, b, opts, err)
+			openClient(handle, b, opts, window, err)
 		}()
 	}
 	wg.Wait()
@@ -282,19 +286,27 @@ func modzmq_go_relay(handle C.int, req *C.modzmq_request, resp *C.modzmq_respons
 	if c.fast == nil {
 		c.b.goWaits.Add(1) // the connection, if one is made, is made in Go
 	}
-	call := c.Start(context.Background(), request(req), time.Duration(req.timeout_ms)*time.Millisecond)
+	call := c.Start(context.Background(), c.request(req), time.Duration(req.timeout_ms)*time.Millisecond)
 	return outcome(call, c.b, resp, 0)
 }
 
 // request views req; it stays valid while the call is in progress.
-func request(req *C.modzmq_request) *bridge.Request {
+func (c *client) request(req *C.modzmq_request) *bridge.Request {
 	return &bridge.Request{
-		Method:  view(req.method, req.method_len),
-		Target:  view(req.target, req.target_len),
-		Headers: view(req.headers, req.headers_len),
-		Meta:    view(req.meta, req.meta_len),
-		Body:    view(req.body, req.body_len),
+		Method:       view(req.method, req.method_len),
+		Target:       view(req.target, req.target_len),
+		Headers:      view(req.headers, req.headers_len),
+		Meta:         view(req.meta, req.meta_len),
+		Body:         view(req.body, req.body_len),
+		StreamWindow: c.window,
 	}
+}
+
+func cbool(b bool) C.int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // callState is the library's state of the call in resp (zmqio.h): the part
@@ -303,10 +315,12 @@ func callState(resp *C.modzmq_response) *C.modzmq_call {
 	return (*C.modzmq_call)(unsafe.Pointer(&resp.state))
 }
 
-// pending is a call in progress between modzmq_wait and modzmq_resume.
+// pending is a call in progress between modzmq_wait and modzmq_resume: a
+// request waiting for its reply, or a stream after its head.
 type pending struct {
-	call *bridge.Call
-	b    *backend
+	call   *bridge.Call
+	stream *bridge.Stream
+	b      *backend
 }
 
 // outcome reports a call for backend b: its result when done, else a
@@ -315,46 +329,82 @@ type pending struct {
 func outcome(call *bridge.Call, b *backend, resp *C.modzmq_response, h cgo.Handle) C.int {
 	st := callState(resp)
 	if !call.Done() {
-		st.zconn = nil
-		if conn, ok := call.Conn().(*zConn); ok {
-			st.zconn = unsafe.Pointer(conn.z)
-		}
 		if h == 0 {
-			h = cgo.NewHandle(&pending{call, b})
+			h = cgo.NewHandle(&pending{call: call, b: b})
 		}
-		st.call = C.uint64_t(h)
-		st.wait_ms = C.int(max(call.Wait().Milliseconds(), 1))
-		return C.MODZMQ_PENDING
+		return waitOn(resp, h, call.Conn(), call.Wait())
 	}
-	if h != 0 {
-		h.Delete()
-	}
-	st.call = 0
-	st.zconn = nil
 	out, err := call.Result()
-	if err != nil {
-		setError(&resp.error[0], C.size_t(len(resp.error)), fmt.Sprintf("%v: %v", bridge.CodeOf(err), err))
-		switch {
-		case errors.Is(err, bridge.ErrNoWorker), errors.Is(err, bridge.ErrWorkerLost), errors.Is(err, bridge.ErrOverload):
-			return C.MODZMQ_ENOWORKER
-		case errors.Is(err, bridge.ErrTimeout):
-			return C.MODZMQ_ETIMEOUT
-		case errors.Is(err, bridge.ErrProtocol):
-			return C.MODZMQ_EPROTOCOL
+	if err != nil || out.Stream == nil {
+		if h != 0 {
+			h.Delete()
 		}
+		st.call, st.zconn = 0, nil
+	}
+	if err != nil {
+		return failed(resp, err)
+	}
+	resp.status = C.int(out.Status)
+	if out.Stream != nil {
+		// The head: the stream's parts follow through modzmq_resume.
+		if h == 0 {
+			h = cgo.NewHandle(&pending{b: b})
+		}
+		h.Value().(*pending).stream = out.Stream
+		st.call, st.zconn = C.uint64_t(h), nil
+		if !setParts(resp, nil, out.Reason, out.Headers) {
+			return C.MODZMQ_EINTERNAL
+		}
+		return C.MODZMQ_HEAD
+	}
+	if !setParts(resp, out.Body, out.Reason, out.Headers) {
 		return C.MODZMQ_EINTERNAL
 	}
-	// The reply's parts point into the frames modzmq_wait received. A part
-	// that is not inside them is copied into one C block: header lines the
-	// bridge rewrote, and a whole reply Go received itself (one that was
-	// already queued when the call stepped after a wait ran out, or behind
-	// a stale reply it dropped).
-	resp.status = C.int(out.Status)
+	return C.MODZMQ_OK
+}
+
+// waitOn reports a call or stream as pending on conn: modzmq_wait waits on
+// it for up to wait, unless Go waits on it itself (not a zConn).
+func waitOn(resp *C.modzmq_response, h cgo.Handle, conn bridge.Conn, wait time.Duration) C.int {
+	st := callState(resp)
+	st.zconn = nil
+	if z, ok := conn.(*zConn); ok {
+		st.zconn = unsafe.Pointer(z.z)
+	}
+	st.call = C.uint64_t(h)
+	st.wait_ms = C.int(max(wait.Milliseconds(), 1))
+	return C.MODZMQ_PENDING
+}
+
+// failed reports err in resp and returns its code.
+func failed(resp *C.modzmq_response, err error) C.int {
+	setError(&resp.error[0], C.size_t(len(resp.error)), fmt.Sprintf("%v: %v", bridge.CodeOf(err), err))
+	switch {
+	case errors.Is(err, bridge.ErrOverload):
+		return C.MODZMQ_EOVERLOAD
+	case errors.Is(err, bridge.ErrNoWorker), errors.Is(err, bridge.ErrWorkerLost):
+		return C.MODZMQ_ENOWORKER
+	case errors.Is(err, bridge.ErrTimeout):
+		return C.MODZMQ_ETIMEOUT
+	case errors.Is(err, bridge.ErrProtocol):
+		return C.MODZMQ_EPROTOCOL
+	}
+	return C.MODZMQ_EINTERNAL
+}
+
+// setParts points resp's body, reason and headers at b, reason and
+// headers. They point into the frames modzmq_wait received; a part that is
+// not inside them is copied into one C block: header lines the bridge
+// rewrote, and a whole message Go received itself (one that was already
+// queued when the call stepped after a wait ran out, or behind a stale
+// reply it dropped). false (with the error set) when memory ran out.
+func setParts(resp *C.modzmq_response, body, reason, headers []byte) bool {
+	st := callState(resp)
 	parts := [3]struct {
 		b   []byte
 		ptr **C.char
 		n   *C.size_t
-	}{{out.Body, &resp.body, &resp.body_len}, {out.Reason, &resp.reason, &resp.reason_len}, {out.Headers, &resp.headers, &resp.headers_len}}
+	}{{body, &resp.body, &resp.body_len}, {reason, &resp.reason, &resp.reason_len}, {headers, &resp.headers, &resp.headers_len}}
 	outside := 0
 	for _, p := range parts {
 		*p.ptr, *p.n = inFrames(resp, p.b)
@@ -362,23 +412,25 @@ func outcome(call *bridge.Call, b *backend, resp *C.modzmq_response, h cgo.Handl
 			outside += len(p.b)
 		}
 	}
-	if outside > 0 {
-		block := C.malloc(C.size_t(outside))
-		if block == nil {
-			setError(&resp.error[0], C.size_t(len(resp.error)), fmt.Sprintf("%v: out of memory for %d bytes of reply", bridge.CodeSocket, outside))
-			return C.MODZMQ_EINTERNAL
-		}
-		st.block = (*C.char)(block)
-		dst := unsafe.Slice((*byte)(block), outside)
-		for _, p := range parts {
-			if *p.ptr == nil && len(p.b) > 0 {
-				n := copy(dst, p.b)
-				*p.ptr, *p.n = (*C.char)(unsafe.Pointer(&dst[0])), C.size_t(n)
-				dst = dst[n:]
-			}
+	if outside == 0 {
+		return true
+	}
+	block := C.malloc(C.size_t(outside))
+	if block == nil {
+		setError(&resp.error[0], C.size_t(len(resp.error)), fmt.Sprintf("%v: out of memory for %d bytes of reply", bridge.CodeSocket, outside))
+		return false
+	}
+	C.free(unsafe.Pointer(st.block))
+	st.block = (*C.char)(block)
+	dst := unsafe.Slice((*byte)(block), outside)
+	for _, p := range parts {
+		if *p.ptr == nil && len(p.b) > 0 {
+			n := copy(dst, p.b)
+			*p.ptr, *p.n = (*C.char)(unsafe.Pointer(&dst[0])), C.size_t(n)
+			dst = dst[n:]
 		}
 	}
-	return C.MODZMQ_OK
+	return true
 }
 
 // inFrames returns b as a pointer into the frames held by resp, or nil when
@@ -415,8 +467,11 @@ func Resume(r unsafe.Pointer) (rc int) {
 		return C.MODZMQ_EINTERNAL
 	}
 	p.b.goEntries.Add(1)
-	deliver(p.call, resp)
-	wait := goWait(p.call)
+	if p.stream != nil {
+		return int(streamStep(p, resp, h))
+	}
+	deliver(p.call.Conn(), resp)
+	wait := goWait(p.call.Conn(), p.call.Wait())
 	if wait > 0 {
 		p.b.goWaits.Add(1)
 	}
@@ -424,30 +479,92 @@ func Resume(r unsafe.Pointer) (rc int) {
 	return int(outcome(p.call, p.b, resp, h))
 }
 
-// goWait is how long a step of call waits in Go: not at all on the
-// connections C waits on (modzmq_wait), a slice of the call's wait on the
-// others (CurveZMQ, bridge.ZMTP), where the Apache thread waits in Go.
-func goWait(call *bridge.Call) time.Duration {
-	switch call.Conn().(type) {
+// streamStep takes the stream's next part: MODZMQ_PART or MODZMQ_END with
+// it in body, MODZMQ_PENDING when none has come, or the code of the error
+// that broke it (the stream is closed then).
+func streamStep(p *pending, resp *C.modzmq_response, h cgo.Handle) C.int {
+	s, st := p.stream, callState(resp)
+	deliver(s.Conn(), resp)
+	wait := goWait(s.Conn(), s.Wait())
+	if wait > 0 {
+		p.b.goWaits.Add(1)
+	}
+	data, end, ok, err := s.Step(wait)
+	if err != nil {
+		s.Close()
+		h.Delete()
+		st.call, st.zconn = 0, nil
+		return failed(resp, err)
+	}
+	if !ok {
+		return waitOn(resp, h, s.Conn(), s.Wait())
+	}
+	if !setParts(resp, data, nil, nil) {
+		return C.MODZMQ_EINTERNAL
+	}
+	if end {
+		s.Close()
+		h.Delete()
+		st.call, st.zconn = 0, nil
+		return C.MODZMQ_END
+	}
+	return C.MODZMQ_PART
+}
+
+// Cancel ends the call in the modzmq_response at r because its client went
+// away (modzmq_cancel).
+func Cancel(r unsafe.Pointer) {
+	resp := (*C.modzmq_response)(r)
+	defer func() {
+		if p := recover(); p != nil {
+			logFunc.Logf(bridge.LevelError, bridge.CodePanic, "recovered panic in modzmq_cancel: %v", p)
+		}
+	}()
+	st := callState(resp)
+	h := cgo.Handle(st.call)
+	if h == 0 {
+		return
+	}
+	if p, ok := h.Value().(*pending); ok {
+		p.b.goEntries.Add(1)
+		if p.stream != nil {
+			p.stream.Close()
+		} else {
+			p.call.Cancel()
+		}
+	}
+	h.Delete()
+	st.call, st.zconn = 0, nil
+}
+
+// goWait is how long a step waits in Go on conn: not at all on the
+// connections C waits on (modzmq_wait), a slice of the call's or stream's
+// wait on the others (CurveZMQ, bridge.ZMTP), where the Apache thread waits
+// in Go.
+func goWait(conn bridge.Conn, wait time.Duration) time.Duration {
+	switch conn.(type) {
 	case *zConn, nil:
 		return 0
 	}
-	return call.Wait()
+	return wait
 }
 
-// deliver hands what modzmq_wait or the fast path received to the call's
-// connection (a zConn: Go's own connections receive for themselves): views
-// of its frames.
-func deliver(call *bridge.Call, resp *C.modzmq_response) {
+// deliver hands what modzmq_wait or the fast path received to conn (a
+// zConn: Go's own connections receive for themselves): views of its frames.
+// Once handed over they are not handed over again: the next modzmq_wait or
+// modzmq_release replaces them.
+func deliver(conn bridge.Conn, resp *C.modzmq_response) {
 	st := callState(resp)
-	if st.nframes == 0 || call.Done() {
+	z, ok := conn.(*zConn)
+	if st.nframes == 0 || !ok || st.delivered != 0 {
 		return
 	}
 	frames := make([][]byte, st.nframes)
 	for i := range frames {
 		frames[i] = view(st.frame[i], st.frame_len[i])
 	}
-	call.Conn().(interface{ deliver([][]byte) }).deliver(frames)
+	z.deliver(frames)
+	st.delivered = 1
 }
 
 func lookup(handle int) *backend {

@@ -8,6 +8,7 @@ package relay
 import "C"
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"syscall"
@@ -73,6 +74,7 @@ func send(conn unsafe.Pointer, timeout C.int, frames [][]byte) C.int {
 // modzmq_response, valid until modzmq_release), or received by Recv itself.
 type zConn struct {
 	z         *C.zmtp_conn
+	id        []byte // the request id last sent
 	delivered [][]byte
 	pending   bool
 }
@@ -82,7 +84,13 @@ func (c *zConn) Send(frames [][]byte, timeout time.Duration) error {
 		return fmt.Errorf("zmtp send: %d frames, at most 8", len(frames))
 	}
 	ms := C.int(max(timeout.Milliseconds(), 1))
-	if C.zmtp_check(c.z) != 0 {
+	// A message for the request in flight (a stream's credit, a cancel
+	// notice) goes on as it is: the connection may hold its parts unread.
+	control := len(c.id) > 0 && bytes.Equal(frames[0], c.id)
+	if !control {
+		c.id = append(c.id[:0], frames[0]...)
+	}
+	if !control && C.zmtp_check(c.z) != 0 {
 		// Closed by the worker while it sat in a pool (a restart, or its
 		// heartbeat timeout), with nothing in flight: connect again, as
 		// libzmq would, within the send's wait.

@@ -40,6 +40,8 @@ typedef struct fast_ep {
 struct modzmq_fast {
     int client, nendpoints;
     int64_t timeout_ms, connect_timeout_ms, max_reply;
+    int64_t stream_window; /* > 0: requests say their reply may be streamed */
+    int notices;           /* requests say their worker gets cancel notices */
     int64_t bounds_ns[MODZMQ_STATS_BUCKETS - 1];
     char prefix[32];
     uint64_t seq, rr;                    /* atomic */
@@ -52,7 +54,8 @@ struct modzmq_fast {
 static modzmq_fast *fasts[MODZMQ_MAX_CLIENTS + 1];
 
 modzmq_fast *modzmq_fast_new(int client, int nendpoints, int64_t timeout_ms, int64_t connect_timeout_ms,
-                             int64_t max_reply, const int64_t *bounds_ns, const char *prefix)
+                             int64_t max_reply, int64_t stream_window, int notices, const int64_t *bounds_ns,
+                             const char *prefix)
 {
     modzmq_fast *f = calloc(1, sizeof(*f) + (size_t)nendpoints * sizeof(fast_ep));
     int i;
@@ -65,6 +68,8 @@ modzmq_fast *modzmq_fast_new(int client, int nendpoints, int64_t timeout_ms, int
     f->timeout_ms = timeout_ms;
     f->connect_timeout_ms = connect_timeout_ms;
     f->max_reply = max_reply;
+    f->stream_window = stream_window;
+    f->notices = notices;
     memcpy(f->bounds_ns, bounds_ns, sizeof(f->bounds_ns));
     snprintf(f->prefix, sizeof(f->prefix), "%s", prefix);
     for (i = 0; i < nendpoints; i++) {
@@ -395,10 +400,15 @@ static void count(modzmq_fast *f, int i, int status, int64_t d)
     }
 }
 
-int modzmq_fast_encode(const modzmq_request *req, const char *id, size_t id_len, char *stack, size_t stack_size,
-                       char **heap, const void **p, size_t *len)
+int modzmq_fast_encode(const modzmq_request *req, const char *id, size_t id_len, int64_t stream_window, int notices,
+                       char *stack, size_t stack_size, char **heap, const void **p, size_t *len)
 {
-    size_t meta_len = sizeof("request-id: ") - 1 + id_len + 2 + req->meta_len;
+    static const char cancel_line[] = "notices: cancel\r\n";
+    char credits[48];
+    size_t credits_len = stream_window > 0 ? (size_t)snprintf(credits, sizeof(credits), "stream-credits: %" PRId64 "\r\n",
+                                                              stream_window) : 0;
+    size_t notices_len = notices ? sizeof(cancel_line) - 1 : 0;
+    size_t meta_len = sizeof("request-id: ") - 1 + id_len + 2 + req->meta_len + credits_len + notices_len, at;
     char *meta = stack;
 
     *heap = NULL;
@@ -408,8 +418,17 @@ int modzmq_fast_encode(const modzmq_request *req, const char *id, size_t id_len,
     memcpy(meta, "request-id: ", 12);
     memcpy(meta + 12, id, id_len);
     memcpy(meta + 12 + id_len, "\r\n", 2);
+    at = 14 + id_len;
     if (req->meta_len) {
-        memcpy(meta + 14 + id_len, req->meta, req->meta_len);
+        memcpy(meta + at, req->meta, req->meta_len);
+        at += req->meta_len;
+    }
+    if (credits_len) {
+        memcpy(meta + at, credits, credits_len);
+        at += credits_len;
+    }
+    if (notices_len) {
+        memcpy(meta + at, cancel_line, notices_len);
     }
     p[0] = id, len[0] = id_len;
     p[1] = "", len[1] = 0;
@@ -424,12 +443,13 @@ int modzmq_fast_encode(const modzmq_request *req, const char *id, size_t id_len,
 
 /* Sends the MZMQ/1 request with its request id within timeout_ms; 0 or an
  * errno value. */
-static int send_request(zmtp_conn *conn, int timeout_ms, const modzmq_request *req, const char *id, size_t id_len)
+static int send_request(modzmq_fast *f, zmtp_conn *conn, int timeout_ms, const modzmq_request *req, const char *id,
+                        size_t id_len)
 {
     char stack[2048], *heap;
     const void *p[8];
     size_t len[8];
-    int err = modzmq_fast_encode(req, id, id_len, stack, sizeof(stack), &heap, p, len);
+    int err = modzmq_fast_encode(req, id, id_len, f->stream_window, f->notices, stack, sizeof(stack), &heap, p, len);
 
     if (err == 0) {
         err = zmtp_send(conn, timeout_ms, 8, p, len);
@@ -466,7 +486,7 @@ static int fast_relay(modzmq_fast *f, modzmq_request *req, modzmq_response *resp
                                     __atomic_add_fetch(&f->seq, 1, __ATOMIC_RELAXED));
     st->epoch = __atomic_load_n(&e->epoch, __ATOMIC_ACQUIRE);
     __atomic_fetch_add(&e->in_flight, 1, __ATOMIC_RELAXED);
-    if (send_request(sock, want, req, st->id, st->id_len) != 0) {
+    if (send_request(f, sock, want, req, st->id, st->id_len) != 0) {
         /* The worker did not take it (the connection is closed, and a
          * worker discards an incomplete message): Go tries again, by its
          * rules. */

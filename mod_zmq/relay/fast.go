@@ -23,7 +23,7 @@ import (
 // newFast makes the C fast path (fast.h) of the client with the given handle
 // and options, or returns nil (the client then relays everything in Go, as
 // it does with CURVE).
-func newFast(handle int, opts *bridge.Options) *C.modzmq_fast {
+func newFast(handle int, opts *bridge.Options, window int64) *C.modzmq_fast {
 	if opts.Curve != nil {
 		return nil // CurveZMQ is spoken in Go (bridge.ZMTP)
 	}
@@ -45,7 +45,7 @@ func newFast(handle int, opts *bridge.Options) *C.modzmq_fast {
 		connect = bridge.DefaultConnectTimeout
 	}
 	return C.modzmq_fast_new(C.int(handle), C.int(len(opts.Endpoints)), C.int64_t(timeout.Milliseconds()),
-		C.int64_t(connect.Milliseconds()), C.int64_t(opts.MaxReply), &bounds[0], prefix)
+		C.int64_t(connect.Milliseconds()), C.int64_t(opts.MaxReply), C.int64_t(window), cbool(opts.Notices), &bounds[0], prefix)
 }
 
 // modzmq_go_dial makes a connection (zmtp.h) for the fast path of a
@@ -99,9 +99,9 @@ func modzmq_go_adopt(req *C.modzmq_request, resp *C.modzmq_response) (rc C.int) 
 		panic(fmt.Sprintf("no client %d", st.client))
 	}
 	c.b.goEntries.Add(1)
-	conn := &zConn{z: (*C.zmtp_conn)(st.zconn)}
+	conn := &zConn{z: (*C.zmtp_conn)(st.zconn), id: append([]byte(nil), view(&st.id[0], st.id_len)...)}
 	now := time.Now()
-	call := c.Adopt(context.Background(), request(req), bridge.Sent{
+	call := c.Adopt(context.Background(), c.request(req), bridge.Sent{
 		Endpoint: int(st.endpoint),
 		Conn:     conn,
 		ID:       view(&st.id[0], st.id_len),
@@ -109,7 +109,7 @@ func modzmq_go_adopt(req *C.modzmq_request, resp *C.modzmq_response) (rc C.int) 
 		Start:    now.Add(-time.Duration(st.elapsed_ns)),
 		Deadline: now.Add(time.Duration(st.remaining_ns)),
 	})
-	deliver(call, resp)
+	deliver(call.Conn(), resp)
 	call.Step(0)
 	return outcome(call, c.b, resp, 0)
 }

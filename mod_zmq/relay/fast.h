@@ -30,7 +30,8 @@ typedef struct modzmq_fast modzmq_fast;
  * from then on. bounds_ns holds MODZMQ_STATS_BUCKETS-1 latency bucket bounds;
  * prefix is the request id prefix. */
 modzmq_fast *modzmq_fast_new(int client, int nendpoints, int64_t timeout_ms, int64_t connect_timeout_ms,
-                             int64_t max_reply, const int64_t *bounds_ns, const char *prefix);
+                             int64_t max_reply, int64_t stream_window, int notices, const int64_t *bounds_ns,
+                             const char *prefix);
 /* Mirrors an endpoint's state; when it goes down (or its epoch grows while
  * down), its idle connections are closed. */
 void modzmq_fast_set_state(modzmq_fast *f, int endpoint, int up, uint64_t epoch);
@@ -47,11 +48,12 @@ void modzmq_fast_add_stats(modzmq_fast *f, int64_t *sums);
  * bridge.EncodeRequest does (FuzzFastEncode compares them byte for byte):
  * p and len get [id, "", "MZMQ/1", method, target, headers, meta, body],
  * pointing into req and into the meta frame, which starts with the
- * request-id line and is written into stack when it fits stack_size, else
- * into *heap (malloc()ed, for the caller to free; NULL otherwise). 0 or
- * ENOMEM. */
-int modzmq_fast_encode(const modzmq_request *req, const char *id, size_t id_len, char *stack, size_t stack_size,
-                       char **heap, const void **p, size_t *len);
+ * request-id line, ends with the stream-credits line (stream_window > 0)
+ * and the notices line (notices), and is written into stack when it fits
+ * stack_size, else into *heap (malloc()ed, for the caller to free; NULL
+ * otherwise). 0 or ENOMEM. */
+int modzmq_fast_encode(const modzmq_request *req, const char *id, size_t id_len, int64_t stream_window, int notices,
+                       char *stack, size_t stack_size, char **heap, const void **p, size_t *len);
 
 /* Checks reply frames (the envelope removed) as bridge.DecodeReply does;
  * 1 with the parts set when valid and no header needs removing, else 0. */

@@ -82,9 +82,9 @@ func FuzzFastDecode(f *testing.F) {
 
 // The fast path's request encoder builds the frames bridge.EncodeRequest
 // builds, byte for byte, whether its meta frame fits the stack or not.
-func checkFastEncode(t *testing.T, id []byte, r *bridge.Request, stackSize int) {
+func checkFastEncode(t *testing.T, id []byte, r *bridge.Request, notices bool, stackSize int) {
 	t.Helper()
-	got, want := fastEncode(id, r, stackSize), bridge.EncodeRequest(id, r)
+	got, want := fastEncode(id, r, notices, stackSize), bridge.EncodeRequest(id, r, notices)
 	if len(got) != len(want) {
 		t.Fatalf("%q %+v: C %d frames, Go %d", id, r, len(got), len(want))
 	}
@@ -99,15 +99,18 @@ func TestFastEncode(t *testing.T) {
 	r := &bridge.Request{Method: []byte("POST"), Target: []byte("/a%20b?x=1"), Headers: []byte("Host: h\r\nX-A: 1, 2\r\n"),
 		Meta: []byte("remote-addr: 127.0.0.1\r\nroute: /a\r\n"), Body: []byte("body")}
 	for _, stack := range []int{2048, 40, 0} {
-		checkFastEncode(t, []byte("0a1b2c3d4e5f-f17"), r, stack)
-		checkFastEncode(t, []byte("x"), &bridge.Request{}, stack)
+		checkFastEncode(t, []byte("0a1b2c3d4e5f-f17"), r, false, stack)
+		checkFastEncode(t, []byte("x"), &bridge.Request{}, false, stack)
+		checkFastEncode(t, []byte("0a1b2c3d4e5f-f18"), &bridge.Request{Method: []byte("GET"), Meta: r.Meta, StreamWindow: 262144}, true, stack)
+		checkFastEncode(t, []byte("y"), &bridge.Request{StreamWindow: 1}, false, stack)
 	}
 }
 
 func FuzzFastEncode(f *testing.F) {
-	f.Add([]byte("0a1b2c3d4e5f-f1"), []byte("GET"), []byte("/x?y"), []byte("Host: h\r\n"), []byte("route: /x\r\n"), []byte{}, uint16(2048))
-	f.Add([]byte{}, []byte{}, []byte{}, []byte{}, []byte{}, []byte("\x00\xff"), uint16(0))
-	f.Fuzz(func(t *testing.T, id, method, target, headers, meta, body []byte, stack uint16) {
-		checkFastEncode(t, id, &bridge.Request{Method: method, Target: target, Headers: headers, Meta: meta, Body: body}, int(stack))
+	f.Add([]byte("0a1b2c3d4e5f-f1"), []byte("GET"), []byte("/x?y"), []byte("Host: h\r\n"), []byte("route: /x\r\n"), []byte{}, uint16(2048), int64(0), false)
+	f.Add([]byte{}, []byte{}, []byte{}, []byte{}, []byte{}, []byte("\x00\xff"), uint16(0), int64(262144), true)
+	f.Fuzz(func(t *testing.T, id, method, target, headers, meta, body []byte, stack uint16, window int64, notices bool) {
+		checkFastEncode(t, id, &bridge.Request{Method: method, Target: target, Headers: headers, Meta: meta, Body: body,
+			StreamWindow: window}, notices, int(stack))
 	})
 }

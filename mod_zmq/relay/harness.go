@@ -70,7 +70,7 @@ func fastDecode(frames [][]byte, maxReply int64) (ok bool, resp bridge.Response)
 // fastEncode runs the fast path's request encoder (modzmq_fast_encode) on
 // r and id copied into C memory, with stackSize bytes of room for the meta
 // frame before it allocates, and returns the frames it built.
-func fastEncode(id []byte, r *bridge.Request, stackSize int) [][]byte {
+func fastEncode(id []byte, r *bridge.Request, notices bool, stackSize int) [][]byte {
 	cbytes := func(b []byte) (*C.char, C.size_t) {
 		p := C.malloc(C.size_t(len(b) + 1))
 		copy(unsafe.Slice((*byte)(p), len(b)), b)
@@ -94,7 +94,12 @@ func fastEncode(id []byte, r *bridge.Request, stackSize int) [][]byte {
 	defer C.free(unsafe.Pointer(ptrs))
 	defer C.free(unsafe.Pointer(lens))
 	var heap *C.char
-	if C.modzmq_fast_encode(req, cid, idLen, (*C.char)(stack), C.size_t(stackSize), &heap, &ptrs[0], &lens[0]) != 0 {
+	cnotices := C.int(0)
+	if notices {
+		cnotices = 1
+	}
+	if C.modzmq_fast_encode(req, cid, idLen, C.int64_t(r.StreamWindow), cnotices, (*C.char)(stack), C.size_t(stackSize),
+		&heap, &ptrs[0], &lens[0]) != 0 {
 		return nil
 	}
 	defer C.free(unsafe.Pointer(heap))

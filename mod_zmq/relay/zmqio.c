@@ -26,6 +26,7 @@ void modzmq_release(modzmq_response *resp)
     free(st->zbuf);
     st->zbuf = NULL;
     st->nframes = 0;
+    st->delivered = 0;
     free(st->block);
     st->block = NULL;
 }
@@ -36,6 +37,7 @@ void modzmq_zreceive(void *conn, int timeout_ms, modzmq_response *resp)
     int nframes;
     if (zmtp_recv(conn, timeout_ms, st->frame, st->frame_len, &nframes) > 0) {
         st->nframes = nframes;
+        st->delivered = 0;
         st->zbuf = zmtp_detach(conn);
     }
     /* else nothing yet, or a failure the connection keeps for Go to meet */

@@ -22,6 +22,7 @@ typedef struct modzmq_call {
                                                    NULL when Go waits on the call's connection itself */
     int         wait_ms;                        /* how long modzmq_wait may wait */
     int         nframes;                        /* frames of the message received */
+    int         delivered;                      /* they were handed to Go's call */
     const char *frame[MODZMQ_MAX_FRAMES];
     size_t      frame_len[MODZMQ_MAX_FRAMES];
     /* A request the C fast path sent and hands over to Go. */

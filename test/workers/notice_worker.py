@@ -1,0 +1,59 @@
+#!/usr/bin/python3
+"""A ROUTER test worker for streams and cancel notices. By the request's
+path: /hold is never answered; /abort streams a head, "partial", then
+@abort; /trickle streams "tick" parts every 50 ms until cancelled; anything
+else gets a plain 200. It prints "request <id> <target>" for every request
+and "cancel <id>" for every cancel notice, flushed."""
+import sys
+import time
+
+import zmq
+
+
+def meta_value(meta, name):
+    for line in meta.split(b"\r\n"):
+        key, sep, value = line.partition(b":")
+        if sep and key == name:
+            return value.strip()
+    return b""
+
+
+def main():
+    sock = zmq.Context().socket(zmq.ROUTER)
+    sock.bind(sys.argv[1])
+    trickling = {}  # request id -> envelope
+    while True:
+        if sock.poll(50 if trickling else None):
+            msg = sock.recv_multipart()
+            i = msg.index(b"")
+            env, frames = msg[: i + 1], msg[i + 1 :]
+            if len(frames) != 6:
+                continue
+            _, method, target, _, meta, _ = frames
+            rid = meta_value(meta, b"request-id")
+            if method == b"@cancel":
+                trickling.pop(rid, None)
+                print("cancel", rid.decode(), flush=True)
+                continue
+            if method.startswith(b"@"):
+                continue
+            print("request", rid.decode(), target.decode(), flush=True)
+            if target.startswith(b"/n/hold"):
+                continue
+            if target.startswith(b"/n/abort"):
+                sock.send_multipart(env + [b"@stream", b"200", b"Content-Type: text/plain\r\n"])
+                sock.send_multipart(env + [b"@data", b"partial"])
+                sock.send_multipart(env + [b"@abort", b"the test says so"])
+                continue
+            if target.startswith(b"/n/trickle"):
+                sock.send_multipart(env + [b"@stream", b"200", b"Content-Type: text/plain\r\n"])
+                trickling[rid] = env
+                continue
+            sock.send_multipart(env + [b"200", b"plain"])
+        for env in trickling.values():
+            sock.send_multipart(env + [b"@data", b"tick\n"])
+        time.sleep(0.05 if trickling else 0)
+
+
+if __name__ == "__main__":
+    main()
