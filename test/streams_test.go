@@ -160,6 +160,9 @@ func TestStreamsThroughApache(t *testing.T) {
 		ZmqNotices on
 		ZmqTimeout 30
 	</Location>
+	<Location /zmq-status>
+		SetHandler zmq-status
+	</Location>
 `, clock.Endpoint, ep)})
 	h.expect(`MODZMQ0025: .*aborted the stream`)
 
@@ -220,6 +223,24 @@ func TestStreamsThroughApache(t *testing.T) {
 		b, _ := os.ReadFile(filepath.Join(h.Dir, "access_log"))
 		if n := strings.Count(string(b), `" 499 `); n != 2 {
 			return fmt.Errorf("access_log shows %d requests as 499, want 2:\n%s", n, b)
+		}
+		return nil
+	})	// zmq-status counts them (published twice a second).
+	checkFor(t, 10*time.Second, func() error {
+		_, page := do(t, "GET", h.URL+"/zmq-status?metrics", "", nil)
+		for _, want := range []string{
+			`modzmq_stream_parts_total{direction="to_client",route="/clock"} 5`,
+			`modzmq_stream_bytes_total{direction="to_client",route="/clock"} 45`,
+			`modzmq_stream_ends_total{cause="end",route="/clock"} 1`,
+			`modzmq_stream_ends_total{cause="client_gone",route="/clock"} 1`, // the HEAD
+			`modzmq_stream_ends_total{cause="aborted",route="/n"} 1`,
+			`modzmq_stream_ends_total{cause="client_gone",route="/n"} 1`,
+			`modzmq_cancels_total{route="/n"} 2`,
+			`modzmq_streams_open{route="/n"} 0`,
+		} {
+			if !strings.Contains(string(page), want+"\n") {
+				return fmt.Errorf("?metrics lacks %s:\n%s", want, page)
+			}
 		}
 		return nil
 	})

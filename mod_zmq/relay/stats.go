@@ -31,6 +31,7 @@ const (
 	offGoEntries  = C.MODZMQ_STATS_OFF_GO_ENTRIES
 	offGoWaits    = C.MODZMQ_STATS_OFF_GO_WAITS
 	offEndpoints  = C.MODZMQ_STATS_OFF_EP
+	offStreams    = C.MODZMQ_STATS_OFF_STREAMS
 	epFields      = C.MODZMQ_STATS_EP_FIELDS
 	maxEndpoints  = C.MODZMQ_STATS_ENDPOINTS
 	statusBuckets = C.MODZMQ_STATS_BUCKETS
@@ -43,6 +44,8 @@ var (
 	_ [len(bridge.Stats{}.Buckets) - statusBuckets]struct{}
 	_ [C.MODZMQ_STATS_CODES - len(bridge.Stats{}.Status)]struct{}
 	_ [len(bridge.Stats{}.Status) - C.MODZMQ_STATS_CODES]struct{}
+	_ [C.MODZMQ_STATS_STREAM_FIELDS - C.MODZMQ_ST_ENDS - len(bridge.StreamStats{}.Ends)]struct{}
+	_ [C.MODZMQ_ST_ENDS + len(bridge.StreamStats{}.Ends) - C.MODZMQ_STATS_STREAM_FIELDS]struct{}
 )
 
 var statsSlot atomic.Pointer[[]int64]
@@ -112,6 +115,14 @@ func publish() {
 				inFlight, _, retries := c.Counters()
 				sums[offRetries] += retries
 				sums[offInFlight] += inFlight
+				ss, sf := c.StreamStats(), sums[offStreams:]
+				sf[C.MODZMQ_ST_OPEN] += ss.Open.Load()
+				sf[C.MODZMQ_ST_PARTS] += ss.Parts.Load()
+				sf[C.MODZMQ_ST_BYTES] += ss.Bytes.Load()
+				sf[C.MODZMQ_ST_CANCELS] += ss.Cancels.Load()
+				for k := range ss.Ends {
+					sf[C.MODZMQ_ST_ENDS+k] += ss.Ends[k].Load()
+				}
 				for e, es := range c.Status() {
 					if e >= maxEndpoints {
 						break
@@ -187,6 +198,12 @@ func fromBlock(b *backend, block []int64, processes int64) status.Route {
 		}
 	}
 	copy(r.Buckets, block[offBuckets:offBuckets+statusBuckets])
+	sf := block[offStreams:]
+	r.Streams = &status.Streams{Open: sf[C.MODZMQ_ST_OPEN], Parts: sf[C.MODZMQ_ST_PARTS], Bytes: sf[C.MODZMQ_ST_BYTES],
+		Cancels: sf[C.MODZMQ_ST_CANCELS], Ends: map[string]int64{}}
+	for k := range len(bridge.StreamStats{}.Ends) {
+		r.Streams.Ends[bridge.StreamEnd(k).String()] = sf[C.MODZMQ_ST_ENDS+k]
+	}
 	for e, ep := range b.endpoints {
 		if e >= maxEndpoints {
 			break
