@@ -290,9 +290,10 @@ static int write_reply(request_rec *r, const modzmq_response *resp)
 
 /* ---- streamed replies and clients that leave --------------------------- */
 
-/* Whether the client went away: mod_http2 marks the connection of a reset
- * stream aborted; over HTTP/1.x the socket tells, by a hangup or the peer
- * shutting its side (a pipelined request is data, not a close). */
+/* Whether the client went away: mod_http2 marks the secondary connection
+ * of a reset stream (or of a session that ended) aborted; over HTTP/1.x the
+ * socket tells, by a hangup or the peer shutting its side (a pipelined
+ * request is data, not a close). */
 static int client_gone(request_rec *r)
 {
     conn_rec *c = r->connection;
@@ -302,6 +303,9 @@ static int client_gone(request_rec *r)
 
     if (c->aborted) {
         return 1;
+    }
+    if (c->master != NULL) {
+        return 0; /* an HTTP/2 stream: its socket is the session's, not the client's alone */
     }
     sock = ap_get_conn_socket(c);
     if (sock == NULL || apr_os_sock_get(&fd, sock) != APR_SUCCESS) {

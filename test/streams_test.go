@@ -245,3 +245,51 @@ func TestStreamsThroughApache(t *testing.T) {
 		return nil
 	})
 }
+
+// Over HTTP/2 (h2c, mod_http2): SSE events arrive as DATA frames, and a
+// client that goes away mid-stream gets its worker a cancel notice.
+func TestStreamsOverHTTP2(t *testing.T) {
+	clock := startStreamClock(t, "--count", "5", "--interval", "0.05")
+	port := freePort(t)
+	ep := fmt.Sprintf("tcp://127.0.0.1:%d", port)
+	notice := startListening(t, port, ep, python, filepath.Join(root, "test/workers/notice_worker.py"), ep)
+	h := startHTTPD(t, httpdParams{MPM: "event", Global: "LoadModule http2_module /usr/lib/apache2/modules/mod_http2.so\nProtocols h2c http/1.1\n",
+		Extra: fmt.Sprintf(`	<Location /clock>
+		SetHandler zmq
+		ZmqBackend %s
+	</Location>
+	<Location /n>
+		SetHandler zmq
+		ZmqBackend %s
+		ZmqNotices on
+	</Location>
+`, clock.Endpoint, ep)})
+	out, err := exec.Command("curl", "-sSN", "--http2-prior-knowledge", "--max-time", "20", "-D", "-", h.URL+"/clock").CombinedOutput()
+	if err != nil {
+		t.Fatalf("curl: %v\n%s", err, out)
+	}
+	head, body, _ := strings.Cut(string(out), "\r\n\r\n")
+	if !strings.HasPrefix(head, "HTTP/2 200") || !strings.Contains(head, "content-type: text/event-stream") {
+		t.Errorf("curl's head over HTTP/2:\n%s", head)
+	}
+	if want := "data: 0\n\ndata: 1\n\ndata: 2\n\ndata: 3\n\ndata: 4\n\n"; body != want {
+		t.Errorf("curl got %q over HTTP/2, want %q\nhead: %s\nerror_log:\n%s", body, want, head, h.errorLog())
+	}
+
+	cmd := exec.Command("curl", "-sN", "--http2-prior-knowledge", h.URL+"/n/trickle")
+	stdout, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if line, err := bufio.NewReader(stdout).ReadString('\n'); err != nil || line != "tick\n" {
+		t.Fatalf("the first part over HTTP/2: %q, %v", line, err)
+	}
+	cmd.Process.Kill()
+	cmd.Wait()
+	checkFor(t, 10*time.Second, func() error {
+		if !strings.Contains(notice.Output.String(), "cancel ") {
+			return fmt.Errorf("no cancel notice after the HTTP/2 client left: %q", notice.Output.String())
+		}
+		return nil
+	})
+}
