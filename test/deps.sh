@@ -16,6 +16,8 @@ need python3-zmq   /usr/bin/python3 -c 'import zmq'
 need curl          command -v curl
 need gcc           command -v gcc
 need iproute2      command -v ip
+need chromium      command -v chromium
+need openssl       command -v openssl
 if [ "${1:-}" = bench ]; then
 	need wrk           command -v wrk
 	need mongrel2-core command -v mongrel2
