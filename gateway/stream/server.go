@@ -25,7 +25,7 @@ import (
 const (
 	CodeServing    bridge.Code = 301 // info: listening
 	CodeBadRequest bridge.Code = 302 // debug: a request refused by the parser (4xx)
-	CodeSlowReader bridge.Code = 303 // info: a client stopped reading; connection closed
+	CodeSlowReader bridge.Code = 303 // info: a client took nothing for its stall limit; connection closed
 	CodeSocket     bridge.Code = 304 // error: the ZMQ_STREAM socket failed
 	CodeDraining   bridge.Code = 305 // info: shutting down
 	CodeNotice     bridge.Code = 306 // debug: a connection notice was not delivered
@@ -48,6 +48,30 @@ type Options struct {
 	Log           *slog.Logger
 }
 
+// Sending. Each client connection has its own queue in libzmq, a pipe to
+// the I/O thread that writes to its TCP socket, and ZMQ_SNDHWM bounds every
+// such pipe in messages. With sndHWM 2, libzmq holds at most three messages
+// for a connection: two queued, and one its I/O thread is writing (with up
+// to 8 KiB of smaller ones it batches). A send that finds the queue full
+// (EAGAIN, which libzmq reports on the routing-id frame, so no half message
+// is left behind) leaves the rest of the answer at the head of the
+// connection's queue here. It is tried again whenever the loop wakes, which
+// libzmq makes it do when a queue has room again (a command on ZMQ_FD), and
+// every retryEvery, in case a call of ours other than ZMQ_EVENTS consumed
+// that command; a connection that has taken nothing for a second is tried
+// only every retryStalled, so that many clients that stopped reading cost
+// little. A connection that takes nothing
+// for its stall limit is closed (MODZMQ0303): the route's stream idle
+// timeout while a stream is at the head of its queue, the idle timeout
+// otherwise; the sweep checks it once a second. A plain answer goes as one
+// message, a streamed piece in messages of at most a sixteenth of the
+// stream's window (streamed.go), so libzmq holds little of a stream.
+const (
+	sndHWM       = 2
+	retryEvery   = 10 * time.Millisecond
+	retryStalled = 250 * time.Millisecond
+)
+
 // Server serves the gateway's routes from one ZMQ_STREAM socket. One
 // goroutine owns the socket and waits in Go's netpoller on its ZMQ_FD (a
 // goroutine parked in zmq_poll would hold an OS thread in cgo, which costs
@@ -68,6 +92,9 @@ type Server struct {
 
 	conns    map[string]*conn
 	closed   map[string]time.Time // closed here; their disconnect notice is still to come
+	unsent   map[string]time.Time // closed here, but libzmq did not take the close yet: its queue is full
+	blocked  map[*conn]bool       // a send found the connection's queue full
+	retryAt  time.Time            // when retry has something to try again; zero for nothing
 	notices  bool                 // some route asked for connection notices
 	base     context.Context      // cancelled when the server stops
 	stop     context.CancelFunc
@@ -92,6 +119,9 @@ type conn struct {
 	broken    bool // parser failed: read nothing more
 	parsing   bool // parse is on the stack: flush must not re-enter it
 	lastIO    time.Time
+	handed    int       // bytes of pending[0].data handed to libzmq
+	stalled   time.Time // since when a send found the queue full and none got through; zero when not blocked
+	retryAt   time.Time // a connection stalled for long is tried again from then on
 	reqStart  time.Time // first byte of the request being parsed
 	cancel    context.CancelFunc
 	ctx       context.Context
@@ -105,6 +135,8 @@ type conn struct {
 // slot is one answer in a connection's queue. A relay goroutine fills data
 // and hands the slot to the owner with complete; done, and the connection,
 // are the owner's. A streamed reply (st) reuses its slot for each piece.
+// A plain answer goes to libzmq as one message; a streamed piece in
+// messages of at most st.msgMax bytes.
 type slot struct {
 	c     *conn
 	done  bool   // data is ready to send
@@ -143,7 +175,8 @@ func New(gw *gateway.Gateway, listen string, opts Options) (*Server, error) {
 	if opts.Log == nil {
 		opts.Log = slog.Default()
 	}
-	s := &Server{gw: gw, opts: opts, log: opts.Log, conns: map[string]*conn{}, closed: map[string]time.Time{}}
+	s := &Server{gw: gw, opts: opts, log: opts.Log, conns: map[string]*conn{}, closed: map[string]time.Time{},
+		unsent: map[string]time.Time{}, blocked: map[*conn]bool{}}
 	s.base, s.stop = context.WithCancel(context.Background())
 	for _, h := range gw.Handles() {
 		s.notices = s.notices || h.Route.ConnectionNotices
@@ -154,6 +187,10 @@ func New(gw *gateway.Gateway, listen string, opts Options) (*Server, error) {
 	}
 	s.sock.SetLinger(0)
 	s.sock.SetSndtimeo(0)
+	if err = s.sock.SetSndhwm(sndHWM); err != nil { // for the connections the bind accepts
+		s.sock.Close()
+		return nil, fmt.Errorf("ZMQ_SNDHWM: %w", err)
+	}
 	if err = s.sock.Bind("tcp://" + listen); err != nil {
 		s.sock.Close()
 		return nil, fmt.Errorf("bind %s: %w", listen, err)
@@ -208,6 +245,9 @@ func (s *Server) Serve(ctx context.Context) error {
 		} else {
 			wait = min(wait, 20*time.Millisecond)
 		}
+		if !s.retryAt.IsZero() {
+			wait = min(wait, time.Until(s.retryAt))
+		}
 		if err := s.wait(max(wait, time.Millisecond)); err != nil {
 			s.log.Error(CodeSocket.String()+": waiting on the socket failed", "err", err)
 			return err
@@ -229,6 +269,7 @@ func (s *Server) Serve(ctx context.Context) error {
 			}
 			s.drainQueue()
 		}
+		s.retry(time.Now())
 		if now := time.Now(); now.After(nextSweep) {
 			s.sweep(now)
 			nextSweep = now.Add(time.Second)
@@ -282,13 +323,13 @@ func (s *Server) readStream(accepting bool) error {
 			switch _, closedHere := s.closed[string(id)]; {
 			case closedHere && len(data) == 0:
 				delete(s.closed, string(id)) // the disconnect notice of a connection closed here
+				delete(s.unsent, string(id))
 			case len(data) > 0:
 				// Bytes for a connection already closed here: drop them.
 			case accepting:
 				s.open(string(id), md["Peer-Address"])
 			default:
-				s.sendClose(id) // draining: no new connections
-				s.closed[string(id)] = time.Now()
+				s.closeID(string(id)) // draining: no new connections
 			}
 			continue
 		}
@@ -325,6 +366,7 @@ func (s *Server) open(id, peer string) {
 // gone forgets a connection the client closed; relays in flight are cancelled.
 func (s *Server) gone(c *conn) {
 	delete(s.conns, c.id)
+	delete(s.blocked, c)
 	s.stats.Connections.Add(-1)
 	c.cancel()
 	s.notify(c, "@close")
@@ -335,18 +377,35 @@ func (s *Server) closeConn(c *conn) {
 	if s.conns[c.id] != c {
 		return
 	}
-	s.sendClose([]byte(c.id))
-	s.closed[c.id] = time.Now()
+	s.closeID(c.id)
 	s.gone(c)
+}
+
+// closeID closes connection id from this side and waits for its disconnect
+// notice. libzmq writes what the connection's queue holds before closing it;
+// when the queue is full the close waits in unsent and is tried again with
+// the blocked sends: a client that reads nothing at all keeps its TCP
+// connection, and the at most three messages libzmq holds for it, until it
+// reads or goes away.
+func (s *Server) closeID(id string) {
+	now := time.Now()
+	s.closed[id] = now
+	if !s.sendClose([]byte(id)) {
+		s.unsent[id] = now
+		s.retryBy(now.Add(retryEvery))
+	}
 }
 
 // sendClose asks libzmq to close a connection: an empty frame after its id.
 // The second frame goes only if the first was taken: a lone data frame would
-// be read as the next message's id and shift every message after it.
-func (s *Server) sendClose(id []byte) {
-	if _, err := s.sock.SendBytes(id, zmq.SNDMORE|zmq.DONTWAIT); err == nil {
+// be read as the next message's id and shift every message after it. It
+// returns false when the connection's queue is full.
+func (s *Server) sendClose(id []byte) bool {
+	_, err := s.sock.SendBytes(id, zmq.SNDMORE|zmq.DONTWAIT)
+	if err == nil {
 		s.sock.SendBytes(nil, zmq.DONTWAIT)
 	}
+	return !errors.Is(err, zmq.Errno(syscall.EAGAIN)) // any other error: the connection is gone
 }
 
 // notify tells routes that asked for it that a connection opened or closed.
@@ -428,7 +487,9 @@ func (s *Server) head(c *conn) {
 		return // Next reports it
 	}
 	if r.Expect100 && r.ContentLength != 0 && len(c.pending) == 0 && status == 0 {
-		s.send(c, []byte("HTTP/1.1 100 Continue\r\n\r\n"))
+		// In the queue, as any answer: libzmq may not take it at once.
+		c.pending = append(c.pending, &slot{c: c, done: true, data: []byte("HTTP/1.1 100 Continue\r\n\r\n")})
+		s.flush(c)
 	}
 }
 
@@ -563,7 +624,8 @@ func (s *Server) drainQueue() {
 
 // flush sends the answers at the head of c's queue that are ready, in order.
 // A streamed reply stays at the head until its last piece: the answers
-// behind it wait.
+// behind it wait. An answer libzmq does not take whole stays at the head,
+// with what was sent of it, until retry finds room for the rest.
 func (s *Server) flush(c *conn) {
 	for len(c.pending) > 0 && c.pending[0].done {
 		sl := c.pending[0]
@@ -571,22 +633,18 @@ func (s *Server) flush(c *conn) {
 			s.closeConn(c) // no terminating chunk: the client sees the response cut short
 			return
 		}
-		more := sl.st != nil && sl.st.more
-		if !more {
-			c.pending[0] = nil
-			c.pending = c.pending[1:]
+		if !s.send(c, sl) {
+			return // blocked, or the connection is gone
 		}
-		if len(sl.data) > 0 && !s.send(c, sl.data) {
-			return
-		}
-		c.lastIO = time.Now()
-		if more {
+		if sl.st != nil && sl.st.more {
 			// Handed to the socket: the relay may ask for the next part.
 			sl.done, sl.data = false, nil
 			c.closing = c.closing || sl.close
 			sl.st.sent <- struct{}{}
 			break
 		}
+		c.pending[0] = nil
+		c.pending = c.pending[1:]
 		if sl.close {
 			s.closeConn(c)
 			return
@@ -601,29 +659,125 @@ func (s *Server) flush(c *conn) {
 	}
 }
 
-// send writes data to c; a client that stopped reading (its queue is full)
-// is disconnected rather than allowed to block the loop.
-func (s *Server) send(c *conn, data []byte) bool {
-	_, err := s.sock.SendBytes([]byte(c.id), zmq.SNDMORE|zmq.DONTWAIT)
-	if err == nil {
-		if _, err = s.sock.SendBytes(data, zmq.DONTWAIT); err == nil {
-			return true
+// send hands libzmq what is left of sl.data, the answer at the head of c's
+// queue, and reports whether all of it went. When the connection's queue is
+// full, c joins the blocked connections and the rest waits for retry; a
+// connection libzmq no longer has (the client left, its disconnect notice
+// still to come) is closed.
+func (s *Server) send(c *conn, sl *slot) bool {
+	msgMax := len(sl.data)
+	if sl.st != nil {
+		msgMax = sl.st.msgMax
+	}
+	for c.handed < len(sl.data) {
+		end := min(len(sl.data), c.handed+msgMax)
+		_, err := s.sock.SendBytes([]byte(c.id), zmq.SNDMORE|zmq.DONTWAIT)
+		if err == nil {
+			// Taken whole once the id frame was: the queue had room.
+			_, err = s.sock.SendBytes(sl.data[c.handed:end], zmq.DONTWAIT)
+		}
+		if errors.Is(err, zmq.Errno(syscall.EAGAIN)) {
+			if c.stalled.IsZero() {
+				c.stalled = time.Now()
+				s.blocked[c] = true
+				s.retryBy(c.stalled.Add(retryEvery))
+			}
+			return false
+		}
+		if err != nil {
+			s.log.Info(CodeSlowReader.String()+": client left while an answer was being sent; connection closed", "connection", c.hexID, "err", err)
+			s.closeConn(c)
+			return false
+		}
+		c.handed = end
+		c.lastIO = time.Now()
+		if !c.stalled.IsZero() {
+			c.stalled, c.retryAt = time.Time{}, time.Time{}
+			delete(s.blocked, c)
 		}
 	}
-	s.log.Info(CodeSlowReader.String()+": client is not reading; connection closed", "connection", c.hexID, "err", err)
-	s.closeConn(c)
-	return false
+	c.handed = 0
+	return true
 }
 
-// sweep closes idle connections and requests that arrive too slowly.
+// retry tries again the sends and closes that found a connection's queue
+// full: those that did less than a second ago, and connections stalled for
+// longer every retryStalled (closes waiting longer are left to the sweep).
+// It sets retryAt to when it should run again.
+func (s *Server) retry(now time.Time) {
+	s.retryAt = time.Time{}
+	at := s.retryBy
+	for c := range s.blocked {
+		switch {
+		case s.conns[c.id] != c:
+			delete(s.blocked, c)
+			continue
+		case now.Before(c.retryAt):
+			at(c.retryAt)
+			continue
+		}
+		s.flush(c)
+		switch {
+		case !s.blocked[c]:
+		case now.Sub(c.stalled) < time.Second:
+			at(now.Add(retryEvery))
+		default:
+			c.retryAt = now.Add(retryStalled)
+			at(c.retryAt)
+		}
+	}
+	for id, since := range s.unsent {
+		if now.Sub(since) >= time.Second {
+			continue
+		}
+		if s.sendClose([]byte(id)) {
+			delete(s.unsent, id)
+			s.closed[id] = now // its disconnect notice comes from now on
+		} else {
+			at(now.Add(retryEvery))
+		}
+	}
+}
+
+// retryBy makes retry run at t or sooner.
+func (s *Server) retryBy(t time.Time) {
+	if s.retryAt.IsZero() || t.Before(s.retryAt) {
+		s.retryAt = t
+	}
+}
+
+// stallLimit is how long c may take nothing of the answer at the head of
+// its queue before it is closed: the stream idle timeout of a streamed
+// reply, the idle timeout otherwise.
+func (s *Server) stallLimit(c *conn) time.Duration {
+	if len(c.pending) > 0 && c.pending[0].st != nil {
+		return c.pending[0].st.stall
+	}
+	return s.opts.IdleTimeout
+}
+
+// sweep closes idle connections, requests that arrive too slowly and
+// clients that take nothing of their answers for their stall limit.
 func (s *Server) sweep(now time.Time) {
+	for id, since := range s.unsent {
+		if now.Sub(since) >= time.Second && s.sendClose([]byte(id)) {
+			delete(s.unsent, id)
+			s.closed[id] = now
+		}
+	}
 	for id, at := range s.closed {
-		if now.Sub(at) > time.Minute {
+		if _, waiting := s.unsent[id]; now.Sub(at) > time.Minute && !waiting {
 			delete(s.closed, id) // no disconnect notice came; stop waiting
 		}
 	}
 	for _, c := range s.conns {
 		switch {
+		case !c.stalled.IsZero():
+			if stalled := now.Sub(c.stalled); stalled > s.stallLimit(c) {
+				s.log.Info(CodeSlowReader.String()+": client is not reading; connection closed", "connection", c.hexID,
+					"stalled", stalled.Round(time.Millisecond).String())
+				s.closeConn(c)
+			}
 		case len(c.pending) > 0:
 			// A relay is in progress: its own timeout bounds it.
 		case c.parser.InProgress() && !c.broken:

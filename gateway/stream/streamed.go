@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/modzmq/modzmq/bridge"
 	"github.com/modzmq/modzmq/gateway"
@@ -14,21 +15,45 @@ import (
 // notices"). The relay goroutine hands the owner one piece at a time in the
 // request's slot: the head, then each part as an HTTP/1.1 chunk (or as raw
 // bytes for an HTTP/1.0 client, whose connection then closes at the end).
-// It asks the stream for the next part only once the owner has handed the
-// previous piece to the socket, and that request is what grants the worker
-// credit back: this process holds one piece per stream, and the bridge at
-// most the window. What the client has not read yet waits in libzmq's
-// queue for the connection (ZMQ_SNDHWM messages, then the kernel's
-// buffers); a client that stops reading fills it and is closed as any
-// other (MODZMQ0303), which ends its stream as a client that left.
+// It asks the stream for the next part only once the owner has handed all
+// of the previous piece to libzmq, and that request is what grants the
+// worker credit back. The owner hands a piece over in messages of at most
+// msgMax bytes, and libzmq takes a message for a connection only while it
+// holds fewer than sndHWM not yet taken by its I/O thread (server.go),
+// which takes the next only once the kernel took the bytes before. So a
+// slow client slows its worker down, and what stream mode holds for one
+// stream is bounded:
+//
+//   - the bridge and the relay: at most the window (stream_window), the
+//     credit the worker spends on the parts it sends, the piece in hand
+//     included, since credit comes back only when the next part is asked
+//     for;
+//   - libzmq: at most sndHWM+1 messages (queued, and being written) and the
+//     8 KiB its I/O thread batches, so 3*msgMax + 8 KiB; msgMax is a
+//     sixteenth of the window, from 4 to 64 KiB, so 56 KiB at the default
+//     window of 256 KiB.
+//
+// About one window per stream, then, beyond the kernel's socket buffers
+// (which Linux sizes itself; on the sending side up to net.ipv4.tcp_wmem's
+// maximum). A client that takes nothing for the route's stream idle
+// timeout is closed (MODZMQ0303), which ends its stream as a client that
+// left.
 
 // streamSlot is the state a streamed reply's slot carries. more and abort
 // are written by the relay goroutine before it hands the slot over with
 // complete, and read by the owner after.
 type streamSlot struct {
-	more  bool          // data is not the last piece: the slot stays at the head of the queue
-	abort bool          // the stream broke after its head: close the connection, no terminating chunk
-	sent  chan struct{} // the owner handed data to the socket; buffered, one piece at a time
+	more   bool          // data is not the last piece: the slot stays at the head of the queue
+	abort  bool          // the stream broke after its head: close the connection, no terminating chunk
+	sent   chan struct{} // the owner handed data to the socket; buffered, one piece at a time
+	msgMax int           // the largest message a piece goes to libzmq in
+	stall  time.Duration // how long the client may take nothing before it is closed
+}
+
+// msgMax is the largest message a stream with window goes to libzmq in: a
+// sixteenth of the window, from 4 to 64 KiB.
+func msgMax(window int64) int {
+	return int(min(max(window/16, 4<<10), 64<<10))
 }
 
 // terminator ends a chunked body.
@@ -62,7 +87,11 @@ func (s *Server) streamParts(ctx context.Context, sl *slot, h *gateway.Handle, r
 	if bodyless {
 		return data, true
 	}
-	ss := &streamSlot{more: true, sent: make(chan struct{}, 1)}
+	stall := time.Duration(h.Route.StreamIdleTimeout)
+	if stall <= 0 {
+		stall = bridge.DefaultStreamIdleTimeout
+	}
+	ss := &streamSlot{more: true, sent: make(chan struct{}, 1), msgMax: msgMax(h.Route.StreamWindowOrDefault()), stall: stall}
 	sl.st = ss
 	for {
 		s.complete(sl, data)

@@ -4,15 +4,20 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/textproto"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/modzmq/modzmq/bridge"
 	"github.com/modzmq/modzmq/gateway"
@@ -509,54 +514,221 @@ func TestShutdownClosesOpenStreams(t *testing.T) {
 	}
 }
 
-// A client that stops reading a stream whose worker keeps sending, within
-// its credit, is closed once libzmq's queue for it is full (MODZMQ0303),
-// as for a plain answer; its stream ends as a client that left: the worker
-// gets @cancel, and no stream error is logged.
-func TestStreamToAClientThatStopsReading(t *testing.T) {
-	chunk := strings.Repeat("x", 16<<10)
-	cost := int64(len(chunk) + bridge.PartCost)
-	var mu sync.Mutex
-	var env [][]byte
-	var credit, credits int64
-	cancels := make(chan string, 1)
-	ep := zmqtest.ROUTER(t, func(msg [][]byte, reply func([][]byte)) {
+// creditWorker is a ROUTER worker that answers every request with a stream
+// of parts parts of size bytes (parts < 0: without end), as fast as its
+// credit allows, and counts the bytes it could send. Part i is filled with
+// its number, so a client can check every byte and the order.
+type creditWorker struct {
+	ep      string
+	sent    atomic.Int64 // bytes of parts sent
+	maxLead atomic.Int64 // the most sent ever was ahead of what the client read
+	cancels chan string  // the request ids of @cancel notices
+}
+
+func partData(i, size int) string {
+	return strings.Repeat(fmt.Sprintf("%07d\n", i), size/8+1)[:size]
+}
+
+// startCreditWorker starts the worker; read, when not nil, counts what the
+// client read.
+func startCreditWorker(t *testing.T, parts, size int, read *atomic.Int64) *creditWorker {
+	w := &creditWorker{cancels: make(chan string, 4)}
+	cost := int64(size + bridge.PartCost)
+	var env [][]byte // the stream being sent
+	var credit int64
+	next := 0
+	w.ep = zmqtest.ROUTER(t, func(msg [][]byte, reply func([][]byte)) {
 		m := workerMsg(msg)
-		mu.Lock()
-		defer mu.Unlock()
 		switch m.method() {
 		case "@credit":
-			n, _ := strconv.ParseInt(m.target(), 10, 64)
+			n, err := strconv.ParseInt(m.target(), 10, 64)
+			if err != nil || n <= 0 {
+				t.Errorf("credit %q", m.target())
+			}
 			credit += n
-			credits++
 		case "@cancel":
 			select {
-			case cancels <- m.id():
+			case w.cancels <- m.id():
 			default:
 			}
 			env = nil
 		default:
-			env, credit = m.envelope(), bridge.DefaultStreamWindow
-			reply(part(env, "@stream", "200", ""))
+			env, credit, next = m.envelope(), bridge.DefaultStreamWindow, 0
+			reply(part(env, "@stream", "200", "Content-Type: text/plain\r\n"))
 		}
-		for env != nil && credit >= cost { // as fast as the credit allows
-			reply(part(env, "@data", chunk))
+		for env != nil && (parts < 0 || next < parts) && credit >= cost {
+			reply(part(env, "@data", partData(next, size)))
+			next++
 			credit -= cost
+			n := w.sent.Add(int64(size))
+			if read != nil {
+				if lead := n - read.Load(); lead > w.maxLead.Load() {
+					w.maxLead.Store(lead)
+				}
+			}
+		}
+		if env != nil && next == parts && credit >= bridge.PartCost {
+			reply(part(env, "@end", ""))
+			env = nil
 		}
 	})
-	srv, addr, logs := startServerLog(t, Options{}, gateway.Route{Prefix: "/", Backend: []string{ep}, Notices: true})
+	return w
+}
+
+// slowConn reads at most 8 KiB at a time, after a pause, and counts what
+// it read.
+type slowConn struct {
+	net.Conn
+	read *atomic.Int64
+}
+
+func (c *slowConn) Read(p []byte) (int, error) {
+	time.Sleep(time.Millisecond)
+	n, err := c.Conn.Read(p[:min(len(p), 8<<10)])
+	c.read.Add(int64(n))
+	return n, err
+}
+
+// slack is what the kernel and libzmq may hold for a connection beyond the
+// stream's window in these tests: the sending socket's buffer grows up to
+// net.ipv4.tcp_wmem's maximum (4 MiB by default), the client's is fixed
+// small (64 KiB, doubled by Linux), libzmq's share is 56 KiB.
+func slack(t *testing.T) int64 {
+	wmem := int64(4 << 20)
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/tcp_wmem"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 3 {
+			if n, err := strconv.ParseInt(f[2], 10, 64); err == nil {
+				wmem = n
+			}
+		}
+	}
+	return wmem + 256<<10
+}
+
+// A client that reads a long stream slowly gets all of it, intact and in
+// order, and is not closed for being slow: the worker, honouring its
+// credit, is held back, never getting more than about the window (plus
+// what the kernel buffers) ahead of the client.
+func TestASlowReaderGetsTheWholeStream(t *testing.T) {
+	const parts, size = 512, 16 << 10 // 8 MiB
+	var read atomic.Int64
+	w := startCreditWorker(t, parts, size, &read)
+	srv, addr, logs := startServerLog(t, Options{}, gateway.Route{Prefix: "/", Backend: []string{w.ep}, Notices: true})
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	nc.(*net.TCPConn).SetReadBuffer(64 << 10)
+	nc.SetDeadline(time.Now().Add(2 * time.Minute))
+	c := &rawClient{t: t, c: nc, br: bufio.NewReaderSize(&slowConn{Conn: nc, read: &read}, 8<<10)}
+	c.send("GET /long HTTP/1.1\r\nHost: x\r\n\r\n")
+	if status, hdr := c.head(); status != "HTTP/1.1 200 OK" || hdr.Get("Transfer-Encoding") != "chunked" {
+		t.Fatalf("head %q %v", status, hdr)
+	}
+	for i := 0; i < parts; i++ {
+		if got := c.chunk(); got != partData(i, size) {
+			t.Fatalf("chunk %d: %d bytes starting %q; want part %d", i, len(got), got[:min(len(got), 16)], i)
+		}
+	}
+	if got := c.chunk(); got != "" {
+		t.Fatalf("after the last part: %d bytes, want the terminating chunk", len(got))
+	}
+	// The connection goes on.
+	c.send("GET /again HTTP/1.1\r\nHost: x\r\n\r\n")
+	if status, _ := c.head(); status != "HTTP/1.1 200 OK" {
+		t.Fatalf("the next request on the connection: %q", status)
+	}
+	c.chunk()
+	t.Logf("the worker was at most %d KiB ahead of the client", w.maxLead.Load()>>10)
+	if lead, limit := w.maxLead.Load(), bridge.DefaultStreamWindow+slack(t); lead > limit {
+		t.Errorf("the worker got %d bytes ahead of the client; want at most the window and the kernel's buffers, %d", lead, limit)
+	}
+	nc.Close()
+	streamsSettle(t, srv, map[bridge.StreamEnd]int64{bridge.EndNormal: 1, bridge.EndClientGone: 1})
+	if log := logs.String(); strings.Contains(log, "MODZMQ0303") || strings.Contains(log, "level=ERROR") {
+		t.Errorf("a slow client is neither closed nor an error:\n%s", log)
+	}
+}
+
+// kernelHeld is what the kernel holds of the bytes sent to client c: unread
+// in c's receive queue and unsent or unacknowledged in the server's socket
+// for c, which is libzmq's, in this process.
+func kernelHeld(t *testing.T, c net.Conn) int64 {
+	t.Helper()
+	ioctl := func(fd int, req uintptr) int64 {
+		var n int32
+		if _, _, e := syscall.Syscall(syscall.SYS_IOCTL, uintptr(fd), req, uintptr(unsafe.Pointer(&n))); e != 0 {
+			t.Fatalf("ioctl %#x: %v", req, e)
+		}
+		return int64(n)
+	}
+	var held int64
+	raw, err := c.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw.Control(func(fd uintptr) { held = ioctl(int(fd), syscall.TIOCINQ) })
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skip("no /proc/self/fd")
+	}
+	local, remote := c.LocalAddr().(*net.TCPAddr), c.RemoteAddr().(*net.TCPAddr)
+	for _, e := range ents {
+		fd, _ := strconv.Atoi(e.Name())
+		sa, err1 := syscall.Getsockname(fd)
+		pa, err2 := syscall.Getpeername(fd)
+		if err1 != nil || err2 != nil {
+			continue
+		}
+		s4, ok1 := sa.(*syscall.SockaddrInet4)
+		p4, ok2 := pa.(*syscall.SockaddrInet4)
+		if ok1 && ok2 && s4.Port == remote.Port && p4.Port == local.Port {
+			return held + ioctl(fd, syscall.TIOCOUTQ)
+		}
+	}
+	t.Fatalf("no socket in this process for the client %v", local)
+	return 0
+}
+
+// A client that stops reading a stream holds its worker back: the worker,
+// honouring its credit, can send no more than the window and what the
+// kernel buffers; stream mode itself holds about the window. Once the
+// client has taken nothing for the route's stream idle timeout it is closed
+// (MODZMQ0303), and its stream ends as a client that left: the worker gets
+// @cancel, no stream error is logged, and the client, reading again, finds
+// the connection closed after what was sent.
+func TestStreamToAClientThatStopsReading(t *testing.T) {
+	w := startCreditWorker(t, -1, 16<<10, nil)
+	srv, addr, logs := startServerLog(t, Options{}, gateway.Route{Prefix: "/", Backend: []string{w.ep}, Notices: true,
+		StreamIdleTimeout: gateway.Duration(300 * time.Millisecond)})
 	c := dial(t, addr)
+	c.c.(*net.TCPConn).SetReadBuffer(64 << 10)
+	c.c.SetDeadline(time.Now().Add(time.Minute))
 	c.send("GET /flood HTTP/1.1\r\nHost: x\r\n\r\n")
-	// Never read.
-	waitFor(t, cancels, "the cancel notice")
+	// Never read, until the server gave up.
+	waitFor(t, w.cancels, "the cancel notice")
 	streamsSettle(t, srv, map[bridge.StreamEnd]int64{bridge.EndClientGone: 1})
+	sent, kernel := w.sent.Load(), kernelHeld(t, c.c)
+	t.Logf("the worker could send %d KiB to a client that read nothing; the kernel holds %d KiB of it", sent>>10, kernel>>10)
+	if limit := bridge.DefaultStreamWindow + slack(t); sent > limit {
+		t.Errorf("the worker could send %d bytes to a client that read nothing; want at most the window and the kernel's buffers, %d", sent, limit)
+	}
+	// Stream mode held the rest (or dropped it when it closed the client):
+	// the window, sndHWM+1 messages in libzmq and its 8 KiB batch, and
+	// some framing.
+	if held, limit := sent-kernel, bridge.DefaultStreamWindow+int64((sndHWM+1)*msgMax(bridge.DefaultStreamWindow))+16<<10; held > limit {
+		t.Errorf("stream mode held %d bytes of the stream beyond the kernel's buffers; want at most %d", held, limit)
+	}
 	log := logs.String()
 	if !strings.Contains(log, "MODZMQ0303: client is not reading") || strings.Contains(log, "MODZMQ0130") {
 		t.Errorf("want the client closed as not reading (MODZMQ0303), no stream error (MODZMQ0130):\n%s", log)
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	if credits == 0 {
-		t.Error("the worker got no credit back for the parts handed to the socket")
+	n, err := io.Copy(io.Discard, c.br)
+	if err != nil {
+		t.Errorf("after %d bytes the client read %v; want the connection closed", n, err)
+	}
+	if n > sent+64<<10 {
+		t.Errorf("the client read %d bytes, more than the %d the worker sent", n, sent)
 	}
 }
