@@ -33,6 +33,11 @@ type Call struct {
 	// its own; it is closed, whatever the error says about the reply.
 	connFailed bool
 	canceled   bool // ended by Cancel: not counted as an answer
+	timeout    time.Duration
+	// A streamed body: the credit the worker granted and the front has not
+	// used, and whether a part went out (the request is then not retried).
+	bodyCredit int64
+	bodySent   bool
 }
 
 // Start sends req and returns the call; it blocks only while no worker is
@@ -60,7 +65,7 @@ func (c *Client) Start(ctx context.Context, req *Request, timeout time.Duration)
 // newCall makes a call whose first attempt is still to be made: its deadline
 // (shortened by ctx's) and how many attempts it may have.
 func (c *Client) newCall(ctx context.Context, req *Request, start, deadline time.Time) *Call {
-	call := &Call{c: c, ctx: ctx, req: req, start: start, deadline: deadline, attempts: 1}
+	call := &Call{c: c, ctx: ctx, req: req, start: start, deadline: deadline, attempts: 1, timeout: deadline.Sub(start)}
 	if d, ok := ctx.Deadline(); ok && d.Before(call.deadline) {
 		call.deadline = d
 	}
@@ -166,6 +171,15 @@ func (call *Call) Step(wait time.Duration) {
 			wait = 0
 			continue
 		}
+		if call.req.StreamBody && len(msg) >= 2 && len(msg[1]) == 0 && isStreamMessage(msg[2:], partCredit) {
+			// The worker asks for more of the body, and lives: its timeout
+			// starts again.
+			if err := call.credit(msg[2:]); err != nil {
+				call.end(Response{}, err)
+				return
+			}
+			return
+		}
 		if call.req.StreamWindow > 0 && len(msg) >= 2 && len(msg[1]) == 0 {
 			switch {
 			case isStreamMessage(msg[2:], partKeepAlive):
@@ -180,6 +194,52 @@ func (call *Call) Step(wait time.Duration) {
 		call.end(call.c.decode(call.p.id, msg))
 		return
 	}
+}
+
+// credit adds a worker's grant, ["@credit", N], to the body credit.
+func (call *Call) credit(frames [][]byte) error {
+	n, err := strconv.ParseInt(string(frames[1]), 10, 64)
+	if len(frames) != 2 || err != nil || n < 0 || n > maxCredit {
+		return protocolError("request %s: a credit is [\"@credit\", N] with N from 0 to %d, got %s", call.p.id, int64(maxCredit), quote(frames[len(frames)-1]))
+	}
+	call.bodyCredit = min(call.bodyCredit+n, maxCredit)
+	if d := time.Now().Add(call.timeout); call.timeout > 0 && d.After(call.deadline) {
+		call.deadline = d
+	}
+	return nil
+}
+
+// BodyCredit is how many bytes of body parts the worker has asked for and
+// not received yet, each part costing PartCost more than its bytes.
+func (call *Call) BodyCredit() int64 { return call.bodyCredit }
+
+// SendBody sends a part of a streamed body (the last when last), within the
+// worker's credit; the request is then never retried. An error means the
+// part did not go out: the call ends (the worker is lost or the credit
+// short).
+func (call *Call) SendBody(data []byte, last bool) error {
+	if call.done || call.p == nil {
+		return fmt.Errorf("SendBody on a call that is over")
+	}
+	cost := int64(len(data)) + PartCost
+	if cost > call.bodyCredit {
+		return fmt.Errorf("SendBody: a part costing %d, over the worker's credit of %d", cost, call.bodyCredit)
+	}
+	method := methodBody
+	if last {
+		method = methodBodyEnd
+	}
+	frames := controlFrames(call.p.id, method, nil)
+	frames[7] = data
+	call.attempts = call.attempt // the body cannot be sent again
+	call.bodySent = true
+	if err := call.p.conn.Send(frames, min(call.c.opts.ConnectTimeout, max(time.Until(call.deadline), time.Millisecond))); err != nil {
+		call.connFailed = true
+		call.end(Response{}, fmt.Errorf("%w: sending the body to %s: %v", ErrWorkerLost, call.e.addr, err))
+		return err
+	}
+	call.bodyCredit -= cost
+	return nil
 }
 
 func (c *Client) streamIdle() time.Duration {
@@ -255,7 +315,7 @@ func (call *Call) next() {
 	}
 	call.attach(e, p)
 	p.id = strconv.AppendUint(append(p.id[:0], c.prefix...), c.seq.Add(1), 10)
-	p.meta = appendStreamMeta(appendMeta(p.meta[:0], p.id, call.req.Meta), call.req.StreamWindow, c.opts.Notices)
+	p.meta = appendStreamMeta(appendMeta(p.meta[:0], p.id, call.req.Meta), call.req, c.opts.Notices)
 	p.frames = requestFrames(p.frames, p.id, p.meta, call.req)
 	call.epoch = e.epoch.Load()
 	if q, ok := p.conn.(interface{ setLimit(int) }); ok {

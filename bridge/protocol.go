@@ -33,6 +33,9 @@ type Request struct {
 	// (meta stream-credits), with this many bytes of credit: the most the
 	// front holds for the stream.
 	StreamWindow int64
+	// StreamBody: the body is not in Body but sent in parts the worker asks
+	// for (meta stream-body; Call.SendBody).
+	StreamBody bool
 }
 
 // Response is a worker's reply after validation. Headers holds validated
@@ -70,7 +73,7 @@ func requestFrames(frames [][]byte, id, meta []byte, r *Request) [][]byte {
 // the worker gets cancel notices. It is the specification of
 // the Apache module's C encoder (FuzzFastEncode compares them).
 func EncodeRequest(id []byte, r *Request, notices bool) [][]byte {
-	meta := appendStreamMeta(appendMeta(nil, id, r.Meta), r.StreamWindow, notices)
+	meta := appendStreamMeta(appendMeta(nil, id, r.Meta), r, notices)
 	return requestFrames(make([][]byte, 0, 8), id, meta, r)
 }
 

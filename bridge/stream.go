@@ -92,16 +92,19 @@ func DecodePart(frames [][]byte) (PartKind, []byte, error) {
 }
 
 // appendStreamMeta appends the meta lines that tell the worker what it may
-// do with the request: stream its reply (with window bytes of credit) and
-// expect a cancel notice.
-func appendStreamMeta(meta []byte, window int64, notices bool) []byte {
-	if window > 0 {
+// do with request r: stream its reply (with r.StreamWindow bytes of
+// credit), expect a cancel notice, and ask for the body in parts.
+func appendStreamMeta(meta []byte, r *Request, notices bool) []byte {
+	if r.StreamWindow > 0 {
 		meta = append(meta, "stream-credits: "...)
-		meta = strconv.AppendInt(meta, window, 10)
+		meta = strconv.AppendInt(meta, r.StreamWindow, 10)
 		meta = append(meta, '\r', '\n')
 	}
 	if notices {
 		meta = append(meta, "notices: cancel\r\n"...)
+	}
+	if r.StreamBody {
+		meta = append(meta, "stream-body: 1\r\n"...)
 	}
 	return meta
 }
@@ -113,6 +116,17 @@ func controlFrames(id []byte, method, target []byte) [][]byte {
 	meta := AppendHeader(nil, "request-id", string(id))
 	return [][]byte{id, nil, versionFrame, method, target, nil, meta, nil}
 }
+
+// Body parts the bridge sends for a request with a streamed body.
+var (
+	methodBody    = []byte("@body")
+	methodBodyEnd = []byte("@body-end")
+	partCredit    = []byte("@credit")
+)
+
+// maxCredit bounds one grant a worker may send: the decimal of anything
+// larger is refused as a protocol error, not summed.
+const maxCredit = 1 << 40
 
 // Stream is a reply the worker sends in parts, after its head (the
 // Response Do returned with it). It is used by one goroutine; Close must be

@@ -96,8 +96,9 @@ type Route struct {
 	// MaxStreams bounds the streams open on this route at once; a stream
 	// over it gets 503 with Retry-After. Zero means no limit.
 	MaxStreams int `yaml:"max_streams"`
-	// StreamBody (request bodies in parts) is not implemented yet; a route
-	// that sets it is refused.
+	// StreamBody: request bodies go to the worker in parts, as it asks for
+	// them (docs/PROTOCOL.md, "Streamed request bodies"); ROUTER or DEALER
+	// workers only.
 	StreamBody bool `yaml:"stream_body"`
 
 	line      int           // where the route starts in the file, for messages
@@ -351,9 +352,7 @@ func (c *Config) Check() error {
 		if r.MaxStreams < 0 {
 			return lineError(line, "route %s: max_streams must be 0 (no limit) or more", r.Pattern())
 		}
-		if r.StreamBody {
-			return lineError(line, "route %s: stream_body is not implemented yet: request bodies reach the worker whole", r.Pattern())
-		}
+
 		if r.StripPrefix != "" && !strings.HasPrefix(r.StripPrefix, "/") {
 			return lineError(line, "route %s: strip_prefix %q must start with /", r.Pattern(), r.StripPrefix)
 		}

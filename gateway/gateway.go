@@ -266,11 +266,16 @@ func AppendHeaderLines(dst []byte, host string, hdr http.Header) []byte {
 // caller that went away (ctx cancelled) is not an error worth a line.
 func (g *Gateway) Relay(ctx context.Context, h *Handle, req *bridge.Request) (bridge.Response, error) {
 	resp, err := h.Client.Do(ctx, req, h.Route.TimeoutOrDefault())
+	g.logRelayError(ctx, h, err)
+	return resp, err
+}
+
+// logRelayError logs a relay that failed, unless its client went away.
+func (g *Gateway) logRelayError(ctx context.Context, h *Handle, err error) {
 	if err != nil && ctx.Err() == nil {
 		g.log.Error(fmt.Sprintf("%v: %v", bridge.CodeOf(err), err), "route", h.Route.Pattern(),
 			"backend", strings.Join(h.Route.Backend, " "), "status", bridge.StatusOf(err))
 	}
-	return resp, err
 }
 
 // EachReplyHeader calls fn for each validated reply header line.
@@ -289,7 +294,12 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request, h *Handle) {
 		http.Error(w, "413 request body too large", http.StatusRequestEntityTooLarge)
 		return
 	}
-	body, status := readBody(w, r, max)
+	streamBody := h.Route.StreamBody && r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0
+	var body []byte
+	status := 0
+	if !streamBody {
+		body, status = readBody(w, r, max)
+	}
 	if status != 0 {
 		if status == http.StatusRequestEntityTooLarge {
 			g.log.Info(CodeTooLarge.String()+": request body over max_body", "route", h.Route.Pattern(), "max_body", max)
@@ -312,8 +322,18 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request, h *Handle) {
 			Protocol: r.Proto, ConnectionID: connID, Vars: mux.Vars(r)}),
 		Body:         body,
 		StreamWindow: h.Route.StreamWindowOrDefault(),
+		StreamBody:   streamBody,
 	}
-	resp, err := g.Relay(r.Context(), h, &req)
+	var resp bridge.Response
+	var err error
+	if streamBody {
+		if resp, status, err = g.relayBody(w, r, h, &req); status != 0 {
+			http.Error(w, http.StatusText(status), status)
+			return
+		}
+	} else {
+		resp, err = g.Relay(r.Context(), h, &req)
+	}
 	if err != nil {
 		if r.Context().Err() != nil {
 			return // the client went away: nobody to answer
@@ -339,6 +359,53 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request, h *Handle) {
 	if r.Method != http.MethodHead {
 		w.Write(resp.Body)
 	}
+}
+
+// relayBody relays req, whose body the worker asks for in parts: each part
+// is read from the client only once the worker has granted credit for it,
+// so the gateway holds at most one part (64 KiB) of it. A worker that
+// answers before the body is complete ends the upload; the rest is never
+// read. A status is returned when the client's body is too large (413) or
+// unreadable (400); the worker then gets a cancel notice, with notices.
+func (g *Gateway) relayBody(w http.ResponseWriter, r *http.Request, h *Handle, req *bridge.Request) (bridge.Response, int, error) {
+	max := h.Route.MaxBodyOrDefault()
+	rd := io.Reader(r.Body)
+	if max > 0 {
+		rd = http.MaxBytesReader(w, r.Body, max)
+	}
+	call := h.Client.Start(r.Context(), req, h.Route.TimeoutOrDefault())
+	var buf []byte
+	done := false
+	for !call.Done() {
+		credit := call.BodyCredit()
+		if done || credit <= bridge.PartCost { // room for one byte at least
+			call.Step(call.Wait())
+			continue
+		}
+		if buf == nil {
+			buf = make([]byte, 64<<10)
+		}
+		n, err := rd.Read(buf[:min(credit-bridge.PartCost, int64(len(buf)))])
+		switch {
+		case err == io.EOF:
+			done = true
+			call.SendBody(buf[:n], true)
+		case err != nil:
+			call.Cancel()
+			var mbe *http.MaxBytesError
+			if errors.As(err, &mbe) {
+				g.log.Info(CodeTooLarge.String()+": request body over max_body", "route", h.Route.Pattern(), "max_body", max)
+				return bridge.Response{}, http.StatusRequestEntityTooLarge, nil
+			}
+			g.log.Info(CodeBodyError.String()+": reading the request body failed", "route", h.Route.Pattern())
+			return bridge.Response{}, http.StatusBadRequest, nil
+		case n > 0:
+			call.SendBody(buf[:n], false)
+		}
+	}
+	resp, err := call.Result()
+	g.logRelayError(r.Context(), h, err)
+	return resp, 0, err
 }
 
 // serveStream writes a streamed reply after its head: each part is flushed

@@ -390,7 +390,6 @@ func TestStreamConfigChecks(t *testing.T) {
 		{Route{Prefix: "/", Backend: []string{"tcp://127.0.0.1:1"}, StreamWindow: 100}, "stream_window must be from 4096"},
 		{Route{Prefix: "/", Backend: []string{"tcp://127.0.0.1:1"}, MaxStreams: -1}, "max_streams must be 0"},
 		{Route{Prefix: "/", Backend: []string{"tcp://127.0.0.1:1"}, StreamIdleTimeout: -1}, "stream_idle_timeout must be 0"},
-		{Route{Prefix: "/", Backend: []string{"tcp://127.0.0.1:1"}, StreamBody: true}, "stream_body is not implemented"},
 	} {
 		cfg := &Config{Routes: []Route{tt.route}}
 		if err := cfg.Check(); err == nil || !strings.Contains(err.Error(), tt.want) {
@@ -460,5 +459,41 @@ func TestStreamCounters(t *testing.T) {
 			t.Fatalf("/metrics lacks %s:\n%s", missing, page)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// With stream_body, a request's body goes to the worker in parts it asks
+// for; a worker that answers after the first part (413 here) ends the
+// upload, and the client gets that answer. A grant that is not a number
+// breaks the request (502).
+func TestStreamedBodyAnsweredEarly(t *testing.T) {
+	parts := make(chan workerMsg, 16)
+	ep := zmqtest.ROUTER(t, func(msg [][]byte, reply func([][]byte)) {
+		m := splitWorkerMsg(msg)
+		switch {
+		case m.method == "@body" || m.method == "@body-end":
+			parts <- m
+			reply(part(m.envelope, "413 Too Big", "", "no thanks"))
+		case strings.HasPrefix(m.method, "@"):
+		case m.target == "/bad":
+			reply(part(m.envelope, "@credit", "lots"))
+		default:
+			if !strings.Contains(m.meta, "stream-body: 1\r\n") {
+				reply(part(m.envelope, "500", "no stream-body in meta"))
+				return
+			}
+			reply(part(m.envelope, "@credit", "1000"))
+		}
+	})
+	url, _, _ := startStreamGateway(t, &Config{Routes: []Route{{Prefix: "/", Backend: []string{ep}, StreamBody: true, MaxBody: new(int64)}}})
+	resp, body := get(t, "POST", url+"/up", "", strings.NewReader(strings.Repeat("x", 1<<20)))
+	if resp.StatusCode != 413 || body != "no thanks" {
+		t.Errorf("an upload the worker refuses after its first part: %d %q, want 413 \"no thanks\"", resp.StatusCode, body)
+	}
+	if m := waitFor(t, parts, "the first part"); m.method != "@body" {
+		t.Errorf("first part: %s", m.method)
+	}
+	if resp, _ := get(t, "POST", url+"/bad", "", strings.NewReader("abc")); resp.StatusCode != 502 {
+		t.Errorf("a grant that is not a number: %d, want 502", resp.StatusCode)
 	}
 }

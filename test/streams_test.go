@@ -2,8 +2,12 @@ package test
 
 import (
 	"bufio"
+	"bytes"
+	"crypto/sha256"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -225,7 +229,7 @@ func TestStreamsThroughApache(t *testing.T) {
 			return fmt.Errorf("access_log shows %d requests as 499, want 2:\n%s", n, b)
 		}
 		return nil
-	})	// zmq-status counts them (published twice a second).
+	}) // zmq-status counts them (published twice a second).
 	checkFor(t, 10*time.Second, func() error {
 		_, page := do(t, "GET", h.URL+"/zmq-status?metrics", "", nil)
 		for _, want := range []string{
@@ -292,4 +296,115 @@ func TestStreamsOverHTTP2(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// vmHWM returns a process's peak resident size in KiB.
+func vmHWM(t *testing.T, pid int) int64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmHWM:"); ok {
+			var kib int64
+			fmt.Sscanf(strings.TrimSpace(v), "%d", &kib)
+			return kib
+		}
+	}
+	t.Fatalf("no VmHWM in /proc/%d/status", pid)
+	return 0
+}
+
+// patternReader yields n bytes, byte i being i % 251 (upload_sink.py's).
+type patternReader struct{ off, n int64 }
+
+func (p *patternReader) Read(b []byte) (int, error) {
+	if p.off >= p.n {
+		return 0, io.EOF
+	}
+	b = b[:min(int64(len(b)), p.n-p.off)]
+	for i := range b {
+		b[i] = byte((p.off + int64(i)) % 251)
+	}
+	p.off += int64(len(b))
+	return len(b), nil
+}
+
+// A 256 MiB upload and a 256 MiB download through zmq-gateway, with the
+// pyzmq example upload_sink.py: SHA-256 matches both ways, the worker sees
+// the upload's first part before the upload ends, and the gateway's peak
+// resident size grows by less than 64 MiB.
+func TestLargeTransfersThroughTheGateway(t *testing.T) {
+	port := freePort(t)
+	ep := fmt.Sprintf("tcp://127.0.0.1:%d", port)
+	sink := startListening(t, port, ep, python, filepath.Join(root, "examples/python/upload_sink.py"), ep)
+	g := startGatewayProc(t, "", fmt.Sprintf("  - prefix: /up\n    backend: [%s]\n    stream_body: true\n    max_body: 0\n    timeout: 5s\n", ep))
+	pid := g.cmd.Process.Pid
+	before := vmHWM(t, pid)
+	const size = 256 << 20
+
+	pr, pw := io.Pipe()
+	req, _ := http.NewRequest("POST", g.URL+"/up", pr)
+	req.ContentLength = size
+	type result struct {
+		status int
+		body   string
+		err    error
+	}
+	done := make(chan result, 1)
+	go func() {
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			done <- result{err: err}
+			return
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		done <- result{resp.StatusCode, string(b), err}
+	}()
+	src, sum := &patternReader{n: size}, sha256.New()
+	if _, err := io.CopyN(io.MultiWriter(pw, sum), src, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	checkFor(t, 10*time.Second, func() error { // the worker has the first part; the upload goes on
+		if !strings.Contains(sink.Output.String(), "first-part ") {
+			return fmt.Errorf("the worker has no part yet: %q", sink.Output.String())
+		}
+		return nil
+	})
+	stuck := time.AfterFunc(60*time.Second, func() { // a broken build fails here instead of hanging
+		pw.CloseWithError(fmt.Errorf("the gateway took no more of the body for a minute"))
+	})
+	defer stuck.Stop()
+	if _, err := io.Copy(io.MultiWriter(pw, sum), src); err != nil {
+		t.Fatalf("upload: %v\nworker: %s\ngateway: %s", err, sink.Output, g.Stderr)
+	}
+	pw.Close()
+	var r result
+	select {
+	case r = <-done:
+	case <-time.After(60 * time.Second):
+		t.Fatalf("no answer to the upload\nworker: %s\ngateway: %s", sink.Output, g.Stderr)
+	}
+	want := fmt.Sprintf(`{"bytes": %d, "sha256": "%x"}`, size, sum.Sum(nil))
+	if r.err != nil || r.status != 200 || r.body != want {
+		t.Fatalf("upload: %d %q, %v; want 200 %s", r.status, r.body, r.err, want)
+	}
+
+	resp, err := http.Get(fmt.Sprintf("%s/up/blob?bytes=%d", g.URL, size))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := sha256.New()
+	n, err := io.Copy(got, resp.Body)
+	resp.Body.Close()
+	wantSum := sha256.New()
+	io.Copy(wantSum, &patternReader{n: size})
+	if err != nil || n != size || !bytes.Equal(got.Sum(nil), wantSum.Sum(nil)) {
+		t.Errorf("download: %d bytes, %v; SHA-256 equal: %v", n, err, bytes.Equal(got.Sum(nil), wantSum.Sum(nil)))
+	}
+	if grew := vmHWM(t, pid) - before; grew > 64<<10 {
+		t.Errorf("zmq-gateway's peak resident size grew by %d KiB moving 2 x 256 MiB; want under 64 MiB", grew)
+	}
 }
