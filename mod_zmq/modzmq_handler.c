@@ -23,6 +23,7 @@
 #include "http_request.h"
 #include "http_core.h"
 #include "ap_expr.h"
+#include "ap_mpm.h"
 #include "util_filter.h"
 #include "apr_buckets.h"
 #include "apr_strings.h"
@@ -317,6 +318,15 @@ static int client_gone(request_rec *r)
     return poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0;
 }
 
+/* Whether this child is stopping (a stop, a graceful restart that replaces
+ * it): an open stream then ends, or the child would wait for it until the
+ * parent kills it. */
+static int child_stopping(void)
+{
+    int state = AP_MPMQ_RUNNING;
+    return ap_mpm_query(AP_MPMQ_MPM_STATE, &state) == APR_SUCCESS && state == AP_MPMQ_STOPPING;
+}
+
 /* Ends a request whose client went away: the access log shows 499, and
  * nothing more is written. */
 static int client_left(request_rec *r)
@@ -495,6 +505,15 @@ static int relay_request(request_rec *r, const modzmq_dir_conf *conf, const modz
                 lib->release(&resp);
                 stream_done(conf, counted);
                 return client_left(r);
+            }
+            if (streaming && child_stopping()) {
+                lib->cancel(&resp);
+                lib->release(&resp);
+                stream_done(conf, counted);
+                ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, "MODZMQ0026: the child is stopping: its open stream "
+                              "ends (an EventSource client reconnects)");
+                break_stream(r, bb);
+                return OK;
             }
             rc = lib->resume(&resp);
             continue;

@@ -408,3 +408,43 @@ func TestLargeTransfersThroughTheGateway(t *testing.T) {
 		t.Errorf("zmq-gateway's peak resident size grew by %d KiB moving 2 x 256 MiB; want under 64 MiB", grew)
 	}
 }
+
+// Stopping Apache while a stream is open ends the stream (MODZMQ0026): the
+// child exits at once rather than being killed by the parent after its
+// grace period (AH00045/AH00046), and the worker gets a cancel notice.
+func TestApacheStopsWithAStreamOpen(t *testing.T) {
+	port := freePort(t)
+	ep := fmt.Sprintf("tcp://127.0.0.1:%d", port)
+	notice := startListening(t, port, ep, python, filepath.Join(root, "test/workers/notice_worker.py"), ep)
+	h := startHTTPD(t, httpdParams{MPM: "event", Extra: fmt.Sprintf(`	<Location /n>
+		SetHandler zmq
+		ZmqBackend %s
+		ZmqNotices on
+	</Location>
+`, ep)})
+	cmd := exec.Command("curl", "-sN", h.URL+"/n/trickle")
+	stdout, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	if line, err := bufio.NewReader(stdout).ReadString('\n'); err != nil || line != "tick\n" {
+		t.Fatalf("the first part: %q, %v", line, err)
+	}
+	h.stop(t)
+	log := h.errorLog()
+	for _, bad := range []string{"AH00045", "AH00046"} {
+		if strings.Contains(log, bad) {
+			t.Errorf("the parent had to kill a child holding a stream (%s):\n%s", bad, log)
+		}
+	}
+	if !strings.Contains(log, "MODZMQ0026") {
+		t.Errorf("the error log does not say the stream ended for the stop:\n%s", log)
+	}
+	checkFor(t, 10*time.Second, func() error {
+		if !strings.Contains(notice.Output.String(), "cancel ") {
+			return fmt.Errorf("no cancel notice: %q", notice.Output.String())
+		}
+		return nil
+	})
+}
