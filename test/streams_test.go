@@ -448,3 +448,60 @@ func TestApacheStopsWithAStreamOpen(t *testing.T) {
 		return nil
 	})
 }
+
+// Through Apache: a keep-alive holds a request past ZmqTimeout
+// (long-poll), where a silent worker's client gets 504; and a 256 MiB
+// streamed download from upload_sink.py arrives whole (SHA-256) while the
+// children's peak resident size grows by less than 64 MiB.
+func TestLongPollAndLargeDownloadThroughApache(t *testing.T) {
+	port := freePort(t)
+	ep := fmt.Sprintf("tcp://127.0.0.1:%d", port)
+	startListening(t, port, ep, python, filepath.Join(root, "test/workers/notice_worker.py"), ep)
+	port2 := freePort(t)
+	ep2 := fmt.Sprintf("tcp://127.0.0.1:%d", port2)
+	startListening(t, port2, ep2, python, filepath.Join(root, "examples/python/upload_sink.py"), ep2)
+	h := startHTTPD(t, httpdParams{MPM: "event", Extra: fmt.Sprintf(`	<Location /n>
+		SetHandler zmq
+		ZmqBackend %s
+		ZmqTimeout 200ms
+	</Location>
+	<Location /sink>
+		SetHandler zmq
+		ZmqBackend %s
+	</Location>
+`, ep, ep2)})
+	h.expect(`MODZMQ0102: .*answered 504`)
+	if resp, body := do(t, "GET", h.URL+"/n/poll", "", nil); resp.StatusCode != 200 || string(body) != "news" {
+		t.Errorf("long-poll with keep-alives past ZmqTimeout 200ms: %d %q, want 200 \"news\"", resp.StatusCode, body)
+	}
+	if resp, _ := do(t, "GET", h.URL+"/n/hold", "", nil); resp.StatusCode != 504 {
+		t.Errorf("a silent worker: %d, want 504", resp.StatusCode)
+	}
+
+	children := func() (sum int64) {
+		out, _ := exec.Command("pgrep", "-P", h.pid()).Output()
+		for _, f := range strings.Fields(string(out)) {
+			var pid int
+			fmt.Sscanf(f, "%d", &pid)
+			sum += vmHWM(t, pid)
+		}
+		return sum
+	}
+	do(t, "GET", h.URL+"/sink/warm?bytes=1", "", nil)
+	before := children()
+	const size = 256 << 20
+	resp, err := http.Get(fmt.Sprintf("%s/sink/blob?bytes=%d", h.URL, size))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, want := sha256.New(), sha256.New()
+	n, err := io.Copy(got, resp.Body)
+	resp.Body.Close()
+	io.Copy(want, &patternReader{n: size})
+	if err != nil || n != size || !bytes.Equal(got.Sum(nil), want.Sum(nil)) {
+		t.Errorf("download through Apache: %d bytes, %v; SHA-256 equal: %v", n, err, bytes.Equal(got.Sum(nil), want.Sum(nil)))
+	}
+	if grew := children() - before; grew > 64<<10 {
+		t.Errorf("Apache children's peak resident size grew by %d KiB streaming 256 MiB; want under 64 MiB", grew)
+	}
+}

@@ -1,8 +1,9 @@
 #!/usr/bin/python3
 """A ROUTER test worker for streams and cancel notices. By the request's
 path: /hold is never answered; /abort streams a head, "partial", then
-@abort; /trickle streams "tick" parts every 50 ms until cancelled; anything
-else gets a plain 200. It prints "request <id> <target>" for every request
+@abort; /trickle streams "tick" parts every 50 ms until cancelled; /poll
+sends a keep-alive every 50 ms, ten times, then a plain 200 "news"
+(long-poll); anything else gets a plain 200. It prints "request <id> <target>" for every request
 and "cancel <id>" for every cancel notice, flushed."""
 import sys
 import time
@@ -22,8 +23,9 @@ def main():
     sock = zmq.Context().socket(zmq.ROUTER)
     sock.bind(sys.argv[1])
     trickling = {}  # request id -> envelope
+    polls = {}  # request id -> [envelope, keep-alives sent]
     while True:
-        if sock.poll(50 if trickling else None):
+        if sock.poll(50 if trickling or polls else None):
             msg = sock.recv_multipart()
             i = msg.index(b"")
             env, frames = msg[: i + 1], msg[i + 1 :]
@@ -45,6 +47,9 @@ def main():
                 sock.send_multipart(env + [b"@data", b"partial"])
                 sock.send_multipart(env + [b"@abort", b"the test says so"])
                 continue
+            if target.startswith(b"/n/poll"):
+                polls[rid] = [env, 0]
+                continue
             if target.startswith(b"/n/trickle"):
                 sock.send_multipart(env + [b"@stream", b"200", b"Content-Type: text/plain\r\n"])
                 trickling[rid] = env
@@ -52,7 +57,14 @@ def main():
             sock.send_multipart(env + [b"200", b"plain"])
         for env in trickling.values():
             sock.send_multipart(env + [b"@data", b"tick\n"])
-        time.sleep(0.05 if trickling else 0)
+        for rid, p in list(polls.items()):
+            if p[1] < 10:
+                sock.send_multipart(p[0] + [b"@keep-alive", b""])
+                p[1] += 1
+            else:
+                sock.send_multipart(p[0] + [b"200", b"news"])
+                del polls[rid]
+        time.sleep(0.05 if trickling or polls else 0)
 
 
 if __name__ == "__main__":
