@@ -68,6 +68,7 @@ typedef struct modzmq_dir_conf {
     apr_int64_t stream_idle_ms;       /* MODZMQ_UNSET or > 0 */
     int max_streams;                  /* MODZMQ_UNSET, 0 (no limit) or > 0 */
     apr_uint32_t *streams;            /* open streams, shared by the threads of a child; set with max_streams */
+    int stream_body;                  /* MODZMQ_UNSET, 0 or 1 */
 } modzmq_dir_conf;
 
 /* One ZmqBackend endpoint list and the sections that name it. */
@@ -109,6 +110,7 @@ typedef struct modzmq_calls {
     modzmq_resume_fn resume;
     modzmq_release_fn release;
     modzmq_cancel_fn cancel;
+    modzmq_send_body_fn send_body;
 } modzmq_calls;
 /* Returns the library's request path, or NULL with a log code and reason in *why. */
 const modzmq_calls *modzmq_loader_calls(const char **why);

@@ -73,6 +73,7 @@ void *modzmq_create_dir_conf(apr_pool_t *p, char *dir)
     conf->stream_window = MODZMQ_UNSET;
     conf->stream_idle_ms = MODZMQ_UNSET;
     conf->max_streams = MODZMQ_UNSET;
+    conf->stream_body = MODZMQ_UNSET;
     return conf;
 }
 
@@ -110,6 +111,7 @@ void *modzmq_merge_dir_conf(apr_pool_t *p, void *basev, void *addv)
     }
     conf->max_reply = add->max_reply != MODZMQ_UNSET ? add->max_reply : base->max_reply;
     conf->notices = add->notices != MODZMQ_UNSET ? add->notices : base->notices;
+    conf->stream_body = add->stream_body != MODZMQ_UNSET ? add->stream_body : base->stream_body;
     conf->stream_window = add->stream_window != MODZMQ_UNSET ? add->stream_window : base->stream_window;
     conf->stream_idle_ms = add->stream_idle_ms != MODZMQ_UNSET ? add->stream_idle_ms : base->stream_idle_ms;
     if (add->max_streams != MODZMQ_UNSET) {
@@ -502,7 +504,8 @@ static const char *set_max_streams(cmd_parms *cmd, void *dconf, const char *arg)
 
 static const char *set_stream_body(cmd_parms *cmd, void *dconf, int on)
 {
-    return on ? MODZMQ_DIR_STREAMBODY " on is not implemented yet: request bodies reach the worker whole" : NULL;
+    ((modzmq_dir_conf *)dconf)->stream_body = on != 0;
+    return NULL;
 }
 
 static const char *set_max_body(cmd_parms *cmd, void *dconf, const char *arg)
@@ -623,7 +626,8 @@ const command_rec modzmq_cmds[] = {
                   "Most streamed replies open at once per location and process; more get 503 with Retry-After "
                   "(default 0 = no limit)"),
     AP_INIT_FLAG(MODZMQ_DIR_STREAMBODY, set_stream_body, NULL, RSRC_CONF | ACCESS_CONF,
-                 "Request bodies in parts (not implemented yet: only off)"),
+                 "on: request bodies go to the worker in parts as it asks for them (ROUTER or DEALER "
+                 "workers only; default off)"),
     AP_INIT_TAKE1(MODZMQ_DIR_LIBRARY, set_library, NULL, RSRC_CONF,
                   "Path of libmodzmq.so, the Go half of mod_zmq (server config only)"),
     {NULL}

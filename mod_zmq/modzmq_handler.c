@@ -461,6 +461,36 @@ int modzmq_handler(request_rec *r)
 }
 
 /* Reads the body, relays the request and writes the reply or error. */
+/* Whether r has a body: a Content-Length above 0, or chunked. */
+static int has_body(request_rec *r)
+{
+    const char *clen = apr_table_get(r->headers_in, "Content-Length");
+    return apr_table_get(r->headers_in, "Transfer-Encoding") != NULL || (clen != NULL && strcmp(clen, "0") != 0);
+}
+
+/* Reads up to want bytes of the request body into buf: *n of them, *eos once
+ * the body has ended. OK, or the status to answer. */
+static int read_part(request_rec *r, apr_bucket_brigade *bb, char *buf, apr_size_t want, apr_size_t *n, int *eos)
+{
+    apr_status_t rv = ap_get_brigade(r->input_filters, bb, AP_MODE_READBYTES, APR_BLOCK_READ, want);
+    apr_size_t len = want;
+
+    if (rv != APR_SUCCESS) {
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, rv, r, "MODZMQ0015: reading the request body failed");
+        apr_brigade_cleanup(bb);
+        return ap_map_http_request_error(rv, HTTP_BAD_REQUEST);
+    }
+    *eos = !APR_BRIGADE_EMPTY(bb) && APR_BUCKET_IS_EOS(APR_BRIGADE_LAST(bb));
+    rv = apr_brigade_flatten(bb, buf, &len);
+    apr_brigade_cleanup(bb);
+    if (rv != APR_SUCCESS) {
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, rv, r, "MODZMQ0015: reading the request body failed");
+        return HTTP_BAD_REQUEST;
+    }
+    *n = len;
+    return OK;
+}
+
 /* Lets go of a stream's place under ZmqMaxStreams, if it took one. */
 static void stream_done(const modzmq_dir_conf *conf, int counted)
 {
@@ -475,12 +505,19 @@ static int relay_request(request_rec *r, const modzmq_dir_conf *conf, const modz
     modzmq_response resp;
     apr_bucket_brigade *bb = NULL;
     apr_status_t rv = APR_SUCCESS;
+    apr_bucket_brigade *body_bb = NULL;
+    apr_off_t body_total = 0, max_body = modzmq_conf_max_body(conf);
+    char *part = NULL;
     apr_size_t n;
-    int rc, status, streaming = 0, counted = 0;
+    int rc, status, streaming = 0, counted = 0, body_done = 0;
 
     memset(&req, 0, sizeof(req));
-    status = read_body(r, modzmq_conf_max_body(conf), &req.body, &n);
-    if (status != OK) {
+    if (conf->stream_body == 1 && has_body(r)) {
+        /* The worker asks for the body in parts (the loop below). */
+        req.stream_body = 1;
+        n = 0;
+    }
+    else if ((status = read_body(r, modzmq_conf_max_body(conf), &req.body, &n)) != OK) {
         return status;
     }
     req.body_len = n;
@@ -498,6 +535,33 @@ static int relay_request(request_rec *r, const modzmq_dir_conf *conf, const modz
      * thread parked inside Go costs the Go scheduler a hand-off on every
      * request. Between waits (100 ms at most), look for a client that left. */
     for (;;) {
+        if (rc == MODZMQ_PENDING && req.stream_body && !body_done && resp.body_credit > 64) {
+            /* The worker has room for a part: read one, at most 64 KiB. */
+            apr_size_t got = 0;
+            int eos = 0;
+            if (part == NULL) {
+                part = apr_palloc(r->pool, 65536);
+                body_bb = apr_brigade_create(r->pool, r->connection->bucket_alloc);
+            }
+            status = read_part(r, body_bb, part, resp.body_credit - 64 < 65536 ? (apr_size_t)(resp.body_credit - 64) : 65536,
+                               &got, &eos);
+            body_total += got;
+            if (status == OK && max_body > 0 && body_total > max_body) {
+                ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, "MODZMQ0014: request body is over "
+                              MODZMQ_DIR_MAXBODY " %" APR_OFF_T_FMT " bytes", max_body);
+                status = HTTP_REQUEST_ENTITY_TOO_LARGE;
+            }
+            if (status != OK) {
+                lib->cancel(&resp);
+                lib->release(&resp);
+                return status;
+            }
+            body_done = eos;
+            if (got > 0 || eos) {
+                rc = lib->send_body(&resp, part, got, eos);
+            }
+            continue;
+        }
         if (rc == MODZMQ_PENDING) {
             lib->wait(&resp);
             if (client_gone(r)) {

@@ -50,7 +50,7 @@ func TestConfigtestAcceptsValidDirectives(t *testing.T) {
 		"ZmqBackend tcp://127.0.0.1:5555 tcp://[::1]:5556 ipc:///run/w.sock\nZmqTimeout 10\nZmqMaxBody 0",
 		"ZmqBackend tcp://h:1\nZmqTimeout 250ms\nZmqMaxBody 1048576",
 		"ZmqBackend tcp://h:1\nZmqTimeout 5s",
-		"ZmqBackend tcp://h:1\nZmqNotices on\nZmqStreamWindow 65536\nZmqStreamIdleTimeout 250ms\nZmqMaxStreams 100\nZmqStreamBody off",
+		"ZmqBackend tcp://h:1\nZmqNotices on\nZmqStreamWindow 65536\nZmqStreamIdleTimeout 250ms\nZmqMaxStreams 100\nZmqStreamBody on",
 	} {
 		if out, err := configtest(t, "", body); err != nil || !strings.Contains(out, "Syntax OK") {
 			t.Errorf("%q: %v\n%s", body, err, out)
@@ -77,7 +77,7 @@ func TestConfigtestReportsMistakes(t *testing.T) {
 		{"", "ZmqStreamWindow 1G", "expected a number of bytes from 4096"},
 		{"", "ZmqStreamIdleTimeout 0", "expected a positive number"},
 		{"", "ZmqMaxStreams -1", "expected a whole number"},
-		{"", "ZmqStreamBody on", "not implemented yet"},
+		{"", "ZmqStreamBody maybe", "must be On or Off"},
 		{"", "ZmqLibrary /x/libmodzmq.so", "not allowed"},
 		{"ZmqLibrary relative/libmodzmq.so", "", "give an absolute path"},
 	}

@@ -450,7 +450,8 @@ func TestApacheStopsWithAStreamOpen(t *testing.T) {
 }
 
 // Through Apache: a keep-alive holds a request past ZmqTimeout
-// (long-poll), where a silent worker's client gets 504; and a 256 MiB
+// (long-poll), where a silent worker's client gets 504; a worker may refuse
+// a streamed body after its first part (413); and a 256 MiB
 // streamed download from upload_sink.py arrives whole (SHA-256) while the
 // children's peak resident size grows by less than 64 MiB.
 func TestLongPollAndLargeDownloadThroughApache(t *testing.T) {
@@ -464,6 +465,7 @@ func TestLongPollAndLargeDownloadThroughApache(t *testing.T) {
 		SetHandler zmq
 		ZmqBackend %s
 		ZmqTimeout 200ms
+		ZmqStreamBody on
 	</Location>
 	<Location /sink>
 		SetHandler zmq
@@ -476,6 +478,10 @@ func TestLongPollAndLargeDownloadThroughApache(t *testing.T) {
 	}
 	if resp, _ := do(t, "GET", h.URL+"/n/hold", "", nil); resp.StatusCode != 504 {
 		t.Errorf("a silent worker: %d, want 504", resp.StatusCode)
+	}
+	// A streamed body the worker refuses after its first part.
+	if resp, body := do(t, "POST", h.URL+"/n/refuse", "", strings.NewReader(strings.Repeat("x", 1<<20))); resp.StatusCode != 413 || string(body) != "no thanks" {
+		t.Errorf("a streamed body refused after its first part: %d %q, want 413 \"no thanks\"", resp.StatusCode, body)
 	}
 
 	children := func() (sum int64) {
@@ -503,5 +509,84 @@ func TestLongPollAndLargeDownloadThroughApache(t *testing.T) {
 	}
 	if grew := children() - before; grew > 64<<10 {
 		t.Errorf("Apache children's peak resident size grew by %d KiB streaming 256 MiB; want under 64 MiB", grew)
+	}
+}
+
+// With ZmqStreamBody on, a 256 MiB upload through Apache reaches
+// upload_sink.py in parts it asks for: its SHA-256 matches, the worker has
+// the first part before the upload ends, and the children's peak resident
+// size grows by less than 64 MiB.
+func TestLargeUploadThroughApache(t *testing.T) {
+	port := freePort(t)
+	ep := fmt.Sprintf("tcp://127.0.0.1:%d", port)
+	sink := startListening(t, port, ep, python, filepath.Join(root, "examples/python/upload_sink.py"), ep)
+	h := startHTTPD(t, httpdParams{MPM: "event", Extra: fmt.Sprintf(`	<Location /up>
+		SetHandler zmq
+		ZmqBackend %s
+		ZmqStreamBody on
+		ZmqMaxBody 0
+	</Location>
+`, ep)})
+	children := func() (sum int64) {
+		out, _ := exec.Command("pgrep", "-P", h.pid()).Output()
+		for _, f := range strings.Fields(string(out)) {
+			var pid int
+			fmt.Sscanf(f, "%d", &pid)
+			sum += vmHWM(t, pid)
+		}
+		return sum
+	}
+	if resp, body := do(t, "POST", h.URL+"/up", "", strings.NewReader("small")); resp.StatusCode != 200 || !strings.Contains(string(body), `"bytes": 5`) {
+		t.Fatalf("a small streamed body: %d %q", resp.StatusCode, body)
+	}
+	before := children()
+	const size = 256 << 20
+	pr, pw := io.Pipe()
+	req, _ := http.NewRequest("POST", h.URL+"/up", pr)
+	req.ContentLength = size
+	type result struct {
+		status int
+		body   string
+		err    error
+	}
+	done := make(chan result, 1)
+	go func() {
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			done <- result{err: err}
+			return
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		done <- result{resp.StatusCode, string(b), err}
+	}()
+	src, sum := &patternReader{n: size}, sha256.New()
+	stuck := time.AfterFunc(60*time.Second, func() { pw.CloseWithError(fmt.Errorf("Apache took no more of the body for a minute")) })
+	defer stuck.Stop()
+	if _, err := io.CopyN(io.MultiWriter(pw, sum), src, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	checkFor(t, 10*time.Second, func() error {
+		if strings.Count(sink.Output.String(), "first-part ") < 2 {
+			return fmt.Errorf("the worker has no part of the large upload yet: %q", sink.Output.String())
+		}
+		return nil
+	})
+	if _, err := io.Copy(io.MultiWriter(pw, sum), src); err != nil {
+		t.Fatalf("upload: %v\nworker: %s", err, sink.Output)
+	}
+	pw.Close()
+	var r result
+	select {
+	case r = <-done:
+	case <-time.After(60 * time.Second):
+		t.Fatalf("no answer to the upload\nworker: %s", sink.Output)
+	}
+	want := fmt.Sprintf(`{"bytes": %d, "sha256": "%x"}`, size, sum.Sum(nil))
+	if r.err != nil || r.status != 200 || r.body != want {
+		t.Fatalf("upload through Apache: %d %q, %v; want 200 %s", r.status, r.body, r.err, want)
+	}
+	if grew := children() - before; grew > 64<<10 {
+		t.Errorf("Apache children's peak resident size grew by %d KiB for a 256 MiB upload; want under 64 MiB", grew)
 	}
 }

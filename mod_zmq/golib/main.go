@@ -16,55 +16,31 @@ static void modzmq_call_log(modzmq_log_fn fn, int level, const char *msg) { fn(l
 import "C"
 
 import (
-	"runtime"
-	"runtime/debug"
-	"sync"
 	"time"
 	"unsafe"
 
-	"github.com/modzmq/modzmq/bridge"
 	"github.com/modzmq/modzmq/mod_zmq/relay"
 )
 
 func main() {}
 
-var initOnce sync.Once
-
 //export modzmq_abi_version
 func modzmq_abi_version() C.int { return C.MODZMQ_ABI_VERSION }
 
 //export modzmq_init
-func modzmq_init(logfn C.modzmq_log_fn, level C.int, maxProcs C.int) (rc C.int) {
-	defer func() {
-		if p := recover(); p != nil {
-			rc = -1
+func modzmq_init(logfn C.modzmq_log_fn, level C.int, maxProcs C.int) C.int {
+	var emit func(level int, msg string)
+	if logfn != nil {
+		emit = func(l int, msg string) {
+			cs := C.CString(msg)
+			C.modzmq_call_log(logfn, C.int(l), cs)
+			C.free(unsafe.Pointer(cs))
 		}
-	}()
-	rc = -1
-	initOnce.Do(func() {
-		if maxProcs > 0 {
-			runtime.GOMAXPROCS(int(maxProcs))
-		}
-		// With the C fast path the common request allocates nothing in Go:
-		// the heap stays small, and the default goal (4 MB before the first
-		// collection) would let each child's resident size creep up over
-		// millions of requests until the collector first runs. A small
-		// heap collected sooner costs next to nothing at this size.
-		debug.SetGCPercent(25)
-		if logfn != nil {
-			max := bridge.Level(level)
-			relay.SetLog(bridge.RateLimit(func(l bridge.Level, msg string) {
-				if l > max {
-					return
-				}
-				cs := C.CString(msg)
-				C.modzmq_call_log(logfn, C.int(l), cs)
-				C.free(unsafe.Pointer(cs))
-			}, 20, time.Second))
-		}
-		rc = 0
-	})
-	return rc
+	}
+	if !relay.Init(int(maxProcs), int(level), emit) {
+		return -1
+	}
+	return 0
 }
 
 //export modzmq_backend_open
@@ -118,4 +94,13 @@ func modzmq_status_render(format C.int, sums *C.int64_t, nbackends C.int, proces
 //export modzmq_cancel
 func modzmq_cancel(resp *C.modzmq_response) {
 	relay.Cancel(unsafe.Pointer(resp))
+}
+
+//export modzmq_send_body
+func modzmq_send_body(resp *C.modzmq_response, data *C.char, n C.size_t, last C.int) C.int {
+	var b []byte
+	if data != nil && n > 0 {
+		b = unsafe.Slice((*byte)(unsafe.Pointer(data)), int(n))
+	}
+	return C.int(relay.SendBody(unsafe.Pointer(resp), b, last != 0))
 }

@@ -23,7 +23,7 @@
 #include <stdint.h>
 
 /* The ABI this header describes; modzmq_abi_version() must return it. */
-#define MODZMQ_ABI_VERSION 11
+#define MODZMQ_ABI_VERSION 12
 
 /* Return codes of modzmq_relay(). */
 #define MODZMQ_OK         0 /* reply in *resp */
@@ -54,6 +54,8 @@ typedef struct modzmq_request {
     const char *meta;    size_t meta_len;    /* trusted lines, no request-id */
     const char *body;    size_t body_len;
     int64_t timeout_ms;                      /* whole exchange, retries included; 0 = default */
+    int     stream_body;                     /* non-zero: body is empty; the caller sends the body in
+                                                parts the worker asks for (modzmq_send_body) */
 } modzmq_request;
 
 /*
@@ -102,6 +104,8 @@ typedef struct modzmq_response {
     const char *headers; size_t headers_len;
     const char *reason;  size_t reason_len;
     char        error[256];
+    int64_t     body_credit;                    /* MODZMQ_PENDING with a streamed body: bytes of parts the
+                                                   worker asked for (each costs 64 more than its data) */
     union {                                     /* the library's own */
         unsigned char bytes[MODZMQ_CALL_STATE];
         void         *align_ptr;
@@ -245,5 +249,13 @@ typedef void (*modzmq_release_fn)(modzmq_response *resp);
  * caller then calls modzmq_release(resp).
  */
 typedef void (*modzmq_cancel_fn)(modzmq_response *resp);
+
+/*
+ * int modzmq_send_body(modzmq_response *resp, const char *data, size_t len, int last):
+ * sends a part of a streamed request body (the last one when last) for the
+ * call in resp, pending with body_credit at least len + 64; returns as
+ * modzmq_resume does (no wait).
+ */
+typedef int (*modzmq_send_body_fn)(modzmq_response *resp, char *data, size_t len, int last);
 
 #endif /* MODZMQ_H */

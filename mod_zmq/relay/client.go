@@ -16,7 +16,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"runtime/cgo"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -180,6 +182,41 @@ func init() { C.relay_register_go() }
 // SetLog sets where the library's log lines go; before any other call.
 func SetLog(fn bridge.LogFunc) { logFunc = fn }
 
+var initOnce sync.Once
+
+// Init starts the library in this process (modzmq_init), once: maxProcs
+// > 0 sets GOMAXPROCS, and emit, when set, receives log lines up to level
+// (Apache's severities), at most 20 a second per code. false when called
+// twice, or when starting panicked.
+func Init(maxProcs, level int, emit func(level int, msg string)) (ok bool) {
+	defer func() {
+		if p := recover(); p != nil {
+			ok = false
+		}
+	}()
+	initOnce.Do(func() {
+		if maxProcs > 0 {
+			runtime.GOMAXPROCS(maxProcs)
+		}
+		// With the C fast path the common request allocates nothing in Go:
+		// the heap stays small, and the default goal (4 MB before the first
+		// collection) would let each child's resident size creep up over
+		// millions of requests until the collector first runs. A small
+		// heap collected sooner costs next to nothing at this size.
+		debug.SetGCPercent(25)
+		if emit != nil {
+			max := bridge.Level(level)
+			SetLog(bridge.RateLimit(func(l bridge.Level, msg string) {
+				if l <= max {
+					emit(int(l), msg)
+				}
+			}, 20, time.Second))
+		}
+		ok = true
+	})
+	return ok
+}
+
 // SetError writes msg, cut to fit and NUL-terminated, into the C buffer of
 // size bytes at buf.
 func SetError(buf unsafe.Pointer, size int, msg string) {
@@ -299,6 +336,7 @@ func (c *client) request(req *C.modzmq_request) *bridge.Request {
 		Meta:         view(req.meta, req.meta_len),
 		Body:         view(req.body, req.body_len),
 		StreamWindow: c.window,
+		StreamBody:   req.stream_body != 0,
 	}
 }
 
@@ -332,8 +370,10 @@ func outcome(call *bridge.Call, b *backend, resp *C.modzmq_response, h cgo.Handl
 		if h == 0 {
 			h = cgo.NewHandle(&pending{call: call, b: b})
 		}
+		resp.body_credit = C.int64_t(call.BodyCredit())
 		return waitOn(resp, h, call.Conn(), call.Wait())
 	}
+	resp.body_credit = 0
 	out, err := call.Result()
 	if err != nil || out.Stream == nil {
 		if h != 0 {
@@ -509,6 +549,29 @@ func streamStep(p *pending, resp *C.modzmq_response, h cgo.Handle) C.int {
 		return C.MODZMQ_END
 	}
 	return C.MODZMQ_PART
+}
+
+// SendBody sends a part of the streamed body of the call in the
+// modzmq_response at r (modzmq_send_body); data is valid only during the
+// call, and goes out before it returns.
+func SendBody(r unsafe.Pointer, data []byte, last bool) (rc int) {
+	resp := (*C.modzmq_response)(r)
+	defer func() {
+		if p := recover(); p != nil {
+			setError(&resp.error[0], C.size_t(len(resp.error)), fmt.Sprintf("%v: recovered panic: %v", bridge.CodePanic, p))
+			logFunc.Logf(bridge.LevelError, bridge.CodePanic, "recovered panic in modzmq_send_body: %v", p)
+			rc = C.MODZMQ_EINTERNAL
+		}
+	}()
+	h := cgo.Handle(callState(resp).call)
+	p, ok := h.Value().(*pending)
+	if !ok || p.call == nil {
+		setError(&resp.error[0], C.size_t(len(resp.error)), fmt.Sprintf("%v: no call to send a body part for", bridge.CodePanic))
+		return C.MODZMQ_EINTERNAL
+	}
+	p.b.goEntries.Add(1)
+	p.call.SendBody(data, last) // an error ends the call, which outcome reports
+	return int(outcome(p.call, p.b, resp, h))
 }
 
 // Cancel ends the call in the modzmq_response at r because its client went

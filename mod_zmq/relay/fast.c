@@ -522,7 +522,8 @@ int modzmq_relay(int client, modzmq_request *req, modzmq_response *resp)
     modzmq_fast *f = fast_at(client);
 
     memset(MODZMQ_CALL(resp), 0, sizeof(modzmq_call));
-    if (f != NULL) {
+    resp->body_credit = 0;
+    if (f != NULL && !req->stream_body) { /* a streamed body is sent by Go, part by part */
         int rc = fast_relay(f, req, resp);
         if (rc >= 0) {
             return rc;

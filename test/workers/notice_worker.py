@@ -3,7 +3,8 @@
 path: /hold is never answered; /abort streams a head, "partial", then
 @abort; /trickle streams "tick" parts every 50 ms until cancelled; /poll
 sends a keep-alive every 50 ms, ten times, then a plain 200 "news"
-(long-poll); anything else gets a plain 200. It prints "request <id> <target>" for every request
+(long-poll); /refuse (a streamed body) grants 1000 bytes of credit and
+answers 413 on the first part; anything else gets a plain 200. It prints "request <id> <target>" for every request
 and "cancel <id>" for every cancel notice, flushed."""
 import sys
 import time
@@ -24,6 +25,7 @@ def main():
     sock.bind(sys.argv[1])
     trickling = {}  # request id -> envelope
     polls = {}  # request id -> [envelope, keep-alives sent]
+    refusing = {}  # request id -> envelope
     while True:
         if sock.poll(50 if trickling or polls else None):
             msg = sock.recv_multipart()
@@ -33,6 +35,10 @@ def main():
                 continue
             _, method, target, _, meta, _ = frames
             rid = meta_value(meta, b"request-id")
+            if method == b"@body" or method == b"@body-end":
+                if rid in refusing:
+                    sock.send_multipart(refusing.pop(rid) + [b"413 Too Big", b"", b"no thanks"])
+                continue
             if method == b"@cancel":
                 trickling.pop(rid, None)
                 print("cancel", rid.decode(), flush=True)
@@ -46,6 +52,10 @@ def main():
                 sock.send_multipart(env + [b"@stream", b"200", b"Content-Type: text/plain\r\n"])
                 sock.send_multipart(env + [b"@data", b"partial"])
                 sock.send_multipart(env + [b"@abort", b"the test says so"])
+                continue
+            if target.startswith(b"/n/refuse"):
+                refusing[rid] = env
+                sock.send_multipart(env + [b"@credit", b"1000"])
                 continue
             if target.startswith(b"/n/poll"):
                 polls[rid] = [env, 0]
