@@ -316,6 +316,18 @@ func vmHWM(t *testing.T, pid int) int64 {
 	return 0
 }
 
+// childrenPeakRSS sums the peak resident sizes of h's children, in KiB.
+func childrenPeakRSS(t *testing.T, h *httpd) (sum int64) {
+	t.Helper()
+	out, _ := exec.Command("pgrep", "-P", h.pid()).Output()
+	for _, f := range strings.Fields(string(out)) {
+		var pid int
+		fmt.Sscanf(f, "%d", &pid)
+		sum += vmHWM(t, pid)
+	}
+	return sum
+}
+
 // patternReader yields n bytes, byte i being i % 251 (upload_sink.py's).
 type patternReader struct{ off, n int64 }
 
@@ -343,9 +355,21 @@ func TestLargeTransfersThroughTheGateway(t *testing.T) {
 	pid := g.cmd.Process.Pid
 	before := vmHWM(t, pid)
 	const size = 256 << 20
+	uploadToSink(t, g.URL+"/up", size, sink, 1, func() string { return "gateway: " + g.Stderr.String() })
+	downloadFromSink(t, g.URL+"/up/blob", size)
+	if grew := vmHWM(t, pid) - before; grew > 64<<10 {
+		t.Errorf("zmq-gateway's peak resident size grew by %d KiB moving 2 x 256 MiB; want under 64 MiB", grew)
+	}
+}
 
+// uploadToSink POSTs size bytes of the pattern to url, behind which
+// upload_sink.py takes the body in parts: the sink must have the first part
+// (its firstParts-th "first-part" line) before the rest is sent, and answer
+// with the size and SHA-256. diag adds the front's log to a failure.
+func uploadToSink(t *testing.T, url string, size int64, sink *worker, firstParts int, diag func() string) {
+	t.Helper()
 	pr, pw := io.Pipe()
-	req, _ := http.NewRequest("POST", g.URL+"/up", pr)
+	req, _ := http.NewRequest("POST", url, pr)
 	req.ContentLength = size
 	type result struct {
 		status int
@@ -368,44 +392,45 @@ func TestLargeTransfersThroughTheGateway(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkFor(t, 10*time.Second, func() error { // the worker has the first part; the upload goes on
-		if !strings.Contains(sink.Output.String(), "first-part ") {
-			return fmt.Errorf("the worker has no part yet: %q", sink.Output.String())
+		if strings.Count(sink.Output.String(), "first-part ") < firstParts {
+			return fmt.Errorf("the worker has no part of the upload yet: %q", sink.Output.String())
 		}
 		return nil
 	})
 	stuck := time.AfterFunc(60*time.Second, func() { // a broken build fails here instead of hanging
-		pw.CloseWithError(fmt.Errorf("the gateway took no more of the body for a minute"))
+		pw.CloseWithError(fmt.Errorf("the front took no more of the body for a minute"))
 	})
 	defer stuck.Stop()
 	if _, err := io.Copy(io.MultiWriter(pw, sum), src); err != nil {
-		t.Fatalf("upload: %v\nworker: %s\ngateway: %s", err, sink.Output, g.Stderr)
+		t.Fatalf("upload: %v\nworker: %s\n%s", err, sink.Output, diag())
 	}
 	pw.Close()
 	var r result
 	select {
 	case r = <-done:
 	case <-time.After(60 * time.Second):
-		t.Fatalf("no answer to the upload\nworker: %s\ngateway: %s", sink.Output, g.Stderr)
+		t.Fatalf("no answer to the upload\nworker: %s\n%s", sink.Output, diag())
 	}
 	want := fmt.Sprintf(`{"bytes": %d, "sha256": "%x"}`, size, sum.Sum(nil))
 	if r.err != nil || r.status != 200 || r.body != want {
 		t.Fatalf("upload: %d %q, %v; want 200 %s", r.status, r.body, r.err, want)
 	}
+}
 
-	resp, err := http.Get(fmt.Sprintf("%s/up/blob?bytes=%d", g.URL, size))
+// downloadFromSink GETs size bytes streamed by upload_sink.py from url and
+// checks them against the pattern.
+func downloadFromSink(t *testing.T, url string, size int64) {
+	t.Helper()
+	resp, err := http.Get(fmt.Sprintf("%s?bytes=%d", url, size))
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := sha256.New()
+	got, want := sha256.New(), sha256.New()
 	n, err := io.Copy(got, resp.Body)
 	resp.Body.Close()
-	wantSum := sha256.New()
-	io.Copy(wantSum, &patternReader{n: size})
-	if err != nil || n != size || !bytes.Equal(got.Sum(nil), wantSum.Sum(nil)) {
-		t.Errorf("download: %d bytes, %v; SHA-256 equal: %v", n, err, bytes.Equal(got.Sum(nil), wantSum.Sum(nil)))
-	}
-	if grew := vmHWM(t, pid) - before; grew > 64<<10 {
-		t.Errorf("zmq-gateway's peak resident size grew by %d KiB moving 2 x 256 MiB; want under 64 MiB", grew)
+	io.Copy(want, &patternReader{n: size})
+	if err != nil || n != size || !bytes.Equal(got.Sum(nil), want.Sum(nil)) {
+		t.Errorf("download from %s: %d bytes, %v; SHA-256 equal: %v", url, n, err, bytes.Equal(got.Sum(nil), want.Sum(nil)))
 	}
 }
 
@@ -484,30 +509,10 @@ func TestLongPollAndLargeDownloadThroughApache(t *testing.T) {
 		t.Errorf("a streamed body refused after its first part: %d %q, want 413 \"no thanks\"", resp.StatusCode, body)
 	}
 
-	children := func() (sum int64) {
-		out, _ := exec.Command("pgrep", "-P", h.pid()).Output()
-		for _, f := range strings.Fields(string(out)) {
-			var pid int
-			fmt.Sscanf(f, "%d", &pid)
-			sum += vmHWM(t, pid)
-		}
-		return sum
-	}
 	do(t, "GET", h.URL+"/sink/warm?bytes=1", "", nil)
-	before := children()
-	const size = 256 << 20
-	resp, err := http.Get(fmt.Sprintf("%s/sink/blob?bytes=%d", h.URL, size))
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, want := sha256.New(), sha256.New()
-	n, err := io.Copy(got, resp.Body)
-	resp.Body.Close()
-	io.Copy(want, &patternReader{n: size})
-	if err != nil || n != size || !bytes.Equal(got.Sum(nil), want.Sum(nil)) {
-		t.Errorf("download through Apache: %d bytes, %v; SHA-256 equal: %v", n, err, bytes.Equal(got.Sum(nil), want.Sum(nil)))
-	}
-	if grew := children() - before; grew > 64<<10 {
+	before := childrenPeakRSS(t, h)
+	downloadFromSink(t, h.URL+"/sink/blob", 256<<20)
+	if grew := childrenPeakRSS(t, h) - before; grew > 64<<10 {
 		t.Errorf("Apache children's peak resident size grew by %d KiB streaming 256 MiB; want under 64 MiB", grew)
 	}
 }
@@ -527,66 +532,12 @@ func TestLargeUploadThroughApache(t *testing.T) {
 		ZmqMaxBody 0
 	</Location>
 `, ep)})
-	children := func() (sum int64) {
-		out, _ := exec.Command("pgrep", "-P", h.pid()).Output()
-		for _, f := range strings.Fields(string(out)) {
-			var pid int
-			fmt.Sscanf(f, "%d", &pid)
-			sum += vmHWM(t, pid)
-		}
-		return sum
-	}
 	if resp, body := do(t, "POST", h.URL+"/up", "", strings.NewReader("small")); resp.StatusCode != 200 || !strings.Contains(string(body), `"bytes": 5`) {
 		t.Fatalf("a small streamed body: %d %q", resp.StatusCode, body)
 	}
-	before := children()
-	const size = 256 << 20
-	pr, pw := io.Pipe()
-	req, _ := http.NewRequest("POST", h.URL+"/up", pr)
-	req.ContentLength = size
-	type result struct {
-		status int
-		body   string
-		err    error
-	}
-	done := make(chan result, 1)
-	go func() {
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			done <- result{err: err}
-			return
-		}
-		b, err := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		done <- result{resp.StatusCode, string(b), err}
-	}()
-	src, sum := &patternReader{n: size}, sha256.New()
-	stuck := time.AfterFunc(60*time.Second, func() { pw.CloseWithError(fmt.Errorf("Apache took no more of the body for a minute")) })
-	defer stuck.Stop()
-	if _, err := io.CopyN(io.MultiWriter(pw, sum), src, 1<<20); err != nil {
-		t.Fatal(err)
-	}
-	checkFor(t, 10*time.Second, func() error {
-		if strings.Count(sink.Output.String(), "first-part ") < 2 {
-			return fmt.Errorf("the worker has no part of the large upload yet: %q", sink.Output.String())
-		}
-		return nil
-	})
-	if _, err := io.Copy(io.MultiWriter(pw, sum), src); err != nil {
-		t.Fatalf("upload: %v\nworker: %s", err, sink.Output)
-	}
-	pw.Close()
-	var r result
-	select {
-	case r = <-done:
-	case <-time.After(60 * time.Second):
-		t.Fatalf("no answer to the upload\nworker: %s", sink.Output)
-	}
-	want := fmt.Sprintf(`{"bytes": %d, "sha256": "%x"}`, size, sum.Sum(nil))
-	if r.err != nil || r.status != 200 || r.body != want {
-		t.Fatalf("upload through Apache: %d %q, %v; want 200 %s", r.status, r.body, r.err, want)
-	}
-	if grew := children() - before; grew > 64<<10 {
+	before := childrenPeakRSS(t, h)
+	uploadToSink(t, h.URL+"/up", 256<<20, sink, 2, h.errorLog)
+	if grew := childrenPeakRSS(t, h) - before; grew > 64<<10 {
 		t.Errorf("Apache children's peak resident size grew by %d KiB for a 256 MiB upload; want under 64 MiB", grew)
 	}
 }
