@@ -88,6 +88,10 @@ type Options struct {
 	// MaxStreams bounds the streams open through this client at once; a
 	// head over it fails the request with ErrOverload. Zero: no limit.
 	MaxStreams int
+	// NoFirstWait: NewClient returns at once instead of waiting up to
+	// 250 ms for the endpoints' first reports (a front that makes the client
+	// on a thread that must not wait in Go).
+	NoFirstWait bool
 }
 
 // ParseEndpoint checks that s is an endpoint the bridge can connect to:
@@ -203,9 +207,11 @@ func NewClient(opts Options) (*Client, error) {
 		// Give the watch connections a moment to report, so that the first
 		// requests already know which workers are up and can notice losing
 		// them; a handshake on a working network takes milliseconds.
-		select {
-		case <-c.ready:
-		case <-time.After(min(opts.ConnectTimeout, 250*time.Millisecond)):
+		if !opts.NoFirstWait {
+			select {
+			case <-c.ready:
+			case <-time.After(min(opts.ConnectTimeout, 250*time.Millisecond)):
+			}
 		}
 	}
 	return c, nil

@@ -198,11 +198,12 @@ typedef int (*modzmq_backend_open_fn)(char *endpoints, char *routes, int64_t con
 
 /*
  * int modzmq_clients_open(int first, int n, modzmq_client_config *cfg):
- * makes clients first .. first+n-1 (1 <= handle <= MODZMQ_MAX_CLIENTS) from
- * cfg[0] .. cfg[n-1], at once: each starts watching its endpoints, and the
- * call returns when every endpoint has reported or after 250 ms. A client
- * whose options cannot be used (a CURVE certificate that cannot be read)
- * is still made: its requests fail with MODZMQ_ENOWORKER and the reason.
+ * numbers clients first .. first+n-1 (1 <= handle <= MODZMQ_MAX_CLIENTS)
+ * with cfg[0] .. cfg[n-1]. Each is made on its first request (its
+ * connections and the watch of its endpoints start then), so a child
+ * connects only to the backends it serves. A client whose options cannot
+ * be used (a CURVE certificate that cannot be read) fails its requests
+ * with MODZMQ_ENOWORKER and the reason.
  * Returns 0, or -1 when a handle is out of range or already made.
  */
 typedef int (*modzmq_clients_open_fn)(int first, int n, modzmq_client_config *cfg);

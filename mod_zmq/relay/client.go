@@ -70,6 +70,10 @@ type client struct {
 	handle int
 	window int64 // its requests' StreamWindow
 	err    error
+	// Made on first use (start): a prefork child serves few locations, and
+	// one per location and endpoint would otherwise connect at its start.
+	once sync.Once
+	opts bridge.Options
 }
 
 func clientAt(h C.int) *client {
@@ -106,29 +110,39 @@ func clientOptions(b *backend, cfg *C.modzmq_client_config) (bridge.Options, err
 	return opts, nil
 }
 
-// openClient makes client handle of backend b from opts (or records why it
-// cannot): its fast path, unless it speaks CURVE, and its bridge client,
-// which starts watching the endpoints. It returns once the endpoints have
-// reported, or after 250 ms.
-func openClient(handle int, b *backend, opts bridge.Options, window int64, optsErr error) *client {
-	c := &client{b: b, handle: handle, window: window, err: optsErr}
-	if c.err == nil {
-		c.fast = newFast(handle, &opts, window)
-		if c.fast != nil {
-			opts.OnState = func(endpoint int, state bridge.State, epoch uint64) {
-				up := C.int(0)
-				if state == bridge.StateUp {
-					up = 1
-				}
-				C.modzmq_fast_set_state(c.fast, C.int(endpoint), up, C.uint64_t(epoch))
-			}
-			pool := &fastPool{cTransport: transport, fast: c.fast, endpoints: b.endpoints}
-			opts.Transport = pool
-			opts.Reuse = pool.reuse
-		}
-		c.Client, c.err = bridge.NewClient(opts)
+// start makes the client's fast path, unless it speaks CURVE, and its
+// bridge client, which starts watching the endpoints, once; it does not wait
+// for their first reports (the first request goes through Go, which tries
+// them). Its fast path serves the requests after it.
+func (c *client) start() {
+	c.once.Do(c.open)
+}
+
+func (c *client) open() {
+	if c.err != nil {
+		return
 	}
-	clients[handle].Store(c)
+	b, opts, handle, window := c.b, c.opts, c.handle, c.window
+	opts.NoFirstWait = true
+	c.fast = newFast(handle, &opts, window)
+	if c.fast != nil {
+		opts.OnState = func(endpoint int, state bridge.State, epoch uint64) {
+			up := C.int(0)
+			if state == bridge.StateUp {
+				up = 1
+			}
+			C.modzmq_fast_set_state(c.fast, C.int(endpoint), up, C.uint64_t(epoch))
+		}
+		pool := &fastPool{cTransport: transport, fast: c.fast, endpoints: b.endpoints}
+		opts.Transport = pool
+		opts.Reuse = pool.reuse
+	}
+	if c.Client, c.err = bridge.NewClient(opts); c.err != nil {
+		return
+	}
+	if c.fast != nil {
+		C.modzmq_fast_publish(c.fast) // the fast path's calls into Go find c.Client set
+	}
 	b.mu.Lock()
 	var list []*client
 	if old := b.clients.Load(); old != nil {
@@ -137,7 +151,6 @@ func openClient(handle int, b *backend, opts bridge.Options, window int64, optsE
 	list = append(list, c)
 	b.clients.Store(&list)
 	b.mu.Unlock()
-	return c
 }
 
 // fastPool is the transport of a client with a fast path: the fast path's
@@ -273,8 +286,6 @@ func OpenClients(first, n int, cfg unsafe.Pointer) (ok bool) {
 			return false
 		}
 	}
-	// Each client's first wait for its endpoints runs beside the others'.
-	var wg sync.WaitGroup
 	for i := range cfgs {
 		handle := first + i
 		b := lookup(int(cfgs[i].backend))
@@ -284,14 +295,8 @@ func OpenClients(first, n int, cfg unsafe.Pointer) (ok bool) {
 			continue
 		}
 		opts, err := clientOptions(b, &cfgs[i])
-		window := int64(cfgs[i].stream_window)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			openClient(handle, b, opts, window, err)
-		}()
+		clients[handle].Store(&client{b: b, handle: handle, window: int64(cfgs[i].stream_window), opts: opts, err: err})
 	}
-	wg.Wait()
 	return true
 }
 
@@ -314,6 +319,7 @@ func modzmq_go_relay(handle C.int, req *C.modzmq_request, resp *C.modzmq_respons
 		return C.MODZMQ_EBACKEND
 	}
 	c.b.goEntries.Add(1)
+	c.start()
 	if c.err != nil {
 		// Unusable settings (a CURVE certificate that cannot be read): the
 		// service is unavailable until the operator fixes them.

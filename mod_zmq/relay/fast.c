@@ -75,9 +75,6 @@ modzmq_fast *modzmq_fast_new(int client, int nendpoints, int64_t timeout_ms, int
     for (i = 0; i < nendpoints; i++) {
         pthread_mutex_init(&f->ep[i].mu, NULL);
     }
-    if (client >= 1 && client <= MODZMQ_MAX_CLIENTS) {
-        __atomic_store_n(&fasts[client], f, __ATOMIC_RELEASE);
-    }
     return f;
 }
 
@@ -231,6 +228,13 @@ void modzmq_fast_add_stats(modzmq_fast *f, int64_t *sums)
 static relay_callbacks go;
 
 void relay_set_callbacks(const relay_callbacks *cb) { go = *cb; }
+
+void modzmq_fast_publish(modzmq_fast *f)
+{
+    if (f->client >= 1 && f->client <= MODZMQ_MAX_CLIENTS) {
+        __atomic_store_n(&fasts[f->client], f, __ATOMIC_RELEASE);
+    }
+}
 
 static modzmq_fast *fast_at(int client)
 {

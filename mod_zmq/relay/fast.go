@@ -60,7 +60,11 @@ func modzmq_go_dial(handle, endpoint C.int) (sock unsafe.Pointer) {
 		}
 	}()
 	c := clientAt(handle)
-	if c == nil || c.Client == nil {
+	if c == nil {
+		return nil
+	}
+	c.start() // made already: its fast path exists; this orders the reads below
+	if c.Client == nil {
 		return nil
 	}
 	c.b.goEntries.Add(1)
@@ -95,6 +99,9 @@ func modzmq_go_adopt(req *C.modzmq_request, resp *C.modzmq_response) (rc C.int) 
 	}()
 	st := callState(resp)
 	c := clientAt(st.client)
+	if c != nil {
+		c.start() // made already: its fast path sent the request
+	}
 	if c == nil || c.Client == nil {
 		panic(fmt.Sprintf("no client %d", st.client))
 	}

@@ -27,11 +27,12 @@
 typedef struct modzmq_fast modzmq_fast;
 
 /* Made and updated by Go; modzmq_relay serves client (its handle) with it
- * from then on. bounds_ns holds MODZMQ_STATS_BUCKETS-1 latency bucket bounds;
+ * once Go publishes it (modzmq_fast_publish), when the client is ready. bounds_ns holds MODZMQ_STATS_BUCKETS-1 latency bucket bounds;
  * prefix is the request id prefix. */
 modzmq_fast *modzmq_fast_new(int client, int nendpoints, int64_t timeout_ms, int64_t connect_timeout_ms,
                              int64_t max_reply, int64_t stream_window, int notices, const int64_t *bounds_ns,
                              const char *prefix);
+void modzmq_fast_publish(modzmq_fast *f);
 /* Mirrors an endpoint's state; when it goes down (or its epoch grows while
  * down), its idle connections are closed. */
 void modzmq_fast_set_state(modzmq_fast *f, int endpoint, int up, uint64_t epoch);
