@@ -68,28 +68,6 @@ func splitWorkerMsg(msg [][]byte) workerMsg {
 	return workerMsg{envelope: msg[: i+1 : i+1], method: string(f[1]), target: string(f[2]), meta: string(f[4])}
 }
 
-func part(env [][]byte, frames ...string) [][]byte {
-	out := append([][]byte(nil), env...)
-	for _, f := range frames {
-		out = append(out, []byte(f))
-	}
-	return out
-}
-
-// waitFor waits for something a test expects to happen; the bound is only
-// there so a broken build fails instead of hanging.
-func waitFor[T any](t *testing.T, ch <-chan T, what string) T {
-	t.Helper()
-	select {
-	case v := <-ch:
-		return v
-	case <-time.After(10 * time.Second):
-		t.Fatalf("gave up waiting for %s", what)
-	}
-	var zero T
-	return zero
-}
-
 // Each part reaches the client when the worker sends it: the worker sends
 // the second event only after the client has read the first.
 func TestStreamedReplyArrivesPartByPart(t *testing.T) {
@@ -103,8 +81,8 @@ func TestStreamedReplyArrivesPartByPart(t *testing.T) {
 			return // credits: three short events need none
 		}
 		requests <- m
-		reply(part(m.envelope, "@stream", "200", "Content-Type: text/event-stream\r\nX-Stream: yes\r\n"))
-		reply(part(m.envelope, "@data", "data: 1\n\n"))
+		reply(zmqtest.Part(m.envelope, "@stream", "200", "Content-Type: text/event-stream\r\nX-Stream: yes\r\n"))
+		reply(zmqtest.Part(m.envelope, "@data", "data: 1\n\n"))
 		mu.Lock()
 		streaming = m
 		mu.Unlock()
@@ -114,9 +92,9 @@ func TestStreamedReplyArrivesPartByPart(t *testing.T) {
 			mu.Lock()
 			m := streaming
 			mu.Unlock()
-			reply(part(m.envelope, "@keep-alive", ""))
-			reply(part(m.envelope, "@data", "data: 2\n\n"))
-			reply(part(m.envelope, "@end", "data: 3\n\n"))
+			reply(zmqtest.Part(m.envelope, "@keep-alive", ""))
+			reply(zmqtest.Part(m.envelope, "@data", "data: 2\n\n"))
+			reply(zmqtest.Part(m.envelope, "@end", "data: 3\n\n"))
 		default:
 		}
 	})
@@ -126,7 +104,7 @@ func TestStreamedReplyArrivesPartByPart(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	m := waitFor(t, requests, "the request")
+	m := zmqtest.WaitFor(t, requests, "the request")
 	if !strings.Contains(m.meta, "stream-credits: 262144\r\n") {
 		t.Errorf("the request's meta lacks stream-credits: %q", m.meta)
 	}
@@ -175,16 +153,16 @@ func TestBrokenStreamsEndAbnormally(t *testing.T) {
 			return
 		}
 		if m.target == "/plain" {
-			reply(part(m.envelope, "200", "fine"))
+			reply(zmqtest.Part(m.envelope, "200", "fine"))
 			return
 		}
-		reply(part(m.envelope, "@stream", "200", ""))
-		reply(part(m.envelope, "@data", "partial"))
+		reply(zmqtest.Part(m.envelope, "@stream", "200", ""))
+		reply(zmqtest.Part(m.envelope, "@data", "partial"))
 		switch m.target {
 		case "/abort":
-			reply(part(m.envelope, "@abort", "the feed went away"))
+			reply(zmqtest.Part(m.envelope, "@abort", "the feed went away"))
 		case "/garbage":
-			reply(part(m.envelope, "@bogus", "x"))
+			reply(zmqtest.Part(m.envelope, "@bogus", "x"))
 		case "/idle": // nothing more
 		}
 	})
@@ -235,10 +213,10 @@ func TestKeepAliveHoldsARequestPastItsTimeout(t *testing.T) {
 			switch {
 			case target == "/poll" && since[target] < 40: // 40 idle turns of 20 ms: past the 300 ms timeout
 				if since[target]%5 == 0 {
-					reply(part(env, "@keep-alive", ""))
+					reply(zmqtest.Part(env, "@keep-alive", ""))
 				}
 			case target == "/poll":
-				reply(part(env, "200", "news"))
+				reply(zmqtest.Part(env, "200", "news"))
 				delete(held, target)
 			}
 		}
@@ -262,8 +240,8 @@ func TestCancelNoticesWhenTheClientLeaves(t *testing.T) {
 		m := splitWorkerMsg(msg)
 		got <- m
 		if m.target == "/stream" {
-			reply(part(m.envelope, "@stream", "200", ""))
-			reply(part(m.envelope, "@data", "first"))
+			reply(zmqtest.Part(m.envelope, "@stream", "200", ""))
+			reply(zmqtest.Part(m.envelope, "@data", "first"))
 		}
 		// /slow: never answered
 	})
@@ -283,7 +261,7 @@ func TestCancelNoticesWhenTheClientLeaves(t *testing.T) {
 			cancel()
 			resp.Body.Close()
 		}()
-		m := waitFor(t, got, "the request "+path)
+		m := zmqtest.WaitFor(t, got, "the request "+path)
 		if !strings.Contains(m.meta, "notices: cancel\r\n") {
 			t.Errorf("%s: the request's meta lacks notices: %q", path, m.meta)
 		}
@@ -291,7 +269,7 @@ func TestCancelNoticesWhenTheClientLeaves(t *testing.T) {
 			cancel()
 		}
 		for {
-			n := waitFor(t, got, "the cancel notice for "+path)
+			n := zmqtest.WaitFor(t, got, "the cancel notice for "+path)
 			if n.method == "@credit" {
 				continue
 			}
@@ -321,9 +299,9 @@ func TestAStreamPastItsCreditIsCutOff(t *testing.T) {
 		if strings.HasPrefix(m.method, "@") {
 			return
 		}
-		reply(part(m.envelope, "@stream", "200", ""))
+		reply(zmqtest.Part(m.envelope, "@stream", "200", ""))
 		for range 2048 { // 32 MiB, far past a 4 KiB window and the socket buffers
-			reply(part(m.envelope, "@data", chunk))
+			reply(zmqtest.Part(m.envelope, "@data", chunk))
 		}
 	})
 	url, _, errs := startStreamGateway(t, &Config{Routes: []Route{{Prefix: "/", Backend: []string{ep}, StreamWindow: 4096}}})
@@ -362,8 +340,8 @@ func TestMaxStreams(t *testing.T) {
 		if strings.HasPrefix(m.method, "@") {
 			return
 		}
-		reply(part(m.envelope, "@stream", "200", ""))
-		reply(part(m.envelope, "@data", "open "+m.target))
+		reply(zmqtest.Part(m.envelope, "@stream", "200", ""))
+		reply(zmqtest.Part(m.envelope, "@data", "open "+m.target))
 	})
 	url, _, _ := startStreamGateway(t, &Config{Routes: []Route{{Prefix: "/", Backend: []string{ep}, MaxStreams: 1, Notices: true}}})
 	first, err := http.Get(url + "/one")
@@ -379,7 +357,7 @@ func TestMaxStreams(t *testing.T) {
 	if resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" {
 		t.Errorf("a second stream over max_streams 1: %d, Retry-After %q; want 503 with Retry-After", resp.StatusCode, resp.Header.Get("Retry-After"))
 	}
-	waitFor(t, cancels, "the cancel notice for the refused stream")
+	zmqtest.WaitFor(t, cancels, "the cancel notice for the refused stream")
 }
 
 func TestStreamConfigChecks(t *testing.T) {
@@ -409,13 +387,13 @@ func TestStreamCounters(t *testing.T) {
 		if strings.HasPrefix(m.method, "@") {
 			return
 		}
-		reply(part(m.envelope, "@stream", "200", ""))
-		reply(part(m.envelope, "@data", "12345"))
+		reply(zmqtest.Part(m.envelope, "@stream", "200", ""))
+		reply(zmqtest.Part(m.envelope, "@data", "12345"))
 		switch m.target {
 		case "/ok":
-			reply(part(m.envelope, "@end", "678"))
+			reply(zmqtest.Part(m.envelope, "@end", "678"))
 		case "/abort":
-			reply(part(m.envelope, "@abort", "no"))
+			reply(zmqtest.Part(m.envelope, "@abort", "no"))
 		}
 	})
 	url, _, _, admin := startStreamGatewayAdmin(t, &Config{Routes: []Route{{Prefix: "/", Backend: []string{ep}, Notices: true}}})
@@ -473,16 +451,16 @@ func TestStreamedBodyAnsweredEarly(t *testing.T) {
 		switch {
 		case m.method == "@body" || m.method == "@body-end":
 			parts <- m
-			reply(part(m.envelope, "413 Too Big", "", "no thanks"))
+			reply(zmqtest.Part(m.envelope, "413 Too Big", "", "no thanks"))
 		case strings.HasPrefix(m.method, "@"):
 		case m.target == "/bad":
-			reply(part(m.envelope, "@credit", "lots"))
+			reply(zmqtest.Part(m.envelope, "@credit", "lots"))
 		default:
 			if !strings.Contains(m.meta, "stream-body: 1\r\n") {
-				reply(part(m.envelope, "500", "no stream-body in meta"))
+				reply(zmqtest.Part(m.envelope, "500", "no stream-body in meta"))
 				return
 			}
-			reply(part(m.envelope, "@credit", "1000"))
+			reply(zmqtest.Part(m.envelope, "@credit", "1000"))
 		}
 	})
 	url, _, _ := startStreamGateway(t, &Config{Routes: []Route{{Prefix: "/", Backend: []string{ep}, StreamBody: true, MaxBody: new(int64)}}})
@@ -490,7 +468,7 @@ func TestStreamedBodyAnsweredEarly(t *testing.T) {
 	if resp.StatusCode != 413 || body != "no thanks" {
 		t.Errorf("an upload the worker refuses after its first part: %d %q, want 413 \"no thanks\"", resp.StatusCode, body)
 	}
-	if m := waitFor(t, parts, "the first part"); m.method != "@body" {
+	if m := zmqtest.WaitFor(t, parts, "the first part"); m.method != "@body" {
 		t.Errorf("first part: %s", m.method)
 	}
 	if resp, _ := get(t, "POST", url+"/bad", "", strings.NewReader("abc")); resp.StatusCode != 502 {

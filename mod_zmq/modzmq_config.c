@@ -470,12 +470,6 @@ static const char *set_max_in_flight(cmd_parms *cmd, void *dconf, const char *ar
     return set_limit(cmd, MODZMQ_DIR_MAXINFLIGHT, arg, &conf->max_in_flight, &conf->in_flight);
 }
 
-static const char *set_notices(cmd_parms *cmd, void *dconf, int on)
-{
-    ((modzmq_dir_conf *)dconf)->notices = on != 0;
-    return NULL;
-}
-
 static const char *set_stream_window(cmd_parms *cmd, void *dconf, const char *arg)
 {
     modzmq_dir_conf *conf = dconf;
@@ -500,12 +494,6 @@ static const char *set_max_streams(cmd_parms *cmd, void *dconf, const char *arg)
 {
     modzmq_dir_conf *conf = dconf;
     return set_limit(cmd, MODZMQ_DIR_MAXSTREAMS, arg, &conf->max_streams, &conf->streams);
-}
-
-static const char *set_stream_body(cmd_parms *cmd, void *dconf, int on)
-{
-    ((modzmq_dir_conf *)dconf)->stream_body = on != 0;
-    return NULL;
 }
 
 static const char *set_max_body(cmd_parms *cmd, void *dconf, const char *arg)
@@ -615,7 +603,7 @@ const command_rec modzmq_cmds[] = {
     AP_INIT_TAKE12(MODZMQ_DIR_CURVE, set_curve, NULL, RSRC_CONF | ACCESS_CONF,
                    "CurveZMQ to the workers: the worker's public certificate (.key) and the bridge's "
                    "secret certificate (.key_secret), or off"),
-    AP_INIT_FLAG(MODZMQ_DIR_NOTICES, set_notices, NULL, RSRC_CONF | ACCESS_CONF,
+    AP_INIT_FLAG(MODZMQ_DIR_NOTICES, ap_set_flag_slot, (void *)APR_OFFSETOF(modzmq_dir_conf, notices), RSRC_CONF | ACCESS_CONF,
                  "on: the workers get a cancel notice when a client goes away before its reply or stream "
                  "ended (ROUTER or DEALER workers only; default off)"),
     AP_INIT_TAKE1(MODZMQ_DIR_STREAMWINDOW, set_stream_window, NULL, RSRC_CONF | ACCESS_CONF,
@@ -625,7 +613,7 @@ const command_rec modzmq_cmds[] = {
     AP_INIT_TAKE1(MODZMQ_DIR_MAXSTREAMS, set_max_streams, NULL, RSRC_CONF | ACCESS_CONF,
                   "Most streamed replies open at once per location and process; more get 503 with Retry-After "
                   "(default 0 = no limit)"),
-    AP_INIT_FLAG(MODZMQ_DIR_STREAMBODY, set_stream_body, NULL, RSRC_CONF | ACCESS_CONF,
+    AP_INIT_FLAG(MODZMQ_DIR_STREAMBODY, ap_set_flag_slot, (void *)APR_OFFSETOF(modzmq_dir_conf, stream_body), RSRC_CONF | ACCESS_CONF,
                  "on: request bodies go to the worker in parts as it asks for them (ROUTER or DEALER "
                  "workers only; default off)"),
     AP_INIT_TAKE1(MODZMQ_DIR_LIBRARY, set_library, NULL, RSRC_CONF,

@@ -158,9 +158,7 @@ func TestSSEInChromium(t *testing.T) {
 	})
 
 	t.Run("Gateway", func(t *testing.T) {
-		port := freePort(t)
-		ep := fmt.Sprintf("tcp://127.0.0.1:%d", port)
-		startListening(t, port, ep, python, filepath.Join(root, "test/workers/sse_gate_worker.py"), ep, "--page", filepath.Join(dir, "page.html"))
+		ep := startPyScript(t, "test/workers/sse_gate_worker.py", "--page", filepath.Join(dir, "page.html")).Endpoint
 		g := startGatewayProc(t, "", fmt.Sprintf("  - prefix: /page\n    backend: [%s]\n"+
 			"  - prefix: /clock\n    backend: [%s]\n", ep, clock.Endpoint))
 		events, errs, state := browseSSEPage(t, g.URL+"/page")
@@ -180,9 +178,7 @@ func readFile(name string) string {
 // every event after the first waits for a release (a request to .../next).
 func startGateWorker(t *testing.T) *worker {
 	t.Helper()
-	port := freePort(t)
-	ep := fmt.Sprintf("tcp://127.0.0.1:%d", port)
-	return startListening(t, port, ep, python, filepath.Join(root, "test/workers/sse_gate_worker.py"), ep, "--count", "5")
+	return startPyScript(t, "test/workers/sse_gate_worker.py", "--count", "5")
 }
 
 // readGatedEvents runs curl (args, then -sSN) on the gate worker's

@@ -21,9 +21,17 @@ import (
 // it received.
 func startStreamClock(t *testing.T, args ...string) *worker {
 	t.Helper()
+	return startPyScript(t, "examples/python/stream_clock.py", args...)
+}
+
+// startPyScript runs the Python worker script (a path in the repository)
+// with a free endpoint as its first argument, then args, and waits until it
+// accepts connections.
+func startPyScript(t *testing.T, script string, args ...string) *worker {
+	t.Helper()
 	port := freePort(t)
 	ep := fmt.Sprintf("tcp://127.0.0.1:%d", port)
-	return startListening(t, port, ep, python, append([]string{filepath.Join(root, "examples/python/stream_clock.py"), ep}, args...)...)
+	return startListening(t, port, ep, python, append([]string{filepath.Join(root, script), ep}, args...)...)
 }
 
 // startListening runs a worker that prints nothing when ready, and waits
@@ -151,9 +159,8 @@ func TestGoStreamWorkerThroughTheGateway(t *testing.T) {
 // the last chunk (curl: "transfer closed"); HEAD gets the head only.
 func TestStreamsThroughApache(t *testing.T) {
 	clock := startStreamClock(t, "--count", "5", "--interval", "0.05")
-	port := freePort(t)
-	ep := fmt.Sprintf("tcp://127.0.0.1:%d", port)
-	notice := startListening(t, port, ep, python, filepath.Join(root, "test/workers/notice_worker.py"), ep)
+	notice := startPyScript(t, "test/workers/notice_worker.py")
+	ep := notice.Endpoint
 	h := startHTTPD(t, httpdParams{MPM: "event", Extra: fmt.Sprintf(`	<Location /clock>
 		SetHandler zmq
 		ZmqBackend %s
@@ -254,9 +261,8 @@ func TestStreamsThroughApache(t *testing.T) {
 // client that goes away mid-stream gets its worker a cancel notice.
 func TestStreamsOverHTTP2(t *testing.T) {
 	clock := startStreamClock(t, "--count", "5", "--interval", "0.05")
-	port := freePort(t)
-	ep := fmt.Sprintf("tcp://127.0.0.1:%d", port)
-	notice := startListening(t, port, ep, python, filepath.Join(root, "test/workers/notice_worker.py"), ep)
+	notice := startPyScript(t, "test/workers/notice_worker.py")
+	ep := notice.Endpoint
 	h := startHTTPD(t, httpdParams{MPM: "event", Global: "LoadModule http2_module /usr/lib/apache2/modules/mod_http2.so\nProtocols h2c http/1.1\n",
 		Extra: fmt.Sprintf(`	<Location /clock>
 		SetHandler zmq
@@ -348,9 +354,8 @@ func (p *patternReader) Read(b []byte) (int, error) {
 // the upload's first part before the upload ends, and the gateway's peak
 // resident size grows by less than 64 MiB.
 func TestLargeTransfersThroughTheGateway(t *testing.T) {
-	port := freePort(t)
-	ep := fmt.Sprintf("tcp://127.0.0.1:%d", port)
-	sink := startListening(t, port, ep, python, filepath.Join(root, "examples/python/upload_sink.py"), ep)
+	sink := startPyScript(t, "examples/python/upload_sink.py")
+	ep := sink.Endpoint
 	g := startGatewayProc(t, "", fmt.Sprintf("  - prefix: /up\n    backend: [%s]\n    stream_body: true\n    max_body: 0\n    timeout: 5s\n", ep))
 	pid := g.cmd.Process.Pid
 	before := vmHWM(t, pid)
@@ -438,9 +443,8 @@ func downloadFromSink(t *testing.T, url string, size int64) {
 // child exits at once rather than being killed by the parent after its
 // grace period (AH00045/AH00046), and the worker gets a cancel notice.
 func TestApacheStopsWithAStreamOpen(t *testing.T) {
-	port := freePort(t)
-	ep := fmt.Sprintf("tcp://127.0.0.1:%d", port)
-	notice := startListening(t, port, ep, python, filepath.Join(root, "test/workers/notice_worker.py"), ep)
+	notice := startPyScript(t, "test/workers/notice_worker.py")
+	ep := notice.Endpoint
 	h := startHTTPD(t, httpdParams{MPM: "event", Extra: fmt.Sprintf(`	<Location /n>
 		SetHandler zmq
 		ZmqBackend %s
@@ -480,12 +484,10 @@ func TestApacheStopsWithAStreamOpen(t *testing.T) {
 // streamed download from upload_sink.py arrives whole (SHA-256) while the
 // children's peak resident size grows by less than 64 MiB.
 func TestLongPollAndLargeDownloadThroughApache(t *testing.T) {
-	port := freePort(t)
-	ep := fmt.Sprintf("tcp://127.0.0.1:%d", port)
-	startListening(t, port, ep, python, filepath.Join(root, "test/workers/notice_worker.py"), ep)
-	port2 := freePort(t)
-	ep2 := fmt.Sprintf("tcp://127.0.0.1:%d", port2)
-	startListening(t, port2, ep2, python, filepath.Join(root, "examples/python/upload_sink.py"), ep2)
+	w := startPyScript(t, "test/workers/notice_worker.py")
+	ep := w.Endpoint
+	w2 := startPyScript(t, "examples/python/upload_sink.py")
+	ep2 := w2.Endpoint
 	h := startHTTPD(t, httpdParams{MPM: "event", Extra: fmt.Sprintf(`	<Location /n>
 		SetHandler zmq
 		ZmqBackend %s
@@ -522,9 +524,8 @@ func TestLongPollAndLargeDownloadThroughApache(t *testing.T) {
 // the first part before the upload ends, and the children's peak resident
 // size grows by less than 64 MiB.
 func TestLargeUploadThroughApache(t *testing.T) {
-	port := freePort(t)
-	ep := fmt.Sprintf("tcp://127.0.0.1:%d", port)
-	sink := startListening(t, port, ep, python, filepath.Join(root, "examples/python/upload_sink.py"), ep)
+	sink := startPyScript(t, "examples/python/upload_sink.py")
+	ep := sink.Endpoint
 	h := startHTTPD(t, httpdParams{MPM: "event", Extra: fmt.Sprintf(`	<Location /up>
 		SetHandler zmq
 		ZmqBackend %s

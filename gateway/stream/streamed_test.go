@@ -40,29 +40,6 @@ func (m workerMsg) method() string     { return string(m[4]) }
 func (m workerMsg) target() string     { return string(m[5]) }
 func (m workerMsg) meta() string       { return string(m[7]) }
 
-// part is a message to send with a request's envelope.
-func part(env [][]byte, frames ...string) [][]byte {
-	out := append([][]byte(nil), env...)
-	for _, f := range frames {
-		out = append(out, []byte(f))
-	}
-	return out
-}
-
-// waitFor waits for something a test expects to happen; the bound is only
-// there so a broken build fails instead of hanging.
-func waitFor[T any](t *testing.T, ch <-chan T, what string) T {
-	t.Helper()
-	select {
-	case v := <-ch:
-		return v
-	case <-time.After(10 * time.Second):
-		t.Fatalf("gave up waiting for %s", what)
-	}
-	var zero T
-	return zero
-}
-
 // rawClient is a client connection read byte by byte.
 type rawClient struct {
 	t  *testing.T
@@ -174,11 +151,11 @@ func TestStreamedReplyArrivesChunkByChunk(t *testing.T) {
 		}
 		requests <- m
 		if m.target() == "/plain" {
-			reply(part(m.envelope(), "200", "fine"))
+			reply(zmqtest.Part(m.envelope(), "200", "fine"))
 			return
 		}
-		reply(part(m.envelope(), "@stream", "200", "Content-Type: text/event-stream\r\nX-Stream: yes\r\n"))
-		reply(part(m.envelope(), "@data", "data: 1\n\n"))
+		reply(zmqtest.Part(m.envelope(), "@stream", "200", "Content-Type: text/event-stream\r\nX-Stream: yes\r\n"))
+		reply(zmqtest.Part(m.envelope(), "@data", "data: 1\n\n"))
 		mu.Lock()
 		streaming = m
 		mu.Unlock()
@@ -188,16 +165,16 @@ func TestStreamedReplyArrivesChunkByChunk(t *testing.T) {
 			mu.Lock()
 			m := streaming
 			mu.Unlock()
-			reply(part(m.envelope(), "@keep-alive", ""))
-			reply(part(m.envelope(), "@data", "data: 2\n\n"))
-			reply(part(m.envelope(), "@end", "data: 3\n\n"))
+			reply(zmqtest.Part(m.envelope(), "@keep-alive", ""))
+			reply(zmqtest.Part(m.envelope(), "@data", "data: 2\n\n"))
+			reply(zmqtest.Part(m.envelope(), "@end", "data: 3\n\n"))
 		default:
 		}
 	})
 	srv, addr, logs := startServerLog(t, Options{}, gateway.Route{Prefix: "/", Backend: []string{ep}})
 	c := dial(t, addr)
 	c.send("GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
-	m := waitFor(t, requests, "the request")
+	m := zmqtest.WaitFor(t, requests, "the request")
 	if !strings.Contains(m.meta(), "stream-credits: 262144\r\n") {
 		t.Errorf("the request's meta lacks stream-credits: %q", m.meta())
 	}
@@ -243,10 +220,10 @@ func TestPipelinedAnswerWaitsForTheStreamAhead(t *testing.T) {
 		switch {
 		case strings.HasPrefix(m.method(), "@"):
 		case m.target() == "/plain":
-			reply(part(m.envelope(), "200", "fine"))
+			reply(zmqtest.Part(m.envelope(), "200", "fine"))
 		default:
-			reply(part(m.envelope(), "@stream", "200", ""))
-			reply(part(m.envelope(), "@data", "one"))
+			reply(zmqtest.Part(m.envelope(), "@stream", "200", ""))
+			reply(zmqtest.Part(m.envelope(), "@data", "one"))
 			mu.Lock()
 			streaming = m
 			mu.Unlock()
@@ -257,8 +234,8 @@ func TestPipelinedAnswerWaitsForTheStreamAhead(t *testing.T) {
 			mu.Lock()
 			m := streaming
 			mu.Unlock()
-			reply(part(m.envelope(), "@data", "two"))
-			reply(part(m.envelope(), "@end", ""))
+			reply(zmqtest.Part(m.envelope(), "@data", "two"))
+			reply(zmqtest.Part(m.envelope(), "@end", ""))
 		default:
 		}
 	})
@@ -303,13 +280,13 @@ func TestBrokenStreamClosesTheConnection(t *testing.T) {
 			return
 		}
 		if m.target() == "/plain" {
-			reply(part(m.envelope(), "200", "fine"))
+			reply(zmqtest.Part(m.envelope(), "200", "fine"))
 			return
 		}
-		reply(part(m.envelope(), "@stream", "200", ""))
-		reply(part(m.envelope(), "@data", "partial"))
+		reply(zmqtest.Part(m.envelope(), "@stream", "200", ""))
+		reply(zmqtest.Part(m.envelope(), "@data", "partial"))
 		if m.target() == "/abort" {
-			reply(part(m.envelope(), "@abort", "the feed went away"))
+			reply(zmqtest.Part(m.envelope(), "@abort", "the feed went away"))
 		} // /idle: nothing more
 	})
 	srv, addr, logs := startServerLog(t, Options{}, gateway.Route{Prefix: "/", Backend: []string{ep},
@@ -349,14 +326,14 @@ func TestCancelNoticeWhenTheClientLeavesMidStream(t *testing.T) {
 		m := workerMsg(msg)
 		got <- m
 		if !strings.HasPrefix(m.method(), "@") {
-			reply(part(m.envelope(), "@stream", "200", ""))
-			reply(part(m.envelope(), "@data", "first"))
+			reply(zmqtest.Part(m.envelope(), "@stream", "200", ""))
+			reply(zmqtest.Part(m.envelope(), "@data", "first"))
 		}
 	})
 	srv, addr, logs := startServerLog(t, Options{}, gateway.Route{Prefix: "/", Backend: []string{ep}, Notices: true})
 	c := dial(t, addr)
 	c.send("GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
-	m := waitFor(t, got, "the request")
+	m := zmqtest.WaitFor(t, got, "the request")
 	if !strings.Contains(m.meta(), "notices: cancel\r\n") || !strings.Contains(m.meta(), "stream-credits: ") {
 		t.Errorf("the request's meta: %q", m.meta())
 	}
@@ -366,7 +343,7 @@ func TestCancelNoticeWhenTheClientLeavesMidStream(t *testing.T) {
 	}
 	c.c.Close()
 	for {
-		n := waitFor(t, got, "the cancel notice")
+		n := zmqtest.WaitFor(t, got, "the cancel notice")
 		if n.method() == "@credit" {
 			continue
 		}
@@ -390,10 +367,10 @@ func TestHTTP10ClientGetsTheStreamUnchunked(t *testing.T) {
 		if strings.HasPrefix(m.method(), "@") {
 			return
 		}
-		reply(part(m.envelope(), "@stream", "200", "Content-Type: text/plain\r\n"))
-		reply(part(m.envelope(), "@data", "a\n"))
-		reply(part(m.envelope(), "@data", "b\n"))
-		reply(part(m.envelope(), "@end", "c\n"))
+		reply(zmqtest.Part(m.envelope(), "@stream", "200", "Content-Type: text/plain\r\n"))
+		reply(zmqtest.Part(m.envelope(), "@data", "a\n"))
+		reply(zmqtest.Part(m.envelope(), "@data", "b\n"))
+		reply(zmqtest.Part(m.envelope(), "@end", "c\n"))
 	})
 	srv, addr, _ := startServerLog(t, Options{}, gateway.Route{Prefix: "/", Backend: []string{ep}})
 	for i, req := range []string{
@@ -427,10 +404,10 @@ func TestHeadGetsTheStreamsHeadOnly(t *testing.T) {
 			cancels <- m.id()
 		case strings.HasPrefix(m.method(), "@"):
 		case m.method() == "HEAD":
-			reply(part(m.envelope(), "@stream", "200", "X-Stream: yes\r\n"))
-			reply(part(m.envelope(), "@data", "not for HEAD"))
+			reply(zmqtest.Part(m.envelope(), "@stream", "200", "X-Stream: yes\r\n"))
+			reply(zmqtest.Part(m.envelope(), "@data", "not for HEAD"))
 		default:
-			reply(part(m.envelope(), "200", "fine"))
+			reply(zmqtest.Part(m.envelope(), "200", "fine"))
 		}
 	})
 	srv, addr, _ := startServerLog(t, Options{}, gateway.Route{Prefix: "/", Backend: []string{ep}, Notices: true})
@@ -448,7 +425,7 @@ func TestHeadGetsTheStreamsHeadOnly(t *testing.T) {
 	if resp.StatusCode != 200 || string(body) != "fine" {
 		t.Errorf("the request after HEAD: %d %q (a body sent for HEAD would show here)", resp.StatusCode, body)
 	}
-	waitFor(t, cancels, "the cancel notice for the HEAD stream")
+	zmqtest.WaitFor(t, cancels, "the cancel notice for the HEAD stream")
 	streamsSettle(t, srv, map[bridge.StreamEnd]int64{bridge.EndClientGone: 1})
 }
 
@@ -461,8 +438,8 @@ func TestShutdownClosesOpenStreams(t *testing.T) {
 		m := workerMsg(msg)
 		got <- m
 		if !strings.HasPrefix(m.method(), "@") {
-			reply(part(m.envelope(), "@stream", "200", ""))
-			reply(part(m.envelope(), "@data", "endless"))
+			reply(zmqtest.Part(m.envelope(), "@stream", "200", ""))
+			reply(zmqtest.Part(m.envelope(), "@data", "endless"))
 		}
 	})
 	cfg := &gateway.Config{Listen: "127.0.0.1:0", Routes: []gateway.Route{{Prefix: "/", Backend: []string{ep}, Notices: true}}}
@@ -487,17 +464,17 @@ func TestShutdownClosesOpenStreams(t *testing.T) {
 	go func() { done <- srv.Serve(ctx) }()
 	c := dial(t, addr)
 	c.send("GET /endless HTTP/1.1\r\nHost: x\r\n\r\n")
-	m := waitFor(t, got, "the request")
+	m := zmqtest.WaitFor(t, got, "the request")
 	c.head()
 	if got := c.chunk(); got != "endless" {
 		t.Fatalf("chunk %q", got)
 	}
 	cancel()
-	if err := waitFor(t, done, "Serve to return"); err != nil {
+	if err := zmqtest.WaitFor(t, done, "Serve to return"); err != nil {
 		t.Errorf("Serve: %v", err)
 	}
 	for {
-		n := waitFor(t, got, "the cancel notice")
+		n := zmqtest.WaitFor(t, got, "the cancel notice")
 		if n.method() == "@credit" {
 			continue
 		}
@@ -554,10 +531,10 @@ func startCreditWorker(t *testing.T, parts, size int, read *atomic.Int64) *credi
 			env = nil
 		default:
 			env, credit, next = m.envelope(), bridge.DefaultStreamWindow, 0
-			reply(part(env, "@stream", "200", "Content-Type: text/plain\r\n"))
+			reply(zmqtest.Part(env, "@stream", "200", "Content-Type: text/plain\r\n"))
 		}
 		for env != nil && (parts < 0 || next < parts) && credit >= cost {
-			reply(part(env, "@data", partData(next, size)))
+			reply(zmqtest.Part(env, "@data", partData(next, size)))
 			next++
 			credit -= cost
 			n := w.sent.Add(int64(size))
@@ -568,7 +545,7 @@ func startCreditWorker(t *testing.T, parts, size int, read *atomic.Int64) *credi
 			}
 		}
 		if env != nil && next == parts && credit >= bridge.PartCost {
-			reply(part(env, "@end", ""))
+			reply(zmqtest.Part(env, "@end", ""))
 			env = nil
 		}
 	})
@@ -707,7 +684,7 @@ func TestStreamToAClientThatStopsReading(t *testing.T) {
 	c.c.SetDeadline(time.Now().Add(time.Minute))
 	c.send("GET /flood HTTP/1.1\r\nHost: x\r\n\r\n")
 	// Never read, until the server gave up.
-	waitFor(t, w.cancels, "the cancel notice")
+	zmqtest.WaitFor(t, w.cancels, "the cancel notice")
 	streamsSettle(t, srv, map[bridge.StreamEnd]int64{bridge.EndClientGone: 1})
 	sent, kernel := w.sent.Load(), kernelHeld(t, c.c)
 	t.Logf("the worker could send %d KiB to a client that read nothing; the kernel holds %d KiB of it", sent>>10, kernel>>10)

@@ -81,3 +81,27 @@ func serve(t testing.TB, kind zmq.Type, handle func(*zmq.Socket, [][]byte)) stri
 	t.Cleanup(func() { close(stop); <-done })
 	return ep
 }
+
+// Part is a message a ROUTER worker sends for a request: its envelope, then
+// frames.
+func Part(env [][]byte, frames ...string) [][]byte {
+	out := append([][]byte(nil), env...)
+	for _, f := range frames {
+		out = append(out, []byte(f))
+	}
+	return out
+}
+
+// WaitFor waits for something a test expects to happen; the bound is only
+// there so a broken build fails instead of hanging.
+func WaitFor[T any](t testing.TB, ch <-chan T, what string) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(10 * time.Second):
+		t.Fatalf("gave up waiting for %s", what)
+	}
+	var zero T
+	return zero
+}
