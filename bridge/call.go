@@ -239,6 +239,8 @@ func (call *Call) SendBody(data []byte, last bool) error {
 		return err
 	}
 	call.bodyCredit -= cost
+	call.c.streams.BodyParts.Add(1)
+	call.c.streams.BodyBytes.Add(int64(len(data)))
 	return nil
 }
 

@@ -26,6 +26,13 @@ type StreamStats struct {
 	Parts   atomic.Int64 // parts with data handed to callers
 	Bytes   atomic.Int64 // their bytes: worker to client
 	Cancels atomic.Int64 // cancel notices sent, for streams and plain requests
+	// Buffered is a gauge: what the workers of open streams sent that is not
+	// yet granted back to them (parts the front holds or has just passed on),
+	// each part costing its bytes plus PartCost. Credits keep it within the
+	// window for every stream, however slowly its client reads.
+	Buffered  atomic.Int64
+	BodyParts atomic.Int64 // parts of streamed request bodies sent to workers
+	BodyBytes atomic.Int64 // their bytes: client to worker
 	// Ends counts ended streams by cause (StreamEnd).
 	Ends [streamEndCauses]atomic.Int64
 }

@@ -222,6 +222,7 @@ func (s *Stream) Step(wait time.Duration) (data []byte, end, ok bool, err error)
 			return nil, false, false, s.fail(fmt.Errorf("stream %s: %w", s.p.id, err))
 		}
 		cost := int64(len(b)) + PartCost
+		s.c.streams.Buffered.Add(min(cost, s.credit))
 		if s.credit -= cost; s.credit < 0 {
 			return nil, false, false, s.fail(fmt.Errorf("%w: stream %s: the worker sent %d bytes beyond its credit", ErrProtocol, s.p.id, -s.credit))
 		}
@@ -261,6 +262,7 @@ func (s *Stream) grant(force bool) {
 	}
 	n := s.owed
 	s.owed, s.credit = 0, s.credit+n
+	s.c.streams.Buffered.Add(-n)
 	if err := s.p.conn.Send(controlFrames(s.p.id, methodCredit, strconv.AppendInt(nil, n, 10)), s.c.opts.ConnectTimeout); err != nil {
 		s.broken = true
 		s.fail(fmt.Errorf("%w: sending credit to %s: %v", ErrWorkerLost, s.e.addr, err))
@@ -293,6 +295,7 @@ func (s *Stream) Close() {
 		e.put(s.p, reusable, c.opts.MaxIdle, c.closed.Load())
 	}
 	s.p = nil
+	c.streams.Buffered.Add(-(s.window - max(s.credit, 0)))
 	c.streams.Open.Add(-1)
 	c.streams.Ends[s.cause()].Add(1)
 }

@@ -48,11 +48,14 @@ type Route struct {
 
 // Streams are a route's stream counters.
 type Streams struct {
-	Open    int64            `json:"open"`
-	Parts   int64            `json:"parts"`
-	Bytes   int64            `json:"bytes_to_client"`
-	Cancels int64            `json:"cancels"`
-	Ends    map[string]int64 `json:"ends"` // by cause: end, client_gone, aborted, idle, broken
+	Open      int64            `json:"open"`
+	Parts     int64            `json:"parts"`
+	Bytes     int64            `json:"bytes_to_client"`
+	Buffered  int64            `json:"buffered_bytes"` // gauge: bridge.StreamStats.Buffered
+	BodyParts int64            `json:"body_parts"`     // of streamed request bodies
+	BodyBytes int64            `json:"bytes_from_client"`
+	Cancels   int64            `json:"cancels"`
+	Ends      map[string]int64 `json:"ends"` // by cause: end, client_gone, aborted, idle, broken
 }
 
 // Endpoint is one endpoint of a route.
@@ -116,8 +119,8 @@ func FromClient(route string, c *bridge.Client) Route {
 		r.Endpoints = append(r.Endpoints, ep)
 	}
 	ss := c.StreamStats()
-	r.Streams = &Streams{Open: ss.Open.Load(), Parts: ss.Parts.Load(), Bytes: ss.Bytes.Load(), Cancels: ss.Cancels.Load(),
-		Ends: map[string]int64{}}
+	r.Streams = &Streams{Open: ss.Open.Load(), Parts: ss.Parts.Load(), Bytes: ss.Bytes.Load(), Buffered: ss.Buffered.Load(),
+		BodyParts: ss.BodyParts.Load(), BodyBytes: ss.BodyBytes.Load(), Cancels: ss.Cancels.Load(), Ends: map[string]int64{}}
 	for cause := range ss.Ends {
 		r.Streams.Ends[bridge.StreamEnd(cause).String()] = ss.Ends[cause].Load()
 	}
@@ -145,9 +148,10 @@ func Text(w io.Writer, title string, routes []Route) {
 			fmt.Fprintf(w, "  calls from Apache threads into Go: %d\n", *r.GoEntries)
 		}
 		if s := r.Streams; s != nil {
-			fmt.Fprintf(w, "  streams: %d open, %d parts, %d bytes to clients, %d cancel notices; ended: %d normally, "+
-				"%d client gone, %d aborted, %d idle, %d broken\n", s.Open, s.Parts, s.Bytes, s.Cancels, s.Ends["end"],
-				s.Ends["client_gone"], s.Ends["aborted"], s.Ends["idle"], s.Ends["broken"])
+			fmt.Fprintf(w, "  streams: %d open, %d bytes buffered, %d parts and %d bytes to clients, %d parts and %d bytes from clients, "+
+				"%d cancel notices; ended: %d normally, %d client gone, %d aborted, %d idle, %d broken\n", s.Open, s.Buffered,
+				s.Parts, s.Bytes, s.BodyParts, s.BodyBytes, s.Cancels, s.Ends["end"], s.Ends["client_gone"], s.Ends["aborted"],
+				s.Ends["idle"], s.Ends["broken"])
 		}
 		if r.GoWaits != nil {
 			fmt.Fprintf(w, "  of them, calls that could wait inside Go: %d\n", *r.GoWaits)
@@ -195,6 +199,7 @@ var (
 	descGoEntries = prometheus.NewDesc("modzmq_go_entries_total", "Calls from Apache threads into the Go runtime (none for a warm, plain request).", []string{"route"}, nil)
 	descGoWaits   = prometheus.NewDesc("modzmq_go_waits_total", "Calls from Apache threads into the Go runtime that could wait there (ZmqCurve only).", []string{"route"}, nil)
 	descStreams   = prometheus.NewDesc("modzmq_streams_open", "Streamed replies open now.", []string{"route"}, nil)
+	descBuffered  = prometheus.NewDesc("modzmq_stream_buffered_bytes", "What workers of open streams sent that is not yet granted back to them (within the window per stream).", []string{"route"}, nil)
 	descParts     = prometheus.NewDesc("modzmq_stream_parts_total", "Stream parts with data relayed.", []string{"route", "direction"}, nil)
 	descBytes     = prometheus.NewDesc("modzmq_stream_bytes_total", "Bytes of stream parts relayed.", []string{"route", "direction"}, nil)
 	descCancels   = prometheus.NewDesc("modzmq_cancels_total", "Cancel notices sent to workers whose client went away.", []string{"route"}, nil)
@@ -204,7 +209,7 @@ var (
 // Describe implements prometheus.Collector.
 func (c Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descResponses, descDuration, descInFlight, descUp, descRetries, descOverloads, descEvents, descGoEntries, descGoWaits,
-		descStreams, descParts, descBytes, descCancels, descEnds} {
+		descStreams, descBuffered, descParts, descBytes, descCancels, descEnds} {
 		ch <- d
 	}
 }
@@ -238,6 +243,9 @@ func (c Collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descStreams, prometheus.GaugeValue, float64(s.Open), r.Route)
 			ch <- prometheus.MustNewConstMetric(descParts, prometheus.CounterValue, float64(s.Parts), r.Route, "to_client")
 			ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(s.Bytes), r.Route, "to_client")
+			ch <- prometheus.MustNewConstMetric(descParts, prometheus.CounterValue, float64(s.BodyParts), r.Route, "from_client")
+			ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(s.BodyBytes), r.Route, "from_client")
+			ch <- prometheus.MustNewConstMetric(descBuffered, prometheus.GaugeValue, float64(s.Buffered), r.Route)
 			ch <- prometheus.MustNewConstMetric(descCancels, prometheus.CounterValue, float64(s.Cancels), r.Route)
 			for cause, n := range s.Ends {
 				ch <- prometheus.MustNewConstMetric(descEnds, prometheus.CounterValue, float64(n), r.Route, cause)

@@ -23,7 +23,7 @@
 #include <stdint.h>
 
 /* The ABI this header describes; modzmq_abi_version() must return it. */
-#define MODZMQ_ABI_VERSION 12
+#define MODZMQ_ABI_VERSION 13
 
 /* Return codes of modzmq_relay(). */
 #define MODZMQ_OK         0 /* reply in *resp */
@@ -138,7 +138,7 @@ typedef struct modzmq_response {
 #define MODZMQ_STATS_OFF_GO_WAITS  622 /* of those, calls that may wait inside Go */
 #define MODZMQ_STATS_OFF_EP        624
 #define MODZMQ_STATS_OFF_STREAMS   (MODZMQ_STATS_OFF_EP + MODZMQ_STATS_ENDPOINTS * MODZMQ_STATS_EP_FIELDS)
-#define MODZMQ_STATS_STREAM_FIELDS 9
+#define MODZMQ_STATS_STREAM_FIELDS 12
 #define MODZMQ_STATS_BACKEND       (MODZMQ_STATS_OFF_STREAMS + MODZMQ_STATS_STREAM_FIELDS)
 /* Fields of one endpoint, from MODZMQ_STATS_OFF_EP + i * MODZMQ_STATS_EP_FIELDS. */
 enum {
@@ -147,11 +147,17 @@ enum {
     MODZMQ_EP_RETRIED, MODZMQ_EP_HSFAILED, MODZMQ_EP_UP /* gauge: 1 when up */
 };
 /* Stream fields, from MODZMQ_STATS_OFF_STREAMS: open (a gauge), parts and
- * bytes to clients, cancel notices, then ends by cause (bridge.StreamEnd:
- * end, client_gone, aborted, idle, broken). */
-enum { MODZMQ_ST_OPEN, MODZMQ_ST_PARTS, MODZMQ_ST_BYTES, MODZMQ_ST_CANCELS, MODZMQ_ST_ENDS };
+ * bytes to clients, cancel notices, bytes buffered (a gauge,
+ * bridge.StreamStats.Buffered), parts and bytes of streamed request bodies,
+ * then ends by cause (bridge.StreamEnd: end, client_gone, aborted, idle,
+ * broken). */
+enum {
+    MODZMQ_ST_OPEN, MODZMQ_ST_PARTS, MODZMQ_ST_BYTES, MODZMQ_ST_CANCELS, MODZMQ_ST_BUFFERED, MODZMQ_ST_BODY_PARTS,
+    MODZMQ_ST_BODY_BYTES, MODZMQ_ST_ENDS
+};
 /* Whether field j of a backend block is a gauge. */
 #define MODZMQ_STATS_IS_GAUGE(j) ((j) == MODZMQ_STATS_OFF_INFLIGHT || (j) == MODZMQ_STATS_OFF_STREAMS + MODZMQ_ST_OPEN || \
+    (j) == MODZMQ_STATS_OFF_STREAMS + MODZMQ_ST_BUFFERED || \
     ((j) >= MODZMQ_STATS_OFF_EP && (j) < MODZMQ_STATS_OFF_STREAMS && \
      (((j) - MODZMQ_STATS_OFF_EP) % MODZMQ_STATS_EP_FIELDS == MODZMQ_EP_INFLIGHT || \
                                     ((j) - MODZMQ_STATS_OFF_EP) % MODZMQ_STATS_EP_FIELDS == MODZMQ_EP_UP)))

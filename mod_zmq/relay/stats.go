@@ -120,6 +120,9 @@ func publish() {
 				sf[C.MODZMQ_ST_PARTS] += ss.Parts.Load()
 				sf[C.MODZMQ_ST_BYTES] += ss.Bytes.Load()
 				sf[C.MODZMQ_ST_CANCELS] += ss.Cancels.Load()
+				sf[C.MODZMQ_ST_BUFFERED] += ss.Buffered.Load()
+				sf[C.MODZMQ_ST_BODY_PARTS] += ss.BodyParts.Load()
+				sf[C.MODZMQ_ST_BODY_BYTES] += ss.BodyBytes.Load()
 				for k := range ss.Ends {
 					sf[C.MODZMQ_ST_ENDS+k] += ss.Ends[k].Load()
 				}
@@ -200,7 +203,8 @@ func fromBlock(b *backend, block []int64, processes int64) status.Route {
 	copy(r.Buckets, block[offBuckets:offBuckets+statusBuckets])
 	sf := block[offStreams:]
 	r.Streams = &status.Streams{Open: sf[C.MODZMQ_ST_OPEN], Parts: sf[C.MODZMQ_ST_PARTS], Bytes: sf[C.MODZMQ_ST_BYTES],
-		Cancels: sf[C.MODZMQ_ST_CANCELS], Ends: map[string]int64{}}
+		Cancels: sf[C.MODZMQ_ST_CANCELS], Buffered: sf[C.MODZMQ_ST_BUFFERED], BodyParts: sf[C.MODZMQ_ST_BODY_PARTS],
+		BodyBytes: sf[C.MODZMQ_ST_BODY_BYTES], Ends: map[string]int64{}}
 	for k := range len(bridge.StreamStats{}.Ends) {
 		r.Streams.Ends[bridge.StreamEnd(k).String()] = sf[C.MODZMQ_ST_ENDS+k]
 	}
