@@ -38,6 +38,9 @@ type Call struct {
 	// used, and whether a part went out (the request is then not retried).
 	bodyCredit int64
 	bodySent   bool
+	// wsSlot: a WebSocket handshake holds a place among the client's open
+	// streams (MaxStreams) until it fails or its WebSocket closes.
+	wsSlot bool
 }
 
 // Start sends req and returns the call; it blocks only while no worker is
@@ -57,6 +60,15 @@ func (c *Client) Start(ctx context.Context, req *Request, timeout time.Duration)
 		c.overloads.Add(1)
 		call.finish(Response{}, fmt.Errorf("%w: %d requests in flight, the limit is %d", ErrOverload, n-1, c.opts.MaxInFlight))
 		return call
+	}
+	if req.WebSocket {
+		if n := c.streams.Open.Add(1); c.opts.MaxStreams > 0 && n > int64(c.opts.MaxStreams) {
+			c.streams.Open.Add(-1)
+			c.overloads.Add(1)
+			call.finish(Response{}, fmt.Errorf("%w: %d streams and WebSockets open, the limit is %d", ErrOverload, n-1, c.opts.MaxStreams))
+			return call
+		}
+		call.wsSlot = true
 	}
 	call.next()
 	return call
@@ -180,7 +192,11 @@ func (call *Call) Step(wait time.Duration) {
 			}
 			return
 		}
-		if call.req.StreamWindow > 0 && len(msg) >= 2 && len(msg[1]) == 0 {
+		if call.req.WebSocket && len(msg) >= 2 && len(msg[1]) == 0 && isStreamMessage(msg[2:], partAccept) {
+			call.startWebSocket(msg)
+			return
+		}
+		if call.req.StreamWindow > 0 && !call.req.WebSocket && len(msg) >= 2 && len(msg[1]) == 0 {
 			switch {
 			case isStreamMessage(msg[2:], partKeepAlive):
 				// Long-poll: the worker holds the request past its timeout.
@@ -321,7 +337,11 @@ func (call *Call) next() {
 	p.frames = requestFrames(p.frames, p.id, p.meta, call.req)
 	call.epoch = e.epoch.Load()
 	if q, ok := p.conn.(interface{ setLimit(int) }); ok {
-		q.setLimit(int(call.req.StreamWindow/PartCost) + plainQueue)
+		window := call.req.StreamWindow
+		if call.req.WebSocket {
+			window = webSocketWindow(call.req)
+		}
+		q.setLimit(int(window/PartCost) + plainQueue)
 	}
 	sendWait := min(c.opts.ConnectTimeout, time.Until(call.deadline))
 	if err := p.conn.Send(p.frames, sendWait); err != nil {
@@ -388,6 +408,10 @@ func (call *Call) finish(resp Response, err error) {
 	c := call.c
 	call.resp, call.err, call.done = resp, err, true
 	c.inFlight.Add(-1)
+	if call.wsSlot {
+		c.streams.Open.Add(-1)
+		call.wsSlot = false
+	}
 	switch {
 	case call.canceled:
 	case err == nil:

@@ -55,6 +55,7 @@ const (
 	CodeHeartbeatHint  Code = 125 // connections drop right after starting (warn)
 	CodeStream         Code = 130 // a stream ended abnormally after its head
 	CodeCancel         Code = 131 // a cancel notice was sent (debug)
+	CodeWebSocket      Code = 132 // a WebSocket closed abnormally, or a close could not be sent
 )
 
 // String formats the code as it appears in logs, e.g. "MODZMQ0103".

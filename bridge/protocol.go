@@ -36,6 +36,11 @@ type Request struct {
 	// StreamBody: the body is not in Body but sent in parts the worker asks
 	// for (meta stream-body; Call.SendBody).
 	StreamBody bool
+	// WebSocket: the request is a WebSocket handshake (meta websocket: 1);
+	// a worker that accepts it makes Response.WebSocket. MaxMessage bounds
+	// its messages (DefaultWebSocketMaxMessage when zero).
+	WebSocket  bool
+	MaxMessage int64
 }
 
 // Response is a worker's reply after validation. Headers holds validated
@@ -49,6 +54,9 @@ type Response struct {
 	// Stream, for a streamed reply, delivers the body in parts; Body is
 	// then empty.
 	Stream *Stream
+	// WebSocket, for an accepted handshake (Status 101), carries the
+	// messages; Headers are the worker's for the handshake's answer.
+	WebSocket *WebSocket
 }
 
 // AppendHeader appends one "name: value\r\n" line to dst.

@@ -295,6 +295,9 @@ func (c *shareConn) pop() (msg [][]byte, err error) {
 	return nil, nil
 }
 
+// readyChan receives when a message may have been queued for Recv.
+func (c *shareConn) readyChan() <-chan struct{} { return c.ready }
+
 // setLimit lets the next request queue up to n messages (one that may be
 // streamed: its credit over PartCost); before it is sent, since a stream's
 // parts may follow its head at once.

@@ -95,7 +95,9 @@ func DecodePart(frames [][]byte) (PartKind, []byte, error) {
 // do with request r: stream its reply (with r.StreamWindow bytes of
 // credit), expect a cancel notice, and ask for the body in parts.
 func appendStreamMeta(meta []byte, r *Request, notices bool) []byte {
-	if r.StreamWindow > 0 {
+	if r.WebSocket {
+		meta = appendWebSocketMeta(meta, r)
+	} else if r.StreamWindow > 0 {
 		meta = append(meta, "stream-credits: "...)
 		meta = strconv.AppendInt(meta, r.StreamWindow, 10)
 		meta = append(meta, '\r', '\n')
