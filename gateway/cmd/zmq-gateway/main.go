@@ -5,6 +5,7 @@
 //	zmq-gateway -config /etc/zmq-gateway.yaml
 //	zmq-gateway -check -config /etc/zmq-gateway.yaml
 //	zmq-gateway stream -listen 127.0.0.1:8082 -route /api=tcp://127.0.0.1:5555
+//	zmq-gateway help [stream|broker|keygen]
 package main
 
 import (
@@ -42,6 +43,7 @@ Usage:
   zmq-gateway stream [flags]   serve HTTP straight from a libzmq ZMQ_STREAM socket
   zmq-gateway broker [flags]   run the load-balancing broker between bridges and workers
   zmq-gateway keygen NAME      write a CURVE key pair: NAME.key and NAME.key_secret
+  zmq-gateway help [COMMAND]   this text, or a command's (stream, broker, keygen)
 
 One route from flags:
   zmq-gateway -listen 127.0.0.1:8081 -route /api=tcp://127.0.0.1:5555
@@ -59,6 +61,65 @@ stops accepting, lets requests in flight finish, then exits.
 Flags:
 `
 
+const streamUsage = `zmq-gateway stream serves HTTP/1.1 and 1.0 straight from a libzmq ZMQ_STREAM
+socket bound to -listen, without Go's net/http: keep-alive, pipelining, chunked
+bodies. It takes the same flags, the same YAML file and the same routes as the
+HTTP mode, and its workers get the same MZMQ/1 requests, headers in the order
+the client sent them (docs/GATEWAY.md, "Stream mode").
+
+  zmq-gateway stream -listen 127.0.0.1:8082 -route /api=tcp://127.0.0.1:5555
+  zmq-gateway stream -config /etc/zmq-gateway.yaml
+
+Flags:
+`
+
+const keygenUsage = `usage: zmq-gateway keygen NAME
+
+Writes a CurveZMQ key pair in the zcert format czmq and pyzmq use: NAME.key
+(public: give it to peers) and NAME.key_secret (mode 0600: keep it private).
+`
+
+// commandUsage is each command's usage text, for help COMMAND.
+var commandUsage = map[string]string{"stream": streamUsage, "broker": brokerUsage, "keygen": keygenUsage}
+
+// parseFlags parses args into fs. Asked for help (-h, -help, --help) it
+// prints text and the flags to stdout; a bad flag is reported on stderr
+// with a pointer to the help. done: the caller returns code.
+func parseFlags(fs *flag.FlagSet, args []string, text string, stdout, stderr io.Writer) (code int, done bool) {
+	fs.SetOutput(stderr)
+	fs.Usage = func() {}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(stdout)
+			fmt.Fprint(stdout, text)
+			fs.PrintDefaults()
+			return 0, true
+		}
+		fmt.Fprintf(stderr, "(see: %s)\n", strings.Replace(fs.Name(), "zmq-gateway", "zmq-gateway help", 1))
+		return 2, true
+	}
+	return 0, false
+}
+
+// runHelp prints the usage of the command named in args, or the general one.
+func runHelp(args []string, stdout, stderr io.Writer) int {
+	switch {
+	case len(args) == 0:
+		run([]string{"-help"}, stdout, stderr)
+		return 0
+	case len(args) > 1:
+		fmt.Fprintln(stderr, "usage: zmq-gateway help [stream|broker|keygen]")
+		return 2
+	case args[0] == "keygen":
+		fmt.Fprint(stdout, keygenUsage)
+		return 0
+	case commandUsage[args[0]] != "":
+		return run([]string{args[0], "-help"}, stdout, stderr)
+	}
+	fmt.Fprintf(stderr, "zmq-gateway help: no command %q (commands: stream, broker, keygen)\n", args[0])
+	return 2
+}
+
 type routeFlags []string
 
 func (r *routeFlags) String() string     { return strings.Join(*r, " ") }
@@ -69,22 +130,20 @@ func main() {
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "help" {
+		return runHelp(args[1:], stdout, stderr)
+	}
 	if len(args) > 0 && args[0] == "broker" {
-		return runBroker(args[1:], stderr)
+		return runBroker(args[1:], stdout, stderr)
 	}
 	if len(args) > 0 && args[0] == "keygen" {
 		return runKeygen(args[1:], stdout, stderr)
 	}
-	mode := "http"
+	mode, name, text := "http", "zmq-gateway", usage
 	if len(args) > 0 && args[0] == "stream" {
-		mode, args = "stream", args[1:]
+		mode, name, text, args = "stream", "zmq-gateway stream", streamUsage, args[1:]
 	}
-	fs := flag.NewFlagSet("zmq-gateway", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprint(stderr, usage)
-		fs.PrintDefaults()
-	}
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	var routes routeFlags
 	listen := fs.String("listen", "", "address to serve on, host:port (default "+gateway.DefaultListen+", or the file's listen:)")
 	fs.Var(&routes, "route", "PATH=ENDPOINT[,ENDPOINT...]: relay requests under PATH to these workers (repeatable)")
@@ -96,18 +155,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 	admin := fs.String("admin", "", "admin listener host:port serving /metrics (Prometheus) and /status (default: the file's admin:, or none)")
 	logLevel := fs.String("log-level", "info", "error log level: debug, info, warn, error")
 	showVersion := fs.Bool("version", false, "print the version and exit")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
+	if code, done := parseFlags(fs, args, text, stdout, stderr); done {
+		return code
 	}
 	if *showVersion {
 		fmt.Fprintln(stdout, "zmq-gateway", version)
 		return 0
 	}
 	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "zmq-gateway: unexpected argument %q (see zmq-gateway -help)\n", fs.Arg(0))
+		fmt.Fprintf(stderr, "%s: unexpected argument %q (see: zmq-gateway help)\n", name, fs.Arg(0))
 		return 2
 	}
 
@@ -241,13 +297,8 @@ it held is answered 503.
 Flags:
 `
 
-func runBroker(args []string, stderr io.Writer) int {
+func runBroker(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("zmq-gateway broker", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprint(stderr, brokerUsage)
-		fs.PrintDefaults()
-	}
 	front := fs.String("frontend", "tcp://127.0.0.1:5555", "endpoint bridges connect to (ZmqBackend)")
 	back := fs.String("backend", "tcp://127.0.0.1:5556", "endpoint workers connect to")
 	hb := fs.Duration("heartbeat", broker.DefaultHeartbeat, "heartbeat interval with workers")
@@ -255,11 +306,8 @@ func runBroker(args []string, stderr io.Writer) int {
 	queueTimeout := fs.Duration("queue-timeout", broker.DefaultQueueTimeout, "a request waiting longer for a worker gets 503")
 	busy := fs.Duration("busy-timeout", 0, "drop a worker silent this long while it holds a request (default 3 heartbeats)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn, error")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
+	if code, done := parseFlags(fs, args, brokerUsage, stdout, stderr); done {
+		return code
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
@@ -285,8 +333,12 @@ func runBroker(args []string, stderr io.Writer) int {
 
 // runKeygen writes a CurveZMQ key pair in the zcert format czmq and pyzmq use.
 func runKeygen(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 1 && (args[0] == "-h" || args[0] == "-help" || args[0] == "--help") {
+		fmt.Fprint(stdout, keygenUsage)
+		return 0
+	}
 	if len(args) != 1 || strings.HasPrefix(args[0], "-") {
-		fmt.Fprintln(stderr, "usage: zmq-gateway keygen NAME   (writes NAME.key, public, and NAME.key_secret, mode 0600)")
+		fmt.Fprint(stderr, keygenUsage)
 		return 2
 	}
 	public, secret, err := zmq.NewCurveKeypair()
