@@ -1,8 +1,14 @@
 #!/bin/sh
 # Runs the mod_zmq demo: a private Apache on 127.0.0.1:$PORT with two vhosts,
 # the Python echo worker behind one.localhost/echo and the pure-Go worker
-# behind two.localhost. Ctrl-C stops everything it started. Run via `make demo`.
+# behind two.localhost. Ctrl-C, SIGINT or SIGTERM stops everything it started.
+# Run via `make demo` (PORT, ECHO_PORT and GO_PORT move it).
 set -eu
+# A shell started in the background from a script inherits SIGINT ignored,
+# and an ignored signal cannot be trapped: start again with the defaults.
+if [ -z "${DEMO_SIGNALS_RESET:-}" ] && env --default-signal=INT true 2>/dev/null; then
+	DEMO_SIGNALS_RESET=1 exec env --default-signal=INT,TERM "$0" "$@"
+fi
 top=$(cd "$(dirname "$0")/.." && pwd)
 PORT=${PORT:-8080}
 ECHO_PORT=${ECHO_PORT:-5555}
@@ -11,12 +17,26 @@ dir=$top/build/demo
 mkdir -p "$dir"
 chmod 755 "$dir"
 
-for p in "$PORT" "$ECHO_PORT" "$GO_PORT"; do
-	if (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null; then
-		echo "demo: port $p on 127.0.0.1 is taken; set PORT=, ECHO_PORT= or GO_PORT=" >&2
+# A port is free when it can be bound on 127.0.0.1 (dash has no /dev/tcp).
+busy() {
+	/usr/bin/python3 -c 'import socket, sys
+s = socket.socket()
+try:
+    s.bind(("127.0.0.1", int(sys.argv[1])))
+except OSError:
+    sys.exit(0)
+sys.exit(1)' "$1"
+}
+for v in PORT ECHO_PORT GO_PORT; do
+	eval p=\$$v
+	case $p in
+	'' | *[!0-9]*) echo "demo: $v=$p is not a port number" >&2; exit 2 ;;
+	esac
+	if busy "$p"; then
+		echo "demo: port $p on 127.0.0.1 ($v) is in use by another program; choose another, e.g. make demo $v=$((p + 1000))" >&2
 		exit 1
 	fi
-done 2>/dev/null || true
+done
 
 user=""
 [ "$(id -u)" = 0 ] && user="User www-data
