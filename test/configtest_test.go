@@ -14,8 +14,8 @@ import (
 )
 
 // configtest runs `apache2 -t` on a minimal config with body inside a
-// <Location>, and global at server level. The Go library path does not
-// exist: configtest must never need it.
+// <Location>, and global at server level, with ZmqLibrary the built
+// library (configtest reads its ELF header, never loads it).
 func configtest(t *testing.T, global, body string) (string, error) {
 	t.Helper()
 	requireBuilt(t, "mod_zmq.so")
@@ -29,13 +29,13 @@ ErrorLog "%s/error_log"
 LoadModule mpm_event_module /usr/lib/apache2/modules/mod_mpm_event.so
 LoadModule authz_core_module /usr/lib/apache2/modules/mod_authz_core.so
 LoadModule zmq_module %s
-ZmqLibrary /nonexistent/libmodzmq.so
+ZmqLibrary %s
 %s
 <Location /api>
 	SetHandler zmq
 	%s
 </Location>
-`, dir, dir, dir, freePort(t), dir, buildPath("mod_zmq.so"), global, body)
+`, dir, dir, dir, freePort(t), dir, buildPath("mod_zmq.so"), buildPath("libmodzmq.so"), global, body)
 	path := filepath.Join(dir, "httpd.conf")
 	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
@@ -80,6 +80,9 @@ func TestConfigtestReportsMistakes(t *testing.T) {
 		{"", "ZmqStreamBody maybe", "must be On or Off"},
 		{"", "ZmqLibrary /x/libmodzmq.so", "not allowed"},
 		{"ZmqLibrary relative/libmodzmq.so", "", "give an absolute path"},
+		{"ZmqLibrary /nope.so", "", "MODZMQ0027: ZmqLibrary /nope.so cannot be read (No such file or directory)"},
+		{"ZmqLibrary " + filepath.Join(root, "README.md"), "", "is not an ELF shared library"},
+		{"ZmqLibrary " + buildPath("zmq-gateway"), "", "is an ELF file but not a shared library"},
 	}
 	for _, tt := range tests {
 		out, err := configtest(t, tt.global, tt.body)
@@ -128,6 +131,33 @@ func TestVhostExamplePassesConfigtest(t *testing.T) {
 	out, err := configtest(t, "LoadModule authz_host_module /usr/lib/apache2/modules/mod_authz_host.so\n"+string(example), "ZmqBackend tcp://127.0.0.1:1")
 	if err != nil || !strings.Contains(out, "Syntax OK") {
 		t.Errorf("conf/vhost-example.conf: %v\n%s", err, out)
+	}
+}
+
+// Every Apache snippet in README.md and docs/ passes configtest as pasted
+// (after the module itself is loaded, as a2enmod zmq does).
+func TestDocSnippetsPassConfigtest(t *testing.T) {
+	docs, _ := filepath.Glob(filepath.Join(root, "docs", "*.md"))
+	found := 0
+	for _, doc := range append([]string{filepath.Join(root, "README.md")}, docs...) {
+		b, err := os.ReadFile(doc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, block := range strings.Split(string(b), "```apache\n")[1:] {
+			snippet, _, ok := strings.Cut(block, "```")
+			if !ok {
+				t.Fatalf("%s: apache block %d does not end", doc, i+1)
+			}
+			found++
+			out, err := configtest(t, "LoadModule authz_host_module /usr/lib/apache2/modules/mod_authz_host.so\n"+snippet, "ZmqBackend tcp://127.0.0.1:1")
+			if err != nil || !strings.Contains(out, "Syntax OK") {
+				t.Errorf("%s, apache block %d fails configtest: %v\n%s\n%s", filepath.Base(doc), i+1, err, snippet, out)
+			}
+		}
+	}
+	if found < 2 {
+		t.Errorf("found %d apache blocks in README.md and docs/; the tour and the status page have one each", found)
 	}
 }
 
