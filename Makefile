@@ -81,7 +81,7 @@ $(BUILD)/modzmq-bench: $(wildcard test/bench/*.go)
 	$(GO) build -o $@ ./test/bench
 
 FUZZTIME ?= 2000000x
-FUZZ_TARGETS := FuzzFastDecode:./mod_zmq/relay FuzzFastEncode:./mod_zmq/relay FuzzZMTPFrames:./mod_zmq/relay FuzzCurveOpen:./bridge FuzzZMTPTransport:./bridge FuzzDecodeReply:./bridge FuzzRequestRoundTrip:./bridge FuzzParseHeaderLines:./bridge FuzzParser:./gateway/stream
+FUZZ_TARGETS := FuzzFastDecode:./mod_zmq/relay FuzzFastEncode:./mod_zmq/relay FuzzZMTPFrames:./mod_zmq/relay FuzzCurveOpen:./bridge FuzzZMTPTransport:./bridge FuzzDecodeReply:./bridge FuzzRequestRoundTrip:./bridge FuzzParseHeaderLines:./bridge FuzzParser:./gateway/stream FuzzReader:./internal/wsproto
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \
 		echo "fuzz $${t%%:*} ($(FUZZTIME))"; \
