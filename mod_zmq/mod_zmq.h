@@ -33,6 +33,7 @@
 /* The handler names SetHandler accepts. */
 #define MODZMQ_HANDLER "zmq"
 #define MODZMQ_STATUS_HANDLER "zmq-status"
+#define MODZMQ_METRICS_HANDLER "zmq-metrics" /* zmq-status?metrics at a plain URL, for Prometheus */
 
 /* Defaults, in one place. */
 #define MODZMQ_DEFAULT_TIMEOUT_MS  30000

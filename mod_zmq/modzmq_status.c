@@ -1,7 +1,9 @@
 /*
  * modzmq_status.c - SetHandler zmq-status: per backend and endpoint, the
  * totals of all Apache children (from shared memory), as text, ?json, or
- * ?metrics (Prometheus text format). Protect it like server-status.
+ * ?metrics (Prometheus text format); SetHandler zmq-metrics: the metrics at
+ * the location itself, the URL Prometheus scrapes with a plain metrics_path.
+ * Protect both like server-status.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -26,27 +28,32 @@ int modzmq_status_handler(request_rec *r)
     apr_int64_t *sums;
     char *text = NULL;
     size_t len = 0;
-    int n, live, format = MODZMQ_STATUS_TEXT;
+    int n, live, metrics_handler, format = MODZMQ_STATUS_TEXT;
     const char *type = "text/plain; charset=utf-8";
 
-    if (r->handler == NULL || strcmp(r->handler, MODZMQ_STATUS_HANDLER) != 0) {
+    if (r->handler == NULL) {
+        return DECLINED;
+    }
+    metrics_handler = strcmp(r->handler, MODZMQ_METRICS_HANDLER) == 0;
+    if (!metrics_handler && strcmp(r->handler, MODZMQ_STATUS_HANDLER) != 0) {
         return DECLINED;
     }
     if (r->method_number != M_GET) {
         return HTTP_METHOD_NOT_ALLOWED;
     }
-    if (r->args && strcmp(r->args, "json") == 0) {
-        format = MODZMQ_STATUS_JSON;
-        type = "application/json";
-    }
-    else if (r->args && strcmp(r->args, "metrics") == 0) {
+    /* zmq-metrics ignores the query: a scraper may add parameters. */
+    if (metrics_handler || (r->args && strcmp(r->args, "metrics") == 0)) {
         format = MODZMQ_STATUS_METRICS;
         type = "text/plain; version=0.0.4; charset=utf-8";
+    }
+    else if (r->args && strcmp(r->args, "json") == 0) {
+        format = MODZMQ_STATUS_JSON;
+        type = "application/json";
     }
     render = modzmq_loader_render();
     n = modzmq_stats_backends();
     if (render == NULL || n == 0) {
-        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, "MODZMQ0022: zmq-status has nothing to show: %s",
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, "MODZMQ0022: %s has nothing to show: %s", r->handler,
                       render ? "no ZmqBackend is configured" : "the Go library is not loaded in this process");
         return HTTP_SERVICE_UNAVAILABLE;
     }

@@ -18,6 +18,7 @@ need gcc           command -v gcc
 need iproute2      command -v ip
 need chromium      command -v chromium
 need openssl       command -v openssl
+need prometheus    command -v promtool # promtool checks the metrics pages
 if [ "${1:-}" = bench ]; then
 	need wrk           command -v wrk
 	need mongrel2-core command -v mongrel2

@@ -1,0 +1,72 @@
+package test
+
+import (
+	"bytes"
+	"fmt"
+	"net/http"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+)
+
+// promtoolCheck runs `promtool check metrics` (Debian package prometheus)
+// on a page: it must parse and pass the linter.
+func promtoolCheck(t *testing.T, what string, page []byte) {
+	t.Helper()
+	cmd := exec.Command("promtool", "check", "metrics")
+	cmd.Stdin = bytes.NewReader(page)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Errorf("promtool check metrics on %s: %v\n%s", what, err, out)
+	}
+}
+
+// SetHandler zmq-metrics serves the Prometheus text format at its own URL,
+// whatever the query (a scraper's metrics_path needs no "?metrics"), and
+// what it serves passes promtool; so does zmq-status?metrics, and the
+// gateway's /metrics.
+func TestMetricsHandlerPassesPromtool(t *testing.T) {
+	if _, err := exec.LookPath("promtool"); err != nil {
+		t.Fatal("promtool is missing: run test/deps.sh (Debian package prometheus)")
+	}
+	w := startPyWorker(t, "metrics")
+	h := startHTTPD(t, httpdParams{MPM: "event", Extra: fmt.Sprintf(`	<Location /api>
+		SetHandler zmq
+		ZmqBackend %s
+	</Location>
+	<Location /metrics>
+		SetHandler zmq-metrics
+	</Location>
+	<Location /zmq-status>
+		SetHandler zmq-status
+	</Location>
+`, w.Endpoint)})
+	for i := 0; i < 3; i++ {
+		do(t, "GET", h.URL+"/api/x", "", nil)
+	}
+	for _, url := range []string{h.URL + "/metrics", h.URL + "/metrics?job=x", h.URL + "/zmq-status?metrics"} {
+		checkFor(t, 10*time.Second, func() error { // children publish twice a second
+			resp, page := do(t, "GET", url, "", nil)
+			if resp.StatusCode != 200 || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/plain; version=0.0.4") {
+				return fmt.Errorf("%s: %d %s", url, resp.StatusCode, resp.Header.Get("Content-Type"))
+			}
+			if !strings.Contains(string(page), `modzmq_responses_total{code="200",route="/api"} 3`) {
+				return fmt.Errorf("%s lacks the 3 answers:\n%s", url, page)
+			}
+			promtoolCheck(t, url, page)
+			return nil
+		})
+	}
+	if resp, _ := do(t, "POST", h.URL+"/metrics", "", strings.NewReader("x")); resp.StatusCode != http.StatusMethodNotAllowed {
+		t.Errorf("POST to zmq-metrics: %d, want 405", resp.StatusCode)
+	}
+
+	admin := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	g := startGatewayProc(t, "", fmt.Sprintf("  - prefix: /api\n    backend: [%s]\nadmin: %s\n", w.Endpoint, admin))
+	do(t, "GET", g.URL+"/api/x", "", nil)
+	resp, page := do(t, "GET", "http://"+admin+"/metrics", "", nil)
+	if resp.StatusCode != 200 {
+		t.Fatalf("the gateway's /metrics: %d", resp.StatusCode)
+	}
+	promtoolCheck(t, "the gateway's /metrics", page)
+}
