@@ -22,9 +22,12 @@ func (g *Gateway) Status() []status.Route {
 
 // AdminHandler serves /metrics (Prometheus), /status (text, or JSON with
 // ?json) and /healthz for the admin listener.
-func (g *Gateway) AdminHandler() http.Handler {
+func (g *Gateway) AdminHandler() http.Handler { return adminHandler(g.Status) }
+
+// adminHandler serves the admin pages of the routes snapshot returns.
+func adminHandler(snapshot func() []status.Route) http.Handler {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(status.Collector{Snapshot: g.Status}, collectors.NewGoCollector(),
+	reg.MustRegister(status.Collector{Snapshot: snapshot}, collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
@@ -32,11 +35,11 @@ func (g *Gateway) AdminHandler() http.Handler {
 	mux.HandleFunc("/status", func(w http.ResponseWriter, r *http.Request) {
 		if _, ok := r.URL.Query()["json"]; ok {
 			w.Header().Set("Content-Type", "application/json")
-			status.JSON(w, g.Status())
+			status.JSON(w, snapshot())
 			return
 		}
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		status.Text(w, "zmq-gateway status", g.Status())
+		status.Text(w, "zmq-gateway status", snapshot())
 	})
 	return mux
 }

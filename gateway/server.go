@@ -126,10 +126,13 @@ func or(d Duration, def time.Duration) time.Duration {
 
 // Serve runs the HTTP gateway on l until ctx is done, then stops accepting,
 // waits for requests in flight (up to the shutdown timeout) and returns.
-func Serve(ctx context.Context, l net.Listener, g *Gateway, access io.Writer) error {
+// The gateway in service may change meanwhile (Live.Replace); the server's
+// own timeouts are those of the gateway in service when Serve started.
+func Serve(ctx context.Context, l net.Listener, lv *Live, access io.Writer) error {
+	g := lv.Gateway()
 	rh, rd, wr, idle := serverTimeouts(g.cfg)
 	srv := &http.Server{
-		Handler:           AccessLog(g, access),
+		Handler:           AccessLog(lv, access),
 		ReadHeaderTimeout: rh,
 		ReadTimeout:       rd,
 		WriteTimeout:      wr,

@@ -192,10 +192,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "zmq-gateway: %v\n", err)
 		return 1
 	}
-	defer gw.Close()
+	lv := gateway.NewLive(gw)
+	defer lv.Close()
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	if *admin != "" {
 		cfg.Admin = *admin
 	}
@@ -205,12 +209,17 @@ func run(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "zmq-gateway: admin listener: %v\n", err)
 			return 1
 		}
-		asrv := &http.Server{Handler: gw.AdminHandler(), ReadHeaderTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second}
+		asrv := &http.Server{Handler: lv.AdminHandler(), ReadHeaderTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second}
 		go asrv.Serve(al)
 		defer asrv.Close()
 		log.Info("admin listener: /metrics, /status", "listen", al.Addr().String())
 	}
 	if mode == "stream" {
+		go func() {
+			for range hup {
+				log.Warn(gateway.CodeReloadFailed.String() + ": SIGHUP: stream mode does not reload its configuration; restart it to apply changes")
+			}
+		}()
 		srv, err := stream.New(gw, cfg.Listen, stream.Options{Log: log,
 			IdleTimeout: time.Duration(cfg.Timeouts.Idle), HeaderTimeout: time.Duration(cfg.Timeouts.ReadHeader),
 			BodyTimeout: time.Duration(cfg.Timeouts.Read), Drain: time.Duration(cfg.Timeouts.Shutdown)})
@@ -224,21 +233,58 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		return 0
 	}
-	access, err := gateway.OpenAccessLog(cfg.AccessLog)
+	access, err := gateway.OpenReopenableLog(cfg.AccessLog)
 	if err != nil {
 		fmt.Fprintf(stderr, "zmq-gateway: access log: %v\n", err)
 		return 1
 	}
+	defer access.Close()
+	go func() {
+		for range hup {
+			reload(lv, access, cfg, log, func() (*gateway.Config, error) {
+				c, err := buildConfig(*configPath, routes, *listen, *timeout, *maxBody, *accessLog)
+				if err == nil && *admin != "" {
+					c.Admin = *admin
+				}
+				return c, err
+			})
+		}
+	}()
 	l, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		fmt.Fprintf(stderr, "zmq-gateway: %v\n", err)
 		return 1
 	}
-	if err := gateway.Serve(ctx, l, gw, access); err != nil {
+	if err := gateway.Serve(ctx, l, lv, access); err != nil {
 		fmt.Fprintf(stderr, "zmq-gateway: %v\n", err)
 		return 1
 	}
 	return 0
+}
+
+// reload re-reads the configuration (SIGHUP): a good one goes in service
+// with its access log opened again (after logrotate moved it); a bad one is
+// logged and the gateway in service goes on. Listeners stay as they are.
+func reload(lv *gateway.Live, access *gateway.ReopenableLog, first *gateway.Config, log *slog.Logger, read func() (*gateway.Config, error)) {
+	cfg, err := read()
+	if err != nil {
+		log.Error(gateway.CodeReloadFailed.String()+": reload: the configuration in service stays", "error", err)
+		return
+	}
+	g, err := gateway.New(cfg, log)
+	if err != nil {
+		log.Error(gateway.CodeReloadFailed.String()+": reload: the configuration in service stays", "error", err)
+		return
+	}
+	if cfg.Listen != first.Listen || cfg.Admin != first.Admin {
+		log.Warn(gateway.CodeReloaded.String()+": reload: listen and admin addresses change only at a restart",
+			"listen", first.Listen, "admin", first.Admin)
+	}
+	lv.Replace(g, nil)
+	if err := access.Reopen(cfg.AccessLog); err != nil {
+		log.Error(gateway.CodeReloadFailed.String()+": reload: the access log could not be opened again; it goes on where it was", "error", err)
+	}
+	log.Info(gateway.CodeReloaded.String()+": reloaded", "routes", len(cfg.Routes))
 }
 
 // buildConfig reads the file, if any, and applies the flags over it.
