@@ -88,6 +88,7 @@ type shareConn struct {
 	hdr    []byte // frame headers of a direct write
 	out    net.Buffers
 	closed bool
+	notify func() // called after push queued a message (setNotify)
 }
 
 // dialShared returns a Conn on a shared connection to endpoint.
@@ -270,10 +271,14 @@ func (c *shareConn) push(msg [][]byte) bool {
 		return false
 	}
 	c.q = append(c.q, msg)
+	notify := c.notify
 	c.qmu.Unlock()
 	select {
 	case c.ready <- struct{}{}:
 	default:
+	}
+	if notify != nil {
+		notify()
 	}
 	return true
 }
@@ -297,6 +302,14 @@ func (c *shareConn) pop() (msg [][]byte, err error) {
 
 // readyChan receives when a message may have been queued for Recv.
 func (c *shareConn) readyChan() <-chan struct{} { return c.ready }
+
+// setNotify makes push call fn after it queued a message, from the
+// session's reader; nil stops the calls.
+func (c *shareConn) setNotify(fn func()) {
+	c.qmu.Lock()
+	c.notify = fn
+	c.qmu.Unlock()
+}
 
 // setLimit lets the next request queue up to n messages (one that may be
 // streamed: its credit over PartCost); before it is sent, since a stream's

@@ -210,6 +210,24 @@ func (ws *WebSocket) Ready() <-chan struct{} {
 	return nil
 }
 
+// Notify makes fn be called whenever a message from the worker may have
+// been queued for Recv, by the goroutine that reads the worker's
+// connection: fn must return at once and must not use the WebSocket. It
+// lets a front that owns many WebSockets in one goroutine be woken without
+// a goroutine waiting on Ready for each (it calls Recv(0) then). It reports
+// false when the connection offers no such call (wait on Ready then).
+// Close stops the calls.
+func (ws *WebSocket) Notify(fn func()) bool {
+	if ws.p == nil {
+		return false
+	}
+	n, ok := ws.p.conn.(interface{ setNotify(func()) })
+	if ok {
+		n.setNotify(fn)
+	}
+	return ok
+}
+
 // SendCredit is what the worker lets the front send it now: a message
 // costing more (its bytes plus PartCost) waits until the worker grants it.
 func (ws *WebSocket) SendCredit() int64 { return atomic.LoadInt64(&ws.sendable) }
@@ -394,6 +412,7 @@ func (ws *WebSocket) Close(code int, reason []byte) {
 	if ws.p == nil {
 		return
 	}
+	ws.Notify(nil)
 	c, e := ws.c, ws.e
 	if !ws.closed && !ws.broken {
 		if err := ws.send(kindWSClose, strconv.AppendInt(nil, int64(code), 10), reason); err != nil {
