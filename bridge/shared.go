@@ -193,6 +193,16 @@ func (s *session) fail(err error, blame string) {
 	close(s.dead)
 	t.shared.mu.Unlock()
 	s.zc.nc.Close()
+	// Wake the Conns a front waits on by Ready (WebSockets): their Recv
+	// reports the loss.
+	s.pmu.Lock()
+	for _, c := range s.pending {
+		select {
+		case c.ready <- struct{}{}:
+		default:
+		}
+	}
+	s.pmu.Unlock()
 }
 
 func (s *session) isDead() bool {

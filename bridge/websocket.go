@@ -345,9 +345,11 @@ func (ws *WebSocket) decode(msg [][]byte) (Message, error) {
 }
 
 // grant sends the worker the credit the client earned back, once it is a
-// quarter of the window.
+// quarter of the window, or at once when what the worker has left would
+// not let it send a message of the largest size (a worker waiting for that
+// credit would otherwise wait for ever).
 func (ws *WebSocket) grant() {
-	if ws.owed == 0 || ws.owed < ws.window/4 {
+	if ws.owed == 0 || (ws.owed < ws.window/4 && ws.credit >= ws.max+PartCost) {
 		return
 	}
 	n := ws.owed

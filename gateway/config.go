@@ -100,6 +100,15 @@ type Route struct {
 	// them (docs/PROTOCOL.md, "Streamed request bodies"); ROUTER or DEALER
 	// workers only.
 	StreamBody bool `yaml:"stream_body"`
+	// WebSocket: the route takes WebSocket handshakes beside its plain
+	// requests and relays their messages (docs/PROTOCOL.md, "WebSockets");
+	// ROUTER or DEALER workers only. WebSocketMaxMessage is the largest
+	// message either side may send, in bytes (zero means 16 MiB);
+	// WebSocketOrigins, when set, lists the Origins a handshake may come
+	// from (others get 403; a handshake without Origin is let through).
+	WebSocket           bool     `yaml:"websocket"`
+	WebSocketMaxMessage int64    `yaml:"websocket_max_message"`
+	WebSocketOrigins    []string `yaml:"websocket_origins"`
 
 	line      int           // where the route starts in the file, for messages
 	heartbeat time.Duration // parsed Heartbeat; -1 for off
@@ -141,6 +150,14 @@ func (r *Route) maxReply() int64 {
 		return *r.MaxReply
 	}
 	return DefaultMaxReply
+}
+
+// WebSocketMaxMessageOrDefault is the route's largest WebSocket message.
+func (r *Route) WebSocketMaxMessageOrDefault() int64 {
+	if r.WebSocketMaxMessage > 0 {
+		return r.WebSocketMaxMessage
+	}
+	return bridge.DefaultWebSocketMaxMessage
 }
 
 // Pattern is the route's path pattern as it appears in meta "route".
@@ -352,9 +369,37 @@ func (c *Config) Check() error {
 		if r.MaxStreams < 0 {
 			return lineError(line, "route %s: max_streams must be 0 (no limit) or more", r.Pattern())
 		}
-
+		if err := r.checkWebSocket(); err != nil {
+			return lineError(line, "route %s: %v", r.Pattern(), err)
+		}
 		if r.StripPrefix != "" && !strings.HasPrefix(r.StripPrefix, "/") {
 			return lineError(line, "route %s: strip_prefix %q must start with /", r.Pattern(), r.StripPrefix)
+		}
+	}
+	return nil
+}
+
+// MaxWebSocketMessage is the largest websocket_max_message a route may set.
+const MaxWebSocketMessage = 1 << 30
+
+// checkWebSocket checks the WebSocket keys of a route.
+func (r *Route) checkWebSocket() error {
+	if r.WebSocketMaxMessage < 0 || r.WebSocketMaxMessage > MaxWebSocketMessage {
+		return fmt.Errorf("websocket_max_message must be from 1 to %d bytes (0: 16 MiB)", MaxWebSocketMessage)
+	}
+	if !r.WebSocket {
+		if r.WebSocketMaxMessage != 0 || len(r.WebSocketOrigins) > 0 {
+			return errors.New("websocket_max_message and websocket_origins need websocket: true")
+		}
+		return nil
+	}
+	if m := r.maxReply(); m > 0 && r.WebSocketMaxMessageOrDefault() > m {
+		return fmt.Errorf("websocket_max_message (%d) must not exceed max_reply (%d): a worker's message is a reply", r.WebSocketMaxMessageOrDefault(), m)
+	}
+	for _, o := range r.WebSocketOrigins {
+		scheme, host, ok := strings.Cut(o, "://")
+		if !ok || (scheme != "http" && scheme != "https") || host == "" || strings.ContainsAny(host, "/?# ") {
+			return fmt.Errorf("websocket_origins: %q is not an origin: scheme://host[:port], e.g. https://example.com", o)
 		}
 	}
 	return nil

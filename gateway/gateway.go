@@ -17,6 +17,7 @@ import (
 	"github.com/gorilla/mux"
 
 	"github.com/modzmq/modzmq/bridge"
+	"github.com/modzmq/modzmq/internal/wsproto"
 )
 
 // Gateway log codes (bridge codes 0101-0108 are shared with the module).
@@ -38,6 +39,7 @@ type Gateway struct {
 	routes    []*Handle
 	byRoute   map[*mux.Route]*Handle
 	log       *slog.Logger
+	ws        webSockets
 }
 
 // Handle is one configured route with its bridge client.
@@ -287,6 +289,10 @@ func EachReplyHeader(resp *bridge.Response, fn func(name, value string)) {
 }
 
 func (g *Gateway) serve(w http.ResponseWriter, r *http.Request, h *Handle) {
+	if h.Route.WebSocket && wsproto.IsUpgrade(r.Header.Get) {
+		g.serveWebSocket(w, r, h)
+		return
+	}
 	max := h.Route.MaxBodyOrDefault()
 	if max > 0 && r.ContentLength > max {
 		g.log.Info(CodeTooLarge.String()+": request body over max_body", "route", h.Route.Pattern(), "length", r.ContentLength, "max_body", max)

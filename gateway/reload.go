@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"context"
 	"io"
 	"net/http"
 	"os"
@@ -84,6 +85,7 @@ func (lv *Live) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // Replace puts g in service and closes the gateway it replaces once its
 // last request is over; done, when not nil, is closed then.
 func (lv *Live) Replace(g *Gateway, done chan<- struct{}) {
+	g.ws.inherit(&lv.cur.Load().g.ws)
 	old := lv.cur.Swap(&generation{g: g, idle: make(chan struct{})})
 	old.mu.Lock()
 	old.retired = true
@@ -93,6 +95,7 @@ func (lv *Live) Replace(g *Gateway, done chan<- struct{}) {
 	old.mu.Unlock()
 	go func() {
 		<-old.idle
+		old.g.WaitWebSockets(context.Background()) // they too run to their end on it
 		old.g.Close()
 		if done != nil {
 			close(done)

@@ -141,6 +141,9 @@ func Serve(ctx context.Context, l net.Listener, lv *Live, access io.Writer) erro
 		ConnContext:       ConnContext,
 		ErrorLog:          slog.NewLogLogger(g.log.Handler(), slog.LevelDebug),
 	}
+	// Hijacked connections (WebSockets) are not net/http's to close: they
+	// get 1001, and the shutdown waits for them as for requests.
+	srv.RegisterOnShutdown(g.ShutdownWebSockets)
 	g.log.Info(CodeServing.String()+": serving HTTP", "listen", l.Addr().String(), "routes", len(g.routes))
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(l) }()
@@ -154,6 +157,9 @@ func Serve(ctx context.Context, l net.Listener, lv *Live, access io.Writer) erro
 	sctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
 	err := srv.Shutdown(sctx)
+	if err == nil {
+		err = lv.Gateway().WaitWebSockets(sctx)
+	}
 	if serr := <-errc; serr != nil && !errors.Is(serr, http.ErrServerClosed) && err == nil {
 		err = serr
 	}

@@ -8,13 +8,19 @@ import (
 // a whole message of kind Text or Binary, or a Ping or Pong (whose payload
 // must be at most 125 bytes).
 func AppendFrame(dst []byte, kind Kind, payload []byte) []byte {
-	h := ws.Header{Fin: true, OpCode: kind.opCode(), Length: int64(len(payload))}
-	if n := ws.HeaderSize(h) + len(payload); cap(dst)-len(dst) < n {
+	if n := ws.MaxHeaderSize + len(payload); cap(dst)-len(dst) < n {
 		dst = append(make([]byte, 0, len(dst)+n), dst...)
 	}
+	return append(AppendHeader(dst, kind, len(payload)), payload...)
+}
+
+// AppendHeader appends the header of a server frame as AppendFrame's, for
+// a payload of n bytes the front writes after it itself (a large message
+// is then not copied).
+func AppendHeader(dst []byte, kind Kind, n int) []byte {
 	w := appender{dst}
-	ws.WriteHeader(&w, h)
-	return append(w.b, payload...)
+	ws.WriteHeader(&w, ws.Header{Fin: true, OpCode: kind.opCode(), Length: int64(n)})
+	return w.b
 }
 
 // AppendPing appends a ping carrying payload (at most 125 bytes).
