@@ -367,19 +367,44 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request, h *Handle) {
 	}
 }
 
-// relayBody relays req, whose body the worker asks for in parts: each part
-// is read from the client only once the worker has granted credit for it,
-// so the gateway holds at most one part (64 KiB) of it. A worker that
-// answers before the body is complete ends the upload; the rest is never
-// read. A status is returned when the client's body is too large (413) or
-// unreadable (400); the worker then gets a cancel notice, with notices.
+// relayBody relays req, whose body the worker asks for in parts
+// (RelayBody). A status is returned when the client's body is too large
+// (413) or unreadable (400); the worker then gets a cancel notice, with
+// notices.
 func (g *Gateway) relayBody(w http.ResponseWriter, r *http.Request, h *Handle, req *bridge.Request) (bridge.Response, int, error) {
 	max := h.Route.MaxBodyOrDefault()
 	rd := io.Reader(r.Body)
 	if max > 0 {
 		rd = http.MaxBytesReader(w, r.Body, max)
 	}
-	call := h.Client.Start(r.Context(), req, h.Route.TimeoutOrDefault())
+	resp, readErr, err := g.RelayBody(r.Context(), h, req, rd)
+	if readErr != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(readErr, &mbe) {
+			g.log.Info(CodeTooLarge.String()+": request body over max_body", "route", h.Route.Pattern(), "max_body", max)
+			return bridge.Response{}, http.StatusRequestEntityTooLarge, nil
+		}
+		g.log.Info(CodeBodyError.String()+": reading the request body failed", "route", h.Route.Pattern())
+		return bridge.Response{}, http.StatusBadRequest, nil
+	}
+	return resp, 0, err
+}
+
+// BodyPart is the largest part of a streamed request body a front reads
+// and sends at once.
+const BodyPart = 64 << 10
+
+// RelayBody relays req (req.StreamBody set), whose body the worker asks for
+// in parts: each part is read from body only once the worker has granted
+// credit for it, and at most BodyPart bytes at a time, so a front holds at
+// most one part of it. A worker that answers before the body is complete
+// ends the upload; the rest is never read from body. A read error other
+// than io.EOF ends the call (the worker gets a cancel notice, with notices)
+// and is returned as readErr, for the front to answer; err is then nil.
+// Both fronts use it: the HTTP mode reads the body from net/http, stream
+// mode from its own parser.
+func (g *Gateway) RelayBody(ctx context.Context, h *Handle, req *bridge.Request, body io.Reader) (resp bridge.Response, readErr, err error) {
+	call := h.Client.Start(ctx, req, h.Route.TimeoutOrDefault())
 	var buf []byte
 	done := false
 	for !call.Done() {
@@ -389,29 +414,23 @@ func (g *Gateway) relayBody(w http.ResponseWriter, r *http.Request, h *Handle, r
 			continue
 		}
 		if buf == nil {
-			buf = make([]byte, 64<<10)
+			buf = make([]byte, BodyPart)
 		}
-		n, err := rd.Read(buf[:min(credit-bridge.PartCost, int64(len(buf)))])
+		n, err := body.Read(buf[:min(credit-bridge.PartCost, int64(len(buf)))])
 		switch {
 		case err == io.EOF:
 			done = true
 			call.SendBody(buf[:n], true)
 		case err != nil:
 			call.Cancel()
-			var mbe *http.MaxBytesError
-			if errors.As(err, &mbe) {
-				g.log.Info(CodeTooLarge.String()+": request body over max_body", "route", h.Route.Pattern(), "max_body", max)
-				return bridge.Response{}, http.StatusRequestEntityTooLarge, nil
-			}
-			g.log.Info(CodeBodyError.String()+": reading the request body failed", "route", h.Route.Pattern())
-			return bridge.Response{}, http.StatusBadRequest, nil
+			return bridge.Response{}, err, nil
 		case n > 0:
 			call.SendBody(buf[:n], false)
 		}
 	}
-	resp, err := call.Result()
-	g.logRelayError(r.Context(), h, err)
-	return resp, 0, err
+	resp, err = call.Result()
+	g.logRelayError(ctx, h, err)
+	return resp, nil, err
 }
 
 // serveStream writes a streamed reply after its head: each part is flushed

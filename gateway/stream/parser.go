@@ -57,7 +57,7 @@ type Event int
 // Events returned by Next.
 const (
 	NeedMore Event = iota // feed more bytes
-	Head                  // headers complete; call SetBodyLimit, then Next again
+	Head                  // headers complete; call SetBodyLimit (and StreamBody), then Next again
 	Done                  // a whole request is ready in Request()
 )
 
@@ -86,7 +86,9 @@ type Parser struct {
 	req       *Request
 	headBytes int
 	limit     int64 // body limit; 0 none
+	bodyN     int64 // body bytes decoded so far
 	chunkLeft int64
+	streaming bool // the body is read with ReadBody, not collected in Request.Body
 	err       *Error
 }
 
@@ -121,11 +123,12 @@ const firstBodyBuffer = 64 << 10
 
 // SetBodyLimit sets the largest body accepted for the current request (0 =
 // none) and lets Next continue with the body. A Content-Length over the limit
-// fails at once with 413. The body buffer starts at min(Content-Length,
-// 64 KiB) and doubles only as received bytes fill it, never past
-// Content-Length: a length claimed but not sent costs at most 64 KiB.
+// fails at once with 413. The body buffer is allocated when the first body
+// bytes arrive, at min(Content-Length, 64 KiB), and doubles only as received
+// bytes fill it, never past Content-Length: a length claimed but not sent
+// costs nothing, and at most 64 KiB once a byte of it came.
 func (p *Parser) SetBodyLimit(n int64) *Error {
-	p.limit = n
+	p.limit, p.bodyN = n, 0
 	r := p.req
 	switch {
 	case r.Chunked:
@@ -134,12 +137,83 @@ func (p *Parser) SetBodyLimit(n int64) *Error {
 		if n > 0 && r.ContentLength > n {
 			return p.setErr(fail(413, "request body over the limit"))
 		}
-		r.Body = make([]byte, 0, min(r.ContentLength, firstBodyBuffer))
 		p.st = stBody
 	default:
 		p.st = stReady
 	}
 	return nil
+}
+
+// StreamBody makes the current request's body, if it has one, be read in
+// parts with ReadBody (or dropped with DiscardBody) instead of collected in
+// Request.Body. Call it after SetBodyLimit; until the body is complete, Next
+// reports NeedMore. The body limit still applies.
+func (p *Parser) StreamBody() {
+	p.streaming = p.inBody()
+}
+
+// inBody reports whether the parser is inside a request's body.
+func (p *Parser) inBody() bool {
+	switch p.st {
+	case stBody, stChunkSize, stChunkData, stChunkCRLF, stTrailers:
+		return true
+	}
+	return false
+}
+
+// Streaming reports whether a streamed body is still being read.
+func (p *Parser) Streaming() bool { return p.streaming }
+
+// ReadBody decodes the next bytes of a streamed body (StreamBody) from what
+// is buffered into dst, chunked framing removed, and reports whether the
+// body is complete: the parser then goes on with the next request. It
+// returns 0 and false when it needs more bytes. Framing that follows the
+// bytes copied (a chunk's CRLF, the last chunk, trailers) is consumed too
+// when it is buffered, so the call that copies a body's last bytes usually
+// reports it complete.
+func (p *Parser) ReadBody(dst []byte) (n int, done bool, err *Error) {
+	if p.err != nil {
+		return 0, false, p.err
+	}
+	if !p.streaming {
+		return 0, true, nil
+	}
+	for {
+		data, done, err := p.bodyNext(len(dst) - n)
+		n += copy(dst[n:], data)
+		switch {
+		case err != nil:
+			return n, false, err
+		case done:
+			p.streaming = false
+			return n, true, nil
+		case len(data) == 0:
+			return n, false, nil
+		}
+	}
+}
+
+// DiscardBody drops what is buffered of a streamed body and reports whether
+// the body is complete, as ReadBody would.
+func (p *Parser) DiscardBody() (done bool, err *Error) {
+	if p.err != nil {
+		return false, p.err
+	}
+	if !p.streaming {
+		return true, nil
+	}
+	for {
+		data, done, err := p.bodyNext(int(^uint(0) >> 1))
+		switch {
+		case err != nil:
+			return false, err
+		case done:
+			p.streaming = false
+			return true, nil
+		case len(data) == 0:
+			return false, nil
+		}
+	}
 }
 
 func (p *Parser) setErr(e *Error) *Error {
@@ -189,28 +263,77 @@ func (p *Parser) Next() (Event, *Error) {
 			if err := p.field(line); err != nil {
 				return NeedMore, p.setErr(err)
 			}
-		case stBody:
-			r := p.req
-			need := r.ContentLength - int64(len(r.Body))
-			avail := int64(len(p.buf) - p.off)
-			if avail == 0 {
-				return NeedMore, nil
+		case stBody, stChunkSize, stChunkData, stChunkCRLF, stTrailers:
+			if p.streaming {
+				return NeedMore, nil // ReadBody takes the body
 			}
-			n := min(need, avail)
-			if int64(len(r.Body))+n > int64(cap(r.Body)) {
-				size := max(2*int64(cap(r.Body)), int64(len(r.Body))+n)
-				r.Body = append(make([]byte, 0, min(size, r.ContentLength)), r.Body...)
+			data, done, err := p.bodyNext(int(^uint(0) >> 1))
+			if err != nil {
+				return NeedMore, err
 			}
-			r.Body = append(r.Body, p.buf[p.off:p.off+int(n)]...)
-			p.off += int(n)
-			if int64(len(r.Body)) == r.ContentLength {
-				p.st = stLine
+			p.collect(data)
+			if done {
 				return Done, nil
 			}
+			if len(data) == 0 {
+				return NeedMore, nil
+			}
+		}
+	}
+}
+
+// collect appends body bytes to Request.Body. The buffer starts at
+// min(Content-Length, 64 KiB) (4 KiB for a chunked body) and doubles when
+// the bytes received fill it, never past Content-Length.
+func (p *Parser) collect(data []byte) {
+	r := p.req
+	if len(data) == 0 {
+		return
+	}
+	if len(r.Body)+len(data) > cap(r.Body) {
+		size := int64(max(2*cap(r.Body), len(r.Body)+len(data)))
+		switch {
+		case cap(r.Body) == 0 && r.ContentLength > 0:
+			size = max(min(r.ContentLength, firstBodyBuffer), int64(len(data)))
+		case cap(r.Body) == 0:
+			size = max(4096, int64(len(data)))
+		}
+		if r.ContentLength > 0 {
+			size = min(size, r.ContentLength)
+		}
+		r.Body = append(make([]byte, 0, size), r.Body...)
+	}
+	r.Body = append(r.Body, data...)
+}
+
+// take consumes n buffered bytes of body and returns them.
+func (p *Parser) take(n int) []byte {
+	data := p.buf[p.off : p.off+n]
+	p.off += n
+	p.bodyN += int64(n)
+	return data
+}
+
+// bodyNext decodes the body's framing from what is buffered and returns the
+// next body bytes, at most room of them, as a view of the buffer that is
+// valid until the next Feed. done reports the body complete: the parser is
+// then back at the request line. No bytes and not done means it needs more
+// input, or room.
+func (p *Parser) bodyNext(room int) (data []byte, done bool, err *Error) {
+	for {
+		switch p.st {
+		case stBody:
+			left := p.req.ContentLength - p.bodyN
+			data = p.take(int(min(left, int64(len(p.buf)-p.off), int64(room))))
+			if p.bodyN == p.req.ContentLength {
+				p.st = stLine
+				return data, true, nil
+			}
+			return data, false, nil
 		case stChunkSize:
 			line, ok, err := p.line(1024, 400, "chunk size line too long")
 			if err != nil || !ok {
-				return NeedMore, err
+				return nil, false, err
 			}
 			if i := bytes.IndexByte(line, ';'); i >= 0 {
 				line = line[:i] // chunk extensions are ignored
@@ -218,52 +341,53 @@ func (p *Parser) Next() (Event, *Error) {
 			line = bytes.TrimRight(line, " \t")
 			size, perr := strconv.ParseInt(string(line), 16, 64)
 			if perr != nil || size < 0 || len(line) > 15 {
-				return NeedMore, p.setErr(fail(400, "bad chunk size"))
+				return nil, false, p.setErr(fail(400, "bad chunk size"))
 			}
 			if size == 0 {
 				p.st = stTrailers
 				continue
 			}
-			if p.limit > 0 && int64(len(p.req.Body))+size > p.limit {
-				return NeedMore, p.setErr(fail(413, "request body over the limit"))
+			if p.limit > 0 && p.bodyN+size > p.limit {
+				return nil, false, p.setErr(fail(413, "request body over the limit"))
 			}
 			p.chunkLeft = size
 			p.st = stChunkData
 		case stChunkData:
-			avail := int64(len(p.buf) - p.off)
-			if avail == 0 {
-				return NeedMore, nil
+			n := int(min(p.chunkLeft, int64(len(p.buf)-p.off), int64(room)))
+			if n == 0 {
+				return nil, false, nil
 			}
-			n := min(p.chunkLeft, avail)
-			p.req.Body = append(p.req.Body, p.buf[p.off:p.off+int(n)]...)
-			p.off += int(n)
-			p.chunkLeft -= n
+			data = p.take(n)
+			p.chunkLeft -= int64(n)
 			if p.chunkLeft == 0 {
 				p.st = stChunkCRLF
 			}
+			return data, false, nil
 		case stChunkCRLF:
 			line, ok, err := p.line(2, 400, "chunk data not followed by CRLF")
 			if err != nil || !ok {
-				return NeedMore, err
+				return nil, false, err
 			}
 			if len(line) != 0 {
-				return NeedMore, p.setErr(fail(400, "chunk data not followed by CRLF"))
+				return nil, false, p.setErr(fail(400, "chunk data not followed by CRLF"))
 			}
 			p.st = stChunkSize
 		case stTrailers:
 			line, ok, err := p.line(p.MaxHeader, 431, "trailer fields too large")
 			if err != nil || !ok {
-				return NeedMore, err
+				return nil, false, err
 			}
 			p.headBytes += len(line) + 2
 			if p.headBytes > p.MaxHeader {
-				return NeedMore, p.setErr(fail(431, "trailer fields too large"))
+				return nil, false, p.setErr(fail(431, "trailer fields too large"))
 			}
 			if len(line) == 0 {
 				p.st = stLine
-				return Done, nil
+				return nil, true, nil
 			}
 			// Trailer fields are read and dropped: MZMQ/1 has no place for them.
+		default:
+			return nil, true, nil
 		}
 	}
 }
@@ -403,7 +527,6 @@ func (p *Parser) finishHead() *Error {
 	}
 	if r.Chunked {
 		r.ContentLength = -1
-		r.Body = make([]byte, 0, 4096)
 	}
 	return nil
 }

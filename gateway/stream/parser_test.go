@@ -2,6 +2,7 @@ package stream
 
 import (
 	"bytes"
+	"fmt"
 	"strconv"
 	"strings"
 	"testing"
@@ -38,6 +39,65 @@ func parseAll(input string, step int, limit int64) ([]*Request, *Error) {
 	return out, nil
 }
 
+// parseStreamed is parseAll with every body streamed: read with ReadBody
+// into a buffer of room bytes and collected in Request.Body, or, when
+// discard, dropped with DiscardBody (Body is then nil).
+func parseStreamed(input string, step int, limit int64, room int, discard bool) ([]*Request, *Error) {
+	p := NewParser()
+	var out []*Request
+	var body []byte
+	dst := make([]byte, room)
+	for i := 0; i < len(input) || i == 0; i += step {
+		end := min(i+step, len(input))
+		p.Feed([]byte(input[i:end]))
+		for {
+			if p.Streaming() {
+				var done bool
+				var err *Error
+				n := 0
+				if discard {
+					done, err = p.DiscardBody()
+				} else {
+					n, done, err = p.ReadBody(dst)
+					body = append(body, dst[:n]...)
+				}
+				if err != nil {
+					return out, err
+				}
+				if !done && n == 0 {
+					break // needs more input
+				}
+				if !done {
+					continue
+				}
+				r := *p.Request()
+				r.Body, body = body, nil
+				out = append(out, &r)
+				continue
+			}
+			ev, err := p.Next()
+			if err != nil {
+				return out, err
+			}
+			if ev == NeedMore {
+				break
+			}
+			if ev == Head {
+				if err := p.SetBodyLimit(limit); err != nil {
+					return out, err
+				}
+				p.StreamBody()
+				continue
+			}
+			out = append(out, p.Request())
+		}
+		if len(input) == 0 {
+			break
+		}
+	}
+	return out, nil
+}
+
 func TestParserRequests(t *testing.T) {
 	tests := []struct {
 		name  string
@@ -60,6 +120,13 @@ func TestParserRequests(t *testing.T) {
 			if err != nil {
 				t.Fatalf("%s (step %d): %v", tt.name, step, err)
 			}
+			streamed, err := parseStreamed(tt.input, step, 0, 5, false)
+			if err != nil {
+				t.Fatalf("%s (step %d, streamed): %v", tt.name, step, err)
+			}
+			if got, want := describe(streamed), describe(reqs); got != want {
+				t.Errorf("%s (step %d): streamed bodies give %q, whole ones %q", tt.name, step, got, want)
+			}
 			var got []string
 			for _, r := range reqs {
 				got = append(got, strings.Join([]string{r.Method, r.Target, string(r.Body), map[bool]string{true: "true", false: "false"}[r.KeepAlive]}, " "))
@@ -69,6 +136,15 @@ func TestParserRequests(t *testing.T) {
 			}
 		}
 	}
+}
+
+// describe lists requests as "method target body", for comparisons.
+func describe(reqs []*Request) string {
+	var b strings.Builder
+	for _, r := range reqs {
+		fmt.Fprintf(&b, "%s %s %q|", r.Method, r.Target, r.Body)
+	}
+	return b.String()
 }
 
 func TestParserHeadersInOrder(t *testing.T) {
@@ -122,6 +198,10 @@ func TestParserErrors(t *testing.T) {
 		if err == nil || err.Status != tt.status {
 			t.Errorf("%s: got %v, want status %d", tt.name, err, tt.status)
 		}
+		_, err = parseStreamed(tt.input, 5, tt.limit, 3, false)
+		if err == nil || err.Status != tt.status {
+			t.Errorf("%s (streamed): got %v, want status %d", tt.name, err, tt.status)
+		}
 	}
 }
 
@@ -146,20 +226,35 @@ func FuzzParser(f *testing.F) {
 	f.Add([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), 3)
 	f.Add([]byte("POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"), 1)
 	f.Add([]byte("POST / HTTP/1.0\r\nContent-Length: 2\r\n\r\nab"), 100)
+	f.Add([]byte("POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5;a=b\r\nhello\r\n2\r\n, \r\n0\r\nT: 1\r\n\r\nPOST /n HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabcGET /x HTTP/1.1\r\nHost: x\r\n\r\n"), 4)
 	f.Fuzz(func(t *testing.T, in []byte, step int) {
 		if step <= 0 {
 			step = 1
 		}
-		// Any split of the input must give the same requests and error.
+		// Any split of the input must give the same requests and error,
+		// and so must reading every body in parts (ReadBody into a buffer
+		// of any size) or dropping it (DiscardBody).
 		whole, werr := parseAll(string(in), 1<<30, 64)
 		split, serr := parseAll(string(in), step, 64)
-		if (werr == nil) != (serr == nil) || (werr != nil && werr.Status != serr.Status) || len(whole) != len(split) {
-			t.Fatalf("split %d changes the outcome: %v/%d vs %v/%d", step, werr, len(whole), serr, len(split))
-		}
-		for i := range whole {
-			a, b := whole[i], split[i]
-			if a.Method != b.Method || a.Target != b.Target || !bytes.Equal(a.Body, b.Body) || len(a.Body) > 64 {
-				t.Fatalf("request %d differs: %+v vs %+v", i, a, b)
+		room := step%13 + 1
+		streamed, sterr := parseStreamed(string(in), step, 64, room, false)
+		dropped, derr := parseStreamed(string(in), step, 64, room, true)
+		for _, other := range []struct {
+			name string
+			reqs []*Request
+			err  *Error
+		}{{"split", split, serr}, {"streamed", streamed, sterr}, {"dropped", dropped, derr}} {
+			if (werr == nil) != (other.err == nil) || (werr != nil && werr.Status != other.err.Status) || len(whole) != len(other.reqs) {
+				t.Fatalf("%s (step %d, room %d) changes the outcome: %v/%d vs %v/%d", other.name, step, room, werr, len(whole), other.err, len(other.reqs))
+			}
+			for i := range whole {
+				a, b := whole[i], other.reqs[i]
+				if a.Method != b.Method || a.Target != b.Target || len(a.Body) > 64 {
+					t.Fatalf("%s: request %d differs: %+v vs %+v", other.name, i, a, b)
+				}
+				if other.name != "dropped" && !bytes.Equal(a.Body, b.Body) {
+					t.Fatalf("%s: body of request %d differs: %q vs %q", other.name, i, a.Body, b.Body)
+				}
 			}
 		}
 	})

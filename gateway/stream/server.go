@@ -88,12 +88,15 @@ type Server struct {
 
 	wakeMu  sync.Mutex
 	queue   []*slot
+	bodies  []*bodyPipe // streamed bodies whose relay waits in Read, or stopped
 	pending atomic.Bool
 
 	conns    map[string]*conn
 	closed   map[string]time.Time // closed here; their disconnect notice is still to come
 	unsent   map[string]time.Time // closed here, but libzmq did not take the close yet: its queue is full
 	blocked  map[*conn]bool       // a send found the connection's queue full
+	held     map[*conn]bool       // streamed bodies holding bodyHold bytes: the socket is not read (body.go)
+	readNow  bool                 // the socket is readable again: read it before waiting
 	retryAt  time.Time            // when retry has something to try again; zero for nothing
 	notices  bool                 // some route asked for connection notices
 	base     context.Context      // cancelled when the server stops
@@ -130,6 +133,7 @@ type conn struct {
 	headErr   int           // status to answer instead of relaying (404, 405)
 	headRoute *gateway.Handle
 	headVars  map[string]string
+	body      *bodyPipe // the request's body is streaming to its relay (body.go)
 }
 
 // slot is one answer in a connection's queue. A relay goroutine fills data
@@ -143,6 +147,7 @@ type slot struct {
 	data  []byte // not sent when empty: an empty frame would close the connection
 	close bool   // close the connection after the answer
 	st    *streamSlot
+	body  *bodyPipe // the request's streamed body (body.go)
 }
 
 // connHeader is the Connection field a response needs: "close" when the
@@ -176,7 +181,7 @@ func New(gw *gateway.Gateway, listen string, opts Options) (*Server, error) {
 		opts.Log = slog.Default()
 	}
 	s := &Server{gw: gw, opts: opts, log: opts.Log, conns: map[string]*conn{}, closed: map[string]time.Time{},
-		unsent: map[string]time.Time{}, blocked: map[*conn]bool{}}
+		unsent: map[string]time.Time{}, blocked: map[*conn]bool{}, held: map[*conn]bool{}}
 	s.base, s.stop = context.WithCancel(context.Background())
 	for _, h := range gw.Handles() {
 		s.notices = s.notices || h.Route.ConnectionNotices
@@ -190,6 +195,10 @@ func New(gw *gateway.Gateway, listen string, opts Options) (*Server, error) {
 	if err = s.sock.SetSndhwm(sndHWM); err != nil { // for the connections the bind accepts
 		s.sock.Close()
 		return nil, fmt.Errorf("ZMQ_SNDHWM: %w", err)
+	}
+	if err = s.sock.SetRcvhwm(rcvHWM); err != nil {
+		s.sock.Close()
+		return nil, fmt.Errorf("ZMQ_RCVHWM: %w", err)
 	}
 	if err = s.sock.Bind("tcp://" + listen); err != nil {
 		s.sock.Close()
@@ -248,7 +257,11 @@ func (s *Server) Serve(ctx context.Context) error {
 		if !s.retryAt.IsZero() {
 			wait = min(wait, time.Until(s.retryAt))
 		}
-		if err := s.wait(max(wait, time.Millisecond)); err != nil {
+		if s.readNow {
+			// The socket was left unread for a streamed body (body.go):
+			// ZMQ_FD will not say again that messages wait.
+			s.readNow = false
+		} else if err := s.wait(max(wait, time.Millisecond)); err != nil {
 			s.log.Error(CodeSocket.String()+": waiting on the socket failed", "err", err)
 			return err
 		}
@@ -261,7 +274,7 @@ func (s *Server) Serve(ctx context.Context) error {
 				s.log.Error(CodeSocket.String()+": ZMQ_EVENTS failed", "err", err)
 				return err
 			}
-			if ev&zmq.POLLIN == 0 {
+			if ev&zmq.POLLIN == 0 || len(s.held) > 0 {
 				break
 			}
 			if err := s.readStream(drainUntil.IsZero()); err != nil {
@@ -301,9 +314,10 @@ func (s *Server) wait(d time.Duration) error {
 	return s.waiter.Wait()
 }
 
-// readStream handles every message waiting on the STREAM socket.
+// readStream handles every message waiting on the STREAM socket, until a
+// streamed body holds as much as it may (body.go).
 func (s *Server) readStream(accepting bool) error {
-	for i := 0; i < 1024; i++ {
+	for i := 0; i < 1024 && len(s.held) == 0; i++ {
 		id, err := s.sock.RecvBytes(zmq.DONTWAIT)
 		if err != nil {
 			if errors.Is(err, zmq.Errno(syscall.EAGAIN)) {
@@ -363,10 +377,16 @@ func (s *Server) open(id, peer string) {
 	c.opened = s.notify(c, "@open")
 }
 
-// gone forgets a connection the client closed; relays in flight are cancelled.
+// gone forgets a connection the client closed; relays in flight are
+// cancelled, and a streamed body ends for its relay.
 func (s *Server) gone(c *conn) {
 	delete(s.conns, c.id)
 	delete(s.blocked, c)
+	if c.body != nil {
+		c.body.fail(errClientGone)
+		c.body = nil
+	}
+	s.release(c)
 	s.stats.Connections.Add(-1)
 	c.cancel()
 	s.notify(c, "@close")
@@ -440,12 +460,21 @@ func (s *Server) notify(c *conn, what string) chan struct{} {
 // closedChan is returned by notify when no route asked for notices.
 var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
 
-// parse runs the parser over what c has buffered and starts the requests it
-// completes, up to the pipelining limit.
+// parse runs the parser over what c has buffered: it moves a streamed body
+// along, and starts the requests it completes, up to the pipelining limit.
 func (s *Server) parse(c *conn) {
 	c.parsing = true
 	defer func() { c.parsing = false }()
-	for !c.broken && !c.closing && len(c.pending) < maxPipeline {
+	for !c.broken && s.conns[c.id] == c {
+		if c.body != nil {
+			if !s.feedBody(c) {
+				return
+			}
+			continue // the body is over: the next request
+		}
+		if c.closing || len(c.pending) >= maxPipeline {
+			return
+		}
 		ev, perr := c.parser.Next()
 		if perr != nil {
 			s.log.Debug(CodeBadRequest.String()+": bad request", "status", perr.Status, "reason", perr.Reason, "connection", c.hexID)
@@ -459,7 +488,7 @@ func (s *Server) parse(c *conn) {
 		case Head:
 			s.head(c)
 		case Done:
-			s.start(c, c.parser.Request())
+			s.start(c, c.parser.Request(), nil)
 			c.head, c.headRoute, c.headErr, c.headVars = nil, nil, 0, nil
 			if c.parser.Buffered() > 0 {
 				c.reqStart = time.Now()
@@ -491,6 +520,14 @@ func (s *Server) head(c *conn) {
 		c.pending = append(c.pending, &slot{c: c, done: true, data: []byte("HTTP/1.1 100 Continue\r\n\r\n")})
 		s.flush(c)
 	}
+	if h != nil && status == 0 && h.Route.StreamBody && r.ContentLength != 0 {
+		// stream_body: relayed now, the body following in parts (body.go).
+		c.parser.StreamBody()
+		if c.parser.Streaming() {
+			c.body = newBodyPipe(s, c)
+			s.start(c, r, c.body)
+		}
+	}
 }
 
 // httpRequest builds what gorilla/mux needs to match r.
@@ -506,8 +543,10 @@ func httpRequest(r *Request) *http.Request {
 	return &http.Request{Method: r.Method, URL: u, Host: host, RequestURI: r.Target, Header: http.Header{}}
 }
 
-// start relays a complete request, or answers it at once if it has no route.
-func (s *Server) start(c *conn, r *Request) {
+// start relays a request, or answers it at once if it has no route. The
+// request is complete, or its body, when body is not nil, follows through
+// body as the worker asks for it.
+func (s *Server) start(c *conn, r *Request, body *bodyPipe) {
 	s.stats.Requests.Add(1)
 	if !r.KeepAlive {
 		c.closing = true
@@ -521,7 +560,7 @@ func (s *Server) start(c *conn, r *Request) {
 		return
 	}
 	h := c.headRoute
-	sl := &slot{c: c, close: !r.KeepAlive}
+	sl := &slot{c: c, close: !r.KeepAlive, body: body}
 	connHdr := connHeader(sl.close, r.Minor)
 	c.pending = append(c.pending, sl)
 	hdr := make([]byte, 0, 256)
@@ -536,6 +575,7 @@ func (s *Server) start(c *conn, r *Request) {
 			Protocol: r.Proto, ConnectionID: c.hexID, Vars: c.headVars}),
 		Body:         r.Body,
 		StreamWindow: h.Route.StreamWindowOrDefault(),
+		StreamBody:   body != nil,
 	}
 	head := r.Method == http.MethodHead
 	minor := r.Minor
@@ -547,7 +587,27 @@ func (s *Server) start(c *conn, r *Request) {
 		case <-opened:
 		case <-ctx.Done():
 		}
-		resp, err := s.gw.Relay(ctx, h, req)
+		var resp bridge.Response
+		var err error
+		if body != nil {
+			var readErr error
+			resp, readErr, err = s.gw.RelayBody(ctx, h, req, body)
+			body.stop()
+			if readErr != nil {
+				// The body broke the parser or its timeout (the connection
+				// closes after the answer), or the client went away.
+				sl.close = true
+				var perr *Error
+				if errors.As(readErr, &perr) {
+					s.complete(sl, errorResponse(perr.Status, perr.Reason, nil, "close"))
+				} else {
+					s.complete(sl, nil)
+				}
+				return
+			}
+		} else {
+			resp, err = s.gw.Relay(ctx, h, req)
+		}
 		if err != nil {
 			st := bridge.StatusOf(err)
 			var extra []byte
@@ -610,14 +670,19 @@ func (s *Server) drainQueue() {
 		return
 	}
 	s.wakeMu.Lock()
-	q := s.queue
-	s.queue = nil
+	q, bodies := s.queue, s.bodies
+	s.queue, s.bodies = nil, nil
 	s.pending.Store(false)
 	s.wakeMu.Unlock()
 	for _, sl := range q {
 		sl.done = true
 		if s.conns[sl.c.id] == sl.c {
 			s.flush(sl.c)
+		}
+	}
+	for _, b := range bodies {
+		if c := b.c; s.conns[c.id] == c && c.body == b && !c.parsing {
+			s.parse(c)
 		}
 	}
 }
@@ -646,11 +711,16 @@ func (s *Server) flush(c *conn) {
 		c.pending[0] = nil
 		c.pending = c.pending[1:]
 		if sl.close {
-			s.closeConn(c)
-			return
+			if c.body == nil || c.body != sl.body {
+				s.closeConn(c)
+				return
+			}
+			// The rest of this request's body is still to come: the
+			// connection closes once it is dropped (body.go).
+			c.closing = true
 		}
 	}
-	if len(c.pending) == 0 && c.closing {
+	if len(c.pending) == 0 && c.closing && c.body == nil {
 		s.closeConn(c)
 		return
 	}
@@ -778,6 +848,10 @@ func (s *Server) sweep(now time.Time) {
 					"stalled", stalled.Round(time.Millisecond).String())
 				s.closeConn(c)
 			}
+		case c.body != nil && now.Sub(c.reqStart) > s.opts.BodyTimeout:
+			s.log.Debug(CodeBadRequest.String()+": bad request", "status", http.StatusRequestTimeout,
+				"reason", "streamed body not received in time", "connection", c.hexID)
+			s.endBody(c, fail(http.StatusRequestTimeout, "request not received in time"))
 		case len(c.pending) > 0:
 			// A relay is in progress: its own timeout bounds it.
 		case c.parser.InProgress() && !c.broken:

@@ -633,19 +633,34 @@ func TestASlowReaderGetsTheWholeStream(t *testing.T) {
 // for c, which is libzmq's, in this process.
 func kernelHeld(t *testing.T, c net.Conn) int64 {
 	t.Helper()
-	ioctl := func(fd int, req uintptr) int64 {
-		var n int32
-		if _, _, e := syscall.Syscall(syscall.SYS_IOCTL, uintptr(fd), req, uintptr(unsafe.Pointer(&n))); e != 0 {
-			t.Fatalf("ioctl %#x: %v", req, e)
-		}
-		return int64(n)
+	return clientQueue(t, c, syscall.TIOCINQ) + ioctlInt(t, serverSocket(t, c), syscall.TIOCOUTQ)
+}
+
+// ioctlInt returns the count an ioctl (TIOCINQ, TIOCOUTQ) reports for fd.
+func ioctlInt(t *testing.T, fd int, req uintptr) int64 {
+	t.Helper()
+	var n int32
+	if _, _, e := syscall.Syscall(syscall.SYS_IOCTL, uintptr(fd), req, uintptr(unsafe.Pointer(&n))); e != 0 {
+		t.Fatalf("ioctl %#x: %v", req, e)
 	}
-	var held int64
+	return int64(n)
+}
+
+// clientQueue returns what an ioctl reports for client connection c.
+func clientQueue(t *testing.T, c net.Conn, req uintptr) (n int64) {
+	t.Helper()
 	raw, err := c.(*net.TCPConn).SyscallConn()
 	if err != nil {
 		t.Fatal(err)
 	}
-	raw.Control(func(fd uintptr) { held = ioctl(int(fd), syscall.TIOCINQ) })
+	raw.Control(func(fd uintptr) { n = ioctlInt(t, int(fd), req) })
+	return n
+}
+
+// serverSocket finds the descriptor of the server's side of client
+// connection c, which libzmq holds in this process.
+func serverSocket(t *testing.T, c net.Conn) int {
+	t.Helper()
 	ents, err := os.ReadDir("/proc/self/fd")
 	if err != nil {
 		t.Skip("no /proc/self/fd")
@@ -661,7 +676,7 @@ func kernelHeld(t *testing.T, c net.Conn) int64 {
 		s4, ok1 := sa.(*syscall.SockaddrInet4)
 		p4, ok2 := pa.(*syscall.SockaddrInet4)
 		if ok1 && ok2 && s4.Port == remote.Port && p4.Port == local.Port {
-			return held + ioctl(fd, syscall.TIOCOUTQ)
+			return fd
 		}
 	}
 	t.Fatalf("no socket in this process for the client %v", local)
