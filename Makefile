@@ -19,7 +19,7 @@ CSRC    := $(wildcard mod_zmq/*.c mod_zmq/*.h) mod_zmq/golib/modzmq.h apxs/build
 TESTTAGS := -tags modzmq_test
 
 .PHONY: all deps install demo test fuzz fuzz-asan bench clean
-all: $(BUILD)/mod_zmq.so $(BUILD)/libmodzmq.so $(BUILD)/go-worker $(BUILD)/brokerworker $(BUILD)/streamworker $(BUILD)/zmq-gateway
+all: $(BUILD)/mod_zmq.so $(BUILD)/libmodzmq.so $(BUILD)/go-worker $(BUILD)/brokerworker $(BUILD)/streamworker $(BUILD)/wsworker $(BUILD)/zmq-gateway
 
 deps:
 	@./test/deps.sh
@@ -41,6 +41,9 @@ $(BUILD)/brokerworker: $(wildcard examples/go/brokerworker/*.go)
 
 $(BUILD)/streamworker: $(wildcard examples/go/streamworker/*.go)
 	$(GO) build -o $@ ./examples/go/streamworker
+
+$(BUILD)/wsworker: $(wildcard examples/go/wsworker/*.go)
+	$(GO) build -o $@ ./examples/go/wsworker
 
 $(BUILD)/zmq-gateway: $(GOSRC) $(shell find gateway -name '*.go' -not -name '*_test.go')
 	$(GO) build -trimpath -ldflags "-X main.version=$(VERSION)" -o $@ ./gateway/cmd/zmq-gateway
