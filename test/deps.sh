@@ -13,6 +13,8 @@ need apache2-utils command -v ab
 need libzmq3-dev   pkg-config --exists libzmq
 need pkg-config    command -v pkg-config
 need python3-zmq   /usr/bin/python3 -c 'import zmq'
+need python3-websockets /usr/bin/python3 -c 'import websockets' # a WebSocket client of the tests
+need npm           command -v npm # installs the Node.js clients of test/node
 need curl          command -v curl
 need gcc           command -v gcc
 need iproute2      command -v ip
@@ -35,6 +37,10 @@ if [ -n "$missing" ]; then
 		echo "deps: run: sudo apt-get update && sudo apt-get install -y$missing" >&2
 		exit 1
 	fi
+fi
+# The Node.js WebSocket client (ws) the tests run, from test/node/package.json.
+if [ ! -d "$(dirname "$0")/node/node_modules/ws" ]; then
+	(cd "$(dirname "$0")/node" && npm install --no-audit --no-fund --no-package-lock --silent)
 fi
 if ! command -v go >/dev/null; then
 	echo "deps: Go is not on PATH: install Go 1.26+ from https://go.dev/dl into /usr/local/go" >&2
