@@ -150,7 +150,11 @@ func (g *Gateway) serveWebSocket(w http.ResponseWriter, r *http.Request, h *Hand
 	ctx, cancel := context.WithCancel(context.WithoutCancel(r.Context()))
 	stop := context.AfterFunc(r.Context(), cancel)
 	connID, _ := r.Context().Value(connIDKey{}).(string)
-	meta := g.AppendMeta(nil, h, &Meta{RemoteAddr: r.RemoteAddr, Scheme: "http", Host: r.Host,
+	scheme := "http"
+	if r.TLS != nil {
+		scheme = "https"
+	}
+	meta := g.AppendMeta(nil, h, &Meta{RemoteAddr: r.RemoteAddr, Scheme: scheme, Host: r.Host,
 		Protocol: r.Proto, ConnectionID: connID, Vars: mux.Vars(r)})
 	if protocols != "" {
 		meta = bridge.AppendHeader(meta, "websocket-protocols", safe(protocols))
