@@ -29,6 +29,9 @@
 #define MODZMQ_DIR_STREAMIDLE "ZmqStreamIdleTimeout"
 #define MODZMQ_DIR_MAXSTREAMS "ZmqMaxStreams"
 #define MODZMQ_DIR_STREAMBODY "ZmqStreamBody"
+#define MODZMQ_DIR_WEBSOCKET "ZmqWebSocket"
+#define MODZMQ_DIR_WSMAXMESSAGE "ZmqWebSocketMaxMessage"
+#define MODZMQ_DIR_WSORIGINS "ZmqWebSocketOrigins"
 
 /* The handler names SetHandler accepts. */
 #define MODZMQ_HANDLER "zmq"
@@ -40,6 +43,7 @@
 #define MODZMQ_DEFAULT_MAX_BODY    (8 * 1024 * 1024)
 #define MODZMQ_DEFAULT_MAX_REPLY   (64 * 1024 * 1024)
 #define MODZMQ_DEFAULT_STREAM_WINDOW (256 * 1024)
+#define MODZMQ_DEFAULT_WS_MAX_MESSAGE (16 * 1024 * 1024)
 #ifndef MODZMQ_DEFAULT_LIBRARY
 #define MODZMQ_DEFAULT_LIBRARY "/usr/lib/apache2/modules/libmodzmq.so"
 #endif
@@ -70,6 +74,9 @@ typedef struct modzmq_dir_conf {
     int max_streams;                  /* MODZMQ_UNSET, 0 (no limit) or > 0 */
     apr_uint32_t *streams;            /* open streams, shared by the threads of a child; set with max_streams */
     int stream_body;                  /* MODZMQ_UNSET, 0 or 1 */
+    int websocket;                    /* MODZMQ_UNSET, 0 or 1 */
+    apr_int64_t ws_max_message;       /* MODZMQ_UNSET or bytes */
+    const char *ws_origins;           /* NULL = unset; "" = any; else origins separated by spaces */
 } modzmq_dir_conf;
 
 /* One ZmqBackend endpoint list and the sections that name it. */
@@ -100,6 +107,7 @@ int modzmq_config_client(const modzmq_client_config *want);
 apr_int64_t modzmq_conf_timeout_ms(const modzmq_dir_conf *conf);
 apr_off_t modzmq_conf_max_body(const modzmq_dir_conf *conf);
 apr_off_t modzmq_conf_max_reply(const modzmq_dir_conf *conf);
+apr_int64_t modzmq_conf_ws_max_message(const modzmq_dir_conf *conf);
 
 /* modzmq_loader.c */
 void modzmq_loader_check(apr_pool_t *ptemp, server_rec *s);
@@ -112,6 +120,7 @@ typedef struct modzmq_calls {
     modzmq_release_fn release;
     modzmq_cancel_fn cancel;
     modzmq_send_body_fn send_body;
+    modzmq_ws_step_fn ws_step;
 } modzmq_calls;
 /* Returns the library's request path, or NULL with a log code and reason in *why. */
 const modzmq_calls *modzmq_loader_calls(const char **why);

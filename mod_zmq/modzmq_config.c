@@ -74,6 +74,8 @@ void *modzmq_create_dir_conf(apr_pool_t *p, char *dir)
     conf->stream_idle_ms = MODZMQ_UNSET;
     conf->max_streams = MODZMQ_UNSET;
     conf->stream_body = MODZMQ_UNSET;
+    conf->websocket = MODZMQ_UNSET;
+    conf->ws_max_message = MODZMQ_UNSET;
     return conf;
 }
 
@@ -112,6 +114,9 @@ void *modzmq_merge_dir_conf(apr_pool_t *p, void *basev, void *addv)
     conf->max_reply = add->max_reply != MODZMQ_UNSET ? add->max_reply : base->max_reply;
     conf->notices = add->notices != MODZMQ_UNSET ? add->notices : base->notices;
     conf->stream_body = add->stream_body != MODZMQ_UNSET ? add->stream_body : base->stream_body;
+    conf->websocket = add->websocket != MODZMQ_UNSET ? add->websocket : base->websocket;
+    conf->ws_max_message = add->ws_max_message != MODZMQ_UNSET ? add->ws_max_message : base->ws_max_message;
+    conf->ws_origins = add->ws_origins ? add->ws_origins : base->ws_origins;
     conf->stream_window = add->stream_window != MODZMQ_UNSET ? add->stream_window : base->stream_window;
     conf->stream_idle_ms = add->stream_idle_ms != MODZMQ_UNSET ? add->stream_idle_ms : base->stream_idle_ms;
     if (add->max_streams != MODZMQ_UNSET) {
@@ -154,6 +159,11 @@ apr_off_t modzmq_conf_max_body(const modzmq_dir_conf *conf)
 apr_off_t modzmq_conf_max_reply(const modzmq_dir_conf *conf)
 {
     return conf->max_reply != MODZMQ_UNSET ? conf->max_reply : MODZMQ_DEFAULT_MAX_REPLY;
+}
+
+apr_int64_t modzmq_conf_ws_max_message(const modzmq_dir_conf *conf)
+{
+    return conf->ws_max_message != MODZMQ_UNSET ? conf->ws_max_message : MODZMQ_DEFAULT_WS_MAX_MESSAGE;
 }
 
 /* ---- clients: (backend, options) ---------------------------------------- */
@@ -496,6 +506,53 @@ static const char *set_max_streams(cmd_parms *cmd, void *dconf, const char *arg)
     return set_limit(cmd, MODZMQ_DIR_MAXSTREAMS, arg, &conf->max_streams, &conf->streams);
 }
 
+static const char *set_ws_max_message(cmd_parms *cmd, void *dconf, const char *arg)
+{
+    modzmq_dir_conf *conf = dconf;
+    char *end;
+    apr_int64_t n;
+
+    errno = 0;
+    n = apr_strtoi64(arg, &end, 10);
+    if (errno || end == arg || *end || n < 1 || n > 1024 * 1024 * 1024) {
+        return apr_psprintf(cmd->pool, MODZMQ_DIR_WSMAXMESSAGE " %s: expected a number of bytes from 1 to 1073741824", arg);
+    }
+    conf->ws_max_message = n;
+    return NULL;
+}
+
+/* ZmqWebSocketOrigins origin... | *: the Origins a handshake may carry
+ * (scheme://host[:port], as browsers send them), or any. */
+static const char *set_ws_origins(cmd_parms *cmd, void *dconf, int argc, char *const argv[])
+{
+    modzmq_dir_conf *conf = dconf;
+    const char *list = "";
+    int i;
+
+    if (argc == 0) {
+        return MODZMQ_DIR_WSORIGINS " needs at least one origin (scheme://host[:port]), or *";
+    }
+    if (argc == 1 && strcmp(argv[0], "*") == 0) {
+        conf->ws_origins = "";
+        return NULL;
+    }
+    for (i = 0; i < argc; i++) {
+        const char *o = argv[i], *c;
+        if (ap_strstr_c(o, "://") == NULL || strcmp(o, "*") == 0) {
+            return apr_psprintf(cmd->pool, MODZMQ_DIR_WSORIGINS " %s: an origin is scheme://host[:port] "
+                                "(as a browser's Origin header), or * alone for any", o);
+        }
+        for (c = o; *c; c++) {
+            if ((unsigned char)*c <= 0x20 || *c == 0x7f) {
+                return apr_psprintf(cmd->pool, MODZMQ_DIR_WSORIGINS " %s: no spaces or control characters", o);
+            }
+        }
+        list = *list ? apr_pstrcat(cmd->pool, list, " ", o, NULL) : apr_pstrdup(cmd->pool, o);
+    }
+    conf->ws_origins = list;
+    return NULL;
+}
+
 static const char *set_max_body(cmd_parms *cmd, void *dconf, const char *arg)
 {
     modzmq_dir_conf *conf = dconf;
@@ -616,6 +673,14 @@ const command_rec modzmq_cmds[] = {
     AP_INIT_FLAG(MODZMQ_DIR_STREAMBODY, ap_set_flag_slot, (void *)APR_OFFSETOF(modzmq_dir_conf, stream_body), RSRC_CONF | ACCESS_CONF,
                  "on: request bodies go to the worker in parts as it asks for them (ROUTER or DEALER "
                  "workers only; default off)"),
+    AP_INIT_FLAG(MODZMQ_DIR_WEBSOCKET, ap_set_flag_slot, (void *)APR_OFFSETOF(modzmq_dir_conf, websocket), RSRC_CONF | ACCESS_CONF,
+                 "on: WebSocket handshakes (Upgrade: websocket; RFC 8441 over HTTP/2 with H2WebSockets on) go to "
+                 "the workers, each message relayed both ways (ROUTER or DEALER workers only; default off)"),
+    AP_INIT_TAKE1(MODZMQ_DIR_WSMAXMESSAGE, set_ws_max_message, NULL, RSRC_CONF | ACCESS_CONF,
+                  "Largest WebSocket message either way, in bytes; a client's larger one closes with 1009 (default 16 MiB)"),
+    AP_INIT_TAKE_ARGV(MODZMQ_DIR_WSORIGINS, set_ws_origins, NULL, RSRC_CONF | ACCESS_CONF,
+                      "The Origins a WebSocket handshake may come from (scheme://host[:port] ...), or * for any "
+                      "(the default); others get 403"),
     AP_INIT_TAKE1(MODZMQ_DIR_LIBRARY, set_library, NULL, RSRC_CONF,
                   "Path of libmodzmq.so, the Go half of mod_zmq (server config only)"),
     {NULL}

@@ -11,6 +11,7 @@
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* POLLRDHUP */
 #endif
+#include <errno.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
@@ -210,8 +211,9 @@ static const char *connection_id(conn_rec *c)
     return id;
 }
 
-static const char *pack_meta(request_rec *r, const modzmq_dir_conf *conf, apr_size_t *len)
+static const char *pack_meta(request_rec *r, const modzmq_dir_conf *conf, int websocket, apr_size_t *len)
 {
+    const char *protocols = websocket ? apr_table_get(r->headers_in, "Sec-WebSocket-Protocol") : NULL;
     apr_port_t port = r->useragent_addr ? r->useragent_addr->port : r->connection->client_addr->port;
     const char *meta = apr_psprintf(r->pool,
         "remote-addr: %s\r\n"
@@ -228,23 +230,22 @@ static const char *pack_meta(request_rec *r, const modzmq_dir_conf *conf, apr_si
     if (r->user && safe_value(r->user)) {
         meta = apr_pstrcat(r->pool, meta, "remote-user: ", r->user, "\r\n", NULL);
     }
+    if (protocols && *protocols && safe_value(protocols)) {
+        meta = apr_pstrcat(r->pool, meta, "websocket-protocols: ", protocols, "\r\n", NULL);
+    }
     *len = strlen(meta);
     return meta;
 }
 
 /* ---- the reply --------------------------------------------------------- */
 
-/* Sets status and headers from resp; the header lines were validated by
- * the library, so splitting them needs no further checks. */
-static void set_reply_headers(request_rec *r, const modzmq_response *resp)
+/* Adds "Name: value\r\n" lines to t (Content-Type, in headers_out, as the
+ * content type); the library validated them, so splitting them needs no
+ * further checks. */
+static void add_lines(request_rec *r, apr_table_t *t, const char *p, apr_size_t len)
 {
-    const char *p = resp->headers;
-    const char *end = p + resp->headers_len;
+    const char *end = p + len;
 
-    r->status = resp->status;
-    if (resp->reason_len) {
-        r->status_line = apr_psprintf(r->pool, "%d %.*s", resp->status, (int)resp->reason_len, resp->reason);
-    }
     while (p < end) {
         const char *eol = memchr(p, '\r', end - p);
         const char *colon = memchr(p, ':', end - p);
@@ -257,14 +258,24 @@ static void set_reply_headers(request_rec *r, const modzmq_response *resp)
         for (v = colon + 1; v < eol && (*v == ' ' || *v == '\t'); v++) {
         }
         value = apr_pstrmemdup(r->pool, v, eol - v);
-        if (strcasecmp(name, "Content-Type") == 0) {
+        if (t == r->headers_out && strcasecmp(name, "Content-Type") == 0) {
             ap_set_content_type(r, value);
         }
         else {
-            apr_table_addn(r->headers_out, name, value);
+            apr_table_addn(t, name, value);
         }
         p = eol + 2;
     }
+}
+
+/* Sets status and headers from resp. */
+static void set_reply_headers(request_rec *r, const modzmq_response *resp)
+{
+    r->status = resp->status;
+    if (resp->reason_len) {
+        r->status_line = apr_psprintf(r->pool, "%d %.*s", resp->status, (int)resp->reason_len, resp->reason);
+    }
+    add_lines(r, r->headers_out, resp->headers, resp->headers_len);
 }
 
 /* Writes the reply. The body is passed as a transient bucket, straight from
@@ -376,6 +387,229 @@ static void break_stream(request_rec *r, apr_bucket_brigade *bb)
     c->keepalive = AP_CONN_CLOSE;
     APR_BRIGADE_INSERT_TAIL(bb, ap_bucket_error_create(HTTP_BAD_GATEWAY, NULL, c->pool, c->bucket_alloc));
     pass(r, bb, apr_bucket_eos_create(c->bucket_alloc));
+}
+
+/* ---- WebSockets -------------------------------------------------------- */
+
+/* The most read from the client for one step, and how often an open
+ * WebSocket looks at its client (gone, reset) and at the child (stopping)
+ * while nothing happens. */
+#define WS_READ (64 * 1024)
+#define WS_TICK_MS 250
+
+/* Whether r asks for a WebSocket at a location that takes them: its
+ * Upgrade header names websocket (HTTP/1.1, or the GET mod_http2 makes of
+ * an RFC 8441 extended CONNECT). The library checks the rest. */
+static int wants_websocket(request_rec *r, const modzmq_dir_conf *conf)
+{
+    const char *up;
+
+    if (conf->websocket != 1 || r->proto_num < HTTP_VERSION(1, 1)) {
+        return 0;
+    }
+    up = apr_table_get(r->headers_in, "Upgrade");
+    return up != NULL && ap_find_token(r->pool, up, "websocket");
+}
+
+/* Writes a step's output to the client and flushes it: the frames in head,
+ * then the payload in resp->body. */
+static apr_status_t ws_write(conn_rec *c, apr_bucket_brigade *bb, const modzmq_ws_io *io,
+                             const modzmq_response *resp)
+{
+    apr_bucket_alloc_t *ba = c->bucket_alloc;
+    apr_status_t rv;
+
+    if (io->head_len == 0 && resp->body_len == 0) {
+        return APR_SUCCESS;
+    }
+    if (io->head_len) {
+        APR_BRIGADE_INSERT_TAIL(bb, apr_bucket_transient_create(io->head, io->head_len, ba));
+    }
+    if (resp->body_len) {
+        APR_BRIGADE_INSERT_TAIL(bb, apr_bucket_transient_create(resp->body, resp->body_len, ba));
+    }
+    APR_BRIGADE_INSERT_TAIL(bb, apr_bucket_flush_create(ba));
+    rv = ap_pass_brigade(c->output_filters, bb);
+    apr_brigade_cleanup(bb);
+    return rv;
+}
+
+/* Reads what the client sent, at most max bytes, without waiting, from the
+ * connection's input filters (mod_ssl's, mod_http2's stream): *n bytes into
+ * buf. Returns 1 when the client's side ended (end of file, reset, error).
+ * Metadata is skipped: mod_http2 puts an EOS before an upgraded stream's
+ * data. */
+static int ws_read(conn_rec *c, apr_bucket_brigade *bb, char *buf, apr_size_t max, apr_size_t *n)
+{
+    int empty = 0;
+
+    *n = 0;
+    while (*n < max && empty < 2) {
+        apr_size_t len = max - *n;
+        apr_status_t rv = ap_get_brigade(c->input_filters, bb, AP_MODE_READBYTES, APR_NONBLOCK_READ, len);
+        if (APR_STATUS_IS_EAGAIN(rv)) {
+            apr_brigade_cleanup(bb);
+            return 0;
+        }
+        if (rv != APR_SUCCESS) {
+            apr_brigade_cleanup(bb);
+            return 1;
+        }
+        rv = apr_brigade_flatten(bb, buf + *n, &len);
+        apr_brigade_cleanup(bb);
+        if (rv != APR_SUCCESS) {
+            return 1;
+        }
+        empty = len == 0 ? empty + 1 : 0;
+        *n += len;
+    }
+    return 0;
+}
+
+/* The descriptor that shows the client's input: its socket, or under
+ * HTTP/2 the pipe mod_http2 signals its stream's input on
+ * (ap_get_pollfd_from_conn); -1 when there is none. */
+static int ws_client_fd(request_rec *r)
+{
+    apr_pollfd_t pfd;
+    apr_interval_time_t timeout = -1;
+    apr_os_sock_t s;
+    apr_os_file_t f;
+
+    memset(&pfd, 0, sizeof(pfd));
+    pfd.p = r->pool;
+    pfd.desc_type = APR_NO_DESC;
+    if (ap_get_pollfd_from_conn(r->connection, &pfd, &timeout) != APR_SUCCESS) {
+        return -1;
+    }
+    if (pfd.desc_type == APR_POLL_SOCKET && apr_os_sock_get(&s, pfd.desc.s) == APR_SUCCESS) {
+        return s;
+    }
+    if (pfd.desc_type == APR_POLL_FILE && apr_os_file_get(&f, pfd.desc.f) == APR_SUCCESS) {
+        return f;
+    }
+    return -1;
+}
+
+/* Answers an accepted handshake (101; mod_http2 makes it the 200 of RFC
+ * 8441) and relays the WebSocket until it closes, on this thread: it waits
+ * in poll() on the client and on the worker's connection, reads the client
+ * without blocking, and steps the library (which never waits) when either
+ * has something or a timer is due. The access log shows 101. */
+static int run_websocket(request_rec *r, const modzmq_dir_conf *conf, const modzmq_calls *lib, modzmq_response *resp)
+{
+    conn_rec *c = r->connection;
+    apr_bucket_brigade *in_bb, *out_bb;
+    modzmq_ws_io io;
+    char *buf;
+    int cfd, rc, gone = 0, stopped = 0, readable = 1;
+
+    set_reply_headers(r, resp);
+    apr_table_setn(r->headers_out, "Upgrade", "websocket");
+    apr_table_setn(r->headers_out, "Connection", "Upgrade");
+    ap_send_interim_response(r, 1);
+    lib->release(resp);
+
+    /* The connection is the WebSocket's from here, as in mod_proxy's
+     * tunnels: connection filters only, no request timeouts, and no
+     * keep-alive after it. */
+    ap_remove_input_filter_byhandle(c->input_filters, "reqtimeout");
+    r->input_filters = r->proto_input_filters = c->input_filters;
+    r->output_filters = r->proto_output_filters = c->output_filters;
+    c->keepalive = AP_CONN_CLOSE;
+    cfd = ws_client_fd(r);
+    in_bb = apr_brigade_create(r->pool, c->bucket_alloc);
+    out_bb = apr_brigade_create(r->pool, c->bucket_alloc);
+    buf = apr_palloc(r->pool, WS_READ);
+
+    memset(&io, 0, sizeof(io));
+    rc = lib->ws_step(resp, &io);
+    for (;;) {
+        apr_time_t due;
+        if (!gone && ws_write(c, out_bb, &io, resp) != APR_SUCCESS) {
+            gone = 1;
+        }
+        if (rc != MODZMQ_PENDING) {
+            break;
+        }
+        io.in = NULL;
+        io.in_len = 0;
+        if (!io.stopping && child_stopping()) {
+            io.stopping = stopped = 1;
+        }
+        if (io.again && !gone) {
+            lib->wait(resp);
+            rc = lib->ws_step(resp, &io);
+            continue;
+        }
+        due = apr_time_now() + apr_time_from_msec(io.wait_ms);
+        while (!gone) {
+            struct pollfd p[2];
+            int np = 0, ci = -1, wi = -1, worker = 0, client = 0, n;
+            apr_interval_time_t left = due - apr_time_now();
+            int reading = io.read_max > 0;
+            if (reading && cfd >= 0) {
+                p[np].fd = cfd;
+                p[np].events = POLLIN;
+                p[np].revents = 0;
+                ci = np++;
+            }
+            if (io.fd >= 0) {
+                p[np].fd = io.fd;
+                p[np].events = POLLIN;
+                p[np].revents = 0;
+                wi = np++;
+            }
+            n = poll(p, np, reading && readable ? 0 :
+                     (int)(left <= 0 ? 0 : apr_time_as_msec(left) < WS_TICK_MS ? apr_time_as_msec(left) + 1 : WS_TICK_MS));
+            if (n < 0 && errno != EINTR) {
+                gone = 1;
+                break;
+            }
+            worker = n > 0 && wi >= 0 && p[wi].revents != 0;
+            client = reading && (readable || (n > 0 && ci >= 0 && p[ci].revents != 0));
+            if (client) {
+                apr_size_t want = io.read_max < WS_READ ? (apr_size_t)io.read_max : WS_READ, got = 0;
+                gone = ws_read(c, in_bb, buf, want, &got);
+                readable = !gone && got == want; /* more may wait in the filters */
+                io.in = buf;
+                io.in_len = got;
+            }
+            else if (client_gone(r)) {
+                gone = 1;
+            }
+            if (worker) {
+                lib->wait(resp);
+            }
+            if (!io.stopping && child_stopping()) {
+                io.stopping = stopped = 1;
+                break;
+            }
+            if (io.in_len > 0 || worker || gone || apr_time_now() >= due) {
+                break;
+            }
+        }
+        io.client_gone = gone;
+        rc = lib->ws_step(resp, &io);
+    }
+    lib->release(resp);
+    if (rc != MODZMQ_END) {
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "MODZMQ0029: the WebSocket broke: %s (" MODZMQ_DIR_BACKEND
+                      " %s): the client got close 1011", resp->error, conf->endpoints);
+    }
+    else if (io.client_error) {
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, "MODZMQ0030: the WebSocket's client broke RFC 6455 (%s): "
+                      "closed with %d", resp->error, io.close_code);
+    }
+    else if (io.idle) {
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, "MODZMQ0031: the WebSocket's client answered nothing within "
+                      MODZMQ_DIR_STREAMIDLE ": closed");
+    }
+    else if (stopped && io.close_code == 1001) {
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, "MODZMQ0032: the child is stopping: an open WebSocket "
+                      "closed with 1001 (a client reconnects)");
+    }
+    return OK;
 }
 
 /* ---- the handler ------------------------------------------------------- */
@@ -499,6 +733,29 @@ static void stream_done(const modzmq_dir_conf *conf, int counted)
     }
 }
 
+/* Takes a place under ZmqMaxStreams for a stream or a WebSocket (*counted
+ * then says so): OK, or 503 with Retry-After when none is left. */
+static int take_stream_place(request_rec *r, const modzmq_dir_conf *conf, int *counted)
+{
+    apr_uint32_t open;
+
+    if (conf->max_streams <= 0) {
+        return OK;
+    }
+    open = __atomic_add_fetch(conf->streams, 1, __ATOMIC_RELAXED);
+    *counted = 1;
+    if (open <= (apr_uint32_t)conf->max_streams) {
+        return OK;
+    }
+    stream_done(conf, 1);
+    *counted = 0;
+    ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r, "MODZMQ0024: " MODZMQ_DIR_MAXSTREAMS " %d reached "
+                  "for %s: answered 503", conf->max_streams, conf->route ? conf->route : r->uri);
+    apr_table_setn(r->err_headers_out, "Retry-After", "1");
+    modzmq_stats_overload(conf->backend);
+    return HTTP_SERVICE_UNAVAILABLE;
+}
+
 static int relay_request(request_rec *r, const modzmq_dir_conf *conf, const modzmq_calls *lib, int handle)
 {
     modzmq_request req;
@@ -509,10 +766,21 @@ static int relay_request(request_rec *r, const modzmq_dir_conf *conf, const modz
     apr_off_t body_total = 0, max_body = modzmq_conf_max_body(conf);
     char *part = NULL;
     apr_size_t n;
-    int rc, status, streaming = 0, counted = 0, body_done = 0;
+    int rc, status, streaming = 0, counted = 0, body_done = 0, websocket = wants_websocket(r, conf);
 
     memset(&req, 0, sizeof(req));
-    if (conf->stream_body == 1 && has_body(r)) {
+    if (websocket) {
+        /* A handshake: no body; open WebSockets count under ZmqMaxStreams
+         * from the start, so one over it never reaches a worker. */
+        if ((status = take_stream_place(r, conf, &counted)) != OK) {
+            return status;
+        }
+        req.websocket = 1;
+        req.ws_max_message = modzmq_conf_ws_max_message(conf);
+        req.ws_origins = conf->ws_origins && *conf->ws_origins ? conf->ws_origins : NULL;
+        n = 0;
+    }
+    else if (conf->stream_body == 1 && has_body(r)) {
         /* The worker asks for the body in parts (the loop below). */
         req.stream_body = 1;
         n = 0;
@@ -526,7 +794,7 @@ static int relay_request(request_rec *r, const modzmq_dir_conf *conf, const modz
     req.target = r->unparsed_uri;
     req.target_len = strlen(r->unparsed_uri);
     req.headers = pack_headers(r, &req.headers_len);
-    req.meta = pack_meta(r, conf, &req.meta_len);
+    req.meta = pack_meta(r, conf, websocket, &req.meta_len);
     req.timeout_ms = modzmq_conf_timeout_ms(conf);
 
     resp.error[0] = '\0';
@@ -589,19 +857,10 @@ static int relay_request(request_rec *r, const modzmq_dir_conf *conf, const modz
             bb = apr_brigade_create(r->pool, r->connection->bucket_alloc);
         }
         if (rc == MODZMQ_HEAD) {
-            if (conf->max_streams > 0) {
-                apr_uint32_t open = __atomic_add_fetch(conf->streams, 1, __ATOMIC_RELAXED);
-                counted = 1;
-                if (open > (apr_uint32_t)conf->max_streams) {
-                    lib->cancel(&resp);
-                    lib->release(&resp);
-                    stream_done(conf, counted);
-                    ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r, "MODZMQ0024: " MODZMQ_DIR_MAXSTREAMS " %d reached "
-                                  "for %s: answered 503", conf->max_streams, conf->route ? conf->route : r->uri);
-                    apr_table_setn(r->err_headers_out, "Retry-After", "1");
-                    modzmq_stats_overload(conf->backend);
-                    return HTTP_SERVICE_UNAVAILABLE;
-                }
+            if ((status = take_stream_place(r, conf, &counted)) != OK) {
+                lib->cancel(&resp);
+                lib->release(&resp);
+                return status;
             }
             streaming = 1;
             rv = write_head(r, &resp, bb);
@@ -641,6 +900,19 @@ static int relay_request(request_rec *r, const modzmq_dir_conf *conf, const modz
     case MODZMQ_OK:
         status = write_reply(r, &resp);
         lib->release(&resp);
+        stream_done(conf, counted);
+        return status;
+    case MODZMQ_UPGRADE:
+        status = run_websocket(r, conf, lib, &resp);
+        stream_done(conf, counted);
+        return status;
+    case MODZMQ_EREFUSED:
+        status = resp.status;
+        add_lines(r, r->err_headers_out, resp.headers, resp.headers_len);
+        lib->release(&resp);
+        stream_done(conf, counted);
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, "MODZMQ0028: refused a WebSocket handshake: %s (answered %d)",
+                      resp.error, status);
         return status;
     case MODZMQ_ENOWORKER:
         status = HTTP_SERVICE_UNAVAILABLE;
@@ -660,6 +932,7 @@ static int relay_request(request_rec *r, const modzmq_dir_conf *conf, const modz
         break;
     }
     lib->release(&resp);
+    stream_done(conf, counted);
     ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "%s (" MODZMQ_DIR_BACKEND " %s, answered %d)",
                   resp.error, conf->endpoints, status);
     return status;

@@ -23,7 +23,7 @@
 #include <stdint.h>
 
 /* The ABI this header describes; modzmq_abi_version() must return it. */
-#define MODZMQ_ABI_VERSION 13
+#define MODZMQ_ABI_VERSION 14
 
 /* Return codes of modzmq_relay(). */
 #define MODZMQ_OK         0 /* reply in *resp */
@@ -42,6 +42,15 @@
 #define MODZMQ_HEAD       8
 #define MODZMQ_PART       9
 #define MODZMQ_END        10
+/* A WebSocket handshake (docs/PROTOCOL.md, "WebSockets"; req->websocket).
+ * MODZMQ_UPGRADE: the worker accepted it: status 101, headers the answer's
+ * lines (the worker's and Sec-WebSocket-Accept; the caller adds Upgrade and
+ * Connection). The caller answers it, then calls modzmq_ws_step until that
+ * returns other than MODZMQ_PENDING. MODZMQ_EREFUSED: the front refuses it
+ * itself (it breaks RFC 6455, or its Origin is not allowed): answer status
+ * with headers; error says why. No worker saw it. */
+#define MODZMQ_UPGRADE    11
+#define MODZMQ_EREFUSED   12
 
 /* Log severities are Apache's (APLOG_ERR = 3 ... APLOG_DEBUG = 7). */
 typedef void (*modzmq_log_fn)(int level, const char *msg);
@@ -56,6 +65,11 @@ typedef struct modzmq_request {
     int64_t timeout_ms;                      /* whole exchange, retries included; 0 = default */
     int     stream_body;                     /* non-zero: body is empty; the caller sends the body in
                                                 parts the worker asks for (modzmq_send_body) */
+    int     websocket;                       /* non-zero: a WebSocket handshake (an Upgrade: websocket
+                                                request at a location that takes them) */
+    int64_t ws_max_message;                  /* its largest message either way, bytes; 0 = 16 MiB */
+    const char *ws_origins;                  /* the Origins it allows, separated by spaces,
+                                                NUL-terminated; NULL = any */
 } modzmq_request;
 
 /*
@@ -264,5 +278,45 @@ typedef void (*modzmq_cancel_fn)(modzmq_response *resp);
  * modzmq_resume does (no wait).
  */
 typedef int (*modzmq_send_body_fn)(modzmq_response *resp, char *data, size_t len, int last);
+
+/*
+ * An open WebSocket, after MODZMQ_UPGRADE: the caller owns both connections
+ * and waits on them itself; the library frames, checks and relays. Each
+ * call of modzmq_ws_step takes what the caller read from the client and
+ * what modzmq_wait received from the worker, never waits, and says what to
+ * write to the client and what to wait for next.
+ */
+#define MODZMQ_WS_HEAD 1024
+typedef struct modzmq_ws_io {
+    /* In, set by the caller before each step. */
+    const char *in;  size_t in_len;          /* bytes read from the client since the last step */
+    int     client_gone;                     /* the client's connection ended (EOF, reset, error) */
+    int     stopping;                        /* the server is stopping: close with 1001 */
+    /* Out. Write head[0:head_len], then resp->body[0:body_len] (the payload
+     * of head's last frame), to the client and flush, before anything else. */
+    char    head[MODZMQ_WS_HEAD];
+    size_t  head_len;
+    int64_t read_max;                        /* read at most this much from the client before the
+                                                next step; 0: do not read now */
+    int     fd;                              /* wait for input on this descriptor (the worker's
+                                                connection), then modzmq_wait and step; -1: none */
+    int     wait_ms;                         /* step again after this long at the latest */
+    int     again;                           /* modzmq_wait and step again at once, without waiting */
+    int     close_code;                      /* on the last step: the code the client was closed with
+                                                (0: none sent) */
+    int     client_error;                    /* on the last step: non-zero when the client broke
+                                                RFC 6455 (close_code says how; resp->error why) */
+    int     idle;                            /* on the last step: the client answered nothing within
+                                                the idle timeout */
+} modzmq_ws_io;
+
+/*
+ * int modzmq_ws_step(modzmq_response *resp, modzmq_ws_io *io): advances the
+ * WebSocket in resp. MODZMQ_PENDING: go on; MODZMQ_END: it closed (write
+ * the output, then end the connection); any other code: the worker broke
+ * it or was lost, resp->error says how, and the output closes the client
+ * with 1011. After the last step the caller calls modzmq_release(resp).
+ */
+typedef int (*modzmq_ws_step_fn)(modzmq_response *resp, modzmq_ws_io *io);
 
 #endif /* MODZMQ_H */

@@ -329,6 +329,9 @@ func modzmq_go_relay(handle C.int, req *C.modzmq_request, resp *C.modzmq_respons
 	if c.fast == nil {
 		c.b.goWaits.Add(1) // the connection, if one is made, is made in Go
 	}
+	if req.websocket != 0 {
+		return c.openWebSocket(req, resp)
+	}
 	call := c.Start(context.Background(), c.request(req), time.Duration(req.timeout_ms)*time.Millisecond)
 	return outcome(call, c.b, resp, 0)
 }
@@ -364,6 +367,7 @@ func callState(resp *C.modzmq_response) *C.modzmq_call {
 type pending struct {
 	call   *bridge.Call
 	stream *bridge.Stream
+	ws     *wsTunnel // a WebSocket handshake, and the WebSocket once accepted
 	b      *backend
 }
 
@@ -381,6 +385,9 @@ func outcome(call *bridge.Call, b *backend, resp *C.modzmq_response, h cgo.Handl
 	}
 	resp.body_credit = 0
 	out, err := call.Result()
+	if err == nil && out.WebSocket != nil {
+		return upgrade(resp, h, out)
+	}
 	if err != nil || out.Stream == nil {
 		if h != 0 {
 			h.Delete()
@@ -596,9 +603,14 @@ func Cancel(r unsafe.Pointer) {
 	}
 	if p, ok := h.Value().(*pending); ok {
 		p.b.goEntries.Add(1)
-		if p.stream != nil {
+		switch {
+		case p.stream != nil:
 			p.stream.Close()
-		} else {
+		case p.ws != nil && p.ws.ws != nil:
+			if !p.ws.ended {
+				p.ws.close(bridge.CloseAbnormal, nil)
+			}
+		default:
 			p.call.Cancel()
 		}
 	}

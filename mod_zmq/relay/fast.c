@@ -527,7 +527,9 @@ int modzmq_relay(int client, modzmq_request *req, modzmq_response *resp)
 
     memset(MODZMQ_CALL(resp), 0, sizeof(modzmq_call));
     resp->body_credit = 0;
-    if (f != NULL && !req->stream_body) { /* a streamed body is sent by Go, part by part */
+    /* A streamed body is sent by Go, part by part; a WebSocket handshake is
+     * checked and its WebSocket kept by Go. */
+    if (f != NULL && !req->stream_body && !req->websocket) {
         int rc = fast_relay(f, req, resp);
         if (rc >= 0) {
             return rc;
