@@ -568,6 +568,18 @@ func TestWebSocketsThroughApache(t *testing.T) {
 		}
 	})
 
+	t.Run("WorkerBreaksProtocol", func(t *testing.T) {
+		h.expect(`MODZMQ0029: .*not UTF-8`)
+		c := mustOpen(t, addr, nil, "/ws/echo")
+		c.send(opText, []byte("garbage"))
+		c.expectClose(1011)
+		c.expectEnd()
+		waitClosed(t, w, c.ConnID, 1011)
+		d := mustOpen(t, addr, nil, "/ws/echo") // the worker goes on
+		d.send(opText, []byte("fine"))
+		d.expect(opText, []byte("fine"))
+	})
+
 	t.Run("WorkerKilled", func(t *testing.T) {
 		h.expect(`MODZMQ0029`)
 		h.expect(`MODZMQ0121: ` + regexp.QuoteMeta(killed.Endpoint))
@@ -624,6 +636,76 @@ func TestWebSocketsThroughApache(t *testing.T) {
 	})
 	if log := h.errorLog(); strings.Contains(log, "exit signal") {
 		t.Errorf("a child died:\n%s", log)
+	}
+}
+
+// examples/python/ws_echo.py through Apache under each MPM: messages of
+// every kind, a subprotocol, its close with 4000, the client's close, a
+// client that vanishes, invalid UTF-8; the worker prints each close.
+func TestWebSocketEchoExampleThroughApache(t *testing.T) {
+	w := startPyScript(t, "examples/python/ws_echo.py")
+	closes := func(code int) int {
+		return len(regexp.MustCompile(fmt.Sprintf(`(?m)^closed \S+ %d$`, code)).FindAllString(w.Output.String(), -1))
+	}
+	waitCloses := func(t *testing.T, code, n int) {
+		t.Helper()
+		checkFor(t, 10*time.Second, func() error {
+			if got := closes(code); got != n {
+				return fmt.Errorf("ws_echo.py printed %d closes with %d, want %d:\n%s", got, code, n, w.Output.String())
+			}
+			return nil
+		})
+	}
+	for _, mpm := range []string{"event", "worker", "prefork"} {
+		t.Run(mpm, func(t *testing.T) {
+			h := startHTTPD(t, httpdParams{MPM: mpm, Extra: fmt.Sprintf(`	<Location /echo>
+		SetHandler zmq
+		ZmqBackend %s
+		ZmqWebSocket on
+	</Location>
+`, w.Endpoint)})
+			addr := fmt.Sprintf("127.0.0.1:%d", h.Port)
+			c := mustOpen(t, addr, nil, "/echo", "Sec-WebSocket-Protocol: v2.echo, v1.echo")
+			if p := c.Resp.Header.Get("Sec-WebSocket-Protocol"); p != "v2.echo" {
+				t.Errorf("Sec-WebSocket-Protocol %q, want v2.echo", p)
+			}
+			big := make([]byte, 16<<20)
+			rand.Read(big)
+			for _, m := range []struct {
+				op   byte
+				data []byte
+			}{{opText, []byte("hi")}, {opText, nil}, {opBinary, nil}, {opBinary, []byte{0, 0xff}}, {opBinary, big}} {
+				c.send(m.op, m.data)
+				c.expect(m.op, m.data)
+			}
+			n1000 := closes(1000)
+			c.send(opClose, closePayload(1000, ""))
+			c.expectClose(1000)
+			c.expectEnd()
+			waitCloses(t, 1000, n1000+1)
+
+			n4000 := closes(4000)
+			c = mustOpen(t, addr, nil, "/echo")
+			c.send(opText, []byte("close"))
+			c.expectClose(4000)
+			c.send(opClose, closePayload(4000, ""))
+			c.expectEnd()
+			waitCloses(t, 4000, n4000+1)
+
+			n1006 := closes(1006)
+			c = mustOpen(t, addr, nil, "/echo")
+			c.send(opText, []byte("x"))
+			c.expect(opText, []byte("x"))
+			c.close()
+			waitCloses(t, 1006, n1006+1)
+
+			n1007 := closes(1007)
+			c = mustOpen(t, addr, nil, "/echo")
+			c.send(opText, []byte{0xed, 0xa0, 0x80}) // a surrogate: not UTF-8
+			c.expectClose(1007)
+			c.expectEnd()
+			waitCloses(t, 1007, n1007+1)
+		})
 	}
 }
 

@@ -18,8 +18,6 @@ import (
 	"time"
 	"unsafe"
 
-	"github.com/gobwas/ws"
-
 	"github.com/modzmq/modzmq/bridge"
 	"github.com/modzmq/modzmq/internal/wsproto"
 )
@@ -330,13 +328,11 @@ func (t *wsTunnel) step(resp *C.modzmq_response, io *C.modzmq_ws_io, head *[]byt
 		t.pinged = true
 	}
 	if msg.Kind == bridge.Text || msg.Kind == bridge.Binary {
-		op := ws.OpBinary
+		kind := wsproto.Binary
 		if msg.Kind == bridge.Text {
-			op = ws.OpText
+			kind = wsproto.Text
 		}
-		w := appender{*head}
-		ws.WriteHeader(&w, ws.Header{Fin: true, OpCode: op, Length: int64(len(msg.Data))})
-		*head = w.b
+		*head = wsproto.AppendHeader(*head, kind, len(msg.Data))
 		if !setParts(resp, msg.Data, nil, nil) {
 			return t.broke(resp, io, head, errors.New("out of memory for a message"))
 		}
@@ -442,14 +438,6 @@ func earliest(a, b time.Time) time.Time {
 		return b
 	}
 	return a
-}
-
-// appender is an io.Writer that appends to b.
-type appender struct{ b []byte }
-
-func (a *appender) Write(p []byte) (int, error) {
-	a.b = append(a.b, p...)
-	return len(p), nil
 }
 
 // wsWake turns a connection's Ready channel (the bridge's shared

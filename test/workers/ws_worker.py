@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
 """A WebSocket test worker (docs/PROTOCOL.md, "WebSockets"): a ROUTER that
 accepts every handshake and echoes each message with its type, counting
-credits both ways. A text message "close" closes with 4000 "bye"; the
-target picks other behaviours:
+credits both ways. A text message "close" closes with 4000 "bye", a text
+message "garbage" is answered with text that is not UTF-8 (which breaks the
+protocol); the target picks other behaviours:
 
   .../refuse    refuse the handshake with 403 and a body
   .../badproto  accept, choosing a subprotocol nobody offered (the front: 502)
   .../hello     accept, then send "hello" at once
-  .../slow      accept, then take no message until a text "go" (grants no credit)
-  .../silent    accept, then neither read nor answer (a worker that hangs)
+  .../slow      accept, then take messages without echoing them or granting
+                credit back (a worker that cannot keep up)
 
 An offered subprotocol is chosen (the first). Prints "closed CONNECTION-ID
 CODE" for every close it learns of, "message CONNECTION-ID KIND LENGTH" for
@@ -103,19 +104,18 @@ def main():
             if st is None:
                 continue
             print("message", st["conn"], method.decode()[1:], len(body), flush=True)
-            if st["path"].endswith(b"/silent"):
+            if st["path"].endswith(b"/slow"):
                 continue
-            if st["path"].endswith(b"/slow") and body != b"go":
-                st.setdefault("held", []).append(len(body) + 64)
+            if method == b"@text" and body == b"garbage":
+                sock.send_multipart(env + [b"@text", b"\xff\xfe not UTF-8"])
                 continue
             if method == b"@text" and body == b"close":
                 sock.send_multipart(env + [b"@ws-close", b"4000", b"bye"])
                 print("closed", st["conn"], "4000", flush=True)
                 del conns[rid]
                 continue
-            grant = len(body) + 64 + sum(st.pop("held", []))
             send(st, method, body)
-            sock.send_multipart(env + [b"@credit", b"%d" % grant])
+            sock.send_multipart(env + [b"@credit", b"%d" % (len(body) + 64)])
             continue
         # A plain request.
         sock.send_multipart(env + [b"200", b"Content-Type: text/plain\r\n", b"plain"])
