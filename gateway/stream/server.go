@@ -245,7 +245,10 @@ func (s *Server) Serve(ctx context.Context) error {
 				}
 			}
 		}
-		if !drainUntil.IsZero() && (len(s.conns) == 0 || time.Now().After(drainUntil)) {
+		// Done when every connection is closed and libzmq has let go of it
+		// (its disconnect notice came): the socket closes with no linger,
+		// which would drop an answer still queued.
+		if !drainUntil.IsZero() && ((len(s.conns) == 0 && len(s.closed) == 0) || time.Now().After(drainUntil)) {
 			return nil
 		}
 		wait := time.Until(nextSweep)
