@@ -18,7 +18,7 @@ CSRC    := $(wildcard mod_zmq/*.c mod_zmq/*.h) mod_zmq/golib/modzmq.h apxs/build
 # libmodzmq.so users install: run go test and go vet with it.
 TESTTAGS := -tags modzmq_test
 
-.PHONY: all deps install demo test fuzz fuzz-asan bench clean
+.PHONY: all deps install uninstall demo test fuzz fuzz-asan bench clean
 all: $(BUILD)/mod_zmq.so $(BUILD)/libmodzmq.so $(BUILD)/go-worker $(BUILD)/brokerworker $(BUILD)/streamworker $(BUILD)/wsworker $(BUILD)/zmq-gateway
 
 deps:
@@ -48,16 +48,33 @@ $(BUILD)/wsworker: $(wildcard examples/go/wsworker/*.go)
 $(BUILD)/zmq-gateway: $(GOSRC) $(shell find gateway -name '*.go' -not -name '*_test.go')
 	$(GO) build -trimpath -ldflags "-X main.version=$(VERSION)" -o $@ ./gateway/cmd/zmq-gateway
 
-# Installs the module and the library where ZmqLibrary looks by default, and on
-# Debian the a2enmod files (then: a2enmod zmq && systemctl reload apache2).
-install: all
-	$(APXS) -i -n zmq $(BUILD)/mod_zmq.so
-	install -D -m 0755 $(BUILD)/zmq-gateway $(DESTDIR)/usr/local/bin/zmq-gateway
-	$(APXS) -i -n libmodzmq $(BUILD)/libmodzmq.so
-	@if [ -d $(DESTDIR)$(SYSCONF)/mods-available ]; then \
-		install -m 0644 conf/zmq.load conf/zmq.conf $(DESTDIR)$(SYSCONF)/mods-available/ && \
-		echo "installed $(SYSCONF)/mods-available/zmq.{load,conf}: run a2enmod zmq"; \
-	fi
+# Installs the module and the library in Apache's module directory (the
+# library where ZmqLibrary looks by default: $(LIBRARY), compiled into
+# mod_zmq.so), zmq-gateway in $(BINDIR) and, where Apache has Debian's
+# mods-available (MODSDIR= to skip it), zmq.load and zmq.conf for a2enmod.
+# Every file goes under $(DESTDIR); uninstall removes the same files.
+PREFIX  ?= /usr/local
+BINDIR  ?= $(PREFIX)/bin
+MODSDIR ?= $(if $(wildcard $(SYSCONF)/mods-available/.),$(SYSCONF)/mods-available)
+INSTALLED = $(LIBEXEC)/mod_zmq.so $(LIBRARY) $(BINDIR)/zmq-gateway \
+	$(if $(MODSDIR),$(MODSDIR)/zmq.load $(MODSDIR)/zmq.conf)
+NEED_LIBEXEC = @test -n "$(LIBEXEC)" || { echo "$@: '$(APXS) -q LIBEXECDIR' says nothing: install apache2-dev" >&2; exit 1; }
+install: $(BUILD)/mod_zmq.so $(BUILD)/libmodzmq.so $(BUILD)/zmq-gateway
+	$(NEED_LIBEXEC)
+	install -D -m 0644 $(BUILD)/mod_zmq.so $(DESTDIR)$(LIBEXEC)/mod_zmq.so
+	install -D -m 0644 $(BUILD)/libmodzmq.so $(DESTDIR)$(LIBRARY)
+	install -D -m 0755 $(BUILD)/zmq-gateway $(DESTDIR)$(BINDIR)/zmq-gateway
+	$(if $(MODSDIR),install -D -m 0644 conf/zmq.load $(DESTDIR)$(MODSDIR)/zmq.load)
+	$(if $(MODSDIR),install -D -m 0644 conf/zmq.conf $(DESTDIR)$(MODSDIR)/zmq.conf)
+	@echo $(if $(MODSDIR),"installed: enable with a2enmod zmq and reload Apache","installed: load it with LoadModule zmq_module $(LIBEXEC)/mod_zmq.so")
+
+# Refuses while a2enmod's link to zmq.load exists: Apache would not start
+# with it dangling.
+uninstall:
+	$(NEED_LIBEXEC)
+	@if [ -n "$(MODSDIR)" ] && [ -L "$(DESTDIR)$(dir $(MODSDIR))mods-enabled/zmq.load" ]; then \
+		echo "uninstall: zmq is enabled: run a2dismod zmq first" >&2; exit 1; fi
+	rm -f $(addprefix $(DESTDIR),$(INSTALLED))
 
 demo: deps all
 	PORT=$(PORT) ./examples/demo.sh
