@@ -18,7 +18,7 @@ CSRC    := $(wildcard mod_zmq/*.c mod_zmq/*.h) mod_zmq/golib/modzmq.h apxs/build
 # libmodzmq.so users install: run go test and go vet with it.
 TESTTAGS := -tags modzmq_test
 
-.PHONY: all deps install uninstall demo test fuzz fuzz-asan bench clean
+.PHONY: all deps install uninstall deb demo test fuzz fuzz-asan bench clean
 all: $(BUILD)/mod_zmq.so $(BUILD)/libmodzmq.so $(BUILD)/go-worker $(BUILD)/brokerworker $(BUILD)/streamworker $(BUILD)/wsworker $(BUILD)/zmq-gateway
 
 deps:
@@ -53,6 +53,7 @@ $(BUILD)/zmq-gateway: $(GOSRC) $(shell find gateway -name '*.go' -not -name '*_t
 # mod_zmq.so), zmq-gateway in $(BINDIR) and, where Apache has Debian's
 # mods-available (MODSDIR= to skip it), zmq.load and zmq.conf for a2enmod.
 # Every file goes under $(DESTDIR); uninstall removes the same files.
+# `make deb` builds Debian packages instead (debian/, README.md "Install").
 PREFIX  ?= /usr/local
 BINDIR  ?= $(PREFIX)/bin
 MODSDIR ?= $(if $(wildcard $(SYSCONF)/mods-available/.),$(SYSCONF)/mods-available)
@@ -75,6 +76,12 @@ uninstall:
 	@if [ -n "$(MODSDIR)" ] && [ -L "$(DESTDIR)$(dir $(MODSDIR))mods-enabled/zmq.load" ]; then \
 		echo "uninstall: zmq is enabled: run a2dismod zmq first" >&2; exit 1; fi
 	rm -f $(addprefix $(DESTDIR),$(INSTALLED))
+
+# libapache2-mod-zmq and zmq-gateway .deb files in $(BUILD)/deb, made by
+# dpkg-buildpackage from a copy of the tree, versioned from git
+# (debian/build.sh). ./test/deps.sh deb installs the Debian tools it needs.
+deb:
+	./debian/build.sh $(BUILD)/deb
 
 demo: deps all
 	PORT=$(PORT) ./examples/demo.sh

@@ -26,6 +26,14 @@ if [ "${1:-}" = bench ]; then
 	need mongrel2-core command -v mongrel2
 	need util-linux    command -v taskset
 fi
+if [ "${1:-}" = deb ]; then
+	# make deb and test/deb-check.sh: Debian's packaging tools.
+	need dpkg-dev      command -v dpkg-buildpackage
+	need debhelper     command -v dh
+	need dh-apache2    command -v dh_apache2
+	need lintian       command -v lintian
+	need logrotate     command -v logrotate
+fi
 
 if [ -n "$missing" ]; then
 	if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
