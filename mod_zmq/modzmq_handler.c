@@ -502,7 +502,10 @@ static int run_websocket(request_rec *r, const modzmq_dir_conf *conf, const modz
     apr_bucket_brigade *in_bb, *out_bb;
     modzmq_ws_io io;
     char *buf;
-    int cfd, rc, gone = 0, stopped = 0, readable = 1;
+    /* gone: the client's side ended (its input, or the connection);
+     * dead: nothing can be written to it any more. A client that closes
+     * its side after its close frame still gets the answer. */
+    int cfd, rc, gone = 0, dead = 0, stopped = 0, readable = 1;
 
     set_reply_headers(r, resp);
     apr_table_setn(r->headers_out, "Upgrade", "websocket");
@@ -526,8 +529,8 @@ static int run_websocket(request_rec *r, const modzmq_dir_conf *conf, const modz
     rc = lib->ws_step(resp, &io);
     for (;;) {
         apr_time_t due;
-        if (!gone && ws_write(c, out_bb, &io, resp) != APR_SUCCESS) {
-            gone = 1;
+        if (!dead && (c->aborted || ws_write(c, out_bb, &io, resp) != APR_SUCCESS)) {
+            gone = dead = 1;
         }
         if (rc != MODZMQ_PENDING) {
             break;

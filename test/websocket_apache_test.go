@@ -14,11 +14,14 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -47,6 +50,7 @@ type wsClient struct {
 	r      *bufio.Reader
 	w      io.Writer
 	close  func()                        // drops the connection (no close frame)
+	end    func(last []byte) error       // writes last and ends the client's side (TCP FIN, END_STREAM)
 	expire func(d time.Duration)         // sets a read deadline
 	Resp   *http.Response                // the handshake's answer
 	ConnID string                        // the worker's X-Connection-Id
@@ -59,6 +63,22 @@ type wsClient struct {
 func (c *wsClient) frame(b0 byte, payload []byte, mask bool) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	_, err := c.w.Write(encodeFrame(b0, payload, mask))
+	return err
+}
+
+// closeAndEnd sends a close with code and ends the client's side in the
+// same write: the front reads both at once.
+func (c *wsClient) closeAndEnd(code int) {
+	c.t.Helper()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.end(encodeFrame(0x80|opClose, closePayload(code, ""), true)); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+func encodeFrame(b0 byte, payload []byte, mask bool) []byte {
 	hdr := []byte{b0, 0}
 	var m byte
 	if mask {
@@ -84,8 +104,7 @@ func (c *wsClient) frame(b0 byte, payload []byte, mask bool) error {
 			body[i] = b ^ key[i%4]
 		}
 	}
-	_, err := c.w.Write(append(hdr, body...))
-	return err
+	return append(hdr, body...)
 }
 
 func (c *wsClient) send(op byte, payload []byte) {
@@ -228,7 +247,16 @@ func wsDial(t *testing.T, addr string, tlsConf *tls.Config, path string, hdr ...
 	}
 	conn.SetDeadline(time.Time{})
 	c := &wsClient{t: t, r: r, w: conn, Resp: resp, close: func() { conn.Close() },
-		expire: func(d time.Duration) { conn.SetReadDeadline(time.Now().Add(d)) }}
+		expire: func(d time.Duration) { conn.SetReadDeadline(time.Now().Add(d)) },
+		end: func(last []byte) error {
+			if _, err := conn.Write(last); err != nil {
+				return err
+			}
+			if cw, ok := conn.(interface{ CloseWrite() error }); ok {
+				return cw.CloseWrite()
+			}
+			return errors.New("the connection cannot be half-closed")
+		}}
 	if resp.StatusCode != 101 {
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
 		resp.Body.Close()
@@ -373,6 +401,16 @@ func TestWebSocketsThroughApache(t *testing.T) {
 		c.expectClose(4000, "bye")
 		c.send(opClose, closePayload(4000, ""))
 		c.expectEnd()
+	})
+
+	t.Run("CloseThenHalfClose", func(t *testing.T) {
+		// A client that shuts its side right after its close still gets
+		// the close answered.
+		c := mustOpen(t, addr, nil, "/ws/echo")
+		c.closeAndEnd(1000)
+		c.expectClose(1000)
+		c.expectEnd()
+		waitClosed(t, w, c.ConnID, 1000)
 	})
 
 	t.Run("WorkerSpeaksFirst", func(t *testing.T) {
@@ -890,6 +928,14 @@ func testWebSocketOverHTTP2(t *testing.T, conn net.Conn, scheme, authority strin
 		c.expectClose(4000, "bye")
 		c.send(opClose, closePayload(4000, ""))
 	})
+	t.Run("CloseWithEndStream", func(t *testing.T) {
+		// The close in a DATA frame that ends the client's stream (as
+		// Chromium sends it) is answered.
+		c := open("/ws/echo")
+		c.closeAndEnd(1000)
+		c.expectClose(1000)
+		waitClosed(t, w, c.ConnID, 1000)
+	})
 	t.Run("StreamReset", func(t *testing.T) {
 		c := open("/ws/echo")
 		c.send(opText, []byte("a"))
@@ -1153,7 +1199,10 @@ func (hc *h2Client) connect(scheme, authority, path string, hdr ...string) (*wsC
 		close: func() {
 			hc.write(func() error { return hc.fr.WriteRSTStream(s.id, http2.ErrCodeCancel) })
 		},
-		expire: func(d time.Duration) { sr.deadline = time.Now().Add(d) }}
+		expire: func(d time.Duration) { sr.deadline = time.Now().Add(d) },
+		end: func(last []byte) error { // one DATA frame with END_STREAM
+			return hc.write(func() error { return hc.fr.WriteData(s.id, true, last) })
+		}}
 	return c, status
 }
 
@@ -1215,4 +1264,152 @@ func (w *h2Writer) Write(p []byte) (int, error) {
 		p = p[n:]
 	}
 	return total, nil
+}
+
+// wsPage opens a WebSocket to ?path on its own origin (wss: when the page
+// came over https:), sends a text and a binary message, checks their
+// echoes, closes with 1000, and reports what happened as the query of a
+// request to /result once the WebSocket closed.
+const wsPage = `<!doctype html>
+<html><head><meta charset="utf-8"><title>mod_zmq WebSocket</title></head>
+<body>
+<pre id="log"></pre>
+<pre id="state">waiting</pre>
+<script>
+const log = (s) => { document.getElementById('log').textContent += s + ' '; };
+const path = new URLSearchParams(location.search).get('path');
+const ws = new WebSocket((location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + path, ['echo']);
+ws.binaryType = 'arraybuffer';
+ws.onopen = () => { log('open:' + ws.protocol); ws.send('héllo'); };
+ws.onmessage = (e) => {
+	if (typeof e.data === 'string') {
+		log('text:' + e.data);
+		ws.send(new Uint8Array([1, 2, 3, 250]));
+	} else {
+		log('binary:' + Array.from(new Uint8Array(e.data)).join(','));
+		ws.close(1000, 'bye');
+	}
+};
+ws.onerror = () => log('error');
+ws.onclose = (e) => {
+	log('close:' + e.code);
+	document.getElementById('state').textContent = 'done';
+	fetch('/result?' + encodeURIComponent(path + ' ' + document.getElementById('log').textContent.trim()));
+};
+</script>
+</body></html>
+`
+
+// WebSockets from headless Chromium through Apache over TLS, the page
+// served by Apache on the same origin with HTTP/2 (ALPN h2), where
+// Chromium opens its WebSocket as an RFC 8441 stream when the server
+// allows (H2WebSockets on): text and binary echoed, its Origin allowed by
+// ZmqWebSocketOrigins, and refused (403) by a location that lists another.
+func TestWebSocketsInChromium(t *testing.T) {
+	bin := requireChromium(t)
+	dir, err := os.MkdirTemp("", "modzmq-ws-page-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o755)
+	if err := os.WriteFile(filepath.Join(dir, "page.html"), []byte(wsPage), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	w := startPyScript(t, "examples/python/ws_echo.py")
+	cert, key := selfSignedCert(t)
+	tlsPort := freePort(t)
+	mods := "/usr/lib/apache2/modules"
+	origin := fmt.Sprintf("https://127.0.0.1:%d", tlsPort)
+	h := startHTTPD(t, httpdParams{MPM: "event",
+		Global: fmt.Sprintf(`LoadModule socache_shmcb_module %[1]s/mod_socache_shmcb.so
+LoadModule ssl_module %[1]s/mod_ssl.so
+LoadModule http2_module %[1]s/mod_http2.so
+LoadModule alias_module %[1]s/mod_alias.so
+LoadModule mime_module %[1]s/mod_mime.so
+TypesConfig /dev/null
+AddType text/html .html
+SSLSessionCache shmcb:ssl_scache(512000)
+Listen 127.0.0.1:%[2]d
+<VirtualHost 127.0.0.1:%[2]d>
+	ServerName localhost
+	SSLEngine on
+	SSLCertificateFile %[3]s
+	SSLCertificateKeyFile %[4]s
+	Protocols h2 http/1.1
+	H2WebSockets on
+	Alias /page %[5]s/page.html
+	<Directory %[5]s>
+		Require all granted
+	</Directory>
+	<Location /ws>
+		SetHandler zmq
+		ZmqBackend %[6]s
+		ZmqWebSocket on
+		ZmqWebSocketOrigins %[7]s
+	</Location>
+	<Location /elsewhere>
+		SetHandler zmq
+		ZmqBackend %[6]s
+		ZmqWebSocket on
+		ZmqWebSocketOrigins https://example.com
+	</Location>
+</VirtualHost>
+`, mods, tlsPort, cert, key, dir, w.Endpoint, origin)})
+	h.expect(`AH01882: Init: this version of mod_ssl was compiled against a newer library`)
+
+	// browse loads the page in headless Chromium and returns what it
+	// reported (the access log's /result request), then stops Chromium.
+	browse := func(path string) string {
+		t.Helper()
+		cmd := exec.Command(bin, "--headless", "--no-sandbox", "--disable-gpu",
+			"--user-data-dir="+t.TempDir(), "--no-first-run", "--no-default-browser-check",
+			"--disable-background-networking", "--disable-component-update", "--disable-sync",
+			"--disable-extensions", "--disable-default-apps", "--no-proxy-server", "--ignore-certificate-errors",
+			"--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1", "--remote-debugging-port=0",
+			origin+"/page?path="+path)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		stderr := &syncBuffer{}
+		cmd.Stderr = stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer func() {
+			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			cmd.Wait()
+		}()
+		re := regexp.MustCompile(`"GET /result\?(\S*) HTTP`)
+		var got string
+		checkFor(t, 60*time.Second, func() error {
+			for _, m := range re.FindAllStringSubmatch(readFile(filepath.Join(h.Dir, "access_log")), -1) {
+				if r, err := url.QueryUnescape(m[1]); err == nil && strings.Contains(r, path) {
+					got = strings.TrimSpace(strings.TrimPrefix(r, path))
+					return nil
+				}
+			}
+			return fmt.Errorf("no result from the page for %s\nstderr (last 2000 bytes):\n%s", path, tail(stderr.String(), 2000))
+		})
+		return got
+	}
+
+	if got, want := browse("/ws/echo"), "open:echo text:héllo binary:1,2,3,250 close:1000"; got != want {
+		t.Errorf("the page's WebSocket: %q, want %q\naccess_log:\n%s", got, want, readFile(filepath.Join(h.Dir, "access_log")))
+	}
+	checkFor(t, 10*time.Second, func() error {
+		if !strings.Contains(w.Output.String(), " 1000\n") {
+			return fmt.Errorf("ws_echo.py did not print the close:\n%s", w.Output.String())
+		}
+		return nil
+	})
+	access := readFile(filepath.Join(h.Dir, "access_log"))
+	t.Logf("access_log:\n%s", access)
+	if !strings.Contains(access, `"GET /ws/echo HTTP/2.0" 101 `) {
+		t.Errorf("Chromium did not open its WebSocket over HTTP/2 (RFC 8441):\n%s", access)
+	}
+	if got := browse("/elsewhere/echo"); !strings.HasPrefix(got, "error") || !strings.Contains(got, "close:1006") || strings.Contains(got, "open") {
+		t.Errorf("a WebSocket from an Origin not allowed: %q, want an error and close 1006 without open", got)
+	}
+	if access := readFile(filepath.Join(h.Dir, "access_log")); !strings.Contains(access, `"GET /elsewhere/echo HTTP/2.0" 403 `) {
+		t.Errorf("no 403 for the Origin not allowed:\n%s", access)
+	}
 }
