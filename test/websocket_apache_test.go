@@ -304,6 +304,12 @@ func wsLocations(ep, killed string) string {
 		ZmqBackend %[1]s
 		ZmqWebSocket on
 	</Location>
+	<Location /ws/small>
+		ZmqWebSocketMaxMessage 100
+	</Location>
+	<Location /ws/off>
+		ZmqWebSocket off
+	</Location>
 	<Location /plain>
 		SetHandler zmq
 		ZmqBackend %[1]s
@@ -445,6 +451,7 @@ func TestWebSocketsThroughApache(t *testing.T) {
 				c.frame(opBinary, make([]byte, 1000), true)
 				c.frame(0x80|opCont, make([]byte, 25), true)
 			}, 1009},
+			{"TooBigNested", "/ws/small/echo", func(c *wsClient) { c.send(opText, make([]byte, 101)) }, 1009},
 			{"Unmasked", "/ws/echo", func(c *wsClient) { c.frame(0x80|opText, []byte("plain"), false) }, 1002},
 			{"ReservedBits", "/ws/echo", func(c *wsClient) { c.frame(0x80|0x40|opText, []byte("rsv"), true) }, 1002},
 			{"UnknownOpcode", "/ws/echo", func(c *wsClient) { c.frame(0x80|0x3, []byte("?"), true) }, 1002},
@@ -495,9 +502,11 @@ func TestWebSocketsThroughApache(t *testing.T) {
 			t.Errorf("a subprotocol nobody offered: %s, want 502", c.Resp.Status)
 		}
 		// Without ZmqWebSocket on, a handshake is a plain GET.
-		c = wsDial(t, addr, nil, "/plain/echo")
-		if b, _ := io.ReadAll(c.Resp.Body); c.Resp.StatusCode != 200 || string(b) != "plain" {
-			t.Errorf("a handshake where WebSockets are off: %s %q, want 200 \"plain\"", c.Resp.Status, b)
+		for _, path := range []string{"/plain/echo", "/ws/off/echo"} {
+			c = wsDial(t, addr, nil, path)
+			if b, _ := io.ReadAll(c.Resp.Body); c.Resp.StatusCode != 200 || string(b) != "plain" {
+				t.Errorf("%s: a handshake where WebSockets are off: %s %q, want 200 \"plain\"", path, c.Resp.Status, b)
+			}
 		}
 		// A request that is not GET.
 		resp, _ := rawRequest(t, h, "POST /ws/echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
@@ -1411,5 +1420,32 @@ Listen 127.0.0.1:%[2]d
 	}
 	if access := readFile(filepath.Join(h.Dir, "access_log")); !strings.Contains(access, `"GET /elsewhere/echo HTTP/2.0" 403 `) {
 		t.Errorf("no 403 for the Origin not allowed:\n%s", access)
+	}
+}
+
+// The WebSocket directives in configtest: what they take, and what they
+// refuse with a message that says what was expected.
+func TestConfigtestWebSocketDirectives(t *testing.T) {
+	for _, body := range []string{
+		"ZmqBackend tcp://h:1\nZmqWebSocket on\nZmqWebSocketMaxMessage 1\nZmqWebSocketOrigins https://a.example http://b.example:8080",
+		"ZmqBackend tcp://h:1\nZmqWebSocket off\nZmqWebSocketMaxMessage 1073741824\nZmqWebSocketOrigins *",
+	} {
+		if out, err := configtest(t, "", body); err != nil || !strings.Contains(out, "Syntax OK") {
+			t.Errorf("%q: %v\n%s", body, err, out)
+		}
+	}
+	for _, tt := range []struct{ body, want string }{
+		{"ZmqWebSocket maybe", "must be On or Off"},
+		{"ZmqWebSocketMaxMessage 0", "expected a number of bytes from 1 to 1073741824"},
+		{"ZmqWebSocketMaxMessage 2G", "expected a number of bytes from 1 to 1073741824"},
+		{"ZmqWebSocketMaxMessage 1073741825", "expected a number of bytes from 1 to 1073741824"},
+		{"ZmqWebSocketOrigins", "needs at least one origin"},
+		{"ZmqWebSocketOrigins example.com", "an origin is scheme://host[:port]"},
+		{"ZmqWebSocketOrigins * https://a.example", "or * alone for any"},
+	} {
+		out, err := configtest(t, "", tt.body)
+		if err == nil || !strings.Contains(out, tt.want) {
+			t.Errorf("%q: exit %v, output lacks %q:\n%s", tt.body, err, tt.want, out)
+		}
 	}
 }
