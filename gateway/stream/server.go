@@ -231,13 +231,14 @@ func (s *Server) Serve(ctx context.Context) error {
 	defer s.close()
 	s.log.Info(CodeServing.String()+": serving HTTP from a ZMQ_STREAM socket", "listen", s.Addr())
 	nextSweep := time.Now().Add(time.Second)
-	var drainUntil time.Time
+	var drainStart, drainUntil time.Time
 	for {
 		if drainUntil.IsZero() && ctx.Err() != nil {
 			s.log.Info(CodeDraining.String()+": shutting down, draining requests in flight", "grace", s.opts.Drain.String())
 			// zmq_unbind would also drop the connections it accepted, so the
 			// socket stays bound and new connections are closed at once.
-			drainUntil = time.Now().Add(s.opts.Drain)
+			drainStart = time.Now()
+			drainUntil = drainStart.Add(s.opts.Drain)
 			for _, c := range s.conns {
 				c.closing = true
 				if len(c.pending) == 0 {
@@ -245,10 +246,7 @@ func (s *Server) Serve(ctx context.Context) error {
 				}
 			}
 		}
-		// Done when every connection is closed and libzmq has let go of it
-		// (its disconnect notice came): the socket closes with no linger,
-		// which would drop an answer still queued.
-		if !drainUntil.IsZero() && ((len(s.conns) == 0 && len(s.closed) == 0) || time.Now().After(drainUntil)) {
+		if !drainUntil.IsZero() && s.drained(drainStart, drainUntil) {
 			return nil
 		}
 		wait := time.Until(nextSweep)
@@ -291,6 +289,32 @@ func (s *Server) Serve(ctx context.Context) error {
 			nextSweep = now.Add(time.Second)
 		}
 	}
+}
+
+// flushWait bounds how long a drain waits, once every connection is
+// closed, for libzmq to write the last answers of the connections it closed
+// (a client that reads nothing would keep them for ever).
+const flushWait = 2 * time.Second
+
+// drained reports whether a drain that started at start may end: every
+// connection is closed and libzmq has let go of those closed since start
+// (their disconnect notices came), or flushWait passed since the last
+// closed, or the drain time is over. The socket closes with no linger,
+// which would drop an answer libzmq still holds.
+func (s *Server) drained(start, until time.Time) bool {
+	now := time.Now()
+	if now.After(until) {
+		return true
+	}
+	if len(s.conns) > 0 {
+		return false
+	}
+	for _, at := range s.closed {
+		if !at.Before(start) && now.Sub(at) < flushWait {
+			return false
+		}
+	}
+	return true
 }
 
 func (s *Server) close() {
