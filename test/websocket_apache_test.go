@@ -1449,3 +1449,81 @@ func TestConfigtestWebSocketDirectives(t *testing.T) {
 		}
 	}
 }
+
+// The Python (websockets) and Node.js (ws) clients of the gateway's tests
+// (gwPythonClient, gwNodeClient), through Apache to ws_echo.py over ws://
+// and over wss:// (mod_ssl; each client trusts the test's certificate):
+// every message kind, empty and 16 MiB messages, a fragmented message with
+// pings between the fragments, the worker's close (4000), the client's
+// (1000) and an oversized message (1009).
+func TestWebSocketsPythonAndNodeClientsThroughApache(t *testing.T) {
+	echo := startPyScript(t, "examples/python/ws_echo.py")
+	cert, key := selfSignedCert(t)
+	tlsPort := freePort(t)
+	locations := fmt.Sprintf(`	<Location /ws>
+		SetHandler zmq
+		ZmqBackend %[1]s
+		ZmqWebSocket on
+	</Location>
+	<Location /small>
+		SetHandler zmq
+		ZmqBackend %[1]s
+		ZmqWebSocket on
+		ZmqWebSocketMaxMessage 1000
+	</Location>
+`, echo.Endpoint)
+	mods := "/usr/lib/apache2/modules"
+	h := startHTTPD(t, httpdParams{MPM: "event", Extra: locations,
+		Global: fmt.Sprintf(`LoadModule socache_shmcb_module %[1]s/mod_socache_shmcb.so
+LoadModule ssl_module %[1]s/mod_ssl.so
+SSLSessionCache shmcb:ssl_scache(512000)
+Listen 127.0.0.1:%[2]d
+<VirtualHost 127.0.0.1:%[2]d>
+	ServerName localhost
+	SSLEngine on
+	SSLCertificateFile %[3]s
+	SSLCertificateKeyFile %[4]s
+%[5]s
+</VirtualHost>
+`, mods, tlsPort, cert, key, locations)})
+	h.expect(`AH01882: Init: this version of mod_ssl was compiled against a newer library`)
+	dir := t.TempDir()
+	want := "ok echo\nok fragmented\nclosed by the worker 4000\nclosed by the client 1000\noversized 1009\n"
+	for _, base := range []string{fmt.Sprintf("ws://127.0.0.1:%d", h.Port), fmt.Sprintf("wss://127.0.0.1:%d", tlsPort)} {
+		for _, client := range []struct {
+			name, file, source string
+			cmd                func(file string) *exec.Cmd
+		}{
+			{"python websockets", "client.py", gwPythonClient, func(f string) *exec.Cmd {
+				cmd := exec.Command(python, f, base)
+				cmd.Env = append(os.Environ(), "SSL_CERT_FILE="+cert)
+				return cmd
+			}},
+			{"node ws", "client.js", gwNodeClient, func(f string) *exec.Cmd {
+				cmd := exec.Command("node", f, base)
+				cmd.Env = append(os.Environ(), "NODE_PATH="+filepath.Join(root, "test", "node", "node_modules"),
+					"NODE_EXTRA_CA_CERTS="+cert)
+				return cmd
+			}},
+		} {
+			t.Run(client.name+" "+base[:strings.Index(base, ":")], func(t *testing.T) {
+				f := filepath.Join(dir, client.file)
+				if err := os.WriteFile(f, []byte(client.source), 0o644); err != nil {
+					t.Fatal(err)
+				}
+				before := gwCloses(echo)
+				cmd := client.cmd(f)
+				var stderr bytes.Buffer
+				cmd.Stderr = &stderr
+				timer := time.AfterFunc(120*time.Second, func() { cmd.Process.Kill() })
+				out, err := cmd.Output()
+				timer.Stop()
+				if err != nil || string(out) != want {
+					t.Fatalf("%s: %v\n%s\nstderr:\n%s\nwant:\n%s", client.name, err, out, stderr.String(), want)
+				}
+				gwExpectClose(t, echo, before, 1000)
+				gwExpectClose(t, echo, before, 1009)
+			})
+		}
+	}
+}
