@@ -419,6 +419,30 @@ func TestWebSocketsThroughApache(t *testing.T) {
 		waitClosed(t, w, c.ConnID, 1000)
 	})
 
+	t.Run("FrameWithTheHandshake", func(t *testing.T) {
+		// A frame sent right behind the handshake, in the same write: the
+		// front finds it in what httpd read ahead.
+		conn, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		req := "GET /ws/echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+			"Sec-WebSocket-Key: " + newKey() + "\r\nSec-WebSocket-Version: 13\r\n\r\n"
+		conn.SetDeadline(time.Now().Add(30 * time.Second))
+		if _, err := conn.Write(append([]byte(req), encodeFrame(0x80|opText, []byte("early"), true)...)); err != nil {
+			t.Fatal(err)
+		}
+		r := bufio.NewReader(conn)
+		resp, err := http.ReadResponse(r, nil)
+		if err != nil || resp.StatusCode != 101 {
+			t.Fatalf("handshake: %v %v", resp, err)
+		}
+		c := &wsClient{t: t, r: r, w: conn, close: func() { conn.Close() },
+			expire: func(d time.Duration) { conn.SetReadDeadline(time.Now().Add(d)) }}
+		c.expect(opText, []byte("early"))
+	})
+
 	t.Run("WorkerSpeaksFirst", func(t *testing.T) {
 		c := mustOpen(t, addr, nil, "/ws/hello")
 		c.expect(opText, []byte("hello"))
