@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net/http"
 	"sync"
 	"time"
+
+	"github.com/modzmq/modzmq/bridge"
 )
 
 // Streamed request bodies (route key stream_body; docs/PROTOCOL.md,
@@ -34,8 +37,10 @@ import (
 // however fast the client sends; the part being sent to the worker, at
 // most gateway.BodyPart, is in flight, not waiting. The price: while the
 // socket is not read, no connection's bytes are read, so other clients
-// wait as long as the worker of that body takes to grant more (at most the
-// route's timeout, after which the request ends with 504).
+// wait as long as the worker of that body takes to grant more. A body
+// whose worker grants nothing for holdLimit while it holds the socket ends
+// with 503 and its connection closes (MODZMQ0310), so a stalled worker
+// holds every other client back for no more than that.
 //
 // Ending. When the relay ends before the body does (the worker answered
 // early, the request failed or timed out), the owner reads the rest of the
@@ -53,6 +58,14 @@ import (
 // bodyHold + 8 KiB = 16 KiB, and libzmq at most (rcvHWM+2)*8 KiB = 48 KiB:
 // less than 64 KiB together.
 const bodyHold = 8 << 10
+
+// holdLimit is how long one streamed body may keep the socket from being
+// read while its worker grants nothing.
+const holdLimit = time.Second
+
+// CodeSlowBody: a streamed body's worker took nothing for holdLimit while
+// the body held the socket; the request ends with 503.
+const CodeSlowBody bridge.Code = 310
 
 // rcvHWM bounds, in messages, what libzmq queues for a client connection
 // that the owner does not read (ZMQ_RCVHWM): with the owner paused for a
@@ -74,9 +87,10 @@ var errClientGone = errors.New("the client went away")
 // the body cannot be read to its end. stop tells the owner that the relay
 // reads no more.
 type bodyPipe struct {
-	s   *Server
-	c   *conn // the owner's
-	ctx context.Context
+	s      *Server
+	c      *conn // the owner's
+	ctx    context.Context
+	cancel context.CancelFunc // ends the relay: the body cannot go on (sweepHolds)
 
 	mu      sync.Mutex
 	buf     []byte // the relay's buffer while it waits in Read; the owner writes into it
@@ -87,7 +101,20 @@ type bodyPipe struct {
 }
 
 func newBodyPipe(s *Server, c *conn) *bodyPipe {
-	return &bodyPipe{s: s, c: c, ctx: c.ctx, ready: make(chan struct{}, 1)}
+	ctx, cancel := context.WithCancel(c.ctx)
+	return &bodyPipe{s: s, c: c, ctx: ctx, cancel: cancel, ready: make(chan struct{}, 1)}
+}
+
+// failure is the error the body failed with, if it did: an *Error the
+// relay answers with.
+func (b *bodyPipe) failure() *Error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var perr *Error
+	if errors.As(b.err, &perr) {
+		return perr
+	}
+	return nil
 }
 
 // Read waits until the owner put body bytes in p, or the body ended or
@@ -200,7 +227,9 @@ func (s *Server) feedBody(c *conn) bool {
 		return true
 	}
 	if !stopped && !waiting && c.parser.Buffered() >= bodyHold {
-		s.held[c] = true
+		if _, ok := s.held[c]; !ok {
+			s.held[c] = time.Now()
+		}
 	} else {
 		s.release(c)
 	}
@@ -230,7 +259,7 @@ func (s *Server) endBody(c *conn, perr *Error) {
 
 // release lets c's bytes no longer keep the socket from being read.
 func (s *Server) release(c *conn) {
-	if s.held[c] {
+	if _, ok := s.held[c]; ok {
 		delete(s.held, c)
 		if len(s.held) == 0 {
 			s.readNow = true
@@ -246,5 +275,20 @@ func (s *Server) wakeFor(b *bodyPipe) {
 	s.wakeMu.Unlock()
 	if wake {
 		s.waiter.SetDeadline(time.Now())
+	}
+}
+
+// sweepHolds ends the streamed bodies that have kept the socket from being
+// read for holdLimit: their workers grant nothing, and every other client
+// waits.
+func (s *Server) sweepHolds(now time.Time) {
+	for c, since := range s.held {
+		if now.Sub(since) >= holdLimit {
+			s.log.Warn(CodeSlowBody.String()+": a streamed body's worker took nothing while every other client waited; request ended",
+				"status", http.StatusServiceUnavailable, "held", now.Sub(since).Round(time.Millisecond).String(), "connection", c.hexID)
+			b := c.body
+			s.endBody(c, fail(http.StatusServiceUnavailable, "the worker takes the request body too slowly"))
+			b.cancel() // the relay waits for the worker: end it now
+		}
 	}
 }

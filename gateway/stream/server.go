@@ -95,7 +95,7 @@ type Server struct {
 	closed   map[string]time.Time // closed here; their disconnect notice is still to come
 	unsent   map[string]time.Time // closed here, but libzmq did not take the close yet: its queue is full
 	blocked  map[*conn]bool       // a send found the connection's queue full
-	held     map[*conn]bool       // streamed bodies holding bodyHold bytes: the socket is not read (body.go)
+	held     map[*conn]time.Time  // streamed bodies holding bodyHold bytes, since when: the socket is not read (body.go)
 	readNow  bool                 // the socket is readable again: read it before waiting
 	retryAt  time.Time            // when retry has something to try again; zero for nothing
 	notices  bool                 // some route asked for connection notices
@@ -181,7 +181,7 @@ func New(gw *gateway.Gateway, listen string, opts Options) (*Server, error) {
 		opts.Log = slog.Default()
 	}
 	s := &Server{gw: gw, opts: opts, log: opts.Log, conns: map[string]*conn{}, closed: map[string]time.Time{},
-		unsent: map[string]time.Time{}, blocked: map[*conn]bool{}, held: map[*conn]bool{}}
+		unsent: map[string]time.Time{}, blocked: map[*conn]bool{}, held: map[*conn]time.Time{}}
 	s.base, s.stop = context.WithCancel(context.Background())
 	for _, h := range gw.Handles() {
 		s.notices = s.notices || h.Route.ConnectionNotices
@@ -618,8 +618,12 @@ func (s *Server) start(c *conn, r *Request, body *bodyPipe) {
 		var err error
 		if body != nil {
 			var readErr error
-			resp, readErr, err = s.gw.RelayBody(ctx, h, req, body)
+			resp, readErr, err = s.gw.RelayBody(body.ctx, h, req, body)
 			body.stop()
+			body.cancel()
+			if perr := body.failure(); readErr == nil && err != nil && perr != nil {
+				readErr = perr // the owner ended the body while the relay waited for the worker
+			}
 			if readErr != nil {
 				// The body broke the parser or its timeout (the connection
 				// closes after the answer), or the client went away.
@@ -856,6 +860,7 @@ func (s *Server) stallLimit(c *conn) time.Duration {
 // sweep closes idle connections, requests that arrive too slowly and
 // clients that take nothing of their answers for their stall limit.
 func (s *Server) sweep(now time.Time) {
+	s.sweepHolds(now)
 	for id, since := range s.unsent {
 		if now.Sub(since) >= time.Second && s.sendClose([]byte(id)) {
 			delete(s.unsent, id)
