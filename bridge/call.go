@@ -41,6 +41,11 @@ type Call struct {
 	// wsSlot: a WebSocket handshake holds a place among the client's open
 	// streams (MaxStreams) until it fails or its WebSocket closes.
 	wsSlot bool
+	// The latest attempt, for logs: its request id (the client's prefix and
+	// seq, or the id a front sent an adopted request with) and endpoint.
+	seq       uint64
+	adoptedID []byte
+	endpoint  int
 }
 
 // Start sends req and returns the call; it blocks only while no worker is
@@ -77,7 +82,7 @@ func (c *Client) Start(ctx context.Context, req *Request, timeout time.Duration)
 // newCall makes a call whose first attempt is still to be made: its deadline
 // (shortened by ctx's) and how many attempts it may have.
 func (c *Client) newCall(ctx context.Context, req *Request, start, deadline time.Time) *Call {
-	call := &Call{c: c, ctx: ctx, req: req, start: start, deadline: deadline, attempts: 1, timeout: deadline.Sub(start)}
+	call := &Call{c: c, ctx: ctx, req: req, start: start, deadline: deadline, attempts: 1, timeout: deadline.Sub(start), endpoint: -1}
 	if d, ok := ctx.Deadline(); ok && d.Before(call.deadline) {
 		call.deadline = d
 	}
@@ -124,8 +129,25 @@ func (c *Client) Adopt(ctx context.Context, req *Request, s Sent) *Call {
 	c.inFlight.Add(1)
 	call.attempt, call.tried, call.epoch = 1, uint64(1)<<(s.Endpoint%64), s.Epoch
 	call.attach(c.endpoints[s.Endpoint], &pooled{conn: s.Conn, id: append([]byte(nil), s.ID...), frames: make([][]byte, 0, 8)})
+	call.adoptedID, call.endpoint = append([]byte(nil), s.ID...), s.Endpoint
 	return call
 }
+
+// ID appends the request id of the call's latest attempt to dst (nothing
+// before one was sent), for logs.
+func (call *Call) ID(dst []byte) []byte {
+	switch {
+	case call.adoptedID != nil:
+		return append(dst, call.adoptedID...)
+	case call.seq != 0:
+		return strconv.AppendUint(append(dst, call.c.prefix...), call.seq, 10)
+	}
+	return dst
+}
+
+// Endpoint is the index in Options.Endpoints of the endpoint the latest
+// attempt went to, or -1.
+func (call *Call) Endpoint() int { return call.endpoint }
 
 // Done reports whether the call has its result.
 func (call *Call) Done() bool { return call.done }
@@ -332,7 +354,8 @@ func (call *Call) next() {
 		return
 	}
 	call.attach(e, p)
-	p.id = strconv.AppendUint(append(p.id[:0], c.prefix...), c.seq.Add(1), 10)
+	call.seq, call.adoptedID, call.endpoint = c.seq.Add(1), nil, e.index
+	p.id = strconv.AppendUint(append(p.id[:0], c.prefix...), call.seq, 10)
 	p.meta = appendStreamMeta(appendMeta(p.meta[:0], p.id, call.req.Meta), call.req, c.opts.Notices)
 	p.frames = requestFrames(p.frames, p.id, p.meta, call.req)
 	call.epoch = e.epoch.Load()

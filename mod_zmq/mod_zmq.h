@@ -32,6 +32,7 @@
 #define MODZMQ_DIR_WEBSOCKET "ZmqWebSocket"
 #define MODZMQ_DIR_WSMAXMESSAGE "ZmqWebSocketMaxMessage"
 #define MODZMQ_DIR_WSORIGINS "ZmqWebSocketOrigins"
+#define MODZMQ_DIR_REQUESTIDHEADER "ZmqRequestIdHeader"
 
 /* The handler names SetHandler accepts. */
 #define MODZMQ_HANDLER "zmq"
@@ -77,6 +78,7 @@ typedef struct modzmq_dir_conf {
     int websocket;                    /* MODZMQ_UNSET, 0 or 1 */
     apr_int64_t ws_max_message;       /* MODZMQ_UNSET or bytes */
     const char *ws_origins;           /* NULL = unset; "" = any; else origins separated by spaces */
+    const char *request_id_header;    /* NULL = unset; "" = off; else the response header for the request id */
 } modzmq_dir_conf;
 
 /* One ZmqBackend endpoint list and the sections that name it. */
@@ -121,6 +123,7 @@ typedef struct modzmq_calls {
     modzmq_cancel_fn cancel;
     modzmq_send_body_fn send_body;
     modzmq_ws_step_fn ws_step;
+    modzmq_call_info_fn call_info;
 } modzmq_calls;
 /* Returns the library's request path, or NULL with a log code and reason in *why. */
 const modzmq_calls *modzmq_loader_calls(const char **why);

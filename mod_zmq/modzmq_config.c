@@ -117,6 +117,7 @@ void *modzmq_merge_dir_conf(apr_pool_t *p, void *basev, void *addv)
     conf->websocket = add->websocket != MODZMQ_UNSET ? add->websocket : base->websocket;
     conf->ws_max_message = add->ws_max_message != MODZMQ_UNSET ? add->ws_max_message : base->ws_max_message;
     conf->ws_origins = add->ws_origins ? add->ws_origins : base->ws_origins;
+    conf->request_id_header = add->request_id_header ? add->request_id_header : base->request_id_header;
     conf->stream_window = add->stream_window != MODZMQ_UNSET ? add->stream_window : base->stream_window;
     conf->stream_idle_ms = add->stream_idle_ms != MODZMQ_UNSET ? add->stream_idle_ms : base->stream_idle_ms;
     if (add->max_streams != MODZMQ_UNSET) {
@@ -523,6 +524,20 @@ static const char *set_ws_max_message(cmd_parms *cmd, void *dconf, const char *a
 
 /* ZmqWebSocketOrigins origin... | *: the Origins a handshake may carry
  * (scheme://host[:port], as browsers send them), or any. */
+static const char *set_request_id_header(cmd_parms *cmd, void *dconf, const char *arg)
+{
+    modzmq_dir_conf *conf = dconf;
+    if (strcasecmp(arg, "off") == 0) {
+        conf->request_id_header = "";
+        return NULL;
+    }
+    if (*arg == '\0' || *ap_scan_http_token(arg) != '\0') {
+        return apr_psprintf(cmd->pool, MODZMQ_DIR_REQUESTIDHEADER " %s: a header name (letters, digits, -) or off", arg);
+    }
+    conf->request_id_header = arg;
+    return NULL;
+}
+
 static const char *set_ws_origins(cmd_parms *cmd, void *dconf, int argc, char *const argv[])
 {
     modzmq_dir_conf *conf = dconf;
@@ -681,6 +696,9 @@ const command_rec modzmq_cmds[] = {
     AP_INIT_TAKE_ARGV(MODZMQ_DIR_WSORIGINS, set_ws_origins, NULL, RSRC_CONF | ACCESS_CONF,
                       "The Origins a WebSocket handshake may come from (scheme://host[:port] ...), or * for any "
                       "(the default); others get 403"),
+    AP_INIT_TAKE1(MODZMQ_DIR_REQUESTIDHEADER, set_request_id_header, NULL, RSRC_CONF | ACCESS_CONF,
+                  "A response header that carries the request id the workers saw (e.g. X-Request-Id), or off "
+                  "(the default); the id is always in the notes zmq-request-id and zmq-endpoint"),
     AP_INIT_TAKE1(MODZMQ_DIR_LIBRARY, set_library, NULL, RSRC_CONF,
                   "Path of libmodzmq.so, the Go half of mod_zmq (server config only)"),
     {NULL}

@@ -647,7 +647,84 @@ int modzmq_map_to_storage(request_rec *r)
     return ap_get_module_config(r->request_config, &zmq_module) != NULL ? OK : DECLINED;
 }
 
-static int relay_request(request_rec *r, const modzmq_dir_conf *conf, const modzmq_calls *lib, int handle);
+static int relay_request(request_rec *r, const modzmq_dir_conf *conf, const modzmq_calls *lib, int handle,
+                         modzmq_response *resp);
+
+/* Notes mod_log_config reads: %{zmq-request-id}n and %{zmq-endpoint}n. */
+#define NOTE_REQUEST_ID "zmq-request-id"
+#define NOTE_ENDPOINT "zmq-endpoint"
+
+/* The i-th (0-based) of the space-separated endpoints, or "-". */
+static const char *nth_endpoint(apr_pool_t *p, const char *endpoints, int i)
+{
+    const char *s = endpoints, *end;
+    while (s != NULL && *s == ' ') {
+        s++;
+    }
+    for (; s != NULL && *s != '\0' && i > 0; i--) {
+        s = strchr(s, ' ');
+        while (s != NULL && *s == ' ') {
+            s++;
+        }
+    }
+    if (s == NULL || *s == '\0' || i != 0) {
+        return "-";
+    }
+    end = strchr(s, ' ');
+    return end ? apr_pstrmemdup(p, s, (apr_size_t)(end - s)) : s;
+}
+
+/* Records the request id and endpoint of the call in resp, once: as notes,
+ * and as the response header the location names (ZmqRequestIdHeader). Called
+ * before the answer's head goes out, and after the relay for the answers
+ * Apache writes itself (errors). */
+static void note_call(request_rec *r, const modzmq_dir_conf *conf, const modzmq_calls *lib, const modzmq_response *resp)
+{
+    const char *id, *ids;
+    size_t id_len;
+    int endpoint;
+
+    if (apr_table_get(r->notes, NOTE_REQUEST_ID) != NULL || !lib->call_info(resp, &id, &id_len, &endpoint)) {
+        return;
+    }
+    ids = apr_pstrmemdup(r->pool, id, id_len);
+    apr_table_setn(r->notes, NOTE_REQUEST_ID, ids);
+    apr_table_setn(r->notes, NOTE_ENDPOINT, nth_endpoint(r->pool, conf->endpoints, endpoint));
+    if (conf->request_id_header != NULL && *conf->request_id_header != '\0') {
+        apr_table_setn(r->err_headers_out, conf->request_id_header, ids);
+    }
+}
+
+/* At LogLevel zmq:debug, one line per request: its id, endpoint, status,
+ * time taken and bytes sent. */
+static void log_request(request_rec *r, int status)
+{
+    const char *id = apr_table_get(r->notes, NOTE_REQUEST_ID), *ep = apr_table_get(r->notes, NOTE_ENDPOINT);
+    if (status == OK) {
+        status = r->status;
+    }
+    else if (status == DONE) {
+        status = 499;
+    }
+    ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, r, "MODZMQ0033: %s %s: request %s to %s answered %d in %"
+                  APR_TIME_T_FMT " us, %" APR_OFF_T_FMT " bytes", r->method, r->uri, id ? id : "-", ep ? ep : "-",
+                  status, apr_time_now() - r->request_time, r->bytes_sent);
+}
+
+/* Relays r and records what it did: notes, the id header, the debug line. */
+static int relay_and_note(request_rec *r, const modzmq_dir_conf *conf, const modzmq_calls *lib, int handle)
+{
+    modzmq_response resp;
+    int status;
+
+    memset(&resp, 0, sizeof(resp));
+    status = relay_request(r, conf, lib, handle, &resp);
+    note_call(r, conf, lib, &resp);
+    if (APLOGrdebug(r)) {
+        log_request(r, status);
+    }
+    return status;
+}
 
 int modzmq_handler(request_rec *r)
 {
@@ -690,11 +767,11 @@ int modzmq_handler(request_rec *r)
             modzmq_stats_overload(conf->backend);
             return HTTP_SERVICE_UNAVAILABLE;
         }
-        status = relay_request(r, conf, lib, handle);
+        status = relay_and_note(r, conf, lib, handle);
         __atomic_sub_fetch(conf->in_flight, 1, __ATOMIC_RELAXED);
         return status;
     }
-    return relay_request(r, conf, lib, handle);
+    return relay_and_note(r, conf, lib, handle);
 }
 
 /* Reads the body, relays the request and writes the reply or error. */
@@ -759,10 +836,10 @@ static int take_stream_place(request_rec *r, const modzmq_dir_conf *conf, int *c
     return HTTP_SERVICE_UNAVAILABLE;
 }
 
-static int relay_request(request_rec *r, const modzmq_dir_conf *conf, const modzmq_calls *lib, int handle)
+static int relay_request(request_rec *r, const modzmq_dir_conf *conf, const modzmq_calls *lib, int handle,
+                         modzmq_response *resp)
 {
     modzmq_request req;
-    modzmq_response resp;
     apr_bucket_brigade *bb = NULL;
     apr_status_t rv = APR_SUCCESS;
     apr_bucket_brigade *body_bb = NULL;
@@ -800,13 +877,13 @@ static int relay_request(request_rec *r, const modzmq_dir_conf *conf, const modz
     req.meta = pack_meta(r, conf, websocket, &req.meta_len);
     req.timeout_ms = modzmq_conf_timeout_ms(conf);
 
-    resp.error[0] = '\0';
-    rc = lib->relay(handle, &req, &resp);
+    resp->error[0] = '\0';
+    rc = lib->relay(handle, &req, resp);
     /* Wait here, in C (modzmq_wait is plain C in the library): an Apache
      * thread parked inside Go costs the Go scheduler a hand-off on every
      * request. Between waits (100 ms at most), look for a client that left. */
     for (;;) {
-        if (rc == MODZMQ_PENDING && req.stream_body && !body_done && resp.body_credit > 64) {
+        if (rc == MODZMQ_PENDING && req.stream_body && !body_done && resp->body_credit > 64) {
             /* The worker has room for a part: read one, at most 64 KiB. */
             apr_size_t got = 0;
             int eos = 0;
@@ -814,7 +891,7 @@ static int relay_request(request_rec *r, const modzmq_dir_conf *conf, const modz
                 part = apr_palloc(r->pool, 65536);
                 body_bb = apr_brigade_create(r->pool, r->connection->bucket_alloc);
             }
-            status = read_part(r, body_bb, part, resp.body_credit - 64 < 65536 ? (apr_size_t)(resp.body_credit - 64) : 65536,
+            status = read_part(r, body_bb, part, resp->body_credit - 64 < 65536 ? (apr_size_t)(resp->body_credit - 64) : 65536,
                                &got, &eos);
             body_total += got;
             if (status == OK && max_body > 0 && body_total > max_body) {
@@ -823,34 +900,34 @@ static int relay_request(request_rec *r, const modzmq_dir_conf *conf, const modz
                 status = HTTP_REQUEST_ENTITY_TOO_LARGE;
             }
             if (status != OK) {
-                lib->cancel(&resp);
-                lib->release(&resp);
+                lib->cancel(resp);
+                lib->release(resp);
                 return status;
             }
             body_done = eos;
             if (got > 0 || eos) {
-                rc = lib->send_body(&resp, part, got, eos);
+                rc = lib->send_body(resp, part, got, eos);
             }
             continue;
         }
         if (rc == MODZMQ_PENDING) {
-            lib->wait(&resp);
+            lib->wait(resp);
             if (client_gone(r)) {
-                lib->cancel(&resp);
-                lib->release(&resp);
+                lib->cancel(resp);
+                lib->release(resp);
                 stream_done(conf, counted);
                 return client_left(r);
             }
             if (streaming && child_stopping()) {
-                lib->cancel(&resp);
-                lib->release(&resp);
+                lib->cancel(resp);
+                lib->release(resp);
                 stream_done(conf, counted);
                 ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, "MODZMQ0026: the child is stopping: its open stream "
                               "ends (an EventSource client reconnects)");
                 break_stream(r, bb);
                 return OK;
             }
-            rc = lib->resume(&resp);
+            rc = lib->resume(resp);
             continue;
         }
         if (rc != MODZMQ_HEAD && rc != MODZMQ_PART && rc != MODZMQ_END) {
@@ -861,61 +938,64 @@ static int relay_request(request_rec *r, const modzmq_dir_conf *conf, const modz
         }
         if (rc == MODZMQ_HEAD) {
             if ((status = take_stream_place(r, conf, &counted)) != OK) {
-                lib->cancel(&resp);
-                lib->release(&resp);
+                lib->cancel(resp);
+                lib->release(resp);
                 return status;
             }
             streaming = 1;
-            rv = write_head(r, &resp, bb);
-            lib->release(&resp);
+            note_call(r, conf, lib, resp);
+            rv = write_head(r, resp, bb);
+            lib->release(resp);
             if (rv == APR_SUCCESS && r->header_only) {
-                lib->cancel(&resp); /* HEAD: the head only */
+                lib->cancel(resp); /* HEAD: the head only */
                 pass(r, bb, apr_bucket_eos_create(r->connection->bucket_alloc));
                 stream_done(conf, counted);
                 return OK;
             }
         }
         else {
-            rv = write_part(r, &resp, rc == MODZMQ_END, bb);
-            lib->release(&resp);
+            rv = write_part(r, resp, rc == MODZMQ_END, bb);
+            lib->release(resp);
             if (rc == MODZMQ_END) {
                 stream_done(conf, counted);
                 return OK;
             }
         }
         if (rv != APR_SUCCESS || client_gone(r)) {
-            lib->cancel(&resp);
-            lib->release(&resp);
+            lib->cancel(resp);
+            lib->release(resp);
             stream_done(conf, counted);
             return client_left(r);
         }
-        rc = lib->resume(&resp);
+        rc = lib->resume(resp);
     }
     if (streaming) {
-        lib->release(&resp);
+        lib->release(resp);
         stream_done(conf, counted);
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "MODZMQ0025: the stream ended abnormally after its head: %s ("
-                      MODZMQ_DIR_BACKEND " %s)", resp.error, conf->endpoints);
+                      MODZMQ_DIR_BACKEND " %s)", resp->error, conf->endpoints);
         break_stream(r, bb);
         return OK;
     }
     switch (rc) {
     case MODZMQ_OK:
-        status = write_reply(r, &resp);
-        lib->release(&resp);
+        note_call(r, conf, lib, resp);
+        status = write_reply(r, resp);
+        lib->release(resp);
         stream_done(conf, counted);
         return status;
     case MODZMQ_UPGRADE:
-        status = run_websocket(r, conf, lib, &resp);
+        note_call(r, conf, lib, resp);
+        status = run_websocket(r, conf, lib, resp);
         stream_done(conf, counted);
         return status;
     case MODZMQ_EREFUSED:
-        status = resp.status;
-        add_lines(r, r->err_headers_out, resp.headers, resp.headers_len);
-        lib->release(&resp);
+        status = resp->status;
+        add_lines(r, r->err_headers_out, resp->headers, resp->headers_len);
+        lib->release(resp);
         stream_done(conf, counted);
         ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, "MODZMQ0028: refused a WebSocket handshake: %s (answered %d)",
-                      resp.error, status);
+                      resp->error, status);
         return status;
     case MODZMQ_ENOWORKER:
         status = HTTP_SERVICE_UNAVAILABLE;
@@ -934,9 +1014,9 @@ static int relay_request(request_rec *r, const modzmq_dir_conf *conf, const modz
         status = HTTP_INTERNAL_SERVER_ERROR;
         break;
     }
-    lib->release(&resp);
+    lib->release(resp);
     stream_done(conf, counted);
     ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "%s (" MODZMQ_DIR_BACKEND " %s, answered %d)",
-                  resp.error, conf->endpoints, status);
+                  resp->error, conf->endpoints, status);
     return status;
 }

@@ -23,7 +23,7 @@
 #include <stdint.h>
 
 /* The ABI this header describes; modzmq_abi_version() must return it. */
-#define MODZMQ_ABI_VERSION 14
+#define MODZMQ_ABI_VERSION 15
 
 /* Return codes of modzmq_relay(). */
 #define MODZMQ_OK         0 /* reply in *resp */
@@ -270,6 +270,15 @@ typedef void (*modzmq_release_fn)(modzmq_response *resp);
  * caller then calls modzmq_release(resp).
  */
 typedef void (*modzmq_cancel_fn)(modzmq_response *resp);
+
+/*
+ * int modzmq_call_info(const modzmq_response *resp, const char **id,
+ * size_t *id_len, int *endpoint): the request id the call in resp sent its
+ * latest attempt with, and that attempt's endpoint (an index in the
+ * backend's endpoints); 0 when no attempt went out. Valid after
+ * modzmq_release too, until resp is used for another call. Plain C.
+ */
+typedef int (*modzmq_call_info_fn)(const modzmq_response *resp, const char **id, size_t *id_len, int *endpoint);
 
 /*
  * int modzmq_send_body(modzmq_response *resp, const char *data, size_t len, int last):

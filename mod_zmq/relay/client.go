@@ -376,6 +376,7 @@ type pending struct {
 // when Go waits on it itself, in modzmq_resume).
 func outcome(call *bridge.Call, b *backend, resp *C.modzmq_response, h cgo.Handle) C.int {
 	st := callState(resp)
+	noteCall(st, call)
 	if !call.Done() {
 		if h == 0 {
 			h = cgo.NewHandle(&pending{call: call, b: b})
@@ -562,6 +563,16 @@ func streamStep(p *pending, resp *C.modzmq_response, h cgo.Handle) C.int {
 		return C.MODZMQ_END
 	}
 	return C.MODZMQ_PART
+}
+
+// noteCall keeps the request id and endpoint of call's latest attempt in
+// st, where modzmq_call_info finds them for the shim's logs.
+func noteCall(st *C.modzmq_call, call *bridge.Call) {
+	id := call.ID(unsafe.Slice((*byte)(unsafe.Pointer(&st.id[0])), len(st.id))[:0])
+	if len(id) == 0 || len(id) > len(st.id) || unsafe.SliceData(id) != (*byte)(unsafe.Pointer(&st.id[0])) {
+		return // none, or too long for st.id (appending moved it)
+	}
+	st.id_len, st.endpoint = C.size_t(len(id)), C.int(call.Endpoint())
 }
 
 // SendBody sends a part of the streamed body of the call in the

@@ -482,6 +482,7 @@ static int fast_relay(modzmq_fast *f, modzmq_request *req, modzmq_response *resp
         }
     }
     e = &f->ep[i];
+    st->endpoint = i;
     want = (int)(timeout_ms < f->connect_timeout_ms ? timeout_ms : f->connect_timeout_ms);
     if (want < 1) {
         want = 1;

@@ -31,6 +31,18 @@ void modzmq_release(modzmq_response *resp)
     st->block = NULL;
 }
 
+int modzmq_call_info(const modzmq_response *resp, const char **id, size_t *id_len, int *endpoint)
+{
+    const modzmq_call *st = (const modzmq_call *)(const void *)resp->state.bytes;
+    if (st->id_len == 0 || st->id_len > sizeof(st->id)) {
+        return 0;
+    }
+    *id = st->id;
+    *id_len = st->id_len;
+    *endpoint = st->endpoint;
+    return 1;
+}
+
 void modzmq_zreceive(void *conn, int timeout_ms, modzmq_response *resp)
 {
     modzmq_call *st = MODZMQ_CALL(resp);

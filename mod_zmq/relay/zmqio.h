@@ -55,6 +55,7 @@ void modzmq_zreceive(void *conn, int timeout_ms, modzmq_response *resp);
 /* The request path's wait and release, exported from the library; see
  * modzmq.h. */
 void modzmq_wait(modzmq_response *resp);
+int modzmq_call_info(const modzmq_response *resp, const char **id, size_t *id_len, int *endpoint);
 void modzmq_release(modzmq_response *resp);
 
 #endif
