@@ -18,4 +18,6 @@ cd "$work"
 	mod_zmq.c modzmq_config.c modzmq_loader.c modzmq_handler.c modzmq_status.c >build.log 2>&1 || { cat build.log; exit 1; }
 grep -i 'warning' build.log || true
 cd - >/dev/null
-cp "$work/.libs/mod_zmq.so" "$OUT"
+# A new file renamed into place, not the old one rewritten: an Apache still
+# running the old build/mod_zmq.so (a test, make bench) keeps its mapping.
+cp "$work/.libs/mod_zmq.so" "$OUT.new" && mv -f "$OUT.new" "$OUT"
