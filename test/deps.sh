@@ -25,6 +25,11 @@ if [ "${1:-}" = bench ]; then
 	need wrk           command -v wrk
 	need mongrel2-core command -v mongrel2
 	need util-linux    command -v taskset
+	# Pushpin (GRIP) anchors the streaming benchmark; condure is its HTTP
+	# front (pushpin's dependency is "condure | mongrel2-core", and
+	# mongrel2-core, installed above, would satisfy it without condure).
+	need pushpin       command -v pushpin
+	need condure       test -x /usr/bin/condure
 fi
 if [ "${1:-}" = deb ]; then
 	# make deb and test/deb-check.sh: Debian's packaging tools.

@@ -1,7 +1,11 @@
 // Command bench measures mod_zmq against the alternatives in one run, on
 // this machine, with interleaved rounds (run it with `make bench`). Every
 // front answers the same bytes; wrk drives keep-alive load. It prints a
-// table, writes build/bench/results.json and build/bench/ratios.svg.
+// table, writes build/bench/results.json and build/bench/ratios.svg; then
+// the streaming benchmark (streams.go) prints its own tables and writes
+// build/bench/streams.json. -only picks either or both: configurations of
+// the request/reply table, and streams (or streams-held, streams-latency,
+// streams-transfer).
 package main
 
 import (
@@ -12,11 +16,14 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"regexp"
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
+	"syscall"
 	"time"
 )
 
@@ -26,8 +33,8 @@ var (
 	keyDur  = flag.Duration("key-duration", 2*time.Second, "wrk duration of the 12-byte, 32-connection case")
 	dur     = flag.Duration("duration", time.Second, "wrk duration of the other cases")
 	outDir  = flag.String("out", "build/bench", "where results.json and ratios.svg go")
-	onlyKey = flag.Bool("quick", false, "only the 12-byte, 32-connection case")
-	only    = flag.String("only", "", "comma-separated configurations to measure (default all)")
+	onlyKey = flag.Bool("quick", false, "only the 12-byte, 32-connection case (and no streaming benchmark unless -only names it)")
+	only    = flag.String("only", "", "comma-separated configurations to measure (default all); streams, or streams-held, streams-latency, streams-transfer, for the streaming benchmark")
 	soak    = flag.Int("soak", 0, "instead of the table: send this many requests to mod_zmq and the gateway and report their RSS along the way")
 )
 
@@ -66,6 +73,42 @@ func main() {
 	if err := os.Chdir(*root); err != nil {
 		log.Fatal(err)
 	}
+	raiseNofile()
+	// Interrupted or terminated: stop what this run started, as fatal does.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	go func() { fatal("stopped by %v", <-sigs) }()
+	// -only: request/reply configurations and streaming parts.
+	keep, parts := map[string]bool{}, map[string]bool{}
+	for _, n := range strings.Split(*only, ",") {
+		switch n = strings.TrimSpace(n); {
+		case n == "":
+		case n == "streams":
+			for _, p := range streamParts {
+				parts[p] = true
+			}
+		case strings.HasPrefix(n, "streams-"):
+			parts[n] = true
+		default:
+			keep[n] = true
+		}
+	}
+	if *only == "" && *soak == 0 && !*onlyKey { // -quick stays the quick pairs
+		for _, p := range streamParts {
+			parts[p] = true
+		}
+	}
+	if *only == "" || len(keep) > 0 || *soak > 0 {
+		requestReply(keep)
+	}
+	if len(parts) > 0 && *soak == 0 {
+		runStreams(parts)
+	}
+}
+
+// requestReply runs the request/reply table (or the soak) over the
+// configurations in keep (all when keep is empty).
+func requestReply(keep map[string]bool) {
 	start := time.Now()
 	env := setup()
 	current = env
@@ -73,11 +116,7 @@ func main() {
 	if *onlyKey {
 		cases = cases[:1]
 	}
-	if *only != "" {
-		keep := map[string]bool{}
-		for _, n := range strings.Split(*only, ",") {
-			keep[n] = true
-		}
+	if len(keep) > 0 {
 		var fs []front
 		for _, f := range env.fronts {
 			if keep[f.Name] {
@@ -132,7 +171,12 @@ func rotate(fs []front, n int) []front {
 // run leaves no Apache or worker behind.
 var current *env
 
+// fatalMu makes a second fatal (a signal during another's cleanup) wait
+// for the first, which exits.
+var fatalMu sync.Mutex
+
 func fatal(format string, args ...any) {
+	fatalMu.Lock()
 	if current != nil {
 		current.stop()
 	}
@@ -336,11 +380,27 @@ servers = [main]
 func (e *env) stop() {
 	if e.apache != "" {
 		exec.Command("/usr/sbin/apache2", "-f", e.apache, "-k", "stop").Run()
+		e.apache = ""
 	}
 	for _, c := range e.allCmds {
+		if c.SysProcAttr != nil && c.SysProcAttr.Setpgid {
+			// A runner with services of its own (Pushpin; each service in
+			// a process group of its own): SIGTERM makes the runner stop
+			// them; any it left behind are killed.
+			pids := descendants(c.Process.Pid)
+			c.Process.Signal(syscall.SIGTERM)
+			t := time.AfterFunc(5*time.Second, func() { c.Process.Kill() })
+			c.Wait()
+			t.Stop()
+			for _, p := range pids[1:] {
+				syscall.Kill(p, syscall.SIGKILL)
+			}
+			continue
+		}
 		c.Process.Kill()
 		c.Wait()
 	}
+	e.allCmds = nil
 }
 
 // children lists the pids whose parent is pid.

@@ -6,6 +6,8 @@
 //	peer -mode http -listen 127.0.0.1:8090             net/http backend
 //	peer -mode revproxy -listen 127.0.0.1:8091 -backend http://127.0.0.1:8090
 //	peer -mode mongrel2 -send tcp://127.0.0.1:9997 -recv tcp://127.0.0.1:9996
+//	peer -mode sse -listen tcp://127.0.0.1:5557        streaming worker (streams.go)
+//	peer -mode origin -listen 127.0.0.1:8092           GRIP origin and transfer backend (streams.go)
 package main
 
 import (
@@ -17,6 +19,7 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"strconv"
+	"time"
 
 	zmq "github.com/pebbe/zmq4"
 )
@@ -34,11 +37,13 @@ func body(target []byte) []byte {
 }
 
 func main() {
-	mode := flag.String("mode", "zmq", "zmq, http, revproxy or mongrel2")
+	mode := flag.String("mode", "zmq", "zmq, http, revproxy, mongrel2, sse or origin")
 	listen := flag.String("listen", "", "address to serve on")
 	backend := flag.String("backend", "", "revproxy: backend URL")
 	send := flag.String("send", "", "mongrel2: its send_spec")
 	recv := flag.String("recv", "", "mongrel2: its recv_spec")
+	keepalive := flag.Duration("keepalive", 20*time.Second, "sse: time between a held stream's keep-alives")
+	upWindow := flag.Int64("upload-window", 1<<20, "sse: credit granted to a streamed request body")
 	flag.Parse()
 	switch *mode {
 	case "zmq":
@@ -60,6 +65,10 @@ func main() {
 		log.Fatal(http.ListenAndServe(*listen, p))
 	case "mongrel2":
 		serveMongrel2(*send, *recv)
+	case "sse":
+		serveStreams(*listen, *keepalive, *upWindow)
+	case "origin":
+		serveOrigin(*listen)
 	default:
 		log.Fatalf("unknown mode %q", *mode)
 	}

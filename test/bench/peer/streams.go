@@ -1,0 +1,344 @@
+package main
+
+// The streaming benchmark's peers (`modzmq-bench -only streams`):
+//
+//	peer -mode sse -listen tcp://127.0.0.1:5555      MZMQ/1 ROUTER worker that streams
+//	peer -mode origin -listen 127.0.0.1:8092         net/http: GRIP origin for Pushpin, transfer backend
+//
+// The worker answers by target (the path's last element, any prefix):
+//
+//	.../hold             head, one event, then a keep-alive every -keepalive
+//	.../tick?ms=M&n=N    head, then an event every M ms, "data: <send time, Unix ns>", N events, @end
+//	.../down?bytes=N     head, then N bytes in 64 KiB parts, paced by credit, @end
+//	a request with a streamed body (meta stream-body: 1): takes it by granting credit,
+//	                     answers 200 {"bytes":N} at @body-end
+//	anything else        200 "ok\n"
+//
+// With notices on, @cancel ends a stream at once. One goroutine owns the
+// socket (libzmq sockets are not goroutine-safe): it drains what arrived,
+// then sends whatever is due, then polls until the next thing is due.
+
+import (
+	"bytes"
+	"container/heap"
+	"fmt"
+	"io"
+	"log"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	zmq "github.com/pebbe/zmq4"
+)
+
+const partCost = 64 // what every stream message after the head costs beyond its bytes
+
+var (
+	part64k   = bytes.Repeat([]byte("x"), 64<<10)
+	sseHead   = []byte("Content-Type: text/event-stream\r\nCache-Control: no-cache\r\n")
+	octetHead = []byte("Content-Type: application/octet-stream\r\n")
+)
+
+type skind int
+
+const (
+	kHold skind = iota
+	kTick
+	kDown
+	kUp
+)
+
+type sstream struct {
+	env    [][]byte
+	id     string
+	kind   skind
+	credit int64
+	period time.Duration
+	left   int
+	due    time.Time
+	idx    int // heap index, -1 when not scheduled
+	total  int64
+	sent   int64 // download: bytes sent; upload: bytes received
+	used   int64 // upload: credit used since the last grant
+	dead   bool
+}
+
+type dueHeap []*sstream
+
+func (h dueHeap) Len() int           { return len(h) }
+func (h dueHeap) Less(i, j int) bool { return h[i].due.Before(h[j].due) }
+func (h dueHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i]; h[i].idx = i; h[j].idx = j }
+func (h *dueHeap) Push(x any)        { s := x.(*sstream); s.idx = len(*h); *h = append(*h, s) }
+func (h *dueHeap) Pop() any {
+	old := *h
+	s := old[len(old)-1]
+	*h = old[:len(old)-1]
+	s.idx = -1
+	return s
+}
+
+type sworker struct {
+	sock      *zmq.Socket
+	streams   map[string]*sstream
+	due       dueHeap
+	keepalive time.Duration
+	upWindow  int64
+	skipped   int64 // tick events skipped for want of credit
+}
+
+func metaValue(meta []byte, name string) (string, bool) {
+	for _, line := range bytes.Split(meta, []byte("\r\n")) {
+		if k, v, ok := bytes.Cut(line, []byte(":")); ok && string(k) == name {
+			return string(bytes.TrimSpace(v)), true
+		}
+	}
+	return "", false
+}
+
+func serveStreams(listen string, keepalive time.Duration, upWindow int64) {
+	s, err := zmq.NewSocket(zmq.ROUTER)
+	if err != nil {
+		log.Fatal(err)
+	}
+	s.SetSndhwm(0) // parts are paced by credit, never dropped
+	s.SetRcvhwm(0)
+	s.SetBacklog(4096) // Apache opens a connection per stream: 1,000 at once
+	if err := s.Bind(listen); err != nil {
+		log.Fatal(err)
+	}
+	w := &sworker{sock: s, streams: map[string]*sstream{}, keepalive: keepalive, upWindow: upWindow}
+	poller := zmq.NewPoller()
+	poller.Add(s, zmq.POLLIN)
+	for {
+		wait := 100 * time.Millisecond
+		if len(w.due) > 0 {
+			wait = min(wait, max(time.Until(w.due[0].due), 0))
+		}
+		poller.Poll(wait)
+		for n := 0; n < 2000; n++ { // then look at what is due
+			msg, err := s.RecvMessageBytes(zmq.DONTWAIT)
+			if err != nil {
+				break
+			}
+			w.handle(msg)
+		}
+		now := time.Now()
+		for len(w.due) > 0 && !w.due[0].due.After(now) {
+			st := heap.Pop(&w.due).(*sstream)
+			if !st.dead {
+				w.fire(st, now)
+			}
+		}
+	}
+}
+
+func (w *sworker) send(env [][]byte, frames ...[]byte) {
+	for _, f := range env {
+		w.sock.SendBytes(f, zmq.SNDMORE)
+	}
+	for i, f := range frames {
+		flag := zmq.SNDMORE
+		if i == len(frames)-1 {
+			flag = 0
+		}
+		w.sock.SendBytes(f, flag)
+	}
+}
+
+func (w *sworker) end(st *sstream) {
+	st.dead = true
+	delete(w.streams, st.id)
+	if st.idx >= 0 {
+		heap.Remove(&w.due, st.idx)
+	}
+}
+
+// spend takes cost from the stream's credit; false when there is not enough.
+func (st *sstream) spend(cost int64) bool {
+	if st.credit < cost {
+		return false
+	}
+	st.credit -= cost
+	return true
+}
+
+func (w *sworker) fire(st *sstream, now time.Time) {
+	switch st.kind {
+	case kHold:
+		if st.spend(partCost) {
+			w.send(st.env, []byte("@keep-alive"), nil)
+		}
+		st.due = now.Add(w.keepalive)
+		heap.Push(&w.due, st)
+	case kTick:
+		if st.left <= 0 {
+			if st.spend(partCost) {
+				w.send(st.env, []byte("@end"), nil)
+				w.end(st)
+			} else {
+				st.due = now.Add(st.period)
+				heap.Push(&w.due, st)
+			}
+			return
+		}
+		st.left--
+		ev := fmt.Appendf(nil, "data: %d\n\n", time.Now().UnixNano())
+		if st.spend(int64(len(ev)) + partCost) {
+			w.send(st.env, []byte("@data"), ev)
+		} else {
+			w.skipped++
+		}
+		// The next event is due a period after this one was, not after now:
+		// a late wake-up does not slow the stream's rate.
+		st.due = st.due.Add(st.period)
+		if st.due.Before(now) {
+			st.due = now
+		}
+		heap.Push(&w.due, st)
+	}
+}
+
+// step sends the download's next parts as far as its credit allows.
+func (w *sworker) step(st *sstream) {
+	for st.sent < st.total {
+		n := min(int64(len(part64k)), st.total-st.sent)
+		if !st.spend(n + partCost) {
+			return
+		}
+		w.send(st.env, []byte("@data"), part64k[:n])
+		st.sent += n
+	}
+	if st.spend(partCost) {
+		w.send(st.env, []byte("@end"), nil)
+		w.end(st)
+	}
+}
+
+func (w *sworker) handle(msg [][]byte) {
+	i := 0
+	for i < len(msg) && len(msg[i]) != 0 {
+		i++
+	}
+	if len(msg)-i-1 != 6 {
+		return
+	}
+	env, f := msg[:i+1:i+1], msg[i+1:]
+	method, target, meta, body := string(f[1]), string(f[2]), f[4], f[5]
+	id, _ := metaValue(meta, "request-id")
+	switch method {
+	case "@credit":
+		if st := w.streams[id]; st != nil {
+			n, _ := strconv.ParseInt(target, 10, 64)
+			st.credit += n
+			if st.kind == kDown {
+				w.step(st)
+			}
+		}
+		return
+	case "@cancel":
+		if st := w.streams[id]; st != nil {
+			w.end(st)
+		}
+		return
+	case "@body", "@body-end":
+		st := w.streams[id]
+		if st == nil {
+			return
+		}
+		st.sent += int64(len(body))
+		st.used += int64(len(body)) + partCost
+		if method == "@body-end" {
+			w.end(st)
+			w.send(st.env, []byte("200"), []byte("Content-Type: application/json\r\n"), fmt.Appendf(nil, `{"bytes":%d}`, st.sent))
+		} else if st.used >= w.upWindow/4 {
+			w.send(st.env, []byte("@credit"), strconv.AppendInt(nil, st.used, 10))
+			st.used = 0
+		}
+		return
+	}
+	if strings.HasPrefix(method, "@") {
+		return
+	}
+	st := &sstream{env: env, id: id, idx: -1}
+	if v, _ := metaValue(meta, "stream-body"); v == "1" {
+		st.kind = kUp
+		w.streams[id] = st
+		w.send(env, []byte("@credit"), strconv.AppendInt(nil, w.upWindow, 10))
+		return
+	}
+	credits, streaming := metaValue(meta, "stream-credits")
+	path, rawq, _ := strings.Cut(target, "?")
+	q, _ := url.ParseQuery(rawq)
+	last := path[strings.LastIndexByte(path, '/')+1:]
+	if !streaming || (last != "hold" && last != "tick" && last != "down") {
+		w.send(env, []byte("200"), []byte("Content-Type: text/plain\r\n"), []byte("ok\n"))
+		return
+	}
+	st.credit, _ = strconv.ParseInt(credits, 10, 64)
+	w.streams[id] = st
+	now := time.Now()
+	switch last {
+	case "hold":
+		st.kind = kHold
+		w.send(env, []byte("@stream"), []byte("200"), sseHead)
+		ev := []byte("data: hello\n\n")
+		st.spend(int64(len(ev)) + partCost)
+		w.send(env, []byte("@data"), ev)
+		st.due = now.Add(w.keepalive)
+		heap.Push(&w.due, st)
+	case "tick":
+		st.kind = kTick
+		ms, _ := strconv.Atoi(q.Get("ms"))
+		st.period = time.Duration(max(ms, 1)) * time.Millisecond
+		st.left, _ = strconv.Atoi(q.Get("n"))
+		w.send(env, []byte("@stream"), []byte("200"), sseHead)
+		st.due = now
+		w.fire(st, now)
+	case "down":
+		st.kind = kDown
+		st.total, _ = strconv.ParseInt(q.Get("bytes"), 10, 64)
+		w.send(env, []byte("@stream"), []byte("200"), octetHead)
+		w.step(st)
+	}
+}
+
+// serveOrigin is the HTTP side: a GRIP origin that tells Pushpin to hold
+// each stream on the channel the client names (?ch=), and the backend
+// mod_proxy_http relays 1 GiB transfers to (/up takes a body, /down?bytes=N
+// sends N bytes).
+func serveOrigin(listen string) {
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		last := r.URL.Path[strings.LastIndexByte(r.URL.Path, '/')+1:]
+		switch {
+		case last == "hold" || last == "tick":
+			w.Header().Set("Content-Type", "text/event-stream")
+			w.Header().Set("Grip-Hold", "stream")
+			w.Header().Set("Grip-Channel", r.URL.Query().Get("ch"))
+			io.WriteString(w, "data: hello\n\n")
+		case last == "up":
+			n, err := io.CopyBuffer(io.Discard, r.Body, make([]byte, 64<<10))
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusBadRequest)
+				return
+			}
+			w.Header().Set("Content-Type", "application/json")
+			fmt.Fprintf(w, `{"bytes":%d}`, n)
+		case last == "down":
+			total, _ := strconv.ParseInt(r.URL.Query().Get("bytes"), 10, 64)
+			w.Header().Set("Content-Type", "application/octet-stream")
+			w.Header().Set("Content-Length", strconv.FormatInt(total, 10))
+			for total > 0 {
+				n := min(int64(len(part64k)), total)
+				if _, err := w.Write(part64k[:n]); err != nil {
+					return
+				}
+				total -= n
+			}
+		default:
+			io.WriteString(w, "ok\n")
+		}
+	})
+	log.Fatal(http.ListenAndServe(listen, h))
+}
