@@ -131,14 +131,16 @@ void modzmq_stats_create(apr_pool_t *pconf, server_rec *s)
     }
     ap_mpm_query(AP_MPMQ_HARD_LIMIT_DAEMONS, &limit);
     rt.nslots = (limit > 0 ? limit : 16) + 1;
-    rv = apr_shm_create(&shm, (apr_size_t)rt.nslots * slot_words() * sizeof(apr_int64_t), NULL, pconf);
+    /* The slots, then one word per backend: the child watching it. */
+    rv = apr_shm_create(&shm, ((apr_size_t)rt.nslots * slot_words() + (apr_size_t)rt.nbackends) * sizeof(apr_int64_t),
+                        NULL, pconf);
     if (rv != APR_SUCCESS) {
         ap_log_error(APLOG_MARK, APLOG_WARNING, rv, s, "MODZMQ0021: cannot create shared memory for statistics; "
                      "zmq-status will show nothing");
         return;
     }
     rt.stats = apr_shm_baseaddr_get(shm);
-    memset(rt.stats, 0, (apr_size_t)rt.nslots * slot_words() * sizeof(apr_int64_t));
+    memset(rt.stats, 0, ((apr_size_t)rt.nslots * slot_words() + (apr_size_t)rt.nbackends) * sizeof(apr_int64_t));
 }
 
 static apr_int64_t *slot_at(int i) { return rt.stats + (size_t)i * slot_words(); }
@@ -356,7 +358,7 @@ static const char *load(apr_pool_t *p, server_rec *s)
     }
     rt.calls = calls;
     if (claim_slot() && rt.nbackends == rt.nhandles) {
-        attach(rt.slot, rt.nbackends);
+        attach(rt.slot, rt.nbackends, rt.stats + (size_t)rt.nslots * slot_words());
     }
     return NULL;
 }

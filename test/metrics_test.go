@@ -70,3 +70,49 @@ func TestMetricsHandlerPassesPromtool(t *testing.T) {
 	}
 	promtoolCheck(t, "the gateway's /metrics", page)
 }
+
+// Endpoint state is known from the children's start, before any request,
+// and again after a graceful restart: one child watches each backend from
+// its start (the others connect on their first request). Under prefork,
+// with several children, exactly one watches.
+func TestEndpointStateFromChildStart(t *testing.T) {
+	w := startPyWorker(t, "watched", "--log")
+	dead := freePort(t)
+	h := startHTTPD(t, httpdParams{MPM: "prefork", Extra: fmt.Sprintf(`	<Location /up>
+		SetHandler zmq
+		ZmqBackend %s
+	</Location>
+	<Location /down>
+		SetHandler zmq
+		ZmqBackend tcp://127.0.0.1:%d
+	</Location>
+	<Location /metrics>
+		SetHandler zmq-metrics
+	</Location>
+`, w.Endpoint, dead)})
+	h.expect(`MODZMQ0121: `) // the dead endpoint
+	want := []string{
+		fmt.Sprintf(`modzmq_endpoint_up{endpoint="%s",route="/up"} 1`, w.Endpoint),
+		fmt.Sprintf(`modzmq_endpoint_up{endpoint="tcp://127.0.0.1:%d",route="/down"} 0`, dead),
+	}
+	check := func(when string) {
+		t.Helper()
+		checkFor(t, 15*time.Second, func() error {
+			_, page := do(t, "GET", h.URL+"/metrics", "", nil)
+			for _, w := range want {
+				if !strings.Contains(string(page), w+"\n") {
+					return fmt.Errorf("%s, with no request to /up yet, the metrics lack %s:\n%s", when, w, page)
+				}
+			}
+			return nil
+		})
+	}
+	check("at start")
+	if out, err := h.ctl("graceful"); err != nil {
+		t.Fatalf("graceful: %v %s", err, out)
+	}
+	check("after a graceful restart")
+	if strings.Contains(w.Output.String(), "got ") {
+		t.Errorf("the worker got a request: %s", w.Output)
+	}
+}

@@ -66,11 +66,12 @@ func modzmq_resume(resp *C.modzmq_response) C.int {
 }
 
 //export modzmq_stats_attach
-func modzmq_stats_attach(slot *C.int64_t, nbackends C.int) {
-	if slot == nil || nbackends <= 0 {
+func modzmq_stats_attach(slot *C.int64_t, nbackends C.int, watchers *C.int64_t) {
+	if slot == nil || watchers == nil || nbackends <= 0 {
 		return
 	}
-	relay.AttachStats(unsafe.Slice((*int64)(unsafe.Pointer(slot)), relay.StatsWords(int(nbackends))))
+	relay.AttachStats(unsafe.Slice((*int64)(unsafe.Pointer(slot)), relay.StatsWords(int(nbackends))),
+		unsafe.Slice((*int64)(unsafe.Pointer(watchers)), int(nbackends)))
 }
 
 //export modzmq_status_render

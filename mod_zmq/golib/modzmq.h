@@ -23,7 +23,7 @@
 #include <stdint.h>
 
 /* The ABI this header describes; modzmq_abi_version() must return it. */
-#define MODZMQ_ABI_VERSION 15
+#define MODZMQ_ABI_VERSION 16
 
 /* Return codes of modzmq_relay(). */
 #define MODZMQ_OK         0 /* reply in *resp */
@@ -182,10 +182,14 @@ enum {
 #define MODZMQ_STATUS_METRICS 2
 
 /*
- * void modzmq_stats_attach(int64_t *slot, int nbackends): publish counters
- * into this slot's backend blocks from now on.
+ * void modzmq_stats_attach(int64_t *slot, int nbackends, int64_t *watchers):
+ * publish counters into this slot's backend blocks from now on. watchers
+ * (nbackends words shared by all children, zero at start) names, per
+ * backend, the child that watches its endpoints from its start: a child
+ * claims a backend no live child holds and makes its first client at once,
+ * so endpoint state is known before any request.
  */
-typedef void (*modzmq_stats_attach_fn)(int64_t *slot, int nbackends);
+typedef void (*modzmq_stats_attach_fn)(int64_t *slot, int nbackends, int64_t *watchers);
 
 /*
  * int modzmq_status_render(int format, int64_t *sums, int nbackends,

@@ -9,9 +9,11 @@ import "C"
 import (
 	"bytes"
 	"fmt"
+	"os"
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 	"unsafe"
 
@@ -52,17 +54,62 @@ var statsSlot atomic.Pointer[[]int64]
 
 // AttachStats makes publish write this process's counters into slot (a
 // statistics slot, modzmq.h) twice a second from now on.
-func AttachStats(slot []int64) {
+func AttachStats(slot, watchers []int64) {
 	if len(slot) < statsHeader+statsBackend {
 		return
 	}
 	statsSlot.Store(&slot)
 	go func() {
 		defer func() { recover() }()
+		watch(watchers)
 		for range time.Tick(500 * time.Millisecond) {
+			watch(watchers)
 			publish()
 		}
 	}()
+}
+
+// watch claims, in watchers (one word per backend, shared by the
+// children), every backend no live child watches, and makes its first
+// client at once: its watch connections report the endpoints' state from
+// this child's start, before any request. The other children make their
+// clients on first use, so a backend costs one watch connection at start
+// whatever the number of children; when the watching child exits, another
+// claims the backend within half a second.
+func watch(watchers []int64) {
+	list := backends.Load()
+	if list == nil {
+		return
+	}
+	me := int64(os.Getpid())
+	for i, b := range *list {
+		if i >= len(watchers) {
+			return
+		}
+		owner := atomic.LoadInt64(&watchers[i])
+		if owner == me || (owner != 0 && alive(owner)) || !atomic.CompareAndSwapInt64(&watchers[i], owner, me) {
+			continue
+		}
+		if c := firstClient(b); c != nil {
+			c.start()
+		}
+	}
+}
+
+// alive reports whether process pid exists.
+func alive(pid int64) bool {
+	err := syscall.Kill(int(pid), 0)
+	return err == nil || err == syscall.EPERM
+}
+
+// firstClient is the client of b with the lowest handle, or nil.
+func firstClient(b *backend) *client {
+	for h := 1; h <= C.MODZMQ_MAX_CLIENTS; h++ {
+		if c := clients[h].Load(); c != nil && c.b == b && c.err == nil {
+			return c
+		}
+	}
+	return nil
 }
 
 // BlockWords is the length of one backend's block of a slot.
