@@ -84,7 +84,8 @@ typedef struct modzmq_dir_conf {
 /* One ZmqBackend endpoint list and the sections that name it. */
 typedef struct modzmq_backend_entry {
     const char *endpoints;
-    const char *routes;
+    const char *routes; /* the sections that name it, separated by spaces (post_config) */
+    const char *vhosts; /* their virtual hosts, name:port, separated by spaces */
 } modzmq_backend_entry;
 
 extern module AP_MODULE_DECLARE_DATA zmq_module;

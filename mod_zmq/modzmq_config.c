@@ -35,9 +35,8 @@ const apr_array_header_t *modzmq_config_backends(void) { return backends; }
 
 const apr_array_header_t *modzmq_config_clients(void) { return clients; }
 
-/* Returns the 1-based registry index of endpoints, adding it if new, and
- * notes route (where the directive stands) for status pages. */
-static int register_backend(apr_pool_t *p, const char *endpoints, const char *route)
+/* Returns the 1-based registry index of endpoints, adding it if new. */
+static int register_backend(apr_pool_t *p, const char *endpoints)
 {
     modzmq_backend_entry *e;
     int i;
@@ -47,14 +46,46 @@ static int register_backend(apr_pool_t *p, const char *endpoints, const char *ro
     for (i = 0; i < backends->nelts; i++) {
         e = &APR_ARRAY_IDX(backends, i, modzmq_backend_entry);
         if (strcmp(e->endpoints, endpoints) == 0) {
-            e->routes = apr_pstrcat(p, e->routes, " ", route, NULL);
             return i + 1;
         }
     }
     e = &APR_ARRAY_PUSH(backends, modzmq_backend_entry);
+    memset(e, 0, sizeof(*e));
     e->endpoints = endpoints;
-    e->routes = route;
     return backends->nelts;
+}
+
+/* list with word added at its end, unless it has it: words separated by
+ * spaces. */
+static const char *add_word(apr_pool_t *p, const char *list, const char *word)
+{
+    size_t n = strlen(word);
+    const char *at;
+    if (list == NULL || *list == '\0') {
+        return word;
+    }
+    for (at = strstr(list, word); at != NULL; at = strstr(at + 1, word)) {
+        if ((at == list || at[-1] == ' ') && (at[n] == ' ' || at[n] == '\0')) {
+            return list;
+        }
+    }
+    return apr_pstrcat(p, list, " ", word, NULL);
+}
+
+/* Notes, for status pages and metrics labels, that conf (a section of sv,
+ * or sv's own settings) names its backend: the section's path (or
+ * "(server)") and the virtual host (name:port). */
+static void note_route(server_rec *sv, const modzmq_dir_conf *conf)
+{
+    modzmq_backend_entry *e;
+    apr_pool_t *p = backends->pool;
+    unsigned port = sv->port ? sv->port : (sv->addrs ? sv->addrs->host_port : 0);
+    if (conf->backend < 1 || conf->backend > backends->nelts) {
+        return;
+    }
+    e = &APR_ARRAY_IDX(backends, conf->backend - 1, modzmq_backend_entry);
+    e->routes = add_word(p, e->routes, conf->route ? conf->route : "(server)");
+    e->vhosts = add_word(p, e->vhosts, apr_psprintf(p, "%s:%u", sv->server_hostname ? sv->server_hostname : "localhost", port));
 }
 
 void *modzmq_create_dir_conf(apr_pool_t *p, char *dir)
@@ -248,12 +279,16 @@ int modzmq_config_number_clients(apr_pool_t *ptemp, server_rec *s)
         if (add_client(ptemp, defaults, defaults) != 0) {
             goto full;
         }
+        note_route(sv, defaults);
         for (i = 0; i < 2; i++) {
             for (j = 0; sections[i] != NULL && j < sections[i]->nelts; j++) {
                 ap_conf_vector_t *sec = APR_ARRAY_IDX(sections[i], j, ap_conf_vector_t *);
                 const modzmq_dir_conf *conf = ap_get_module_config(sec, &zmq_module);
                 if (conf != NULL && add_client(ptemp, defaults, conf) != 0) {
                     goto full;
+                }
+                if (conf != NULL) {
+                    note_route(sv, conf);
                 }
             }
         }
@@ -362,9 +397,7 @@ static const char *set_backend(cmd_parms *cmd, void *dconf, int argc, char *cons
         joined = i ? apr_pstrcat(cmd->pool, joined, " ", argv[i], NULL) : argv[i];
     }
     conf->endpoints = joined;
-    conf->backend = register_backend(cmd->pool, joined, cmd->path ? cmd->path
-                                     : apr_pstrcat(cmd->pool, "(", cmd->server->server_hostname
-                                                   ? cmd->server->server_hostname : "server", ")", NULL));
+    conf->backend = register_backend(cmd->pool, joined);
     return NULL;
 }
 

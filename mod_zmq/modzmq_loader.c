@@ -346,7 +346,8 @@ static const char *load(apr_pool_t *p, server_rec *s)
         char err[256] = "";
         const modzmq_backend_entry *e = &APR_ARRAY_IDX(eps, i, modzmq_backend_entry);
         char *endpoints = apr_pstrdup(p, e->endpoints);
-        rt.handles[i + 1] = open_backend(endpoints, apr_pstrdup(p, e->routes), 0, err, sizeof(err));
+        rt.handles[i + 1] = open_backend(endpoints, apr_pstrdup(p, e->routes ? e->routes : ""),
+                                         apr_pstrdup(p, e->vhosts ? e->vhosts : ""), 0, err, sizeof(err));
         if (rt.handles[i + 1] == 0) {
             /* Only this backend's locations answer 503; the rest work. */
             ap_log_error(APLOG_MARK, APLOG_ERR, 0, s,

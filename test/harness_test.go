@@ -246,6 +246,13 @@ func (h *httpd) errorLog() string {
 	return string(b)
 }
 
+// withVHost adds the vhost label of h's first virtual host (where Extra
+// goes) to a metrics line of the Apache module: vhost sorts last among its
+// labels.
+func (h *httpd) withVHost(line string) string {
+	return strings.Replace(line, "}", fmt.Sprintf(`,vhost="one.localhost:%d"}`, h.Port), 1)
+}
+
 // expect declares that error_log lines matching re are caused by the test.
 func (h *httpd) expect(re string) {
 	h.mu.Lock()

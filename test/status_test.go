@@ -113,12 +113,13 @@ func TestStatusPage(t *testing.T) {
 		`modzmq_request_duration_seconds_count{route="/s1"} 6`,
 		`modzmq_endpoint_events_total{endpoint="` + w.Endpoint + `",event="bad_reply",route="/s1"} 1`,
 	} {
-		if !strings.Contains(string(metrics), want) {
+		if want = h.withVHost(want); !strings.Contains(string(metrics), want) {
 			t.Errorf("?metrics lacks %s", want)
 		}
 	}
 	_, text := do(t, "GET", h.URL+"/zmq-status", "", nil)
-	if !strings.Contains(string(text), "route /s1: 6 requests (200: 5, 502: 1)") || !strings.Contains(string(text), "Apache children") {
+	if !strings.Contains(string(text), fmt.Sprintf("route /s1 in one.localhost:%d: 6 requests (200: 5, 502: 1)", h.Port)) ||
+		!strings.Contains(string(text), "Apache children") {
 		t.Errorf("text page:\n%s", text)
 	}
 }

@@ -249,7 +249,7 @@ func TestStreamsThroughApache(t *testing.T) {
 			`modzmq_cancels_total{route="/n"} 2`,
 			`modzmq_streams_open{route="/n"} 0`,
 		} {
-			if !strings.Contains(string(page), want+"\n") {
+			if want = h.withVHost(want); !strings.Contains(string(page), want+"\n") {
 				return fmt.Errorf("?metrics lacks %s:\n%s", want, page)
 			}
 		}

@@ -22,6 +22,7 @@ import (
 // Route is one route (a <Location>, or a gateway route) and its endpoints.
 type Route struct {
 	Route      string           `json:"route"`
+	VHost      string           `json:"vhost,omitempty"` // Apache: the virtual hosts (name:port) of its locations
 	InFlight   int64            `json:"in_flight"`
 	Retries    int64            `json:"retries"`
 	Overloads  int64            `json:"overloads"`
@@ -141,8 +142,12 @@ func Text(w io.Writer, title string, routes []Route) {
 		for _, c := range codes {
 			parts = append(parts, fmt.Sprintf("%s: %d", c, r.Statuses[c]))
 		}
-		fmt.Fprintf(w, "\nroute %s: %d requests (%s), %d in flight, %d retries, %d refused over the in-flight limit\n",
-			r.Route, r.Requests, strings.Join(parts, ", "), r.InFlight, r.Retries, r.Overloads)
+		vhost := ""
+		if r.VHost != "" {
+			vhost = " in " + r.VHost
+		}
+		fmt.Fprintf(w, "\nroute %s%s: %d requests (%s), %d in flight, %d retries, %d refused over the in-flight limit\n",
+			r.Route, vhost, r.Requests, strings.Join(parts, ", "), r.InFlight, r.Retries, r.Overloads)
 		fmt.Fprintf(w, "  latency p50 %.4fs  p90 %.4fs  p99 %.4fs\n", r.P50, r.P90, r.P99)
 		if r.GoEntries != nil {
 			fmt.Fprintf(w, "  calls from Apache threads into Go: %d\n", *r.GoEntries)
@@ -184,41 +189,76 @@ func JSON(w io.Writer, routes []Route) error {
 	return json.NewEncoder(w).Encode(doc)
 }
 
-// Collector exposes snapshots to Prometheus at scrape time.
-type Collector struct{ Snapshot func() []Route }
+// Collector exposes snapshots to Prometheus at scrape time. With VHost,
+// every series also has a vhost label (Route.VHost: the Apache module's
+// virtual hosts).
+type Collector struct {
+	Snapshot func() []Route
+	VHost    bool
+}
 
-var (
-	descResponses = prometheus.NewDesc("modzmq_responses_total", "Requests answered, by HTTP status (a worker's, or the bridge's on failure).", []string{"route", "code"}, nil)
-	descDuration  = prometheus.NewDesc("modzmq_request_duration_seconds", "Time to relay a request and get its answer.", []string{"route"}, nil)
-	descInFlight  = prometheus.NewDesc("modzmq_in_flight", "Requests in flight to the endpoint.", []string{"route", "endpoint"}, nil)
-	descUp        = prometheus.NewDesc("modzmq_endpoint_up", "Processes whose watch connection to the endpoint is up.", []string{"route", "endpoint"}, nil)
-	descRetries   = prometheus.NewDesc("modzmq_retries_total", "Attempts retried on another worker.", []string{"route"}, nil)
-	descOverloads = prometheus.NewDesc("modzmq_overloads_total", "Requests refused over the in-flight limit.", []string{"route"}, nil)
-	descEvents    = prometheus.NewDesc("modzmq_endpoint_events_total", "Per endpoint: requests, their outcomes, and connection events.",
-		[]string{"route", "endpoint", "event"}, nil)
-	descGoEntries = prometheus.NewDesc("modzmq_go_entries_total", "Calls from Apache threads into the Go runtime (none for a warm, plain request).", []string{"route"}, nil)
-	descGoWaits   = prometheus.NewDesc("modzmq_go_waits_total", "Calls from Apache threads into the Go runtime that could wait there (ZmqCurve only).", []string{"route"}, nil)
-	descStreams   = prometheus.NewDesc("modzmq_streams_open", "Streamed replies open now.", []string{"route"}, nil)
-	descBuffered  = prometheus.NewDesc("modzmq_stream_buffered_bytes", "What workers of open streams sent that is not yet granted back to them (within the window per stream).", []string{"route"}, nil)
-	descParts     = prometheus.NewDesc("modzmq_stream_parts_total", "Stream parts with data relayed.", []string{"route", "direction"}, nil)
-	descBytes     = prometheus.NewDesc("modzmq_stream_bytes_total", "Bytes of stream parts relayed.", []string{"route", "direction"}, nil)
-	descCancels   = prometheus.NewDesc("modzmq_cancels_total", "Cancel notices sent to workers whose client went away.", []string{"route"}, nil)
-	descEnds      = prometheus.NewDesc("modzmq_stream_ends_total", "Streams ended, by cause (end, client_gone, aborted, idle, broken).", []string{"route", "cause"}, nil)
-)
+// descs are the metrics' descriptions, with or without the vhost label.
+type descs struct {
+	responses, duration, inFlight, up, retries, overloads, events, goEntries, goWaits, streams, buffered, parts, bytes, cancels, ends *prometheus.Desc
+}
+
+var descsPlain, descsVHost = newDescs(false), newDescs(true)
+
+func newDescs(vhost bool) *descs {
+	labels := func(names ...string) []string {
+		if vhost {
+			return append(names, "vhost")
+		}
+		return names
+	}
+	return &descs{
+		responses: prometheus.NewDesc("modzmq_responses_total", "Requests answered, by HTTP status (a worker's, or the bridge's on failure).", labels("route", "code"), nil),
+		duration:  prometheus.NewDesc("modzmq_request_duration_seconds", "Time to relay a request and get its answer.", labels("route"), nil),
+		inFlight:  prometheus.NewDesc("modzmq_in_flight", "Requests in flight to the endpoint.", labels("route", "endpoint"), nil),
+		up:        prometheus.NewDesc("modzmq_endpoint_up", "Processes whose watch connection to the endpoint is up.", labels("route", "endpoint"), nil),
+		retries:   prometheus.NewDesc("modzmq_retries_total", "Attempts retried on another worker.", labels("route"), nil),
+		overloads: prometheus.NewDesc("modzmq_overloads_total", "Requests refused over the in-flight limit.", labels("route"), nil),
+		events:    prometheus.NewDesc("modzmq_endpoint_events_total", "Per endpoint: requests, their outcomes, and connection events.", labels("route", "endpoint", "event"), nil),
+		goEntries: prometheus.NewDesc("modzmq_go_entries_total", "Calls from Apache threads into the Go runtime (none for a warm, plain request).", labels("route"), nil),
+		goWaits:   prometheus.NewDesc("modzmq_go_waits_total", "Calls from Apache threads into the Go runtime that could wait there (ZmqCurve only).", labels("route"), nil),
+		streams:   prometheus.NewDesc("modzmq_streams_open", "Streamed replies open now.", labels("route"), nil),
+		buffered:  prometheus.NewDesc("modzmq_stream_buffered_bytes", "What workers of open streams sent that is not yet granted back to them (within the window per stream).", labels("route"), nil),
+		parts:     prometheus.NewDesc("modzmq_stream_parts_total", "Stream parts with data relayed.", labels("route", "direction"), nil),
+		bytes:     prometheus.NewDesc("modzmq_stream_bytes_total", "Bytes of stream parts relayed.", labels("route", "direction"), nil),
+		cancels:   prometheus.NewDesc("modzmq_cancels_total", "Cancel notices sent to workers whose client went away.", labels("route"), nil),
+		ends:      prometheus.NewDesc("modzmq_stream_ends_total", "Streams ended, by cause (end, client_gone, aborted, idle, broken).", labels("route", "cause"), nil),
+	}
+}
+
+func (c Collector) descs() *descs {
+	if c.VHost {
+		return descsVHost
+	}
+	return descsPlain
+}
 
 // Describe implements prometheus.Collector.
 func (c Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descResponses, descDuration, descInFlight, descUp, descRetries, descOverloads, descEvents, descGoEntries, descGoWaits,
-		descStreams, descBuffered, descParts, descBytes, descCancels, descEnds} {
-		ch <- d
+	d := c.descs()
+	for _, x := range []*prometheus.Desc{d.responses, d.duration, d.inFlight, d.up, d.retries, d.overloads, d.events, d.goEntries, d.goWaits, d.streams, d.buffered, d.parts, d.bytes, d.cancels, d.ends} {
+		ch <- x
 	}
 }
 
 // Collect implements prometheus.Collector.
 func (c Collector) Collect(ch chan<- prometheus.Metric) {
+	d := c.descs()
 	for _, r := range c.Snapshot() {
+		// lv is the label values: those given, then the vhost when the
+		// descriptions have it.
+		lv := func(values ...string) []string {
+			if c.VHost {
+				return append(values, r.VHost)
+			}
+			return values
+		}
 		for code, n := range r.Statuses {
-			ch <- prometheus.MustNewConstMetric(descResponses, prometheus.CounterValue, float64(n), r.Route, code)
+			ch <- prometheus.MustNewConstMetric(d.responses, prometheus.CounterValue, float64(n), lv(r.Route, code)...)
 		}
 		cum, buckets := uint64(0), map[float64]uint64{}
 		for i, b := range bridge.LatencyBuckets {
@@ -230,37 +270,37 @@ func (c Collector) Collect(ch chan<- prometheus.Metric) {
 		if len(r.Buckets) > len(bridge.LatencyBuckets) {
 			cum += uint64(r.Buckets[len(bridge.LatencyBuckets)])
 		}
-		ch <- prometheus.MustNewConstHistogram(descDuration, cum, r.SumSeconds, buckets, r.Route)
-		ch <- prometheus.MustNewConstMetric(descRetries, prometheus.CounterValue, float64(r.Retries), r.Route)
-		ch <- prometheus.MustNewConstMetric(descOverloads, prometheus.CounterValue, float64(r.Overloads), r.Route)
+		ch <- prometheus.MustNewConstHistogram(d.duration, cum, r.SumSeconds, buckets, lv(r.Route)...)
+		ch <- prometheus.MustNewConstMetric(d.retries, prometheus.CounterValue, float64(r.Retries), lv(r.Route)...)
+		ch <- prometheus.MustNewConstMetric(d.overloads, prometheus.CounterValue, float64(r.Overloads), lv(r.Route)...)
 		if r.GoEntries != nil {
-			ch <- prometheus.MustNewConstMetric(descGoEntries, prometheus.CounterValue, float64(*r.GoEntries), r.Route)
+			ch <- prometheus.MustNewConstMetric(d.goEntries, prometheus.CounterValue, float64(*r.GoEntries), lv(r.Route)...)
 		}
 		if r.GoWaits != nil {
-			ch <- prometheus.MustNewConstMetric(descGoWaits, prometheus.CounterValue, float64(*r.GoWaits), r.Route)
+			ch <- prometheus.MustNewConstMetric(d.goWaits, prometheus.CounterValue, float64(*r.GoWaits), lv(r.Route)...)
 		}
 		if s := r.Streams; s != nil {
-			ch <- prometheus.MustNewConstMetric(descStreams, prometheus.GaugeValue, float64(s.Open), r.Route)
-			ch <- prometheus.MustNewConstMetric(descParts, prometheus.CounterValue, float64(s.Parts), r.Route, "to_client")
-			ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(s.Bytes), r.Route, "to_client")
-			ch <- prometheus.MustNewConstMetric(descParts, prometheus.CounterValue, float64(s.BodyParts), r.Route, "from_client")
-			ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(s.BodyBytes), r.Route, "from_client")
-			ch <- prometheus.MustNewConstMetric(descBuffered, prometheus.GaugeValue, float64(s.Buffered), r.Route)
-			ch <- prometheus.MustNewConstMetric(descCancels, prometheus.CounterValue, float64(s.Cancels), r.Route)
+			ch <- prometheus.MustNewConstMetric(d.streams, prometheus.GaugeValue, float64(s.Open), lv(r.Route)...)
+			ch <- prometheus.MustNewConstMetric(d.parts, prometheus.CounterValue, float64(s.Parts), lv(r.Route, "to_client")...)
+			ch <- prometheus.MustNewConstMetric(d.bytes, prometheus.CounterValue, float64(s.Bytes), lv(r.Route, "to_client")...)
+			ch <- prometheus.MustNewConstMetric(d.parts, prometheus.CounterValue, float64(s.BodyParts), lv(r.Route, "from_client")...)
+			ch <- prometheus.MustNewConstMetric(d.bytes, prometheus.CounterValue, float64(s.BodyBytes), lv(r.Route, "from_client")...)
+			ch <- prometheus.MustNewConstMetric(d.buffered, prometheus.GaugeValue, float64(s.Buffered), lv(r.Route)...)
+			ch <- prometheus.MustNewConstMetric(d.cancels, prometheus.CounterValue, float64(s.Cancels), lv(r.Route)...)
 			for cause, n := range s.Ends {
-				ch <- prometheus.MustNewConstMetric(descEnds, prometheus.CounterValue, float64(n), r.Route, cause)
+				ch <- prometheus.MustNewConstMetric(d.ends, prometheus.CounterValue, float64(n), lv(r.Route, cause)...)
 			}
 		}
 		for _, e := range r.Endpoints {
-			ch <- prometheus.MustNewConstMetric(descUp, prometheus.GaugeValue, float64(e.UpIn), r.Route, e.Endpoint)
-			ch <- prometheus.MustNewConstMetric(descInFlight, prometheus.GaugeValue, float64(e.InFlight), r.Route, e.Endpoint)
+			ch <- prometheus.MustNewConstMetric(d.up, prometheus.GaugeValue, float64(e.UpIn), lv(r.Route, e.Endpoint)...)
+			ch <- prometheus.MustNewConstMetric(d.inFlight, prometheus.GaugeValue, float64(e.InFlight), lv(r.Route, e.Endpoint)...)
 			for _, ev := range []struct {
 				name string
 				n    int64
 			}{{"request", e.Requests}, {"reply", e.Replies}, {"timeout", e.Timeouts}, {"no_worker", e.NoWorker},
 				{"lost", e.Lost}, {"bad_reply", e.BadReplies}, {"connected", e.Connected}, {"disconnected", e.Disconnected},
 				{"connect_retried", e.ConnectRetried}, {"handshake_failed", e.HandshakeFailed}} {
-				ch <- prometheus.MustNewConstMetric(descEvents, prometheus.CounterValue, float64(ev.n), r.Route, e.Endpoint, ev.name)
+				ch <- prometheus.MustNewConstMetric(d.events, prometheus.CounterValue, float64(ev.n), lv(r.Route, e.Endpoint, ev.name)...)
 			}
 		}
 	}
@@ -268,11 +308,11 @@ func (c Collector) Collect(ch chan<- prometheus.Metric) {
 
 // Metrics writes the Prometheus text format of the snapshot (and whatever
 // else is registered on reg, if not nil).
-func Metrics(w io.Writer, snapshot func() []Route, reg *prometheus.Registry) error {
+func Metrics(w io.Writer, snapshot func() []Route, vhost bool, reg *prometheus.Registry) error {
 	if reg == nil {
 		reg = prometheus.NewRegistry()
 	}
-	if err := reg.Register(Collector{snapshot}); err != nil {
+	if err := reg.Register(Collector{Snapshot: snapshot, VHost: vhost}); err != nil {
 		return err
 	}
 	families, err := reg.Gather()

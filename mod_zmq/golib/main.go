@@ -44,8 +44,8 @@ func modzmq_init(logfn C.modzmq_log_fn, level C.int, maxProcs C.int) C.int {
 }
 
 //export modzmq_backend_open
-func modzmq_backend_open(endpoints, routes *C.char, connectTimeoutMS C.int64_t, errbuf *C.char, errlen C.size_t) C.int {
-	h, err := relay.OpenBackend(C.GoString(endpoints), C.GoString(routes), time.Duration(connectTimeoutMS)*time.Millisecond)
+func modzmq_backend_open(endpoints, routes, vhosts *C.char, connectTimeoutMS C.int64_t, errbuf *C.char, errlen C.size_t) C.int {
+	h, err := relay.OpenBackend(C.GoString(endpoints), C.GoString(routes), C.GoString(vhosts), time.Duration(connectTimeoutMS)*time.Millisecond)
 	if err != nil {
 		relay.SetError(unsafe.Pointer(errbuf), int(errlen), err.Error())
 	}

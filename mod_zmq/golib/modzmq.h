@@ -23,7 +23,7 @@
 #include <stdint.h>
 
 /* The ABI this header describes; modzmq_abi_version() must return it. */
-#define MODZMQ_ABI_VERSION 16
+#define MODZMQ_ABI_VERSION 17
 
 /* Return codes of modzmq_relay(). */
 #define MODZMQ_OK         0 /* reply in *resp */
@@ -210,14 +210,15 @@ typedef int (*modzmq_abi_version_fn)(void);
 typedef int (*modzmq_init_fn)(modzmq_log_fn log, int log_level, int max_procs);
 
 /*
- * int modzmq_backend_open(const char *endpoints, const char *routes,
+ * int modzmq_backend_open(const char *endpoints, const char *routes, const char *vhosts,
  *                         int64_t connect_timeout_ms, char *err, size_t err_len):
- * routes names the <Location>s using it (space-separated), for status pages.
+ * routes names the <Location>s using it and vhosts their virtual hosts
+ * (name:port), both space-separated, for status pages and metrics labels.
  * endpoints are separated by spaces. (Parameters are not const because the
  * prototypes cgo generates are not; the library only reads them.) Returns a handle > 0, or 0 with a
  * NUL-terminated reason in err.
  */
-typedef int (*modzmq_backend_open_fn)(char *endpoints, char *routes, int64_t connect_timeout_ms,
+typedef int (*modzmq_backend_open_fn)(char *endpoints, char *routes, char *vhosts, int64_t connect_timeout_ms,
                                       char *err, size_t err_len);
 
 /*

@@ -46,6 +46,7 @@ var (
 type backend struct {
 	endpoints      []string
 	routes         string // the <Location>s using it, for status pages
+	vhosts         string // their virtual hosts (name:port), for status pages and labels
 	connectTimeout time.Duration
 	mu             sync.Mutex
 	clients        atomic.Pointer[[]*client] // copy-on-write, for publish
@@ -237,15 +238,16 @@ func SetError(buf unsafe.Pointer, size int, msg string) {
 }
 
 // OpenBackend opens a ZmqBackend (modzmq_backend_open): endpoints separated
-// by spaces, routes naming its locations for status pages. It returns the
+// by spaces, routes naming its locations and vhosts their virtual hosts for
+// status pages and metrics labels. It returns the
 // backend's handle (> 0), or an error that carries its log code.
-func OpenBackend(endpoints, routes string, connectTimeout time.Duration) (handle int, err error) {
+func OpenBackend(endpoints, routes, vhosts string, connectTimeout time.Duration) (handle int, err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			handle, err = 0, fmt.Errorf("%v: panic: %v", bridge.CodePanic, p)
 		}
 	}()
-	b := &backend{endpoints: strings.Fields(endpoints), routes: routes, connectTimeout: connectTimeout}
+	b := &backend{endpoints: strings.Fields(endpoints), routes: routes, vhosts: vhosts, connectTimeout: connectTimeout}
 	for _, ep := range b.endpoints {
 		if err := bridge.ParseEndpoint(ep); err != nil {
 			return 0, fmt.Errorf("%v: %v", bridge.CodeConfig, err)

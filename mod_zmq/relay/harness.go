@@ -156,7 +156,7 @@ func relayLeavingReplyQueued(client int, target string) relayed {
 // with the default options, as the shim's loader does; it returns the
 // client's handle, or 0 and why.
 func openTestClient(endpoint string) (int, string) {
-	b, err := OpenBackend(endpoint, "/test", 2*time.Second)
+	b, err := OpenBackend(endpoint, "/test", "localhost:80", 2*time.Second)
 	if err != nil {
 		return 0, err.Error()
 	}

@@ -228,7 +228,7 @@ func RenderStatus(format int, sums []int64, processes int) (out []byte, err erro
 	case C.MODZMQ_STATUS_JSON:
 		status.JSON(&buf, routes)
 	case C.MODZMQ_STATUS_METRICS:
-		if err := status.Metrics(&buf, func() []status.Route { return routes }, nil); err != nil {
+		if err := status.Metrics(&buf, func() []status.Route { return routes }, true, nil); err != nil {
 			return nil, err
 		}
 	default:
@@ -239,7 +239,7 @@ func RenderStatus(format int, sums []int64, processes int) (out []byte, err erro
 
 // fromBlock turns a summed backend block into a status route.
 func fromBlock(b *backend, block []int64, processes int64) status.Route {
-	r := status.Route{Route: b.routes, Statuses: map[string]int64{}, Buckets: make([]int64, statusBuckets),
+	r := status.Route{Route: b.routes, VHost: b.vhosts, Statuses: map[string]int64{}, Buckets: make([]int64, statusBuckets),
 		SumSeconds: float64(block[offSumNs]) / 1e9, Retries: block[offRetries], Overloads: block[offOverloads],
 		InFlight: block[offInFlight], GoEntries: &block[offGoEntries], GoWaits: &block[offGoWaits]}
 	for code := 0; code < C.MODZMQ_STATS_CODES; code++ {
