@@ -171,3 +171,49 @@ func TestGatewayReloadsOnSIGHUP(t *testing.T) {
 	}
 	t.Logf("%d requests served across %d reloads", served.Load(), reloads)
 }
+
+// SIGHUP does not end the broker (a service reload, logrotate): it says it
+// has nothing to read again, and serves on.
+func TestBrokerTakesSIGHUP(t *testing.T) {
+	requireBuilt(t, "zmq-gateway")
+	front, back := freePort(t), freePort(t)
+	stderr := &syncBuffer{}
+	cmd := exec.Command(buildPath("zmq-gateway"), "broker", "-frontend", fmt.Sprintf("tcp://127.0.0.1:%d", front),
+		"-backend", fmt.Sprintf("tcp://127.0.0.1:%d", back))
+	cmd.Stderr = stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	defer func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+		}
+	}()
+	checkFor(t, 10*time.Second, func() error { // started: SIGHUP is handled from here on
+		if !strings.Contains(stderr.String(), "level=") {
+			return fmt.Errorf("the broker has logged nothing yet")
+		}
+		return nil
+	})
+	for i := 1; i <= 2; i++ { // one at a time: signals sent together may arrive as one
+		if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+		checkFor(t, 10*time.Second, func() error {
+			if strings.Count(stderr.String(), "MODZMQ0210: SIGHUP: the broker has no file") < i {
+				return fmt.Errorf("no MODZMQ0210 line for SIGHUP %d:\n%s", i, stderr)
+			}
+			return nil
+		})
+	}
+	select {
+	case err := <-exited:
+		t.Fatalf("the broker exited on SIGHUP: %v\n%s", err, stderr)
+	default:
+	}
+}

@@ -360,9 +360,9 @@ func runBroker(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "zmq-gateway broker: -log-level %q: want debug, info, warn or error\n", *logLevel)
 		return 2
 	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	b, err := broker.New(broker.Options{Frontend: *front, Backend: *back, Heartbeat: *hb, Queue: *queue,
-		QueueTimeout: *queueTimeout, BusyTimeout: *busy,
-		Log: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))})
+		QueueTimeout: *queueTimeout, BusyTimeout: *busy, Log: log})
 	if err != nil {
 		fmt.Fprintf(stderr, "zmq-gateway broker: %v\n", err)
 		return 1
@@ -370,6 +370,16 @@ func runBroker(args []string, stdout, stderr io.Writer) int {
 	defer b.Close()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	// The broker reads no file and logs to stderr: SIGHUP (a service's
+	// reload, logrotate) has nothing to do, and must not end it.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for range hup {
+			log.Info(gateway.CodeReloaded.String() + ": SIGHUP: the broker has no file to read again; its flags change at a restart")
+		}
+	}()
 	if err := b.Run(ctx); err != nil {
 		fmt.Fprintf(stderr, "zmq-gateway broker: %v\n", err)
 		return 1
