@@ -284,6 +284,10 @@ func (s *Server) wakeFor(b *bodyPipe) {
 func (s *Server) sweepHolds(now time.Time) {
 	for c, since := range s.held {
 		if now.Sub(since) >= holdLimit {
+			if c.ws != nil {
+				s.wsHeldTooLong(c, now.Sub(since)) // websocket.go
+				continue
+			}
 			s.log.Warn(CodeSlowBody.String()+": a streamed body's worker took nothing while every other client waited; request ended",
 				"status", http.StatusServiceUnavailable, "held", now.Sub(since).Round(time.Millisecond).String(), "connection", c.hexID)
 			b := c.body

@@ -89,6 +89,7 @@ type Server struct {
 	wakeMu  sync.Mutex
 	queue   []*slot
 	bodies  []*bodyPipe // streamed bodies whose relay waits in Read, or stopped
+	wsReady []*wsConn   // WebSockets whose worker sent something (websocket.go)
 	pending atomic.Bool
 
 	conns    map[string]*conn
@@ -99,6 +100,7 @@ type Server struct {
 	readNow  bool                 // the socket is readable again: read it before waiting
 	retryAt  time.Time            // when retry has something to try again; zero for nothing
 	notices  bool                 // some route asked for connection notices
+	draining bool                 // shutting down: open WebSockets close with 1001
 	base     context.Context      // cancelled when the server stops
 	stop     context.CancelFunc
 	inFlight sync.WaitGroup
@@ -134,6 +136,7 @@ type conn struct {
 	headRoute *gateway.Handle
 	headVars  map[string]string
 	body      *bodyPipe // the request's body is streaming to its relay (body.go)
+	ws        *wsConn   // the connection is a WebSocket (websocket.go)
 }
 
 // slot is one answer in a connection's queue. A relay goroutine fills data
@@ -147,6 +150,7 @@ type slot struct {
 	data  []byte // not sent when empty: an empty frame would close the connection
 	close bool   // close the connection after the answer
 	st    *streamSlot
+	ws    *wsConn   // an accepted WebSocket: the connection is one once data went (websocket.go)
 	body  *bodyPipe // the request's streamed body (body.go)
 }
 
@@ -239,7 +243,12 @@ func (s *Server) Serve(ctx context.Context) error {
 			// socket stays bound and new connections are closed at once.
 			drainStart = time.Now()
 			drainUntil = drainStart.Add(s.opts.Drain)
+			s.draining = true
 			for _, c := range s.conns {
+				if c.ws != nil {
+					s.wsClose(c, bridge.CloseGoingAway, "the server is shutting down")
+					continue
+				}
 				c.closing = true
 				if len(c.pending) == 0 {
 					s.closeConn(c)
@@ -323,6 +332,7 @@ func (s *Server) close() {
 	}
 	s.stop()
 	s.inFlight.Wait()
+	s.drainQueue() // WebSockets accepted as the server stopped are closed (websocket.go)
 	s.waiter.Close()
 	s.sock.Close()
 }
@@ -382,6 +392,10 @@ func (s *Server) readStream(accepting bool) error {
 			continue
 		}
 		c.lastIO = time.Now()
+		if c.ws != nil {
+			s.wsData(c, data)
+			continue
+		}
 		if c.broken {
 			continue
 		}
@@ -414,6 +428,7 @@ func (s *Server) gone(c *conn) {
 		c.body = nil
 	}
 	s.release(c)
+	s.wsGone(c)
 	s.stats.Connections.Add(-1)
 	c.cancel()
 	s.notify(c, "@close")
@@ -587,6 +602,10 @@ func (s *Server) start(c *conn, r *Request, body *bodyPipe) {
 		return
 	}
 	h := c.headRoute
+	if body == nil && isHandshake(h, r) {
+		s.startWebSocket(c, r, h)
+		return
+	}
 	sl := &slot{c: c, close: !r.KeepAlive, body: body}
 	connHdr := connHeader(sl.close, r.Minor)
 	c.pending = append(c.pending, sl)
@@ -701,16 +720,19 @@ func (s *Server) drainQueue() {
 		return
 	}
 	s.wakeMu.Lock()
-	q, bodies := s.queue, s.bodies
-	s.queue, s.bodies = nil, nil
+	q, bodies, ws := s.queue, s.bodies, s.wsReady
+	s.queue, s.bodies, s.wsReady = nil, nil, nil
 	s.pending.Store(false)
 	s.wakeMu.Unlock()
 	for _, sl := range q {
 		sl.done = true
 		if s.conns[sl.c.id] == sl.c {
 			s.flush(sl.c)
+		} else {
+			s.wsDrop(sl)
 		}
 	}
+	s.wsWoken(ws)
 	for _, b := range bodies {
 		if c := b.c; s.conns[c.id] == c && c.body == b && !c.parsing {
 			s.parse(c)
@@ -741,6 +763,9 @@ func (s *Server) flush(c *conn) {
 		}
 		c.pending[0] = nil
 		c.pending = c.pending[1:]
+		if sl.ws != nil {
+			s.wsStart(c, sl)
+		}
 		if sl.close {
 			if c.body == nil || c.body != sl.body {
 				s.closeConn(c)
@@ -757,6 +782,9 @@ func (s *Server) flush(c *conn) {
 	}
 	if !c.parsing && !c.broken && c.parser.Buffered() > 0 {
 		s.parse(c) // pipelined requests held back by the limit
+	}
+	if c.ws != nil && !c.parsing && s.conns[c.id] == c {
+		s.wsPump(c)
 	}
 }
 
@@ -873,6 +901,10 @@ func (s *Server) sweep(now time.Time) {
 		}
 	}
 	for _, c := range s.conns {
+		if c.ws != nil {
+			s.wsSweep(c, now)
+			continue
+		}
 		switch {
 		case !c.stalled.IsZero():
 			if stalled := now.Sub(c.stalled); stalled > s.stallLimit(c) {
