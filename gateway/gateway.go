@@ -124,6 +124,16 @@ func (g *Gateway) Close() {
 	}
 }
 
+// ConnectionNotices reports whether a route wants connection notices.
+func (g *Gateway) ConnectionNotices() bool {
+	for _, h := range g.routes {
+		if h.Route.ConnectionNotices {
+			return true
+		}
+	}
+	return false
+}
+
 // Handles returns the configured routes in order.
 func (g *Gateway) Handles() []*Handle { return g.routes }
 

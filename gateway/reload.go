@@ -7,6 +7,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/modzmq/modzmq/bridge"
 	"github.com/modzmq/modzmq/internal/status"
@@ -96,11 +97,27 @@ func (lv *Live) Replace(g *Gateway, done chan<- struct{}) {
 	go func() {
 		<-old.idle
 		old.g.WaitWebSockets(context.Background()) // they too run to their end on it
+		// Stream mode relays through the clients without holding the
+		// generation: wait until none has a request, stream or WebSocket.
+		for !old.g.idle() {
+			time.Sleep(100 * time.Millisecond)
+		}
 		old.g.Close()
 		if done != nil {
 			close(done)
 		}
 	}()
+}
+
+// idle reports whether no route's client has a request, stream or
+// WebSocket open.
+func (g *Gateway) idle() bool {
+	for _, h := range g.routes {
+		if inFlight, _, _ := h.Client.Counters(); inFlight > 0 || h.Client.StreamStats().Open.Load() > 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // Close closes the gateway in service (after Serve returned).
@@ -174,4 +191,3 @@ func (l *ReopenableLog) Close() error {
 	}
 	return nil
 }
-

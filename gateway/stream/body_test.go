@@ -461,7 +461,7 @@ func TestStreamedBodyHoldReleasedForOthers(t *testing.T) {
 	w := startUploadWorker(t, 0, false, "")
 	srv, addr, logs := startServerLog(t, Options{}, gateway.Route{Prefix: "/", Backend: []string{w.ep}, StreamBody: true,
 		Timeout: gateway.Duration(30 * time.Second), MaxBody: noLimit()})
-	stats := srv.gw.Handles()[0].Client.Stats()
+	stats := srv.lv.Gateway().Handles()[0].Client.Stats()
 	tag := func() string { return fmt.Sprintf("after %d timeouts", stats.Status[504].Load()) }
 	w.tag.Store(&tag)
 	up := dial(t, addr)

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -79,7 +80,7 @@ const (
 // run in their own goroutines and hand finished responses back through a
 // queue, waking the owner by moving its wait's deadline to now.
 type Server struct {
-	gw   *gateway.Gateway
+	lv   *gateway.Live // the configuration in service, which a reload replaces
 	opts Options
 	log  *slog.Logger
 
@@ -99,7 +100,6 @@ type Server struct {
 	held     map[*conn]time.Time  // streamed bodies holding bodyHold bytes, since when: the socket is not read (body.go)
 	readNow  bool                 // the socket is readable again: read it before waiting
 	retryAt  time.Time            // when retry has something to try again; zero for nothing
-	notices  bool                 // some route asked for connection notices
 	draining bool                 // shutting down: open WebSockets close with 1001
 	base     context.Context      // cancelled when the server stops
 	stop     context.CancelFunc
@@ -167,8 +167,9 @@ func connHeader(closeAfter bool, minor int) string {
 	return ""
 }
 
-// New binds a ZMQ_STREAM socket to the listen address (host:port).
-func New(gw *gateway.Gateway, listen string, opts Options) (*Server, error) {
+// New binds a ZMQ_STREAM socket to the listen address (host:port) and
+// serves the routes of the gateway lv has in service (see Live.Replace).
+func New(lv *gateway.Live, listen string, opts Options) (*Server, error) {
 	if opts.IdleTimeout <= 0 {
 		opts.IdleTimeout = DefaultIdleTimeout
 	}
@@ -184,12 +185,9 @@ func New(gw *gateway.Gateway, listen string, opts Options) (*Server, error) {
 	if opts.Log == nil {
 		opts.Log = slog.Default()
 	}
-	s := &Server{gw: gw, opts: opts, log: opts.Log, conns: map[string]*conn{}, closed: map[string]time.Time{},
+	s := &Server{lv: lv, opts: opts, log: opts.Log, conns: map[string]*conn{}, closed: map[string]time.Time{},
 		unsent: map[string]time.Time{}, blocked: map[*conn]bool{}, held: map[*conn]time.Time{}}
 	s.base, s.stop = context.WithCancel(context.Background())
-	for _, h := range gw.Handles() {
-		s.notices = s.notices || h.Route.ConnectionNotices
-	}
 	var err error
 	if s.sock, err = zmq.NewSocket(zmq.STREAM); err != nil {
 		return nil, err
@@ -470,19 +468,52 @@ func (s *Server) sendClose(id []byte) bool {
 	return !errors.Is(err, zmq.Errno(syscall.EAGAIN)) // any other error: the connection is gone
 }
 
+// relay relays req, of request r, on route h. A route a reload retired
+// between its match and now (its client closed) is matched again on the
+// configuration in service.
+func (s *Server) relay(ctx context.Context, h *gateway.Handle, req *bridge.Request, r *Request) (bridge.Response, error) {
+	resp, err := s.lv.Gateway().Relay(ctx, h, req)
+	if h2 := s.rematch(h, r, err); h2 != nil {
+		return s.lv.Gateway().Relay(ctx, h2, req)
+	}
+	return resp, err
+}
+
+// relayBody is relay for a streamed body (gateway.RelayBody).
+func (s *Server) relayBody(ctx context.Context, h *gateway.Handle, req *bridge.Request, body io.Reader, r *Request) (bridge.Response, error, error) {
+	resp, readErr, err := s.lv.Gateway().RelayBody(ctx, h, req, body)
+	if h2 := s.rematch(h, r, err); h2 != nil {
+		return s.lv.Gateway().RelayBody(ctx, h2, req, body) // nothing of the body was read: the client never started
+	}
+	return resp, readErr, err
+}
+
+// rematch is the route r takes now, when err says h was retired by a
+// reload; nil otherwise.
+func (s *Server) rematch(h *gateway.Handle, r *Request, err error) *gateway.Handle {
+	if !errors.Is(err, bridge.ErrClosed) {
+		return nil
+	}
+	if h2, _, status := s.lv.Gateway().Match(httpRequest(r)); status == 0 && h2 != h {
+		return h2
+	}
+	return nil
+}
+
 // notify tells routes that asked for it that a connection opened or closed.
 // The returned channel closes when every notice was answered (or failed).
 func (s *Server) notify(c *conn, what string) chan struct{} {
-	if !s.notices {
+	g := s.lv.Gateway()
+	if !g.ConnectionNotices() {
 		return closedChan
 	}
 	done := make(chan struct{})
 	var wg sync.WaitGroup
-	for _, h := range s.gw.Handles() {
+	for _, h := range g.Handles() {
 		if !h.Route.ConnectionNotices {
 			continue
 		}
-		meta := s.gw.AppendMeta(nil, h, &gateway.Meta{RemoteAddr: c.peer, Scheme: "http", Protocol: "",
+		meta := g.AppendMeta(nil, h, &gateway.Meta{RemoteAddr: c.peer, Scheme: "http", Protocol: "",
 			ConnectionID: c.hexID})
 		req := &bridge.Request{Method: []byte(what), Meta: meta}
 		s.inFlight.Add(1)
@@ -543,7 +574,7 @@ func (s *Server) parse(c *conn) {
 func (s *Server) head(c *conn) {
 	r := c.parser.Request()
 	c.head = r
-	h, vars, status := s.gw.Match(httpRequest(r))
+	h, vars, status := s.lv.Gateway().Match(httpRequest(r))
 	c.headRoute, c.headVars, c.headErr = h, vars, status
 	limit := int64(0)
 	if h != nil {
@@ -596,7 +627,7 @@ func (s *Server) start(c *conn, r *Request, body *bodyPipe) {
 	if c.headErr != 0 {
 		var extra []byte
 		if c.headErr == http.StatusMethodNotAllowed {
-			extra = bridge.AppendHeader(nil, "Allow", joinComma(s.gw.Allowed(httpRequest(r))))
+			extra = bridge.AppendHeader(nil, "Allow", joinComma(s.lv.Gateway().Allowed(httpRequest(r))))
 		}
 		s.answerError(c, c.headErr, http.StatusText(c.headErr), extra)
 		return
@@ -617,7 +648,7 @@ func (s *Server) start(c *conn, r *Request, body *bodyPipe) {
 		Method:  []byte(r.Method),
 		Target:  []byte(gateway.StripTarget(h, r.Target)),
 		Headers: hdr,
-		Meta: s.gw.AppendMeta(nil, h, &gateway.Meta{RemoteAddr: c.peer, Scheme: "http", Host: r.Host,
+		Meta: s.lv.Gateway().AppendMeta(nil, h, &gateway.Meta{RemoteAddr: c.peer, Scheme: "http", Host: r.Host,
 			Protocol: r.Proto, ConnectionID: c.hexID, Vars: c.headVars}),
 		Body:         r.Body,
 		StreamWindow: h.Route.StreamWindowOrDefault(),
@@ -637,7 +668,7 @@ func (s *Server) start(c *conn, r *Request, body *bodyPipe) {
 		var err error
 		if body != nil {
 			var readErr error
-			resp, readErr, err = s.gw.RelayBody(body.ctx, h, req, body)
+			resp, readErr, err = s.relayBody(body.ctx, h, req, body, r)
 			body.stop()
 			body.cancel()
 			if perr := body.failure(); readErr == nil && err != nil && perr != nil {
@@ -656,7 +687,7 @@ func (s *Server) start(c *conn, r *Request, body *bodyPipe) {
 				return
 			}
 		} else {
-			resp, err = s.gw.Relay(ctx, h, req)
+			resp, err = s.relay(ctx, h, req, r)
 		}
 		if err != nil {
 			st := bridge.StatusOf(err)

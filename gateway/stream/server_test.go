@@ -57,7 +57,7 @@ func runServer(t *testing.T, log *slog.Logger, opts Options, routes ...gateway.R
 	l, _ := net.Listen("tcp", "127.0.0.1:0")
 	addr := l.Addr().String()
 	l.Close()
-	srv, err := New(gw, addr, opts)
+	srv, err := New(gateway.NewLive(gw), addr, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -274,7 +274,7 @@ func TestShutdownDrainsRequestsInFlight(t *testing.T) {
 	l, _ := net.Listen("tcp", "127.0.0.1:0")
 	addr := l.Addr().String()
 	l.Close()
-	srv, err := New(gw, addr, Options{})
+	srv, err := New(gateway.NewLive(gw), addr, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

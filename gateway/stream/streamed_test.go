@@ -114,7 +114,7 @@ func (r *rawClient) closed() (bool, string) {
 // and as many ended for each cause as ends says.
 func streamsSettle(t *testing.T, srv *Server, ends map[bridge.StreamEnd]int64) {
 	t.Helper()
-	ss := srv.gw.Handles()[0].Client.StreamStats()
+	ss := srv.lv.Gateway().Handles()[0].Client.StreamStats()
 	ok := func() bool {
 		for cause, n := range ends {
 			if ss.Ends[cause].Load() != n {
@@ -250,7 +250,7 @@ func TestPipelinedAnswerWaitsForTheStreamAhead(t *testing.T) {
 	}
 	// Both replies are back from the worker (the stream's head and the
 	// plain answer): the plain one waits behind the stream.
-	stats := srv.gw.Handles()[0].Client.Stats()
+	stats := srv.lv.Gateway().Handles()[0].Client.Stats()
 	settle(t, "both replies", 10*time.Second, func() bool { return stats.Status[200].Load() == 2 })
 	finish <- struct{}{}
 	for _, want := range []string{"two", ""} {
@@ -454,7 +454,7 @@ func TestShutdownClosesOpenStreams(t *testing.T) {
 	l, _ := net.Listen("tcp", "127.0.0.1:0")
 	addr := l.Addr().String()
 	l.Close()
-	srv, err := New(gw, addr, Options{Drain: 200 * time.Millisecond})
+	srv, err := New(gateway.NewLive(gw), addr, Options{Drain: 200 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -132,7 +132,7 @@ func (s *Server) startWebSocket(c *conn, r *Request, h *gateway.Handle) {
 	for _, f := range r.Header {
 		hdr = bridge.AppendHeader(hdr, f.Name, f.Value)
 	}
-	meta := s.gw.AppendMeta(nil, h, &gateway.Meta{RemoteAddr: c.peer, Scheme: "http", Host: r.Host,
+	meta := s.lv.Gateway().AppendMeta(nil, h, &gateway.Meta{RemoteAddr: c.peer, Scheme: "http", Host: r.Host,
 		Protocol: r.Proto, ConnectionID: c.hexID, Vars: c.headVars})
 	if protocols != "" {
 		meta = bridge.AppendHeader(meta, "websocket-protocols", protocols)
@@ -155,7 +155,7 @@ func (s *Server) startWebSocket(c *conn, r *Request, h *gateway.Handle) {
 		case <-opened:
 		case <-ctx.Done():
 		}
-		resp, err := s.gw.Relay(ctx, h, req)
+		resp, err := s.relay(ctx, h, req, r)
 		switch {
 		case err != nil:
 			st := bridge.StatusOf(err)

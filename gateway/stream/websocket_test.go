@@ -601,7 +601,7 @@ func TestWebSocketShutdown(t *testing.T) {
 	l, _ := net.Listen("tcp", "127.0.0.1:0")
 	addr := l.Addr().String()
 	l.Close()
-	srv, err := New(gw, addr, Options{Drain: 5 * time.Second})
+	srv, err := New(gateway.NewLive(gw), addr, Options{Drain: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -927,7 +927,7 @@ func TestTenThousandWebSockets(t *testing.T) {
 	// Warm up: the bridge's connections to the worker, libzmq's threads.
 	closeAll := child(t, addr, 200, "ws")
 	closeAll()
-	ss := srv.gw.Handles()[0].Client.StreamStats()
+	ss := srv.lv.Gateway().Handles()[0].Client.StreamStats()
 	settle(t, "WebSockets", 10*time.Second, func() bool { return srv.OpenConnections() == 0 && ss.Open.Load() == 0 })
 	runtime.GC()
 	goroutines, fds := runtime.NumGoroutine(), openFDs(t)

@@ -214,13 +214,20 @@ func run(args []string, stdout, stderr io.Writer) int {
 		defer asrv.Close()
 		log.Info("admin listener: /metrics, /status", "listen", al.Addr().String())
 	}
+	readConfig := func() (*gateway.Config, error) {
+		c, err := buildConfig(*configPath, routes, *listen, *timeout, *maxBody, *accessLog)
+		if err == nil && *admin != "" {
+			c.Admin = *admin
+		}
+		return c, err
+	}
 	if mode == "stream" {
 		go func() {
 			for range hup {
-				log.Warn(gateway.CodeReloadFailed.String() + ": SIGHUP: stream mode does not reload its configuration; restart it to apply changes")
+				reload(lv, nil, cfg, log, readConfig)
 			}
 		}()
-		srv, err := stream.New(gw, cfg.Listen, stream.Options{Log: log,
+		srv, err := stream.New(lv, cfg.Listen, stream.Options{Log: log,
 			IdleTimeout: time.Duration(cfg.Timeouts.Idle), HeaderTimeout: time.Duration(cfg.Timeouts.ReadHeader),
 			BodyTimeout: time.Duration(cfg.Timeouts.Read), Drain: time.Duration(cfg.Timeouts.Shutdown)})
 		if err != nil {
@@ -241,13 +248,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	defer access.Close()
 	go func() {
 		for range hup {
-			reload(lv, access, cfg, log, func() (*gateway.Config, error) {
-				c, err := buildConfig(*configPath, routes, *listen, *timeout, *maxBody, *accessLog)
-				if err == nil && *admin != "" {
-					c.Admin = *admin
-				}
-				return c, err
-			})
+			reload(lv, access, cfg, log, readConfig)
 		}
 	}()
 	l, err := net.Listen("tcp", cfg.Listen)
@@ -263,8 +264,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 }
 
 // reload re-reads the configuration (SIGHUP): a good one goes in service
-// with its access log opened again (after logrotate moved it); a bad one is
-// logged and the gateway in service goes on. Listeners stay as they are.
+// with its access log (the HTTP mode's; stream mode has none) opened again
+// (after logrotate moved it); a bad one is logged and the gateway in service
+// goes on. Listeners, and stream mode's timeouts, stay as they are.
 func reload(lv *gateway.Live, access *gateway.ReopenableLog, first *gateway.Config, log *slog.Logger, read func() (*gateway.Config, error)) {
 	cfg, err := read()
 	if err != nil {
@@ -281,8 +283,10 @@ func reload(lv *gateway.Live, access *gateway.ReopenableLog, first *gateway.Conf
 			"listen", first.Listen, "admin", first.Admin)
 	}
 	lv.Replace(g, nil)
-	if err := access.Reopen(cfg.AccessLog); err != nil {
-		log.Error(gateway.CodeReloadFailed.String()+": reload: the access log could not be opened again; it goes on where it was", "error", err)
+	if access != nil {
+		if err := access.Reopen(cfg.AccessLog); err != nil {
+			log.Error(gateway.CodeReloadFailed.String()+": reload: the access log could not be opened again; it goes on where it was", "error", err)
+		}
 	}
 	log.Info(gateway.CodeReloaded.String()+": reloaded", "routes", len(cfg.Routes))
 }
