@@ -165,7 +165,7 @@ type httpdParams struct {
 	Port, DeadPort                          int
 	REP, REP2, Router, Go, Slow, Counter    string
 	Extra                                   string // raw configuration inside the first vhost
-	Global                                  string // raw configuration at server level, after the modules
+	Global                                  string // raw configuration at server level, after the modules and logs
 	LibraryOverride                         string // ZmqLibrary other than the built one
 }
 

@@ -3,6 +3,7 @@ package test
 import (
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -93,4 +94,32 @@ func TestRequestIdsReachTheLogs(t *testing.T) {
 			t.Errorf("no debug line for %s (%s):\n%s", c.target, re, log)
 		}
 	}
+}
+
+// A reply that comes after its client went away is logged at debug with
+// its request id when the connection it came on is next taken from the C
+// fast path's pool (MODZMQ0104), and that request is answered on another.
+func TestLateReplyIsLoggedWithItsID(t *testing.T) {
+	w := startPyWorker(t, "late", "--router")
+	// The library logs at the server's level (the main server's LogLevel).
+	h := startHTTPD(t, httpdParams{MPM: "event", Global: "LogLevel warn zmq:debug\n", Extra: fmt.Sprintf(`	<Location /api>
+		SetHandler zmq
+		ZmqBackend %s
+	</Location>
+`, w.Endpoint)})
+	do(t, "GET", h.URL+"/api/warm", "", nil) // a pooled connection
+	quick := &http.Client{Timeout: 200 * time.Millisecond}
+	if _, err := quick.Get(h.URL + "/api/sleep?ms=600"); err == nil {
+		t.Fatal("the client did not give up on a reply 600 ms away")
+	}
+	time.Sleep(800 * time.Millisecond) // the late reply reaches the idle connection
+	checkFor(t, 10*time.Second, func() error {
+		if resp, _ := do(t, "GET", h.URL+"/api/next", "", nil); resp.StatusCode != 200 {
+			return fmt.Errorf("a request after the late reply: %d", resp.StatusCode)
+		}
+		if !regexp.MustCompile(`MODZMQ0104: dropped a reply nobody waits for any more \(request "[^"]+"\)`).MatchString(h.errorLog()) {
+			return fmt.Errorf("no MODZMQ0104 line naming the request:\n%s", h.errorLog())
+		}
+		return nil
+	})
 }

@@ -11,6 +11,7 @@ void relay_register_go(void)
         .relay = modzmq_go_relay,
         .dial = modzmq_go_dial,
         .adopt = modzmq_go_adopt,
+        .stale = modzmq_go_stale,
     };
     relay_set_callbacks(&go);
 }

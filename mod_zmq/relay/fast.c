@@ -119,6 +119,21 @@ static int sweep(fast_ep *e, zmtp_conn **gone)
     return ngone;
 }
 
+/* The calls into Go (relay.h), set once before the first request. */
+static relay_callbacks go;
+
+/* Names, through Go's log (debug), the request a message waiting on the
+ * idle connection sock answers, if one does. */
+static void stale_reply(modzmq_fast *f, zmtp_conn *sock)
+{
+    const char *frame[MODZMQ_MAX_FRAMES];
+    size_t len[MODZMQ_MAX_FRAMES];
+    int n = 0;
+    if (go.stale != NULL && zmtp_recv(sock, 0, frame, len, &n) > 0 && n > 0) {
+        go.stale(f->client, (char *)frame[0], len[0]);
+    }
+}
+
 /* Takes the most recently pooled connection of endpoint i that the worker
  * has not closed, or NULL when there is none. Once a second at most, and
  * whenever the one taken turns out closed (a restarted worker closed them
@@ -143,12 +158,15 @@ static zmtp_conn *take_idle(modzmq_fast *f, int i, int64_t now)
         }
         pthread_mutex_unlock(&e->mu);
         for (k = 0; k < ngone; k++) {
+            stale_reply(f, gone[k]);
             zmtp_close(gone[k]);
         }
         if (sock == NULL || zmtp_check(sock) == 0) {
             return sock;
         }
-        /* Closed by the worker while idle (or a stray message). */
+        /* Closed by the worker while idle, or a stray message: a late reply
+         * to a request whose client went away, which the log names. */
+        stale_reply(f, sock);
         zmtp_close(sock);
         force = 1;
     }
@@ -224,8 +242,6 @@ void modzmq_fast_add_stats(modzmq_fast *f, int64_t *sums)
 }
 
 /* ---- which fast path serves a request ---------------------------------- */
-
-static relay_callbacks go;
 
 void relay_set_callbacks(const relay_callbacks *cb) { go = *cb; }
 

@@ -48,6 +48,15 @@ func newFast(handle int, opts *bridge.Options, window int64) *C.modzmq_fast {
 		C.int64_t(connect.Milliseconds()), C.int64_t(opts.MaxReply), C.int64_t(window), cbool(opts.Notices), &bounds[0], prefix)
 }
 
+// modzmq_go_stale logs, at debug, a reply the fast path's pool found on an
+// idle connection: one to a request whose client went away.
+//
+//export modzmq_go_stale
+func modzmq_go_stale(handle C.int, id *C.char, n C.size_t) {
+	b := unsafe.Slice((*byte)(unsafe.Pointer(id)), int(min(n, 64)))
+	logFunc.Logf(bridge.LevelDebug, bridge.CodeStaleReply, "dropped a reply nobody waits for any more (request %q)", b)
+}
+
 // modzmq_go_dial makes a connection (zmtp.h) for the fast path of a
 // client, or returns NULL (the request then goes through Go).
 //

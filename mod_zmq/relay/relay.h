@@ -41,6 +41,9 @@ typedef struct relay_callbacks {
      * its first wait, or one Go must look at), with what was received in
      * resp's call state. Returns as modzmq_relay. */
     int (*adopt)(modzmq_request *req, modzmq_response *resp);
+    /* stale: a reply nobody waits for any more (request id, id_len) found
+     * on a pooled connection of client, which is then closed; for the log. */
+    void (*stale)(int client, char *id, size_t id_len);
 } relay_callbacks;
 
 /* Sets the callbacks; once, before the first request. */
