@@ -193,13 +193,19 @@ func (s *session) fail(err error, blame string) {
 	close(s.dead)
 	t.shared.mu.Unlock()
 	s.zc.nc.Close()
-	// Wake the Conns a front waits on by Ready (WebSockets): their Recv
-	// reports the loss.
+	// Wake the Conns a front waits on by Ready or Notify (WebSockets):
+	// their Recv reports the loss.
 	s.pmu.Lock()
 	for _, c := range s.pending {
 		select {
 		case c.ready <- struct{}{}:
 		default:
+		}
+		c.qmu.Lock()
+		notify := c.notify
+		c.qmu.Unlock()
+		if notify != nil {
+			notify()
 		}
 	}
 	s.pmu.Unlock()
@@ -314,7 +320,7 @@ func (c *shareConn) pop() (msg [][]byte, err error) {
 func (c *shareConn) readyChan() <-chan struct{} { return c.ready }
 
 // setNotify makes push call fn after it queued a message, from the
-// session's reader; nil stops the calls.
+// session's reader, and fail call it too; nil stops the calls.
 func (c *shareConn) setNotify(fn func()) {
 	c.qmu.Lock()
 	c.notify = fn

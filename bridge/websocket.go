@@ -212,11 +212,13 @@ func (ws *WebSocket) Ready() <-chan struct{} {
 
 // Notify makes fn be called whenever a message from the worker may have
 // been queued for Recv, by the goroutine that reads the worker's
-// connection: fn must return at once and must not use the WebSocket. It
-// lets a front that owns many WebSockets in one goroutine be woken without
-// a goroutine waiting on Ready for each (it calls Recv(0) then). It reports
-// false when the connection offers no such call (wait on Ready then).
-// Close stops the calls.
+// connection, and when the connection fails (Recv reports it), by the
+// goroutine that finds it failed: fn must return at once and must not use
+// the WebSocket. It lets a front that owns many WebSockets in one
+// goroutine be woken without a goroutine waiting on Ready for each (it
+// calls Recv(0) then). It reports false when the connection offers no
+// such call (wait on Ready then). Close stops the calls (one under way
+// may still end after it).
 func (ws *WebSocket) Notify(fn func()) bool {
 	if ws.p == nil {
 		return false

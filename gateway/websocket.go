@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -22,12 +23,12 @@ import (
 
 // WebSockets in the gateway's HTTP mode (docs/PROTOCOL.md, "WebSockets"): a
 // handshake on a route with websocket: true is relayed to a worker; once it
-// accepts, the connection is hijacked and two goroutines carry it: one reads
-// the client's frames (wsproto.Reader) and hands each message or control
-// frame to the other, which owns the bridge WebSocket and is the only one
-// to write to the client. The reader waits for the owner to finish with
-// each event before it reads on, so a worker short of credit stops the
-// reading and the client's TCP window fills.
+// accepts, the connection is hijacked and one goroutine carries it (run).
+// It reads the client's frames (wsproto.Reader) when the client's
+// connection has bytes, and relays the worker's messages when the worker's
+// connection wakes it (bridge.WebSocket.Notify) by moving the client's read
+// deadline. A worker short of credit stops the reading, and the client's
+// TCP window fills.
 
 // WebSocket log codes of the gateway.
 const (
@@ -42,19 +43,30 @@ const closeWait = time.Second
 // does not track hijacked connections.
 type webSockets struct {
 	mu   sync.Mutex
-	down chan struct{} // closed when the gateway shuts down
+	sd   *wsShutdown
 	open int
 	none chan struct{} // closed when open falls to 0, for WaitWebSockets
 }
 
-func (s *webSockets) downChan() chan struct{} {
+// wsShutdown is the shutdown a gateway shares with those that replace it
+// on reloads: a channel closed when it comes, and the WebSockets to wake
+// then.
+type wsShutdown struct {
+	mu    sync.Mutex
+	down  chan struct{}
+	conns map[*wsConn]struct{}
+}
+
+func (s *webSockets) shutdown() *wsShutdown {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.down == nil {
-		s.down = make(chan struct{})
+	if s.sd == nil {
+		s.sd = &wsShutdown{down: make(chan struct{}), conns: map[*wsConn]struct{}{}}
 	}
-	return s.down
+	return s.sd
 }
+
+func (s *webSockets) downChan() chan struct{} { return s.shutdown().down }
 
 // add counts a WebSocket that opens; false once the gateway shuts down.
 func (s *webSockets) add() bool {
@@ -83,22 +95,40 @@ func (s *webSockets) remove() {
 // inherit makes s shut down with old: a reload's new gateway shares the
 // shutdown of the one it replaces.
 func (s *webSockets) inherit(old *webSockets) {
-	down := old.downChan()
+	sd := old.shutdown()
 	s.mu.Lock()
-	s.down = down
+	s.sd = sd
 	s.mu.Unlock()
+}
+
+// watch makes the shutdown wake c; a WebSocket looks at down itself too,
+// for a shutdown that came before.
+func (sd *wsShutdown) watch(c *wsConn) {
+	sd.mu.Lock()
+	sd.conns[c] = struct{}{}
+	sd.mu.Unlock()
+}
+
+func (sd *wsShutdown) unwatch(c *wsConn) {
+	sd.mu.Lock()
+	delete(sd.conns, c)
+	sd.mu.Unlock()
 }
 
 // ShutdownWebSockets closes every open WebSocket with 1001 (going away)
 // and refuses new ones; Serve calls it when it shuts down.
 func (g *Gateway) ShutdownWebSockets() {
-	down := g.ws.downChan()
-	g.ws.mu.Lock()
-	defer g.ws.mu.Unlock()
+	sd := g.ws.shutdown()
+	sd.mu.Lock()
+	defer sd.mu.Unlock()
 	select {
-	case <-down:
+	case <-sd.down:
+		return
 	default:
-		close(down)
+		close(sd.down)
+	}
+	for c := range sd.conns {
+		c.poke()
 	}
 }
 
@@ -146,8 +176,8 @@ func (g *Gateway) serveWebSocket(w http.ResponseWriter, r *http.Request, h *Hand
 
 	// The handshake is cancelled when its client goes away; the WebSocket
 	// outlives the handler (see below), so its context does not end with
-	// the request's.
-	ctx, cancel := context.WithCancel(context.WithoutCancel(r.Context()))
+	// the request's, nor does it keep the request's (and its values) alive.
+	ctx, cancel := context.WithCancel(context.Background())
 	stop := context.AfterFunc(r.Context(), cancel)
 	connID, _ := r.Context().Value(connIDKey{}).(string)
 	scheme := "http"
@@ -225,8 +255,14 @@ func (g *Gateway) serveWebSocket(w http.ResponseWriter, r *http.Request, h *Hand
 		g.log.Error(fmt.Sprintf("%v: cannot take over the connection of a WebSocket: %v", bridge.CodeWebSocket, err), "route", h.Route.Pattern())
 		return
 	}
-	c := &wsConn{g: g, h: h, nc: nc, ws: ws, cancel: cancel, down: down,
-		events: make(chan clientEvent), ack: make(chan struct{}), done: make(chan struct{})}
+	c := &wsConn{g: g, h: h, nc: nc, ws: ws, cancel: cancel, down: down, sd: g.ws.shutdown(),
+		wake: make(chan struct{}, 1)}
+	if sc, ok := nc.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			c.rc = rc
+			c.readable = c.peekReadable
+		}
+	}
 	c.rd.Max = ws.MaxMessage()
 	c.idle = h.Route.BridgeOptions().StreamIdleTimeout
 	if c.idle <= 0 {
@@ -238,32 +274,46 @@ func (g *Gateway) serveWebSocket(w http.ResponseWriter, r *http.Request, h *Hand
 	go c.run()
 }
 
-// clientEvent is what the reading goroutine hands the owner: a message or
-// control frame, or why reading ended.
-type clientEvent struct {
-	ev  wsproto.Event
-	err error
-}
+// pollEvery is how often a WebSocket whose worker connection offers no
+// wake-up (bridge.WebSocket.Notify) looks for the worker's messages.
+const pollEvery = 20 * time.Millisecond
 
-// wsConn is one hijacked WebSocket connection.
+// aLongTimeAgo is a read deadline that ends a wait at once.
+var aLongTimeAgo = time.Unix(1, 0)
+
+// wsConn is one hijacked WebSocket connection, carried by one goroutine
+// (run).
 type wsConn struct {
-	g      *Gateway
-	h      *Handle
-	nc     net.Conn
-	ws     *bridge.WebSocket
-	cancel context.CancelFunc
-	down   <-chan struct{}
-	idle   time.Duration
-	rd     wsproto.Reader // the reading goroutine's
+	g        *Gateway
+	h        *Handle
+	nc       net.Conn
+	rc       syscall.RawConn       // nc's, to wait for bytes without a buffer; nil when nc has none
+	readable func(fd uintptr) bool // peekReadable, made once
+	ws       *bridge.WebSocket
+	cancel   context.CancelFunc
+	down     <-chan struct{}
+	sd       *wsShutdown
+	idle     time.Duration
+	rd       wsproto.Reader
 
-	events  chan clientEvent // reader to owner
-	ack     chan struct{}    // owner to reader: done with the event's data
-	done    chan struct{}    // closed when the owner ends
-	heard   atomic.Int64     // unix nanoseconds of the client's last bytes
+	// Wake-ups, from the worker's connection (a message may have come) or
+	// the shutdown: poke sets woke and leaves a token in wake, and, while
+	// run waits for the client, moves the read deadline to end the wait.
+	woke     atomic.Bool
+	sleeping atomic.Bool
+	wake     chan struct{} // cap 1
+	polled   bool          // no wake-ups from the worker's connection: look every pollEvery
+	timer    *time.Timer   // for waits on wake alone; made when first needed
+
+	heard   int64 // unix nanoseconds: the client's last bytes
+	tick    int64 // the next idle check
+	pinged  int64 // the last ping
+	pollAt  int64 // polled: the next look
+	pending bool  // ev, a client's message, waits for the worker's credit; the client is not read meanwhile
+	ev      wsproto.Event
 	peek    [1]byte
-	hdr     [16]byte // a frame header the owner writes
+	hdr     [16]byte // a frame header the gateway writes
 	wbuf    []byte
-	pending *wsproto.Event // a client's message waiting for the worker's credit; the reader waits
 }
 
 // feedBuffered gives the Reader what net/http read past the handshake.
@@ -274,191 +324,212 @@ func (c *wsConn) feedBuffered(br *bufio.Reader) {
 	}
 }
 
-// readBufs are the buffers the reading goroutines read into, only while
-// bytes are there to read: an idle WebSocket holds none.
+// readBufs are the buffers WebSockets read into, only while bytes are
+// there to read: an idle WebSocket holds none.
 var readBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
-// read is the reading goroutine: it feeds what the client sends to the
-// Reader and hands each event to the owner, waiting for the owner to be
-// done with it before it reads on.
-func (c *wsConn) read() {
-	for {
-		for {
-			ev, ok, err := c.rd.Next()
-			if err != nil {
-				c.hand(clientEvent{err: err}, false)
-				return
-			}
-			if !ok {
-				break
-			}
-			if !c.hand(clientEvent{ev: ev}, true) || ev.Kind == wsproto.Close {
-				return
-			}
-		}
-		if err := c.waitReadable(); err != nil {
-			c.hand(clientEvent{err: err}, false)
-			return
-		}
-		bp := readBufs.Get().(*[]byte)
-		n, err := c.nc.Read((*bp)[:min(int64(len(*bp)), c.rd.Space())])
-		if n > 0 {
-			c.heard.Store(time.Now().UnixNano())
-			c.rd.Feed((*bp)[:n])
-		}
-		readBufs.Put(bp)
-		if err != nil && n == 0 {
-			c.hand(clientEvent{err: err}, false)
-			return
-		}
-	}
-}
-
-// hand gives the owner an event; with wait, it returns once the owner is
-// done with it. False when the owner has ended.
-func (c *wsConn) hand(e clientEvent, wait bool) bool {
+// poke wakes run: the worker may have sent a message (bridge.WebSocket
+// calls it from the goroutine that reads the worker's connection), or the
+// gateway shuts down. It returns at once.
+func (c *wsConn) poke() {
+	c.woke.Store(true)
 	select {
-	case c.events <- e:
-	case <-c.done:
-		return false
+	case c.wake <- struct{}{}:
+	default:
 	}
-	if !wait {
-		return true
-	}
-	select {
-	case <-c.ack:
-		return true
-	case <-c.done:
-		return false
+	if c.sleeping.Load() {
+		c.nc.SetReadDeadline(aLongTimeAgo)
 	}
 }
 
-// waitReadable waits until the client's connection has bytes to read (or
-// an end), without holding a buffer while it waits.
-func (c *wsConn) waitReadable() error {
-	sc, ok := c.nc.(syscall.Conn)
-	if !ok {
-		return nil
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return nil
-	}
-	return rc.Read(func(fd uintptr) bool {
-		_, _, err := syscall.Recvfrom(int(fd), c.peek[:], syscall.MSG_PEEK)
-		return err != syscall.EAGAIN
-	})
-}
-
-// run is the owner: it relays the client's events to the worker and the
-// worker's messages to the client, pings a silent client, and closes.
+// run carries the WebSocket: it relays the client's messages to the worker
+// and the worker's to the client, answers pings, pings a silent client,
+// and closes. While idle it waits for the client's bytes without a buffer,
+// and a poke or the next idle check ends the wait. It reads nothing from
+// the client while a message of the client's waits for the worker's
+// credit, so the client's TCP window fills.
 func (c *wsConn) run() {
 	code := bridge.CloseAbnormal // for the worker, unless it knows already
+	c.sd.watch(c)
+	c.woke.Store(true) // what the worker sent before Notify
+	c.polled = !c.ws.Notify(c.poke)
 	defer func() {
 		c.ws.Close(code, nil)
+		c.sd.unwatch(c)
 		c.nc.Close()
-		close(c.done)
 		c.cancel()
+		if c.timer != nil {
+			c.timer.Stop()
+		}
 		c.g.ws.remove()
 	}()
-	now := time.Now()
-	c.heard.Store(now.UnixNano())
-	go c.read()
-
-	ready := c.ws.Ready()
-	if ready == nil { // a connection that offers no wake-up: poll it
-		t := time.NewTicker(20 * time.Millisecond)
-		defer t.Stop()
-		poll := make(chan struct{}, 1)
-		stopPoll := make(chan struct{})
-		defer close(stopPoll)
-		go func() {
-			for {
-				select {
-				case <-t.C:
-					select {
-					case poll <- struct{}{}:
-					default:
-					}
-				case <-stopPoll:
-					return
-				}
-			}
-		}()
-		ready = poll
-	}
-	timer := time.NewTimer(c.idle / 2)
-	defer timer.Stop()
-	var pinged int64 // when the last ping went out
+	now := time.Now().UnixNano()
+	c.heard, c.tick = now, now+int64(c.idle/2)
 	for {
-		events := c.events
-		if c.pending != nil {
-			events = nil // the reader waits: the worker's credit is short
-		}
 		select {
-		case e := <-events:
-			if e.err != nil {
-				code = c.clientFailed(e.err)
-				return
-			}
-			switch e.ev.Kind {
-			case wsproto.Ping:
-				err := c.write(wsproto.AppendPong(c.hdr[:0], e.ev.Data))
-				c.ack <- struct{}{}
-				if err != nil {
-					return
-				}
-			case wsproto.Pong:
-				c.ack <- struct{}{}
-			case wsproto.Close:
-				// Tell the worker, answer the client with its code, and go.
-				c.ws.Send(bridge.Message{Kind: bridge.Close, Code: e.ev.Code, Reason: e.ev.Reason})
-				code = e.ev.Code
-				c.write(wsproto.AppendClose(c.hdr[:0], e.ev.Code, nil))
-				return
-			default:
-				c.pending = &e.ev
-			}
-		case <-ready:
-			if done, wc := c.drain(); done {
-				code = wc
-				return
-			}
-		case <-timer.C:
-			silent := time.Since(time.Unix(0, c.heard.Load()))
-			switch {
-			case c.pending != nil:
-				c.heard.Store(time.Now().UnixNano()) // not the client's silence: the gateway does not read
-			case silent >= c.idle:
-				c.g.log.Debug(CodeWebSocketClient.String()+": a WebSocket client was silent for the idle timeout", "route", c.h.Route.Pattern(), "idle", c.idle.String())
-				return
-			case silent >= c.idle/2 && pinged < c.heard.Load():
-				pinged = time.Now().UnixNano()
-				if c.write(wsproto.AppendPing(c.hdr[:0], nil)) != nil {
-					return
-				}
-			}
-			timer.Reset(c.idle / 4)
 		case <-c.down:
 			c.write(wsproto.AppendClose(c.hdr[:0], bridge.CloseGoingAway, nil))
 			c.awaitClose()
 			code = bridge.CloseGoingAway
 			return
+		default:
 		}
-		if c.pending != nil {
+		now := time.Now().UnixNano()
+		if c.woke.Swap(false) || (c.polled && now >= c.pollAt) {
+			c.pollAt = now + int64(pollEvery)
+			if done, wc := c.drain(); done {
+				code = wc
+				return
+			}
+		}
+		if c.pending {
 			if done, wc := c.sendPending(); done {
 				code = wc
 				return
 			}
 		}
+		if now >= c.tick && !c.idleCheck(now) {
+			return
+		}
+		if c.pending { // the worker's credit is short: wait for it
+			c.waitWake(c.wakeBy())
+			continue
+		}
+		ev, ok, err := c.rd.Next()
+		if err != nil {
+			code = c.clientFailed(err)
+			return
+		}
+		if ok {
+			if done, wc := c.clientEvent(ev); done {
+				code = wc
+				return
+			}
+			continue
+		}
+		if err := c.fill(c.wakeBy(), true); err != nil {
+			code = c.clientFailed(err)
+			return
+		}
 	}
 }
 
+// wakeBy is when run must look again by itself: the next idle check, or
+// the next look at a worker connection that offers no wake-up.
+func (c *wsConn) wakeBy() int64 {
+	if c.polled {
+		return min(c.tick, c.pollAt)
+	}
+	return c.tick
+}
+
+// idleCheck pings a client silent for half the idle timeout; false when it
+// has been silent for the whole of it.
+func (c *wsConn) idleCheck(now int64) bool {
+	silent := time.Duration(now - c.heard)
+	switch {
+	case c.pending:
+		c.heard = now // not the client's silence: the gateway does not read
+	case silent >= c.idle:
+		c.g.log.Debug(CodeWebSocketClient.String()+": a WebSocket client was silent for the idle timeout", "route", c.h.Route.Pattern(), "idle", c.idle.String())
+		return false
+	case silent >= c.idle/2 && c.pinged < c.heard:
+		c.pinged = now
+		if c.write(wsproto.AppendPing(c.hdr[:0], nil)) != nil {
+			return false
+		}
+	}
+	c.tick = now + int64(c.idle/4)
+	return true
+}
+
+// clientEvent handles a message or control frame from the client; done
+// when the WebSocket ended, with the code the worker is to get.
+func (c *wsConn) clientEvent(ev wsproto.Event) (done bool, code int) {
+	switch ev.Kind {
+	case wsproto.Ping:
+		if c.write(wsproto.AppendPong(c.hdr[:0], ev.Data)) != nil {
+			return true, bridge.CloseAbnormal
+		}
+	case wsproto.Pong:
+	case wsproto.Close:
+		// Tell the worker, answer the client with its code, and go.
+		c.ws.Send(bridge.Message{Kind: bridge.Close, Code: ev.Code, Reason: ev.Reason})
+		c.write(wsproto.AppendClose(c.hdr[:0], ev.Code, nil))
+		return true, ev.Code
+	default:
+		c.ev, c.pending = ev, true // its data stay valid until the Reader's next Next
+	}
+	return false, 0
+}
+
+// waitWake waits for a poke, or until the unix nanoseconds until.
+func (c *wsConn) waitWake(until int64) {
+	if c.woke.Load() {
+		return
+	}
+	d := time.Duration(until - time.Now().UnixNano())
+	if d <= 0 {
+		return
+	}
+	if c.timer == nil {
+		c.timer = time.NewTimer(d)
+	} else {
+		c.timer.Reset(d)
+	}
+	select {
+	case <-c.wake:
+	case <-c.timer.C:
+	}
+	c.timer.Stop()
+}
+
+// fill feeds the Reader what the client sent, waiting for it up to the
+// unix nanoseconds deadline, and with wakeable until a poke too. Without
+// an error it may have fed nothing; an error is the connection's end.
+func (c *wsConn) fill(deadline int64, wakeable bool) error {
+	c.nc.SetReadDeadline(time.Unix(0, deadline))
+	if wakeable {
+		c.sleeping.Store(true)
+		defer c.sleeping.Store(false)
+		if c.woke.Load() {
+			return nil
+		}
+	}
+	if c.rc != nil {
+		// Wait without a buffer; then the read below does not wait.
+		if err := c.rc.Read(c.readable); err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				return nil
+			}
+			return err
+		}
+	}
+	bp := readBufs.Get().(*[]byte)
+	defer readBufs.Put(bp)
+	n, err := c.nc.Read((*bp)[:min(int64(len(*bp)), c.rd.Space())])
+	if n > 0 {
+		c.heard = time.Now().UnixNano()
+		c.rd.Feed((*bp)[:n])
+		return nil
+	}
+	if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+		return err
+	}
+	return nil
+}
+
+// peekReadable is rc.Read's function: done once the client's connection
+// has a byte to read, or an end or error to report.
+func (c *wsConn) peekReadable(fd uintptr) bool {
+	_, _, err := syscall.Recvfrom(int(fd), c.peek[:], syscall.MSG_PEEK)
+	return err != syscall.EAGAIN
+}
+
 // sendPending sends the client's pending message to the worker if its
-// credit allows, and lets the reader go on.
+// credit allows, and lets the client's bytes be read on.
 func (c *wsConn) sendPending() (done bool, code int) {
-	p := c.pending
-	cost := int64(len(p.Data)) + bridge.PartCost
+	cost := int64(len(c.ev.Data)) + bridge.PartCost
 	if cost > c.ws.SendCredit() {
 		// The worker's grants come by Recv: take what is there.
 		if done, code := c.drain(); done || cost > c.ws.SendCredit() {
@@ -466,14 +537,13 @@ func (c *wsConn) sendPending() (done bool, code int) {
 		}
 	}
 	kind := bridge.Text
-	if p.Kind == wsproto.Binary {
+	if c.ev.Kind == wsproto.Binary {
 		kind = bridge.Binary
 	}
-	if err := c.ws.Send(bridge.Message{Kind: kind, Data: p.Data}); err != nil {
+	if err := c.ws.Send(bridge.Message{Kind: kind, Data: c.ev.Data}); err != nil {
 		return true, c.workerFailed(err)
 	}
-	c.pending = nil
-	c.ack <- struct{}{}
+	c.pending, c.ev = false, wsproto.Event{}
 	return false, 0
 }
 
@@ -530,20 +600,21 @@ func (c *wsConn) clientFailed(err error) int {
 // awaitClose waits up to closeWait for the client to answer a close the
 // gateway sent, dropping what it sends meanwhile.
 func (c *wsConn) awaitClose() {
-	if c.pending != nil { // the reader waits for it
-		c.pending = nil
-		c.ack <- struct{}{}
-	}
-	t := time.NewTimer(closeWait)
-	defer t.Stop()
+	c.pending, c.ev = false, wsproto.Event{}
+	end := time.Now().Add(closeWait).UnixNano()
 	for {
-		select {
-		case e := <-c.events:
-			if e.err != nil || e.ev.Kind == wsproto.Close {
-				return
-			}
-			c.ack <- struct{}{}
-		case <-t.C:
+		ev, ok, err := c.rd.Next()
+		switch {
+		case err != nil:
+			return
+		case ok && ev.Kind == wsproto.Close:
+			return
+		case ok:
+			continue
+		case time.Now().UnixNano() >= end:
+			return
+		}
+		if c.fill(end, false) != nil {
 			return
 		}
 	}
