@@ -407,7 +407,7 @@ func outcome(call *bridge.Call, b *backend, resp *C.modzmq_response, h cgo.Handl
 			h = cgo.NewHandle(&pending{b: b})
 		}
 		h.Value().(*pending).stream = out.Stream
-		st.call, st.zconn = C.uint64_t(h), nil
+		st.call, st.zconn, st.keep = C.uint64_t(h), nil, 1
 		if !setParts(resp, nil, out.Reason, out.Headers) {
 			return C.MODZMQ_EINTERNAL
 		}
@@ -537,34 +537,57 @@ func Resume(r unsafe.Pointer) (rc int) {
 
 // streamStep takes the stream's next part: MODZMQ_PART or MODZMQ_END with
 // it in body, MODZMQ_PENDING when none has come, or the code of the error
-// that broke it (the stream is closed then).
+// that broke it (the stream is closed then). On a zConn the parts are read
+// into the call state and stay where they arrived, in the connection's
+// buffer (modzmq_call.keep): no copy, no allocation, one buffer for the
+// whole stream; the shim writes a part before it resumes, which is the next
+// read. The last part is copied out, so the connection can go back to the
+// pool.
 func streamStep(p *pending, resp *C.modzmq_response, h cgo.Handle) C.int {
 	s, st := p.stream, callState(resp)
+	z, _ := s.Conn().(*zConn)
 	deliver(s.Conn(), resp)
 	wait := goWait(s.Conn(), s.Wait())
 	if wait > 0 {
 		p.b.goWaits.Add(1)
 	}
+	if z != nil {
+		z.into = st
+	}
 	data, end, ok, err := s.Step(wait)
+	if z != nil {
+		z.into = nil
+	}
 	if err != nil {
-		s.Close()
-		h.Delete()
-		st.call, st.zconn = 0, nil
+		endStream(s, z, st, h)
 		return failed(resp, err)
 	}
 	if !ok {
 		return waitOn(resp, h, s.Conn(), s.Wait())
 	}
+	if end && z != nil {
+		st.nframes = 0 // not inside the frames: setParts copies the last part
+	}
 	if !setParts(resp, data, nil, nil) {
 		return C.MODZMQ_EINTERNAL
 	}
 	if end {
-		s.Close()
-		h.Delete()
-		st.call, st.zconn = 0, nil
+		endStream(s, z, st, h)
 		return C.MODZMQ_END
 	}
 	return C.MODZMQ_PART
+}
+
+// endStream closes s, whose connection is z when it is a zConn: the buffer
+// that grew to the stream's parts is given back first (what is left of it
+// is the pool's from then on).
+func endStream(s *bridge.Stream, z *zConn, st *C.modzmq_call, h cgo.Handle) {
+	if z != nil {
+		C.free(unsafe.Pointer(C.zmtp_detach(z.z)))
+	}
+	s.Close()
+	h.Delete()
+	st.call, st.zconn, st.keep = 0, nil, 0
 }
 
 // noteCall keeps the request id and endpoint of call's latest attempt in
@@ -628,7 +651,7 @@ func Cancel(r unsafe.Pointer) {
 		}
 	}
 	h.Delete()
-	st.call, st.zconn = 0, nil
+	st.call, st.zconn, st.keep = 0, nil, 0
 }
 
 // goWait is how long a step waits in Go on conn: not at all on the
@@ -653,7 +676,12 @@ func deliver(conn bridge.Conn, resp *C.modzmq_response) {
 	if st.nframes == 0 || !ok || st.delivered != 0 {
 		return
 	}
-	frames := make([][]byte, st.nframes)
+	var frames [][]byte
+	if st.keep != 0 {
+		frames = z.views[:st.nframes] // a stream's part: nothing kept past the next read
+	} else {
+		frames = make([][]byte, st.nframes)
+	}
 	for i := range frames {
 		frames[i] = view(st.frame[i], st.frame_len[i])
 	}

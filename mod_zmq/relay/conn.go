@@ -77,6 +77,11 @@ type zConn struct {
 	id        []byte // the request id last sent
 	delivered [][]byte
 	pending   bool
+	// into, while a stream steps (streamStep), is the call state Recv
+	// receives into without a copy: the frames stay in the connection's
+	// buffer (modzmq_call.keep), valid until the connection is read again.
+	into  *C.modzmq_call
+	views [C.ZMTP_MAX_RECV_FRAMES][]byte
 }
 
 func (c *zConn) Send(frames [][]byte, timeout time.Duration) error {
@@ -114,6 +119,23 @@ func (c *zConn) Recv(timeout time.Duration) ([][]byte, error) {
 	if c.pending {
 		msg := c.delivered
 		c.delivered, c.pending = nil, false
+		return msg, nil
+	}
+	if st := c.into; st != nil {
+		// A stream's part: views of the frames, where they arrived.
+		var n C.int
+		rc := C.zmtp_recv(c.z, C.int(timeout.Milliseconds()), &st.frame[0], &st.frame_len[0], &n)
+		switch {
+		case rc == 0:
+			return nil, bridge.ErrTimeout
+		case rc < 0:
+			return nil, zmtpError(syscall.Errno(-rc))
+		}
+		st.nframes, st.delivered = n, 1
+		msg := c.views[:int(n)]
+		for i := range msg {
+			msg[i] = view(st.frame[i], st.frame_len[i])
+		}
 		return msg, nil
 	}
 	var frame [C.ZMTP_MAX_RECV_FRAMES]*C.char

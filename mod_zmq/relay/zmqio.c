@@ -50,7 +50,9 @@ void modzmq_zreceive(void *conn, int timeout_ms, modzmq_response *resp)
     if (zmtp_recv(conn, timeout_ms, st->frame, st->frame_len, &nframes) > 0) {
         st->nframes = nframes;
         st->delivered = 0;
-        st->zbuf = zmtp_detach(conn);
+        if (!st->keep) {
+            st->zbuf = zmtp_detach(conn);
+        }
     }
     /* else nothing yet, or a failure the connection keeps for Go to meet */
 }

@@ -23,6 +23,9 @@ typedef struct modzmq_call {
     int         wait_ms;                        /* how long modzmq_wait may wait */
     int         nframes;                        /* frames of the message received */
     int         delivered;                      /* they were handed to Go's call */
+    int         keep;                           /* a stream's parts: the frames stay in the
+                                                   connection's buffer (no zmtp_detach, no
+                                                   copy), valid until it is read again */
     const char *frame[MODZMQ_MAX_FRAMES];
     size_t      frame_len[MODZMQ_MAX_FRAMES];
     /* A request the C fast path sent and hands over to Go. */
@@ -49,7 +52,9 @@ int modzmq_send(void *conn, int timeout_ms, int n,
                 const void *p6, size_t l6, const void *p7, size_t l7);
 
 /* Waits up to timeout_ms for a message on a ZMTP connection and receives
- * it into resp, which then owns the buffer its frames are in. */
+ * it into resp, which then owns the buffer its frames are in; with keep
+ * set (a stream's parts) the frames stay in the connection's buffer, which
+ * the connection goes on reading into: one buffer for the whole stream. */
 void modzmq_zreceive(void *conn, int timeout_ms, modzmq_response *resp);
 
 /* The request path's wait and release, exported from the library; see

@@ -1,0 +1,84 @@
+//go:build modzmq_test
+
+package relay
+
+// Helpers for the stream tests (stream_test.go); see harness.go.
+
+/*
+#include <stdlib.h>
+#include "modzmq.h"
+#include "zmqio.h"
+
+int modzmq_relay(int client, modzmq_request *req, modzmq_response *resp);
+*/
+import "C"
+
+import "unsafe"
+
+// codeEnd is MODZMQ_END, a stream's normal end.
+const codeEnd = C.MODZMQ_END
+
+// setStreamWindow gives the client at handle, before its first request,
+// the stream window ZmqStreamWindow gives it in Apache.
+func setStreamWindow(handle int, window int64) {
+	clientAt(C.int(handle)).window = window
+}
+
+// streamed is a streamed reply relayed as the shim relays one: its
+// outcome, and the last part, which stays readable until release.
+type streamed struct {
+	rc     int
+	err    string
+	parts  int // the parts before the last
+	copied int // of them, those not read where they arrived (handed over in a buffer, or copied)
+	resp   *C.modzmq_response
+	req    *C.modzmq_request
+	cs     []*C.char
+}
+
+// relayStream relays a GET of target to client as the shim's loop does
+// (modzmq_relay; modzmq_wait and Resume while pending; after the head and
+// after each part, modzmq_release and Resume), handing each part's bytes,
+// valid during the call only, to part.
+func relayStream(client int, target string, part func(b []byte)) *streamed {
+	s := &streamed{req: (*C.modzmq_request)(C.calloc(1, C.sizeof_modzmq_request)),
+		resp: (*C.modzmq_response)(C.calloc(1, C.sizeof_modzmq_response))}
+	method, ctarget := C.CString("GET"), C.CString(target)
+	s.cs = []*C.char{method, ctarget}
+	s.req.method, s.req.method_len = method, 3
+	s.req.target, s.req.target_len = ctarget, C.size_t(len(target))
+	s.req.timeout_ms = 5000
+	rc := C.modzmq_relay(C.int(client), s.req, s.resp)
+	for {
+		switch rc {
+		case C.MODZMQ_PENDING:
+			C.modzmq_wait(s.resp)
+		case C.MODZMQ_HEAD:
+			C.modzmq_release(s.resp)
+		case C.MODZMQ_PART:
+			st := callState(s.resp)
+			s.parts++
+			if st.zbuf != nil || st.block != nil {
+				s.copied++
+			}
+			part(view(s.resp.body, s.resp.body_len))
+			C.modzmq_release(s.resp)
+		default:
+			s.rc, s.err = int(rc), C.GoString(&s.resp.error[0])
+			return s
+		}
+		rc = C.int(Resume(unsafe.Pointer(s.resp)))
+	}
+}
+
+// last is the last part (MODZMQ_END), valid until release.
+func (s *streamed) last() []byte { return view(s.resp.body, s.resp.body_len) }
+
+func (s *streamed) release() {
+	C.modzmq_release(s.resp)
+	for _, p := range s.cs {
+		C.free(unsafe.Pointer(p))
+	}
+	C.free(unsafe.Pointer(s.req))
+	C.free(unsafe.Pointer(s.resp))
+}

@@ -1,0 +1,80 @@
+//go:build modzmq_test
+
+package relay
+
+import (
+	"bytes"
+	"runtime"
+	"testing"
+
+	"github.com/modzmq/modzmq/internal/zmqtest"
+)
+
+// A stream's parts are read where they arrive, in the connection's buffer:
+// no buffer is handed over per part and nothing is copied into Go, whose
+// collector a copy of every part kept busy (docs/BENCHMARKS.md, "Streams").
+// The last part is copied out before the connection goes back to the pool,
+// so the next request on that connection does not overwrite it.
+func TestStreamPartsAreReadWhereTheyArrive(t *testing.T) {
+	const nparts, size = 64, 64 << 10
+	parts := make([][]byte, 26)
+	for i := range parts {
+		parts[i] = bytes.Repeat([]byte{byte('a' + i)}, size)
+	}
+	lastPart := bytes.Repeat([]byte("end."), 1000)
+	ep := zmqtest.ROUTER(t, func(msg [][]byte, reply func([][]byte)) {
+		// msg: routing id, request id, "", "MZMQ/1", method, target, ...
+		if len(msg) < 6 || bytes.HasPrefix(msg[4], []byte("@")) {
+			return // the front's @credit
+		}
+		env := msg[:3]
+		if string(msg[5]) != "/stream" {
+			reply(zmqtest.Part(env, "200", "", "plain"))
+			return
+		}
+		// All of it at once, within the window: most parts are queued
+		// before the front asks for them.
+		reply(zmqtest.Part(env, "@stream", "200", "Content-Type: application/octet-stream\r\n"))
+		for i := range nparts {
+			reply(append(env[:3:3], []byte("@data"), parts[i%len(parts)]))
+		}
+		reply(append(env[:3:3], []byte("@end"), lastPart))
+	})
+	h, msg := openTestClient(ep)
+	if h == 0 {
+		t.Fatalf("backend: %s", msg)
+	}
+	setStreamWindow(h, 16<<20)
+
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	i, bad := 0, 0
+	s := relayStream(h, "/stream", func(b []byte) {
+		if !bytes.Equal(b, parts[i%len(parts)]) {
+			bad++
+		}
+		i++
+	})
+	runtime.ReadMemStats(&after)
+	defer s.release()
+	if s.rc != codeEnd {
+		t.Fatalf("the stream ended with code %d: %s", s.rc, s.err)
+	}
+	if s.parts != nparts || bad != 0 {
+		t.Fatalf("got %d parts, %d of them wrong; want %d, all right", s.parts, bad, nparts)
+	}
+	if s.copied != 0 {
+		t.Errorf("%d of %d parts were handed over in a buffer of their own or copied, not read where they arrived", s.copied, nparts)
+	}
+	if got := after.TotalAlloc - before.TotalAlloc; got > nparts*size/4 {
+		t.Errorf("Go allocated %d bytes while %d bytes streamed: the parts were copied into Go", got, nparts*size)
+	}
+	// The connection is back in the pool: a request that takes it reads
+	// into its buffer; the last part must not be there.
+	if got := relayLeavingReplyQueued(h, "/plain"); got.rc != 0 || string(got.body) != "plain" {
+		t.Fatalf("a request after the stream: code %d %q: %s", got.rc, got.body, got.err)
+	}
+	if !bytes.Equal(s.last(), lastPart) {
+		t.Fatalf("the last part changed after its connection served another request: %d bytes %.16q…", len(s.last()), s.last())
+	}
+}
