@@ -334,6 +334,20 @@ ProxyPass /proxy/ http://127.0.0.1:%[9]d/ keepalive=On
 	for i := 0; i < 100 && len(e.apachePid()) < 4; i++ {
 		time.Sleep(100 * time.Millisecond)
 	}
+	// A child starts its threads after it appears, each touching pages of
+	// its own: wait for them, or the first RSS reading counts the child's
+	// start as growth of the transfer it measures.
+	started := func() bool {
+		for _, p := range e.apachePid() {
+			if ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", p)); len(ents) < tpc {
+				return false
+			}
+		}
+		return true
+	}
+	for i := 0; i < 100 && !started(); i++ {
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // startPushpin runs Pushpin (condure, zurl, pushpin-proxy, pushpin-handler)

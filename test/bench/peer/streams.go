@@ -26,6 +26,7 @@ import (
 	"log"
 	"net/http"
 	"net/url"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"time"
@@ -98,6 +99,14 @@ func metaValue(meta []byte, name string) (string, bool) {
 }
 
 func serveStreams(listen string, keepalive time.Duration, upWindow int64) {
+	// An upload's parts arrive as new 64 KiB slices (pebbe/zmq4 copies each
+	// frame it receives into one), with a live heap of a few MB: at the
+	// default GOGC the collector ran every few dozen parts and cost the
+	// worker more than libzmq did, on the cores Apache and the client share
+	// (docs/BENCHMARKS.md, "1 GiB through Apache"). The net/http backend it
+	// is compared with reads into one reused buffer. Collecting at 5 times
+	// the live heap takes the collector out of the way.
+	debug.SetGCPercent(400)
 	s, err := zmq.NewSocket(zmq.ROUTER)
 	if err != nil {
 		log.Fatal(err)
