@@ -190,12 +190,22 @@ func (s *Stream) Step(wait time.Duration) (data []byte, end, ok bool, err error)
 	if s.failed {
 		return nil, false, false, errors.New("stream: Step after an error")
 	}
-	s.grant(false)
+	s.grant(s.window / 2)
 	if s.failed {
 		return nil, false, false, s.err
 	}
 	for {
-		msg, err := s.p.conn.Recv(wait)
+		msg, err := s.p.conn.Recv(0)
+		if err == ErrTimeout {
+			// Nothing is queued: the client has taken all the worker sent,
+			// and the worker may be waiting for credit to send more.
+			if s.grant(s.window / 4); s.failed {
+				return nil, false, false, s.err
+			}
+			if wait > 0 {
+				msg, err = s.p.conn.Recv(wait)
+			}
+		}
 		if err == ErrTimeout {
 			switch {
 			case s.ctx.Err() != nil:
@@ -232,7 +242,6 @@ func (s *Stream) Step(wait time.Duration) (data []byte, end, ok bool, err error)
 		switch kind {
 		case PartKeepAlive:
 			s.owed += cost // nothing for the client to take
-			s.grant(false)
 			continue
 		case PartAbort:
 			return nil, false, false, s.fail(fmt.Errorf("%w %s: %s", ErrStreamAborted, s.p.id, quote(b)))
@@ -246,7 +255,6 @@ func (s *Stream) Step(wait time.Duration) (data []byte, end, ok bool, err error)
 		}
 		s.owed += cost
 		if len(b) == 0 {
-			s.grant(false)
 			continue
 		}
 		s.c.streams.Parts.Add(1)
@@ -255,11 +263,14 @@ func (s *Stream) Step(wait time.Duration) (data []byte, end, ok bool, err error)
 	}
 }
 
-// grant sends the worker the credit the client earned back, once it is a
-// quarter of the window (or all of it, when force), so a fast client costs
-// one @credit per quarter window, not one per part.
-func (s *Stream) grant(force bool) {
-	if s.owed == 0 || (!force && s.owed < s.window/4) {
+// grant sends the worker the credit the client earned back, once it is at
+// least at, so a fast client does not cost an @credit per part. Step asks
+// for half the window while parts are queued (the worker is ahead: it has
+// half a window in flight meanwhile, and is woken half as often as with a
+// quarter, which a worker on the front's cores feels: docs/BENCHMARKS.md),
+// and for a quarter once none is (the worker may be waiting for it).
+func (s *Stream) grant(at int64) {
+	if s.owed == 0 || s.owed < at {
 		return
 	}
 	n := s.owed
