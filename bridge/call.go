@@ -310,6 +310,10 @@ func (call *Call) startStream(msg [][]byte) {
 	s := &Stream{c: c, e: call.e, p: call.p, ctx: call.ctx, window: call.req.StreamWindow,
 		credit: call.req.StreamWindow, idle: c.streamIdle(), epoch: call.epoch}
 	s.deadline = time.Now().Add(s.idle)
+	// The request is not sent again: a held stream keeps none of its bytes
+	// (its target, headers, body, meta).
+	clear(call.p.frames)
+	call.p.meta = nil
 	call.p = nil // the stream's now
 	resp.Stream = s
 	call.end(resp, nil)

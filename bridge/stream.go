@@ -131,8 +131,8 @@ var (
 const maxCredit = 1 << 40
 
 // Stream is a reply the worker sends in parts, after its head (the
-// Response Do returned with it). It is used by one goroutine; Close must be
-// called when done with it.
+// Response Do returned with it). It is used by one goroutine at a time;
+// Close must be called when done with it.
 type Stream struct {
 	c        *Client
 	e        *endpoint
@@ -180,6 +180,43 @@ func (s *Stream) Conn() Conn {
 	}
 	return s.p.conn
 }
+
+// Notify makes fn be called whenever a part may have been queued for Step,
+// and when the stream's connection fails, by the goroutine that finds it:
+// fn must return at once and must not use the Stream. It lets a front carry
+// a held stream without a goroutine waiting in Next for it: on the call,
+// or after Due at the latest, it calls Step(0). It reports false when the
+// connection offers no such call (wait in Step then). Close stops the
+// calls.
+func (s *Stream) Notify(fn func()) bool {
+	if s.p == nil {
+		return false
+	}
+	n, ok := s.p.conn.(interface{ setNotify(func()) })
+	if ok {
+		n.setNotify(fn)
+	}
+	return ok
+}
+
+// Due is how long a front that carries the stream by Notify may wait for
+// a call before it calls Step(0) anyway: until the stream's idle deadline,
+// and no longer than heldCheck, for a worker the endpoint's watch lost
+// while the stream's connection lives. (Its context is the front's to
+// watch.)
+func (s *Stream) Due() time.Duration {
+	return max(min(time.Until(s.deadline), heldCheck), 0)
+}
+
+// heldCheck bounds how long a stream carried by Notify goes without Step:
+// how late it may notice a worker the endpoint's watch lost.
+const heldCheck = time.Second
+
+// SetContext replaces the context whose end ends the stream as its
+// client's leaving: a front that carries the stream past the request's own
+// context (a handler that hands its connection to another goroutine and
+// returns) gives it one of its own.
+func (s *Stream) SetContext(ctx context.Context) { s.ctx = ctx }
 
 // Step is Next waiting at most wait: ok false means nothing came in time
 // and the stream goes on.
@@ -296,6 +333,7 @@ func (s *Stream) Close() {
 		return
 	}
 	c, e := s.c, s.e
+	s.Notify(nil) // the connection may serve another request next
 	if !s.ended && !errors.Is(s.err, ErrStreamAborted) && c.opts.Notices {
 		c.cancel(s.p) // the worker may still be working on it
 	}
