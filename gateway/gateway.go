@@ -8,9 +8,11 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -447,20 +449,35 @@ func (g *Gateway) RelayBody(ctx context.Context, h *Handle, req *bridge.Request,
 // to the client when it arrives (HTTP/1.1 chunks, HTTP/2 DATA frames), and
 // asking the stream for the next part after the write returns is what
 // grants the worker credit back, so a slow client slows the worker. A
-// stream that breaks after the head ends the response abnormally:
-// http.ErrAbortHandler makes net/http close an HTTP/1.1 connection without
-// the terminating chunk, and reset an HTTP/2 stream.
+// stream that breaks after the head ends the response abnormally: the
+// client's connection closes without the terminating chunk (an HTTP/2
+// stream is reset).
+//
+// Over HTTP/1.x the handler hijacks the connection once the head is out
+// and returns: one goroutine then carries the stream (heldStream), and
+// what net/http holds for a request in a handler (its goroutine's stack,
+// the goroutine that watches for the client's leaving, the connection's
+// 4 KiB read and write buffers, the request) goes. The head says
+// Connection: close, since the connection cannot go back to net/http after
+// the stream. HTTP/2, HEAD and bodyless statuses stay in the handler.
 func (g *Gateway) serveStream(w http.ResponseWriter, r *http.Request, h *Handle, s *bridge.Stream, status int) {
-	defer s.Close()
-	w.WriteHeader(status)
-	if r.Method == http.MethodHead {
-		return
-	}
-	rc := http.NewResponseController(w)
 	idle := h.Route.BridgeOptions().StreamIdleTimeout
 	if idle <= 0 {
 		idle = bridge.DefaultStreamIdleTimeout
 	}
+	if r.Method != http.MethodHead && r.ProtoMajor == 1 && bodyAllowed(status) && s.Notify(nil) {
+		w.Header().Set("Connection", "close")
+		if g.holdStream(w, r, h, s, status, idle) {
+			return
+		}
+	} else {
+		w.WriteHeader(status)
+	}
+	defer s.Close()
+	if r.Method == http.MethodHead {
+		return
+	}
+	rc := http.NewResponseController(w)
 	rc.SetWriteDeadline(time.Now().Add(idle))
 	if err := rc.Flush(); err != nil {
 		return
@@ -471,9 +488,8 @@ func (g *Gateway) serveStream(w http.ResponseWriter, r *http.Request, h *Handle,
 			if r.Context().Err() != nil {
 				return // the client went away; Close tells the worker
 			}
-			g.log.Error(fmt.Sprintf("%v: stream ended abnormally: %v", bridge.CodeStream, err), "route", h.Route.Pattern(),
-				"backend", strings.Join(h.Route.Backend, " "))
-			panic(http.ErrAbortHandler)
+			g.logStreamBroke(h, err)
+			panic(http.ErrAbortHandler) // net/http closes or resets without the end
 		}
 		if len(data) > 0 {
 			rc.SetWriteDeadline(time.Now().Add(idle))
@@ -487,6 +503,274 @@ func (g *Gateway) serveStream(w http.ResponseWriter, r *http.Request, h *Handle,
 		if end {
 			return
 		}
+	}
+}
+
+// bodyAllowed reports whether a response of status has a body.
+func bodyAllowed(status int) bool {
+	return status >= 200 && status != http.StatusNoContent && status != http.StatusNotModified
+}
+
+// logStreamBroke logs a stream that ended abnormally after its head.
+func (g *Gateway) logStreamBroke(h *Handle, err error) {
+	g.log.Error(fmt.Sprintf("%v: stream ended abnormally: %v", bridge.CodeStream, err), "route", h.Route.Pattern(),
+		"backend", strings.Join(h.Route.Backend, " "))
+}
+
+// holdStream writes the head of s's response, hijacks the connection and
+// starts the goroutine that carries the stream (heldStream.run). It
+// reports false, with the head written and the stream still the caller's,
+// when the connection cannot be hijacked.
+func (g *Gateway) holdStream(w http.ResponseWriter, r *http.Request, h *Handle, s *bridge.Stream, status int, idle time.Duration) bool {
+	w.WriteHeader(status) // HTTP/1.1: chunked, as no length is set; HTTP/1.0: ends with the connection
+	rc := http.NewResponseController(w)
+	rc.SetWriteDeadline(time.Now().Add(idle))
+	if rc.Flush() != nil {
+		return false
+	}
+	if r.Context().Err() != nil {
+		return false // the client left: the caller's Next reports it
+	}
+	nc, _, err := rc.Hijack()
+	if err != nil {
+		return false
+	}
+	// Bytes net/http read past the request are dropped with its buffers:
+	// the connection closes after the stream.
+	hs := &heldStream{g: g, h: h, s: s, nc: nc, chunked: r.ProtoAtLeast(1, 1), idle: idle}
+	hs.ctx, hs.cancel = context.WithCancel(context.Background())
+	s.SetContext(hs.ctx) // net/http cancels the request's when the handler returns
+	if rec, ok := w.(*recorder); ok {
+		// The access log line is written when the stream ends, with what it
+		// wrote and 499 when the client left first.
+		rec.later, rec.ResponseWriter = true, nil
+		hs.rec = rec
+		hs.req = (&http.Request{Method: r.Method, RequestURI: r.RequestURI, Proto: r.Proto, RemoteAddr: r.RemoteAddr}).WithContext(hs.ctx)
+	}
+	hs.srv, _ = r.Context().Value(http.ServerContextKey).(*http.Server)
+	heldStreams.add(hs.srv)
+	s.Notify(hs.poke)
+	go hs.run()
+	return true
+}
+
+// heldStream is a streamed reply on a connection its handler hijacked,
+// carried by one goroutine (run). While the worker sends nothing the
+// goroutine waits for the client's bytes, into a few bytes of its own, so
+// that a client that closes ends the stream at once; the worker's parts,
+// and the failure of its connection, wake it (bridge.Stream.Notify) by
+// moving the read deadline, and the read deadline never lies further than
+// the stream's next check (bridge Stream.Due: the idle timeout, a worker
+// the endpoint's watch lost). A held stream holds the stream's bridge
+// state, the connection and this struct.
+type heldStream struct {
+	g       *Gateway
+	h       *Handle
+	s       *bridge.Stream
+	nc      net.Conn
+	chunked bool // HTTP/1.1: the parts go as chunks; HTTP/1.0: as they are, the end is the connection's
+	idle    time.Duration
+	ctx     context.Context // cancelled when the client went away
+	cancel  context.CancelFunc
+	rec     *recorder     // the access log's, when it is on
+	req     *http.Request // what the access log line shows of the request
+	srv     *http.Server  // whose shutdown waits for the stream (waitHeldStreams)
+	ended   bool          // the worker ended the stream (run's own)
+
+	woke     atomic.Bool // the worker may have sent a part
+	sleeping atomic.Bool // run waits in Read
+	scratch  [64]byte    // the client's bytes, dropped: a client has nothing to say during a stream
+}
+
+// heldWakeNow is a read deadline that ends a wait at once.
+var heldWakeNow = time.Unix(1, 0)
+
+// poke wakes run: a part may have come (the bridge calls it from the
+// goroutine that reads the worker's connection). It returns at once.
+func (hs *heldStream) poke() {
+	hs.woke.Store(true)
+	if hs.sleeping.Load() {
+		hs.nc.SetReadDeadline(heldWakeNow)
+	}
+}
+
+// run carries the stream to its end: it writes each part as it comes, and
+// waits for the client in between.
+func (hs *heldStream) run() {
+	defer hs.finish()
+	for hs.forward() && hs.wait() {
+	}
+}
+
+// forward writes what the worker sent. It reports false when the stream is
+// over: ended, broken, or its client gone.
+func (hs *heldStream) forward() bool {
+	for {
+		data, end, ok, err := hs.s.Step(0)
+		if err != nil {
+			if hs.ctx.Err() == nil {
+				hs.g.logStreamBroke(hs.h, err) // the connection closes without the end
+			}
+			return false
+		}
+		if !ok {
+			return true
+		}
+		if !hs.write(data, false) {
+			hs.cancel() // the client went away, or took nothing for the idle timeout
+			return false
+		}
+		if end {
+			hs.ended = true // finish writes the terminating chunk
+			return false
+		}
+	}
+}
+
+// wait waits for the client's bytes until a part may have come or the
+// stream's next check is due. It reports false when the client went away.
+func (hs *heldStream) wait() bool {
+	hs.sleeping.Store(true)
+	hs.nc.SetReadDeadline(time.Now().Add(max(hs.s.Due(), time.Millisecond)))
+	if hs.woke.Swap(false) { // a poke before the deadline was set
+		hs.sleeping.Store(false)
+		return true
+	}
+	_, err := hs.nc.Read(hs.scratch[:])
+	hs.sleeping.Store(false)
+	hs.woke.Store(false) // forward looks at what came
+	if err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		return true
+	}
+	hs.cancel()
+	return false
+}
+
+// write writes a part: one chunk (none for an empty part) and, with end,
+// the terminating chunk; unchunked, the bytes as they are. The idle timeout
+// bounds the write.
+func (hs *heldStream) write(data []byte, end bool) bool {
+	if !hs.chunked || (len(data) == 0 && !end) {
+		if len(data) == 0 {
+			return true
+		}
+		hs.nc.SetWriteDeadline(time.Now().Add(hs.idle))
+		n, err := hs.nc.Write(data)
+		hs.count(n)
+		return err == nil
+	}
+	var head [18]byte
+	var tail [7]byte
+	hb, tb := head[:0], tail[:0]
+	if len(data) > 0 {
+		hb = append(strconv.AppendInt(hb, int64(len(data)), 16), "\r\n"...)
+		tb = append(tb, "\r\n"...)
+	}
+	if end {
+		tb = append(tb, "0\r\n\r\n"...)
+	}
+	hs.nc.SetWriteDeadline(time.Now().Add(hs.idle))
+	var err error
+	if _, tcp := hs.nc.(*net.TCPConn); tcp || len(data) > heldCopyMax {
+		bufs := net.Buffers{hb, data, tb} // one writev on TCP, no copy
+		_, err = bufs.WriteTo(hs.nc)
+	} else {
+		// TLS: one record for the chunk, not three.
+		b := append(append(append(make([]byte, 0, len(hb)+len(data)+len(tb)), hb...), data...), tb...)
+		_, err = hs.nc.Write(b)
+	}
+	if err != nil {
+		return false
+	}
+	hs.count(len(data))
+	return true
+}
+
+// heldCopyMax is the largest part a held stream copies to write its chunk
+// in one piece over a connection without writev (TLS).
+const heldCopyMax = 16 << 10
+
+// count adds n body bytes to the access log's count.
+func (hs *heldStream) count(n int) {
+	if hs.rec != nil {
+		hs.rec.bytes += int64(n)
+	}
+}
+
+// finish closes the stream (the worker gets @cancel when it did not end
+// and the route has notices), writes the access log line and, after a
+// stream that ended, the terminating chunk, and closes the connection: in
+// the order of a response net/http finishes, so that a client that saw the
+// end finds the line written.
+func (hs *heldStream) finish() {
+	hs.s.Close()
+	if hs.rec != nil {
+		logLine(hs.rec.out, hs.req, hs.rec, hs.rec.start)
+	}
+	if hs.ended && hs.chunked {
+		hs.write(nil, true)
+	}
+	hs.nc.Close()
+	hs.cancel()
+	heldStreams.remove(hs.srv)
+}
+
+// heldStreams counts, by server, the streams carried on hijacked
+// connections, which net/http's Shutdown does not see: Serve waits for
+// them after it (waitHeldStreams).
+var heldStreams = heldCounts{by: map[*http.Server]*heldCount{}}
+
+type heldCounts struct {
+	mu sync.Mutex
+	by map[*http.Server]*heldCount
+}
+
+type heldCount struct {
+	n    int
+	none chan struct{} // closed when n falls to 0
+}
+
+func (c *heldCounts) add(srv *http.Server) {
+	if srv == nil {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	hc := c.by[srv]
+	if hc == nil {
+		hc = &heldCount{none: make(chan struct{})}
+		c.by[srv] = hc
+	}
+	hc.n++
+}
+
+func (c *heldCounts) remove(srv *http.Server) {
+	if srv == nil {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if hc := c.by[srv]; hc != nil {
+		if hc.n--; hc.n == 0 {
+			close(hc.none)
+			delete(c.by, srv)
+		}
+	}
+}
+
+// waitHeldStreams waits until srv carries no held stream, or ctx is done.
+func waitHeldStreams(ctx context.Context, srv *http.Server) error {
+	heldStreams.mu.Lock()
+	hc := heldStreams.by[srv]
+	heldStreams.mu.Unlock()
+	if hc == nil {
+		return nil
+	}
+	select {
+	case <-hc.none:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
 

@@ -35,12 +35,14 @@ func AccessLog(next http.Handler, w io.Writer) http.Handler {
 	}
 	return http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		rec := &recorder{ResponseWriter: rw}
+		rec := &recorder{ResponseWriter: rw, out: w, start: start}
 		defer func() {
 			// A response the handler aborts (a stream that broke) is
 			// logged too, then the panic goes on to net/http.
 			p := recover()
-			logLine(w, r, rec, start)
+			if !rec.later {
+				logLine(w, r, rec, start)
+			}
 			if p != nil {
 				panic(p)
 			}
@@ -80,6 +82,9 @@ type recorder struct {
 	http.ResponseWriter
 	status int
 	bytes  int64
+	out    io.Writer // the access log
+	start  time.Time
+	later  bool // the response goes on after the handler (a held stream), which writes the line at its end
 }
 
 // Unwrap lets http.NewResponseController reach the writer's Flush and
@@ -159,6 +164,9 @@ func Serve(ctx context.Context, l net.Listener, lv *Live, access io.Writer) erro
 	err := srv.Shutdown(sctx)
 	if err == nil {
 		err = lv.Gateway().WaitWebSockets(sctx)
+	}
+	if err == nil {
+		err = waitHeldStreams(sctx, srv) // streams on hijacked connections (serveStream)
 	}
 	if serr := <-errc; serr != nil && !errors.Is(serr, http.ErrServerClosed) && err == nil {
 		err = serr
