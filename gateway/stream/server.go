@@ -98,6 +98,7 @@ type Server struct {
 	unsent   map[string]time.Time // closed here, but libzmq did not take the close yet: its queue is full
 	blocked  map[*conn]bool       // a send found the connection's queue full
 	held     map[*conn]time.Time  // streamed bodies holding bodyHold bytes, since when: the socket is not read (body.go)
+	relays   relaySet             // streamed replies after their head (streamed.go)
 	readNow  bool                 // the socket is readable again: read it before waiting
 	retryAt  time.Time            // when retry has something to try again; zero for nothing
 	draining bool                 // shutting down: open WebSockets close with 1001
@@ -789,7 +790,7 @@ func (s *Server) flush(c *conn) {
 			// Handed to the socket: the relay may ask for the next part.
 			sl.done, sl.data = false, nil
 			c.closing = c.closing || sl.close
-			sl.st.sent <- struct{}{}
+			sl.st.sent()
 			break
 		}
 		c.pending[0] = nil
