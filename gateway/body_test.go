@@ -3,6 +3,7 @@ package gateway
 import (
 	"bytes"
 	"io"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"runtime"
@@ -36,13 +37,19 @@ func bodyRequest(length int64, body *chunkReader) *http.Request {
 }
 
 // allocated reports the bytes fn allocated on the heap.
+// The counts are the process's: other goroutines (a test's servers still
+// closing) may allocate meanwhile, so the least of three runs is taken.
 func allocated(fn func()) uint64 {
-	var before, after runtime.MemStats
-	runtime.GC()
-	runtime.ReadMemStats(&before)
-	fn()
-	runtime.ReadMemStats(&after)
-	return after.TotalAlloc - before.TotalAlloc
+	least := uint64(math.MaxUint64)
+	for range 3 {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		fn()
+		runtime.ReadMemStats(&after)
+		least = min(least, after.TotalAlloc-before.TotalAlloc)
+	}
+	return least
 }
 
 // TestReadBodyClaimSizesNoBuffer: a Content-Length the client does not back
@@ -93,13 +100,18 @@ func TestReadBodyHonestLengthOneBuffer(t *testing.T) {
 			t.Errorf("%d bytes: buffer of %d, want at most the length plus one", size, cap(got))
 		}
 		if size <= 64<<10 {
-			allocs := testing.AllocsPerRun(5, func() {
-				readBody(nil, bodyRequest(int64(size), &chunkReader{data: body, step: 16 << 10, err: io.EOF}), 0)
-			})
-			// The request and reader are two of them.
-			if base := testing.AllocsPerRun(5, func() {
-				bodyRequest(int64(size), &chunkReader{data: body, step: 16 << 10, err: io.EOF})
-			}); allocs-base != 1 {
+			// The request and reader are two of them; the least of three
+			// tries, as in allocated.
+			allocs, base := math.Inf(1), math.Inf(1)
+			for range 3 {
+				allocs = min(allocs, testing.AllocsPerRun(5, func() {
+					readBody(nil, bodyRequest(int64(size), &chunkReader{data: body, step: 16 << 10, err: io.EOF}), 0)
+				}))
+				base = min(base, testing.AllocsPerRun(5, func() {
+					bodyRequest(int64(size), &chunkReader{data: body, step: 16 << 10, err: io.EOF})
+				}))
+			}
+			if extra := allocs - base; extra != 1 {
 				t.Errorf("%d bytes: %v allocations for the body, want one buffer", size, allocs-base)
 			}
 		}
