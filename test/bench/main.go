@@ -3,9 +3,11 @@
 // front answers the same bytes; wrk drives keep-alive load. It prints a
 // table, writes build/bench/results.json and build/bench/ratios.svg; then
 // the streaming benchmark (streams.go) prints its own tables and writes
-// build/bench/streams.json. -only picks either or both: configurations of
-// the request/reply table, and streams (or streams-held, streams-latency,
-// streams-transfer).
+// build/bench/streams.json; then the WebSocket benchmark (websockets.go)
+// prints its tables and writes build/bench/websockets.json. -only picks any
+// of them: configurations of the request/reply table, streams (or
+// streams-held, streams-latency, streams-transfer), and websockets (or
+// websockets-rss, websockets-latency, websockets-rate).
 package main
 
 import (
@@ -19,6 +21,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -33,8 +36,8 @@ var (
 	keyDur  = flag.Duration("key-duration", 2*time.Second, "wrk duration of the 12-byte, 32-connection case")
 	dur     = flag.Duration("duration", time.Second, "wrk duration of the other cases")
 	outDir  = flag.String("out", "build/bench", "where results.json and ratios.svg go")
-	onlyKey = flag.Bool("quick", false, "only the 12-byte, 32-connection case (and no streaming benchmark unless -only names it)")
-	only    = flag.String("only", "", "comma-separated configurations to measure (default all); streams, or streams-held, streams-latency, streams-transfer, for the streaming benchmark")
+	onlyKey = flag.Bool("quick", false, "only the 12-byte, 32-connection case (and no streaming or WebSocket benchmark unless -only names it)")
+	only    = flag.String("only", "", "comma-separated configurations to measure (default all); streams, or streams-held, streams-latency, streams-transfer, for the streaming benchmark; websockets, or websockets-rss, websockets-latency, websockets-rate, for the WebSocket benchmark")
 	soak    = flag.Int("soak", 0, "instead of the table: send this many requests to mod_zmq and the gateway and report their RSS along the way")
 )
 
@@ -78,8 +81,8 @@ func main() {
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
 	go func() { fatal("stopped by %v", <-sigs) }()
-	// -only: request/reply configurations and streaming parts.
-	keep, parts := map[string]bool{}, map[string]bool{}
+	// -only: request/reply configurations, streaming and WebSocket parts.
+	keep, parts, wparts := map[string]bool{}, map[string]bool{}, map[string]bool{}
 	for _, n := range strings.Split(*only, ",") {
 		switch n = strings.TrimSpace(n); {
 		case n == "":
@@ -89,6 +92,15 @@ func main() {
 			}
 		case strings.HasPrefix(n, "streams-"):
 			parts[n] = true
+		case n == "websockets":
+			for _, p := range wsParts {
+				wparts[p] = true
+			}
+		case strings.HasPrefix(n, "websockets-"):
+			if !slices.Contains(wsParts, n) {
+				log.Fatalf("-only %s: the WebSocket parts are %s", n, strings.Join(wsParts, ", "))
+			}
+			wparts[n] = true
 		default:
 			keep[n] = true
 		}
@@ -97,12 +109,18 @@ func main() {
 		for _, p := range streamParts {
 			parts[p] = true
 		}
+		for _, p := range wsParts {
+			wparts[p] = true
+		}
 	}
 	if *only == "" || len(keep) > 0 || *soak > 0 {
 		requestReply(keep)
 	}
 	if len(parts) > 0 && *soak == 0 {
 		runStreams(parts)
+	}
+	if len(wparts) > 0 && *soak == 0 {
+		runWebSockets(wparts)
 	}
 }
 
@@ -187,7 +205,8 @@ type env struct {
 	dir     string
 	fronts  []front
 	allCmds []*exec.Cmd
-	apache  string // config path
+	apache  string   // config path
+	apaches []string // the config paths of further Apaches
 }
 
 func freePort() int {
@@ -378,10 +397,12 @@ servers = [main]
 }
 
 func (e *env) stop() {
-	if e.apache != "" {
-		exec.Command("/usr/sbin/apache2", "-f", e.apache, "-k", "stop").Run()
-		e.apache = ""
+	for _, conf := range append([]string{e.apache}, e.apaches...) {
+		if conf != "" {
+			exec.Command("/usr/sbin/apache2", "-f", conf, "-k", "stop").Run()
+		}
 	}
+	e.apache, e.apaches = "", nil
 	for _, c := range e.allCmds {
 		if c.SysProcAttr != nil && c.SysProcAttr.Setpgid {
 			// A runner with services of its own (Pushpin; each service in

@@ -8,6 +8,8 @@
 //	peer -mode mongrel2 -send tcp://127.0.0.1:9997 -recv tcp://127.0.0.1:9996
 //	peer -mode sse -listen tcp://127.0.0.1:5557        streaming worker (streams.go)
 //	peer -mode origin -listen 127.0.0.1:8092           GRIP origin and transfer backend (streams.go)
+//	peer -mode ws -listen tcp://127.0.0.1:5558         WebSocket echo worker (websockets.go)
+//	peer -mode wsecho -listen 127.0.0.1:8093           Go WebSocket echo server (websockets.go)
 package main
 
 import (
@@ -37,7 +39,7 @@ func body(target []byte) []byte {
 }
 
 func main() {
-	mode := flag.String("mode", "zmq", "zmq, http, revproxy, mongrel2, sse or origin")
+	mode := flag.String("mode", "zmq", "zmq, http, revproxy, mongrel2, sse, origin, ws or wsecho")
 	listen := flag.String("listen", "", "address to serve on")
 	backend := flag.String("backend", "", "revproxy: backend URL")
 	send := flag.String("send", "", "mongrel2: its send_spec")
@@ -69,6 +71,10 @@ func main() {
 		serveStreams(*listen, *keepalive, *upWindow)
 	case "origin":
 		serveOrigin(*listen)
+	case "ws":
+		serveWebSockets(*listen)
+	case "wsecho":
+		serveWSEcho(*listen)
 	default:
 		log.Fatalf("unknown mode %q", *mode)
 	}
