@@ -182,7 +182,7 @@ func (call *Call) startWebSocket(msg [][]byte) {
 	window := webSocketWindow(call.req)
 	ws := &WebSocket{c: c, e: call.e, p: call.p, ctx: call.ctx, window: window, credit: window, sendable: window,
 		max: call.req.maxMessage(), epoch: call.epoch, frames: make([][]byte, 0, 8)}
-	call.p = nil // the WebSocket's now
+	call.p = nil        // the WebSocket's now
 	call.wsSlot = false // the WebSocket holds the place until Close
 	resp.WebSocket = ws
 	call.end(resp, nil)

@@ -267,4 +267,3 @@ func TestHeldStreamWorkerLost(t *testing.T) {
 	}
 	heldWait(t, "MODZMQ0130 in the error log", func() bool { return strings.Contains(errs.String(), "MODZMQ0130") })
 }
-

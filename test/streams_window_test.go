@@ -19,7 +19,7 @@ import (
 // window, and the download arrives whole. Through zmq-gateway and Apache.
 func TestACrawlingClientKeepsTheFrontWithinTheWindow(t *testing.T) {
 	const window = 128 << 10 // two of upload_sink.py's 64 KiB parts
-	const size = 24 << 20 // beyond what the kernel's socket buffers take
+	const size = 24 << 20    // beyond what the kernel's socket buffers take
 	t.Run("gateway", func(t *testing.T) {
 		sink := startPyScript(t, "examples/python/upload_sink.py")
 		admin := fmt.Sprintf("127.0.0.1:%d", freePort(t))

@@ -120,4 +120,3 @@ func TestHeldStreamWorkerLost(t *testing.T) {
 		t.Errorf("the log lacks MODZMQ0130:\n%s", logs.String())
 	}
 }
-
