@@ -125,6 +125,13 @@ func serveStreams(listen string, keepalive time.Duration, upWindow int64) {
 		if len(w.due) > 0 {
 			wait = min(wait, max(time.Until(w.due[0].due), 0))
 		}
+		if wait > 0 {
+			// pebbe/zmq4 hands zmq_poll whole milliseconds: a wait under
+			// one would be a poll that returns at once, and the loop would
+			// spin on a core the fronts need. An event fires up to 1 ms
+			// late; its latency counts from its send, not from its due time.
+			wait = max(wait, time.Millisecond)
+		}
 		poller.Poll(wait)
 		for n := 0; n < 2000; n++ { // then look at what is due
 			msg, err := s.RecvMessageBytes(zmq.DONTWAIT)
