@@ -176,6 +176,17 @@ func (call *Call) Wait() time.Duration {
 	return max(wait, 0)
 }
 
+// Quiet is how long a caller that waits on the call's connection itself
+// (Conn) and learns of lost workers by itself (Options.OnState: a new
+// epoch) may go without Step while nothing arrives: until the deadline, or
+// Wait's slice when a context can cancel the call.
+func (call *Call) Quiet() time.Duration {
+	if call.ctx.Done() != nil {
+		return call.Wait()
+	}
+	return max(time.Until(call.deadline), 0)
+}
+
 // Step advances the call, waiting up to wait for a reply (0: not at all).
 func (call *Call) Step(wait time.Duration) {
 	for !call.done {

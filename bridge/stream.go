@@ -172,6 +172,17 @@ func (s *Stream) Wait() time.Duration {
 	return max(min(time.Until(s.deadline), watchSlice), 0)
 }
 
+// Quiet is how long a front that waits on the stream's connection itself
+// (Conn) and learns of lost workers by itself (Options.OnState: a new
+// epoch) may go without Step while no part arrives: until the idle
+// deadline, or Wait's slice when a context can end the stream.
+func (s *Stream) Quiet() time.Duration {
+	if s.ctx.Done() != nil {
+		return s.Wait()
+	}
+	return max(time.Until(s.deadline), 0)
+}
+
 // Conn returns the connection the stream's parts come on, for a front that
 // waits on it by itself (see Call.Conn); nil once closed.
 func (s *Stream) Conn() Conn {

@@ -584,6 +584,9 @@ static int run_websocket(request_rec *r, const modzmq_dir_conf *conf, const modz
             if (worker) {
                 lib->wait(resp);
             }
+            else if (n == 0 && !client && lib->wait(resp)) {
+                break; /* a worker was lost somewhere: the step looks whether it was ours */
+            }
             if (!io.stopping && child_stopping()) {
                 io.stopping = stopped = 1;
                 break;
@@ -881,7 +884,9 @@ static int relay_request(request_rec *r, const modzmq_dir_conf *conf, const modz
     rc = lib->relay(handle, &req, resp);
     /* Wait here, in C (modzmq_wait is plain C in the library): an Apache
      * thread parked inside Go costs the Go scheduler a hand-off on every
-     * request. Between waits (100 ms at most), look for a client that left. */
+     * request, and so does each step, which only comes when modzmq_wait
+     * asks for one. Between waits (100 ms at most), look for a client that
+     * left. */
     for (;;) {
         if (rc == MODZMQ_PENDING && req.stream_body && !body_done && resp->body_credit > 64) {
             /* The worker has room for a part: read one, at most 64 KiB. */
@@ -911,7 +916,7 @@ static int relay_request(request_rec *r, const modzmq_dir_conf *conf, const modz
             continue;
         }
         if (rc == MODZMQ_PENDING) {
-            lib->wait(resp);
+            int step = lib->wait(resp);
             if (client_gone(r)) {
                 lib->cancel(resp);
                 lib->release(resp);
@@ -927,7 +932,9 @@ static int relay_request(request_rec *r, const modzmq_dir_conf *conf, const modz
                 break_stream(r, bb);
                 return OK;
             }
-            rc = lib->resume(resp);
+            if (step) {
+                rc = lib->resume(resp);
+            }
             continue;
         }
         if (rc != MODZMQ_HEAD && rc != MODZMQ_PART && rc != MODZMQ_END) {

@@ -23,7 +23,7 @@
 #include <stdint.h>
 
 /* The ABI this header describes; modzmq_abi_version() must return it. */
-#define MODZMQ_ABI_VERSION 17
+#define MODZMQ_ABI_VERSION 18
 
 /* Return codes of modzmq_relay(). */
 #define MODZMQ_OK         0 /* reply in *resp */
@@ -32,7 +32,7 @@
 #define MODZMQ_EPROTOCOL  3 /* the reply broke MZMQ/1: 502 */
 #define MODZMQ_EBACKEND   4 /* unknown client handle: 500 */
 #define MODZMQ_EINTERNAL  5 /* anything else, including a recovered panic: 500 */
-#define MODZMQ_PENDING    6 /* sent: call modzmq_wait(resp), then modzmq_resume(resp) */
+#define MODZMQ_PENDING    6 /* sent: call modzmq_wait(resp), then (when it says so) modzmq_resume(resp) */
 #define MODZMQ_EOVERLOAD  7 /* over the client's stream limit: 503 with Retry-After */
 /* A streamed reply (docs/PROTOCOL.md): the head comes first, with status,
  * reason and headers set; then parts, each in body; the last one ends it.
@@ -239,20 +239,25 @@ typedef int (*modzmq_clients_open_fn)(int first, int n, modzmq_client_config *cf
  * relays one request: the common case (a worker up, its reply within 100 ms)
  * ends here with MODZMQ_OK; otherwise it returns MODZMQ_PENDING while the
  * reply is awaited, or a final code. The caller waits outside Go (an Apache thread
- * must never park inside the Go runtime): modzmq_wait(resp), then
- * modzmq_resume(resp), until the code is not MODZMQ_PENDING; then it uses the
+ * must never park inside the Go runtime): modzmq_wait(resp), then, when it
+ * returns nonzero, modzmq_resume(resp), until the code is not
+ * MODZMQ_PENDING; then it uses the
  * reply and calls modzmq_release(resp), whatever the code. req must stay
  * valid until then (a retry sends it again). Thread-safe.
  */
 typedef int (*modzmq_relay_fn)(int client, modzmq_request *req, modzmq_response *resp);
 
 /*
- * void modzmq_wait(modzmq_response *resp): waits up to resp->wait_ms for the
+ * int modzmq_wait(modzmq_response *resp): waits up to resp->wait_ms for the
  * reply and receives it into resp. Plain C inside the library (poll on the
  * ZMTP connection): it never enters the Go runtime. On a CurveZMQ
- * connection it returns at once: modzmq_resume waits there.
+ * connection it returns at once: modzmq_resume waits there. Returns
+ * nonzero when the call needs its step (modzmq_resume, modzmq_ws_step):
+ * something arrived or failed, a timer of the call's is due, or a worker was
+ * lost; 0 when it does not, and the caller may look at its client and wait
+ * again (a held stream costs no step of Go's while it is quiet).
  */
-typedef void (*modzmq_wait_fn)(modzmq_response *resp);
+typedef int (*modzmq_wait_fn)(modzmq_response *resp);
 
 /*
  * int modzmq_resume(modzmq_response *resp): advances the call in resp->call
@@ -314,7 +319,8 @@ typedef struct modzmq_ws_io {
                                                 next step; 0: do not read now */
     int     fd;                              /* wait for input on this descriptor (the worker's
                                                 connection), then modzmq_wait and step; -1: none */
-    int     wait_ms;                         /* step again after this long at the latest */
+    int     wait_ms;                         /* step again after this long at the latest; between,
+                                                step when modzmq_wait says so (a worker lost) */
     int     again;                           /* modzmq_wait and step again at once, without waiting */
     int     close_code;                      /* on the last step: the code the client was closed with
                                                 (0: none sent) */

@@ -126,6 +126,10 @@ func (c *client) open() {
 	b, opts, handle, window := c.b, c.opts, c.handle, c.window
 	opts.NoFirstWait = true
 	c.fast = newFast(handle, &opts, window)
+	// A call that waits in C steps when the count of new epochs moves
+	// (modzmq_wait): the fast path counts them as it learns them, and
+	// without it every change of state counts.
+	opts.OnState = func(int, bridge.State, uint64) { C.modzmq_epochs_bump() }
 	if c.fast != nil {
 		opts.OnState = func(endpoint int, state bridge.State, epoch uint64) {
 			up := C.int(0)
@@ -384,7 +388,7 @@ func outcome(call *bridge.Call, b *backend, resp *C.modzmq_response, h cgo.Handl
 			h = cgo.NewHandle(&pending{call: call, b: b})
 		}
 		resp.body_credit = C.int64_t(call.BodyCredit())
-		return waitOn(resp, h, call.Conn(), call.Wait())
+		return waitOn(resp, h, call.Conn(), call.Wait(), call.Quiet())
 	}
 	resp.body_credit = 0
 	out, err := call.Result()
@@ -420,15 +424,20 @@ func outcome(call *bridge.Call, b *backend, resp *C.modzmq_response, h cgo.Handl
 }
 
 // waitOn reports a call or stream as pending on conn: modzmq_wait waits on
-// it for up to wait, unless Go waits on it itself (not a zConn).
-func waitOn(resp *C.modzmq_response, h cgo.Handle, conn bridge.Conn, wait time.Duration) C.int {
+// it for up to wait at a time, and asks for a step when something arrives,
+// a worker is lost, or quiet has passed; unless Go waits on it itself (not
+// a zConn: a step after every wait).
+func waitOn(resp *C.modzmq_response, h cgo.Handle, conn bridge.Conn, wait, quiet time.Duration) C.int {
 	st := callState(resp)
 	st.zconn = nil
+	due := int64(-1)
 	if z, ok := conn.(*zConn); ok {
 		st.zconn = unsafe.Pointer(z.z)
+		due = quiet.Milliseconds()
 	}
 	st.call = C.uint64_t(h)
 	st.wait_ms = C.int(max(wait.Milliseconds(), 1))
+	C.modzmq_set_due(resp, C.int64_t(due))
 	return C.MODZMQ_PENDING
 }
 
@@ -563,7 +572,7 @@ func streamStep(p *pending, resp *C.modzmq_response, h cgo.Handle) C.int {
 		return failed(resp, err)
 	}
 	if !ok {
-		return waitOn(resp, h, s.Conn(), s.Wait())
+		return waitOn(resp, h, s.Conn(), s.Wait(), s.Quiet())
 	}
 	if end && z != nil {
 		st.nframes = 0 // not inside the frames: setParts copies the last part

@@ -211,6 +211,9 @@ void modzmq_fast_set_state(modzmq_fast *f, int endpoint, int up, uint64_t epoch)
     e = &f->ep[endpoint];
     was_epoch = __atomic_exchange_n(&e->epoch, epoch, __ATOMIC_SEQ_CST);
     was_up = __atomic_exchange_n(&e->up, up, __ATOMIC_SEQ_CST);
+    if (was_epoch != epoch) {
+        modzmq_epochs_bump();
+    }
     if (up || (!was_up && was_epoch == epoch)) {
         return;
     }

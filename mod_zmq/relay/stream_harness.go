@@ -31,18 +31,22 @@ type streamed struct {
 	err    string
 	parts  int // the parts before the last
 	copied int // of them, those not read where they arrived (handed over in a buffer, or copied)
-	resp   *C.modzmq_response
-	req    *C.modzmq_request
-	cs     []*C.char
+	quiet  int // waits after which modzmq_wait asked for no step
+	steps  int // waits after which it asked for one
+	// onQuiet, when set, is called after each wait that asked for no step.
+	onQuiet func(*streamed)
+	resp    *C.modzmq_response
+	req     *C.modzmq_request
+	cs      []*C.char
 }
 
 // relayStream relays a GET of target to client as the shim's loop does
-// (modzmq_relay; modzmq_wait and Resume while pending; after the head and
+// (modzmq_relay; modzmq_wait, and Resume when it asks, while pending; after the head and
 // after each part, modzmq_release and Resume), handing each part's bytes,
 // valid during the call only, to part.
-func relayStream(client int, target string, part func(b []byte)) *streamed {
+func relayStream(client int, target string, part func(b []byte), onQuiet func(*streamed)) *streamed {
 	s := &streamed{req: (*C.modzmq_request)(C.calloc(1, C.sizeof_modzmq_request)),
-		resp: (*C.modzmq_response)(C.calloc(1, C.sizeof_modzmq_response))}
+		resp: (*C.modzmq_response)(C.calloc(1, C.sizeof_modzmq_response)), onQuiet: onQuiet}
 	method, ctarget := C.CString("GET"), C.CString(target)
 	s.cs = []*C.char{method, ctarget}
 	s.req.method, s.req.method_len = method, 3
@@ -52,7 +56,14 @@ func relayStream(client int, target string, part func(b []byte)) *streamed {
 	for {
 		switch rc {
 		case C.MODZMQ_PENDING:
-			C.modzmq_wait(s.resp)
+			if C.modzmq_wait(s.resp) == 0 {
+				s.quiet++
+				if s.onQuiet != nil {
+					s.onQuiet(s)
+				}
+				continue
+			}
+			s.steps++
 		case C.MODZMQ_HEAD:
 			C.modzmq_release(s.resp)
 		case C.MODZMQ_PART:
@@ -70,6 +81,9 @@ func relayStream(client int, target string, part func(b []byte)) *streamed {
 		rc = C.int(Resume(unsafe.Pointer(s.resp)))
 	}
 }
+
+// bumpEpochs counts a new epoch, as the fast path does when it learns one.
+func bumpEpochs() { C.modzmq_epochs_bump() }
 
 // last is the last part (MODZMQ_END), valid until release.
 func (s *streamed) last() []byte { return view(s.resp.body, s.resp.body_len) }

@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"runtime"
 	"testing"
+	"time"
 
 	"github.com/modzmq/modzmq/internal/zmqtest"
 )
@@ -54,7 +55,7 @@ func TestStreamPartsAreReadWhereTheyArrive(t *testing.T) {
 			bad++
 		}
 		i++
-	})
+	}, nil)
 	runtime.ReadMemStats(&after)
 	defer s.release()
 	if s.rc != codeEnd {
@@ -76,5 +77,69 @@ func TestStreamPartsAreReadWhereTheyArrive(t *testing.T) {
 	}
 	if !bytes.Equal(s.last(), lastPart) {
 		t.Fatalf("the last part changed after its connection served another request: %d bytes %.16q…", len(s.last()), s.last())
+	}
+}
+
+// A held stream that is quiet costs no step of Go's: modzmq_wait asks for
+// one only when a part comes, the stream is due (its idle timeout), or a
+// worker was lost somewhere (a new epoch), and an Apache thread's every
+// call into Go costs the scheduler a hand-off.
+func TestQuietStreamWaitsWithoutSteppingGo(t *testing.T) {
+	send := make(chan func(), 1)
+	ep := zmqtest.ROUTER(t, func(msg [][]byte, reply func([][]byte)) {
+		if len(msg) < 6 || bytes.HasPrefix(msg[4], []byte("@")) {
+			return // the front's @credit
+		}
+		env := append([][]byte(nil), msg[:3]...)
+		reply(zmqtest.Part(env, "@stream", "200", "Content-Type: text/event-stream\r\n"))
+		send <- func() {
+			reply(append(env[:3:3], []byte("@data"), []byte("data: late\n\n")))
+			reply(append(env[:3:3], []byte("@end"), nil))
+		}
+	})
+	h, msg := openTestClient(ep)
+	if h == 0 {
+		t.Fatalf("backend: %s", msg)
+	}
+	setStreamWindow(h, 256<<10)
+
+	var got []string
+	bumped, stepsAtBump := false, 0
+	s := relayStream(h, "/held", func(b []byte) { got = append(got, string(b)) }, func(s *streamed) {
+		switch {
+		case s.quiet == 3 && !bumped:
+			// Another endpoint's worker is lost: the next wait asks for
+			// a step, which finds this stream's worker alive.
+			bumpEpochs()
+			bumped, stepsAtBump = true, s.steps
+		case s.quiet == 6:
+			// The stream has been quiet through six waits: the worker
+			// sends its part and ends.
+			select {
+			case f := <-send:
+				go func() { time.Sleep(10 * time.Millisecond); f() }()
+			default:
+				t.Error("the worker never received the request")
+			}
+		}
+	})
+	defer s.release()
+	if s.rc != codeEnd {
+		t.Fatalf("the stream ended with code %d: %s", s.rc, s.err)
+	}
+	if s.parts != 1 || got[0] != "data: late\n\n" {
+		t.Fatalf("got parts %q, want the one the worker sent", got)
+	}
+	if s.quiet < 6 {
+		t.Fatalf("%d waits asked for no step: a quiet stream stepped Go after every wait", s.quiet)
+	}
+	if !bumped || s.steps < stepsAtBump+1 {
+		t.Fatalf("a new epoch asked for no step (steps %d before it, %d in all)", stepsAtBump, s.steps)
+	}
+	// Steps: the head's wait, the epoch's, the part's and the end's (a
+	// part and the end may come in one read), and a few the credit asks
+	// for; never one per wait.
+	if s.steps > 6 {
+		t.Fatalf("%d steps for %d quiet waits: want a handful", s.steps, s.quiet)
 	}
 }

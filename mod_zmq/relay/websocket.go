@@ -38,9 +38,9 @@ const (
 	// wsCloseWait is how long a close sent to the client waits for the
 	// client's answer before the connection goes.
 	wsCloseWait = time.Second
-	// wsCheck bounds the time between steps, so a worker the watch finds
-	// lost is noticed while nothing else happens.
-	wsCheck = time.Second
+	// wsQuiet bounds the time between steps when nothing else calls for
+	// one (a lost worker does: modzmq_wait).
+	wsQuiet = time.Minute
 )
 
 // wsTunnel is a WebSocket handshake and, once accepted, the open
@@ -421,7 +421,7 @@ func (t *wsTunnel) wait(resp *C.modzmq_response, io *C.modzmq_ws_io) {
 		}
 	}
 	now := time.Now()
-	next := now.Add(wsCheck)
+	next := now.Add(wsQuiet)
 	switch {
 	case t.closing:
 		next = t.closeBy
@@ -431,6 +431,7 @@ func (t *wsTunnel) wait(resp *C.modzmq_response, io *C.modzmq_ws_io) {
 		next = earliest(next, t.heard.Add(t.idle))
 	}
 	io.wait_ms = C.int(max(next.Sub(now).Milliseconds()+1, 0))
+	C.modzmq_set_due(resp, C.int64_t(io.wait_ms))
 }
 
 func earliest(a, b time.Time) time.Time {

@@ -43,26 +43,47 @@ int modzmq_call_info(const modzmq_response *resp, const char **id, size_t *id_le
     return 1;
 }
 
-void modzmq_zreceive(void *conn, int timeout_ms, modzmq_response *resp)
+int modzmq_zreceive(void *conn, int timeout_ms, modzmq_response *resp)
 {
     modzmq_call *st = MODZMQ_CALL(resp);
-    int nframes;
-    if (zmtp_recv(conn, timeout_ms, st->frame, st->frame_len, &nframes) > 0) {
+    int nframes, rc = zmtp_recv(conn, timeout_ms, st->frame, st->frame_len, &nframes);
+    if (rc > 0) {
         st->nframes = nframes;
         st->delivered = 0;
         if (!st->keep) {
             st->zbuf = zmtp_detach(conn);
         }
     }
-    /* else nothing yet, or a failure the connection keeps for Go to meet */
+    /* else nothing yet (0), or a failure the connection keeps for Go to
+     * meet (< 0) */
+    return rc;
 }
 
-void modzmq_wait(modzmq_response *resp)
+/* How many times an endpoint of this process began a new epoch. */
+static uint64_t epochs;
+
+void modzmq_epochs_bump(void)
+{
+    __atomic_add_fetch(&epochs, 1, __ATOMIC_SEQ_CST);
+}
+
+void modzmq_set_due(modzmq_response *resp, int64_t due_ms)
+{
+    modzmq_call *st = MODZMQ_CALL(resp);
+    st->due_ms = due_ms < 0 ? 0 : zmtp_now_ms() + due_ms + 1;
+    st->epochs = __atomic_load_n(&epochs, __ATOMIC_SEQ_CST);
+}
+
+int modzmq_wait(modzmq_response *resp)
 {
     modzmq_call *st = MODZMQ_CALL(resp);
     modzmq_release(resp);
-    if (st->zconn != NULL) {
-        modzmq_zreceive(st->zconn, st->wait_ms, resp);
+    if (st->zconn != NULL && modzmq_zreceive(st->zconn, st->wait_ms, resp) != 0) {
+        return 1; /* a message, or a failure */
     }
-    /* else a connection Go waits on itself (modzmq_resume) */
+    /* Nothing came (or the connection is one Go waits on itself): Go's
+     * step has nothing to do unless the call is due or a worker was lost
+     * somewhere (Go looks whether it was the call's). */
+    return st->due_ms == 0 || zmtp_now_ms() >= st->due_ms ||
+           __atomic_load_n(&epochs, __ATOMIC_SEQ_CST) != st->epochs;
 }

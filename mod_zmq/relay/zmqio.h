@@ -21,6 +21,9 @@ typedef struct modzmq_call {
     void       *zconn;                          /* the ZMTP connection (zmtp.h) its reply comes on, or
                                                    NULL when Go waits on the call's connection itself */
     int         wait_ms;                        /* how long modzmq_wait may wait */
+    int64_t     due_ms;                         /* when Go must step the call though nothing arrived
+                                                   (zmtp_now_ms); 0: after every wait */
+    uint64_t    epochs;                         /* modzmq_epochs when Go last stepped it */
     int         nframes;                        /* frames of the message received */
     int         delivered;                      /* they were handed to Go's call */
     int         keep;                           /* a stream's parts: the frames stay in the
@@ -55,11 +58,21 @@ int modzmq_send(void *conn, int timeout_ms, int n,
  * it into resp, which then owns the buffer its frames are in; with keep
  * set (a stream's parts) the frames stay in the connection's buffer, which
  * the connection goes on reading into: one buffer for the whole stream. */
-void modzmq_zreceive(void *conn, int timeout_ms, modzmq_response *resp);
+int modzmq_zreceive(void *conn, int timeout_ms, modzmq_response *resp);
+
+/* Counts the new epochs of every endpoint of the process (a worker's
+ * connection lost): a call that waits in C, and is not due, needs Go's step
+ * only when a message comes or this count moves (modzmq_wait). */
+void modzmq_epochs_bump(void);
+
+/* Notes, as Go steps the call in resp, when it must step it again though
+ * nothing arrives: in due_ms milliseconds (rounded up), or after every wait
+ * when due_ms < 0 (Go waits on the call's connection itself). */
+void modzmq_set_due(modzmq_response *resp, int64_t due_ms);
 
 /* The request path's wait and release, exported from the library; see
  * modzmq.h. */
-void modzmq_wait(modzmq_response *resp);
+int modzmq_wait(modzmq_response *resp);
 int modzmq_call_info(const modzmq_response *resp, const char **id, size_t *id_len, int *endpoint);
 void modzmq_release(modzmq_response *resp);
 

@@ -829,6 +829,8 @@ int zmtp_redial(zmtp_conn *c, int timeout_ms)
 
 int zmtp_fd(const zmtp_conn *c) { return c->fd; }
 
+int64_t zmtp_now_ms(void) { return now_ms(); }
+
 size_t zmtp_buffer_size(const zmtp_conn *c) { return c->cap; }
 
 uint64_t zmtp_headers_parsed(const zmtp_conn *c) { return c->headers; }

@@ -64,6 +64,9 @@ int zmtp_redial(zmtp_conn *c, int timeout_ms);
  * new one. So a reply outlives its connection's return to a pool. */
 char *zmtp_detach(zmtp_conn *c);
 int zmtp_fd(const zmtp_conn *c);
+
+/* CLOCK_MONOTONIC in milliseconds: the clock of every deadline here. */
+int64_t zmtp_now_ms(void);
 /* The size of the connection's read buffer, which the reader's rules bound,
  * and how many times it has looked at a frame header (once per frame, and
  * once more per read that ends inside one): for tests. */
