@@ -9,6 +9,7 @@
 #include "http_config.h"
 #include "http_log.h"
 #include "ap_mpm.h"
+#include "mpm_common.h"
 #include "http_core.h"
 #include "http_request.h"
 
@@ -90,8 +91,20 @@ static int modzmq_check_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *
 
 static void modzmq_child_init(apr_pool_t *pchild, server_rec *s)
 {
+    modzmq_handler_child_init(pchild);
     modzmq_loader_child_init(pchild, s);
 }
+
+#if AP_MODULE_MAGIC_AT_LEAST(20120211, 110)
+/* The event and worker MPMs say when a child begins to stop; without the
+ * hook (prefork, older httpd) streams see it within a second. */
+static void modzmq_child_stopping(apr_pool_t *pchild, int graceful)
+{
+    (void)pchild;
+    (void)graceful;
+    modzmq_handler_child_stopping();
+}
+#endif
 
 static void modzmq_register_hooks(apr_pool_t *p)
 {
@@ -99,6 +112,9 @@ static void modzmq_register_hooks(apr_pool_t *p)
     ap_hook_check_config(modzmq_check_config, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_post_config(modzmq_post_config, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_child_init(modzmq_child_init, NULL, NULL, APR_HOOK_MIDDLE);
+#if AP_MODULE_MAGIC_AT_LEAST(20120211, 110)
+    ap_hook_child_stopping(modzmq_child_stopping, NULL, NULL, APR_HOOK_MIDDLE);
+#endif
     ap_hook_translate_name(modzmq_translate_name, NULL, NULL, APR_HOOK_LAST);
     ap_hook_map_to_storage(modzmq_map_to_storage, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_handler(modzmq_handler, NULL, NULL, APR_HOOK_MIDDLE);

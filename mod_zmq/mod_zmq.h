@@ -149,6 +149,10 @@ modzmq_status_render_fn modzmq_loader_render(void);
 int modzmq_status_handler(request_rec *r);
 
 /* modzmq_handler.c */
+/* Makes the pipe that tells this child's waiting streams and WebSockets
+ * that it stops (child_init), and writes to it (child_stopping). */
+void modzmq_handler_child_init(apr_pool_t *pchild);
+void modzmq_handler_child_stopping(void);
 int modzmq_handler(request_rec *r);
 int modzmq_translate_name(request_rec *r);
 int modzmq_map_to_storage(request_rec *r);

@@ -12,6 +12,7 @@
 #define _GNU_SOURCE /* POLLRDHUP */
 #endif
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
@@ -302,26 +303,60 @@ static int write_reply(request_rec *r, const modzmq_response *resp)
 
 /* ---- streamed replies and clients that leave --------------------------- */
 
+/* The read end of a pipe that becomes readable when this child begins to
+ * stop (nothing drains it): open streams and WebSockets wait on it. -1
+ * before child_init, or when it could not be made. */
+static int stop_fd = -1, stop_wfd = -1;
+
+void modzmq_handler_child_init(apr_pool_t *pchild)
+{
+    int fds[2];
+    (void)pchild;
+    if (stop_fd < 0 && pipe2(fds, O_CLOEXEC | O_NONBLOCK) == 0) {
+        stop_fd = fds[0];
+        stop_wfd = fds[1];
+    }
+}
+
+void modzmq_handler_child_stopping(void)
+{
+    if (stop_wfd >= 0 && write(stop_wfd, "x", 1) < 0) {
+        /* full already: it is readable */
+    }
+}
+
+/* The client's socket, for a wait to watch for its hangup (POLLRDHUP), on
+ * HTTP/1.x; -1 for an HTTP/2 stream (whose reset only c->aborted shows) or
+ * without one. */
+static int client_fd(request_rec *r)
+{
+    apr_socket_t *sock;
+    apr_os_sock_t fd;
+
+    if (r->connection->master != NULL) {
+        return -1;
+    }
+    sock = ap_get_conn_socket(r->connection);
+    if (sock == NULL || apr_os_sock_get(&fd, sock) != APR_SUCCESS) {
+        return -1;
+    }
+    return fd;
+}
+
 /* Whether the client went away: mod_http2 marks the secondary connection
  * of a reset stream (or of a session that ended) aborted; over HTTP/1.x the
  * socket tells, by a hangup or the peer shutting its side (a pipelined
  * request is data, not a close). */
 static int client_gone(request_rec *r)
 {
-    conn_rec *c = r->connection;
-    apr_socket_t *sock;
-    apr_os_sock_t fd;
     struct pollfd p;
+    int fd;
 
-    if (c->aborted) {
+    if (r->connection->aborted) {
         return 1;
     }
-    if (c->master != NULL) {
+    if ((fd = client_fd(r)) < 0) {
         return 0; /* an HTTP/2 stream: its socket is the session's, not the client's alone */
-    }
-    sock = ap_get_conn_socket(c);
-    if (sock == NULL || apr_os_sock_get(&fd, sock) != APR_SUCCESS) {
-        return 0;
     }
     p.fd = fd;
     p.events = POLLRDHUP;
@@ -392,10 +427,13 @@ static void break_stream(request_rec *r, apr_bucket_brigade *bb)
 /* ---- WebSockets -------------------------------------------------------- */
 
 /* The most read from the client for one step, and how often an open
- * WebSocket looks at its client (gone, reset) and at the child (stopping)
- * while nothing happens. */
+ * WebSocket looks at its client (gone, reset), at the child (stopping)
+ * and at its worker (lost to the watch: modzmq_wait) while nothing
+ * happens: over HTTP/1.x its poll sees the client's hangup and the child's
+ * stop as they come; an HTTP/2 stream's reset only shows in c->aborted. */
 #define WS_READ (64 * 1024)
-#define WS_TICK_MS 250
+#define WS_TICK_MS 1000
+#define WS_TICK_H2_MS 250
 
 /* Whether r asks for a WebSocket at a location that takes them: its
  * Upgrade header names websocket (HTTP/1.1, or the GET mod_http2 makes of
@@ -505,7 +543,7 @@ static int run_websocket(request_rec *r, const modzmq_dir_conf *conf, const modz
     /* gone: the client's side ended (its input, or the connection);
      * dead: nothing can be written to it any more. A client that closes
      * its side after its close frame still gets the answer. */
-    int cfd, rc, gone = 0, dead = 0, stopped = 0, readable = 1;
+    int cfd, rc, tick, gone = 0, dead = 0, stopped = 0, readable = 1;
 
     set_reply_headers(r, resp);
     apr_table_setn(r->headers_out, "Upgrade", "websocket");
@@ -521,6 +559,8 @@ static int run_websocket(request_rec *r, const modzmq_dir_conf *conf, const modz
     r->output_filters = r->proto_output_filters = c->output_filters;
     c->keepalive = AP_CONN_CLOSE;
     cfd = ws_client_fd(r);
+    tick = c->master == NULL ? WS_TICK_MS : WS_TICK_H2_MS;
+    resp->wake[0].events = resp->wake[1].events = 0; /* modzmq_wait must not wait here */
     in_bb = apr_brigade_create(r->pool, c->bucket_alloc);
     out_bb = apr_brigade_create(r->pool, c->bucket_alloc);
     buf = apr_palloc(r->pool, WS_READ);
@@ -547,13 +587,13 @@ static int run_websocket(request_rec *r, const modzmq_dir_conf *conf, const modz
         }
         due = apr_time_now() + apr_time_from_msec(io.wait_ms);
         while (!gone) {
-            struct pollfd p[2];
+            struct pollfd p[3];
             int np = 0, ci = -1, wi = -1, worker = 0, client = 0, n;
             apr_interval_time_t left = due - apr_time_now();
             int reading = io.read_max > 0;
-            if (reading && cfd >= 0) {
+            if (cfd >= 0 && (reading || c->master == NULL)) {
                 p[np].fd = cfd;
-                p[np].events = POLLIN;
+                p[np].events = reading ? POLLIN : POLLRDHUP;
                 p[np].revents = 0;
                 ci = np++;
             }
@@ -563,8 +603,14 @@ static int run_websocket(request_rec *r, const modzmq_dir_conf *conf, const modz
                 p[np].revents = 0;
                 wi = np++;
             }
+            if (stop_fd >= 0 && !io.stopping) {
+                p[np].fd = stop_fd;
+                p[np].events = POLLIN;
+                p[np].revents = 0;
+                np++;
+            }
             n = poll(p, np, reading && readable ? 0 :
-                     (int)(left <= 0 ? 0 : apr_time_as_msec(left) < WS_TICK_MS ? apr_time_as_msec(left) + 1 : WS_TICK_MS));
+                     (int)(left <= 0 ? 0 : apr_time_as_msec(left) < tick ? apr_time_as_msec(left) + 1 : tick));
             if (n < 0 && errno != EINTR) {
                 gone = 1;
                 break;
@@ -881,6 +927,12 @@ static int relay_request(request_rec *r, const modzmq_dir_conf *conf, const modz
     req.timeout_ms = modzmq_conf_timeout_ms(conf);
 
     resp->error[0] = '\0';
+    /* The waits watch the client's socket for its hangup (and, once a
+     * stream is open, the child's stop), so they need not wake to look. */
+    resp->wake[0].fd = client_fd(r);
+    resp->wake[0].events = resp->wake[0].fd >= 0 ? POLLRDHUP : 0;
+    resp->wake[1].fd = -1;
+    resp->wake[1].events = 0;
     rc = lib->relay(handle, &req, resp);
     /* Wait here, in C (modzmq_wait is plain C in the library): an Apache
      * thread parked inside Go costs the Go scheduler a hand-off on every
@@ -950,6 +1002,10 @@ static int relay_request(request_rec *r, const modzmq_dir_conf *conf, const modz
                 return status;
             }
             streaming = 1;
+            if (stop_fd >= 0) {
+                resp->wake[1].fd = stop_fd;
+                resp->wake[1].events = POLLIN;
+            }
             note_call(r, conf, lib, resp);
             rv = write_head(r, resp, bb);
             lib->release(resp);

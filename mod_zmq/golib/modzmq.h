@@ -23,7 +23,7 @@
 #include <stdint.h>
 
 /* The ABI this header describes; modzmq_abi_version() must return it. */
-#define MODZMQ_ABI_VERSION 18
+#define MODZMQ_ABI_VERSION 19
 
 /* Return codes of modzmq_relay(). */
 #define MODZMQ_OK         0 /* reply in *resp */
@@ -120,6 +120,12 @@ typedef struct modzmq_response {
     char        error[256];
     int64_t     body_credit;                    /* MODZMQ_PENDING with a streamed body: bytes of parts the
                                                    worker asked for (each costs 64 more than its data) */
+    struct {                                    /* set by the caller: descriptors modzmq_wait also waits
+                                                   on, for these poll(2) events (0: none), e.g. the
+                                                   client's socket for POLLRDHUP; one that is ready */
+        int   fd;                               /* ends the wait, for the caller to look at */
+        short events;
+    } wake[2];
     union {                                     /* the library's own */
         unsigned char bytes[MODZMQ_CALL_STATE];
         void         *align_ptr;
@@ -255,7 +261,10 @@ typedef int (*modzmq_relay_fn)(int client, modzmq_request *req, modzmq_response 
  * nonzero when the call needs its step (modzmq_resume, modzmq_ws_step):
  * something arrived or failed, a timer of the call's is due, or a worker was
  * lost; 0 when it does not, and the caller may look at its client and wait
- * again (a held stream costs no step of Go's while it is quiet).
+ * again (a held stream costs no step of Go's while it is quiet). While the
+ * caller's wake descriptors watch its client, a wait lasts until the call
+ * is due, a second at most (how late a worker lost to the watch is noticed),
+ * rather than resp->wait_ms.
  */
 typedef int (*modzmq_wait_fn)(modzmq_response *resp);
 

@@ -1,6 +1,7 @@
 /*
  * zmqio.c - see zmqio.h. Built into libmodzmq.so by cgo.
  */
+#include <poll.h>
 #include <stdlib.h>
 
 #include "zmqio.h"
@@ -74,11 +75,49 @@ void modzmq_set_due(modzmq_response *resp, int64_t due_ms)
     st->epochs = __atomic_load_n(&epochs, __ATOMIC_SEQ_CST);
 }
 
+/* The longest modzmq_wait waits while the caller's descriptors watch its
+ * client: how late a quiet call notices a worker lost to the watch (a new
+ * epoch). */
+#define WATCHED_SLICE_MS 1000
+
+/* Waits up to timeout_ms for input on the connection's descriptor zfd or
+ * for one of resp's wake descriptors: 1 when zfd has something. */
+static int wait_watched(const modzmq_response *resp, int zfd, int timeout_ms)
+{
+    struct pollfd p[3];
+    int i, n = 1;
+
+    p[0].fd = zfd;
+    p[0].events = POLLIN;
+    p[0].revents = 0;
+    for (i = 0; i < 2; i++) {
+        if (resp->wake[i].events != 0 && resp->wake[i].fd >= 0) {
+            p[n].fd = resp->wake[i].fd;
+            p[n].events = resp->wake[i].events;
+            p[n].revents = 0;
+            n++;
+        }
+    }
+    return poll(p, (nfds_t)n, timeout_ms) > 0 && p[0].revents != 0;
+}
+
 int modzmq_wait(modzmq_response *resp)
 {
     modzmq_call *st = MODZMQ_CALL(resp);
     modzmq_release(resp);
-    if (st->zconn != NULL && modzmq_zreceive(st->zconn, st->wait_ms, resp) != 0) {
+    if (st->zconn != NULL && st->due_ms != 0 && resp->wake[0].events != 0) {
+        /* The caller's client is watched: wait until the call is due. */
+        int64_t left = st->due_ms - zmtp_now_ms();
+        int timeout = left <= 0 ? 0 : left < WATCHED_SLICE_MS ? (int)left : WATCHED_SLICE_MS;
+        int rc = modzmq_zreceive(st->zconn, 0, resp);
+        if (rc == 0 && timeout > 0 && wait_watched(resp, zmtp_fd(st->zconn), timeout)) {
+            rc = modzmq_zreceive(st->zconn, 0, resp);
+        }
+        if (rc != 0) {
+            return 1; /* a message, or a failure */
+        }
+    }
+    else if (st->zconn != NULL && modzmq_zreceive(st->zconn, st->wait_ms, resp) != 0) {
         return 1; /* a message, or a failure */
     }
     /* Nothing came (or the connection is one Go waits on itself): Go's
