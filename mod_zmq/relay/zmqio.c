@@ -109,9 +109,9 @@ int modzmq_wait(modzmq_response *resp)
         /* The caller's client is watched: wait until the call is due. */
         int64_t left = st->due_ms - zmtp_now_ms();
         int timeout = left <= 0 ? 0 : left < WATCHED_SLICE_MS ? (int)left : WATCHED_SLICE_MS;
-        int rc = modzmq_zreceive(st->zconn, 0, resp);
+        int rc = modzmq_zreceive(st->zconn, -1, resp);
         if (rc == 0 && timeout > 0 && wait_watched(resp, zmtp_fd(st->zconn), timeout)) {
-            rc = modzmq_zreceive(st->zconn, 0, resp);
+            rc = modzmq_zreceive(st->zconn, -1, resp);
         }
         if (rc != 0) {
             return 1; /* a message, or a failure */

@@ -462,7 +462,7 @@ static int parse(zmtp_conn *c, int stop_at_frame)
 
 int zmtp_recv(zmtp_conn *c, int timeout_ms, const char **frame, size_t *len, int *nframes)
 {
-    int64_t deadline = now_ms() + (timeout_ms > 0 ? timeout_ms : 0);
+    int64_t deadline = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
     int rc, filled = 0;
 
     if (c->broken) {

@@ -88,7 +88,8 @@ int zmtp_check(zmtp_conn *c);
  * kept for the next call (each byte is parsed once). Returns 1 with its
  * frames (pointers into the connection's buffer, valid until the next call
  * on the connection) and their count in *nframes, 0 on timeout, or -errno
- * (the connection is then unusable). */
+ * (the connection is then unusable). A negative timeout_ms does not wait:
+ * what is buffered, and one read of what the socket holds. */
 int zmtp_recv(zmtp_conn *c, int timeout_ms, const char **frame, size_t *len, int *nframes);
 
 #endif
