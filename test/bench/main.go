@@ -398,8 +398,17 @@ servers = [main]
 
 func (e *env) stop() {
 	for _, conf := range append([]string{e.apache}, e.apaches...) {
-		if conf != "" {
-			exec.Command("/usr/sbin/apache2", "-f", conf, "-k", "stop").Run()
+		if conf == "" {
+			continue
+		}
+		// apache2 -k stop only signals the parent. Wait for it to go: it
+		// removes its pid file as it exits, which would be the next run's
+		// (the same directory) if that had started by then.
+		b, _ := os.ReadFile(filepath.Join(filepath.Dir(conf), "httpd.pid"))
+		parent, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+		exec.Command("/usr/sbin/apache2", "-f", conf, "-k", "stop").Run()
+		for i := 0; i < 300 && parent > 0 && syscall.Kill(parent, 0) == nil; i++ {
+			time.Sleep(100 * time.Millisecond)
 		}
 	}
 	e.apache, e.apaches = "", nil
@@ -427,6 +436,9 @@ func (e *env) stop() {
 // children lists the pids whose parent is pid.
 func children(pid int) []int {
 	var out []int
+	if pid <= 0 {
+		return nil // an unread pid file: the children of 0 are init and the kernel's threads
+	}
 	ents, _ := os.ReadDir("/proc")
 	for _, d := range ents {
 		n, err := strconv.Atoi(d.Name())

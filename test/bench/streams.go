@@ -613,6 +613,11 @@ func holdStreams(e *senv, f *sfront) holdResult {
 	closeAll(warm)
 	time.Sleep(2 * time.Second)
 	r := holdResult{Front: f.Name, Streams: f.Held, IdleKiB: rssKiB(f)}
+	if len(f.pids()) == 0 {
+		r.Errors = "no process of the front to measure"
+		log.Printf("streams held: %-8s not measured: %s", f.Name, r.Errors)
+		return r
+	}
 	var h0, s0, g0 float64
 	if f.Metrics != "" {
 		h0, s0, g0 = goMem(f.Metrics)
