@@ -311,6 +311,12 @@ func (s *Stream) Step(wait time.Duration) (data []byte, end, ok bool, err error)
 	}
 }
 
+// Owes reports whether the next Step, once the client took what the last
+// one returned, grants the worker credit: a front that waits for the next
+// part before it steps (Apache's, in C) must step at once when it does, or
+// a worker out of credit would wait for it until the idle timeout.
+func (s *Stream) Owes() bool { return s.owed > 0 && s.owed >= s.window/4 }
+
 // grant sends the worker the credit the client earned back, once it is at
 // least at, so a fast client does not cost an @credit per part. Step asks
 // for half the window while parts are queued (the worker is ahead: it has

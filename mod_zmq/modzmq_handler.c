@@ -1030,7 +1030,9 @@ static int relay_request(request_rec *r, const modzmq_dir_conf *conf, const modz
             stream_done(conf, counted);
             return client_left(r);
         }
-        rc = lib->resume(resp);
+        /* After a part the library may let the next one be waited for in
+         * C: one step of Go's per part, not two. */
+        rc = rc == MODZMQ_PART && resp->wait_first ? MODZMQ_PENDING : lib->resume(resp);
     }
     if (streaming) {
         lib->release(resp);

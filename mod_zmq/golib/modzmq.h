@@ -23,7 +23,7 @@
 #include <stdint.h>
 
 /* The ABI this header describes; modzmq_abi_version() must return it. */
-#define MODZMQ_ABI_VERSION 19
+#define MODZMQ_ABI_VERSION 20
 
 /* Return codes of modzmq_relay(). */
 #define MODZMQ_OK         0 /* reply in *resp */
@@ -37,8 +37,10 @@
 /* A streamed reply (docs/PROTOCOL.md): the head comes first, with status,
  * reason and headers set; then parts, each in body; the last one ends it.
  * After each, the caller writes it to the client and calls modzmq_resume
- * (no wait) for what follows. Any other code after a head means the stream
- * broke: the caller ends the response abnormally. */
+ * (no wait) for what follows; after a part with resp->wait_first set, it
+ * may instead wait first, as for MODZMQ_PENDING (nothing is owed to the
+ * worker that only a step would grant). Any other code after a head means
+ * the stream broke: the caller ends the response abnormally. */
 #define MODZMQ_HEAD       8
 #define MODZMQ_PART       9
 #define MODZMQ_END        10
@@ -120,6 +122,8 @@ typedef struct modzmq_response {
     char        error[256];
     int64_t     body_credit;                    /* MODZMQ_PENDING with a streamed body: bytes of parts the
                                                    worker asked for (each costs 64 more than its data) */
+    int         wait_first;                     /* MODZMQ_PART: the caller may wait (modzmq_wait) before
+                                                   it resumes */
     struct {                                    /* set by the caller: descriptors modzmq_wait also waits
                                                    on, for these poll(2) events (0: none), e.g. the
                                                    client's socket for POLLRDHUP; one that is ready */

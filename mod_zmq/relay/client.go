@@ -554,6 +554,7 @@ func Resume(r unsafe.Pointer) (rc int) {
 // pool.
 func streamStep(p *pending, resp *C.modzmq_response, h cgo.Handle) C.int {
 	s, st := p.stream, callState(resp)
+	resp.wait_first = 0
 	z, _ := s.Conn().(*zConn)
 	deliver(s.Conn(), resp)
 	wait := goWait(s.Conn(), s.Wait())
@@ -583,6 +584,14 @@ func streamStep(p *pending, resp *C.modzmq_response, h cgo.Handle) C.int {
 	if end {
 		endStream(s, z, st, h)
 		return C.MODZMQ_END
+	}
+	if z != nil && !s.Owes() {
+		// Nothing to grant after the write: the shim may wait for the next
+		// part in C rather than step for it (a step is a hand-off of Go's
+		// scheduler; an SSE event would cost two).
+		resp.wait_first = 1
+		st.zconn, st.wait_ms = unsafe.Pointer(z.z), C.int(max(s.Wait().Milliseconds(), 1))
+		C.modzmq_set_due(resp, C.int64_t(s.Quiet().Milliseconds()))
 	}
 	return C.MODZMQ_PART
 }

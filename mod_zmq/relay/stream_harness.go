@@ -33,6 +33,9 @@ type streamed struct {
 	copied int // of them, those not read where they arrived (handed over in a buffer, or copied)
 	quiet  int // waits after which modzmq_wait asked for no step
 	steps  int // waits after which it asked for one
+	// waitedFirst counts the parts after which the loop waited before
+	// resuming (wait_first).
+	waitedFirst int
 	// onQuiet, when set, is called after each wait that asked for no step.
 	onQuiet func(*streamed)
 	resp    *C.modzmq_response
@@ -74,6 +77,11 @@ func relayStream(client int, target string, part func(b []byte), onQuiet func(*s
 			}
 			part(view(s.resp.body, s.resp.body_len))
 			C.modzmq_release(s.resp)
+			if s.resp.wait_first != 0 {
+				s.waitedFirst++
+				rc = C.MODZMQ_PENDING
+				continue
+			}
 		default:
 			s.rc, s.err = int(rc), C.GoString(&s.resp.error[0])
 			return s

@@ -5,6 +5,7 @@ package relay
 import (
 	"bytes"
 	"runtime"
+	"strconv"
 	"testing"
 	"time"
 
@@ -141,5 +142,106 @@ func TestQuietStreamWaitsWithoutSteppingGo(t *testing.T) {
 	// for; never one per wait.
 	if s.steps > 6 {
 		t.Fatalf("%d steps for %d quiet waits: want a handful", s.steps, s.quiet)
+	}
+}
+
+// An SSE event costs Go one step, not two: after a small part nothing is
+// owed to the worker, so the shim waits for the next part in C
+// (wait_first) instead of resuming at once.
+func TestSmallPartsWaitBeforeTheyStep(t *testing.T) {
+	const window, nparts = 64 << 10, 40
+	event := bytes.Repeat([]byte("e"), 4000) // cost 4,064: a quarter of the window every 4 parts
+	ep := zmqtest.ROUTER(t, func(msg [][]byte, reply func([][]byte)) {
+		if len(msg) < 6 || bytes.HasPrefix(msg[4], []byte("@")) {
+			return // the front's @credit: the worker below never waits for it
+		}
+		env := append([][]byte(nil), msg[:3]...)
+		reply(zmqtest.Part(env, "@stream", "200", "Content-Type: text/event-stream\r\n"))
+		go func() {
+			for range nparts {
+				reply(append(env[:3:3], []byte("@data"), event))
+				time.Sleep(2 * time.Millisecond)
+			}
+			reply(append(env[:3:3], []byte("@end"), nil))
+		}()
+	})
+	h, msg := openTestClient(ep)
+	if h == 0 {
+		t.Fatalf("backend: %s", msg)
+	}
+	setStreamWindow(h, 1<<20) // room for every part: the test counts waits, not credit
+	got := 0
+	s := relayStream(h, "/events", func(b []byte) {
+		if bytes.Equal(b, event) {
+			got++
+		}
+	}, nil)
+	defer s.release()
+	if s.rc != codeEnd || got != nparts || s.parts != nparts {
+		t.Fatalf("code %d (%s), %d parts, %d of them the event; want the end and %d", s.rc, s.err, s.parts, got, nparts)
+	}
+	// A quarter of a 1 MiB window is 64 parts' cost: none of the 40 owes a
+	// grant, so the loop waits after every one.
+	if s.waitedFirst != nparts {
+		t.Fatalf("the loop waited before resuming after %d of %d parts", s.waitedFirst, nparts)
+	}
+}
+
+// A worker that keeps to its credit and runs out of it is not left waiting
+// for a grant: a part that leaves the front owing a quarter of the window
+// is stepped after at once (no wait_first), and the step grants. Parts of
+// 0.4 windows: the worker sends two and waits; waiting for a third part
+// before stepping would wait for the stream's idle timeout.
+func TestLargePartsStepAtOnceForCredit(t *testing.T) {
+	const window, nparts = 64 << 10, 12
+	event := bytes.Repeat([]byte("e"), 26000)
+	credits := make(chan int64, 100)
+	ep := zmqtest.ROUTER(t, func(msg [][]byte, reply func([][]byte)) {
+		if len(msg) >= 6 && string(msg[4]) == "@credit" {
+			n, _ := strconv.ParseInt(string(msg[5]), 10, 64)
+			credits <- n
+			return
+		}
+		if len(msg) < 6 || bytes.HasPrefix(msg[4], []byte("@")) {
+			return
+		}
+		env := append([][]byte(nil), msg[:3]...)
+		head := zmqtest.Part(env, "@stream", "200", "Content-Type: application/octet-stream\r\n")
+		reply(head)
+		go func() {
+			credit := int64(window) - int64(len(head[3])+len(head[4])+len(head[5])) - 64 // the head's cost, if it has one
+			for range nparts {
+				for credit < int64(len(event))+64 {
+					select {
+					case n := <-credits:
+						credit += n
+					case <-time.After(5 * time.Second):
+						reply(append(env[:3:3], []byte("@abort"), []byte("no credit came")))
+						return
+					}
+				}
+				credit -= int64(len(event)) + 64
+				reply(append(env[:3:3], []byte("@data"), event))
+			}
+			reply(append(env[:3:3], []byte("@end"), nil))
+		}()
+	})
+	h, msg := openTestClient(ep)
+	if h == 0 {
+		t.Fatalf("backend: %s", msg)
+	}
+	setStreamWindow(h, window)
+	got := 0
+	s := relayStream(h, "/large", func(b []byte) {
+		if bytes.Equal(b, event) {
+			got++
+		}
+	}, nil)
+	defer s.release()
+	if s.rc != codeEnd || got != nparts {
+		t.Fatalf("code %d (%s), %d of %d parts; want the end and all of them", s.rc, s.err, got, nparts)
+	}
+	if s.waitedFirst != 0 {
+		t.Fatalf("the loop waited first after %d of %d parts, each of which left a grant owed", s.waitedFirst, nparts)
 	}
 }
