@@ -92,7 +92,10 @@ type holdResult struct {
 	HeapPerStreamKiB  float64 `json:"go_heap_inuse_kib_per_stream,omitempty"`
 	StackPerStreamKiB float64 `json:"go_stack_inuse_kib_per_stream,omitempty"`
 	GoroutinesPerStrm float64 `json:"goroutines_per_stream,omitempty"`
-	Errors            string  `json:"errors,omitempty"`
+	// HeldCPU is the front's CPU while the N were held (the readings'
+	// three seconds), in percent of one core.
+	HeldCPU float64 `json:"front_cpu_percent_while_held"`
+	Errors  string  `json:"errors,omitempty"`
 }
 
 type latResult struct {
@@ -629,10 +632,12 @@ func holdStreams(e *senv, f *sfront) holdResult {
 	// Let the front settle (Go's scavenger, libzmq's batches), then take the
 	// largest of three readings a second apart.
 	time.Sleep(2 * time.Second)
+	c0, t1 := cpuTicks(f.pids()), time.Now()
 	for i := 0; i < 3; i++ {
 		r.OpenKiB = max(r.OpenKiB, rssKiB(f))
 		time.Sleep(time.Second)
 	}
+	r.HeldCPU = float64(cpuTicks(f.pids())-c0) / time.Since(t1).Seconds() // ticks of 1/100 s: percent
 	for _, c := range cs {
 		if c.alive.Load() {
 			r.Alive++
@@ -649,9 +654,9 @@ func holdStreams(e *senv, f *sfront) holdResult {
 	if r.Opened > 0 {
 		r.PerStreamKiB = float64(r.OpenKiB-r.IdleKiB) / float64(r.Opened)
 	}
-	log.Printf("streams held: %-8s %d of %d open in %.1fs, %.1f KiB each (%d → %d KiB; Go heap %.1f, stacks %.1f KiB, %.1f goroutines each), %d alive%s",
+	log.Printf("streams held: %-8s %d of %d open in %.1fs, %.1f KiB each (%d → %d KiB; Go heap %.1f, stacks %.1f KiB, %.1f goroutines each), CPU %.1f%% while held, %d alive%s",
 		f.Name, r.Opened, r.Streams, r.OpenSeconds, r.PerStreamKiB, r.IdleKiB, r.OpenKiB, r.HeapPerStreamKiB, r.StackPerStreamKiB,
-		r.GoroutinesPerStrm, r.Alive, ifErr(r.Errors))
+		r.GoroutinesPerStrm, r.HeldCPU, r.Alive, ifErr(r.Errors))
 	return r
 }
 
@@ -877,16 +882,16 @@ func reportStreams(held []holdResult, lats []latResult, xfers []xferResult, took
 	}
 	ratios := map[string]float64{}
 	if len(held) > 0 {
-		fmt.Printf("\nheld streams: front RSS per open stream = (RSS with N open − RSS idle) / N (Apache: the children)\n")
-		fmt.Printf("%-9s | %7s %7s %7s %7s | %10s %10s %10s | %9s | %s\n", "front", "N", "opened", "alive", "open s",
-			"idle KiB", "open KiB", "closed KiB", "KiB/strm", "of which Go heap, stacks KiB/strm; goroutines/strm")
+		fmt.Printf("\nheld streams: front RSS per open stream = (RSS with N open − RSS idle) / N (Apache: the children); CPU %%: the front's while the N were held\n")
+		fmt.Printf("%-9s | %7s %7s %7s %7s | %10s %10s %10s | %9s | %7s | %s\n", "front", "N", "opened", "alive", "open s",
+			"idle KiB", "open KiB", "closed KiB", "KiB/strm", "CPU %", "of which Go heap, stacks KiB/strm; goroutines/strm")
 		for _, r := range held {
 			goCols := "-"
 			if r.HeapPerStreamKiB != 0 || r.StackPerStreamKiB != 0 {
 				goCols = fmt.Sprintf("%.1f, %.1f; %.1f", r.HeapPerStreamKiB, r.StackPerStreamKiB, r.GoroutinesPerStrm)
 			}
-			fmt.Printf("%-9s | %7d %7d %7d %7.1f | %10d %10d %10d | %9.1f | %s%s\n", r.Front, r.Streams, r.Opened, r.Alive,
-				r.OpenSeconds, r.IdleKiB, r.OpenKiB, r.ClosedKiB, r.PerStreamKiB, goCols, ifErr(r.Errors))
+			fmt.Printf("%-9s | %7d %7d %7d %7.1f | %10d %10d %10d | %9.1f | %7.1f | %s%s\n", r.Front, r.Streams, r.Opened, r.Alive,
+				r.OpenSeconds, r.IdleKiB, r.OpenKiB, r.ClosedKiB, r.PerStreamKiB, r.HeldCPU, goCols, ifErr(r.Errors))
 		}
 		if p := by("pushpin"); p != nil {
 			for _, n := range []string{"gateway", "stream", "mod_zmq"} {
