@@ -286,6 +286,7 @@ func (c *Client) event(addr string, ev EventKind, detail string) {
 		e.stats.Disconnected.Add(1)
 		e.epoch.Add(1)
 		e.state.Store(int32(StateDown))
+		defer e.wakeHeld()
 		c.opts.Log.Logf(LevelWarn, CodeEndpointDown, "%s: connection lost (worker stopped, unreachable or silent for %v); requests waiting on it fail now",
 			addr, c.opts.HeartbeatTimeout)
 		if time.Since(e.lastUp) < c.opts.HeartbeatTimeout+c.opts.Heartbeat {

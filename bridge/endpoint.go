@@ -45,6 +45,41 @@ type endpoint struct {
 
 	mu   sync.Mutex
 	idle []*pooled
+
+	// held are the wake-ups of the streams carried by Notify on this
+	// endpoint, called when its epoch grows: such a stream steps only when
+	// called, so a worker the watch lost must call it.
+	heldMu sync.Mutex
+	held   map[*Stream]func()
+}
+
+// holdStream files (fn set) or drops (fn nil) the wake-up of a stream
+// carried by Notify.
+func (e *endpoint) holdStream(s *Stream, fn func()) {
+	e.heldMu.Lock()
+	defer e.heldMu.Unlock()
+	if fn == nil {
+		delete(e.held, s)
+		return
+	}
+	if e.held == nil {
+		e.held = map[*Stream]func(){}
+	}
+	e.held[s] = fn
+}
+
+// wakeHeld calls the wake-up of every stream carried by Notify on this
+// endpoint (its epoch grew: each looks whether its worker is gone).
+func (e *endpoint) wakeHeld() {
+	e.heldMu.Lock()
+	fns := make([]func(), 0, len(e.held))
+	for _, fn := range e.held {
+		fns = append(fns, fn)
+	}
+	e.heldMu.Unlock()
+	for _, fn := range fns {
+		fn()
+	}
 }
 
 // pooled is a connection with the scratch space one exchange needs, so that

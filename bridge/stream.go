@@ -193,8 +193,9 @@ func (s *Stream) Conn() Conn {
 }
 
 // Notify makes fn be called whenever a part may have been queued for Step,
-// and when the stream's connection fails, by the goroutine that finds it:
-// fn must return at once and must not use the Stream. It lets a front carry
+// when the stream's connection fails, and when the endpoint's watch loses
+// its worker (a new epoch), by the goroutine that finds it: fn must return
+// at once and must not use the Stream. It lets a front carry
 // a held stream without a goroutine waiting in Next for it: on the call,
 // or after Due at the latest, it calls Step(0). It reports false when the
 // connection offers no such call (wait in Step then). Close stops the
@@ -206,22 +207,18 @@ func (s *Stream) Notify(fn func()) bool {
 	n, ok := s.p.conn.(interface{ setNotify(func()) })
 	if ok {
 		n.setNotify(fn)
+		s.e.holdStream(s, fn) // a worker the endpoint's watch loses calls it too
 	}
 	return ok
 }
 
 // Due is how long a front that carries the stream by Notify may wait for
-// a call before it calls Step(0) anyway: until the stream's idle deadline,
-// and no longer than heldCheck, for a worker the endpoint's watch lost
-// while the stream's connection lives. (Its context is the front's to
-// watch.)
+// a call before it calls Step(0) anyway: until the stream's idle deadline.
+// A part, a failed connection and a worker the endpoint's watch lost all
+// call. (Its context is the front's to watch.)
 func (s *Stream) Due() time.Duration {
-	return max(min(time.Until(s.deadline), heldCheck), 0)
+	return max(time.Until(s.deadline), 0)
 }
-
-// heldCheck bounds how long a stream carried by Notify goes without Step:
-// how late it may notice a worker the endpoint's watch lost.
-const heldCheck = time.Second
 
 // SetContext replaces the context whose end ends the stream as its
 // client's leaving: a front that carries the stream past the request's own

@@ -267,3 +267,26 @@ func TestHeldStreamWorkerLost(t *testing.T) {
 	}
 	heldWait(t, "MODZMQ0130 in the error log", func() bool { return strings.Contains(errs.String(), "MODZMQ0130") })
 }
+
+// A held stream whose worker the endpoint's watch loses (silent past its
+// heartbeat timeout, its connection still open) ends abnormally when the
+// watch says so: the stream steps only when called, and the lost endpoint
+// calls every stream held on it, long before the stream's idle timeout.
+func TestHeldStreamWorkerSilent(t *testing.T) {
+	raw := zmqtest.StartRaw(t, nil, func(c net.Conn, req [][]byte) {
+		if string(req[3]) != "GET" {
+			return
+		}
+		c.Write(zmqtest.Message(req[0], nil, []byte("@stream"), []byte("200"), nil))
+		c.Write(zmqtest.Message(req[0], nil, []byte("@data"), []byte("data: 0\n\n")))
+		// Then nothing, and no PONG to the bridge's PINGs.
+	})
+	url, _, errs := startStreamGateway(t, &Config{Routes: []Route{{Prefix: "/", Backend: []string{raw.Endpoint},
+		Heartbeat: "200ms", HeartbeatTimeout: Duration(1500 * time.Millisecond), StreamIdleTimeout: Duration(time.Minute)}}})
+	c, _ := openHeld(t, strings.TrimPrefix(url, "http://"), "HTTP/1.1")
+	c.c.SetReadDeadline(time.Now().Add(20 * time.Second)) // a third of the idle timeout
+	if rest, err := io.ReadAll(c.br); err != nil || len(rest) != 0 {
+		t.Fatalf("after the worker fell silent: %q, %v; want the connection closed without the end", rest, err)
+	}
+	heldWait(t, "MODZMQ0130 in the error log", func() bool { return strings.Contains(errs.String(), "MODZMQ0130") })
+}

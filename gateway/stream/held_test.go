@@ -120,3 +120,33 @@ func TestHeldStreamWorkerLost(t *testing.T) {
 		t.Errorf("the log lacks MODZMQ0130:\n%s", logs.String())
 	}
 }
+
+// A held stream whose worker the endpoint's watch loses (silent past its
+// heartbeat timeout, its connection still open) ends abnormally when the
+// watch says so, long before the stream's idle timeout: the lost endpoint
+// calls every stream held on it.
+func TestHeldStreamWorkerSilent(t *testing.T) {
+	raw := zmqtest.StartRaw(t, nil, func(c net.Conn, req [][]byte) {
+		if string(req[3]) != "GET" {
+			return
+		}
+		c.Write(zmqtest.Message(req[0], nil, []byte("@stream"), []byte("200"), nil))
+		c.Write(zmqtest.Message(req[0], nil, []byte("@data"), []byte("data: 0\n\n")))
+		// Then nothing, and no PONG to the bridge's PINGs.
+	})
+	srv, addr, logs := startServerLog(t, Options{}, gateway.Route{Prefix: "/", Backend: []string{raw.Endpoint},
+		Heartbeat: "200ms", HeartbeatTimeout: gateway.Duration(1500 * time.Millisecond), StreamIdleTimeout: gateway.Duration(time.Minute)})
+	c := dial(t, addr)
+	c.send("GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+	c.head()
+	if got := c.chunk(); got != "data: 0\n\n" {
+		t.Fatalf("first part %q", got)
+	}
+	if closed, rest := c.closed(); !closed {
+		t.Fatalf("after the worker fell silent: %q, want the connection closed without the end", rest)
+	}
+	streamsSettle(t, srv, map[bridge.StreamEnd]int64{bridge.EndBroken: 1})
+	if !strings.Contains(logs.String(), "MODZMQ0130") {
+		t.Errorf("the log lacks MODZMQ0130:\n%s", logs.String())
+	}
+}
