@@ -99,6 +99,7 @@ func TestHostileStreamWorkersThroughApache(t *testing.T) {
 	// A worker killed mid-stream, then started again on its endpoint.
 	h.expect(`MODZMQ0025: the stream ended abnormally after its head: MODZMQ0110: `)
 	h.expect(`MODZMQ0121: ` + regexp.QuoteMeta(ep) + `: `)
+	h.expect(`MODZMQ0123: ` + regexp.QuoteMeta(ep) + `: ZMTP handshake failed: .*connection reset by peer`) // the watch, as the worker dies
 	cmd := exec.Command("curl", "-sSN", "--max-time", "20", h.URL+"/h/stall")
 	stdout, _ := cmd.StdoutPipe()
 	if err := cmd.Start(); err != nil {
