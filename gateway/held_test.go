@@ -243,50 +243,32 @@ func TestShutdownWaitsForHeldStreams(t *testing.T) {
 	}
 }
 
-// A held stream whose worker's connection drops ends abnormally (the
-// connection closes without the terminating chunk, MODZMQ0130) as soon as
-// the connection fails, not at the stream's idle timeout.
+// A held stream whose worker is lost ends abnormally (the connection
+// closes without the terminating chunk, MODZMQ0130), not at the stream's
+// idle timeout: when the worker's connection drops, at once; when the
+// worker falls silent with its connection open, once the endpoint's watch
+// loses it past the heartbeat timeout (the lost endpoint calls every stream
+// held on it).
 func TestHeldStreamWorkerLost(t *testing.T) {
-	raw := zmqtest.StartRaw(t, nil, func(c net.Conn, req [][]byte) {
-		if string(req[3]) != "GET" {
-			return
-		}
-		c.Write(zmqtest.Message(req[0], nil, []byte("@stream"), []byte("200"), nil))
-		c.Write(zmqtest.Message(req[0], nil, []byte("@data"), []byte("data: 0\n\n")))
-		time.Sleep(100 * time.Millisecond)
-		c.Close()
-	})
-	url, _, errs := startStreamGateway(t, &Config{Routes: []Route{{Prefix: "/", Backend: []string{raw.Endpoint}, Heartbeat: "off"}}})
-	start := time.Now()
-	c, _ := openHeld(t, strings.TrimPrefix(url, "http://"), "HTTP/1.1")
-	if rest, err := io.ReadAll(c.br); err != nil || len(rest) != 0 {
-		t.Fatalf("after the worker left: %q, %v; want the connection closed without the end", rest, err)
+	for _, tc := range []struct {
+		name  string
+		after func(net.Conn)
+		route Route
+	}{
+		{"Closed", func(c net.Conn) { time.Sleep(100 * time.Millisecond); c.Close() }, Route{Heartbeat: "off"}},
+		{"Silent", nil, Route{Heartbeat: "200ms", HeartbeatTimeout: Duration(1500 * time.Millisecond), StreamIdleTimeout: Duration(time.Minute)}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			raw := zmqtest.StartHeldStream(t, tc.after)
+			route := tc.route
+			route.Prefix, route.Backend = "/", []string{raw.Endpoint}
+			url, _, errs := startStreamGateway(t, &Config{Routes: []Route{route}})
+			c, _ := openHeld(t, strings.TrimPrefix(url, "http://"), "HTTP/1.1")
+			c.c.SetReadDeadline(time.Now().Add(20 * time.Second)) // a third of the idle timeout
+			if rest, err := io.ReadAll(c.br); err != nil || len(rest) != 0 {
+				t.Fatalf("after the worker was lost: %q, %v; want the connection closed without the end", rest, err)
+			}
+			heldWait(t, "MODZMQ0130 in the error log", func() bool { return strings.Contains(errs.String(), "MODZMQ0130") })
+		})
 	}
-	if took := time.Since(start); took > 10*time.Second {
-		t.Errorf("the stream ended %v after it opened", took)
-	}
-	heldWait(t, "MODZMQ0130 in the error log", func() bool { return strings.Contains(errs.String(), "MODZMQ0130") })
-}
-
-// A held stream whose worker the endpoint's watch loses (silent past its
-// heartbeat timeout, its connection still open) ends abnormally when the
-// watch says so: the stream steps only when called, and the lost endpoint
-// calls every stream held on it, long before the stream's idle timeout.
-func TestHeldStreamWorkerSilent(t *testing.T) {
-	raw := zmqtest.StartRaw(t, nil, func(c net.Conn, req [][]byte) {
-		if string(req[3]) != "GET" {
-			return
-		}
-		c.Write(zmqtest.Message(req[0], nil, []byte("@stream"), []byte("200"), nil))
-		c.Write(zmqtest.Message(req[0], nil, []byte("@data"), []byte("data: 0\n\n")))
-		// Then nothing, and no PONG to the bridge's PINGs.
-	})
-	url, _, errs := startStreamGateway(t, &Config{Routes: []Route{{Prefix: "/", Backend: []string{raw.Endpoint},
-		Heartbeat: "200ms", HeartbeatTimeout: Duration(1500 * time.Millisecond), StreamIdleTimeout: Duration(time.Minute)}}})
-	c, _ := openHeld(t, strings.TrimPrefix(url, "http://"), "HTTP/1.1")
-	c.c.SetReadDeadline(time.Now().Add(20 * time.Second)) // a third of the idle timeout
-	if rest, err := io.ReadAll(c.br); err != nil || len(rest) != 0 {
-		t.Fatalf("after the worker fell silent: %q, %v; want the connection closed without the end", rest, err)
-	}
-	heldWait(t, "MODZMQ0130 in the error log", func() bool { return strings.Contains(errs.String(), "MODZMQ0130") })
 }

@@ -92,61 +92,40 @@ func waitUntil(t *testing.T, d time.Duration, fn func() error) {
 	}
 }
 
-// A held stream whose worker's connection drops ends abnormally (the
-// connection closes without the terminating chunk, MODZMQ0130) once the
-// connection fails, not at the stream's idle timeout.
+// A held stream whose worker is lost ends abnormally (the connection
+// closes without the terminating chunk, MODZMQ0130), not at the stream's
+// idle timeout: when the worker's connection drops, at once; when the
+// worker falls silent with its connection open, once the endpoint's watch
+// loses it past the heartbeat timeout (the lost endpoint calls every stream
+// held on it).
 func TestHeldStreamWorkerLost(t *testing.T) {
-	raw := zmqtest.StartRaw(t, nil, func(c net.Conn, req [][]byte) {
-		if string(req[3]) != "GET" {
-			return
-		}
-		c.Write(zmqtest.Message(req[0], nil, []byte("@stream"), []byte("200"), nil))
-		c.Write(zmqtest.Message(req[0], nil, []byte("@data"), []byte("data: 0\n\n")))
-		time.Sleep(100 * time.Millisecond)
-		c.Close()
-	})
-	srv, addr, logs := startServerLog(t, Options{}, gateway.Route{Prefix: "/", Backend: []string{raw.Endpoint}, Heartbeat: "off"})
-	c := dial(t, addr)
-	c.send("GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
-	c.head()
-	if got := c.chunk(); got != "data: 0\n\n" {
-		t.Fatalf("first part %q", got)
-	}
-	if closed, rest := c.closed(); !closed {
-		t.Fatalf("after the worker left: %q, want the connection closed without the end", rest)
-	}
-	streamsSettle(t, srv, map[bridge.StreamEnd]int64{bridge.EndBroken: 1})
-	if !strings.Contains(logs.String(), "MODZMQ0130") {
-		t.Errorf("the log lacks MODZMQ0130:\n%s", logs.String())
-	}
-}
-
-// A held stream whose worker the endpoint's watch loses (silent past its
-// heartbeat timeout, its connection still open) ends abnormally when the
-// watch says so, long before the stream's idle timeout: the lost endpoint
-// calls every stream held on it.
-func TestHeldStreamWorkerSilent(t *testing.T) {
-	raw := zmqtest.StartRaw(t, nil, func(c net.Conn, req [][]byte) {
-		if string(req[3]) != "GET" {
-			return
-		}
-		c.Write(zmqtest.Message(req[0], nil, []byte("@stream"), []byte("200"), nil))
-		c.Write(zmqtest.Message(req[0], nil, []byte("@data"), []byte("data: 0\n\n")))
-		// Then nothing, and no PONG to the bridge's PINGs.
-	})
-	srv, addr, logs := startServerLog(t, Options{}, gateway.Route{Prefix: "/", Backend: []string{raw.Endpoint},
-		Heartbeat: "200ms", HeartbeatTimeout: gateway.Duration(1500 * time.Millisecond), StreamIdleTimeout: gateway.Duration(time.Minute)})
-	c := dial(t, addr)
-	c.send("GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
-	c.head()
-	if got := c.chunk(); got != "data: 0\n\n" {
-		t.Fatalf("first part %q", got)
-	}
-	if closed, rest := c.closed(); !closed {
-		t.Fatalf("after the worker fell silent: %q, want the connection closed without the end", rest)
-	}
-	streamsSettle(t, srv, map[bridge.StreamEnd]int64{bridge.EndBroken: 1})
-	if !strings.Contains(logs.String(), "MODZMQ0130") {
-		t.Errorf("the log lacks MODZMQ0130:\n%s", logs.String())
+	for _, tc := range []struct {
+		name  string
+		after func(net.Conn)
+		route gateway.Route
+	}{
+		{"Closed", func(c net.Conn) { time.Sleep(100 * time.Millisecond); c.Close() }, gateway.Route{Heartbeat: "off"}},
+		{"Silent", nil, gateway.Route{Heartbeat: "200ms", HeartbeatTimeout: gateway.Duration(1500 * time.Millisecond),
+			StreamIdleTimeout: gateway.Duration(time.Minute)}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			raw := zmqtest.StartHeldStream(t, tc.after)
+			route := tc.route
+			route.Prefix, route.Backend = "/", []string{raw.Endpoint}
+			srv, addr, logs := startServerLog(t, Options{}, route)
+			c := dial(t, addr)
+			c.send("GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+			c.head()
+			if got := c.chunk(); got != zmqtest.HeldStreamEvent {
+				t.Fatalf("first part %q", got)
+			}
+			if closed, rest := c.closed(); !closed {
+				t.Fatalf("after the worker was lost: %q, want the connection closed without the end", rest)
+			}
+			streamsSettle(t, srv, map[bridge.StreamEnd]int64{bridge.EndBroken: 1})
+			if !strings.Contains(logs.String(), "MODZMQ0130") {
+				t.Errorf("the log lacks MODZMQ0130:\n%s", logs.String())
+			}
+		})
 	}
 }

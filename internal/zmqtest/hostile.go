@@ -71,6 +71,26 @@ func StartRaw(t testing.TB, ready []byte, serve func(c net.Conn, req [][]byte)) 
 }
 
 // Stopped reports whether the test ended; serve's loops check it.
+// HeldStreamEvent is the one event StartHeldStream's worker sends.
+const HeldStreamEvent = "data: 0\n\n"
+
+// StartHeldStream starts a raw worker that answers each GET with a
+// stream's head and one event (HeldStreamEvent), then calls after with the
+// connection: close it for a worker that goes away; nil leaves it open and
+// silent (no PONG to the bridge's PINGs either).
+func StartHeldStream(t testing.TB, after func(c net.Conn)) *Raw {
+	return StartRaw(t, nil, func(c net.Conn, req [][]byte) {
+		if string(req[3]) != "GET" {
+			return
+		}
+		c.Write(Message(req[0], nil, []byte("@stream"), []byte("200"), nil))
+		c.Write(Message(req[0], nil, []byte("@data"), []byte(HeldStreamEvent)))
+		if after != nil {
+			after(c)
+		}
+	})
+}
+
 func (r *Raw) Stopped() bool {
 	select {
 	case <-r.done:
