@@ -172,17 +172,6 @@ func (s *Stream) Wait() time.Duration {
 	return max(min(time.Until(s.deadline), watchSlice), 0)
 }
 
-// Quiet is how long a front that waits on the stream's connection itself
-// (Conn) and learns of lost workers by itself (Options.OnState: a new
-// epoch) may go without Step while no part arrives: until the idle
-// deadline, or Wait's slice when a context can end the stream.
-func (s *Stream) Quiet() time.Duration {
-	if s.ctx.Done() != nil {
-		return s.Wait()
-	}
-	return max(time.Until(s.deadline), 0)
-}
-
 // Conn returns the connection the stream's parts come on, for a front that
 // waits on it by itself (see Call.Conn); nil once closed.
 func (s *Stream) Conn() Conn {
@@ -212,10 +201,10 @@ func (s *Stream) Notify(fn func()) bool {
 	return ok
 }
 
-// Due is how long a front that carries the stream by Notify may wait for
-// a call before it calls Step(0) anyway: until the stream's idle deadline.
-// A part, a failed connection and a worker the endpoint's watch lost all
-// call. (Its context is the front's to watch.)
+// Due is how long a front that learns of parts, a failed connection and a
+// worker the endpoint's watch lost by itself (Notify calls it; Apache's C
+// waits on the connection and counts epochs) may go without Step: until the
+// stream's idle deadline. (Its context is the front's to watch.)
 func (s *Stream) Due() time.Duration {
 	return max(time.Until(s.deadline), 0)
 }

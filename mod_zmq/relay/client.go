@@ -573,7 +573,7 @@ func streamStep(p *pending, resp *C.modzmq_response, h cgo.Handle) C.int {
 		return failed(resp, err)
 	}
 	if !ok {
-		return waitOn(resp, h, s.Conn(), s.Wait(), s.Quiet())
+		return waitOn(resp, h, s.Conn(), s.Wait(), s.Due())
 	}
 	if end && z != nil {
 		st.nframes = 0 // not inside the frames: setParts copies the last part
@@ -591,7 +591,7 @@ func streamStep(p *pending, resp *C.modzmq_response, h cgo.Handle) C.int {
 		// scheduler; an SSE event would cost two).
 		resp.wait_first = 1
 		st.zconn, st.wait_ms = unsafe.Pointer(z.z), C.int(max(s.Wait().Milliseconds(), 1))
-		C.modzmq_set_due(resp, C.int64_t(s.Quiet().Milliseconds()))
+		C.modzmq_set_due(resp, C.int64_t(s.Due().Milliseconds()))
 	}
 	return C.MODZMQ_PART
 }
