@@ -205,8 +205,72 @@ type env struct {
 	dir     string
 	fronts  []front
 	allCmds []*exec.Cmd
-	apache  string   // config path
-	apaches []string // the config paths of further Apaches
+	apaches []string // the config paths of the Apaches runApache started
+}
+
+// runApache starts an event-MPM Apache in dir on a free port of
+// 127.0.0.1: four children of tpc threads each, all started at once, its
+// own ServerRoot, pid file and error log, www-data's user when run as
+// root; conf (LoadModule lines, directives, locations) follows that. It
+// waits for the port, the four children and their threads (each touches
+// pages of its own: a child still starting them would read as memory
+// growth), and returns the address, the parent's pid and a list of the
+// children; stop stops it.
+func (e *env) runApache(dir string, tpc int, conf string) (addr string, parent int, kids func() []int) {
+	os.MkdirAll(dir, 0o755)
+	port := freePort()
+	user := ""
+	if os.Getuid() == 0 {
+		user = "User www-data\nGroup www-data"
+	}
+	head := fmt.Sprintf(`ServerRoot "%[1]s"
+PidFile "%[1]s/httpd.pid"
+DefaultRuntimeDir "%[1]s"
+Mutex file:%[1]s default
+Listen 127.0.0.1:%[2]d
+ListenBacklog 4096
+ServerName localhost
+%[3]s
+LoadModule mpm_event_module /usr/lib/apache2/modules/mod_mpm_event.so
+LoadModule authz_core_module /usr/lib/apache2/modules/mod_authz_core.so
+ErrorLog "%[1]s/error_log"
+LogLevel warn
+KeepAlive On
+Timeout 120
+StartServers 4
+ServerLimit 4
+ThreadLimit %[4]d
+ThreadsPerChild %[4]d
+MaxRequestWorkers %[5]d
+MinSpareThreads %[5]d
+MaxSpareThreads %[5]d
+`, dir, port, user, tpc, 4*tpc)
+	path := filepath.Join(dir, "httpd.conf")
+	os.WriteFile(path, []byte(head+conf), 0o644)
+	e.apaches = append(e.apaches, path)
+	must(exec.Command("/usr/sbin/apache2", "-f", path, "-k", "start").CombinedOutput())
+	waitPort(port)
+	for i := 0; i < 100 && parent <= 0; i++ { // the port may open before the pid file is written
+		if i > 0 {
+			time.Sleep(100 * time.Millisecond)
+		}
+		b, _ := os.ReadFile(filepath.Join(dir, "httpd.pid"))
+		parent, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+	}
+	kids = func() []int { return children(parent) }
+	started := func() bool {
+		ps := kids()
+		for _, p := range ps {
+			if ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", p)); len(ents) < tpc {
+				return false
+			}
+		}
+		return len(ps) >= 4
+	}
+	for i := 0; i < 200 && !started(); i++ {
+		time.Sleep(100 * time.Millisecond)
+	}
+	return fmt.Sprintf("127.0.0.1:%d", port), parent, kids
 }
 
 func freePort() int {
@@ -270,7 +334,7 @@ func setup() *env {
 	must(c.CombinedOutput())
 
 	zport, pyport, hport, rport := freePort(), freePort(), freePort(), freePort()
-	aport, g1, g2, m2port := freePort(), freePort(), freePort(), freePort()
+	g1, g2, m2port := freePort(), freePort(), freePort()
 	m2send, m2recv := freePort(), freePort()
 	zep := fmt.Sprintf("tcp://127.0.0.1:%d", zport)
 
@@ -282,62 +346,32 @@ func setup() *env {
 		"-recv", fmt.Sprintf("tcp://127.0.0.1:%d", m2recv))
 	waitPort(hport)
 
-	// One Apache (event MPM) serves the four Apache configurations.
-	user := ""
-	if os.Getuid() == 0 {
-		user = "User www-data\nGroup www-data"
-	}
-	conf := fmt.Sprintf(`ServerRoot "%[1]s"
-PidFile "%[1]s/httpd.pid"
-DefaultRuntimeDir "%[1]s"
-Mutex file:%[1]s default
-Listen 127.0.0.1:%[2]d
-ServerName localhost
-%[3]s
-LoadModule mpm_event_module /usr/lib/apache2/modules/mod_mpm_event.so
-LoadModule authz_core_module /usr/lib/apache2/modules/mod_authz_core.so
-LoadModule proxy_module /usr/lib/apache2/modules/mod_proxy.so
+	// One Apache serves the four Apache configurations.
+	aaddr, parent, kids := e.runApache(e.dir, 64, fmt.Sprintf(`LoadModule proxy_module /usr/lib/apache2/modules/mod_proxy.so
 LoadModule proxy_http_module /usr/lib/apache2/modules/mod_proxy_http.so
 LoadModule benchhello_module %[1]s/fixtures/.libs/mod_benchhello.so
 LoadModule benchrelay_module %[1]s/fixtures/.libs/mod_benchrelay.so
-LoadModule zmq_module %[4]s
-ZmqLibrary %[5]s
-ErrorLog "%[1]s/error_log"
-LogLevel warn
-KeepAlive On
+LoadModule zmq_module %[2]s
+ZmqLibrary %[3]s
 MaxKeepAliveRequests 0
-StartServers 4
-ServerLimit 4
-ThreadsPerChild 64
-MaxRequestWorkers 256
-MinSpareThreads 256
-MaxSpareThreads 256
-BenchRelay %[6]s
+BenchRelay %[4]s
 <Location /hello>
 	SetHandler benchhello
 </Location>
-ProxyPass /proxy/ http://127.0.0.1:%[7]d/ keepalive=On
+ProxyPass /proxy/ http://127.0.0.1:%[5]d/ keepalive=On
 <Location /crelay>
 	SetHandler benchrelay
 </Location>
 <Location /zgo>
 	SetHandler zmq
-	ZmqBackend %[6]s
+	ZmqBackend %[4]s
 </Location>
 <Location /zpy>
 	SetHandler zmq
-	ZmqBackend tcp://127.0.0.1:%[8]d
+	ZmqBackend tcp://127.0.0.1:%[6]d
 </Location>
-`, e.dir, aport, user, build("mod_zmq.so"), build("libmodzmq.so"), zep, hport, pyport)
-	e.apache = filepath.Join(e.dir, "httpd.conf")
-	os.WriteFile(e.apache, []byte(conf), 0o644)
-	must(exec.Command("/usr/sbin/apache2", "-f", e.apache, "-k", "start").CombinedOutput())
-	waitPort(aport)
-	apachePids := func() []int {
-		b, _ := os.ReadFile(filepath.Join(e.dir, "httpd.pid"))
-		parent, _ := strconv.Atoi(strings.TrimSpace(string(b)))
-		return append([]int{parent}, children(parent)...)
-	}
+`, e.dir, build("mod_zmq.so"), build("libmodzmq.so"), zep, hport, pyport))
+	apachePids := func() []int { return append([]int{parent}, kids()...) }
 
 	gw := e.start(build("zmq-gateway"), "-listen", fmt.Sprintf("127.0.0.1:%d", g1), "-route", "/="+zep, "-access-log", "off", "-log-level", "warn")
 	st := e.start(build("zmq-gateway"), "stream", "-listen", fmt.Sprintf("127.0.0.1:%d", g2), "-route", "/="+zep, "-log-level", "warn")
@@ -367,7 +401,7 @@ servers = [main]
 		waitPort(p)
 	}
 	one := func(c *exec.Cmd) func() []int { return func() []int { return []int{c.Process.Pid} } }
-	a := fmt.Sprintf("http://127.0.0.1:%d", aport)
+	a := "http://" + aaddr
 	e.fronts = []front{
 		{"ceiling", a + "/hello", apachePids},
 		{"mod_proxy_http", a + "/proxy/x", apachePids},
@@ -397,10 +431,7 @@ servers = [main]
 }
 
 func (e *env) stop() {
-	for _, conf := range append([]string{e.apache}, e.apaches...) {
-		if conf == "" {
-			continue
-		}
+	for _, conf := range e.apaches {
 		// apache2 -k stop only signals the parent. Wait for it to go: it
 		// removes its pid file as it exits, which would be the next run's
 		// (the same directory) if that had started by then.
@@ -411,7 +442,7 @@ func (e *env) stop() {
 			time.Sleep(100 * time.Millisecond)
 		}
 	}
-	e.apache, e.apaches = "", nil
+	e.apaches = nil
 	for _, c := range e.allCmds {
 		if c.SysProcAttr != nil && c.SysProcAttr.Setpgid {
 			// A runner with services of its own (Pushpin; each service in

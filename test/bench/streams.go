@@ -270,87 +270,34 @@ func (f *sfront) target(kind string, i int) string {
 // serves /sse (streams), /zt (mod_zmq transfers, ZmqStreamBody on) and
 // /proxy/ (mod_proxy_http to the origin).
 func (e *senv) startApache(build func(string) string, wep string, oport int) {
-	port := freePort()
 	tpc := max(64, (*nApacheHeld*32/25+3)/4)
 	window := ""
 	if *xferWindow > 0 {
 		window = fmt.Sprintf("ZmqStreamWindow %d", *xferWindow)
 	}
-	user := ""
-	if os.Getuid() == 0 {
-		user = "User www-data\nGroup www-data"
-	}
-	conf := fmt.Sprintf(`ServerRoot "%[1]s"
-PidFile "%[1]s/httpd.pid"
-DefaultRuntimeDir "%[1]s"
-Mutex file:%[1]s default
-Listen 127.0.0.1:%[2]d
-ListenBacklog 4096
-ServerName localhost
-%[3]s
-LoadModule mpm_event_module /usr/lib/apache2/modules/mod_mpm_event.so
-LoadModule authz_core_module /usr/lib/apache2/modules/mod_authz_core.so
-LoadModule proxy_module /usr/lib/apache2/modules/mod_proxy.so
+	// The children only: the parent does no streaming and holds no stream.
+	e.apache, _, e.apachePid = e.runApache(e.dir, tpc, fmt.Sprintf(`LoadModule proxy_module /usr/lib/apache2/modules/mod_proxy.so
 LoadModule proxy_http_module /usr/lib/apache2/modules/mod_proxy_http.so
-LoadModule zmq_module %[4]s
-ZmqLibrary %[5]s
-ErrorLog "%[1]s/error_log"
-LogLevel warn
-KeepAlive On
-Timeout 120
+LoadModule zmq_module %[1]s
+ZmqLibrary %[2]s
 LimitRequestBody 0
-StartServers 4
-ServerLimit 4
-ThreadLimit %[6]d
-ThreadsPerChild %[6]d
-MaxRequestWorkers %[7]d
-MinSpareThreads %[7]d
-MaxSpareThreads %[7]d
 <Location /sse>
 	SetHandler zmq
-	ZmqBackend %[8]s
+	ZmqBackend %[3]s
 	ZmqNotices on
-	ZmqMaxStreams %[6]d
+	ZmqMaxStreams %[4]d
 </Location>
 <Location /zt>
 	SetHandler zmq
-	ZmqBackend %[8]s
+	ZmqBackend %[3]s
 	ZmqNotices on
 	ZmqStreamBody on
 	ZmqMaxBody 0
 	ZmqTimeout 120
-	%[10]s
+	%[5]s
 </Location>
-ProxyPass /proxy/ http://127.0.0.1:%[9]d/ keepalive=On
-`, e.dir, port, user, build("mod_zmq.so"), build("libmodzmq.so"), tpc, 4*tpc, wep, oport, window)
-	e.env.apache = filepath.Join(e.dir, "httpd.conf")
-	os.WriteFile(e.env.apache, []byte(conf), 0o644)
-	must(exec.Command("/usr/sbin/apache2", "-f", e.env.apache, "-k", "start").CombinedOutput())
-	waitPort(port)
-	e.apache = fmt.Sprintf("127.0.0.1:%d", port)
-	// The children (the parent does no streaming and holds no stream).
-	e.apachePid = func() []int {
-		b, _ := os.ReadFile(filepath.Join(e.dir, "httpd.pid"))
-		parent, _ := strconv.Atoi(strings.TrimSpace(string(b)))
-		return children(parent)
-	}
-	for i := 0; i < 100 && len(e.apachePid()) < 4; i++ {
-		time.Sleep(100 * time.Millisecond)
-	}
-	// A child starts its threads after it appears, each touching pages of
-	// its own: wait for them, or the first RSS reading counts the child's
-	// start as growth of the transfer it measures.
-	started := func() bool {
-		for _, p := range e.apachePid() {
-			if ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", p)); len(ents) < tpc {
-				return false
-			}
-		}
-		return true
-	}
-	for i := 0; i < 100 && !started(); i++ {
-		time.Sleep(100 * time.Millisecond)
-	}
+ProxyPass /proxy/ http://127.0.0.1:%[6]d/ keepalive=On
+`, build("mod_zmq.so"), build("libmodzmq.so"), wep, tpc, window, oport))
 }
 
 // startPushpin runs Pushpin (condure, zurl, pushpin-proxy, pushpin-handler)

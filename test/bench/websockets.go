@@ -226,7 +226,7 @@ routes:
 		waits = append(waits, p)
 	}
 	if want["mod_zmq"] {
-		addr, pids := e.startWSApache("apache-zmq", build, fmt.Sprintf(`LoadModule zmq_module %s
+		addr, pids := e.startWSApache("apache-zmq", fmt.Sprintf(`LoadModule zmq_module %s
 ZmqLibrary %s
 <Location /ws>
 	SetHandler zmq
@@ -238,7 +238,7 @@ ZmqLibrary %s
 		e.fronts = append(e.fronts, &wfront{Name: "mod_zmq", URL: "ws://" + addr + "/ws", Idle: *wsIdleApache, pids: pids, backend: one(worker)})
 	}
 	if want["tunnel"] {
-		addr, pids := e.startWSApache("apache-tunnel", build, fmt.Sprintf(`LoadModule proxy_module /usr/lib/apache2/modules/mod_proxy.so
+		addr, pids := e.startWSApache("apache-tunnel", fmt.Sprintf(`LoadModule proxy_module /usr/lib/apache2/modules/mod_proxy.so
 LoadModule proxy_http_module /usr/lib/apache2/modules/mod_proxy_http.so
 LoadModule proxy_wstunnel_module /usr/lib/apache2/modules/mod_proxy_wstunnel.so
 ProxyPass /ws ws://127.0.0.1:%d/ws upgrade=websocket
@@ -267,62 +267,10 @@ ProxyPass /ws ws://127.0.0.1:%d/ws upgrade=websocket
 // configuration ({tpc} in it: ThreadsPerChild), sized for the WebSockets
 // held open, each holding a thread: four children of a quarter of them plus
 // 28% headroom. It returns the address and the children's pids.
-func (e *wenv) startWSApache(name string, build func(string) string, extra string) (string, func() []int) {
-	dir := filepath.Join(e.dir, name)
-	os.MkdirAll(dir, 0o755)
-	port := freePort()
+func (e *wenv) startWSApache(name string, extra string) (string, func() []int) {
 	tpc := max(64, (max(*wsIdleApache, *wsLatConns, *wsSatConns)*32/25+3)/4)
-	user := ""
-	if os.Getuid() == 0 {
-		user = "User www-data\nGroup www-data"
-	}
-	conf := fmt.Sprintf(`ServerRoot "%[1]s"
-PidFile "%[1]s/httpd.pid"
-DefaultRuntimeDir "%[1]s"
-Mutex file:%[1]s default
-Listen 127.0.0.1:%[2]d
-ListenBacklog 4096
-ServerName localhost
-%[3]s
-LoadModule mpm_event_module /usr/lib/apache2/modules/mod_mpm_event.so
-LoadModule authz_core_module /usr/lib/apache2/modules/mod_authz_core.so
-ErrorLog "%[1]s/error_log"
-LogLevel warn
-KeepAlive On
-Timeout 120
-StartServers 4
-ServerLimit 4
-ThreadLimit %[4]d
-ThreadsPerChild %[4]d
-MaxRequestWorkers %[5]d
-MinSpareThreads %[5]d
-MaxSpareThreads %[5]d
-`, dir, port, user, tpc, 4*tpc) + strings.ReplaceAll(extra, "{tpc}", strconv.Itoa(tpc))
-	path := filepath.Join(dir, "httpd.conf")
-	os.WriteFile(path, []byte(conf), 0o644)
-	e.apaches = append(e.apaches, path)
-	must(exec.Command("/usr/sbin/apache2", "-f", path, "-k", "start").CombinedOutput())
-	waitPort(port)
-	pids := func() []int {
-		b, _ := os.ReadFile(filepath.Join(dir, "httpd.pid"))
-		parent, _ := strconv.Atoi(strings.TrimSpace(string(b)))
-		return children(parent)
-	}
-	// The children, then their threads (each touching pages of its own: a
-	// child still starting them would read as growth in the rss case).
-	started := func() bool {
-		ps := pids()
-		for _, p := range ps {
-			if ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", p)); len(ents) < tpc {
-				return false
-			}
-		}
-		return len(ps) >= 4
-	}
-	for i := 0; i < 200 && !started(); i++ {
-		time.Sleep(100 * time.Millisecond)
-	}
-	return fmt.Sprintf("127.0.0.1:%d", port), pids
+	addr, _, kids := e.runApache(filepath.Join(e.dir, name), tpc, strings.ReplaceAll(extra, "{tpc}", strconv.Itoa(tpc)))
+	return addr, kids
 }
 
 // ---- clients --------------------------------------------------------------
