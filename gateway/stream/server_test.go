@@ -46,6 +46,22 @@ func startServerLog(t *testing.T, opts Options, routes ...gateway.Route) (*Serve
 // runServer starts the server with log as the gateway's logger.
 func runServer(t *testing.T, log *slog.Logger, opts Options, routes ...gateway.Route) (*Server, string) {
 	t.Helper()
+	srv, _, addr, cancel, done := serve(t, log, opts, routes...)
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	return srv, addr
+}
+
+// serve starts the server with log as the gateway's logger, on a free
+// port: cancel ends Serve as a shutdown does (what is open drains for
+// opts.Drain) and done receives what Serve returned. The test's end cancels
+// it and closes the gateway.
+func serve(t *testing.T, log *slog.Logger, opts Options, routes ...gateway.Route) (srv *Server, gw *gateway.Gateway, addr string, cancel context.CancelFunc, done <-chan error) {
+	t.Helper()
 	cfg := &gateway.Config{Listen: "127.0.0.1:0", Routes: routes, ServerName: "stream.test"}
 	if err := cfg.Check(); err != nil {
 		t.Fatal(err)
@@ -55,23 +71,20 @@ func runServer(t *testing.T, log *slog.Logger, opts Options, routes ...gateway.R
 		t.Fatal(err)
 	}
 	l, _ := net.Listen("tcp", "127.0.0.1:0")
-	addr := l.Addr().String()
+	addr = l.Addr().String()
 	l.Close()
-	srv, err := New(gateway.NewLive(gw), addr, opts)
-	if err != nil {
+	if srv, err = New(gateway.NewLive(gw), addr, opts); err != nil {
+		gw.Close()
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx) }()
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ctx) }()
 	t.Cleanup(func() {
 		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
 		gw.Close()
 	})
-	return srv, addr
+	return srv, gw, addr, cancel, served
 }
 
 func targetEcho(req [][]byte) [][]byte {

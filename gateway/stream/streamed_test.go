@@ -2,7 +2,6 @@ package stream
 
 import (
 	"bufio"
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -442,26 +441,7 @@ func TestShutdownClosesOpenStreams(t *testing.T) {
 			reply(zmqtest.Part(m.envelope(), "@data", "endless"))
 		}
 	})
-	cfg := &gateway.Config{Listen: "127.0.0.1:0", Routes: []gateway.Route{{Prefix: "/", Backend: []string{ep}, Notices: true}}}
-	if err := cfg.Check(); err != nil {
-		t.Fatal(err)
-	}
-	gw, err := gateway.New(cfg, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer gw.Close()
-	l, _ := net.Listen("tcp", "127.0.0.1:0")
-	addr := l.Addr().String()
-	l.Close()
-	srv, err := New(gateway.NewLive(gw), addr, Options{Drain: 200 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx) }()
+	_, gw, addr, cancel, done := serve(t, nil, Options{Drain: 200 * time.Millisecond}, gateway.Route{Prefix: "/", Backend: []string{ep}, Notices: true})
 	c := dial(t, addr)
 	c.send("GET /endless HTTP/1.1\r\nHost: x\r\n\r\n")
 	m := zmqtest.WaitFor(t, got, "the request")

@@ -3,7 +3,6 @@ package stream
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
@@ -589,26 +588,7 @@ func TestWebSocketIdleClient(t *testing.T) {
 func TestWebSocketShutdown(t *testing.T) {
 	got := make(chan string, 16)
 	ep := zmqtest.ROUTER(t, wsEcho(got))
-	cfg := &gateway.Config{Listen: "127.0.0.1:0", Routes: []gateway.Route{wsRoute(ep)}}
-	if err := cfg.Check(); err != nil {
-		t.Fatal(err)
-	}
-	gw, err := gateway.New(cfg, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer gw.Close()
-	l, _ := net.Listen("tcp", "127.0.0.1:0")
-	addr := l.Addr().String()
-	l.Close()
-	srv, err := New(gateway.NewLive(gw), addr, Options{Drain: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx) }()
+	_, _, addr, cancel, done := serve(t, nil, Options{Drain: 5 * time.Second}, wsRoute(ep))
 	c, _ := wsDial(t, addr, "/ok", nil)
 	waitLine(t, got, "meta ")
 	cancel()
