@@ -301,20 +301,20 @@ func selfSignedCert(t *testing.T) (cert, key string) {
 	return cert, key
 }
 
-// Streams through mod_ssl: a TLS virtual host (self-signed certificate)
-// that speaks HTTP/1.1 and HTTP/2 (Protocols h2 http/1.1, ALPN). Over both,
-// every event reaches curl on its own and in order, and the stream ends
-// cleanly; curl --http2 gets an HTTP/2 response.
-func TestSSEOverTLS(t *testing.T) {
-	gate := startGateWorker(t)
+// startTLSHTTPD starts httpd as startHTTPD does, with p.Global set to a
+// TLS virtual host on 127.0.0.1:tlsPort (mod_ssl, a self-signed
+// certificate for localhost and 127.0.0.1) that speaks HTTP/2 and HTTP/1.1
+// (ALPN) and takes WebSockets over HTTP/2 (H2WebSockets): global goes
+// before it, vhost inside it. It returns httpd and the certificate's file,
+// for clients to trust.
+func startTLSHTTPD(t *testing.T, p httpdParams, tlsPort int, global, vhost string) (*httpd, string) {
+	t.Helper()
 	cert, key := selfSignedCert(t)
-	tlsPort := freePort(t)
 	mods := "/usr/lib/apache2/modules"
-	h := startHTTPD(t, httpdParams{MPM: "event",
-		Global: fmt.Sprintf(`LoadModule socache_shmcb_module %[1]s/mod_socache_shmcb.so
+	p.Global = fmt.Sprintf(`LoadModule socache_shmcb_module %[1]s/mod_socache_shmcb.so
 LoadModule ssl_module %[1]s/mod_ssl.so
 LoadModule http2_module %[1]s/mod_http2.so
-SSLSessionCache shmcb:ssl_scache(512000)
+%[5]sSSLSessionCache shmcb:ssl_scache(512000)
 Listen 127.0.0.1:%[2]d
 <VirtualHost 127.0.0.1:%[2]d>
 	ServerName localhost
@@ -322,20 +322,29 @@ Listen 127.0.0.1:%[2]d
 	SSLCertificateFile %[3]s
 	SSLCertificateKeyFile %[4]s
 	Protocols h2 http/1.1
-	<Location /gate>
-		SetHandler zmq
-		ZmqBackend %[5]s
-	</Location>
-</VirtualHost>
-`, mods, tlsPort, cert, key, gate.Endpoint),
-		Extra: fmt.Sprintf(`	<Location /gate>
-		SetHandler zmq
-		ZmqBackend %s
-	</Location>
-`, gate.Endpoint)})
+	H2WebSockets on
+%[6]s</VirtualHost>
+`, mods, tlsPort, cert, key, global, vhost)
+	h := startHTTPD(t, p)
 	// Debian's mod_ssl warns when it was built against a newer OpenSSL
 	// than the libssl3 installed: a mismatch of the machine's packages.
 	h.expect(`AH01882: Init: this version of mod_ssl was compiled against a newer library`)
+	return h, cert
+}
+
+// Streams through mod_ssl: a TLS virtual host (self-signed certificate)
+// that speaks HTTP/1.1 and HTTP/2 (Protocols h2 http/1.1, ALPN). Over both,
+// every event reaches curl on its own and in order, and the stream ends
+// cleanly; curl --http2 gets an HTTP/2 response.
+func TestSSEOverTLS(t *testing.T) {
+	gate := startGateWorker(t)
+	tlsPort := freePort(t)
+	location := fmt.Sprintf(`	<Location /gate>
+		SetHandler zmq
+		ZmqBackend %s
+	</Location>
+`, gate.Endpoint)
+	h, _ := startTLSHTTPD(t, httpdParams{MPM: "event", Extra: location}, tlsPort, "", location)
 	events := fmt.Sprintf("https://127.0.0.1:%d/gate/events", tlsPort)
 
 	t.Run("HTTP1.1", func(t *testing.T) {

@@ -866,26 +866,8 @@ func TestWebSocketsWithCurve(t *testing.T) {
 // wss:// through mod_ssl, and RFC 8441 over HTTP/2 on TLS (ALPN h2).
 func TestWebSocketsOverTLS(t *testing.T) {
 	w := startPyScript(t, "test/workers/ws_worker.py")
-	cert, key := selfSignedCert(t)
 	tlsPort := freePort(t)
-	mods := "/usr/lib/apache2/modules"
-	h := startHTTPD(t, httpdParams{MPM: "event",
-		Global: fmt.Sprintf(`LoadModule socache_shmcb_module %[1]s/mod_socache_shmcb.so
-LoadModule ssl_module %[1]s/mod_ssl.so
-LoadModule http2_module %[1]s/mod_http2.so
-SSLSessionCache shmcb:ssl_scache(512000)
-Listen 127.0.0.1:%[2]d
-<VirtualHost 127.0.0.1:%[2]d>
-	ServerName localhost
-	SSLEngine on
-	SSLCertificateFile %[3]s
-	SSLCertificateKeyFile %[4]s
-	Protocols h2 http/1.1
-	H2WebSockets on
-%[5]s
-</VirtualHost>
-`, mods, tlsPort, cert, key, wsLocations(w.Endpoint, w.Endpoint))})
-	h.expect(`AH01882: Init: this version of mod_ssl was compiled against a newer library`)
+	startTLSHTTPD(t, httpdParams{MPM: "event"}, tlsPort, "", wsLocations(w.Endpoint, w.Endpoint))
 	addr := fmt.Sprintf("127.0.0.1:%d", tlsPort)
 
 	t.Run("HTTP1.1", func(t *testing.T) {
@@ -1353,46 +1335,30 @@ func TestWebSocketsInChromium(t *testing.T) {
 		t.Fatal(err)
 	}
 	w := startPyScript(t, "examples/python/ws_echo.py")
-	cert, key := selfSignedCert(t)
 	tlsPort := freePort(t)
 	mods := "/usr/lib/apache2/modules"
 	origin := fmt.Sprintf("https://127.0.0.1:%d", tlsPort)
-	h := startHTTPD(t, httpdParams{MPM: "event",
-		Global: fmt.Sprintf(`LoadModule socache_shmcb_module %[1]s/mod_socache_shmcb.so
-LoadModule ssl_module %[1]s/mod_ssl.so
-LoadModule http2_module %[1]s/mod_http2.so
-LoadModule alias_module %[1]s/mod_alias.so
+	h, _ := startTLSHTTPD(t, httpdParams{MPM: "event"}, tlsPort, fmt.Sprintf(`LoadModule alias_module %[1]s/mod_alias.so
 LoadModule mime_module %[1]s/mod_mime.so
 TypesConfig /dev/null
 AddType text/html .html
-SSLSessionCache shmcb:ssl_scache(512000)
-Listen 127.0.0.1:%[2]d
-<VirtualHost 127.0.0.1:%[2]d>
-	ServerName localhost
-	SSLEngine on
-	SSLCertificateFile %[3]s
-	SSLCertificateKeyFile %[4]s
-	Protocols h2 http/1.1
-	H2WebSockets on
-	Alias /page %[5]s/page.html
-	<Directory %[5]s>
+`, mods), fmt.Sprintf(`	Alias /page %[1]s/page.html
+	<Directory %[1]s>
 		Require all granted
 	</Directory>
 	<Location /ws>
 		SetHandler zmq
-		ZmqBackend %[6]s
+		ZmqBackend %[2]s
 		ZmqWebSocket on
-		ZmqWebSocketOrigins %[7]s
+		ZmqWebSocketOrigins %[3]s
 	</Location>
 	<Location /elsewhere>
 		SetHandler zmq
-		ZmqBackend %[6]s
+		ZmqBackend %[2]s
 		ZmqWebSocket on
 		ZmqWebSocketOrigins https://example.com
 	</Location>
-</VirtualHost>
-`, mods, tlsPort, cert, key, dir, w.Endpoint, origin)})
-	h.expect(`AH01882: Init: this version of mod_ssl was compiled against a newer library`)
+`, dir, w.Endpoint, origin))
 
 	// browse loads the page in headless Chromium and returns what it
 	// reported (the access log's /result request), then stops Chromium.
@@ -1485,7 +1451,6 @@ func TestConfigtestWebSocketDirectives(t *testing.T) {
 // (1000) and an oversized message (1009).
 func TestWebSocketsPythonAndNodeClientsThroughApache(t *testing.T) {
 	echo := startPyScript(t, "examples/python/ws_echo.py")
-	cert, key := selfSignedCert(t)
 	tlsPort := freePort(t)
 	locations := fmt.Sprintf(`	<Location /ws>
 		SetHandler zmq
@@ -1499,21 +1464,7 @@ func TestWebSocketsPythonAndNodeClientsThroughApache(t *testing.T) {
 		ZmqWebSocketMaxMessage 1000
 	</Location>
 `, echo.Endpoint)
-	mods := "/usr/lib/apache2/modules"
-	h := startHTTPD(t, httpdParams{MPM: "event", Extra: locations,
-		Global: fmt.Sprintf(`LoadModule socache_shmcb_module %[1]s/mod_socache_shmcb.so
-LoadModule ssl_module %[1]s/mod_ssl.so
-SSLSessionCache shmcb:ssl_scache(512000)
-Listen 127.0.0.1:%[2]d
-<VirtualHost 127.0.0.1:%[2]d>
-	ServerName localhost
-	SSLEngine on
-	SSLCertificateFile %[3]s
-	SSLCertificateKeyFile %[4]s
-%[5]s
-</VirtualHost>
-`, mods, tlsPort, cert, key, locations)})
-	h.expect(`AH01882: Init: this version of mod_ssl was compiled against a newer library`)
+	h, cert := startTLSHTTPD(t, httpdParams{MPM: "event", Extra: locations}, tlsPort, "", locations)
 	dir := t.TempDir()
 	want := "ok echo\nok fragmented\nclosed by the worker 4000\nclosed by the client 1000\noversized 1009\n"
 	for _, base := range []string{fmt.Sprintf("ws://127.0.0.1:%d", h.Port), fmt.Sprintf("wss://127.0.0.1:%d", tlsPort)} {
