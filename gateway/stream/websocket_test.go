@@ -22,7 +22,6 @@ import (
 
 	"github.com/gobwas/ws"
 	"github.com/gorilla/websocket"
-	zmq "github.com/pebbe/zmq4"
 
 	"github.com/modzmq/modzmq/bridge"
 	"github.com/modzmq/modzmq/gateway"
@@ -415,51 +414,10 @@ func TestWebSocketWorkerClosesAndBreaks(t *testing.T) {
 	streamsSettle(t, srv, map[bridge.StreamEnd]int64{bridge.EndNormal: 1, bridge.EndBroken: 1})
 }
 
-// killableWorker is wsEcho on a ROUTER socket the test can close, as a
-// killed worker process would be.
-func killableWorker(t *testing.T, got chan<- string) (ep string, kill func()) {
-	sock, err := zmq.NewSocket(zmq.ROUTER)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sock.SetLinger(0)
-	sock.SetRcvtimeo(20 * time.Millisecond)
-	if err := sock.Bind("tcp://127.0.0.1:*"); err != nil {
-		t.Fatal(err)
-	}
-	ep, _ = sock.GetLastEndpoint()
-	stop, done := make(chan struct{}), make(chan struct{})
-	handle := wsEcho(got)
-	go func() {
-		defer close(done)
-		defer sock.Close()
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			if msg, err := sock.RecvMessageBytes(0); err == nil {
-				handle(msg, func(frames [][]byte) {
-					parts := make([]any, len(frames))
-					for i, f := range frames {
-						parts[i] = f
-					}
-					sock.SendMessage(parts...)
-				})
-			}
-		}
-	}()
-	var once sync.Once
-	kill = func() { once.Do(func() { close(stop); <-done }) }
-	t.Cleanup(kill)
-	return ep, kill
-}
-
 // A worker lost with WebSockets open: their clients get close 1011, logged.
 func TestWebSocketWorkerKilled(t *testing.T) {
 	got := make(chan string, 16)
-	ep, kill := killableWorker(t, got)
+	ep, kill := zmqtest.KillableROUTER(t, wsEcho(got))
 	srv, addr, logs := startServerLog(t, Options{}, wsRoute(ep))
 	var clients []*websocket.Conn
 	for i := 0; i < 3; i++ {

@@ -3,6 +3,7 @@
 package zmqtest
 
 import (
+	"sync"
 	"testing"
 	"time"
 
@@ -13,11 +14,12 @@ import (
 // returns the reply frames. It returns the worker's endpoint.
 func REP(t testing.TB, fn func(req [][]byte) [][]byte) string {
 	t.Helper()
-	return serve(t, zmq.REP, func(s *zmq.Socket, msg [][]byte) {
+	ep, _ := serve(t, zmq.REP, func(s *zmq.Socket, msg [][]byte) {
 		if msg != nil {
 			send(s, fn(msg))
 		}
 	})
+	return ep
 }
 
 // ROUTER runs a ROUTER worker; fn gets whole messages (envelope first) and
@@ -31,6 +33,18 @@ func ROUTER(t testing.TB, fn func(msg [][]byte, reply func([][]byte))) string {
 // without a message: a worker holding requests answers them there.
 func ROUTERIdle(t testing.TB, fn func(msg [][]byte, reply func([][]byte)), idle func(reply func([][]byte))) string {
 	t.Helper()
+	ep, _ := router(t, fn, idle)
+	return ep
+}
+
+// KillableROUTER is ROUTER with kill, which closes the worker's socket as a
+// killed worker process would (the test's end does too).
+func KillableROUTER(t testing.TB, fn func(msg [][]byte, reply func([][]byte))) (ep string, kill func()) {
+	t.Helper()
+	return router(t, fn, nil)
+}
+
+func router(t testing.TB, fn func(msg [][]byte, reply func([][]byte)), idle func(reply func([][]byte))) (string, func()) {
 	return serve(t, zmq.ROUTER, func(s *zmq.Socket, msg [][]byte) {
 		reply := func(frames [][]byte) { send(s, frames) }
 		switch {
@@ -50,7 +64,8 @@ func send(s *zmq.Socket, frames [][]byte) {
 	s.SendMessage(parts...)
 }
 
-func serve(t testing.TB, kind zmq.Type, handle func(*zmq.Socket, [][]byte)) string {
+// serve runs the worker until stop, which the test's end calls too.
+func serve(t testing.TB, kind zmq.Type, handle func(*zmq.Socket, [][]byte)) (ep string, stop func()) {
 	sock, err := zmq.NewSocket(kind)
 	if err != nil {
 		t.Fatal(err)
@@ -59,15 +74,15 @@ func serve(t testing.TB, kind zmq.Type, handle func(*zmq.Socket, [][]byte)) stri
 	if err := sock.Bind("tcp://127.0.0.1:*"); err != nil {
 		t.Fatal(err)
 	}
-	ep, _ := sock.GetLastEndpoint()
+	ep, _ = sock.GetLastEndpoint()
 	sock.SetRcvtimeo(20 * time.Millisecond)
-	stop, done := make(chan struct{}), make(chan struct{})
+	quit, done := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(done)
 		defer sock.Close()
 		for {
 			select {
-			case <-stop:
+			case <-quit:
 				return
 			default:
 			}
@@ -78,8 +93,10 @@ func serve(t testing.TB, kind zmq.Type, handle func(*zmq.Socket, [][]byte)) stri
 			handle(sock, msg)
 		}
 	}()
-	t.Cleanup(func() { close(stop); <-done })
-	return ep
+	var once sync.Once
+	stop = func() { once.Do(func() { close(quit); <-done }) }
+	t.Cleanup(stop)
+	return ep, stop
 }
 
 // Part is a message a ROUTER worker sends for a request: its envelope, then
