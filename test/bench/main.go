@@ -464,6 +464,48 @@ func (e *env) stop() {
 	e.allCmds = nil
 }
 
+// openAll opens n clients with open(i), at most at a time at once, and
+// returns those that opened, in order, and the failures counted by cause.
+func openAll[C any](n, at int, open func(i int) (C, error)) ([]C, string) {
+	out, ok := make([]C, n), make([]bool, n)
+	sem := make(chan struct{}, at)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	fails := map[string]int{}
+	for i := 0; i < n; i++ {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func(i int) {
+			defer func() { <-sem; wg.Done() }()
+			c, err := open(i)
+			if err != nil {
+				msg := err.Error()
+				if j := strings.LastIndex(msg, ": "); j >= 0 && strings.Contains(msg, "127.0.0.1") {
+					msg = msg[j+2:] // one line per cause, not per port
+				}
+				mu.Lock()
+				fails[msg]++
+				mu.Unlock()
+				return
+			}
+			out[i], ok[i] = c, true
+		}(i)
+	}
+	wg.Wait()
+	var opened []C
+	for i, c := range out {
+		if ok[i] {
+			opened = append(opened, c)
+		}
+	}
+	var fs []string
+	for m, k := range fails {
+		fs = append(fs, fmt.Sprintf("%d× %s", k, m))
+	}
+	sort.Strings(fs)
+	return opened, strings.Join(fs, "; ")
+}
+
 // children lists the pids whose parent is pid.
 func children(pid int) []int {
 	var out []int

@@ -473,47 +473,13 @@ func openStream(addr, target string, onData func(v []byte, at time.Time)) (*scli
 // once; target and onData (which may be nil) are per stream. It returns the
 // open ones and a summary of the failures.
 func openMany(f *sfront, n int, kind string, onData func(i int) func([]byte, time.Time)) ([]*sclient, string) {
-	out := make([]*sclient, n)
-	sem := make(chan struct{}, cmp.Or(f.Opening, 256))
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	fails := map[string]int{}
-	for i := 0; i < n; i++ {
-		sem <- struct{}{}
-		wg.Add(1)
-		go func(i int) {
-			defer func() { <-sem; wg.Done() }()
-			var od func([]byte, time.Time)
-			if onData != nil {
-				od = onData(i)
-			}
-			c, err := openStream(f.Addr, f.target(kind, i), od)
-			if err != nil {
-				mu.Lock()
-				msg := err.Error()
-				if j := strings.LastIndex(msg, ": "); j >= 0 && strings.Contains(msg, "127.0.0.1") {
-					msg = msg[j+2:] // one line per cause, not per port
-				}
-				fails[msg]++
-				mu.Unlock()
-				return
-			}
-			out[i] = c
-		}(i)
-	}
-	wg.Wait()
-	var open []*sclient
-	for _, c := range out {
-		if c != nil {
-			open = append(open, c)
+	return openAll(n, cmp.Or(f.Opening, 256), func(i int) (*sclient, error) {
+		var od func([]byte, time.Time)
+		if onData != nil {
+			od = onData(i)
 		}
-	}
-	var fs []string
-	for m, k := range fails {
-		fs = append(fs, fmt.Sprintf("%d× %s", k, m))
-	}
-	sort.Strings(fs)
-	return open, strings.Join(fs, "; ")
+		return openStream(f.Addr, f.target(kind, i), od)
+	})
 }
 
 func closeAll(cs []*sclient) {

@@ -334,43 +334,7 @@ func wsEchoOnce(c *websocket.Conn) error {
 // wsDialMany opens n WebSockets on f, 256 being opened at once, and
 // returns the open ones and a summary of the failures.
 func wsDialMany(f *wfront, n int) ([]*websocket.Conn, string) {
-	out := make([]*websocket.Conn, n)
-	sem := make(chan struct{}, 256)
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	fails := map[string]int{}
-	for i := 0; i < n; i++ {
-		sem <- struct{}{}
-		wg.Add(1)
-		go func(i int) {
-			defer func() { <-sem; wg.Done() }()
-			c, err := wsDial(f.URL)
-			if err != nil {
-				msg := err.Error()
-				if j := strings.LastIndex(msg, ": "); j >= 0 && strings.Contains(msg, "127.0.0.1") {
-					msg = msg[j+2:] // one line per cause, not per port
-				}
-				mu.Lock()
-				fails[msg]++
-				mu.Unlock()
-				return
-			}
-			out[i] = c
-		}(i)
-	}
-	wg.Wait()
-	var open []*websocket.Conn
-	for _, c := range out {
-		if c != nil {
-			open = append(open, c)
-		}
-	}
-	var fs []string
-	for m, k := range fails {
-		fs = append(fs, fmt.Sprintf("%d× %s", k, m))
-	}
-	sort.Strings(fs)
-	return open, strings.Join(fs, "; ")
+	return openAll(n, 256, func(int) (*websocket.Conn, error) { return wsDial(f.URL) })
 }
 
 func wsCloseAll(cs []*websocket.Conn) {
