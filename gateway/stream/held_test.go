@@ -56,12 +56,8 @@ func TestHeldStreamsCostNoGoroutine(t *testing.T) {
 	for i := range cs {
 		cs[i] = open()
 	}
-	var grown int
-	waitUntil(t, 5*time.Second, func() error {
-		if grown = runtime.NumGoroutine() - before; grown > n/10 {
-			return fmt.Errorf("%d streams held: %d goroutines more than before, want at most %d", n, grown, n/10)
-		}
-		return nil
+	settle(t, fmt.Sprintf("%d streams held on at most %d goroutines more than before", n, n/10), 5*time.Second, func() bool {
+		return runtime.NumGoroutine()-before <= n/10
 	})
 	more.Store(true)
 	for i, c := range cs {
@@ -73,23 +69,6 @@ func TestHeldStreamsCostNoGoroutine(t *testing.T) {
 		}
 	}
 	streamsSettle(t, srv, map[bridge.StreamEnd]int64{bridge.EndClientGone: 1, bridge.EndNormal: n})
-}
-
-// waitUntil calls fn until it returns nil or d passed, and fails with its
-// last error.
-func waitUntil(t *testing.T, d time.Duration, fn func() error) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		err := fn()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatal(err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 // A held stream whose worker is lost ends abnormally (the connection

@@ -151,12 +151,13 @@ func openFDs(t *testing.T) int {
 	return len(ents)
 }
 
+// settle waits until ok (what: the state it waits for), d at most.
 func settle(t *testing.T, what string, d time.Duration, ok func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for !ok() {
 		if time.Now().After(deadline) {
-			t.Fatalf("%s did not return to its starting level", what)
+			t.Fatalf("%s: not settled after %v", what, d)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
