@@ -736,25 +736,40 @@ func report(e *env, results map[string]map[string]map[string][]cell, took time.D
 			fmt.Println()
 		}
 	}
-	fmt.Println("\nratios (12-byte body, 32 connections; requests/s):")
+	names := printRatios("12-byte body, 32 connections; requests/s", ratios)
+	fmt.Printf("  p99 mod_zmq %.2f ms vs mod_proxy_http %.2f ms (shared)\n", key("mod_zmq", "shared").P99ms, key("mod_proxy_http", "shared").P99ms)
+
+	path := writeResults("results.json", map[string]any{"rounds": *rounds, "took_seconds": took.Seconds(), "configs": sum, "ratios": ratios})
+	os.WriteFile(filepath.Join(*outDir, "ratios.svg"), []byte(svg(names, ratios)), 0o644)
+	fmt.Printf("\nwrote %s and %s\n", path, filepath.Join(*outDir, "ratios.svg"))
+}
+
+// printRatios prints ratios under what they are, by name; it returns the
+// names in that order.
+func printRatios(what string, ratios map[string]float64) []string {
+	fmt.Printf("\nratios (%s):\n", what)
 	names := make([]string, 0, len(ratios))
+	width := 0
 	for k := range ratios {
-		names = append(names, k)
+		names, width = append(names, k), max(width, len(k))
 	}
 	sort.Strings(names)
 	for _, k := range names {
-		fmt.Printf("  %-34s %.2f\n", k, ratios[k])
+		fmt.Printf("  %-*s %.2f\n", width+2, k, ratios[k])
 	}
-	fmt.Printf("  p99 mod_zmq %.2f ms vs mod_proxy_http %.2f ms (shared)\n", key("mod_zmq", "shared").P99ms, key("mod_proxy_http", "shared").P99ms)
+	return names
+}
 
-	host, _ := os.Hostname()
-	doc := map[string]any{"when": time.Now().UTC().Format(time.RFC3339), "host": host, "rounds": *rounds,
-		"took_seconds": took.Seconds(), "configs": sum, "ratios": ratios}
+// writeResults writes doc, with the time and the host it was measured on,
+// as JSON to name in -out, and returns the file's path.
+func writeResults(name string, doc map[string]any) string {
+	doc["when"] = time.Now().UTC().Format(time.RFC3339)
+	doc["host"], _ = os.Hostname()
 	b, _ := json.MarshalIndent(doc, "", "  ")
 	os.MkdirAll(*outDir, 0o755)
-	os.WriteFile(filepath.Join(*outDir, "results.json"), b, 0o644)
-	os.WriteFile(filepath.Join(*outDir, "ratios.svg"), []byte(svg(names, ratios)), 0o644)
-	fmt.Printf("\nwrote %s and %s\n", filepath.Join(*outDir, "results.json"), filepath.Join(*outDir, "ratios.svg"))
+	path := filepath.Join(*outDir, name)
+	os.WriteFile(path, b, 0o644)
+	return path
 }
 
 // svg draws the ratios as horizontal bars with a line at 1.0.

@@ -23,7 +23,6 @@ import (
 	"bufio"
 	"bytes"
 	"cmp"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -844,22 +843,9 @@ func reportStreams(held []holdResult, lats []latResult, xfers []xferResult, took
 			ratios["mod_zmq_vs_mod_proxy_http_download"] = xfers[0].DownMBs / xfers[1].DownMBs
 		}
 	}
-	fmt.Println("\nratios (above 1.0: the first is better; RSS and p99: the other's figure / the first's):")
-	names := make([]string, 0, len(ratios))
-	for k := range ratios {
-		names = append(names, k)
-	}
-	sort.Strings(names)
-	for _, k := range names {
-		fmt.Printf("  %-40s %.2f\n", k, ratios[k])
-	}
-	host, _ := os.Hostname()
-	doc := map[string]any{"when": time.Now().UTC().Format(time.RFC3339), "host": host, "took_seconds": took.Seconds(),
-		"held": held, "latency": lats, "transfer": xfers, "ratios": ratios}
-	b, _ := json.MarshalIndent(doc, "", "  ")
-	os.MkdirAll(*outDir, 0o755)
-	os.WriteFile(filepath.Join(*outDir, "streams.json"), b, 0o644)
-	fmt.Printf("\nwrote %s\n", filepath.Join(*outDir, "streams.json"))
+	printRatios("above 1.0: the first is better; RSS and p99: the other's figure / the first's", ratios)
+	fmt.Printf("\nwrote %s\n", writeResults("streams.json", map[string]any{"took_seconds": took.Seconds(),
+		"held": held, "latency": lats, "transfer": xfers, "ratios": ratios}))
 }
 
 func sizeName(n int64) string {

@@ -25,7 +25,6 @@ package main
 
 import (
 	"cmp"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"log"
@@ -694,23 +693,10 @@ func reportWebSockets(fronts []*wfront, rss []wsRSSResult, lats []wsLatResult, r
 			}
 		}
 	}
-	fmt.Println("\nratios (above 1.0: the first is better; p99: the tunnel's / the front's; target: mod_zmq_vs_tunnel_msgs ≥ 1.0):")
-	names := make([]string, 0, len(ratios))
-	for k := range ratios {
-		names = append(names, k)
-	}
-	sort.Strings(names)
-	for _, k := range names {
-		fmt.Printf("  %-28s %.2f\n", k, ratios[k])
-	}
-	host, _ := os.Hostname()
-	doc := map[string]any{"when": time.Now().UTC().Format(time.RFC3339), "host": host, "took_seconds": took.Seconds(),
+	printRatios("above 1.0: the first is better; p99: the tunnel's / the front's; target: mod_zmq_vs_tunnel_msgs ≥ 1.0", ratios)
+	fmt.Printf("\nwrote %s\n", writeResults("websockets.json", map[string]any{"took_seconds": took.Seconds(),
 		"not_measured": skipped, "rss": rss, "latency": lats, "rate": rates, "ratios": ratios,
-		"load_average_at_end": cmp.Or(loadAvg(), "?")}
-	b, _ := json.MarshalIndent(doc, "", "  ")
-	os.MkdirAll(*outDir, 0o755)
-	os.WriteFile(filepath.Join(*outDir, "websockets.json"), b, 0o644)
-	fmt.Printf("\nwrote %s\n", filepath.Join(*outDir, "websockets.json"))
+		"load_average_at_end": cmp.Or(loadAvg(), "?")}))
 }
 
 // loadAvg is /proc/loadavg's first three figures.
