@@ -82,7 +82,7 @@ void modzmq_set_due(modzmq_response *resp, int64_t due_ms)
 
 /* Waits up to timeout_ms for input on the connection's descriptor zfd or
  * for one of resp's wake descriptors: 1 when zfd has something. */
-static int wait_watched(const modzmq_response *resp, int zfd, int timeout_ms)
+static int wait_input(const modzmq_response *resp, int zfd, int timeout_ms)
 {
     struct pollfd p[3];
     int i, n = 1;
@@ -105,20 +105,23 @@ int modzmq_wait(modzmq_response *resp)
 {
     modzmq_call *st = MODZMQ_CALL(resp);
     modzmq_release(resp);
-    if (st->zconn != NULL && st->due_ms != 0 && resp->wake[0].events != 0) {
-        /* The caller's client is watched: wait until the call is due. */
-        int64_t left = st->due_ms - zmtp_now_ms();
-        int timeout = left <= 0 ? 0 : left < WATCHED_SLICE_MS ? (int)left : WATCHED_SLICE_MS;
-        int rc = modzmq_zreceive(st->zconn, -1, resp);
-        if (rc == 0 && timeout > 0 && wait_watched(resp, zmtp_fd(st->zconn), timeout)) {
+    if (st->zconn != NULL) {
+        /* What is there, else what comes before the deadline (the call due
+         * while the caller's client is watched, else wait_ms), read as it
+         * arrives, until a wake descriptor is ready. */
+        int64_t now = zmtp_now_ms(), deadline = now + st->wait_ms;
+        int rc;
+        if (st->due_ms != 0 && resp->wake[0].events != 0) {
+            deadline = st->due_ms < now + WATCHED_SLICE_MS ? st->due_ms : now + WATCHED_SLICE_MS;
+        }
+        rc = modzmq_zreceive(st->zconn, -1, resp);
+        while (rc == 0 && (now = zmtp_now_ms()) < deadline &&
+               wait_input(resp, zmtp_fd(st->zconn), (int)(deadline - now))) {
             rc = modzmq_zreceive(st->zconn, -1, resp);
         }
         if (rc != 0) {
             return 1; /* a message, or a failure */
         }
-    }
-    else if (st->zconn != NULL && modzmq_zreceive(st->zconn, st->wait_ms, resp) != 0) {
-        return 1; /* a message, or a failure */
     }
     /* Nothing came (or the connection is one Go waits on itself): Go's
      * step has nothing to do unless the call is due or a worker was lost
