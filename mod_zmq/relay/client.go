@@ -588,10 +588,10 @@ func streamStep(p *pending, resp *C.modzmq_response, h cgo.Handle) C.int {
 	if z != nil && !s.Owes() {
 		// Nothing to grant after the write: the shim may wait for the next
 		// part in C rather than step for it (a step is a hand-off of Go's
-		// scheduler; an SSE event would cost two).
+		// scheduler; an SSE event would cost two): pending on the
+		// connection, as after a step that found nothing.
 		resp.wait_first = 1
-		st.zconn, st.wait_ms = unsafe.Pointer(z.z), C.int(max(s.Wait().Milliseconds(), 1))
-		C.modzmq_set_due(resp, C.int64_t(s.Due().Milliseconds()))
+		waitOn(resp, h, z, s.Wait(), s.Due())
 	}
 	return C.MODZMQ_PART
 }
