@@ -21,6 +21,7 @@ need iproute2      command -v ip
 need chromium      command -v chromium
 need openssl       command -v openssl
 need prometheus    command -v promtool # promtool checks the metrics pages
+need gdb           command -v gdb # shows where an Apache child that does not stop is stuck
 if [ "${1:-}" = bench ]; then
 	need wrk           command -v wrk
 	need mongrel2-core command -v mongrel2

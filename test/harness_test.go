@@ -229,16 +229,51 @@ func (h *httpd) stop(t *testing.T) {
 	if out, err := h.ctl("stop"); err != nil {
 		t.Errorf("httpd -k stop: %v %s", err, out)
 	}
-	deadline := time.Now().Add(20 * time.Second)
+	start := time.Now()
+	deadline, traced := start.Add(20*time.Second), false
 	for pid != "" && time.Now().Before(deadline) {
 		if _, err := os.Stat("/proc/" + pid); err != nil {
 			return
+		}
+		if !traced && time.Since(start) > 3*time.Second {
+			// A child that has not exited by now has a thread that did not
+			// end its request: Apache kills it at 8 s. Show where it is.
+			traced = true
+			t.Errorf("httpd %s still running 3 s after -k stop; its children's threads in mod_zmq:\n%s", pid, zmqThreads(pid))
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 	if pid != "" {
 		t.Errorf("httpd %s still running 20 s after -k stop", pid)
 	}
+}
+
+// zmqThreads returns the stacks of the threads of ppid's children that are
+// in mod_zmq, its library or the Go runtime's callbacks (gdb, from
+// test/deps.sh), and how many others there are.
+func zmqThreads(ppid string) string {
+	if _, err := exec.LookPath("gdb"); err != nil {
+		return "(no gdb to show them)"
+	}
+	out, _ := exec.Command("pgrep", "-P", ppid).Output()
+	var b strings.Builder
+	for _, pid := range strings.Fields(string(out)) {
+		bt, err := exec.Command("gdb", "-p", pid, "-batch", "-ex", "thread apply all bt").CombinedOutput()
+		if err != nil {
+			fmt.Fprintf(&b, "child %s: gdb: %v\n", pid, err)
+			continue
+		}
+		others := 0
+		for _, th := range strings.Split(string(bt), "\nThread ")[1:] {
+			if strings.Contains(th, "modzmq") || strings.Contains(th, "zmtp_") || strings.Contains(th, "cgocallback") {
+				fmt.Fprintf(&b, "child %s, Thread %s\n", pid, strings.TrimSpace(th))
+			} else {
+				others++
+			}
+		}
+		fmt.Fprintf(&b, "child %s: %d other threads\n", pid, others)
+	}
+	return b.String()
 }
 
 func (h *httpd) errorLog() string {
