@@ -88,9 +88,13 @@ func ValidCloseCode(code int) bool {
 }
 
 // webSocketWindow is the credit each side of a WebSocket starts with: the
-// request's StreamWindow, but room for one message of the largest size.
+// request's StreamWindow and room for one message of the largest size
+// beyond it. With less, a side's credit falls short of a message of the
+// largest size after the first message, and the rule of grant makes the
+// other side grant credit back after every message: two more messages
+// for every one relayed.
 func webSocketWindow(r *Request) int64 {
-	return max(r.StreamWindow, r.maxMessage()+PartCost)
+	return max(r.StreamWindow, 0) + r.maxMessage() + PartCost
 }
 
 func (r *Request) maxMessage() int64 {

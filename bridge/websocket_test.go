@@ -87,7 +87,7 @@ func TestWebSocketThroughTheBridge(t *testing.T) {
 	}
 	ws := resp.WebSocket
 	meta := <-got
-	for _, want := range []string{"websocket: 1\r\n", "websocket-max-message: 1048576\r\n", "stream-credits: 1048640\r\n", "websocket-protocols: chat, other\r\n"} {
+	for _, want := range []string{"websocket: 1\r\n", "websocket-max-message: 1048576\r\n", "stream-credits: 1114176\r\n", "websocket-protocols: chat, other\r\n"} {
 		if !strings.Contains(meta, want) {
 			t.Errorf("the handshake's meta lacks %q:\n%s", want, meta)
 		}
@@ -95,8 +95,8 @@ func TestWebSocketThroughTheBridge(t *testing.T) {
 	if p, err := CheckAccept(resp.Headers, "chat, other"); p != "chat" || err != nil || !strings.Contains(string(resp.Headers), "X-Hello: 1\r\n") {
 		t.Errorf("the accept: headers %q, subprotocol %q, %v", resp.Headers, p, err)
 	}
-	if ws.SendCredit() != 1<<20+PartCost {
-		t.Errorf("the front may send the worker %d bytes at first, want %d", ws.SendCredit(), 1<<20+PartCost)
+	if ws.SendCredit() != 64<<10+1<<20+PartCost {
+		t.Errorf("the front may send the worker %d bytes at first, want %d", ws.SendCredit(), 64<<10+1<<20+PartCost)
 	}
 
 	// Over MaxStreams: a second handshake is refused before the worker sees it.

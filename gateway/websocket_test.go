@@ -521,11 +521,12 @@ func TestWebSocketWorkerCreditHoldsTheClientBack(t *testing.T) {
 		}
 		sent <- n
 	}()
-	// The window is 4096 bytes and each message costs 1064: three fit.
-	checkFor(t, func() bool { return count.Load() == 3 }, "three messages at the worker")
+	// The credit is the window, 4096 bytes, and room for a message of the
+	// largest size, 1064; each message costs 1064: four fit.
+	checkFor(t, func() bool { return count.Load() == 4 }, "four messages at the worker")
 	time.Sleep(200 * time.Millisecond)
-	if n := count.Load(); n != 3 {
-		t.Fatalf("the worker got %d messages within a credit for 3", n)
+	if n := count.Load(); n != 4 {
+		t.Fatalf("the worker got %d messages within a credit for 4", n)
 	}
 	grant.Store(true)
 	checkFor(t, func() bool { return count.Load() == 100 }, "every message at the worker after its grant (%d)", &count)

@@ -577,13 +577,14 @@ func TestWebSocketsThroughApache(t *testing.T) {
 
 	t.Run("SlowWorker", func(t *testing.T) {
 		// The worker grants no credit: the front stops reading the client
-		// once the worker's window (4096 bytes) is spent.
+		// once the worker's credit is spent: ZmqStreamWindow (4096 bytes)
+		// and room for a message of ZmqWebSocketMaxMessage (1024) and 64.
 		c := mustOpen(t, addr, nil, "/wssmall/slow")
 		for range 50 {
 			c.send(opBinary, make([]byte, 1000))
 		}
 		got := func() int { return strings.Count(w.Output.String(), "message "+c.ConnID+" binary 1000\n") }
-		fits := 4096 / 1064 // each costs its bytes and 64
+		fits := (4096 + 1024 + 64) / 1064 // each costs its bytes and 64
 		checkFor(t, 10*time.Second, func() error {
 			if n := got(); n < fits {
 				return fmt.Errorf("the worker got %d messages, want the %d its window holds", n, fits)
@@ -592,7 +593,7 @@ func TestWebSocketsThroughApache(t *testing.T) {
 		})
 		time.Sleep(300 * time.Millisecond) // a message past the window would arrive now
 		if n := got(); n != fits {
-			t.Errorf("the worker got %d messages of 1000 bytes with a window of 4096 and no grant; want %d", n, fits)
+			t.Errorf("the worker got %d messages of 1000 bytes with a credit of 5184 and no grant; want %d", n, fits)
 		}
 		c.close()
 		waitClosed(t, w, c.ConnID, 1006)

@@ -159,7 +159,7 @@ func TestWebSocketMessagesBothWays(t *testing.T) {
 		t.Errorf("the 101: subprotocol %q, header %v", c.Subprotocol(), resp.Header)
 	}
 	meta := waitLine(t, got, "meta ")
-	for _, want := range []string{"websocket: 1\r\n", "websocket-protocols: other, chat\r\n", "websocket-max-message: 4194304\r\n", "stream-credits: 4194368\r\n", "connection-id: "} {
+	for _, want := range []string{"websocket: 1\r\n", "websocket-protocols: other, chat\r\n", "websocket-max-message: 4194304\r\n", "stream-credits: 4456512\r\n", "connection-id: "} {
 		if !strings.Contains(meta, want) {
 			t.Errorf("the handshake's meta lacks %q:\n%s", want, meta)
 		}
@@ -583,7 +583,7 @@ func TestWebSocketWorkerGrantsNoCredit(t *testing.T) {
 	})
 	route := wsRoute(ep)
 	route.WebSocketMaxMessage = 1000
-	route.StreamWindow = 4096 // the worker's credit: 3 messages of 1000 bytes and PartCost
+	route.StreamWindow = 4096 // the worker's credit, with room for a message of 1064: 4 messages of 1000 bytes and PartCost
 	route.Timeout = gateway.Duration(time.Second)
 	_, addr, logs := startServerLog(t, Options{}, route)
 	c, _ := wsDial(t, addr, "/ok", nil)
@@ -594,7 +594,7 @@ func TestWebSocketWorkerGrantsNoCredit(t *testing.T) {
 			}
 		}
 	}()
-	for i := 0; i < 3; i++ {
+	for i := 0; i < 4; i++ {
 		if s := waitLine(t, got, ""); s != "message 1000" {
 			t.Fatalf("the worker got %q, want message %d of 1000 bytes", s, i)
 		}
@@ -602,7 +602,7 @@ func TestWebSocketWorkerGrantsNoCredit(t *testing.T) {
 	plain := dial(t, addr)
 	plain.send("GET /plain HTTP/1.1\r\nHost: x\r\n\r\n")
 	if s := waitLine(t, got, ""); s != "closed 1013" {
-		t.Errorf("after 3 messages, past its credit, the worker got %q; want closed 1013", s)
+		t.Errorf("after 4 messages, past its credit, the worker got %q; want closed 1013", s)
 	}
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	if _, _, err := c.ReadMessage(); closeCode(err) != 1013 {
@@ -658,12 +658,15 @@ func TestWebSocketClientThatStopsReading(t *testing.T) {
 		t.Errorf("the worker got %q, want closed 1006", s)
 	}
 	n, kernel := sent.Load(), kernelHeld(t, r.c)
+	// The worker's credit: the window and room for a message of the
+	// largest size.
 	window := int64(bridge.DefaultStreamWindow)
+	granted := window + 64<<10 + bridge.PartCost
 	t.Logf("the worker could send %d KiB to a client that read nothing; the kernel holds %d KiB of it", n>>10, kernel>>10)
-	if limit := window + slack(t); n > limit {
-		t.Errorf("the worker could send %d bytes; want at most the window and the kernel's buffers, %d", n, limit)
+	if limit := granted + slack(t); n > limit {
+		t.Errorf("the worker could send %d bytes; want at most its credit and the kernel's buffers, %d", n, limit)
 	}
-	if held, limit := n-kernel, window+int64((sndHWM+1)*msgMax(window))+size+16<<10; held > limit {
+	if held, limit := n-kernel, granted+int64((sndHWM+1)*msgMax(window))+size+16<<10; held > limit {
 		t.Errorf("stream mode held %d bytes beyond the kernel's buffers; want at most %d", held, limit)
 	}
 	if !strings.Contains(logs.String(), "MODZMQ0303: client is not reading") {
