@@ -108,14 +108,14 @@ $(BUILD)/modzmq-bench: $(wildcard test/bench/*.go)
 	$(GO) build -o $@ ./test/bench
 
 FUZZTIME ?= 2000000x
-FUZZ_TARGETS := FuzzFastDecode:./mod_zmq/relay FuzzFastEncode:./mod_zmq/relay FuzzZMTPFrames:./mod_zmq/relay FuzzCurveOpen:./bridge FuzzZMTPTransport:./bridge FuzzDecodeReply:./bridge FuzzRequestRoundTrip:./bridge FuzzParseHeaderLines:./bridge FuzzParser:./gateway/stream FuzzReader:./internal/wsproto
+FUZZ_TARGETS := FuzzFastDecode:./mod_zmq/relay FuzzFastEncode:./mod_zmq/relay FuzzZMTPFrames:./mod_zmq/relay FuzzWSFast:./mod_zmq/relay FuzzCurveOpen:./bridge FuzzZMTPTransport:./bridge FuzzDecodeReply:./bridge FuzzRequestRoundTrip:./bridge FuzzParseHeaderLines:./bridge FuzzParser:./gateway/stream FuzzReader:./internal/wsproto
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \
 		echo "fuzz $${t%%:*} ($(FUZZTIME))"; \
 		$(GO) test $(TESTTAGS) -run '^$$' -fuzz "^$${t%%:*}$$" -fuzztime $(FUZZTIME) $${t#*:} || exit 1; \
 	done
 
-# The fuzz targets that reach the C of mod_zmq/relay (fast.c, zmtp.c, zmqio.c),
+# The fuzz targets that reach the C of mod_zmq/relay (fast.c, zmtp.c, zmqio.c, wsfast.c),
 # each for ASAN_FUZZTIME under AddressSanitizer (go test -asan, which also
 # checks for leaks at exit) and UBSan (-fsanitize=undefined through
 # CGO_CFLAGS, for every cgo package the test links). A sanitizer report ends
@@ -125,7 +125,7 @@ fuzz:
 # default). -asan makes fuzzing slow (FuzzFastDecode: about 100 executions a
 # second against thousands), hence the small count. Add a target as Name:package.
 ASAN_FUZZTIME ?= 10000x
-ASAN_FUZZ_TARGETS := FuzzFastDecode:./mod_zmq/relay FuzzFastEncode:./mod_zmq/relay FuzzZMTPFrames:./mod_zmq/relay
+ASAN_FUZZ_TARGETS := FuzzFastDecode:./mod_zmq/relay FuzzFastEncode:./mod_zmq/relay FuzzZMTPFrames:./mod_zmq/relay FuzzWSFast:./mod_zmq/relay
 ASAN_ENV := CGO_CFLAGS='-O1 -g -fno-omit-frame-pointer -fsanitize=undefined -fno-sanitize-recover=undefined' \
 	CGO_LDFLAGS='-fsanitize=undefined' \
 	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 ASAN_OPTIONS=halt_on_error=1:detect_leaks=1

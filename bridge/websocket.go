@@ -350,12 +350,23 @@ func (ws *WebSocket) decode(msg [][]byte) (Message, error) {
 	return m, nil
 }
 
-// grant sends the worker the credit the client earned back, once it is a
-// quarter of the window, or at once when what the worker has left would
-// not let it send a message of the largest size (a worker waiting for that
-// credit would otherwise wait for ever).
+// grantDue reports whether the client earned the worker enough credit back
+// to grant it: a quarter of the window, or at once when what the worker has
+// left would not let it send a message of the largest size (a worker
+// waiting for that credit would otherwise wait for ever).
+func (ws *WebSocket) grantDue() bool {
+	return ws.owed > 0 && (ws.owed >= ws.window/4 || ws.credit < ws.max+PartCost)
+}
+
+// grantAt is the least owed at which grantDue holds while each message
+// from the worker moves its cost from credit to owed (their sum stays).
+func (ws *WebSocket) grantAt() int64 {
+	return max(min(ws.window/4, ws.credit+ws.owed-ws.max-PartCost+1), 1)
+}
+
+// grant sends the worker the credit the client earned back, when due.
 func (ws *WebSocket) grant() {
-	if ws.owed == 0 || (ws.owed < ws.window/4 && ws.credit >= ws.max+PartCost) {
+	if !ws.grantDue() {
 		return
 	}
 	n := ws.owed
@@ -365,6 +376,37 @@ func (ws *WebSocket) grant() {
 		ws.broken = true
 		ws.fail(fmt.Errorf("%w: sending credit to %s: %v", ErrWorkerLost, ws.e.addr, err))
 	}
+}
+
+// Flow is a WebSocket's credit, lent to a front that relays the common
+// messages itself (the Apache module's C step: modzmq_ws_lent) while the
+// WebSocket is not used, and given back with Return before it is used
+// again. The front follows the WebSocket's rules: a client's message costs
+// its bytes and PartCost of Sendable, a worker's the same of Credit, which
+// it adds to Owed; once Owed reaches GrantAt the WebSocket must have it
+// back, for Recv grants credit. It sends a client's message as Send does
+// (ID, SendTimeout), and counts what it relays in the client's counters
+// itself.
+type Flow struct {
+	Sendable, Credit, Owed, GrantAt, Max int64
+	ID                                   []byte
+	SendTimeout                          time.Duration
+}
+
+// Lend returns the WebSocket's credit for a front that relays by itself;
+// ok false when it may not (closed or failed).
+func (ws *WebSocket) Lend() (f Flow, ok bool) {
+	if ws.p == nil || ws.closed || ws.failed {
+		return Flow{}, false
+	}
+	return Flow{Sendable: ws.SendCredit(), Credit: ws.credit, Owed: ws.owed, GrantAt: ws.grantAt(), Max: ws.max,
+		ID: ws.p.id, SendTimeout: ws.c.opts.ConnectTimeout}, true
+}
+
+// Return gives back the credit Lend lent, as the front left it.
+func (ws *WebSocket) Return(f Flow) {
+	atomic.StoreInt64(&ws.sendable, f.Sendable)
+	ws.credit, ws.owed = f.Credit, f.Owed
 }
 
 // Send sends the worker a message from the client: Text or Binary within

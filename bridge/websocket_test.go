@@ -207,3 +207,26 @@ func TestWebSocketClosesReachTheWorker(t *testing.T) {
 		t.Errorf("a WebSocket after a broken one: %v", err)
 	}
 }
+
+// A front that relays a WebSocket's messages by itself (Flow) hands it
+// back once Owed reaches GrantAt: where grant first finds credit due, as
+// each message from the worker moves its cost from credit to owed.
+func TestWebSocketGrantAt(t *testing.T) {
+	for window := int64(0); window < 700; window += 7 {
+		for _, maxMsg := range []int64{0, 1, 100, 500} {
+			for k := int64(0); k < 800; k += 13 { // credit + owed: what a message moves leaves it
+				at := (&WebSocket{window: window, max: maxMsg, credit: k}).grantAt()
+				for owed := int64(0); owed <= k; owed++ {
+					ws := &WebSocket{window: window, max: maxMsg, credit: k - owed, owed: owed}
+					if due := ws.grantDue(); due != (owed >= at) {
+						t.Fatalf("window %d, max %d, credit %d, owed %d: grant due %v, but GrantAt is %d",
+							window, maxMsg, k-owed, owed, due, at)
+					}
+					if ws.grantAt() != at {
+						t.Fatalf("window %d, max %d: GrantAt %d with owed %d, %d with none", window, maxMsg, ws.grantAt(), owed, at)
+					}
+				}
+			}
+		}
+	}
+}

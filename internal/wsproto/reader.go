@@ -71,6 +71,12 @@ func (r *Reader) Feed(b []byte) {
 	r.buf = append(r.buf, b...)
 }
 
+// Idle reports whether the Reader holds nothing: no bytes fed and not
+// taken, no message begun (a front may then parse a whole message itself).
+func (r *Reader) Idle() bool {
+	return r.err == nil && !r.closed && len(r.buf) == r.pos && !r.inFrame && (r.kind == 0 || r.delivered)
+}
+
 // Closed reports whether the client's close has come (Next returned it).
 func (r *Reader) Closed() bool { return r.closed }
 

@@ -105,8 +105,3 @@ func modzmq_send_body(resp *C.modzmq_response, data *C.char, n C.size_t, last C.
 	}
 	return C.int(relay.SendBody(unsafe.Pointer(resp), b, last != 0))
 }
-
-//export modzmq_ws_step
-func modzmq_ws_step(resp *C.modzmq_response, io *C.modzmq_ws_io) C.int {
-	return C.int(relay.WSStep(unsafe.Pointer(resp), unsafe.Pointer(io)))
-}

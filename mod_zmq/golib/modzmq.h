@@ -23,7 +23,7 @@
 #include <stdint.h>
 
 /* The ABI this header describes; modzmq_abi_version() must return it. */
-#define MODZMQ_ABI_VERSION 20
+#define MODZMQ_ABI_VERSION 21
 
 /* Return codes of modzmq_relay(). */
 #define MODZMQ_OK         0 /* reply in *resp */
@@ -321,7 +321,8 @@ typedef int (*modzmq_send_body_fn)(modzmq_response *resp, char *data, size_t len
 #define MODZMQ_WS_HEAD 1024
 typedef struct modzmq_ws_io {
     /* In, set by the caller before each step. */
-    const char *in;  size_t in_len;          /* bytes read from the client since the last step */
+    char   *in;  size_t in_len;              /* bytes read from the client since the last step (the
+                                                step may change them: it unmasks payloads in place) */
     int     client_gone;                     /* the client's connection ended (EOF, reset, error) */
     int     stopping;                        /* the server is stopping: close with 1001 */
     /* Out. Write head[0:head_len], then resp->body[0:body_len] (the payload

@@ -12,6 +12,7 @@ void relay_register_go(void)
         .dial = modzmq_go_dial,
         .adopt = modzmq_go_adopt,
         .stale = modzmq_go_stale,
+        .ws_step = modzmq_go_ws_step,
     };
     relay_set_callbacks(&go);
 }

@@ -246,6 +246,13 @@ void modzmq_fast_add_stats(modzmq_fast *f, int64_t *sums)
 
 /* ---- which fast path serves a request ---------------------------------- */
 
+void modzmq_fast_count(modzmq_fast *f, int j, int64_t n)
+{
+    if (f != NULL && j >= 0 && j < MODZMQ_STATS_BACKEND) {
+        __atomic_fetch_add(&f->stats[j], n, __ATOMIC_RELAXED);
+    }
+}
+
 void relay_set_callbacks(const relay_callbacks *cb) { go = *cb; }
 
 void modzmq_fast_publish(modzmq_fast *f)
@@ -539,6 +546,12 @@ static int fast_relay(modzmq_fast *f, modzmq_request *req, modzmq_response *resp
     st->elapsed_ns = now_ns() - start;
     st->remaining_ns = timeout_ms * 1000000 - st->elapsed_ns;
     return go.adopt(req, resp);
+}
+
+int modzmq_ws_step(modzmq_response *resp, modzmq_ws_io *io)
+{
+    int rc = modzmq_ws_fast(resp, io);
+    return rc >= 0 ? rc : go.ws_step(resp, io);
 }
 
 int modzmq_relay(int client, modzmq_request *req, modzmq_response *resp)

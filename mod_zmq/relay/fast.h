@@ -44,6 +44,9 @@ int modzmq_fast_put(modzmq_fast *f, int endpoint, zmtp_conn *conn);
 zmtp_conn *modzmq_fast_take(modzmq_fast *f, int endpoint);
 /* Adds the fast path's counters (a MODZMQ_STATS_BACKEND block) to sums. */
 void modzmq_fast_add_stats(modzmq_fast *f, int64_t *sums);
+/* Adds n to field j of the fast path's counters (a MODZMQ_STATS_BACKEND
+ * block), for what the C step of a WebSocket relays (wsfast.h). */
+void modzmq_fast_count(modzmq_fast *f, int j, int64_t n);
 
 /* Builds the eight frames of an MZMQ/1 request with its envelope, as
  * bridge.EncodeRequest does (FuzzFastEncode compares them byte for byte):

@@ -10,6 +10,7 @@ package relay
 #include <string.h>
 #include "modzmq.h"
 #include "fast.h"
+#include "wsfast.h"
 #include "zmqio.h"
 #include "zmtp.h"
 
@@ -65,6 +66,59 @@ func fastDecode(frames [][]byte, maxReply int64) (ok bool, resp bridge.Response)
 	resp.Headers = C.GoBytes(unsafe.Pointer(headers), C.int(headersLen))
 	resp.Body = C.GoBytes(unsafe.Pointer(body), C.int(bodyLen))
 	return true, resp
+}
+
+// cCopy copies b into C memory (one byte more, so that an empty b has an
+// address), for the C under test to read as it reads libzmq's or Apache's;
+// the caller frees it.
+func cCopy(b []byte) *C.uchar {
+	p := C.malloc(C.size_t(len(b) + 1))
+	copy(unsafe.Slice((*byte)(p), len(b)), b)
+	return (*C.uchar)(p)
+}
+
+// wsFrame runs the C step's frame check (modzmq_ws_frame) on b and, when it
+// takes the frame, unmasks its payload (modzmq_ws_mask): the frame's size
+// (0: not taken), opcode and payload.
+func wsFrame(b []byte, max int64) (n int, opcode int, payload []byte) {
+	p := cCopy(b)
+	defer C.free(unsafe.Pointer(p))
+	var op C.int
+	var off, size C.size_t
+	var key [4]C.uchar
+	got := C.modzmq_ws_frame(p, C.size_t(len(b)), C.int64_t(max), &op, &off, &size, &key[0])
+	if got == 0 {
+		return 0, 0, nil
+	}
+	at := (*C.uchar)(unsafe.Add(unsafe.Pointer(p), off))
+	C.modzmq_ws_mask(at, size, &key[0])
+	return int(got), int(op), C.GoBytes(unsafe.Pointer(at), C.int(size))
+}
+
+// utf8Valid runs the C step's UTF-8 check (modzmq_utf8_valid) on b.
+func utf8Valid(b []byte) bool {
+	p := cCopy(b)
+	defer C.free(unsafe.Pointer(p))
+	return C.modzmq_utf8_valid(p, C.size_t(len(b))) != 0
+}
+
+// wsHeader returns the header the C step writes for a server frame
+// carrying a whole message of n bytes (modzmq_ws_header).
+func wsHeader(opcode int, n uint64) []byte {
+	var b [10]C.uchar
+	size := C.modzmq_ws_header(&b[0], C.int(opcode), C.uint64_t(n))
+	return C.GoBytes(unsafe.Pointer(&b[0]), C.int(size))
+}
+
+// wsCredit runs the C step's credit parser (modzmq_ws_credit) on s.
+func wsCredit(s []byte) (v int64, ok bool) {
+	p := cCopy(s)
+	defer C.free(unsafe.Pointer(p))
+	var x C.int64_t
+	if C.modzmq_ws_credit((*C.char)(unsafe.Pointer(p)), C.size_t(len(s)), &x) == 0 {
+		return 0, false
+	}
+	return int64(x), true
 }
 
 // fastEncode runs the fast path's request encoder (modzmq_fast_encode) on

@@ -13,6 +13,7 @@
  *            entry point for a request.
  *   zmqio.h  the wait and the release (modzmq_wait, modzmq_release) and the
  *            call state a modzmq_response carries between them.
+ *   wsfast.h an open WebSocket's common messages (modzmq_ws_step).
  *
  * Why it is C: entering Go from an Apache thread costs more than the Go code
  * it runs (docs/BENCHMARKS.md, "Inside Apache"), so the common request - a
@@ -26,6 +27,7 @@
 
 #include "modzmq.h"
 #include "fast.h"
+#include "wsfast.h"
 #include "zmqio.h"
 #include "zmtp.h"
 
@@ -44,6 +46,9 @@ typedef struct relay_callbacks {
     /* stale: a reply nobody waits for any more (request id, id_len) found
      * on a pooled connection of client, which is then closed; for the log. */
     void (*stale)(int client, char *id, size_t id_len);
+    /* ws_step: an open WebSocket's step the C step (wsfast.h) leaves to
+     * Go. Returns as modzmq_ws_step. */
+    int (*ws_step)(modzmq_response *resp, modzmq_ws_io *io);
 } relay_callbacks;
 
 /* Sets the callbacks; once, before the first request. */

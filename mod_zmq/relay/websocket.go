@@ -62,6 +62,7 @@ type wsTunnel struct {
 	ended   bool // ws is closed
 	code    int  // the close code sent to the client
 	wake    *wsWake
+	fast    *C.modzmq_fast // the client's fast path, whose counters the C step adds to
 }
 
 // openWebSocket checks a handshake (wsproto's rules: the shim only saw
@@ -93,7 +94,7 @@ func (c *client) openWebSocket(req *C.modzmq_request, resp *C.modzmq_response) C
 		idle = bridge.DefaultStreamIdleTimeout
 	}
 	call := c.Start(context.Background(), r, time.Duration(req.timeout_ms)*time.Millisecond)
-	h := cgo.NewHandle(&pending{call: call, b: c.b, ws: &wsTunnel{key: key, offered: offered, idle: idle}})
+	h := cgo.NewHandle(&pending{call: call, b: c.b, ws: &wsTunnel{key: key, offered: offered, idle: idle, fast: c.fast}})
 	return outcome(call, c.b, resp, h)
 }
 
@@ -163,11 +164,18 @@ func upgrade(resp *C.modzmq_response, h cgo.Handle, out bridge.Response) C.int {
 	return C.MODZMQ_UPGRADE
 }
 
-// WSStep advances the open WebSocket in the modzmq_response at r with the
-// modzmq_ws_io at iop (modzmq_ws_step).
-func WSStep(r, iop unsafe.Pointer) (rc int) {
-	resp := (*C.modzmq_response)(r)
-	io := (*C.modzmq_ws_io)(iop)
+// modzmq_go_ws_step is the ws_step callback (relay.h): a step of the open
+// WebSocket in resp that the C step (wsfast.c) leaves to Go.
+//
+//export modzmq_go_ws_step
+func modzmq_go_ws_step(resp *C.modzmq_response, io *C.modzmq_ws_io) C.int {
+	return C.int(wsStep(resp, io))
+}
+
+// wsStep advances the open WebSocket in resp with io: it takes back the
+// credit it lent the C step, steps, and lends it again when the WebSocket
+// is left in its common state.
+func wsStep(resp *C.modzmq_response, io *C.modzmq_ws_io) (rc int) {
 	st := callState(resp)
 	var t *wsTunnel
 	defer func() {
@@ -196,6 +204,7 @@ func WSStep(r, iop unsafe.Pointer) (rc int) {
 	}
 	p.b.goEntries.Add(1)
 	t = p.ws
+	t.reclaim(st)
 	head := unsafe.Slice((*byte)(unsafe.Pointer(&io.head[0])), len(io.head))[:0]
 	resp.body, resp.body_len = nil, 0
 	io.again, io.client_error, io.idle = 0, 0, 0
@@ -215,7 +224,44 @@ func WSStep(r, iop unsafe.Pointer) (rc int) {
 		return int(code)
 	}
 	t.wait(resp, io)
+	t.lend(st)
 	return int(code)
+}
+
+// lend lends the C step the WebSocket's credit (modzmq_ws_lent) when the
+// WebSocket is in its common state: open, no close under way, no client
+// message held for want of credit or half read, on a connection C waits
+// on. The C step relays whole messages until Go's next step.
+func (t *wsTunnel) lend(st *C.modzmq_call) {
+	if t.ended || t.closing || t.held || !t.rd.Idle() || st.zconn == nil || t.fast == nil {
+		return
+	}
+	f, ok := t.ws.Lend()
+	if !ok || len(f.ID) > len(st.id) {
+		return
+	}
+	w := &st.ws
+	w.sendable, w.credit, w.owed, w.grant_at, w.max = C.int64_t(f.Sendable), C.int64_t(f.Credit),
+		C.int64_t(f.Owed), C.int64_t(f.GrantAt), C.int64_t(f.Max)
+	w.send_timeout_ms = C.int(max(f.SendTimeout.Milliseconds(), 1))
+	w.fast, w.heard_ms = unsafe.Pointer(t.fast), 0
+	st.id_len = C.size_t(copy(unsafe.Slice((*byte)(unsafe.Pointer(&st.id[0])), len(st.id)), f.ID))
+	w.on = 1
+}
+
+// reclaim takes back the credit lent to the C step, and when it relayed a
+// message of the client's, the time it came.
+func (t *wsTunnel) reclaim(st *C.modzmq_call) {
+	w := &st.ws
+	if w.on == 0 {
+		return
+	}
+	w.on = 0
+	t.ws.Return(bridge.Flow{Sendable: int64(w.sendable), Credit: int64(w.credit), Owed: int64(w.owed)})
+	if w.heard_ms != 0 {
+		t.heard = time.Now().Add(-time.Duration(int64(C.zmtp_now_ms())-int64(w.heard_ms)) * time.Millisecond)
+		t.pinged = false
+	}
 }
 
 // step relays what came from either side since the last step, appending

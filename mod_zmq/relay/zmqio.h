@@ -11,9 +11,26 @@
 
 #include "modzmq.h"
 
+/* An open WebSocket's credit, lent by Go to the C step (wsfast.h) while
+ * the WebSocket is in its common state, and taken back at Go's next step
+ * (bridge.WebSocketFlow). */
+typedef struct modzmq_ws_lent {
+    int         on;                             /* lent: the C step relays the common messages */
+    int         send_timeout_ms;                /* a message to the worker goes out within this */
+    void       *fast;                           /* the client's fast path (modzmq_fast), for counters */
+    int64_t     sendable;                       /* the front may send the worker messages costing this */
+    int64_t     credit;                         /* the worker may send messages costing this */
+    int64_t     owed;                           /* the client took this, not granted back yet */
+    int64_t     grant_at;                       /* Go grants credit back once owed reaches this */
+    int64_t     max;                            /* the largest message either way */
+    int64_t     heard_ms;                       /* zmtp_now_ms of the client's last message relayed
+                                                   in C; 0: none since lent */
+} modzmq_ws_lent;
+
 /* The library's state of a call in progress, kept in a modzmq_response's
  * state (MODZMQ_CALL): what modzmq_wait received, the Go call to resume,
- * and what the fast path hands over to Go. */
+ * what the fast path hands over to Go, and an open WebSocket's lent
+ * credit. */
 typedef struct modzmq_call {
     char       *block;                          /* malloc()ed for reply parts not inside the frames */
     char       *zbuf;                           /* malloc()ed: holds the frames */
@@ -36,7 +53,8 @@ typedef struct modzmq_call {
     uint64_t    epoch;
     int64_t     elapsed_ns, remaining_ns;
     size_t      id_len;
-    char        id[64];
+    char        id[64];                         /* the fast path's request, or the lent WebSocket's id */
+    modzmq_ws_lent ws;
 } modzmq_call;
 
 _Static_assert(sizeof(modzmq_call) <= MODZMQ_CALL_STATE, "a call's state fits a modzmq_response");
@@ -69,6 +87,10 @@ void modzmq_epochs_bump(void);
  * nothing arrives: in due_ms milliseconds (rounded up), or after every wait
  * when due_ms < 0 (Go waits on the call's connection itself). */
 void modzmq_set_due(modzmq_response *resp, int64_t due_ms);
+
+/* Whether an endpoint began a new epoch since Go last stepped the call in
+ * resp (modzmq_set_due). */
+int modzmq_epochs_moved(const modzmq_response *resp);
 
 /* The request path's wait and release, exported from the library; see
  * modzmq.h. */

@@ -1,0 +1,316 @@
+/*
+ * wsfast.c - see wsfast.h. Built into libmodzmq.so by cgo.
+ */
+#include <string.h>
+
+#include "fast.h"
+#include "wsfast.h"
+#include "zmqio.h"
+#include "zmtp.h"
+
+/* What every WebSocket message costs beyond its bytes (bridge.PartCost),
+ * and the most credit a side may hold (bridge's maxCredit). */
+#define WS_PART_COST 64
+#define WS_MAX_CREDIT ((int64_t)1 << 40)
+
+size_t modzmq_ws_frame(const unsigned char *b, size_t n, int64_t max, int *opcode, size_t *off, size_t *len,
+                       unsigned char key[4])
+{
+    size_t hdr = 2;
+    uint64_t plen;
+    int i;
+
+    if (n < 2 || (b[0] & 0xf0) != 0x80 || ((b[0] & 0x0f) != 1 && (b[0] & 0x0f) != 2) || !(b[1] & 0x80)) {
+        return 0;
+    }
+    plen = b[1] & 0x7f;
+    if (plen == 126) {
+        if (n < 4) {
+            return 0;
+        }
+        plen = (uint64_t)b[2] << 8 | b[3];
+        hdr = 4;
+    }
+    else if (plen == 127) {
+        if (n < 10) {
+            return 0;
+        }
+        for (plen = 0, i = 0; i < 8; i++) {
+            plen = plen << 8 | b[2 + i];
+        }
+        hdr = 10;
+    }
+    if (max < 0 || plen > (uint64_t)max || n < hdr + 4 || plen > n - hdr - 4) {
+        return 0;
+    }
+    memcpy(key, b + hdr, 4);
+    *opcode = b[0] & 0x0f;
+    *off = hdr + 4;
+    *len = (size_t)plen;
+    return hdr + 4 + (size_t)plen;
+}
+
+void modzmq_ws_mask(unsigned char *p, size_t n, const unsigned char key[4])
+{
+    size_t i = 0;
+    uint64_t k8;
+    unsigned char k[8];
+
+    for (; i < 8; i++) {
+        k[i] = key[i % 4];
+    }
+    memcpy(&k8, k, 8);
+    for (i = 0; i + 8 <= n; i += 8) {
+        uint64_t v;
+        memcpy(&v, p + i, 8);
+        v ^= k8;
+        memcpy(p + i, &v, 8);
+    }
+    for (; i < n; i++) {
+        p[i] ^= key[i % 4];
+    }
+}
+
+int modzmq_utf8_valid(const unsigned char *p, size_t n)
+{
+    size_t i = 0;
+
+    while (i < n) {
+        unsigned char c = p[i];
+        unsigned char lo = 0x80, hi = 0xbf;
+        size_t need;
+        if (c < 0x80) {
+            /* ASCII, eight bytes at a time where it can */
+            uint64_t v;
+            if (i + 8 <= n && (memcpy(&v, p + i, 8), (v & 0x8080808080808080ULL) == 0)) {
+                i += 8;
+            }
+            else {
+                i++;
+            }
+            continue;
+        }
+        if (c >= 0xc2 && c <= 0xdf) {
+            need = 1;
+        }
+        else if (c >= 0xe0 && c <= 0xef) {
+            need = 2;
+            if (c == 0xe0) {
+                lo = 0xa0; /* no overlong forms */
+            }
+            else if (c == 0xed) {
+                hi = 0x9f; /* no surrogates */
+            }
+        }
+        else if (c >= 0xf0 && c <= 0xf4) {
+            need = 3;
+            if (c == 0xf0) {
+                lo = 0x90;
+            }
+            else if (c == 0xf4) {
+                hi = 0x8f; /* nothing past U+10FFFF */
+            }
+        }
+        else {
+            return 0;
+        }
+        if (n - i <= need || p[i + 1] < lo || p[i + 1] > hi) {
+            return 0;
+        }
+        for (size_t k = 2; k <= need; k++) {
+            if ((p[i + k] & 0xc0) != 0x80) {
+                return 0;
+            }
+        }
+        i += need + 1;
+    }
+    return 1;
+}
+
+size_t modzmq_ws_header(unsigned char *dst, int opcode, uint64_t n)
+{
+    int k;
+
+    dst[0] = (unsigned char)(0x80 | opcode);
+    if (n < 126) {
+        dst[1] = (unsigned char)n;
+        return 2;
+    }
+    if (n <= 0xffff) {
+        dst[1] = 126;
+        dst[2] = (unsigned char)(n >> 8);
+        dst[3] = (unsigned char)n;
+        return 4;
+    }
+    dst[1] = 127;
+    for (k = 0; k < 8; k++) {
+        dst[2 + k] = (unsigned char)(n >> (56 - 8 * k));
+    }
+    return 10;
+}
+
+int modzmq_ws_credit(const char *p, size_t n, int64_t *v)
+{
+    int64_t x = 0;
+    size_t i;
+
+    if (n == 0 || n > 13) {
+        return 0;
+    }
+    for (i = 0; i < n; i++) {
+        if (p[i] < '0' || p[i] > '9') {
+            return 0;
+        }
+        x = x * 10 + (p[i] - '0');
+    }
+    if (x > WS_MAX_CREDIT) {
+        return 0;
+    }
+    *v = x;
+    return 1;
+}
+
+/* Sends the worker a client's message as bridge.WebSocket.Send does: the
+ * six MZMQ/1 frames after the envelope, meta the request-id line. 0 or an
+ * errno value (the connection is then broken: Go's step meets it). */
+static int send_message(modzmq_call *st, int opcode, const unsigned char *p, size_t n)
+{
+    char meta[sizeof("request-id: \r\n") + sizeof(st->id)];
+    const void *f[8];
+    size_t l[8];
+
+    memcpy(meta, "request-id: ", 12);
+    memcpy(meta + 12, st->id, st->id_len);
+    memcpy(meta + 12 + st->id_len, "\r\n", 2);
+    f[0] = st->id, l[0] = st->id_len;
+    f[1] = "", l[1] = 0;
+    f[2] = "MZMQ/1", l[2] = 6;
+    if (opcode == 1) {
+        f[3] = "@text", l[3] = 5;
+    }
+    else {
+        f[3] = "@binary", l[3] = 7;
+    }
+    f[4] = "", l[4] = 0;
+    f[5] = "", l[5] = 0;
+    f[6] = meta, l[6] = 14 + st->id_len;
+    f[7] = p, l[7] = n;
+    return zmtp_send(st->zconn, st->ws.send_timeout_ms, 8, f, l);
+}
+
+/* The worker's message modzmq_wait received, when the C step relays it:
+ * @credit (1: taken) or a text or binary message within the credit, whose
+ * frame header goes into io->head and payload into resp->body (2). 0: it
+ * is for Go. */
+static int worker_message(modzmq_response *resp, modzmq_ws_io *io)
+{
+    modzmq_call *st = MODZMQ_CALL(resp);
+    modzmq_ws_lent *w = &st->ws;
+    const char *const *f = st->frame;
+    const size_t *l = st->frame_len;
+    int opcode;
+    int64_t cost, n;
+
+    if (st->nframes != 4 || l[0] != st->id_len || memcmp(f[0], st->id, st->id_len) != 0 || l[1] != 0) {
+        return 0;
+    }
+    if (l[2] == 7 && memcmp(f[2], "@credit", 7) == 0) {
+        if (!modzmq_ws_credit(f[3], l[3], &n)) {
+            return 0;
+        }
+        w->sendable = w->sendable + n > WS_MAX_CREDIT ? WS_MAX_CREDIT : w->sendable + n;
+        return 1;
+    }
+    if (l[2] == 5 && memcmp(f[2], "@text", 5) == 0) {
+        opcode = 1;
+    }
+    else if (l[2] == 7 && memcmp(f[2], "@binary", 7) == 0) {
+        opcode = 2;
+    }
+    else {
+        return 0;
+    }
+    cost = (int64_t)l[3] + WS_PART_COST;
+    if ((int64_t)l[3] > w->max || cost > w->credit ||
+        (opcode == 1 && !modzmq_utf8_valid((const unsigned char *)f[3], l[3]))) {
+        return 0;
+    }
+    io->head_len = modzmq_ws_header((unsigned char *)io->head, opcode, l[3]);
+    resp->body = f[3];
+    resp->body_len = l[3];
+    w->credit -= cost;
+    w->owed += cost;
+    modzmq_fast_count(w->fast, MODZMQ_STATS_OFF_STREAMS + MODZMQ_ST_PARTS, 1);
+    modzmq_fast_count(w->fast, MODZMQ_STATS_OFF_STREAMS + MODZMQ_ST_BYTES, (int64_t)l[3]);
+    modzmq_fast_count(w->fast, MODZMQ_STATS_OFF_STREAMS + MODZMQ_ST_BUFFERED, cost);
+    return 2;
+}
+
+int modzmq_ws_fast(modzmq_response *resp, modzmq_ws_io *io)
+{
+    modzmq_call *st = MODZMQ_CALL(resp);
+    modzmq_ws_lent *w = &st->ws;
+    unsigned char *in;
+    size_t left;
+    int64_t now;
+
+    /* Go's turn: nothing lent, the client's end, a stop, a timer, a worker
+     * lost somewhere, or credit the client earned the worker back. */
+    if (!w->on || st->zconn == NULL || io->client_gone || io->stopping) {
+        return -1;
+    }
+    now = zmtp_now_ms();
+    if (now >= st->due_ms || modzmq_epochs_moved(resp) || (w->owed > 0 && w->owed >= w->grant_at)) {
+        return -1;
+    }
+    io->head_len = 0;
+    io->again = 0;
+    resp->body = NULL;
+    resp->body_len = 0;
+
+    /* The client's whole messages, each sent on as it is unmasked. */
+    in = (unsigned char *)io->in;
+    left = in != NULL ? io->in_len : 0;
+    while (left > 0) {
+        int opcode;
+        unsigned char key[4];
+        size_t off, len, n = modzmq_ws_frame(in, left, w->max, &opcode, &off, &len, key);
+        unsigned char *p;
+        if (n == 0 || (int64_t)len + WS_PART_COST > w->sendable) {
+            break;
+        }
+        p = in + off;
+        modzmq_ws_mask(p, len, key);
+        if (opcode == 1 && !modzmq_utf8_valid(p, len)) {
+            modzmq_ws_mask(p, len, key); /* as it came, for Go to refuse */
+            break;
+        }
+        w->heard_ms = now;
+        in += n;
+        left -= n;
+        if (send_message(st, opcode, p, len) != 0) {
+            io->in = (char *)in;
+            io->in_len = left;
+            return -1;
+        }
+        w->sendable -= (int64_t)len + WS_PART_COST;
+        modzmq_fast_count(w->fast, MODZMQ_STATS_OFF_STREAMS + MODZMQ_ST_BODY_PARTS, 1);
+        modzmq_fast_count(w->fast, MODZMQ_STATS_OFF_STREAMS + MODZMQ_ST_BODY_BYTES, (int64_t)len);
+    }
+    io->in = (char *)in;
+    io->in_len = left;
+    if (left > 0) {
+        return -1;
+    }
+
+    /* The worker's message; after one, what else the connection holds. */
+    if (st->nframes > 0 && !st->delivered) {
+        if (!worker_message(resp, io)) {
+            return -1;
+        }
+        st->delivered = 1;
+        io->again = 1;
+    }
+    io->wait_ms = (int)(st->due_ms - now);
+    return MODZMQ_PENDING;
+}
