@@ -237,9 +237,12 @@ func (h *httpd) stop(t *testing.T) {
 		}
 		if !traced && time.Since(start) > 3*time.Second {
 			// A child that has not exited by now has a thread that did not
-			// end its request: Apache kills it at 8 s. Show where it is.
+			// end its request: Apache logs it (AH00045, which fails the
+			// test unless expected) and kills it at 8 s. Show where it is.
 			traced = true
-			t.Errorf("httpd %s still running 3 s after -k stop; its children's threads in mod_zmq:\n%s", pid, zmqThreads(pid))
+			if threads := zmqThreads(pid); threads != "" {
+				t.Logf("httpd %s still running 3 s after -k stop; its children's threads in mod_zmq:\n%s", pid, threads)
+			}
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -250,12 +253,12 @@ func (h *httpd) stop(t *testing.T) {
 
 // zmqThreads returns the stacks of the threads of ppid's children that are
 // in mod_zmq, its library or the Go runtime's callbacks (gdb, from
-// test/deps.sh), and how many others there are.
+// test/deps.sh), and how many others there are; "" when it has no children.
 func zmqThreads(ppid string) string {
 	if _, err := exec.LookPath("gdb"); err != nil {
 		return "(no gdb to show them)"
 	}
-	out, _ := exec.Command("pgrep", "-P", ppid).Output()
+	out, _ := exec.Command("pgrep", "-P", ppid).Output() // none: every child has exited
 	var b strings.Builder
 	for _, pid := range strings.Fields(string(out)) {
 		bt, err := exec.Command("gdb", "-p", pid, "-batch", "-ex", "thread apply all bt").CombinedOutput()
