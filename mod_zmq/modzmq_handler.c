@@ -624,6 +624,11 @@ static int run_websocket(request_rec *r, const modzmq_dir_conf *conf, const modz
                 io.in = buf;
                 io.in_len = got;
             }
+            else if (ci >= 0 && c->master == NULL) {
+                /* The poll watched the client's socket, whose end shows
+                 * there (POLLIN at its end of file, else POLLRDHUP). */
+                gone = c->aborted || (n > 0 && p[ci].revents != 0);
+            }
             else if (client_gone(r)) {
                 gone = 1;
             }

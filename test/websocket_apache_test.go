@@ -3,6 +3,7 @@ package test
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"crypto/rand"
 	"crypto/sha1"
 	"crypto/tls"
@@ -29,6 +30,7 @@ import (
 	"golang.org/x/net/http2/hpack"
 
 	"github.com/modzmq/modzmq/internal/status"
+	"github.com/modzmq/modzmq/internal/zmqtest"
 )
 
 // WebSockets through Apache (issue #14; docs/PROTOCOL.md, "WebSockets"),
@@ -48,16 +50,17 @@ const (
 
 // wsClient is one WebSocket: frames go out on w and come in on r.
 type wsClient struct {
-	t      *testing.T
-	r      *bufio.Reader
-	w      io.Writer
-	close  func()                        // drops the connection (no close frame)
-	end    func(last []byte) error       // writes last and ends the client's side (TCP FIN, END_STREAM)
-	expire func(d time.Duration)         // sets a read deadline
-	Resp   *http.Response                // the handshake's answer
-	ConnID string                        // the worker's X-Connection-Id
-	mu     sync.Mutex                    // one writer at a time
-	extra  func(op byte, payload []byte) // sees control frames next() skips
+	t        *testing.T
+	r        *bufio.Reader
+	w        io.Writer
+	close    func()                        // drops the connection (no close frame)
+	end      func(last []byte) error       // writes last and ends the client's side (TCP FIN, END_STREAM)
+	expire   func(d time.Duration)         // sets a read deadline
+	patience time.Duration                 // how long readFrame waits for a frame (0: a minute)
+	Resp     *http.Response                // the handshake's answer
+	ConnID   string                        // the worker's X-Connection-Id
+	mu       sync.Mutex                    // one writer at a time
+	extra    func(op byte, payload []byte) // sees control frames next() skips
 }
 
 // frame writes one frame: b0 is FIN, RSV and opcode; masked as a client
@@ -118,7 +121,7 @@ func (c *wsClient) send(op byte, payload []byte) {
 
 // readFrame reads one server frame, which must be final and unmasked.
 func (c *wsClient) readFrame() (op byte, payload []byte, err error) {
-	c.expire(60 * time.Second)
+	c.expire(cmp.Or(c.patience, time.Minute))
 	var h [2]byte
 	if _, err := io.ReadFull(c.r, h[:]); err != nil {
 		return 0, nil, err
@@ -861,6 +864,31 @@ func TestWebSocketsEndOnStop(t *testing.T) {
 			t.Errorf("a child holding a WebSocket was killed (%s):\n%s", bad, log)
 		}
 	}
+}
+
+// A worker that closes an open WebSocket's connection, while its endpoint
+// stays up (the watch's connection lives and, without heartbeats, no new
+// epoch tells anyone):
+// the client gets close 1011 as soon as the front reads the end, whether
+// the C step or Go's holds the WebSocket, and the child spins on nothing.
+func TestWebSocketConnectionClosedByWorker(t *testing.T) {
+	w := zmqtest.StartRaw(t, nil, func(c net.Conn, req [][]byte) {
+		switch {
+		case bytes.Contains(req[6], []byte("websocket: 1\r\n")):
+			c.Write(zmqtest.Message(req[0], nil, []byte("@accept"), nil))
+		case string(req[3]) == "@text":
+			c.Close()
+		}
+	})
+	h := startHTTPD(t, httpdParams{MPM: "event", Extra: fmt.Sprintf(
+		"\t<Location /ws>\n\t\tSetHandler zmq\n\t\tZmqBackend %s\n\t\tZmqWebSocket on\n\t\tZmqHeartbeat off\n\t\tZmqStreamIdleTimeout 120\n\t</Location>\n", w.Endpoint)})
+	h.expect(`MODZMQ0029: the WebSocket broke`)
+	c := mustOpen(t, fmt.Sprintf("127.0.0.1:%d", h.Port), nil, "/ws/x")
+	c.send(opText, []byte("bye"))
+	// Without the end in view the WebSocket would wait for its first timer:
+	// a ping at half of ZmqStreamIdleTimeout, a minute.
+	c.patience = 20 * time.Second
+	c.expectClose(1011)
 }
 
 // With ZmqCurve the worker's connection is the bridge's (CurveZMQ in Go),

@@ -254,9 +254,11 @@ int modzmq_ws_fast(modzmq_response *resp, modzmq_ws_io *io)
     size_t left;
     int64_t now;
 
-    /* Go's turn: nothing lent, the client's end, a stop, a timer, a worker
+    /* Go's turn: nothing lent, the worker's connection failed (Go's step
+     * meets the failure; the shim would find the connection readable and
+     * step again at once), the client's end, a stop, a timer, a worker
      * lost somewhere, or credit the client earned the worker back. */
-    if (!w->on || st->zconn == NULL || io->client_gone || io->stopping) {
+    if (!w->on || st->zconn == NULL || zmtp_failed(st->zconn) || io->client_gone || io->stopping) {
         return -1;
     }
     now = zmtp_now_ms();

@@ -569,6 +569,8 @@ static int send_all(zmtp_conn *c, struct iovec *iov, int niov, int64_t deadline)
     return 0;
 }
 
+int zmtp_failed(const zmtp_conn *c) { return c->broken; }
+
 int zmtp_send(zmtp_conn *c, int timeout_ms, int n, const void *const *p, const size_t *len)
 {
     unsigned char hdr[ZMTP_MAX_FRAMES][9];

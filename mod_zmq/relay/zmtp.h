@@ -77,6 +77,9 @@ uint64_t zmtp_headers_parsed(const zmtp_conn *c);
  * 0 or an errno value (then the connection is unusable). */
 int zmtp_send(zmtp_conn *c, int timeout_ms, int n, const void *const *p, const size_t *len);
 
+/* The error that broke the connection (an errno value), or 0. */
+int zmtp_failed(const zmtp_conn *c);
+
 /* Reads what has arrived (up to a bounded amount), answering PINGs,
  * without waiting: 0 when the connection is sound and nothing but commands
  * arrived, 1 when a message has begun to arrive, or an errno value (EPIPE:
