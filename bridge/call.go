@@ -262,6 +262,26 @@ func (call *Call) credit(frames [][]byte) error {
 // not received yet, each part costing PartCost more than its bytes.
 func (call *Call) BodyCredit() int64 { return call.bodyCredit }
 
+// BodyLendable reports whether a front may send the streamed body's next
+// parts itself (the Apache module's C path) with the credit BodyCredit
+// says, as SendBody sends them, counting them itself: once a part went out
+// through SendBody (the request is then never retried), while the call
+// waits for its reply. It gives the credit left back with ReturnBodyCredit
+// before the call is used again.
+func (call *Call) BodyLendable() bool {
+	return call.req.StreamBody && call.bodySent && !call.done && call.p != nil
+}
+
+// ReturnBodyCredit takes back the credit a front that sent parts itself
+// left of what BodyCredit said.
+func (call *Call) ReturnBodyCredit(credit int64) { call.bodyCredit = credit }
+
+// SendTimeout is how long a part of the body may take to go out: the
+// connect timeout, within what is left of the call's.
+func (call *Call) SendTimeout() time.Duration {
+	return min(call.c.opts.ConnectTimeout, max(time.Until(call.deadline), time.Millisecond))
+}
+
 // SendBody sends a part of a streamed body (the last when last), within the
 // worker's credit; the request is then never retried. An error means the
 // part did not go out: the call ends (the worker is lost or the credit
@@ -282,7 +302,7 @@ func (call *Call) SendBody(data []byte, last bool) error {
 	frames[7] = data
 	call.attempts = call.attempt // the body cannot be sent again
 	call.bodySent = true
-	if err := call.p.conn.Send(frames, min(call.c.opts.ConnectTimeout, max(time.Until(call.deadline), time.Millisecond))); err != nil {
+	if err := call.p.conn.Send(frames, call.SendTimeout()); err != nil {
 		call.connFailed = true
 		call.end(Response{}, fmt.Errorf("%w: sending the body to %s: %v", ErrWorkerLost, call.e.addr, err))
 		return err

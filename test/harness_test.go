@@ -5,6 +5,7 @@ package test
 import (
 	"bufio"
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -19,6 +20,7 @@ import (
 	"text/template"
 	"time"
 
+	"github.com/modzmq/modzmq/internal/status"
 	"github.com/modzmq/modzmq/internal/zmqtest"
 )
 
@@ -282,6 +284,43 @@ func zmqThreads(ppid string) string {
 func (h *httpd) errorLog() string {
 	b, _ := os.ReadFile(filepath.Join(h.Dir, "error_log"))
 	return string(b)
+}
+
+// route reads the counters of h's route whose first location is first
+// from its /zmq-status page (JSON).
+func (h *httpd) route(t *testing.T, first string) status.Route {
+	t.Helper()
+	_, b := do(t, "GET", h.URL+"/zmq-status?json", "", nil)
+	var page struct{ Routes []status.Route }
+	if err := json.Unmarshal(b, &page); err != nil {
+		t.Fatalf("zmq-status: %v: %s", err, b)
+	}
+	for _, r := range page.Routes {
+		if f := strings.Fields(r.Route); len(f) > 0 && f[0] == first && r.GoEntries != nil && r.GoWaits != nil && r.Streams != nil {
+			return r
+		}
+	}
+	t.Fatalf("zmq-status has no counters for %s: %s", first, b)
+	return status.Route{}
+}
+
+// settledRoute is route once the children have published what they
+// counted: each publishes twice a second, so a reading is settled when the
+// next, 0.6 s later, is the same.
+func (h *httpd) settledRoute(t *testing.T, first string) status.Route {
+	t.Helper()
+	r := h.route(t, first)
+	for range 20 {
+		time.Sleep(600 * time.Millisecond)
+		next := h.route(t, first)
+		if *next.GoEntries == *r.GoEntries && next.Streams.Parts == r.Streams.Parts &&
+			next.Streams.BodyParts == r.Streams.BodyParts && next.Streams.Open == r.Streams.Open {
+			return next
+		}
+		r = next
+	}
+	t.Fatalf("the status page's counters for %s did not settle", first)
+	return r
 }
 
 // withVHost adds the vhost label of h's first virtual host (where Extra

@@ -566,16 +566,30 @@ func TestLargeUploadThroughApache(t *testing.T) {
 		ZmqStreamBody on
 		ZmqMaxBody 0
 	</Location>
+	<Location /zmq-status>
+		SetHandler zmq-status
+	</Location>
 `, ep)})
 	if resp, body := do(t, "POST", h.URL+"/up", "", strings.NewReader("small")); resp.StatusCode != 200 || !strings.Contains(string(body), `"bytes": 5`) {
 		t.Fatalf("a small streamed body: %d %q", resp.StatusCode, body)
 	}
+	counted := h.settledRoute(t, "/up")
 	before := childrenPeakRSS(t, h)
 	start := time.Now()
 	uploadToSink(t, h.URL+"/up", 1<<30, sink, 2, h.errorLog)
 	grew := childrenPeakRSS(t, h) - before
 	if grew > 64<<10 {
 		t.Errorf("Apache children's peak resident size grew by %d KiB for a 1 GiB upload; want under 64 MiB", grew)
+	}
+	// The parts after the first go out from C (fast.c: modzmq_send_body):
+	// Go is entered for the worker's grants of credit (this worker grants
+	// when a quarter of its window came, every part or two), not for the
+	// parts as well.
+	after := h.settledRoute(t, "/up")
+	parts, entries := after.Streams.BodyParts-counted.Streams.BodyParts, *after.GoEntries-*counted.GoEntries
+	t.Logf("%d parts, %d calls into Go", parts, entries)
+	if parts < 1<<30/(64<<10) || entries > parts {
+		t.Errorf("the upload went in %d parts with %d calls into Go; want 16384 parts or more, and the parts sent from C", parts, entries)
 	}
 	t.Logf("1 GiB up in %v; the children's peak resident size grew by %d KiB", time.Since(start).Round(time.Millisecond), grew)
 }

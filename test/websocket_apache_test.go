@@ -9,7 +9,6 @@ import (
 	"crypto/tls"
 	"encoding/base64"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -29,7 +28,6 @@ import (
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 
-	"github.com/modzmq/modzmq/internal/status"
 	"github.com/modzmq/modzmq/internal/zmqtest"
 )
 
@@ -687,45 +685,15 @@ func TestWebSocketsThroughApache(t *testing.T) {
 		// credit the client earned the worker back, if at all, and no call
 		// into Go waits there (go_waits). The status page counts the
 		// messages (parts and bytes each way) as they go.
-		routeStatus := func() status.Route {
-			_, b := do(t, "GET", h.URL+"/zmq-status?json", "", nil)
-			var page struct{ Routes []status.Route }
-			if err := json.Unmarshal(b, &page); err != nil {
-				t.Fatalf("zmq-status: %v: %s", err, b)
-			}
-			for _, r := range page.Routes {
-				if strings.Fields(r.Route)[0] == "/ws" && r.GoEntries != nil && r.GoWaits != nil && r.Streams != nil {
-					return r
-				}
-			}
-			t.Fatalf("zmq-status has no counters for /ws: %s", b)
-			return status.Route{}
-		}
-		// Each child publishes its counters twice a second: a reading is
-		// settled when the next, 0.6 s later, is the same.
-		settled := func() status.Route {
-			r := routeStatus()
-			for range 20 {
-				time.Sleep(600 * time.Millisecond)
-				next := routeStatus()
-				if *next.GoEntries == *r.GoEntries && next.Streams.Parts == r.Streams.Parts &&
-					next.Streams.BodyParts == r.Streams.BodyParts && next.Streams.Open == r.Streams.Open {
-					return next
-				}
-				r = next
-			}
-			t.Fatalf("the status page's counters did not settle")
-			return r
-		}
 		c := mustOpen(t, addr, nil, "/ws/echo")
 		c.send(opText, []byte("first"))
 		c.expect(opText, []byte("first"))
-		before := settled()
+		before := h.settledRoute(t, "/ws")
 		for i := range 20 {
 			c.send(opBinary, make([]byte, i*1000))
 			c.expect(opBinary, make([]byte, i*1000))
 		}
-		after := settled()
+		after := h.settledRoute(t, "/ws")
 		entries := *after.GoEntries - *before.GoEntries
 		t.Logf("20 echoes: %d calls into Go", entries)
 		if entries >= 10 {

@@ -96,12 +96,3 @@ func modzmq_status_render(format C.int, sums *C.int64_t, nbackends C.int, proces
 func modzmq_cancel(resp *C.modzmq_response) {
 	relay.Cancel(unsafe.Pointer(resp))
 }
-
-//export modzmq_send_body
-func modzmq_send_body(resp *C.modzmq_response, data *C.char, n C.size_t, last C.int) C.int {
-	var b []byte
-	if data != nil && n > 0 {
-		b = unsafe.Slice((*byte)(unsafe.Pointer(data)), int(n))
-	}
-	return C.int(relay.SendBody(unsafe.Pointer(resp), b, last != 0))
-}

@@ -339,6 +339,10 @@ func modzmq_go_relay(handle C.int, req *C.modzmq_request, resp *C.modzmq_respons
 		return c.openWebSocket(req, resp)
 	}
 	call := c.Start(context.Background(), c.request(req), time.Duration(req.timeout_ms)*time.Millisecond)
+	if req.stream_body != 0 {
+		// C may send the body's parts after the first (lendBody).
+		return outcome(call, c.b, resp, cgo.NewHandle(&pending{call: call, b: c.b, fast: c.fast}))
+	}
 	return outcome(call, c.b, resp, 0)
 }
 
@@ -375,6 +379,7 @@ type pending struct {
 	stream *bridge.Stream
 	ws     *wsTunnel // a WebSocket handshake, and the WebSocket once accepted
 	b      *backend
+	fast   *C.modzmq_fast // the client's fast path: what C sends of a streamed body it counts there
 }
 
 // outcome reports a call for backend b: its result when done, else a
@@ -388,8 +393,11 @@ func outcome(call *bridge.Call, b *backend, resp *C.modzmq_response, h cgo.Handl
 			h = cgo.NewHandle(&pending{call: call, b: b})
 		}
 		resp.body_credit = C.int64_t(call.BodyCredit())
-		return waitOn(resp, h, call.Conn(), call.Wait(), call.Quiet())
+		rc := waitOn(resp, h, call.Conn(), call.Wait(), call.Quiet())
+		lendBody(st, call, h.Value().(*pending).fast)
+		return rc
 	}
+	st.body.on = 0
 	resp.body_credit = 0
 	out, err := call.Result()
 	if err == nil && out.WebSocket != nil {
@@ -439,6 +447,28 @@ func waitOn(resp *C.modzmq_response, h cgo.Handle, conn bridge.Conn, wait, quiet
 	st.wait_ms = C.int(max(wait.Milliseconds(), 1))
 	C.modzmq_set_due(resp, C.int64_t(due))
 	return C.MODZMQ_PENDING
+}
+
+// lendBody lets the C path (fast.c: modzmq_send_body) send the streamed
+// body's next parts with the credit in resp's body_credit, when the call
+// allows it (bridge.Call.BodyLendable) on a connection C sends on, until
+// Go next looks at the call (reclaimBody).
+func lendBody(st *C.modzmq_call, call *bridge.Call, fast *C.modzmq_fast) {
+	st.body.on = 0
+	if st.zconn == nil || fast == nil || st.id_len == 0 || !call.BodyLendable() {
+		return
+	}
+	st.body.fast = unsafe.Pointer(fast)
+	st.body.send_timeout_ms = C.int(max(call.SendTimeout().Milliseconds(), 1))
+	st.body.on = 1
+}
+
+// reclaimBody takes back what the C path left of the body's credit.
+func reclaimBody(resp *C.modzmq_response, call *bridge.Call) {
+	if st := callState(resp); st.body.on != 0 {
+		st.body.on = 0
+		call.ReturnBodyCredit(int64(resp.body_credit))
+	}
 }
 
 // failed reports err in resp and returns its code.
@@ -535,6 +565,7 @@ func Resume(r unsafe.Pointer) (rc int) {
 	if p.stream != nil {
 		return int(streamStep(p, resp, h))
 	}
+	reclaimBody(resp, p.call)
 	deliver(p.call.Conn(), resp)
 	wait := goWait(p.call.Conn(), p.call.Wait())
 	if wait > 0 {
@@ -618,11 +649,12 @@ func noteCall(st *C.modzmq_call, call *bridge.Call) {
 	st.id_len, st.endpoint = C.size_t(len(id)), C.int(call.Endpoint())
 }
 
-// SendBody sends a part of the streamed body of the call in the
-// modzmq_response at r (modzmq_send_body); data is valid only during the
-// call, and goes out before it returns.
-func SendBody(r unsafe.Pointer, data []byte, last bool) (rc int) {
-	resp := (*C.modzmq_response)(r)
+// modzmq_go_send_body is the send_body callback (relay.h): a part of the
+// streamed body of the call in resp that the C path leaves to Go; data is
+// valid only during the call, and goes out before it returns.
+//
+//export modzmq_go_send_body
+func modzmq_go_send_body(resp *C.modzmq_response, data *C.char, n C.size_t, last C.int) (rc C.int) {
 	defer func() {
 		if p := recover(); p != nil {
 			setError(&resp.error[0], C.size_t(len(resp.error)), fmt.Sprintf("%v: recovered panic: %v", bridge.CodePanic, p))
@@ -637,8 +669,9 @@ func SendBody(r unsafe.Pointer, data []byte, last bool) (rc int) {
 		return C.MODZMQ_EINTERNAL
 	}
 	p.b.goEntries.Add(1)
-	p.call.SendBody(data, last) // an error ends the call, which outcome reports
-	return int(outcome(p.call, p.b, resp, h))
+	reclaimBody(resp, p.call)
+	p.call.SendBody(view(data, n), last != 0) // an error ends the call, which outcome reports
+	return outcome(p.call, p.b, resp, h)
 }
 
 // Cancel ends the call in the modzmq_response at r because its client went
@@ -665,6 +698,7 @@ func Cancel(r unsafe.Pointer) {
 				p.ws.close(bridge.CloseAbnormal, nil)
 			}
 		default:
+			reclaimBody(resp, p.call)
 			p.call.Cancel()
 		}
 	}

@@ -548,6 +548,57 @@ static int fast_relay(modzmq_fast *f, modzmq_request *req, modzmq_response *resp
     return go.adopt(req, resp);
 }
 
+/* A part of a streamed body, sent as bridge.Call.SendBody sends it, when Go
+ * lent the body (modzmq_body_lent) and nothing calls for Go first: the
+ * part within the credit, the connection sound, no message received that
+ * Go has not seen, the call not due, no new epoch. MODZMQ_PENDING, or -1
+ * for Go. */
+void modzmq_control_frames(const char *id, size_t id_len, const char *method, const void *body, size_t body_len,
+                           char *meta, const void **p, size_t *len)
+{
+    memcpy(meta, "request-id: ", 12);
+    memcpy(meta + 12, id, id_len);
+    memcpy(meta + 12 + id_len, "\r\n", 2);
+    p[0] = id, len[0] = id_len;
+    p[1] = "", len[1] = 0;
+    p[2] = "MZMQ/1", len[2] = 6;
+    p[3] = method, len[3] = strlen(method);
+    p[4] = "", len[4] = 0;
+    p[5] = "", len[5] = 0;
+    p[6] = meta, len[6] = 14 + id_len;
+    p[7] = body, len[7] = body_len;
+}
+
+static int body_fast(modzmq_response *resp, const char *data, size_t len, int last)
+{
+    modzmq_call *st = MODZMQ_CALL(resp);
+    modzmq_body_lent *b = &st->body;
+    int64_t cost = (int64_t)len + 64;
+    char meta[MODZMQ_CONTROL_META];
+    const void *f[8];
+    size_t l[8];
+
+    if (!b->on || st->zconn == NULL || zmtp_failed(st->zconn) || cost > resp->body_credit || st->id_len == 0 ||
+        st->id_len > sizeof(st->id) || (st->nframes > 0 && !st->delivered) || zmtp_now_ms() >= st->due_ms ||
+        modzmq_epochs_moved(resp)) {
+        return -1;
+    }
+    modzmq_control_frames(st->id, st->id_len, last ? "@body-end" : "@body", data, len, meta, f, l);
+    if (zmtp_send(st->zconn, b->send_timeout_ms, 8, f, l) != 0) {
+        return -1; /* Go's send meets the broken connection and ends the call */
+    }
+    resp->body_credit -= cost;
+    modzmq_fast_count(b->fast, MODZMQ_STATS_OFF_STREAMS + MODZMQ_ST_BODY_PARTS, 1);
+    modzmq_fast_count(b->fast, MODZMQ_STATS_OFF_STREAMS + MODZMQ_ST_BODY_BYTES, (int64_t)len);
+    return MODZMQ_PENDING;
+}
+
+int modzmq_send_body(modzmq_response *resp, char *data, size_t len, int last)
+{
+    int rc = body_fast(resp, data, len, last);
+    return rc >= 0 ? rc : go.send_body(resp, data, len, last);
+}
+
 int modzmq_ws_step(modzmq_response *resp, modzmq_ws_io *io)
 {
     int rc = modzmq_ws_fast(resp, io);

@@ -59,6 +59,14 @@ void modzmq_fast_count(modzmq_fast *f, int j, int64_t n);
 int modzmq_fast_encode(const modzmq_request *req, const char *id, size_t id_len, int64_t stream_window, int notices,
                        char *stack, size_t stack_size, char **heap, const void **p, size_t *len);
 
+/* Builds the eight frames of a request the bridge sends for a call in
+ * progress, as bridge's controlFrames does: p and len get [id, "",
+ * "MZMQ/1", method, "", "", meta, body], meta the request-id line, written
+ * into meta (room for MODZMQ_CONTROL_META bytes; id_len at most 64). */
+#define MODZMQ_CONTROL_META (sizeof("request-id: \r\n") - 1 + 64)
+void modzmq_control_frames(const char *id, size_t id_len, const char *method, const void *body, size_t body_len,
+                           char *meta, const void **p, size_t *len);
+
 /* Checks reply frames (the envelope removed) as bridge.DecodeReply does;
  * 1 with the parts set when valid and no header needs removing, else 0. */
 int modzmq_fast_decode(const char *const *frame, const size_t *len, int n, int64_t max_reply, int *status,

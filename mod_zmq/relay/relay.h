@@ -49,6 +49,10 @@ typedef struct relay_callbacks {
     /* ws_step: an open WebSocket's step the C step (wsfast.h) leaves to
      * Go. Returns as modzmq_ws_step. */
     int (*ws_step)(modzmq_response *resp, modzmq_ws_io *io);
+    /* send_body: a part of a streamed body the C path does not send (the
+     * first, one over the credit it holds, or when Go must look at the
+     * call first). Returns as modzmq_send_body. */
+    int (*send_body)(modzmq_response *resp, char *data, size_t len, int last);
 } relay_callbacks;
 
 /* Sets the callbacks; once, before the first request. */

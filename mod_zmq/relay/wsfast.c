@@ -170,31 +170,15 @@ int modzmq_ws_credit(const char *p, size_t n, int64_t *v)
     return 1;
 }
 
-/* Sends the worker a client's message as bridge.WebSocket.Send does: the
- * six MZMQ/1 frames after the envelope, meta the request-id line. 0 or an
- * errno value (the connection is then broken: Go's step meets it). */
+/* Sends the worker a client's message as bridge.WebSocket.Send does. 0 or
+ * an errno value (the connection is then broken: Go's step meets it). */
 static int send_message(modzmq_call *st, int opcode, const unsigned char *p, size_t n)
 {
-    char meta[sizeof("request-id: \r\n") + sizeof(st->id)];
+    char meta[MODZMQ_CONTROL_META];
     const void *f[8];
     size_t l[8];
 
-    memcpy(meta, "request-id: ", 12);
-    memcpy(meta + 12, st->id, st->id_len);
-    memcpy(meta + 12 + st->id_len, "\r\n", 2);
-    f[0] = st->id, l[0] = st->id_len;
-    f[1] = "", l[1] = 0;
-    f[2] = "MZMQ/1", l[2] = 6;
-    if (opcode == 1) {
-        f[3] = "@text", l[3] = 5;
-    }
-    else {
-        f[3] = "@binary", l[3] = 7;
-    }
-    f[4] = "", l[4] = 0;
-    f[5] = "", l[5] = 0;
-    f[6] = meta, l[6] = 14 + st->id_len;
-    f[7] = p, l[7] = n;
+    modzmq_control_frames(st->id, st->id_len, opcode == 1 ? "@text" : "@binary", p, n, meta, f, l);
     return zmtp_send(st->zconn, st->ws.send_timeout_ms, 8, f, l);
 }
 

@@ -27,6 +27,15 @@ typedef struct modzmq_ws_lent {
                                                    in C; 0: none since lent */
 } modzmq_ws_lent;
 
+/* A request's streamed body, whose parts the C path (fast.c:
+ * modzmq_send_body) sends while Go lends it the body's credit (in the
+ * response's body_credit), once the first part went out through Go. */
+typedef struct modzmq_body_lent {
+    int         on;                             /* lent */
+    int         send_timeout_ms;                /* a part goes out within this */
+    void       *fast;                           /* the client's fast path (modzmq_fast), for counters */
+} modzmq_body_lent;
+
 /* The library's state of a call in progress, kept in a modzmq_response's
  * state (MODZMQ_CALL): what modzmq_wait received, the Go call to resume,
  * what the fast path hands over to Go, and an open WebSocket's lent
@@ -55,6 +64,7 @@ typedef struct modzmq_call {
     size_t      id_len;
     char        id[64];                         /* the fast path's request, or the lent WebSocket's id */
     modzmq_ws_lent ws;
+    modzmq_body_lent body;
 } modzmq_call;
 
 _Static_assert(sizeof(modzmq_call) <= MODZMQ_CALL_STATE, "a call's state fits a modzmq_response");
