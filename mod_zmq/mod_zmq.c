@@ -101,8 +101,7 @@ static void modzmq_child_init(apr_pool_t *pchild, server_rec *s)
 static void modzmq_child_stopping(apr_pool_t *pchild, int graceful)
 {
     (void)pchild;
-    (void)graceful;
-    modzmq_handler_child_stopping();
+    modzmq_handler_child_stopping(graceful);
 }
 #endif
 

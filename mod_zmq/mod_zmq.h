@@ -152,7 +152,7 @@ int modzmq_status_handler(request_rec *r);
 /* Makes the pipe that tells this child's waiting streams and WebSockets
  * that it stops (child_init), and writes to it (child_stopping). */
 void modzmq_handler_child_init(apr_pool_t *pchild);
-void modzmq_handler_child_stopping(void);
+void modzmq_handler_child_stopping(int graceful);
 int modzmq_handler(request_rec *r);
 int modzmq_translate_name(request_rec *r);
 int modzmq_map_to_storage(request_rec *r);

@@ -304,9 +304,11 @@ static int write_reply(request_rec *r, const modzmq_response *resp)
 /* ---- streamed replies and clients that leave --------------------------- */
 
 /* The read end of a pipe that becomes readable when this child begins to
- * stop (nothing drains it): open streams and WebSockets wait on it. -1
- * before child_init, or when it could not be made. */
-static int stop_fd = -1, stop_wfd = -1;
+ * stop (nothing drains it): requests, open streams and WebSockets wait on
+ * it. -1 before child_init, or when it could not be made. stop_now: the
+ * stop is not graceful (apachectl stop): requests waiting for their
+ * workers end too. */
+static int stop_fd = -1, stop_wfd = -1, stop_now;
 
 void modzmq_handler_child_init(apr_pool_t *pchild)
 {
@@ -318,8 +320,11 @@ void modzmq_handler_child_init(apr_pool_t *pchild)
     }
 }
 
-void modzmq_handler_child_stopping(void)
+void modzmq_handler_child_stopping(int graceful)
 {
+    if (!graceful) {
+        __atomic_store_n(&stop_now, 1, __ATOMIC_SEQ_CST);
+    }
     if (stop_wfd >= 0 && write(stop_wfd, "x", 1) < 0) {
         /* full already: it is readable */
     }
@@ -936,8 +941,8 @@ static int relay_request(request_rec *r, const modzmq_dir_conf *conf, const modz
      * stream is open, the child's stop), so they need not wake to look. */
     resp->wake[0].fd = client_fd(r);
     resp->wake[0].events = resp->wake[0].fd >= 0 ? POLLRDHUP : 0;
-    resp->wake[1].fd = -1;
-    resp->wake[1].events = 0;
+    resp->wake[1].fd = stop_fd;
+    resp->wake[1].events = stop_fd >= 0 ? POLLIN : 0;
     rc = lib->relay(handle, &req, resp);
     /* Wait here, in C (modzmq_wait is plain C in the library): an Apache
      * thread parked inside Go costs the Go scheduler a hand-off on every
@@ -988,6 +993,17 @@ static int relay_request(request_rec *r, const modzmq_dir_conf *conf, const modz
                               "ends (an EventSource client reconnects)");
                 break_stream(r, bb);
                 return OK;
+            }
+            if (!streaming && resp->wake[1].events != 0 && child_stopping()) {
+                if (__atomic_load_n(&stop_now, __ATOMIC_SEQ_CST)) {
+                    lib->cancel(resp);
+                    lib->release(resp);
+                    stream_done(conf, counted);
+                    ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, "MODZMQ0034: the child is stopping (not "
+                                  "gracefully): the request waiting for its worker ends");
+                    return HTTP_SERVICE_UNAVAILABLE;
+                }
+                resp->wake[1].events = 0; /* a graceful stop: the reply is waited for */
             }
             if (step) {
                 rc = lib->resume(resp);

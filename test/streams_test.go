@@ -14,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/modzmq/modzmq/internal/zmqtest"
 )
 
 // startStreamClock runs examples/python/stream_clock.py on a free port and
@@ -492,14 +494,23 @@ func TestApacheStopsWithAStreamOpen(t *testing.T) {
 		t.Fatalf("the first part: %q, %v", line, err)
 	}
 	h.stop(t)
+	checkEndedAtStop(t, h, notice, "MODZMQ0026")
+}
+
+// checkEndedAtStop checks what a request or stream h held when it stopped
+// left behind: the line with code saying it ended, no child the parent had
+// to kill after its grace period (AH00045/AH00046), and the worker's
+// cancel notice.
+func checkEndedAtStop(t *testing.T, h *httpd, notice *worker, code string) {
+	t.Helper()
 	log := h.errorLog()
 	for _, bad := range []string{"AH00045", "AH00046"} {
 		if strings.Contains(log, bad) {
-			t.Errorf("the parent had to kill a child holding a stream (%s):\n%s", bad, log)
+			t.Errorf("the parent had to kill a child holding a request (%s):\n%s", bad, log)
 		}
 	}
-	if !strings.Contains(log, "MODZMQ0026") {
-		t.Errorf("the error log does not say the stream ended for the stop:\n%s", log)
+	if !strings.Contains(log, code) {
+		t.Errorf("the error log does not say (%s) the request ended for the stop:\n%s", code, log)
 	}
 	checkFor(t, 10*time.Second, func() error {
 		if !strings.Contains(notice.Output.String(), "cancel ") {
@@ -507,6 +518,39 @@ func TestApacheStopsWithAStreamOpen(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// Stopping Apache (not gracefully) while a request waits for a worker that
+// holds it ends the request (MODZMQ0034; Apache's stop closes the client's
+// connection itself), and the worker gets a cancel notice: the child exits
+// at once rather than being killed by the parent after its grace period
+// (AH00045/AH00046).
+func TestApacheStopsWithARequestWaiting(t *testing.T) {
+	notice := startPyScript(t, "test/workers/notice_worker.py")
+	h := startHTTPD(t, httpdParams{MPM: "event", Extra: fmt.Sprintf(`	<Location /n>
+		SetHandler zmq
+		ZmqBackend %s
+		ZmqNotices on
+	</Location>
+`, notice.Endpoint)})
+	got := make(chan error, 1)
+	go func() {
+		resp, err := client.Get(h.URL + "/n/hold")
+		if err == nil {
+			resp.Body.Close()
+			err = fmt.Errorf("answered %s", resp.Status)
+		}
+		got <- err
+	}()
+	checkFor(t, 10*time.Second, func() error {
+		if !strings.Contains(notice.Output.String(), "/n/hold") {
+			return fmt.Errorf("the worker has not got the request: %q", notice.Output.String())
+		}
+		return nil
+	})
+	h.stop(t)
+	t.Logf("the client: %v", zmqtest.WaitFor(t, got, "the client's end"))
+	checkEndedAtStop(t, h, notice, "MODZMQ0034")
 }
 
 // Through Apache: a keep-alive holds a request past ZmqTimeout
