@@ -17,10 +17,13 @@ dir=$top/build/demo
 mkdir -p "$dir"
 chmod 755 "$dir"
 
-# A port is free when it can be bound on 127.0.0.1 (dash has no /dev/tcp).
+# A port is free when it can be bound on 127.0.0.1 as a server binds it,
+# with SO_REUSEADDR (connections of a demo just stopped, in TIME_WAIT, do
+# not make it busy; a listener does). dash has no /dev/tcp.
 busy() {
 	/usr/bin/python3 -c 'import socket, sys
 s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 try:
     s.bind(("127.0.0.1", int(sys.argv[1])))
 except OSError:
