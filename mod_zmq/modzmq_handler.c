@@ -631,7 +631,8 @@ static int run_websocket(request_rec *r, const modzmq_dir_conf *conf, const modz
             }
             else if (ci >= 0 && c->master == NULL) {
                 /* The poll watched the client's socket, whose end shows
-                 * there (POLLIN at its end of file, else POLLRDHUP). */
+                 * there (POLLRDHUP, POLLHUP, POLLERR; POLLIN when it was
+                 * read, which the branch above took). */
                 gone = c->aborted || (n > 0 && p[ci].revents != 0);
             }
             else if (client_gone(r)) {
@@ -994,7 +995,9 @@ static int relay_request(request_rec *r, const modzmq_dir_conf *conf, const modz
                 break_stream(r, bb);
                 return OK;
             }
-            if (!streaming && resp->wake[1].events != 0 && child_stopping()) {
+            if (!streaming && child_stopping()) {
+                /* Looked at on every pass: a graceful stop may turn into
+                 * one that is not (graceful-stop, then stop). */
                 if (__atomic_load_n(&stop_now, __ATOMIC_SEQ_CST)) {
                     lib->cancel(resp);
                     lib->release(resp);

@@ -497,6 +497,40 @@ func TestApacheStopsWithAStreamOpen(t *testing.T) {
 	checkEndedAtStop(t, h, notice, "MODZMQ0026")
 }
 
+// A graceful stop lets a request waiting for its worker finish: the client
+// gets the worker's answer, and the child exits after it.
+func TestApacheGracefulStopLetsARequestFinish(t *testing.T) {
+	w := startPyWorker(t, "slow", "--log")
+	h := startHTTPD(t, httpdParams{MPM: "event", Extra: fmt.Sprintf(
+		"\t<Location /s>\n\t\tSetHandler zmq\n\t\tZmqBackend %s\n\t</Location>\n", w.Endpoint)})
+	got := make(chan string, 1)
+	go func() {
+		resp, err := client.Get(h.URL + "/s/sleep?ms=2000")
+		if err != nil {
+			got <- err.Error()
+			return
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		got <- fmt.Sprintf("%d %s", resp.StatusCode, b)
+	}()
+	checkFor(t, 10*time.Second, func() error {
+		if !strings.Contains(w.Output.String(), "/s/sleep") {
+			return fmt.Errorf("the worker has not got the request: %q", w.Output.String())
+		}
+		return nil
+	})
+	if out, err := h.ctl("graceful-stop"); err != nil {
+		t.Fatalf("graceful-stop: %v %s", err, out)
+	}
+	if a := zmqtest.WaitFor(t, got, "the answer"); !strings.HasPrefix(a, "200 ") || !strings.Contains(a, `"worker": "slow"`) {
+		t.Errorf("the request waiting at the graceful stop: %s; want the worker's 200", a)
+	}
+	if log := h.errorLog(); strings.Contains(log, "MODZMQ0034") {
+		t.Errorf("a graceful stop ended the request:\n%s", log)
+	}
+}
+
 // checkEndedAtStop checks what a request or stream h held when it stopped
 // left behind: the line with code saying it ended, no child the parent had
 // to kill after its grace period (AH00045/AH00046), and the worker's

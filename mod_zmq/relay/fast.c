@@ -548,11 +548,6 @@ static int fast_relay(modzmq_fast *f, modzmq_request *req, modzmq_response *resp
     return go.adopt(req, resp);
 }
 
-/* A part of a streamed body, sent as bridge.Call.SendBody sends it, when Go
- * lent the body (modzmq_body_lent) and nothing calls for Go first: the
- * part within the credit, the connection sound, no message received that
- * Go has not seen, the call not due, no new epoch. MODZMQ_PENDING, or -1
- * for Go. */
 void modzmq_control_frames(const char *id, size_t id_len, const char *method, const void *body, size_t body_len,
                            char *meta, const void **p, size_t *len)
 {
@@ -569,6 +564,12 @@ void modzmq_control_frames(const char *id, size_t id_len, const char *method, co
     p[7] = body, len[7] = body_len;
 }
 
+/* A part of a streamed body, sent as bridge.Call.SendBody sends it, when Go
+ * lent the body (modzmq_body_lent) and nothing calls for Go first: the
+ * part within the credit, the connection sound, no message received that
+ * Go has not seen, the call not due, no new epoch. It goes out within the
+ * send timeout and what is left of the call's. MODZMQ_PENDING, or -1 for
+ * Go. */
 static int body_fast(modzmq_response *resp, const char *data, size_t len, int last)
 {
     modzmq_call *st = MODZMQ_CALL(resp);
@@ -578,13 +579,15 @@ static int body_fast(modzmq_response *resp, const char *data, size_t len, int la
     const void *f[8];
     size_t l[8];
 
+    int64_t left = st->due_ms - zmtp_now_ms();
+
     if (!b->on || st->zconn == NULL || zmtp_failed(st->zconn) || cost > resp->body_credit || st->id_len == 0 ||
-        st->id_len > sizeof(st->id) || (st->nframes > 0 && !st->delivered) || zmtp_now_ms() >= st->due_ms ||
+        st->id_len > sizeof(st->id) || (st->nframes > 0 && !st->delivered) || left <= 0 ||
         modzmq_epochs_moved(resp)) {
         return -1;
     }
     modzmq_control_frames(st->id, st->id_len, last ? "@body-end" : "@body", data, len, meta, f, l);
-    if (zmtp_send(st->zconn, b->send_timeout_ms, 8, f, l) != 0) {
+    if (zmtp_send(st->zconn, left < b->send_timeout_ms ? (int)left : b->send_timeout_ms, 8, f, l) != 0) {
         return -1; /* Go's send meets the broken connection and ends the call */
     }
     resp->body_credit -= cost;

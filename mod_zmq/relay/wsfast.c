@@ -182,51 +182,34 @@ static int send_message(modzmq_call *st, int opcode, const unsigned char *p, siz
     return zmtp_send(st->zconn, st->ws.send_timeout_ms, 8, f, l);
 }
 
-/* The worker's message modzmq_wait received, when the C step relays it:
- * @credit (1: taken) or a text or binary message within the credit, whose
- * frame header goes into io->head and payload into resp->body (2). 0: it
- * is for Go. */
-static int worker_message(modzmq_response *resp, modzmq_ws_io *io)
+/* What the worker's message modzmq_wait received is to the C step: 0 Go's
+ * (anything but what follows, and a close); 1 a credit of *n; 2 a text
+ * (*opcode 1) or binary (2) message within the credit and the limit. */
+static int worker_kind(const modzmq_call *st, int *opcode, int64_t *n)
 {
-    modzmq_call *st = MODZMQ_CALL(resp);
-    modzmq_ws_lent *w = &st->ws;
+    const modzmq_ws_lent *w = &st->ws;
     const char *const *f = st->frame;
     const size_t *l = st->frame_len;
-    int opcode;
-    int64_t cost, n;
 
     if (st->nframes != 4 || l[0] != st->id_len || memcmp(f[0], st->id, st->id_len) != 0 || l[1] != 0) {
         return 0;
     }
     if (l[2] == 7 && memcmp(f[2], "@credit", 7) == 0) {
-        if (!modzmq_ws_credit(f[3], l[3], &n)) {
-            return 0;
-        }
-        w->sendable = w->sendable + n > WS_MAX_CREDIT ? WS_MAX_CREDIT : w->sendable + n;
-        return 1;
+        return modzmq_ws_credit(f[3], l[3], n) ? 1 : 0;
     }
     if (l[2] == 5 && memcmp(f[2], "@text", 5) == 0) {
-        opcode = 1;
+        *opcode = 1;
     }
     else if (l[2] == 7 && memcmp(f[2], "@binary", 7) == 0) {
-        opcode = 2;
+        *opcode = 2;
     }
     else {
         return 0;
     }
-    cost = (int64_t)l[3] + WS_PART_COST;
-    if ((int64_t)l[3] > w->max || cost > w->credit ||
-        (opcode == 1 && !modzmq_utf8_valid((const unsigned char *)f[3], l[3]))) {
+    if ((int64_t)l[3] > w->max || (int64_t)l[3] + WS_PART_COST > w->credit ||
+        (*opcode == 1 && !modzmq_utf8_valid((const unsigned char *)f[3], l[3]))) {
         return 0;
     }
-    io->head_len = modzmq_ws_header((unsigned char *)io->head, opcode, l[3]);
-    resp->body = f[3];
-    resp->body_len = l[3];
-    w->credit -= cost;
-    w->owed += cost;
-    modzmq_fast_count(w->fast, MODZMQ_STATS_OFF_STREAMS + MODZMQ_ST_PARTS, 1);
-    modzmq_fast_count(w->fast, MODZMQ_STATS_OFF_STREAMS + MODZMQ_ST_BYTES, (int64_t)l[3]);
-    modzmq_fast_count(w->fast, MODZMQ_STATS_OFF_STREAMS + MODZMQ_ST_BUFFERED, cost);
     return 2;
 }
 
@@ -236,7 +219,8 @@ int modzmq_ws_fast(modzmq_response *resp, modzmq_ws_io *io)
     modzmq_ws_lent *w = &st->ws;
     unsigned char *in;
     size_t left;
-    int64_t now;
+    int64_t now, grant = 0;
+    int kind = 0, opcode = 0;
 
     /* Go's turn: nothing lent, the worker's connection failed (Go's step
      * meets the failure; the shim would find the connection readable and
@@ -254,27 +238,42 @@ int modzmq_ws_fast(modzmq_response *resp, modzmq_ws_io *io)
     resp->body = NULL;
     resp->body_len = 0;
 
+    /* The worker's message first, as Go's step takes it: a close (or
+     * anything else that is Go's) before the client's bytes, a credit
+     * before the client's messages that may need it. */
+    if (st->nframes > 0 && !st->delivered) {
+        kind = worker_kind(st, &opcode, &grant);
+        if (kind == 0) {
+            return -1;
+        }
+        if (kind == 1) {
+            w->sendable = w->sendable + grant > WS_MAX_CREDIT ? WS_MAX_CREDIT : w->sendable + grant;
+            st->delivered = 1;
+            io->again = 1; /* what else the connection holds */
+        }
+    }
+
     /* The client's whole messages, each sent on as it is unmasked. */
     in = (unsigned char *)io->in;
     left = in != NULL ? io->in_len : 0;
     while (left > 0) {
-        int opcode;
+        int op;
         unsigned char key[4];
-        size_t off, len, n = modzmq_ws_frame(in, left, w->max, &opcode, &off, &len, key);
+        size_t off, len, n = modzmq_ws_frame(in, left, w->max, &op, &off, &len, key);
         unsigned char *p;
         if (n == 0 || (int64_t)len + WS_PART_COST > w->sendable) {
             break;
         }
         p = in + off;
         modzmq_ws_mask(p, len, key);
-        if (opcode == 1 && !modzmq_utf8_valid(p, len)) {
+        if (op == 1 && !modzmq_utf8_valid(p, len)) {
             modzmq_ws_mask(p, len, key); /* as it came, for Go to refuse */
             break;
         }
         w->heard_ms = now;
         in += n;
         left -= n;
-        if (send_message(st, opcode, p, len) != 0) {
+        if (send_message(st, op, p, len) != 0) {
             io->in = (char *)in;
             io->in_len = left;
             return -1;
@@ -289,11 +288,18 @@ int modzmq_ws_fast(modzmq_response *resp, modzmq_ws_io *io)
         return -1;
     }
 
-    /* The worker's message; after one, what else the connection holds. */
-    if (st->nframes > 0 && !st->delivered) {
-        if (!worker_message(resp, io)) {
-            return -1;
-        }
+    /* The worker's message to the client: its frame's header in io->head,
+     * its payload where it arrived; then what else the connection holds. */
+    if (kind == 2) {
+        int64_t len = (int64_t)st->frame_len[3];
+        io->head_len = modzmq_ws_header((unsigned char *)io->head, opcode, (uint64_t)len);
+        resp->body = st->frame[3];
+        resp->body_len = (size_t)len;
+        w->credit -= len + WS_PART_COST;
+        w->owed += len + WS_PART_COST;
+        modzmq_fast_count(w->fast, MODZMQ_STATS_OFF_STREAMS + MODZMQ_ST_PARTS, 1);
+        modzmq_fast_count(w->fast, MODZMQ_STATS_OFF_STREAMS + MODZMQ_ST_BYTES, len);
+        modzmq_fast_count(w->fast, MODZMQ_STATS_OFF_STREAMS + MODZMQ_ST_BUFFERED, len + WS_PART_COST);
         st->delivered = 1;
         io->again = 1;
     }

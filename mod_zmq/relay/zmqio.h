@@ -13,7 +13,7 @@
 
 /* An open WebSocket's credit, lent by Go to the C step (wsfast.h) while
  * the WebSocket is in its common state, and taken back at Go's next step
- * (bridge.WebSocketFlow). */
+ * (bridge.Flow). */
 typedef struct modzmq_ws_lent {
     int         on;                             /* lent: the C step relays the common messages */
     int         send_timeout_ms;                /* a message to the worker goes out within this */
