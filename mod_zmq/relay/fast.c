@@ -574,16 +574,15 @@ static int body_fast(modzmq_response *resp, const char *data, size_t len, int la
 {
     modzmq_call *st = MODZMQ_CALL(resp);
     modzmq_body_lent *b = &st->body;
-    int64_t cost = (int64_t)len + 64;
+    int64_t cost = (int64_t)len + MODZMQ_PART_COST;
     char meta[MODZMQ_CONTROL_META];
     const void *f[8];
     size_t l[8];
 
-    int64_t left = st->due_ms - zmtp_now_ms();
+    int64_t now = zmtp_now_ms(), left = st->due_ms - now;
 
-    if (!b->on || st->zconn == NULL || zmtp_failed(st->zconn) || cost > resp->body_credit || st->id_len == 0 ||
-        st->id_len > sizeof(st->id) || (st->nframes > 0 && !st->delivered) || left <= 0 ||
-        modzmq_epochs_moved(resp)) {
+    if (!b->on || modzmq_go_first(resp, now) || cost > resp->body_credit || st->id_len == 0 ||
+        st->id_len > sizeof(st->id) || (st->nframes > 0 && !st->delivered)) {
         return -1;
     }
     modzmq_control_frames(st->id, st->id_len, last ? "@body-end" : "@body", data, len, meta, f, l);

@@ -110,6 +110,10 @@ func wsHeader(opcode int, n uint64) []byte {
 	return C.GoBytes(unsafe.Pointer(&b[0]), C.int(size))
 }
 
+// partCost is the C paths' cost of a part or message beyond its bytes
+// (MODZMQ_PART_COST).
+func partCost() int64 { return C.MODZMQ_PART_COST }
+
 // wsCredit runs the C step's credit parser (modzmq_ws_credit) on s.
 func wsCredit(s []byte) (v int64, ok bool) {
 	p := cCopy(s)

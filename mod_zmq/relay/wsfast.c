@@ -8,11 +8,6 @@
 #include "zmqio.h"
 #include "zmtp.h"
 
-/* What every WebSocket message costs beyond its bytes (bridge.PartCost),
- * and the most credit a side may hold (bridge's maxCredit). */
-#define WS_PART_COST 64
-#define WS_MAX_CREDIT ((int64_t)1 << 40)
-
 size_t modzmq_ws_frame(const unsigned char *b, size_t n, int64_t max, int *opcode, size_t *off, size_t *len,
                        unsigned char key[4])
 {
@@ -163,7 +158,7 @@ int modzmq_ws_credit(const char *p, size_t n, int64_t *v)
         }
         x = x * 10 + (p[i] - '0');
     }
-    if (x > WS_MAX_CREDIT) {
+    if (x > MODZMQ_MAX_CREDIT) {
         return 0;
     }
     *v = x;
@@ -206,7 +201,7 @@ static int worker_kind(const modzmq_call *st, int *opcode, int64_t *n)
     else {
         return 0;
     }
-    if ((int64_t)l[3] > w->max || (int64_t)l[3] + WS_PART_COST > w->credit ||
+    if ((int64_t)l[3] > w->max || (int64_t)l[3] + MODZMQ_PART_COST > w->credit ||
         (*opcode == 1 && !modzmq_utf8_valid((const unsigned char *)f[3], l[3]))) {
         return 0;
     }
@@ -222,15 +217,13 @@ int modzmq_ws_fast(modzmq_response *resp, modzmq_ws_io *io)
     int64_t now, grant = 0;
     int kind = 0, opcode = 0;
 
-    /* Go's turn: nothing lent, the worker's connection failed (Go's step
-     * meets the failure; the shim would find the connection readable and
-     * step again at once), the client's end, a stop, a timer, a worker
-     * lost somewhere, or credit the client earned the worker back. */
-    if (!w->on || st->zconn == NULL || zmtp_failed(st->zconn) || io->client_gone || io->stopping) {
-        return -1;
-    }
+    /* Go's turn: nothing lent, the client's end, a stop, what
+     * modzmq_go_first says (a failed connection: the shim would find it
+     * readable and step again at once; a timer; a worker lost somewhere),
+     * or credit the client earned the worker back. */
     now = zmtp_now_ms();
-    if (now >= st->due_ms || modzmq_epochs_moved(resp) || (w->owed > 0 && w->owed >= w->grant_at)) {
+    if (!w->on || io->client_gone || io->stopping || modzmq_go_first(resp, now) ||
+        (w->owed > 0 && w->owed >= w->grant_at)) {
         return -1;
     }
     io->head_len = 0;
@@ -247,7 +240,7 @@ int modzmq_ws_fast(modzmq_response *resp, modzmq_ws_io *io)
             return -1;
         }
         if (kind == 1) {
-            w->sendable = w->sendable + grant > WS_MAX_CREDIT ? WS_MAX_CREDIT : w->sendable + grant;
+            w->sendable = w->sendable + grant > MODZMQ_MAX_CREDIT ? MODZMQ_MAX_CREDIT : w->sendable + grant;
             st->delivered = 1;
             io->again = 1; /* what else the connection holds */
         }
@@ -261,7 +254,7 @@ int modzmq_ws_fast(modzmq_response *resp, modzmq_ws_io *io)
         unsigned char key[4];
         size_t off, len, n = modzmq_ws_frame(in, left, w->max, &op, &off, &len, key);
         unsigned char *p;
-        if (n == 0 || (int64_t)len + WS_PART_COST > w->sendable) {
+        if (n == 0 || (int64_t)len + MODZMQ_PART_COST > w->sendable) {
             break;
         }
         p = in + off;
@@ -278,7 +271,7 @@ int modzmq_ws_fast(modzmq_response *resp, modzmq_ws_io *io)
             io->in_len = left;
             return -1;
         }
-        w->sendable -= (int64_t)len + WS_PART_COST;
+        w->sendable -= (int64_t)len + MODZMQ_PART_COST;
         modzmq_fast_count(w->fast, MODZMQ_STATS_OFF_STREAMS + MODZMQ_ST_BODY_PARTS, 1);
         modzmq_fast_count(w->fast, MODZMQ_STATS_OFF_STREAMS + MODZMQ_ST_BODY_BYTES, (int64_t)len);
     }
@@ -295,11 +288,11 @@ int modzmq_ws_fast(modzmq_response *resp, modzmq_ws_io *io)
         io->head_len = modzmq_ws_header((unsigned char *)io->head, opcode, (uint64_t)len);
         resp->body = st->frame[3];
         resp->body_len = (size_t)len;
-        w->credit -= len + WS_PART_COST;
-        w->owed += len + WS_PART_COST;
+        w->credit -= len + MODZMQ_PART_COST;
+        w->owed += len + MODZMQ_PART_COST;
         modzmq_fast_count(w->fast, MODZMQ_STATS_OFF_STREAMS + MODZMQ_ST_PARTS, 1);
         modzmq_fast_count(w->fast, MODZMQ_STATS_OFF_STREAMS + MODZMQ_ST_BYTES, len);
-        modzmq_fast_count(w->fast, MODZMQ_STATS_OFF_STREAMS + MODZMQ_ST_BUFFERED, len + WS_PART_COST);
+        modzmq_fast_count(w->fast, MODZMQ_STATS_OFF_STREAMS + MODZMQ_ST_BUFFERED, len + MODZMQ_PART_COST);
         st->delivered = 1;
         io->again = 1;
     }

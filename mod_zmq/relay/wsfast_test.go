@@ -11,6 +11,7 @@ import (
 
 	"github.com/gobwas/ws"
 
+	"github.com/modzmq/modzmq/bridge"
 	"github.com/modzmq/modzmq/internal/wsproto"
 )
 
@@ -95,6 +96,13 @@ func wsSeeds() [][]byte {
 		unmasked,
 		[]byte("1099511627776"), []byte("1099511627777"), []byte("0"), []byte("+5"), []byte("007"), []byte(""),
 		[]byte("\xf4\x8f\xbf\xbf"), []byte("\xf4\x90\x80\x80"), []byte("ascii only, more than eight bytes"),
+	}
+}
+
+// The C paths count credit as the bridge does.
+func TestPartCost(t *testing.T) {
+	if partCost() != bridge.PartCost {
+		t.Errorf("MODZMQ_PART_COST is %d, bridge.PartCost %d", partCost(), bridge.PartCost)
 	}
 }
 

@@ -75,10 +75,15 @@ void modzmq_set_due(modzmq_response *resp, int64_t due_ms)
     st->epochs = __atomic_load_n(&epochs, __ATOMIC_SEQ_CST);
 }
 
-int modzmq_epochs_moved(const modzmq_response *resp)
+static int epochs_moved(const modzmq_call *st)
+{
+    return __atomic_load_n(&epochs, __ATOMIC_SEQ_CST) != st->epochs;
+}
+
+int modzmq_go_first(const modzmq_response *resp, int64_t now)
 {
     const modzmq_call *st = (const modzmq_call *)(const void *)resp->state.bytes;
-    return __atomic_load_n(&epochs, __ATOMIC_SEQ_CST) != st->epochs;
+    return st->zconn == NULL || zmtp_failed(st->zconn) || now >= st->due_ms || epochs_moved(st);
 }
 
 /* The longest modzmq_wait waits while the caller's descriptors watch its
@@ -132,5 +137,5 @@ int modzmq_wait(modzmq_response *resp)
     /* Nothing came (or the connection is one Go waits on itself): Go's
      * step has nothing to do unless the call is due or a worker was lost
      * somewhere (Go looks whether it was the call's). */
-    return st->due_ms == 0 || zmtp_now_ms() >= st->due_ms || modzmq_epochs_moved(resp);
+    return st->due_ms == 0 || zmtp_now_ms() >= st->due_ms || epochs_moved(st);
 }

@@ -98,9 +98,16 @@ void modzmq_epochs_bump(void);
  * when due_ms < 0 (Go waits on the call's connection itself). */
 void modzmq_set_due(modzmq_response *resp, int64_t due_ms);
 
-/* Whether an endpoint began a new epoch since Go last stepped the call in
- * resp (modzmq_set_due). */
-int modzmq_epochs_moved(const modzmq_response *resp);
+/* Whether a C path (a WebSocket's step, a body's part) must leave the call
+ * in resp to Go's step: its connection failed (Go meets the failure), it
+ * is due (now >= due_ms), or an endpoint began a new epoch since Go last
+ * stepped it (modzmq_set_due; Go looks whether its worker was lost). */
+int modzmq_go_first(const modzmq_response *resp, int64_t now);
+
+/* What a part or message costs beyond its bytes, each way (bridge.PartCost),
+ * and the most credit one side may hold (bridge's maxCredit). */
+#define MODZMQ_PART_COST 64
+#define MODZMQ_MAX_CREDIT ((int64_t)1 << 40)
 
 /* The request path's wait and release, exported from the library; see
  * modzmq.h. */
