@@ -108,7 +108,7 @@ $(BUILD)/modzmq-bench: $(wildcard test/bench/*.go)
 	$(GO) build -o $@ ./test/bench
 
 FUZZTIME ?= 2000000x
-FUZZ_TARGETS := FuzzFastDecode:./mod_zmq/relay FuzzFastEncode:./mod_zmq/relay FuzzZMTPFrames:./mod_zmq/relay FuzzWSFast:./mod_zmq/relay FuzzCurveOpen:./bridge FuzzZMTPTransport:./bridge FuzzDecodeReply:./bridge FuzzRequestRoundTrip:./bridge FuzzParseHeaderLines:./bridge FuzzParser:./gateway/stream FuzzReader:./internal/wsproto
+FUZZ_TARGETS := FuzzFastDecode:./mod_zmq/relay FuzzFastEncode:./mod_zmq/relay FuzzZMTPFrames:./mod_zmq/relay FuzzWSFast:./mod_zmq/relay FuzzStreamKind:./mod_zmq/relay FuzzCurveOpen:./bridge FuzzZMTPTransport:./bridge FuzzDecodeReply:./bridge FuzzRequestRoundTrip:./bridge FuzzParseHeaderLines:./bridge FuzzParser:./gateway/stream FuzzReader:./internal/wsproto
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \
 		echo "fuzz $${t%%:*} ($(FUZZTIME))"; \
@@ -125,7 +125,7 @@ fuzz:
 # default). -asan makes fuzzing slow (FuzzFastDecode: about 100 executions a
 # second against thousands), hence the small count. Add a target as Name:package.
 ASAN_FUZZTIME ?= 10000x
-ASAN_FUZZ_TARGETS := FuzzFastDecode:./mod_zmq/relay FuzzFastEncode:./mod_zmq/relay FuzzZMTPFrames:./mod_zmq/relay FuzzWSFast:./mod_zmq/relay
+ASAN_FUZZ_TARGETS := FuzzFastDecode:./mod_zmq/relay FuzzFastEncode:./mod_zmq/relay FuzzZMTPFrames:./mod_zmq/relay FuzzWSFast:./mod_zmq/relay FuzzStreamKind:./mod_zmq/relay
 ASAN_ENV := CGO_CFLAGS='-O1 -g -fno-omit-frame-pointer -fsanitize=undefined -fno-sanitize-recover=undefined' \
 	CGO_LDFLAGS='-fsanitize=undefined' \
 	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 ASAN_OPTIONS=halt_on_error=1:detect_leaks=1

@@ -298,8 +298,7 @@ func (call *Call) SendBody(data []byte, last bool) error {
 	if last {
 		method = methodBodyEnd
 	}
-	frames := controlFrames(call.p.id, method, nil)
-	frames[7] = data
+	frames := ControlFrames(call.p.id, method, nil, data)
 	call.attempts = call.attempt // the body cannot be sent again
 	call.bodySent = true
 	if err := call.p.conn.Send(frames, call.SendTimeout()); err != nil {

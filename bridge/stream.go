@@ -111,12 +111,15 @@ func appendStreamMeta(meta []byte, r *Request, notices bool) []byte {
 	return meta
 }
 
-// controlFrames builds a control message for request id: a six-frame
-// request with method and target, and meta holding the request id. (A
-// front that speaks to a worker itself sends these the same way.)
-func controlFrames(id []byte, method, target []byte) [][]byte {
+// ControlFrames builds a message the bridge sends for request id while it
+// is in progress (a grant, a notice, a part of its body), with the
+// request's envelope: a six-frame request with method, target and body,
+// and meta holding the request id. The Apache module's C builds the same
+// (modzmq_control_frames; TestControlFrames in mod_zmq/relay holds it to
+// this).
+func ControlFrames(id, method, target, body []byte) [][]byte {
 	meta := AppendHeader(nil, "request-id", string(id))
-	return [][]byte{id, nil, versionFrame, method, target, nil, meta, nil}
+	return [][]byte{id, nil, versionFrame, method, target, nil, meta, body}
 }
 
 // Body parts the bridge sends for a request with a streamed body.
@@ -224,7 +227,7 @@ func (s *Stream) Step(wait time.Duration) (data []byte, end, ok bool, err error)
 	if s.failed {
 		return nil, false, false, errors.New("stream: Step after an error")
 	}
-	s.grant(s.window / 2)
+	s.grant(s.grantQueued())
 	if s.failed {
 		return nil, false, false, s.err
 	}
@@ -233,7 +236,7 @@ func (s *Stream) Step(wait time.Duration) (data []byte, end, ok bool, err error)
 		if err == ErrTimeout {
 			// Nothing is queued: the client has taken all the worker sent,
 			// and the worker may be waiting for credit to send more.
-			if s.grant(s.window / 4); s.failed {
+			if s.grant(s.grantIdle()); s.failed {
 				return nil, false, false, s.err
 			}
 			if wait > 0 {
@@ -301,7 +304,33 @@ func (s *Stream) Step(wait time.Duration) (data []byte, end, ok bool, err error)
 // one returned, grants the worker credit: a front that waits for the next
 // part before it steps (Apache's, in C) must step at once when it does, or
 // a worker out of credit would wait for it until the idle timeout.
-func (s *Stream) Owes() bool { return s.owed > 0 && s.owed >= s.window/4 }
+func (s *Stream) Owes() bool { return s.owed > 0 && s.owed >= s.grantIdle() }
+
+// grantQueued and grantIdle are the least owed at which Step grants: half
+// the window while parts are queued, a quarter once none is (grant).
+func (s *Stream) grantQueued() int64 { return s.window / 2 }
+func (s *Stream) grantIdle() int64   { return s.window / 4 }
+
+// Lend returns the stream's credit for a front that takes its common parts
+// by itself (Flow); ok false when it may not (ended, broken or closed).
+func (s *Stream) Lend() (f Flow, ok bool) {
+	if s.p == nil || s.ended || s.failed {
+		return Flow{}, false
+	}
+	return Flow{Credit: s.credit, Owed: s.owed, GrantAt: s.grantIdle(), GrantQueued: s.grantQueued(), ID: s.p.id,
+		SendTimeout: s.c.opts.ConnectTimeout, Idle: s.idle}, true
+}
+
+// Return gives back the credit Lend lent, as the front left it. The bytes
+// it counted as buffered for the stream (its parts less its grants) move
+// into the client's counters here: the front takes them out of its own.
+func (s *Stream) Return(f Flow) {
+	s.c.streams.Buffered.Add(s.credit - f.Credit)
+	s.credit, s.owed = f.Credit, f.Owed
+	if !f.Heard.IsZero() {
+		s.deadline = f.Heard.Add(s.idle)
+	}
+}
 
 // grant sends the worker the credit the client earned back, once it is at
 // least at, so a fast client does not cost an @credit per part. Step asks
@@ -316,7 +345,7 @@ func (s *Stream) grant(at int64) {
 	n := s.owed
 	s.owed, s.credit = 0, s.credit+n
 	s.c.streams.Buffered.Add(-n)
-	if err := s.p.conn.Send(controlFrames(s.p.id, methodCredit, strconv.AppendInt(nil, n, 10)), s.c.opts.ConnectTimeout); err != nil {
+	if err := s.p.conn.Send(ControlFrames(s.p.id, methodCredit, strconv.AppendInt(nil, n, 10), nil), s.c.opts.ConnectTimeout); err != nil {
 		s.broken = true
 		s.fail(fmt.Errorf("%w: sending credit to %s: %v", ErrWorkerLost, s.e.addr, err))
 	}
@@ -372,7 +401,7 @@ func (s *Stream) cause() StreamEnd {
 // cancel tells the worker holding request p that its client went away;
 // best effort, without waiting long.
 func (c *Client) cancel(p *pooled) {
-	if err := p.conn.Send(controlFrames(p.id, methodCancel, nil), min(c.opts.ConnectTimeout, time.Second)); err != nil {
+	if err := p.conn.Send(ControlFrames(p.id, methodCancel, nil, nil), min(c.opts.ConnectTimeout, time.Second)); err != nil {
 		c.opts.Log.Logf(LevelDebug, CodeCancel, "could not send the cancel notice for request %s: %v", p.id, err)
 		return
 	}

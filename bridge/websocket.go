@@ -378,19 +378,31 @@ func (ws *WebSocket) grant() {
 	}
 }
 
-// Flow is a WebSocket's credit, lent to a front that relays the common
-// messages itself (the Apache module's C step: modzmq_ws_lent) while the
-// WebSocket is not used, and given back with Return before it is used
-// again. The front follows the WebSocket's rules: a client's message costs
-// its bytes and PartCost of Sendable, a worker's the same of Credit, which
-// it adds to Owed; once Owed reaches GrantAt the WebSocket must have it
-// back, for Recv grants credit. It sends a client's message as Send does
-// (ID, SendTimeout), and counts what it relays in the client's counters
+// Flow is the credit of a WebSocket or a streamed reply, lent to a front
+// that relays the common messages itself (the Apache module's C steps:
+// modzmq_ws_lent, modzmq_stream_lent) while the WebSocket or Stream is not
+// used, and given back with Return before it is used again.
+//
+// A WebSocket's: a client's message costs its bytes and PartCost of
+// Sendable, a worker's the same of Credit, which the front adds to Owed;
+// once Owed reaches GrantAt the WebSocket must have it back, for Recv
+// grants credit. The front sends a client's message as Send does (ID,
+// SendTimeout).
+//
+// A Stream's: a worker's @data or @keep-alive costs its bytes and PartCost
+// of Credit, which the front adds to Owed once its client took the part;
+// the front grants Owed back as Step does, with @credit (ID, SendTimeout),
+// once it reaches GrantQueued, or GrantAt when no part is queued; a stream
+// that hears nothing for Idle is Step's to end. Heard is when the front
+// last took a message of the worker's (zero: none since Lend).
+//
+// Either way the front counts what it relays in the client's counters
 // itself.
 type Flow struct {
-	Sendable, Credit, Owed, GrantAt, Max int64
-	ID                                   []byte
-	SendTimeout                          time.Duration
+	Sendable, Credit, Owed, GrantAt, GrantQueued, Max int64
+	ID                                                []byte
+	SendTimeout, Idle                                 time.Duration
+	Heard                                             time.Time
 }
 
 // Lend returns the WebSocket's credit for a front that relays by itself;

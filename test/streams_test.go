@@ -591,7 +591,8 @@ func TestApacheStopsWithARequestWaiting(t *testing.T) {
 // (long-poll), where a silent worker's client gets 504; a worker may refuse
 // a streamed body after its first part (413); and a 1 GiB
 // streamed download from upload_sink.py arrives whole (SHA-256) while the
-// children's peak resident size grows by less than 64 MiB.
+// children's peak resident size grows by less than 64 MiB, its parts taken
+// in C.
 func TestLongPollAndLargeDownloadThroughApache(t *testing.T) {
 	w := startPyScript(t, "test/workers/notice_worker.py")
 	ep := w.Endpoint
@@ -607,6 +608,9 @@ func TestLongPollAndLargeDownloadThroughApache(t *testing.T) {
 		SetHandler zmq
 		ZmqBackend %s
 	</Location>
+	<Location /zmq-status>
+		SetHandler zmq-status
+	</Location>
 `, ep, ep2)})
 	h.expect(`MODZMQ0102: .*answered 504`)
 	if resp, body := do(t, "GET", h.URL+"/n/poll", "", nil); resp.StatusCode != 200 || string(body) != "news" {
@@ -621,12 +625,21 @@ func TestLongPollAndLargeDownloadThroughApache(t *testing.T) {
 	}
 
 	do(t, "GET", h.URL+"/sink/warm?bytes=1", "", nil)
+	counted := h.settledRoute(t, "/sink")
 	before := childrenPeakRSS(t, h)
 	start := time.Now()
 	downloadFromSink(t, h.URL+"/sink/blob", 1<<30)
 	grew := childrenPeakRSS(t, h) - before
 	if grew > 64<<10 {
 		t.Errorf("Apache children's peak resident size grew by %d KiB streaming 1 GiB; want under 64 MiB", grew)
+	}
+	// The parts are taken, and the worker's credit granted back, by the C
+	// step (fast.c: stream_fast), not by a step of Go's for each part.
+	after := h.settledRoute(t, "/sink")
+	parts, entries := after.Streams.Parts-counted.Streams.Parts, *after.GoEntries-*counted.GoEntries
+	t.Logf("%d parts, %d calls into Go", parts, entries)
+	if parts < 1<<30/(64<<10) || entries > parts/16 {
+		t.Errorf("the download came in %d parts with %d calls into Go; want 16384 parts or more, taken in C", parts, entries)
 	}
 	t.Logf("1 GiB down in %v; the children's peak resident size grew by %d KiB", time.Since(start).Round(time.Millisecond), grew)
 }

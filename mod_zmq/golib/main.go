@@ -61,11 +61,6 @@ func modzmq_clients_open(first, n C.int, cfg *C.modzmq_client_config) C.int {
 	return 0
 }
 
-//export modzmq_resume
-func modzmq_resume(resp *C.modzmq_response) C.int {
-	return C.int(relay.Resume(unsafe.Pointer(resp)))
-}
-
 //export modzmq_stats_attach
 func modzmq_stats_attach(slot *C.int64_t, nbackends C.int, watchers *C.int64_t) {
 	if slot == nil || watchers == nil || nbackends <= 0 {

@@ -13,6 +13,7 @@ void relay_register_go(void)
         .adopt = modzmq_go_adopt,
         .stale = modzmq_go_stale,
         .ws_step = modzmq_go_ws_step,
+        .resume = modzmq_go_resume,
         .send_body = modzmq_go_send_body,
     };
     relay_set_callbacks(&go);

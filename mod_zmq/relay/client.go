@@ -341,9 +341,9 @@ func modzmq_go_relay(handle C.int, req *C.modzmq_request, resp *C.modzmq_respons
 	call := c.Start(context.Background(), c.request(req), time.Duration(req.timeout_ms)*time.Millisecond)
 	if req.stream_body != 0 {
 		// C may send the body's parts after the first (lendBody).
-		return outcome(call, c.b, resp, cgo.NewHandle(&pending{call: call, b: c.b, fast: c.fast}))
+		return outcome(call, c.b, c.fast, resp, cgo.NewHandle(&pending{call: call, b: c.b, fast: c.fast}))
 	}
-	return outcome(call, c.b, resp, 0)
+	return outcome(call, c.b, c.fast, resp, 0)
 }
 
 // request views req; it stays valid while the call is in progress.
@@ -382,15 +382,16 @@ type pending struct {
 	fast   *C.modzmq_fast // the client's fast path: what C sends of a streamed body it counts there
 }
 
-// outcome reports a call for backend b: its result when done, else a
-// handle to resume it with and the connection modzmq_wait waits on (none
-// when Go waits on it itself, in modzmq_resume).
-func outcome(call *bridge.Call, b *backend, resp *C.modzmq_response, h cgo.Handle) C.int {
+// outcome reports a call for backend b, whose client's fast path is fast
+// (nil when it has none): its result when done, else a handle to resume it
+// with and the connection modzmq_wait waits on (none when Go waits on it
+// itself, in modzmq_resume).
+func outcome(call *bridge.Call, b *backend, fast *C.modzmq_fast, resp *C.modzmq_response, h cgo.Handle) C.int {
 	st := callState(resp)
 	noteCall(st, call)
 	if !call.Done() {
 		if h == 0 {
-			h = cgo.NewHandle(&pending{call: call, b: b})
+			h = cgo.NewHandle(&pending{call: call, b: b, fast: fast})
 		}
 		resp.body_credit = C.int64_t(call.BodyCredit())
 		rc := waitOn(resp, h, call.Conn(), call.Wait(), call.Quiet())
@@ -416,7 +417,7 @@ func outcome(call *bridge.Call, b *backend, resp *C.modzmq_response, h cgo.Handl
 	if out.Stream != nil {
 		// The head: the stream's parts follow through modzmq_resume.
 		if h == 0 {
-			h = cgo.NewHandle(&pending{b: b})
+			h = cgo.NewHandle(&pending{b: b, fast: fast})
 		}
 		h.Value().(*pending).stream = out.Stream
 		st.call, st.zconn, st.keep = C.uint64_t(h), nil, 1
@@ -545,7 +546,16 @@ func inFrames(resp *C.modzmq_response, b []byte) (*C.char, C.size_t) {
 	return nil, 0
 }
 
-// Resume advances the call in the modzmq_response at r (modzmq_resume).
+// modzmq_go_resume is the resume callback (relay.h): a step of the call in
+// resp that the C step of a streamed reply leaves to Go.
+//
+//export modzmq_go_resume
+func modzmq_go_resume(resp *C.modzmq_response) C.int {
+	return C.int(Resume(unsafe.Pointer(resp)))
+}
+
+// Resume advances the call in the modzmq_response at r (modzmq_resume, in
+// Go).
 func Resume(r unsafe.Pointer) (rc int) {
 	resp := (*C.modzmq_response)(r)
 	defer func() {
@@ -572,7 +582,7 @@ func Resume(r unsafe.Pointer) (rc int) {
 		p.b.goWaits.Add(1)
 	}
 	p.call.Step(wait)
-	return int(outcome(p.call, p.b, resp, h))
+	return int(outcome(p.call, p.b, p.fast, resp, h))
 }
 
 // streamStep takes the stream's next part: MODZMQ_PART or MODZMQ_END with
@@ -586,6 +596,7 @@ func Resume(r unsafe.Pointer) (rc int) {
 func streamStep(p *pending, resp *C.modzmq_response, h cgo.Handle) C.int {
 	s, st := p.stream, callState(resp)
 	resp.wait_first = 0
+	reclaimStream(st, s)
 	z, _ := s.Conn().(*zConn)
 	deliver(s.Conn(), resp)
 	wait := goWait(s.Conn(), s.Wait())
@@ -604,7 +615,9 @@ func streamStep(p *pending, resp *C.modzmq_response, h cgo.Handle) C.int {
 		return failed(resp, err)
 	}
 	if !ok {
-		return waitOn(resp, h, s.Conn(), s.Wait(), s.Due())
+		rc := waitOn(resp, h, s.Conn(), s.Wait(), s.Due())
+		lendStream(st, s, p.fast)
+		return rc
 	}
 	if end && z != nil {
 		st.nframes = 0 // not inside the frames: setParts copies the last part
@@ -616,15 +629,60 @@ func streamStep(p *pending, resp *C.modzmq_response, h cgo.Handle) C.int {
 		endStream(s, z, st, h)
 		return C.MODZMQ_END
 	}
-	if z != nil && !s.Owes() {
+	if z != nil {
 		// Nothing to grant after the write: the shim may wait for the next
 		// part in C rather than step for it (a step is a hand-off of Go's
 		// scheduler; an SSE event would cost two): pending on the
-		// connection, as after a step that found nothing.
-		resp.wait_first = 1
+		// connection, as after a step that found nothing. Either way the
+		// C step takes the parts that follow while it can.
+		resp.wait_first = cbool(!s.Owes())
 		waitOn(resp, h, z, s.Wait(), s.Due())
+		lendStream(st, s, p.fast)
 	}
 	return C.MODZMQ_PART
+}
+
+// lendStream lends the C step (fast.c: stream_fast) the stream's credit
+// (modzmq_stream_lent) when the stream is open on a connection C waits on:
+// it takes the common parts and grants credit until Go's next step.
+func lendStream(st *C.modzmq_call, s *bridge.Stream, fast *C.modzmq_fast) {
+	st.stream.on = 0
+	if st.zconn == nil || fast == nil || st.keep == 0 || !lendStreams {
+		return
+	}
+	f, ok := s.Lend()
+	if !ok || len(f.ID) == 0 || len(f.ID) > len(st.id) {
+		return
+	}
+	l := &st.stream
+	l.credit, l.owed, l.grant_at, l.grant_queued = C.int64_t(f.Credit), C.int64_t(f.Owed), C.int64_t(f.GrantAt),
+		C.int64_t(f.GrantQueued)
+	l.idle_ms = C.int64_t(f.Idle.Milliseconds())
+	l.send_timeout_ms = C.int(max(f.SendTimeout.Milliseconds(), 1))
+	l.fast, l.heard_ms, l.lent_credit = unsafe.Pointer(fast), 0, l.credit
+	st.id_len = C.size_t(copy(unsafe.Slice((*byte)(unsafe.Pointer(&st.id[0])), len(st.id)), f.ID))
+	l.on = 1
+}
+
+// lendStreams is whether streams are lent to the C step (tests compare).
+var lendStreams = true
+
+// reclaimStream takes back the credit lent to the C step, the time of the
+// last message it took, and the bytes it counted as buffered, which
+// bridge.Stream.Return counts in the client's counters from now on.
+func reclaimStream(st *C.modzmq_call, s *bridge.Stream) {
+	l := &st.stream
+	if l.on == 0 {
+		return
+	}
+	l.on = 0
+	f := bridge.Flow{Credit: int64(l.credit), Owed: int64(l.owed)}
+	if l.heard_ms != 0 {
+		f.Heard = time.Now().Add(-time.Duration(int64(C.zmtp_now_ms())-int64(l.heard_ms)) * time.Millisecond)
+	}
+	C.modzmq_fast_count((*C.modzmq_fast)(l.fast), C.MODZMQ_STATS_OFF_STREAMS+C.MODZMQ_ST_BUFFERED,
+		-(l.lent_credit - l.credit))
+	s.Return(f)
 }
 
 // endStream closes s, whose connection is z when it is a zConn: the buffer
@@ -671,7 +729,7 @@ func modzmq_go_send_body(resp *C.modzmq_response, data *C.char, n C.size_t, last
 	p.b.goEntries.Add(1)
 	reclaimBody(resp, p.call)
 	p.call.SendBody(view(data, n), last != 0) // an error ends the call, which outcome reports
-	return outcome(p.call, p.b, resp, h)
+	return outcome(p.call, p.b, p.fast, resp, h)
 }
 
 // Cancel ends the call in the modzmq_response at r because its client went
@@ -692,6 +750,7 @@ func Cancel(r unsafe.Pointer) {
 		p.b.goEntries.Add(1)
 		switch {
 		case p.stream != nil:
+			reclaimStream(st, p.stream)
 			p.stream.Close()
 		case p.ws != nil && p.ws.ws != nil:
 			if !p.ws.ended {

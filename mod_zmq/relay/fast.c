@@ -548,8 +548,8 @@ static int fast_relay(modzmq_fast *f, modzmq_request *req, modzmq_response *resp
     return go.adopt(req, resp);
 }
 
-void modzmq_control_frames(const char *id, size_t id_len, const char *method, const void *body, size_t body_len,
-                           char *meta, const void **p, size_t *len)
+void modzmq_control_frames(const char *id, size_t id_len, const char *method, const char *target, size_t target_len,
+                           const void *body, size_t body_len, char *meta, const void **p, size_t *len)
 {
     memcpy(meta, "request-id: ", 12);
     memcpy(meta + 12, id, id_len);
@@ -558,7 +558,7 @@ void modzmq_control_frames(const char *id, size_t id_len, const char *method, co
     p[1] = "", len[1] = 0;
     p[2] = "MZMQ/1", len[2] = 6;
     p[3] = method, len[3] = strlen(method);
-    p[4] = "", len[4] = 0;
+    p[4] = target, len[4] = target_len;
     p[5] = "", len[5] = 0;
     p[6] = meta, len[6] = 14 + id_len;
     p[7] = body, len[7] = body_len;
@@ -585,7 +585,7 @@ static int body_fast(modzmq_response *resp, const char *data, size_t len, int la
         st->id_len > sizeof(st->id) || (st->nframes > 0 && !st->delivered)) {
         return -1;
     }
-    modzmq_control_frames(st->id, st->id_len, last ? "@body-end" : "@body", data, len, meta, f, l);
+    modzmq_control_frames(st->id, st->id_len, last ? "@body-end" : "@body", "", 0, data, len, meta, f, l);
     if (zmtp_send(st->zconn, left < b->send_timeout_ms ? (int)left : b->send_timeout_ms, 8, f, l) != 0) {
         return -1; /* Go's send meets the broken connection and ends the call */
     }
@@ -599,6 +599,119 @@ int modzmq_send_body(modzmq_response *resp, char *data, size_t len, int last)
 {
     int rc = body_fast(resp, data, len, last);
     return rc >= 0 ? rc : go.send_body(resp, data, len, last);
+}
+
+/* Sends the worker the credit its client earned back, as
+ * bridge.Stream.grant does, once what is owed reaches at: 0, or -1 when the
+ * send failed (Go's step meets the broken connection). */
+static int stream_grant(modzmq_call *st, int64_t at)
+{
+    modzmq_stream_lent *s = &st->stream;
+    char n[24], meta[MODZMQ_CONTROL_META];
+    const void *f[8];
+    size_t l[8];
+    int n_len;
+
+    if (s->owed == 0 || s->owed < at) {
+        return 0;
+    }
+    n_len = snprintf(n, sizeof(n), "%" PRId64, s->owed);
+    modzmq_control_frames(st->id, st->id_len, "@credit", n, (size_t)n_len, NULL, 0, meta, f, l);
+    if (zmtp_send(st->zconn, s->send_timeout_ms, 8, f, l) != 0) {
+        return -1;
+    }
+    modzmq_fast_count(s->fast, MODZMQ_STATS_OFF_STREAMS + MODZMQ_ST_BUFFERED, -s->owed);
+    s->credit += s->owed;
+    s->owed = 0;
+    return 0;
+}
+
+int modzmq_stream_kind(const char *const *f, const size_t *l, int n, const char *id, size_t id_len, int64_t credit,
+                       const char **data, size_t *len)
+{
+    int kind = 0;
+
+    if (n != 4 || l[0] != id_len || memcmp(f[0], id, id_len) != 0 || l[1] != 0) {
+        return 0;
+    }
+    *data = NULL;
+    *len = 0;
+    if (l[2] == 5 && memcmp(f[2], "@data", 5) == 0) {
+        *data = f[3];
+        *len = l[3];
+        kind = 1;
+    }
+    else if (l[2] == 11 && memcmp(f[2], "@keep-alive", 11) == 0) {
+        kind = 2;
+    }
+    return kind != 0 && (int64_t)*len + MODZMQ_PART_COST <= credit ? kind : 0;
+}
+
+/* A streamed reply's step, as bridge.Stream.Step takes it, while Go lends
+ * the stream (modzmq_stream_lent): the client took the part before, which
+ * may earn the worker credit; then the parts of data and keep-alives that
+ * are queued, within the credit. MODZMQ_PART with the part in resp->body
+ * (where it arrived, valid until the connection is read again),
+ * MODZMQ_PENDING when nothing is queued, or -1 for Go: anything else that
+ * came, a failed connection, the stream due (its idle timeout), a worker
+ * lost somewhere. */
+static int stream_fast(modzmq_response *resp)
+{
+    modzmq_call *st = MODZMQ_CALL(resp);
+    modzmq_stream_lent *s = &st->stream;
+    int64_t now = zmtp_now_ms();
+
+    if (!s->on || !st->keep || modzmq_go_first(resp, now) || st->id_len == 0 || st->id_len > sizeof(st->id)) {
+        return -1;
+    }
+    if (stream_grant(st, s->grant_queued) != 0) {
+        return -1;
+    }
+    for (;;) {
+        const char *data;
+        size_t len;
+        int kind;
+        int64_t cost;
+
+        if (st->nframes == 0 || st->delivered) {
+            int rc = modzmq_zreceive(st->zconn, -1, resp);
+            if (rc < 0) {
+                return -1;
+            }
+            if (rc == 0) {
+                /* Nothing queued: the worker may be waiting for credit. */
+                return stream_grant(st, s->grant_at) == 0 ? MODZMQ_PENDING : -1;
+            }
+        }
+        kind = modzmq_stream_kind(st->frame, st->frame_len, st->nframes, st->id, st->id_len, s->credit, &data, &len);
+        if (kind == 0) {
+            return -1;
+        }
+        st->delivered = 1;
+        cost = (int64_t)len + MODZMQ_PART_COST;
+        s->credit -= cost;
+        s->owed += cost;
+        s->heard_ms = now;
+        st->due_ms = now + s->idle_ms + 1;
+        modzmq_fast_count(s->fast, MODZMQ_STATS_OFF_STREAMS + MODZMQ_ST_BUFFERED, cost);
+        if (kind == 2 || len == 0) {
+            continue; /* nothing for the client */
+        }
+        modzmq_fast_count(s->fast, MODZMQ_STATS_OFF_STREAMS + MODZMQ_ST_PARTS, 1);
+        modzmq_fast_count(s->fast, MODZMQ_STATS_OFF_STREAMS + MODZMQ_ST_BYTES, (int64_t)len);
+        resp->body = data;
+        resp->body_len = len;
+        /* Wait for the next part before the next step unless the client's
+         * taking this one earns the worker a grant (bridge.Stream.Owes). */
+        resp->wait_first = s->owed < s->grant_at;
+        return MODZMQ_PART;
+    }
+}
+
+int modzmq_resume(modzmq_response *resp)
+{
+    int rc = stream_fast(resp);
+    return rc >= 0 ? rc : go.resume(resp);
 }
 
 int modzmq_ws_step(modzmq_response *resp, modzmq_ws_io *io)

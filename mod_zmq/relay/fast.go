@@ -127,5 +127,5 @@ func modzmq_go_adopt(req *C.modzmq_request, resp *C.modzmq_response) (rc C.int) 
 	})
 	deliver(call.Conn(), resp)
 	call.Step(0)
-	return outcome(call, c.b, resp, 0)
+	return outcome(call, c.b, c.fast, resp, 0)
 }

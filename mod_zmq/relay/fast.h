@@ -60,12 +60,23 @@ int modzmq_fast_encode(const modzmq_request *req, const char *id, size_t id_len,
                        char *stack, size_t stack_size, char **heap, const void **p, size_t *len);
 
 /* Builds the eight frames of a request the bridge sends for a call in
- * progress, as bridge's controlFrames does: p and len get [id, "",
- * "MZMQ/1", method, "", "", meta, body], meta the request-id line, written
- * into meta (room for MODZMQ_CONTROL_META bytes; id_len at most 64). */
+ * progress, X,
+ * "MZMQ/1", method, target, "", meta, body], meta the request-id line,
+ * written into meta (room for MODZMQ_CONTROL_META bytes; id_len at most
+ * 64). TestControlFrames holds it to ControlFrames. */
 #define MODZMQ_CONTROL_META (sizeof("request-id: \r\n") - 1 + 64)
-void modzmq_control_frames(const char *id, size_t id_len, const char *method, const void *body, size_t body_len,
-                           char *meta, const void **p, size_t *len);
+void modzmq_control_frames(const char *id, size_t id_len, const char *method, const char *target, size_t target_len,
+                           const void *body, size_t body_len, char *meta, const void **p, size_t *len);
+
+/* What a worker's message of n frames, f and l, is to the C step of a
+ * stream of request id within credit: 1 a part of data (*data, *len;
+ * possibly empty) or 2 a keep-alive (*len 0), either costing at most the
+ * credit; else 0, Go's step's (@end, @abort, a message for another
+ * request, one beyond the credit, one that breaks the rules).
+ * bridge.Stream.Step and DecodePart are the rule; FuzzStreamKind holds
+ * this to them. */
+int modzmq_stream_kind(const char *const *f, const size_t *l, int n, const char *id, size_t id_len, int64_t credit,
+                       const char **data, size_t *len);
 
 /* Checks reply frames (the envelope removed) as bridge.DecodeReply does;
  * 1 with the parts set when valid and no header needs removing, else 0. */

@@ -4,6 +4,7 @@ package relay
 
 import (
 	"bytes"
+	"strings"
 	"testing"
 
 	"github.com/modzmq/modzmq/bridge"
@@ -113,4 +114,26 @@ func FuzzFastEncode(f *testing.F) {
 		checkFastEncode(t, id, &bridge.Request{Method: method, Target: target, Headers: headers, Meta: meta, Body: body,
 			StreamWindow: window}, notices, int(stack))
 	})
+}
+
+// The messages C sends for a call in progress (a grant, a part of a body,
+// a WebSocket's message) are bridge.ControlFrames's.
+func TestControlFrames(t *testing.T) {
+	for _, c := range []struct{ id, method, target, body string }{
+		{"a1b2-7", "@credit", "65600", ""},
+		{"x", "@body", "", "some bytes\x00\xff"},
+		{"req-" + strings.Repeat("9", 60), "@body-end", "", ""},
+		{"r", "@text", "", strings.Repeat("é", 1000)},
+	} {
+		want := bridge.ControlFrames([]byte(c.id), []byte(c.method), []byte(c.target), []byte(c.body))
+		got := controlFrames([]byte(c.id), []byte(c.method), []byte(c.target), []byte(c.body))
+		if len(got) != len(want) {
+			t.Fatalf("%+v: %d frames, want %d", c, len(got), len(want))
+		}
+		for i := range want {
+			if !bytes.Equal(got[i], want[i]) {
+				t.Errorf("%+v: frame %d is %q, want %q", c, i, got[i], want[i])
+			}
+		}
+	}
 }

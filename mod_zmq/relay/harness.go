@@ -17,6 +17,7 @@ package relay
 #include <poll.h>
 
 int modzmq_relay(int client, modzmq_request *req, modzmq_response *resp);
+int modzmq_resume(modzmq_response *resp);
 
 // Waits for resp's connection to have input, receiving nothing.
 static void poll_only(modzmq_response *resp)
@@ -197,7 +198,7 @@ func relayLeavingReplyQueued(client int, target string) relayed {
 	for rc == C.MODZMQ_PENDING {
 		C.modzmq_release(resp)
 		C.poll_only(resp)
-		rc = C.int(Resume(unsafe.Pointer(resp)))
+		rc = C.modzmq_resume(resp)
 	}
 	out := relayed{rc: int(rc), err: C.GoString(&resp.error[0])}
 	if rc == C.MODZMQ_OK {
@@ -430,4 +431,57 @@ func zmtpHandshake(peer []byte, maxMsgSize int64) syscall.Errno {
 	}
 	C.zmtp_close(z)
 	return 0
+}
+
+// controlFrames is modzmq_control_frames's message, copied into Go.
+func controlFrames(id, method, target, body []byte) [][]byte {
+	cid, cmethod, ctarget, cbody := cBytes(id), C.CString(string(method)), cBytes(target), cBytes(body)
+	defer func() {
+		for _, p := range []unsafe.Pointer{cid, unsafe.Pointer(cmethod), ctarget, cbody} {
+			C.free(p)
+		}
+	}()
+	meta := C.malloc(C.MODZMQ_CONTROL_META)
+	defer C.free(meta)
+	ptrs := (*[8]unsafe.Pointer)(C.calloc(8, C.size_t(unsafe.Sizeof(unsafe.Pointer(nil)))))
+	lens := (*[8]C.size_t)(C.calloc(8, C.size_t(unsafe.Sizeof(C.size_t(0)))))
+	defer C.free(unsafe.Pointer(ptrs))
+	defer C.free(unsafe.Pointer(lens))
+	C.modzmq_control_frames((*C.char)(cid), C.size_t(len(id)), cmethod, (*C.char)(ctarget), C.size_t(len(target)),
+		cbody, C.size_t(len(body)), (*C.char)(meta), &ptrs[0], &lens[0])
+	frames := make([][]byte, 8)
+	for i := range frames {
+		frames[i] = C.GoBytes(ptrs[i], C.int(lens[i]))
+	}
+	return frames
+}
+
+// streamKind is modzmq_stream_kind's verdict on a worker's message for a
+// stream of request id with credit, and the data it found.
+func streamKind(frames [][]byte, id []byte, credit int64) (kind int, data []byte) {
+	n := len(frames)
+	ptrs := (*[16]*C.char)(C.calloc(16, C.size_t(unsafe.Sizeof(unsafe.Pointer(nil)))))
+	lens := (*[16]C.size_t)(C.calloc(16, C.size_t(unsafe.Sizeof(C.size_t(0)))))
+	defer C.free(unsafe.Pointer(ptrs))
+	defer C.free(unsafe.Pointer(lens))
+	for i := range min(n, 16) {
+		ptrs[i], lens[i] = (*C.char)(cBytes(frames[i])), C.size_t(len(frames[i]))
+		defer C.free(unsafe.Pointer(ptrs[i]))
+	}
+	cid := cBytes(id)
+	defer C.free(cid)
+	var p *C.char
+	var l C.size_t
+	kind = int(C.modzmq_stream_kind(&ptrs[0], &lens[0], C.int(n), (*C.char)(cid), C.size_t(len(id)), C.int64_t(credit), &p, &l))
+	if kind != 0 && l > 0 {
+		data = C.GoBytes(unsafe.Pointer(p), C.int(l))
+	}
+	return kind, data
+}
+
+// cBytes is a malloc()ed copy of b (never NULL), for C.free.
+func cBytes(b []byte) unsafe.Pointer {
+	p := C.malloc(C.size_t(len(b) + 1))
+	copy(unsafe.Slice((*byte)(p), len(b)), b)
+	return p
 }

@@ -14,6 +14,9 @@
  *   zmqio.h  the wait and the release (modzmq_wait, modzmq_release) and the
  *            call state a modzmq_response carries between them.
  *   wsfast.h an open WebSocket's common messages (modzmq_ws_step).
+ *   fast.c   also a streamed body's parts after the first
+ *            (modzmq_send_body) and a streamed reply's common parts
+ *            (modzmq_resume), with the credit Go lends them.
  *
  * Why it is C: entering Go from an Apache thread costs more than the Go code
  * it runs (docs/BENCHMARKS.md, "Inside Apache"), so the common request - a
@@ -49,6 +52,9 @@ typedef struct relay_callbacks {
     /* ws_step: an open WebSocket's step the C step (wsfast.h) leaves to
      * Go. Returns as modzmq_ws_step. */
     int (*ws_step)(modzmq_response *resp, modzmq_ws_io *io);
+    /* resume: a step of a call in progress the C step of a streamed
+     * reply (fast.c) leaves to Go. Returns as modzmq_resume. */
+    int (*resume)(modzmq_response *resp);
     /* send_body: a part of a streamed body the C path does not send (the
      * first, one over the credit it holds, or when Go must look at the
      * call first). Returns as modzmq_send_body. */

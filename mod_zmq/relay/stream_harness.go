@@ -7,9 +7,11 @@ package relay
 /*
 #include <stdlib.h>
 #include "modzmq.h"
+#include "fast.h"
 #include "zmqio.h"
 
 int modzmq_relay(int client, modzmq_request *req, modzmq_response *resp);
+int modzmq_resume(modzmq_response *resp);
 */
 import "C"
 
@@ -36,6 +38,8 @@ type streamed struct {
 	// waitedFirst counts the parts after which the loop waited before
 	// resuming (wait_first).
 	waitedFirst int
+	// goSteps counts the calls into Go, from the request on.
+	goSteps int64
 	// onQuiet, when set, is called after each wait that asked for no step.
 	onQuiet func(*streamed)
 	resp    *C.modzmq_response
@@ -44,9 +48,10 @@ type streamed struct {
 }
 
 // relayStream relays a GET of target to client as the shim's loop does
-// (modzmq_relay; modzmq_wait, and Resume when it asks, while pending; after the head and
-// after each part, modzmq_release and Resume), handing each part's bytes,
-// valid during the call only, to part.
+// (modzmq_relay; modzmq_wait, and modzmq_resume when it asks, while
+// pending; after the head and after each part, modzmq_release and
+// modzmq_resume, or modzmq_wait first when wait_first says so), handing each
+// part's bytes, valid during the call only, to part.
 func relayStream(client int, target string, part func(b []byte), onQuiet func(*streamed)) *streamed {
 	s := &streamed{req: (*C.modzmq_request)(C.calloc(1, C.sizeof_modzmq_request)),
 		resp: (*C.modzmq_response)(C.calloc(1, C.sizeof_modzmq_response)), onQuiet: onQuiet}
@@ -55,6 +60,9 @@ func relayStream(client int, target string, part func(b []byte), onQuiet func(*s
 	s.req.method, s.req.method_len = method, 3
 	s.req.target, s.req.target_len = ctarget, C.size_t(len(target))
 	s.req.timeout_ms = 5000
+	entries := &clientAt(C.int(client)).b.goEntries
+	before := entries.Load()
+	defer func() { s.goSteps = entries.Load() - before }()
 	rc := C.modzmq_relay(C.int(client), s.req, s.resp)
 	for {
 		switch rc {
@@ -86,7 +94,7 @@ func relayStream(client int, target string, part func(b []byte), onQuiet func(*s
 			s.rc, s.err = int(rc), C.GoString(&s.resp.error[0])
 			return s
 		}
-		rc = C.int(Resume(unsafe.Pointer(s.resp)))
+		rc = C.modzmq_resume(s.resp)
 	}
 }
 
@@ -103,4 +111,18 @@ func (s *streamed) release() {
 	}
 	C.free(unsafe.Pointer(s.req))
 	C.free(unsafe.Pointer(s.resp))
+}
+
+// streamCounters is the stream counters of the client at handle as the
+// status page sums them: its fast path's (the C steps count there) and its
+// Go client's.
+func streamCounters(handle int) (buffered, parts, bytes int64) {
+	c := clientAt(C.int(handle))
+	sums := make([]int64, C.MODZMQ_STATS_BACKEND)
+	if c.fast != nil {
+		C.modzmq_fast_add_stats(c.fast, (*C.int64_t)(unsafe.Pointer(&sums[0])))
+	}
+	f, ss := sums[offStreams:], c.StreamStats()
+	return f[C.MODZMQ_ST_BUFFERED] + ss.Buffered.Load(), f[C.MODZMQ_ST_PARTS] + ss.Parts.Load(),
+		f[C.MODZMQ_ST_BYTES] + ss.Bytes.Load()
 }

@@ -6,9 +6,11 @@ import (
 	"bytes"
 	"runtime"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/modzmq/modzmq/bridge"
 	"github.com/modzmq/modzmq/internal/zmqtest"
 )
 
@@ -189,43 +191,17 @@ func TestSmallPartsWaitBeforeTheyStep(t *testing.T) {
 
 // A worker that keeps to its credit and runs out of it is not left waiting
 // for a grant: a part that leaves the front owing a quarter of the window
-// is stepped after at once (no wait_first), and the step grants. Parts of
+// is stepped after at once (no wait_first), and the step grants (C or Go). Parts of
 // 0.4 windows: the worker sends two and waits; waiting for a third part
 // before stepping would wait for the stream's idle timeout.
 func TestLargePartsStepAtOnceForCredit(t *testing.T) {
 	const window, nparts = 64 << 10, 12
 	event := bytes.Repeat([]byte("e"), 26000)
-	credits := make(chan int64, 100)
-	ep := zmqtest.ROUTER(t, func(msg [][]byte, reply func([][]byte)) {
-		if len(msg) >= 6 && string(msg[4]) == "@credit" {
-			n, _ := strconv.ParseInt(string(msg[5]), 10, 64)
-			credits <- n
-			return
-		}
-		if len(msg) < 6 || bytes.HasPrefix(msg[4], []byte("@")) {
-			return
-		}
-		env := append([][]byte(nil), msg[:3]...)
-		head := zmqtest.Part(env, "@stream", "200", "Content-Type: application/octet-stream\r\n")
-		reply(head)
-		go func() {
-			credit := int64(window) - int64(len(head[3])+len(head[4])+len(head[5])) - 64 // the head's cost, if it has one
-			for range nparts {
-				for credit < int64(len(event))+64 {
-					select {
-					case n := <-credits:
-						credit += n
-					case <-time.After(5 * time.Second):
-						reply(append(env[:3:3], []byte("@abort"), []byte("no credit came")))
-						return
-					}
-				}
-				credit -= int64(len(event)) + 64
-				reply(append(env[:3:3], []byte("@data"), event))
-			}
-			reply(append(env[:3:3], []byte("@end"), nil))
-		}()
-	})
+	parts := make([][]byte, nparts)
+	for i := range parts {
+		parts[i] = event
+	}
+	ep := pacedWorker(t, window, parts, make(chan int64, 1))
 	h, msg := openTestClient(ep)
 	if h == 0 {
 		t.Fatalf("backend: %s", msg)
@@ -244,4 +220,209 @@ func TestLargePartsStepAtOnceForCredit(t *testing.T) {
 	if s.waitedFirst != 0 {
 		t.Fatalf("the loop waited first after %d of %d parts, each of which left a grant owed", s.waitedFirst, nparts)
 	}
+}
+
+// pacedWorker answers every request with a stream of parts (nil: a
+// keep-alive), sending each only when the credit it was granted covers it,
+// as a worker that counts credits does, then @end. It sends the total of
+// the grants it received on granted after the end.
+func pacedWorker(t *testing.T, window int64, parts [][]byte, granted chan<- int64) string {
+	credits := make(chan int64, 1000)
+	return zmqtest.ROUTER(t, func(msg [][]byte, reply func([][]byte)) {
+		if len(msg) >= 6 && string(msg[4]) == "@credit" {
+			n, _ := strconv.ParseInt(string(msg[5]), 10, 64)
+			credits <- n
+			return
+		}
+		if len(msg) < 6 || bytes.HasPrefix(msg[4], []byte("@")) {
+			return
+		}
+		env := append([][]byte(nil), msg[:3]...)
+		reply(zmqtest.Part(env, "@stream", "200", "Content-Type: application/octet-stream\r\n"))
+		go func() {
+			credit, total := window, int64(0)
+			for _, p := range parts {
+				for credit < int64(len(p))+64 {
+					select {
+					case n := <-credits:
+						credit, total = credit+n, total+n
+					case <-time.After(5 * time.Second):
+						reply(append(env[:3:3], []byte("@abort"), []byte("no credit came")))
+						return
+					}
+				}
+				credit -= int64(len(p)) + 64
+				if p == nil {
+					reply(append(env[:3:3], []byte("@keep-alive"), nil))
+				} else {
+					reply(append(env[:3:3], []byte("@data"), p))
+				}
+			}
+			reply(append(env[:3:3], []byte("@end"), nil))
+			for {
+				select {
+				case n := <-credits:
+					total += n
+				case <-time.After(200 * time.Millisecond):
+					granted <- total
+					return
+				}
+			}
+		}()
+	})
+}
+
+// While Go lends a stream its credit, its parts and keep-alives are taken
+// and its grants sent by the C step (fast.c: stream_fast), with no call into
+// Go: a download of 64 KiB parts used to step Go for every part, each
+// leaving a grant owed. Through it the worker is paced as Go paces it: it
+// never waits for credit, the front never holds more than the window, and
+// the buffered bytes the counters show go back to 0 at the end.
+func TestStreamPartsStayInC(t *testing.T) {
+	const window = 256 << 10
+	var parts [][]byte
+	for i := range 96 {
+		switch {
+		case i%16 == 5:
+			parts = append(parts, nil) // a keep-alive
+		case i%3 == 0:
+			parts = append(parts, bytes.Repeat([]byte{byte('a' + i%26)}, 64<<10))
+		default:
+			parts = append(parts, bytes.Repeat([]byte{byte('a' + i%26)}, 100+i))
+		}
+	}
+	var want []byte
+	for _, p := range parts {
+		want = append(want, p...)
+	}
+	for _, lend := range []bool{true, false} {
+		granted := make(chan int64, 1)
+		h, msg := openTestClient(pacedWorker(t, window, parts, granted))
+		if h == 0 {
+			t.Fatalf("backend: %s", msg)
+		}
+		setStreamWindow(h, window)
+		lendStreams = lend
+		var got []byte
+		maxBuffered := int64(0)
+		s := relayStream(h, "/download", func(b []byte) {
+			got = append(got, b...)
+			if buffered, _, _ := streamCounters(h); buffered > maxBuffered {
+				maxBuffered = buffered
+			}
+		}, nil)
+		lendStreams = true
+		if s.rc != codeEnd || !bytes.Equal(got, want) {
+			s.release()
+			t.Fatalf("lend %v: code %d (%s), %d bytes (want %d), equal %v", lend, s.rc, s.err, len(got), len(want), bytes.Equal(got, want))
+		}
+		s.release()
+		total := zmqtest.WaitFor(t, granted, "the worker's count of its grants")
+		buffered, nparts, nbytes := streamCounters(h)
+		t.Logf("lend %v: %d parts, %d calls into Go, %d bytes granted, at most %d buffered", lend, s.parts, s.goSteps, total, maxBuffered)
+		if maxBuffered > window || maxBuffered <= 0 {
+			t.Errorf("lend %v: the counters showed up to %d bytes buffered: want some, within the window of %d", lend, maxBuffered, window)
+		}
+		if buffered != 0 || nparts != int64(s.parts) || nbytes != int64(len(want)) {
+			t.Errorf("lend %v: counters after the end: %d buffered, %d parts, %d bytes; want 0, %d, %d", lend, buffered, nparts, nbytes, s.parts, len(want))
+		}
+		// The grants add up to what the client took, less what was owed
+		// at the end, which is under the grant threshold.
+		if cost := int64(len(want)) + 64*int64(len(parts)); total > cost || total < cost-window/2 {
+			t.Errorf("lend %v: the worker was granted %d bytes for parts costing %d", lend, total, cost)
+		}
+		switch {
+		case lend && s.goSteps > 8:
+			t.Errorf("lent: %d calls into Go for %d parts: the C step took few of them", s.goSteps, s.parts)
+		case !lend && s.goSteps < int64(len(parts))/3:
+			t.Errorf("not lent: %d calls into Go for %d parts: the test does not tell the C step from Go's", s.goSteps, s.parts)
+		}
+	}
+}
+
+// What the C step does not take goes to Go's step as it came: a part for
+// another request is dropped there (and the stream goes on), a part beyond
+// the worker's credit breaks the stream (MODZMQ0103).
+func TestStreamCStepLeavesTheRestToGo(t *testing.T) {
+	const window = 64 << 10
+	big := bytes.Repeat([]byte("x"), window) // costs more than the whole window
+	ep := zmqtest.ROUTER(t, func(msg [][]byte, reply func([][]byte)) {
+		if len(msg) < 6 || bytes.HasPrefix(msg[4], []byte("@")) {
+			return
+		}
+		env := append([][]byte(nil), msg[:3]...)
+		reply(zmqtest.Part(env, "@stream", "200", "Content-Type: text/plain\r\n"))
+		go func() {
+			reply(append(env[:3:3], []byte("@data"), []byte("one")))
+			time.Sleep(20 * time.Millisecond) // lent by now
+			stray := [][]byte{env[0], []byte("no-such-request"), nil, []byte("@data"), []byte("stray")}
+			reply(stray)
+			reply(append(env[:3:3], []byte("@data"), []byte("two")))
+			time.Sleep(20 * time.Millisecond)
+			if string(msg[5]) == "/over" {
+				reply(append(env[:3:3], []byte("@data"), big))
+			}
+			reply(append(env[:3:3], []byte("@end"), []byte("three")))
+		}()
+	})
+	h, msg := openTestClient(ep)
+	if h == 0 {
+		t.Fatalf("backend: %s", msg)
+	}
+	setStreamWindow(h, window)
+
+	var got []string
+	s := relayStream(h, "/stray", func(b []byte) { got = append(got, string(b)) }, nil)
+	if s.rc != codeEnd || strings.Join(got, ",") != "one,two" || string(s.last()) != "three" {
+		t.Errorf("a stray part: code %d (%s), parts %q, last %q; want one,two and three", s.rc, s.err, got, s.last())
+	}
+	s.release()
+
+	got = nil
+	s = relayStream(h, "/over", func(b []byte) { got = append(got, string(b[:min(len(b), 3)])) }, nil)
+	defer s.release()
+	if s.rc == codeEnd || !strings.Contains(s.err, "MODZMQ0103") || !strings.Contains(s.err, "beyond its credit") {
+		t.Fatalf("a part beyond the credit: code %d (%s), parts %q; want the stream broken, MODZMQ0103", s.rc, s.err, got)
+	}
+}
+
+// checkStreamKind holds the C step's verdict on a worker's message to Go's
+// (bridge.Stream.Step): it takes a part of data or a keep-alive for the
+// stream's request within the credit, with the same bytes, and leaves
+// everything else to Go.
+func checkStreamKind(t *testing.T, frames [][]byte, id []byte, credit int64) {
+	t.Helper()
+	kind, data := streamKind(frames, id, credit)
+	want := 0
+	var wantData []byte
+	if len(frames) >= 2 && bytes.Equal(frames[0], id) && len(frames[1]) == 0 {
+		k, b, err := bridge.DecodePart(frames[2:])
+		if err == nil && int64(len(b))+bridge.PartCost <= credit {
+			switch k {
+			case bridge.PartData:
+				want, wantData = 1, b
+			case bridge.PartKeepAlive:
+				want = 2
+			}
+		}
+	}
+	if kind != want || !bytes.Equal(data, wantData) {
+		t.Fatalf("%q (id %q, credit %d): C says %d with %q, want %d with %q", frames, id, credit, kind, data, want, wantData)
+	}
+}
+
+func FuzzStreamKind(f *testing.F) {
+	f.Add([]byte("r1"), []byte("r1"), []byte(""), []byte("@data"), []byte("data: 1\n\n"), uint8(4), uint32(1000))
+	f.Add([]byte("r1"), []byte("r1"), []byte(""), []byte("@keep-alive"), []byte(""), uint8(4), uint32(64))
+	f.Add([]byte("r1"), []byte("r1"), []byte(""), []byte("@keep-alive"), []byte("xx"), uint8(4), uint32(64))
+	f.Add([]byte("r1"), []byte("r1"), []byte(""), []byte("@data"), []byte("too big"), uint8(4), uint32(70))
+	f.Add([]byte("r1"), []byte("r2"), []byte(""), []byte("@data"), []byte("x"), uint8(4), uint32(1000))
+	f.Add([]byte("r1"), []byte("r1"), []byte("x"), []byte("@data"), []byte("x"), uint8(4), uint32(1000))
+	f.Add([]byte("r1"), []byte("r1"), []byte(""), []byte("@end"), []byte("x"), uint8(4), uint32(1000))
+	f.Add([]byte("r1"), []byte("r1"), []byte(""), []byte("@data"), []byte("x"), uint8(5), uint32(1000))
+	f.Add([]byte("r1"), []byte("r1"), []byte(""), []byte("@data"), []byte("x"), uint8(3), uint32(1000))
+	f.Fuzz(func(t *testing.T, id, msgID, delim, kind, body []byte, n uint8, credit uint32) {
+		frames := [][]byte{msgID, delim, kind, body, []byte("extra"), nil}[:int(n)%7]
+		checkStreamKind(t, frames, id, int64(credit))
+	})
 }

@@ -95,7 +95,7 @@ func (c *client) openWebSocket(req *C.modzmq_request, resp *C.modzmq_response) C
 	}
 	call := c.Start(context.Background(), r, time.Duration(req.timeout_ms)*time.Millisecond)
 	h := cgo.NewHandle(&pending{call: call, b: c.b, ws: &wsTunnel{key: key, offered: offered, idle: idle, fast: c.fast}})
-	return outcome(call, c.b, resp, h)
+	return outcome(call, c.b, c.fast, resp, h)
 }
 
 // refuse answers a handshake the front refuses itself (MODZMQ_EREFUSED).

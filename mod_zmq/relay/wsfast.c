@@ -173,7 +173,7 @@ static int send_message(modzmq_call *st, int opcode, const unsigned char *p, siz
     const void *f[8];
     size_t l[8];
 
-    modzmq_control_frames(st->id, st->id_len, opcode == 1 ? "@text" : "@binary", p, n, meta, f, l);
+    modzmq_control_frames(st->id, st->id_len, opcode == 1 ? "@text" : "@binary", "", 0, p, n, meta, f, l);
     return zmtp_send(st->zconn, st->ws.send_timeout_ms, 8, f, l);
 }
 

@@ -36,10 +36,30 @@ typedef struct modzmq_body_lent {
     void       *fast;                           /* the client's fast path (modzmq_fast), for counters */
 } modzmq_body_lent;
 
+/* A streamed reply's credit, lent by Go to the C step (fast.c:
+ * stream_fast) while the stream is open, and taken back at Go's next step
+ * (bridge.Stream.Lend, Return). The C step takes the worker's @data and
+ * @keep-alive within the credit and grants credit back as
+ * bridge.Stream.Step does. */
+typedef struct modzmq_stream_lent {
+    int         on;                             /* lent */
+    int         send_timeout_ms;                /* a grant goes out within this */
+    void       *fast;                           /* the client's fast path (modzmq_fast), for counters */
+    int64_t     credit;                         /* the worker may send parts costing this */
+    int64_t     owed;                           /* the client took this, not granted back yet */
+    int64_t     grant_at;                       /* a grant once owed reaches this and nothing is queued */
+    int64_t     grant_queued;                   /* and this while parts are queued */
+    int64_t     idle_ms;                        /* the stream ends after this long without a message */
+    int64_t     heard_ms;                       /* zmtp_now_ms of the last message taken in C; 0: none
+                                                   since lent */
+    int64_t     lent_credit;                    /* credit when lent: the C step counted lent_credit -
+                                                   credit as buffered (Go's counters take it back) */
+} modzmq_stream_lent;
+
 /* The library's state of a call in progress, kept in a modzmq_response's
  * state (MODZMQ_CALL): what modzmq_wait received, the Go call to resume,
- * what the fast path hands over to Go, and an open WebSocket's lent
- * credit. */
+ * what the fast path hands over to Go, and the credit Go lent an open
+ * WebSocket, a streamed body or a streamed reply. */
 typedef struct modzmq_call {
     char       *block;                          /* malloc()ed for reply parts not inside the frames */
     char       *zbuf;                           /* malloc()ed: holds the frames */
@@ -65,6 +85,7 @@ typedef struct modzmq_call {
     char        id[64];                         /* the fast path's request, or the lent WebSocket's id */
     modzmq_ws_lent ws;
     modzmq_body_lent body;
+    modzmq_stream_lent stream;
 } modzmq_call;
 
 _Static_assert(sizeof(modzmq_call) <= MODZMQ_CALL_STATE, "a call's state fits a modzmq_response");

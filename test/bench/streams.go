@@ -116,6 +116,13 @@ type xferResult struct {
 	DownRSSKiB int64     `json:"download_peak_rss_growth_kib"`
 	UpSamples  []float64 `json:"upload_samples_mb_per_s"`
 	DnSamples  []float64 `json:"download_samples_mb_per_s"`
+	// The Apache children's CPU (user and system) per GiB, medians of the
+	// rounds: the front's cost, which a faster or slower peer does not
+	// change as it changes MB/s.
+	UpCPU    float64   `json:"upload_cpu_s_per_gib"`
+	DownCPU  float64   `json:"download_cpu_s_per_gib"`
+	upCPUs   []float64 // samples
+	downCPUs []float64
 }
 
 // raiseNofile lifts the soft descriptor limit to the hard one: 10,000
@@ -752,7 +759,7 @@ func transfers(e *senv) []xferResult {
 			i := (k + r) % len(paths)
 			p := paths[i]
 			for _, dir := range []string{"up", "down"} {
-				t0 := time.Now()
+				t0, c0 := time.Now(), cpuTicks(e.apachePid())
 				grow, err := peakGrowth(e.apachePid(), func() error {
 					if dir == "up" {
 						return up(base + p.prefix + "/up")
@@ -763,19 +770,24 @@ func transfers(e *senv) []xferResult {
 					fatal("streams transfer %s %s: %v", p.name, dir, err)
 				}
 				mbs := float64(size) / 1e6 / time.Since(t0).Seconds()
+				cpu := float64(cpuTicks(e.apachePid())-c0) / 100 / (float64(size) / (1 << 30)) // ticks of 1/100 s
 				if dir == "up" {
 					res[i].UpSamples = append(res[i].UpSamples, mbs)
+					res[i].upCPUs = append(res[i].upCPUs, cpu)
 					res[i].UpRSSKiB = max(res[i].UpRSSKiB, grow)
 				} else {
 					res[i].DnSamples = append(res[i].DnSamples, mbs)
+					res[i].downCPUs = append(res[i].downCPUs, cpu)
 					res[i].DownRSSKiB = max(res[i].DownRSSKiB, grow)
 				}
-				log.Printf("streams transfer: %-14s %-4s %7.0f MB/s, Apache children's peak RSS +%d KiB", p.name, dir, mbs, grow)
+				log.Printf("streams transfer: %-14s %-4s %7.0f MB/s, Apache children's CPU %.2f s/GiB, peak RSS +%d KiB",
+					p.name, dir, mbs, cpu, grow)
 			}
 		}
 	}
 	for i := range res {
 		res[i].UpMBs, res[i].DownMBs = median(res[i].UpSamples), median(res[i].DnSamples)
+		res[i].UpCPU, res[i].DownCPU = median(res[i].upCPUs), median(res[i].downCPUs)
 	}
 	return res
 }
@@ -832,11 +844,13 @@ func reportStreams(held []holdResult, lats []latResult, xfers []xferResult, took
 		}
 	}
 	if len(xfers) == 2 {
-		fmt.Printf("\n%s through Apache, medians of %d rounds (MB = 10^6 bytes); RSS: Apache children's peak growth, largest of the rounds\n",
+		fmt.Printf("\n%s through Apache, medians of %d rounds (MB = 10^6 bytes); CPU: Apache children's user+system per GiB; RSS: their peak growth, largest of the rounds\n",
 			sizeName(*xferBytes), *rounds)
-		fmt.Printf("%-14s | %12s %14s | %14s %14s\n", "path", "upload MB/s", "peak RSS KiB", "download MB/s", "peak RSS KiB")
+		fmt.Printf("%-14s | %12s %9s %14s | %14s %9s %14s\n", "path", "upload MB/s", "CPU s/GiB", "peak RSS KiB",
+			"download MB/s", "CPU s/GiB", "peak RSS KiB")
 		for _, x := range xfers {
-			fmt.Printf("%-14s | %12.0f %14d | %14.0f %14d\n", x.Path, x.UpMBs, x.UpRSSKiB, x.DownMBs, x.DownRSSKiB)
+			fmt.Printf("%-14s | %12.0f %9.2f %14d | %14.0f %9.2f %14d\n", x.Path, x.UpMBs, x.UpCPU, x.UpRSSKiB, x.DownMBs,
+				x.DownCPU, x.DownRSSKiB)
 		}
 		if xfers[1].UpMBs > 0 && xfers[1].DownMBs > 0 {
 			ratios["mod_zmq_vs_mod_proxy_http_upload"] = xfers[0].UpMBs / xfers[1].UpMBs
