@@ -247,13 +247,23 @@ routes:
 	for _, p := range waits {
 		waitPort(p)
 	}
-	// Every front answers a stream before anything is measured.
+	// Every front answers a stream before anything is measured. A port
+	// that takes connections is not always a front that is ready: Pushpin's
+	// runner opens condure's port before its proxy and handler are up, and
+	// answers 500 meanwhile. So each has 10 s to stream once.
 	for _, f := range e.fronts {
-		c, err := openStream(f.Addr, f.target("hold", 0), nil)
-		if err != nil {
-			fatal("streams: %s does not stream: %v", f.Name, err)
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			c, err := openStream(f.Addr, f.target("hold", 0), nil)
+			if err == nil {
+				c.close()
+				break
+			}
+			if time.Now().After(deadline) {
+				fatal("streams: %s does not stream: %v", f.Name, err)
+			}
+			time.Sleep(200 * time.Millisecond)
 		}
-		c.close()
 	}
 	return e
 }
