@@ -318,7 +318,7 @@ func (s *Stream) Lend() (f Flow, ok bool) {
 		return Flow{}, false
 	}
 	return Flow{Credit: s.credit, Owed: s.owed, GrantAt: s.grantIdle(), GrantQueued: s.grantQueued(), ID: s.p.id,
-		SendTimeout: s.c.opts.ConnectTimeout, Idle: s.idle}, true
+		SendTimeout: s.c.opts.ConnectTimeout, Idle: s.idle, Wait: min(s.idle, watchSlice)}, true
 }
 
 // Return gives back the credit Lend lent, as the front left it. The bytes

@@ -390,18 +390,20 @@ func (ws *WebSocket) grant() {
 // SendTimeout).
 //
 // A Stream's: a worker's @data or @keep-alive costs its bytes and PartCost
-// of Credit, which the front adds to Owed once its client took the part;
-// the front grants Owed back as Step does, with @credit (ID, SendTimeout),
-// once it reaches GrantQueued, or GrantAt when no part is queued; a stream
-// that hears nothing for Idle is Step's to end. Heard is when the front
-// last took a message of the worker's (zero: none since Lend).
+// of Credit, which the front adds to Owed as it takes the part (its client
+// takes the part before the next step); the front grants Owed back as Step
+// does, with @credit (ID, SendTimeout), once it reaches GrantQueued when it
+// steps, or GrantAt when no part is queued; after a message it waits at
+// most Wait at a time for the next; a stream that hears nothing for Idle is
+// Step's to end. Heard is when the front last took a message of the
+// worker's (zero: none since Lend).
 //
 // Either way the front counts what it relays in the client's counters
 // itself.
 type Flow struct {
 	Sendable, Credit, Owed, GrantAt, GrantQueued, Max int64
 	ID                                                []byte
-	SendTimeout, Idle                                 time.Duration
+	SendTimeout, Idle, Wait                           time.Duration
 	Heard                                             time.Time
 }
 

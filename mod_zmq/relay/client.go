@@ -562,6 +562,9 @@ func Resume(r unsafe.Pointer) (rc int) {
 		if p := recover(); p != nil {
 			setError(&resp.error[0], C.size_t(len(resp.error)), fmt.Sprintf("%v: recovered panic: %v", bridge.CodePanic, p))
 			logFunc.Logf(bridge.LevelError, bridge.CodePanic, "recovered panic in modzmq_resume: %v", p)
+			// The shim answers the error and calls nothing more for the
+			// call: end it here (its stream closed, its worker told).
+			Cancel(r)
 			rc = C.MODZMQ_EINTERNAL
 		}
 	}()
@@ -623,6 +626,7 @@ func streamStep(p *pending, resp *C.modzmq_response, h cgo.Handle) C.int {
 		st.nframes = 0 // not inside the frames: setParts copies the last part
 	}
 	if !setParts(resp, data, nil, nil) {
+		endStream(s, z, st, h) // the shim breaks the response: nothing steps the stream again
 		return C.MODZMQ_EINTERNAL
 	}
 	if end {
@@ -657,7 +661,7 @@ func lendStream(st *C.modzmq_call, s *bridge.Stream, fast *C.modzmq_fast) {
 	l := &st.stream
 	l.credit, l.owed, l.grant_at, l.grant_queued = C.int64_t(f.Credit), C.int64_t(f.Owed), C.int64_t(f.GrantAt),
 		C.int64_t(f.GrantQueued)
-	l.idle_ms = C.int64_t(f.Idle.Milliseconds())
+	l.idle_ms, l.wait_ms = C.int64_t(f.Idle.Milliseconds()), C.int(max(f.Wait.Milliseconds(), 1))
 	l.send_timeout_ms = C.int(max(f.SendTimeout.Milliseconds(), 1))
 	l.fast, l.heard_ms, l.lent_credit = unsafe.Pointer(fast), 0, l.credit
 	st.id_len = C.size_t(copy(unsafe.Slice((*byte)(unsafe.Pointer(&st.id[0])), len(st.id)), f.ID))

@@ -693,6 +693,7 @@ static int stream_fast(modzmq_response *resp)
         s->owed += cost;
         s->heard_ms = now;
         st->due_ms = now + s->idle_ms + 1;
+        st->wait_ms = s->wait_ms;
         modzmq_fast_count(s->fast, MODZMQ_STATS_OFF_STREAMS + MODZMQ_ST_BUFFERED, cost);
         if (kind == 2 || len == 0) {
             continue; /* nothing for the client */

@@ -60,7 +60,7 @@ int modzmq_fast_encode(const modzmq_request *req, const char *id, size_t id_len,
                        char *stack, size_t stack_size, char **heap, const void **p, size_t *len);
 
 /* Builds the eight frames of a request the bridge sends for a call in
- * progress, X,
+ * progress, as bridge.ControlFrames does: p and len get [id, "",
  * "MZMQ/1", method, target, "", meta, body], meta the request-id line,
  * written into meta (room for MODZMQ_CONTROL_META bytes; id_len at most
  * 64). TestControlFrames holds it to ControlFrames. */

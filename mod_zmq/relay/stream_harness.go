@@ -53,6 +53,13 @@ type streamed struct {
 // modzmq_resume, or modzmq_wait first when wait_first says so), handing each
 // part's bytes, valid during the call only, to part.
 func relayStream(client int, target string, part func(b []byte), onQuiet func(*streamed)) *streamed {
+	return relayStreamUntil(client, target, part, onQuiet, -1)
+}
+
+// relayStreamUntil is relayStream whose client goes away after cancelAfter
+// parts (when >= 0), as the shim's loop does then: modzmq_cancel
+// (Cancel), and the stream ends with code -1.
+func relayStreamUntil(client int, target string, part func(b []byte), onQuiet func(*streamed), cancelAfter int) *streamed {
 	s := &streamed{req: (*C.modzmq_request)(C.calloc(1, C.sizeof_modzmq_request)),
 		resp: (*C.modzmq_response)(C.calloc(1, C.sizeof_modzmq_response)), onQuiet: onQuiet}
 	method, ctarget := C.CString("GET"), C.CString(target)
@@ -85,6 +92,11 @@ func relayStream(client int, target string, part func(b []byte), onQuiet func(*s
 			}
 			part(view(s.resp.body, s.resp.body_len))
 			C.modzmq_release(s.resp)
+			if s.parts == cancelAfter {
+				Cancel(unsafe.Pointer(s.resp))
+				s.rc = -1
+				return s
+			}
 			if s.resp.wait_first != 0 {
 				s.waitedFirst++
 				rc = C.MODZMQ_PENDING
@@ -125,4 +137,10 @@ func streamCounters(handle int) (buffered, parts, bytes int64) {
 	f, ss := sums[offStreams:], c.StreamStats()
 	return f[C.MODZMQ_ST_BUFFERED] + ss.Buffered.Load(), f[C.MODZMQ_ST_PARTS] + ss.Parts.Load(),
 		f[C.MODZMQ_ST_BYTES] + ss.Bytes.Load()
+}
+
+// setNotices gives the client at handle, before its first request, the
+// cancel notices ZmqNotices on gives it in Apache.
+func setNotices(handle int) {
+	clientAt(C.int(handle)).opts.Notices = true
 }

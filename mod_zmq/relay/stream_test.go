@@ -4,6 +4,7 @@ package relay
 
 import (
 	"bytes"
+	"fmt"
 	"runtime"
 	"strconv"
 	"strings"
@@ -353,7 +354,9 @@ func TestStreamCStepLeavesTheRestToGo(t *testing.T) {
 		env := append([][]byte(nil), msg[:3]...)
 		reply(zmqtest.Part(env, "@stream", "200", "Content-Type: text/plain\r\n"))
 		go func() {
-			reply(append(env[:3:3], []byte("@data"), []byte("one")))
+			for range 20 {
+				reply(append(env[:3:3], []byte("@data"), []byte("one")))
+			}
 			time.Sleep(20 * time.Millisecond) // lent by now
 			stray := [][]byte{env[0], []byte("no-such-request"), nil, []byte("@data"), []byte("stray")}
 			reply(stray)
@@ -373,8 +376,14 @@ func TestStreamCStepLeavesTheRestToGo(t *testing.T) {
 
 	var got []string
 	s := relayStream(h, "/stray", func(b []byte) { got = append(got, string(b)) }, nil)
-	if s.rc != codeEnd || strings.Join(got, ",") != "one,two" || string(s.last()) != "three" {
-		t.Errorf("a stray part: code %d (%s), parts %q, last %q; want one,two and three", s.rc, s.err, got, s.last())
+	want := strings.Repeat("one,", 20) + "two"
+	if s.rc != codeEnd || strings.Join(got, ",") != want || string(s.last()) != "three" {
+		t.Errorf("a stray part: code %d (%s), parts %q, last %q; want %s and three", s.rc, s.err, got, s.last(), want)
+	}
+	// The "one"s were the C step's: the stream was lent when the stray
+	// part came.
+	if s.goSteps > 8 {
+		t.Errorf("%d calls into Go for %d parts: the C step took few of them", s.goSteps, s.parts)
 	}
 	s.release()
 
@@ -425,4 +434,44 @@ func FuzzStreamKind(f *testing.F) {
 		frames := [][]byte{msgID, delim, kind, body, []byte("extra"), nil}[:int(n)%7]
 		checkStreamKind(t, frames, id, int64(credit))
 	})
+}
+
+// A client that goes away while the C step holds the stream's credit: Go
+// takes it back before it closes the stream, so the counters' buffered
+// bytes go back to 0 and the worker gets its cancel notice.
+func TestStreamCancelledWhileLent(t *testing.T) {
+	const window = 256 << 10
+	cancels := make(chan string, 1)
+	ep := zmqtest.ROUTER(t, func(msg [][]byte, reply func([][]byte)) {
+		if len(msg) >= 6 && string(msg[4]) == "@cancel" {
+			cancels <- string(msg[1])
+			return
+		}
+		if len(msg) < 6 || bytes.HasPrefix(msg[4], []byte("@")) {
+			return
+		}
+		env := append([][]byte(nil), msg[:3]...)
+		reply(zmqtest.Part(env, "@stream", "200", "Content-Type: text/event-stream\r\n"))
+		for i := range 40 {
+			reply(append(env[:3:3], []byte("@data"), fmt.Appendf(nil, "data: %d\n\n", i)))
+		}
+	})
+	h, msg := openTestClient(ep)
+	if h == 0 {
+		t.Fatalf("backend: %s", msg)
+	}
+	setStreamWindow(h, window)
+	setNotices(h)
+	s := relayStreamUntil(h, "/events", func([]byte) {}, nil, 30)
+	defer s.release()
+	if s.rc != -1 || s.parts != 30 {
+		t.Fatalf("code %d (%s) after %d parts; want the client gone after 30", s.rc, s.err, s.parts)
+	}
+	if s.goSteps > 8 {
+		t.Errorf("%d calls into Go for 30 parts: the stream was not lent when its client left", s.goSteps)
+	}
+	zmqtest.WaitFor(t, cancels, "the worker's cancel notice")
+	if buffered, parts, _ := streamCounters(h); buffered != 0 || parts != 30 {
+		t.Errorf("after the cancel the counters show %d bytes buffered and %d parts; want 0 and 30", buffered, parts)
+	}
 }

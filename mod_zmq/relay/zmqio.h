@@ -50,6 +50,7 @@ typedef struct modzmq_stream_lent {
     int64_t     grant_at;                       /* a grant once owed reaches this and nothing is queued */
     int64_t     grant_queued;                   /* and this while parts are queued */
     int64_t     idle_ms;                        /* the stream ends after this long without a message */
+    int         wait_ms;                        /* after a message, modzmq_wait waits this long at a time */
     int64_t     heard_ms;                       /* zmtp_now_ms of the last message taken in C; 0: none
                                                    since lent */
     int64_t     lent_credit;                    /* credit when lent: the C step counted lent_credit -
