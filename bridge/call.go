@@ -262,23 +262,24 @@ func (call *Call) credit(frames [][]byte) error {
 // not received yet, each part costing PartCost more than its bytes.
 func (call *Call) BodyCredit() int64 { return call.bodyCredit }
 
-// BodyLendable reports whether a front may send the streamed body's next
-// parts itself (the Apache module's C path) with the credit BodyCredit
-// says, as SendBody sends them, counting them itself: once a part went out
-// through SendBody (the request is then never retried), while the call
-// waits for its reply. It gives the credit left back with ReturnBodyCredit
-// before the call is used again.
-func (call *Call) BodyLendable() bool {
-	return call.req.StreamBody && call.bodySent && !call.done && call.p != nil
+// LendBody returns the streamed body's credit for a front that sends the
+// next parts itself (the Apache module's C path; Flow): once a part went
+// out through SendBody (the request is then never retried), while the call
+// waits for its reply; ok false otherwise. The front gives it back with
+// ReturnBody before the call is used again.
+func (call *Call) LendBody() (f Flow, ok bool) {
+	if !call.req.StreamBody || !call.bodySent || call.done || call.p == nil {
+		return Flow{}, false
+	}
+	return Flow{Sendable: call.bodyCredit, ID: call.p.id, SendTimeout: call.sendTimeout()}, true
 }
 
-// ReturnBodyCredit takes back the credit a front that sent parts itself
-// left of what BodyCredit said.
-func (call *Call) ReturnBodyCredit(credit int64) { call.bodyCredit = credit }
+// ReturnBody takes back the credit LendBody lent, as the front left it.
+func (call *Call) ReturnBody(f Flow) { call.bodyCredit = f.Sendable }
 
-// SendTimeout is how long a part of the body may take to go out: the
+// sendTimeout is how long a part of the body may take to go out: the
 // connect timeout, within what is left of the call's.
-func (call *Call) SendTimeout() time.Duration {
+func (call *Call) sendTimeout() time.Duration {
 	return min(call.c.opts.ConnectTimeout, max(time.Until(call.deadline), time.Millisecond))
 }
 
@@ -301,7 +302,7 @@ func (call *Call) SendBody(data []byte, last bool) error {
 	frames := ControlFrames(call.p.id, method, nil, data)
 	call.attempts = call.attempt // the body cannot be sent again
 	call.bodySent = true
-	if err := call.p.conn.Send(frames, call.SendTimeout()); err != nil {
+	if err := call.p.conn.Send(frames, call.sendTimeout()); err != nil {
 		call.connFailed = true
 		call.end(Response{}, fmt.Errorf("%w: sending the body to %s: %v", ErrWorkerLost, call.e.addr, err))
 		return err

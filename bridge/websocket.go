@@ -378,10 +378,11 @@ func (ws *WebSocket) grant() {
 	}
 }
 
-// Flow is the credit of a WebSocket or a streamed reply, lent to a front
-// that relays the common messages itself (the Apache module's C steps:
-// modzmq_ws_lent, modzmq_stream_lent) while the WebSocket or Stream is not
-// used, and given back with Return before it is used again.
+// Flow is the credit of a WebSocket, a streamed reply or a streamed request
+// body, lent to a front that relays the common messages itself (the Apache
+// module's C steps: modzmq_ws_lent, modzmq_stream_lent, modzmq_body_lent)
+// while the WebSocket, Stream or Call is not used, and given back (Return,
+// ReturnBody) before it is used again.
 //
 // A WebSocket's: a client's message costs its bytes and PartCost of
 // Sendable, a worker's the same of Credit, which the front adds to Owed;
@@ -398,7 +399,10 @@ func (ws *WebSocket) grant() {
 // Step's to end. Heard is when the front last took a message of the
 // worker's (zero: none since Lend).
 //
-// Either way the front counts what it relays in the client's counters
+// A streamed body's (Call.LendBody): a part costs its bytes and PartCost of
+// Sendable; the front sends it as SendBody does (ID, SendTimeout).
+//
+// Every way the front counts what it relays in the client's counters
 // itself.
 type Flow struct {
 	Sendable, Credit, Owed, GrantAt, GrantQueued, Max int64

@@ -395,7 +395,7 @@ func outcome(call *bridge.Call, b *backend, fast *C.modzmq_fast, resp *C.modzmq_
 		}
 		resp.body_credit = C.int64_t(call.BodyCredit())
 		rc := waitOn(resp, h, call.Conn(), call.Wait(), call.Quiet())
-		lendBody(st, call, h.Value().(*pending).fast)
+		lendBody(resp, call, h.Value().(*pending).fast)
 		return rc
 	}
 	st.body.on = 0
@@ -452,15 +452,21 @@ func waitOn(resp *C.modzmq_response, h cgo.Handle, conn bridge.Conn, wait, quiet
 
 // lendBody lets the C path (fast.c: modzmq_send_body) send the streamed
 // body's next parts with the credit in resp's body_credit, when the call
-// allows it (bridge.Call.BodyLendable) on a connection C sends on, until
-// Go next looks at the call (reclaimBody).
-func lendBody(st *C.modzmq_call, call *bridge.Call, fast *C.modzmq_fast) {
+// lends it (bridge.Call.LendBody) on a connection C sends on, until Go next
+// looks at the call (reclaimBody).
+func lendBody(resp *C.modzmq_response, call *bridge.Call, fast *C.modzmq_fast) {
+	st := callState(resp)
 	st.body.on = 0
-	if st.zconn == nil || fast == nil || st.id_len == 0 || !call.BodyLendable() {
+	if st.zconn == nil || fast == nil || st.id_len == 0 {
 		return
 	}
+	f, ok := call.LendBody()
+	if !ok {
+		return
+	}
+	resp.body_credit = C.int64_t(f.Sendable)
 	st.body.fast = unsafe.Pointer(fast)
-	st.body.send_timeout_ms = C.int(max(call.SendTimeout().Milliseconds(), 1))
+	st.body.send_timeout_ms = C.int(max(f.SendTimeout.Milliseconds(), 1))
 	st.body.on = 1
 }
 
@@ -468,7 +474,7 @@ func lendBody(st *C.modzmq_call, call *bridge.Call, fast *C.modzmq_fast) {
 func reclaimBody(resp *C.modzmq_response, call *bridge.Call) {
 	if st := callState(resp); st.body.on != 0 {
 		st.body.on = 0
-		call.ReturnBodyCredit(int64(resp.body_credit))
+		call.ReturnBody(bridge.Flow{Sendable: int64(resp.body_credit)})
 	}
 }
 
