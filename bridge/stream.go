@@ -322,14 +322,17 @@ func (s *Stream) Lend() (f Flow, ok bool) {
 }
 
 // Return gives back the credit Lend lent, as the front left it. The bytes
-// it counted as buffered for the stream (its parts less its grants) move
-// into the client's counters here: the front takes them out of its own.
-func (s *Stream) Return(f Flow) {
-	s.c.streams.Buffered.Add(s.credit - f.Credit)
+// the front counted as buffered for the stream meanwhile (its parts less
+// its grants) move into the client's counters here; Return reports them,
+// for the front to take out of its own.
+func (s *Stream) Return(f Flow) (moved int64) {
+	moved = s.credit - f.Credit
+	s.c.streams.Buffered.Add(moved)
 	s.credit, s.owed = f.Credit, f.Owed
 	if !f.Heard.IsZero() {
 		s.deadline = f.Heard.Add(s.idle)
 	}
+	return moved
 }
 
 // grant sends the worker the credit the client earned back, once it is at

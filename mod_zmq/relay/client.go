@@ -379,7 +379,7 @@ type pending struct {
 	stream *bridge.Stream
 	ws     *wsTunnel // a WebSocket handshake, and the WebSocket once accepted
 	b      *backend
-	fast   *C.modzmq_fast // the client's fast path: what C sends of a streamed body it counts there
+	fast   *C.modzmq_fast // the client's fast path: what C relays of a body or stream it counts there
 }
 
 // outcome reports a call for backend b, whose client's fast path is fast
@@ -669,7 +669,7 @@ func lendStream(st *C.modzmq_call, s *bridge.Stream, fast *C.modzmq_fast) {
 		C.int64_t(f.GrantQueued)
 	l.idle_ms, l.wait_ms = C.int64_t(f.Idle.Milliseconds()), C.int(max(f.Wait.Milliseconds(), 1))
 	l.send_timeout_ms = C.int(max(f.SendTimeout.Milliseconds(), 1))
-	l.fast, l.heard_ms, l.lent_credit = unsafe.Pointer(fast), 0, l.credit
+	l.fast, l.heard_ms = unsafe.Pointer(fast), 0
 	st.id_len = C.size_t(copy(unsafe.Slice((*byte)(unsafe.Pointer(&st.id[0])), len(st.id)), f.ID))
 	l.on = 1
 }
@@ -690,9 +690,8 @@ func reclaimStream(st *C.modzmq_call, s *bridge.Stream) {
 	if l.heard_ms != 0 {
 		f.Heard = time.Now().Add(-time.Duration(int64(C.zmtp_now_ms())-int64(l.heard_ms)) * time.Millisecond)
 	}
-	C.modzmq_fast_count((*C.modzmq_fast)(l.fast), C.MODZMQ_STATS_OFF_STREAMS+C.MODZMQ_ST_BUFFERED,
-		-(l.lent_credit - l.credit))
-	s.Return(f)
+	moved := s.Return(f)
+	C.modzmq_fast_count((*C.modzmq_fast)(l.fast), C.MODZMQ_STATS_OFF_STREAMS+C.MODZMQ_ST_BUFFERED, C.int64_t(-moved))
 }
 
 // endStream closes s, whose connection is z when it is a zConn: the buffer

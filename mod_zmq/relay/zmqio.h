@@ -53,8 +53,6 @@ typedef struct modzmq_stream_lent {
     int         wait_ms;                        /* after a message, modzmq_wait waits this long at a time */
     int64_t     heard_ms;                       /* zmtp_now_ms of the last message taken in C; 0: none
                                                    since lent */
-    int64_t     lent_credit;                    /* credit when lent: the C step counted lent_credit -
-                                                   credit as buffered (Go's counters take it back) */
 } modzmq_stream_lent;
 
 /* The library's state of a call in progress, kept in a modzmq_response's
@@ -83,7 +81,8 @@ typedef struct modzmq_call {
     uint64_t    epoch;
     int64_t     elapsed_ns, remaining_ns;
     size_t      id_len;
-    char        id[64];                         /* the fast path's request, or the lent WebSocket's id */
+    char        id[64];                         /* the request's id: the fast path's, or the lent
+                                                   WebSocket's, body's or stream's */
     modzmq_ws_lent ws;
     modzmq_body_lent body;
     modzmq_stream_lent stream;
@@ -120,10 +119,11 @@ void modzmq_epochs_bump(void);
  * when due_ms < 0 (Go waits on the call's connection itself). */
 void modzmq_set_due(modzmq_response *resp, int64_t due_ms);
 
-/* Whether a C path (a WebSocket's step, a body's part) must leave the call
- * in resp to Go's step: its connection failed (Go meets the failure), it
- * is due (now >= due_ms), or an endpoint began a new epoch since Go last
- * stepped it (modzmq_set_due; Go looks whether its worker was lost). */
+/* Whether a C path (a WebSocket's step, a body's part, a stream's step)
+ * must leave the call in resp to Go's step: its connection failed (Go
+ * meets the failure), it is due (now >= due_ms), or an endpoint began a
+ * new epoch since Go last stepped it (modzmq_set_due; Go looks whether its
+ * worker was lost). */
 int modzmq_go_first(const modzmq_response *resp, int64_t now);
 
 /* What a part or message costs beyond its bytes, each way (bridge.PartCost),
