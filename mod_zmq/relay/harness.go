@@ -130,11 +130,7 @@ func wsCredit(s []byte) (v int64, ok bool) {
 // r and id copied into C memory, with stackSize bytes of room for the meta
 // frame before it allocates, and returns the frames it built.
 func fastEncode(id []byte, r *bridge.Request, notices bool, stackSize int) [][]byte {
-	cbytes := func(b []byte) (*C.char, C.size_t) {
-		p := C.malloc(C.size_t(len(b) + 1))
-		copy(unsafe.Slice((*byte)(p), len(b)), b)
-		return (*C.char)(p), C.size_t(len(b))
-	}
+	cbytes := func(b []byte) (*C.char, C.size_t) { return (*C.char)(unsafe.Pointer(cCopy(b))), C.size_t(len(b)) }
 	req := (*C.modzmq_request)(C.calloc(1, C.sizeof_modzmq_request))
 	defer C.free(unsafe.Pointer(req))
 	req.method, req.method_len = cbytes(r.Method)
@@ -435,9 +431,10 @@ func zmtpHandshake(peer []byte, maxMsgSize int64) syscall.Errno {
 
 // controlFrames is modzmq_control_frames's message, copied into Go.
 func controlFrames(id, method, target, body []byte) [][]byte {
-	cid, cmethod, ctarget, cbody := cBytes(id), C.CString(string(method)), cBytes(target), cBytes(body)
+	cid, cmethod, ctarget, cbody := cCopy(id), C.CString(string(method)), cCopy(target), cCopy(body)
 	defer func() {
-		for _, p := range []unsafe.Pointer{cid, unsafe.Pointer(cmethod), ctarget, cbody} {
+		for _, p := range []unsafe.Pointer{unsafe.Pointer(cid), unsafe.Pointer(cmethod), unsafe.Pointer(ctarget),
+			unsafe.Pointer(cbody)} {
 			C.free(p)
 		}
 	}()
@@ -447,8 +444,9 @@ func controlFrames(id, method, target, body []byte) [][]byte {
 	lens := (*[8]C.size_t)(C.calloc(8, C.size_t(unsafe.Sizeof(C.size_t(0)))))
 	defer C.free(unsafe.Pointer(ptrs))
 	defer C.free(unsafe.Pointer(lens))
-	C.modzmq_control_frames((*C.char)(cid), C.size_t(len(id)), cmethod, (*C.char)(ctarget), C.size_t(len(target)),
-		cbody, C.size_t(len(body)), (*C.char)(meta), &ptrs[0], &lens[0])
+	C.modzmq_control_frames((*C.char)(unsafe.Pointer(cid)), C.size_t(len(id)), cmethod,
+		(*C.char)(unsafe.Pointer(ctarget)), C.size_t(len(target)), unsafe.Pointer(cbody), C.size_t(len(body)),
+		(*C.char)(meta), &ptrs[0], &lens[0])
 	frames := make([][]byte, 8)
 	for i := range frames {
 		frames[i] = C.GoBytes(ptrs[i], C.int(lens[i]))
@@ -465,23 +463,16 @@ func streamKind(frames [][]byte, id []byte, credit int64) (kind int, data []byte
 	defer C.free(unsafe.Pointer(ptrs))
 	defer C.free(unsafe.Pointer(lens))
 	for i := range min(n, 16) {
-		ptrs[i], lens[i] = (*C.char)(cBytes(frames[i])), C.size_t(len(frames[i]))
+		ptrs[i], lens[i] = (*C.char)(unsafe.Pointer(cCopy(frames[i]))), C.size_t(len(frames[i]))
 		defer C.free(unsafe.Pointer(ptrs[i]))
 	}
-	cid := cBytes(id)
-	defer C.free(cid)
+	cid := cCopy(id)
+	defer C.free(unsafe.Pointer(cid))
 	var p *C.char
 	var l C.size_t
-	kind = int(C.modzmq_stream_kind(&ptrs[0], &lens[0], C.int(n), (*C.char)(cid), C.size_t(len(id)), C.int64_t(credit), &p, &l))
+	kind = int(C.modzmq_stream_kind(&ptrs[0], &lens[0], C.int(n), (*C.char)(unsafe.Pointer(cid)), C.size_t(len(id)), C.int64_t(credit), &p, &l))
 	if kind != 0 && l > 0 {
 		data = C.GoBytes(unsafe.Pointer(p), C.int(l))
 	}
 	return kind, data
-}
-
-// cBytes is a malloc()ed copy of b (never NULL), for C.free.
-func cBytes(b []byte) unsafe.Pointer {
-	p := C.malloc(C.size_t(len(b) + 1))
-	copy(unsafe.Slice((*byte)(p), len(b)), b)
-	return p
 }
