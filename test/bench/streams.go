@@ -50,7 +50,7 @@ var (
 	latDur       = flag.Duration("latency-duration", 5*time.Second, "streams: how long the latency case measures")
 	xferBytes    = flag.Int64("transfer-bytes", 1<<30, "streams: bytes of each upload and download through Apache")
 	xferWindow   = flag.Int("transfer-window", 0, "streams: ZmqStreamWindow of the mod_zmq transfer location in bytes (0: the directive's default)")
-	streamFronts = flag.String("stream-fronts", "gateway,stream,mod_zmq,pushpin", "streams: the fronts of the held and latency cases")
+	streamFronts = flag.String("stream-fronts", "gateway,stream,libzmq,mod_zmq,pushpin", "streams: the fronts of the held and latency cases (libzmq: a bare ZMQ_STREAM socket, the floor under stream mode, held case only)")
 )
 
 // streamParts are the names -only accepts for the streaming benchmark.
@@ -64,8 +64,11 @@ type sfront struct {
 	Grip bool   // Pushpin: the stream's channel goes in ?ch=, latency events are published
 	// Opening is how many streams are being opened at once.
 	Opening int
-	Metrics string // zmq-gateway's admin /metrics (Go heap and stacks), or ""
-	pids    func() []int
+	// HeldOnly: the front is measured in the held case only (libzmq, which
+	// sends no events after the first).
+	HeldOnly bool
+	Metrics  string // zmq-gateway's admin /metrics (Go heap and stacks), or ""
+	pids     func() []int
 }
 
 type senv struct {
@@ -177,7 +180,9 @@ func runStreams(parts map[string]bool) {
 	}
 	if parts["streams-latency"] {
 		for _, f := range e.fronts {
-			lats = append(lats, latency(e, f))
+			if !f.HeldOnly {
+				lats = append(lats, latency(e, f))
+			}
 		}
 	}
 	if parts["streams-transfer"] {
@@ -232,6 +237,13 @@ routes:
 		c := e.start(build("zmq-gateway"), "stream", "-config", filepath.Join(e.dir, "stream.yaml"), "-log-level", "warn")
 		e.fronts = append(e.fronts, &sfront{Name: "stream", Addr: fmt.Sprintf("127.0.0.1:%d", p), Held: *nStreams,
 			Metrics: fmt.Sprintf("http://127.0.0.1:%d/metrics", a), pids: func() []int { return []int{c.Process.Pid} }})
+		waits = append(waits, p)
+	}
+	if parts["streams-held"] && fronts["libzmq"] {
+		p := freePort()
+		c := e.start(build("bench-peer"), "-mode", "zstream", "-listen", fmt.Sprintf("tcp://127.0.0.1:%d", p))
+		e.fronts = append(e.fronts, &sfront{Name: "libzmq", Addr: fmt.Sprintf("127.0.0.1:%d", p), Held: *nStreams, HeldOnly: true,
+			pids: func() []int { return []int{c.Process.Pid} }})
 		waits = append(waits, p)
 	}
 	if want("mod_zmq") || parts["streams-transfer"] {
@@ -826,6 +838,12 @@ func reportStreams(held []holdResult, lats []latResult, xfers []xferResult, took
 			}
 			fmt.Printf("%-9s | %7d %7d %7d %7.1f | %10d %10d %10d | %9.1f | %7.1f | %s%s\n", r.Front, r.Streams, r.Opened, r.Alive,
 				r.OpenSeconds, r.IdleKiB, r.OpenKiB, r.ClosedKiB, r.PerStreamKiB, r.HeldCPU, goCols, ifErr(r.Errors))
+		}
+		if z, st := by("libzmq"), by("stream"); z != nil {
+			fmt.Printf("libzmq: one bare ZMQ_STREAM socket (bench-peer -mode zstream) holding the same streams: what libzmq keeps per connection, under stream mode\n")
+			if st != nil && st.PerStreamKiB > 0 && z.PerStreamKiB > 0 {
+				fmt.Printf("stream mode holds %.1f KiB per stream above libzmq's %.1f\n", st.PerStreamKiB-z.PerStreamKiB, z.PerStreamKiB)
+			}
 		}
 		if p := by("pushpin"); p != nil {
 			for _, n := range []string{"gateway", "stream", "mod_zmq"} {

@@ -44,7 +44,7 @@ import (
 )
 
 var (
-	wsFrontsFlag = flag.String("ws-fronts", "mod_zmq,gateway,stream,tunnel", "websockets: the fronts (tunnel: Apache mod_proxy_http/mod_proxy_wstunnel to a Go echo server, the anchor)")
+	wsFrontsFlag = flag.String("ws-fronts", "mod_zmq,gateway,stream,libzmq,tunnel", "websockets: the fronts (tunnel: Apache mod_proxy_http/mod_proxy_wstunnel to a Go echo server, the anchor; libzmq: a bare ZMQ_STREAM socket echoing, the floor under stream mode, rss case only)")
 	wsLatConns   = flag.Int("ws-conns", 1000, "websockets: WebSockets of the latency case")
 	wsLatRate    = flag.Int("ws-rate", 10, "websockets: messages per second per WebSocket in the latency case")
 	wsLatDur     = flag.Duration("ws-duration", 10*time.Second, "websockets: how long the latency case measures")
@@ -67,6 +67,7 @@ type wfront struct {
 	Idle    int    // WebSockets the rss case holds open
 	Metrics string // zmq-gateway's admin /metrics, or ""
 	Skip    string // why the front is not measured, or ""
+	RSSOnly bool   // measured in the rss case only (libzmq)
 	pids    func() []int
 	backend func() []int // the worker or echo server behind it
 }
@@ -159,13 +160,19 @@ func runWebSockets(parts map[string]bool) {
 			rss = append(rss, wsHoldIdle(f))
 		}
 	}
+	var relays []*wfront // the fronts with a worker behind them
+	for _, f := range active {
+		if !f.RSSOnly {
+			relays = append(relays, f)
+		}
+	}
 	if parts["websockets-latency"] {
-		for _, f := range active {
+		for _, f := range relays {
 			lats = append(lats, wsLatency(f))
 		}
 	}
 	if parts["websockets-rate"] {
-		rates = wsRates(active)
+		rates = wsRates(relays)
 	}
 	reportWebSockets(e.fronts, rss, lats, rates, time.Since(start))
 }
@@ -222,6 +229,12 @@ routes:
 		c := e.start(build("zmq-gateway"), args...)
 		e.fronts = append(e.fronts, &wfront{Name: name, URL: fmt.Sprintf("ws://127.0.0.1:%d/ws", p), Idle: *wsIdle,
 			Metrics: fmt.Sprintf("http://127.0.0.1:%d/metrics", a), pids: one(c), backend: one(worker)})
+		waits = append(waits, p)
+	}
+	if want["libzmq"] {
+		p := freePort()
+		c := e.start(build("bench-peer"), "-mode", "zstream", "-listen", fmt.Sprintf("tcp://127.0.0.1:%d", p))
+		e.fronts = append(e.fronts, &wfront{Name: "libzmq", URL: fmt.Sprintf("ws://127.0.0.1:%d/ws", p), Idle: *wsIdle, RSSOnly: true, pids: one(c)})
 		waits = append(waits, p)
 	}
 	if want["mod_zmq"] {
@@ -652,6 +665,21 @@ func reportWebSockets(fronts []*wfront, rss []wsRSSResult, lats []wsLatResult, r
 			}
 			fmt.Printf("%-8s | %6d %6d %6d %6.1f | %9d %9d %10d | %8.1f | %7.1f | %s%s\n", r.Front, r.N, r.Opened, r.Echoed, r.OpenSeconds,
 				r.IdleKiB, r.OpenKiB, r.ClosedKiB, r.PerWSKiB, r.IdleCPU, goCols, ifErr(r.Errors))
+		}
+		var z, st *wsRSSResult
+		for i := range rss {
+			switch rss[i].Front {
+			case "libzmq":
+				z = &rss[i]
+			case "stream":
+				st = &rss[i]
+			}
+		}
+		if z != nil {
+			fmt.Printf("libzmq: one bare ZMQ_STREAM socket (bench-peer -mode zstream) holding the same WebSockets: what libzmq keeps per connection, under stream mode\n")
+			if st != nil && st.PerWSKiB > 0 && z.PerWSKiB > 0 {
+				fmt.Printf("stream mode holds %.1f KiB per WebSocket above libzmq's %.1f\n", st.PerWSKiB-z.PerWSKiB, z.PerWSKiB)
+			}
 		}
 	}
 	if len(lats) > 0 {

@@ -10,6 +10,7 @@
 //	peer -mode origin -listen 127.0.0.1:8092           GRIP origin and transfer backend (streams.go)
 //	peer -mode ws -listen tcp://127.0.0.1:5558         WebSocket echo worker (websockets.go)
 //	peer -mode wsecho -listen 127.0.0.1:8093           Go WebSocket echo server (websockets.go)
+//	peer -mode zstream -listen tcp://127.0.0.1:8094    libzmq's ZMQ_STREAM alone: SSE and WebSocket echo (zstream.go)
 package main
 
 import (
@@ -39,7 +40,7 @@ func body(target []byte) []byte {
 }
 
 func main() {
-	mode := flag.String("mode", "zmq", "zmq, http, revproxy, mongrel2, sse, origin, ws or wsecho")
+	mode := flag.String("mode", "zmq", "zmq, http, revproxy, mongrel2, sse, origin, ws, wsecho or zstream")
 	listen := flag.String("listen", "", "address to serve on")
 	backend := flag.String("backend", "", "revproxy: backend URL")
 	send := flag.String("send", "", "mongrel2: its send_spec")
@@ -73,6 +74,8 @@ func main() {
 		serveOrigin(*listen)
 	case "ws":
 		serveWebSockets(*listen)
+	case "zstream":
+		serveZStream(*listen)
 	case "wsecho":
 		serveWSEcho(*listen)
 	default:
