@@ -128,8 +128,9 @@ func tail(s string, n int) string {
 
 // A browser's EventSource, in headless Chromium, takes the SSE stream of
 // the pyzmq example through Apache (HTTP/1.1, the page a static file on the
-// same origin) and through zmq-gateway (the page from a worker): all 5
-// events, in order, and no error before the page closed the stream.
+// same origin) and through zmq-gateway in HTTP mode and in stream mode
+// (the page from a worker): all 5 events, in order, and no error before
+// the page closed the stream.
 func TestSSEInChromium(t *testing.T) {
 	requireChromium(t)
 	dir := writeSSEPage(t)
@@ -158,14 +159,16 @@ func TestSSEInChromium(t *testing.T) {
 	})
 
 	t.Run("Gateway", func(t *testing.T) {
-		ep := startPyScript(t, "test/workers/sse_gate_worker.py", "--page", filepath.Join(dir, "page.html")).Endpoint
-		g := startGatewayProc(t, "", fmt.Sprintf("  - prefix: /page\n    backend: [%s]\n"+
-			"  - prefix: /clock\n    backend: [%s]\n", ep, clock.Endpoint))
-		events, errs, state := browseSSEPage(t, g.URL+"/page")
-		if events != want || errs != "" || state != "done" {
-			t.Errorf("the page's EventSource got %q, errors %q, state %q; want %q, none, done\nzmq-gateway:\n%s",
-				events, errs, state, want, g.Stderr)
-		}
+		forEachGatewayMode(t, func(t *testing.T, mode string) {
+			ep := startPyScript(t, "test/workers/sse_gate_worker.py", "--page", filepath.Join(dir, "page.html")).Endpoint
+			g := startGatewayProc(t, mode, fmt.Sprintf("  - prefix: /page\n    backend: [%s]\n"+
+				"  - prefix: /clock\n    backend: [%s]\n", ep, clock.Endpoint))
+			events, errs, state := browseSSEPage(t, g.URL+"/page")
+			if events != want || errs != "" || state != "done" {
+				t.Errorf("the page's EventSource got %q, errors %q, state %q; want %q, none, done\nzmq-gateway (mode %q):\n%s",
+					events, errs, state, want, mode, g.Stderr)
+			}
+		})
 	})
 }
 

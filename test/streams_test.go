@@ -58,15 +58,17 @@ func startListening(t *testing.T, port int, ep, name string, args ...string) *wo
 	return &worker{Output: out, cmd: cmd, Endpoint: ep}
 }
 
-// Server-Sent Events from a real pyzmq worker through zmq-gateway, read by
-// curl -N and by a Python client: every event, in order, and the stream
-// ends cleanly. A client that leaves after the first event gets the worker
-// a cancel notice, which also shows the first event arrived while the
-// stream was still going.
-func TestSSEThroughTheGateway(t *testing.T) {
+// Server-Sent Events from a real pyzmq worker through zmq-gateway, in HTTP
+// mode and in stream mode, read by curl -N and by a Python client: every
+// event, in order, and the stream ends cleanly. A client that leaves after
+// the first event gets the worker a cancel notice, which also shows the
+// first event arrived while the stream was still going.
+func TestSSEThroughTheGateway(t *testing.T) { forEachGatewayMode(t, testSSEThroughTheGateway) }
+
+func testSSEThroughTheGateway(t *testing.T, mode string) {
 	clock := startStreamClock(t, "--count", "5", "--interval", "0.05")
 	long := startStreamClock(t, "--count", "100000", "--interval", "0.05")
-	g := startGatewayProc(t, "", fmt.Sprintf("  - prefix: /clock\n    backend: [%s]\n    notices: true\n"+
+	g := startGatewayProc(t, mode, fmt.Sprintf("  - prefix: /clock\n    backend: [%s]\n    notices: true\n"+
 		"  - prefix: /long\n    backend: [%s]\n    notices: true\n", clock.Endpoint, long.Endpoint))
 	want := "data: 0\n\ndata: 1\n\ndata: 2\n\ndata: 3\n\ndata: 4\n\n"
 

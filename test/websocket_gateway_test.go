@@ -18,22 +18,24 @@ import (
 	"github.com/gorilla/websocket"
 )
 
-// WebSockets through the real zmq-gateway (HTTP mode) to the example
-// workers, with three independent clients: Go (gorilla/websocket, and raw
-// sockets for frames no library sends), Python (websockets, Debian's
-// python3-websockets) and Node.js (ws, from test/node).
+// WebSockets through the real zmq-gateway, in HTTP mode and in stream
+// mode (each test runs its body for both, forEachGatewayMode), to the
+// example workers, with three independent clients: Go (gorilla/websocket,
+// and raw sockets for frames no library sends), Python (websockets,
+// Debian's python3-websockets) and Node.js (ws, from test/node).
 
-// startWSGatewayProc starts zmq-gateway with the routes these tests use: ws_echo.py on /ws, on
+// startWSGatewayProc starts zmq-gateway in mode (as startGatewayProc takes
+// it) with the routes these tests use: ws_echo.py on /ws, on
 // /small with 1000-byte messages, and on /plain without websocket: true;
 // the Go worker on /go.
-func startWSGatewayProc(t *testing.T) (g *gatewayProc, echo, goWorker *worker) {
+func startWSGatewayProc(t *testing.T, mode string) (g *gatewayProc, echo, goWorker *worker) {
 	t.Helper()
 	requireBuilt(t, "zmq-gateway", "wsworker")
 	echo = startPyScript(t, "examples/python/ws_echo.py")
 	port := freePort(t)
 	ep := fmt.Sprintf("tcp://127.0.0.1:%d", port)
 	goWorker = startListening(t, port, ep, buildPath("wsworker"), "-bind", ep)
-	g = startGatewayProc(t, "", fmt.Sprintf(`  - prefix: /ws
+	g = startGatewayProc(t, mode, fmt.Sprintf(`  - prefix: /ws
     backend: [%[1]s]
     websocket: true
   - prefix: /small
@@ -100,8 +102,10 @@ func gwWSCloseCode(t *testing.T, c *websocket.Conn) int {
 
 // The Go client: every message kind and size, the worker's close and the
 // client's, and the Go worker on the same gateway.
-func TestWebSocketGatewayGoClient(t *testing.T) {
-	g, echo, goWorker := startWSGatewayProc(t)
+func TestWebSocketGatewayGoClient(t *testing.T) { forEachGatewayMode(t, testWebSocketGatewayGoClient) }
+
+func testWebSocketGatewayGoClient(t *testing.T, mode string) {
+	g, echo, goWorker := startWSGatewayProc(t, mode)
 	ws := "ws://" + g.Addr
 	big := bytes.Repeat([]byte("abcdefgh"), 2<<20) // 16 MiB
 	for _, path := range []string{"/ws", "/go"} {
@@ -253,7 +257,11 @@ func (c *gwRawClient) closeCode() int {
 // pings between the fragments, and each breach with its close code, which
 // the worker hears too; and a client that vanishes (1006).
 func TestWebSocketGatewayRawClient(t *testing.T) {
-	g, echo, _ := startWSGatewayProc(t)
+	forEachGatewayMode(t, testWebSocketGatewayRawClient)
+}
+
+func testWebSocketGatewayRawClient(t *testing.T, mode string) {
+	g, echo, _ := startWSGatewayProc(t, mode)
 	c := gwRawDial(t, g.Addr, "/ws")
 	c.send(false, 1, []byte("fr\xc3"), false)
 	c.send(true, 9, []byte("p1"), false)
@@ -292,7 +300,7 @@ func TestWebSocketGatewayRawClient(t *testing.T) {
 
 	// The worker goes away while a WebSocket is open: the client gets 1011
 	// as soon as the gateway's connection to the worker drops, and the
-	// gateway logs why.
+	// gateway logs why (stream mode with its own code).
 	ws := gwWSDial(t, "ws://"+g.Addr+"/ws/x")
 	ws.WriteMessage(websocket.TextMessage, []byte("hi"))
 	ws.ReadMessage()
@@ -301,9 +309,13 @@ func TestWebSocketGatewayRawClient(t *testing.T) {
 	if code := gwWSCloseCode(t, ws); code != 1011 {
 		t.Errorf("a worker that went away: the client got %d, want 1011", code)
 	}
+	code := "MODZMQ0132"
+	if mode == "stream" {
+		code = "MODZMQ0307"
+	}
 	checkFor(t, 10*time.Second, func() error {
-		if !strings.Contains(g.Stderr.String(), "MODZMQ0132") {
-			return fmt.Errorf("no MODZMQ0132 line for the lost worker:\n%s", g.Stderr)
+		if !strings.Contains(g.Stderr.String(), code) {
+			return fmt.Errorf("no %s line for the lost worker:\n%s", code, g.Stderr)
 		}
 		return nil
 	})
@@ -405,7 +417,11 @@ const closed = (ws) => new Promise((resolve) => ws.once("close", (code) => resol
 // the client's (1000, which the worker prints), and an oversized message
 // (1009).
 func TestWebSocketGatewayPythonAndNodeClients(t *testing.T) {
-	g, echo, _ := startWSGatewayProc(t)
+	forEachGatewayMode(t, testWebSocketGatewayPythonAndNodeClients)
+}
+
+func testWebSocketGatewayPythonAndNodeClients(t *testing.T, mode string) {
+	g, echo, _ := startWSGatewayProc(t, mode)
 	dir := t.TempDir()
 	want := "ok echo\nok fragmented\nclosed by the worker 4000\nclosed by the client 1000\noversized 1009\n"
 	for _, client := range []struct {
