@@ -271,7 +271,11 @@ func (ws *WebSocket) Recv(wait time.Duration) (m Message, ok bool, err error) {
 			return Message{}, false, nil
 		}
 		if err != nil {
-			ws.broken = true
+			// A breach of this WebSocket's own (a shared connection
+			// dropped messages sent past its credit) leaves the
+			// connection able to carry the worker its close; any other
+			// error breaks it.
+			ws.broken = !errors.Is(err, ErrProtocol)
 			return Message{}, false, ws.fail(err)
 		}
 		wait = 0
