@@ -10,6 +10,7 @@ Needs nothing but pyzmq (python3-zmq).
 
     /usr/bin/python3 examples/python/upload_sink.py tcp://127.0.0.1:5559
 """
+import argparse
 import hashlib
 import json
 import sys
@@ -62,9 +63,13 @@ class Download:
 
 
 def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("endpoint", help="endpoint to bind, e.g. tcp://127.0.0.1:5559")
+    args = ap.parse_args()
+
     sock = zmq.Context().socket(zmq.ROUTER)
     sock.setsockopt(zmq.SNDHWM, 0)  # a download's parts are paced by credit, not dropped
-    sock.bind(sys.argv[1])
+    sock.bind(args.endpoint)
     uploads, downloads = {}, {}
     while True:
         msg = sock.recv_multipart()
