@@ -12,7 +12,7 @@ import (
 // from Client.Dial, and returns what Adopt needs.
 func sendOwn(t *testing.T, c *Client, req *Request, id string, epoch uint64, timeout time.Duration) Sent {
 	t.Helper()
-	conn, err := c.Dial(0)
+	conn, err := c.Dial(0, time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}

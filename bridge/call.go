@@ -111,13 +111,23 @@ type Sent struct {
 }
 
 // Dial makes a connection to endpoint i (an index in Options.Endpoints)
-// with the client's options, for a front that sends some requests by itself
-// and hands them over with Adopt.
-func (c *Client) Dial(i int) (Conn, error) {
+// with the client's options, trying for timeout at most (and never longer
+// than the connect timeout), for a front that sends some requests by
+// itself and hands them over with Adopt.
+func (c *Client) Dial(i int, timeout time.Duration) (Conn, error) {
 	if i < 0 || i >= len(c.endpoints) {
 		return nil, fmt.Errorf("%w: no endpoint %d", ErrConfig, i)
 	}
-	return c.opts.Transport.Dial(c.endpoints[i].addr, c.dial)
+	return c.opts.Transport.Dial(c.endpoints[i].addr, c.dialWithin(timeout))
+}
+
+// dialWithin is the client's dial options with the connect timeout cut to
+// timeout (at least a millisecond): a dial never outlives the request it
+// is for.
+func (c *Client) dialWithin(timeout time.Duration) DialOptions {
+	opts := c.dial
+	opts.ConnectTimeout = min(opts.ConnectTimeout, max(timeout, time.Millisecond))
+	return opts
 }
 
 // Adopt takes over a request a front sent by itself (a fast path that
@@ -376,7 +386,7 @@ func (call *Call) next() {
 	call.attempt++
 	e, bit := c.pick(call.tried)
 	call.tried |= bit
-	p, err := e.get(c.opts.Transport, c.dial)
+	p, err := e.get(c.opts.Transport, c.dialWithin(time.Until(call.deadline)))
 	if err != nil {
 		if errors.Is(err, ErrNoWorker) {
 			// A transport that connects in Dial found no worker: an

@@ -11,6 +11,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
@@ -34,7 +35,14 @@ func (t *cTransport) Watch(endpoints []string, opts bridge.DialOptions, fn func(
 	return t.zmtp.Watch(endpoints, opts, fn)
 }
 
+// dialSeen, when set (by tests), is shown the options of every connection
+// cTransport is asked for.
+var dialSeen atomic.Pointer[func(bridge.DialOptions)]
+
 func (t *cTransport) Dial(endpoint string, opts bridge.DialOptions) (bridge.Conn, error) {
+	if f := dialSeen.Load(); f != nil {
+		(*f)(opts)
+	}
 	if opts.Curve != nil {
 		return t.zmtp.Dial(endpoint, opts)
 	}

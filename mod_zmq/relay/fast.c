@@ -503,7 +503,7 @@ static int fast_relay(modzmq_fast *f, modzmq_request *req, modzmq_response *resp
     }
     if ((sock = take_idle(f, i, start)) == NULL) {
         /* Rare once warm: Go makes the connection, with the client's options. */
-        if ((sock = go.dial(f->client, i)) == NULL) {
+        if ((sock = go.dial(f->client, i, timeout_ms)) == NULL) {
             return -1;
         }
     }
@@ -721,6 +721,20 @@ int modzmq_ws_step(modzmq_response *resp, modzmq_ws_io *io)
     return rc >= 0 ? rc : go.ws_step(resp, io);
 }
 
+/* Hands Go a request the fast path gave up on (no connection, or one the
+ * request could not go out on), with what is left of its timeout since
+ * start: a dial and a send that failed slowly count against it, and the
+ * request never outlives its deadline. */
+static int relay_rest(const modzmq_fast *f, const modzmq_request *req, modzmq_response *resp, int64_t start)
+{
+    modzmq_request rest = *req;
+    int64_t timeout_ms = req->timeout_ms > 0 ? req->timeout_ms : f->timeout_ms;
+    int64_t left = timeout_ms - (now_ns() - start) / 1000000;
+
+    rest.timeout_ms = left < 1 ? 1 : left;
+    return go.relay(f->client, &rest, resp);
+}
+
 int modzmq_relay(int client, modzmq_request *req, modzmq_response *resp)
 {
     modzmq_fast *f = fast_at(client);
@@ -730,10 +744,12 @@ int modzmq_relay(int client, modzmq_request *req, modzmq_response *resp)
     /* A streamed body is sent by Go, part by part; a WebSocket handshake is
      * checked and its WebSocket kept by Go. */
     if (f != NULL && !req->stream_body && !req->websocket) {
+        int64_t start = now_ns();
         int rc = fast_relay(f, req, resp);
         if (rc >= 0) {
             return rc;
         }
+        return relay_rest(f, req, resp, start);
     }
     return go.relay(client, req, resp);
 }

@@ -58,10 +58,11 @@ func modzmq_go_stale(handle C.int, id *C.char, n C.size_t) {
 }
 
 // modzmq_go_dial makes a connection (zmtp.h) for the fast path of a
-// client, or returns NULL (the request then goes through Go).
+// client within timeoutMS at most, or returns NULL (the request then goes
+// through Go).
 //
 //export modzmq_go_dial
-func modzmq_go_dial(handle, endpoint C.int) (sock unsafe.Pointer) {
+func modzmq_go_dial(handle, endpoint C.int, timeoutMS C.int64_t) (sock unsafe.Pointer) {
 	defer func() {
 		if p := recover(); p != nil {
 			logFunc.Logf(bridge.LevelError, bridge.CodePanic, "recovered panic in modzmq_go_dial: %v", p)
@@ -77,7 +78,7 @@ func modzmq_go_dial(handle, endpoint C.int) (sock unsafe.Pointer) {
 		return nil
 	}
 	c.b.goEntries.Add(1)
-	conn, err := c.Dial(int(endpoint))
+	conn, err := c.Dial(int(endpoint), time.Duration(timeoutMS)*time.Millisecond)
 	if err != nil {
 		// The request goes to Go, which tries again and reports the
 		// outcome; only a failure of this process is worth a line here.

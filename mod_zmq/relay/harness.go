@@ -207,6 +207,42 @@ func relayLeavingReplyQueued(client int, target string) relayed {
 	return out
 }
 
+// relayGet relays a GET of target to client with a timeout of timeoutMS as
+// the shim does: modzmq_relay, then wait and resume until done, then release.
+func relayGet(client int, target string, timeoutMS int64) relayed {
+	req := (*C.modzmq_request)(C.calloc(1, C.sizeof_modzmq_request))
+	resp := (*C.modzmq_response)(C.calloc(1, C.sizeof_modzmq_response))
+	method, ctarget := C.CString("GET"), C.CString(target)
+	defer func() {
+		C.free(unsafe.Pointer(method))
+		C.free(unsafe.Pointer(ctarget))
+		C.free(unsafe.Pointer(req))
+		C.free(unsafe.Pointer(resp))
+	}()
+	req.method, req.method_len = method, 3
+	req.target, req.target_len = ctarget, C.size_t(len(target))
+	req.timeout_ms = C.int64_t(timeoutMS)
+	rc := C.modzmq_relay(C.int(client), req, resp)
+	for rc == C.MODZMQ_PENDING {
+		if C.modzmq_wait(resp) != 0 {
+			rc = C.modzmq_resume(resp)
+		}
+	}
+	out := relayed{rc: int(rc), err: C.GoString(&resp.error[0])}
+	if rc == C.MODZMQ_OK {
+		out.status = int(resp.status)
+		out.body = C.GoBytes(unsafe.Pointer(resp.body), C.int(resp.body_len))
+	}
+	C.modzmq_release(resp)
+	return out
+}
+
+// hasFastPath reports whether client h has its C fast path.
+func hasFastPath(h int) bool { return clientAt(C.int(h)).fast != nil }
+
+// endpointState is the state of client h's endpoint i.
+func endpointState(h, i int) bridge.State { return clientAt(C.int(h)).Status()[i].State }
+
 // openTestClient opens endpoint as a ZmqBackend and makes a client of it
 // with the default options, as the shim's loader does; it returns the
 // client's handle, or 0 and why.

@@ -40,8 +40,9 @@ typedef struct relay_callbacks {
      * endpoint up, no connection): Go relays it. Returns as modzmq_relay. */
     int (*relay)(int client, modzmq_request *req, modzmq_response *resp);
     /* dial: a new connection to endpoint of client, made with the client's
-     * options, or NULL (the request then goes to relay). */
-    void *(*dial)(int client, int endpoint);
+     * options within timeout_ms at most, or NULL (the request then goes to
+     * relay). */
+    void *(*dial)(int client, int endpoint, int64_t timeout_ms);
     /* adopt: a request the fast path sent but cannot finish (no reply within
      * its first wait, or one Go must look at), with what was received in
      * resp's call state. Returns as modzmq_relay. */
