@@ -178,38 +178,27 @@ type relayed struct {
 // that its waits only poll: they leave a reply queued on the socket instead
 // of receiving it, as when a reply lands just after modzmq_wait gave up.
 func relayLeavingReplyQueued(client int, target string) relayed {
-	req := (*C.modzmq_request)(C.calloc(1, C.sizeof_modzmq_request))
-	resp := (*C.modzmq_response)(C.calloc(1, C.sizeof_modzmq_response))
-	method, ctarget := C.CString("GET"), C.CString(target)
-	defer func() {
-		C.free(unsafe.Pointer(method))
-		C.free(unsafe.Pointer(ctarget))
-		C.free(unsafe.Pointer(req))
-		C.free(unsafe.Pointer(resp))
-	}()
-	req.method, req.method_len = method, 3
-	req.target, req.target_len = ctarget, C.size_t(len(target))
-	req.timeout_ms = 5000
-	rc := C.modzmq_relay(C.int(client), req, resp)
-	for rc == C.MODZMQ_PENDING {
+	return relayGetWith(client, target, 5000, func(resp *C.modzmq_response) C.int {
 		C.modzmq_release(resp)
 		C.poll_only(resp)
-		rc = C.modzmq_resume(resp)
-	}
-	out := relayed{rc: int(rc), err: C.GoString(&resp.error[0])}
-	if rc == C.MODZMQ_OK {
-		out.status = int(resp.status)
-		out.reason = C.GoBytes(unsafe.Pointer(resp.reason), C.int(resp.reason_len))
-		out.headers = C.GoBytes(unsafe.Pointer(resp.headers), C.int(resp.headers_len))
-		out.body = C.GoBytes(unsafe.Pointer(resp.body), C.int(resp.body_len))
-	}
-	C.modzmq_release(resp)
-	return out
+		return C.modzmq_resume(resp)
+	})
 }
 
 // relayGet relays a GET of target to client with a timeout of timeoutMS as
 // the shim does: modzmq_relay, then wait and resume until done, then release.
 func relayGet(client int, target string, timeoutMS int64) relayed {
+	return relayGetWith(client, target, timeoutMS, func(resp *C.modzmq_response) C.int {
+		if C.modzmq_wait(resp) != 0 {
+			return C.modzmq_resume(resp)
+		}
+		return C.MODZMQ_PENDING
+	})
+}
+
+// relayGetWith relays a GET of target to client with a timeout of
+// timeoutMS, calling step while the call is pending, then releases it.
+func relayGetWith(client int, target string, timeoutMS int64, step func(*C.modzmq_response) C.int) relayed {
 	req := (*C.modzmq_request)(C.calloc(1, C.sizeof_modzmq_request))
 	resp := (*C.modzmq_response)(C.calloc(1, C.sizeof_modzmq_response))
 	method, ctarget := C.CString("GET"), C.CString(target)
@@ -224,13 +213,13 @@ func relayGet(client int, target string, timeoutMS int64) relayed {
 	req.timeout_ms = C.int64_t(timeoutMS)
 	rc := C.modzmq_relay(C.int(client), req, resp)
 	for rc == C.MODZMQ_PENDING {
-		if C.modzmq_wait(resp) != 0 {
-			rc = C.modzmq_resume(resp)
-		}
+		rc = step(resp)
 	}
 	out := relayed{rc: int(rc), err: C.GoString(&resp.error[0])}
 	if rc == C.MODZMQ_OK {
 		out.status = int(resp.status)
+		out.reason = C.GoBytes(unsafe.Pointer(resp.reason), C.int(resp.reason_len))
+		out.headers = C.GoBytes(unsafe.Pointer(resp.headers), C.int(resp.headers_len))
 		out.body = C.GoBytes(unsafe.Pointer(resp.body), C.int(resp.body_len))
 	}
 	C.modzmq_release(resp)
