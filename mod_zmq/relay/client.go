@@ -422,6 +422,8 @@ func outcome(call *bridge.Call, b *backend, fast *C.modzmq_fast, resp *C.modzmq_
 		h.Value().(*pending).stream = out.Stream
 		st.call, st.zconn, st.keep = C.uint64_t(h), nil, 1
 		if !setParts(resp, nil, out.Reason, out.Headers) {
+			z, _ := out.Stream.Conn().(*zConn)
+			endStream(out.Stream, z, st, h) // the shim fails the request: nothing steps the stream again
 			return C.MODZMQ_EINTERNAL
 		}
 		return C.MODZMQ_HEAD
