@@ -488,13 +488,13 @@ static int send_request(modzmq_fast *f, zmtp_conn *conn, int timeout_ms, const m
     return err;
 }
 
-/* The common case; returns -1 to leave the request to Go (nothing sent), or
- * a code of modzmq_relay. */
-static int fast_relay(modzmq_fast *f, modzmq_request *req, modzmq_response *resp)
+/* The common case, from start (now_ns); returns -1 to leave the request to
+ * Go (nothing sent), or a code of modzmq_relay. */
+static int fast_relay(modzmq_fast *f, modzmq_request *req, modzmq_response *resp, int64_t start)
 {
     modzmq_call *st = MODZMQ_CALL(resp);
     int i = pick(f), want;
-    int64_t start = now_ns(), timeout_ms = req->timeout_ms > 0 ? req->timeout_ms : f->timeout_ms;
+    int64_t timeout_ms = req->timeout_ms > 0 ? req->timeout_ms : f->timeout_ms;
     zmtp_conn *sock;
     fast_ep *e;
 
@@ -745,7 +745,7 @@ int modzmq_relay(int client, modzmq_request *req, modzmq_response *resp)
      * checked and its WebSocket kept by Go. */
     if (f != NULL && !req->stream_body && !req->websocket) {
         int64_t start = now_ns();
-        int rc = fast_relay(f, req, resp);
+        int rc = fast_relay(f, req, resp, start);
         if (rc >= 0) {
             return rc;
         }
