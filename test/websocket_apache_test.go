@@ -362,40 +362,27 @@ func TestWebSocketsThroughApache(t *testing.T) {
 	killed := startPyScript(t, "test/workers/ws_worker.py")
 	h := startHTTPD(t, httpdParams{MPM: "event", Extra: wsLocations(w.Endpoint, killed.Endpoint)})
 	addr := fmt.Sprintf("127.0.0.1:%d", h.Port)
+	open := func(t *testing.T, path string) *wsClient { return mustOpen(t, addr, nil, path) }
 
 	t.Run("Messages", func(t *testing.T) {
 		c := mustOpen(t, addr, nil, "/ws/echo")
 		if c.Resp.Header.Get("X-Worker") != "ws" || c.ConnID == "" {
 			t.Errorf("the worker's header lines are not in the 101: %v", c.Resp.Header)
 		}
-		big := make([]byte, 16<<20)
-		rand.Read(big)
 		mid := make([]byte, 70000)
 		rand.Read(mid)
 		for _, m := range []struct {
 			op   byte
 			data []byte
 		}{{opText, []byte("hello")}, {opBinary, []byte{0, 1, 2, 255}}, {opText, nil}, {opBinary, nil},
-			{opText, []byte("héllo wörld ✓")}, {opBinary, mid}, {opBinary, big}, {opText, []byte("after")}} {
+			{opText, []byte("héllo wörld ✓")}, {opBinary, mid}} {
 			c.send(m.op, m.data)
 			c.expect(m.op, m.data)
 		}
-		// Fragments, with a ping between them: the ping is answered, the
-		// worker gets one message.
-		var pong []byte
-		c.extra = func(op byte, p []byte) {
-			if op == opPong {
-				pong = p
-			}
-		}
-		c.frame(opText, []byte("frag"), true)
-		c.frame(0x80|opPing, []byte("ping!"), true)
-		c.frame(opCont, []byte("men"), true)
-		c.frame(0x80|opCont, []byte("ted"), true)
-		c.expect(opText, []byte("fragmented"))
-		if string(pong) != "ping!" {
-			t.Errorf("the ping between fragments got pong %q", pong)
-		}
+		wsEchoBig(t, c)
+		c.send(opText, []byte("after"))
+		c.expect(opText, []byte("after"))
+		wsFragmentsWithPing(t, c)
 		// The client closes: the close is answered with its code, the
 		// worker told.
 		c.send(opClose, closePayload(1000, "done"))
@@ -461,47 +448,7 @@ func TestWebSocketsThroughApache(t *testing.T) {
 		waitClosed(t, w, c.ConnID, 1006)
 	})
 
-	t.Run("ClientProtocolErrors", func(t *testing.T) {
-		for _, tc := range []struct {
-			name string
-			path string
-			send func(c *wsClient)
-			code int
-		}{
-			{"InvalidUTF8", "/ws/echo", func(c *wsClient) { c.send(opText, []byte{'a', 0xff, 0xfe}) }, 1007},
-			{"InvalidUTF8Fragment", "/ws/echo", func(c *wsClient) {
-				c.frame(opText, []byte("ok"), true)
-				c.frame(0x80|opCont, []byte{0xc3, 0x28}, true)
-			}, 1007},
-			{"TooBig", "/wssmall/echo", func(c *wsClient) { c.send(opBinary, make([]byte, 1025)) }, 1009},
-			{"TooBigInFragments", "/wssmall/echo", func(c *wsClient) {
-				c.frame(opBinary, make([]byte, 1000), true)
-				c.frame(0x80|opCont, make([]byte, 25), true)
-			}, 1009},
-			{"TooBigNested", "/ws/small/echo", func(c *wsClient) { c.send(opText, make([]byte, 101)) }, 1009},
-			{"Unmasked", "/ws/echo", func(c *wsClient) { c.frame(0x80|opText, []byte("plain"), false) }, 1002},
-			{"ReservedBits", "/ws/echo", func(c *wsClient) { c.frame(0x80|0x40|opText, []byte("rsv"), true) }, 1002},
-			{"UnknownOpcode", "/ws/echo", func(c *wsClient) { c.frame(0x80|0x3, []byte("?"), true) }, 1002},
-			{"LongPing", "/ws/echo", func(c *wsClient) { c.send(opPing, make([]byte, 126)) }, 1002},
-			{"ContinuationFirst", "/ws/echo", func(c *wsClient) { c.frame(0x80|opCont, []byte("x"), true) }, 1002},
-			{"FragmentedPing", "/ws/echo", func(c *wsClient) { c.frame(opPing, []byte("p"), true) }, 1002},
-			{"TextInsideText", "/ws/echo", func(c *wsClient) {
-				c.frame(opText, []byte("a"), true)
-				c.frame(0x80|opText, []byte("b"), true)
-			}, 1002},
-		} {
-			t.Run(tc.name, func(t *testing.T) {
-				c := mustOpen(t, addr, nil, tc.path)
-				tc.send(c)
-				c.expectClose(tc.code)
-				c.expectEnd()
-				waitClosed(t, w, c.ConnID, tc.code)
-			})
-		}
-		if !strings.Contains(h.errorLog(), "MODZMQ0030") {
-			t.Errorf("no MODZMQ0030 in the error log:\n%s", h.errorLog())
-		}
-	})
+	t.Run("ClientProtocolErrors", func(t *testing.T) { testWSProtocolErrors(t, h, open, w) })
 
 	t.Run("Handshakes", func(t *testing.T) {
 		c := wsDial(t, addr, nil, "/ws/refuse")
@@ -655,29 +602,7 @@ func TestWebSocketsThroughApache(t *testing.T) {
 		d.expect(opText, []byte("fine"))
 	})
 
-	t.Run("WorkerKilled", func(t *testing.T) {
-		h.expect(`MODZMQ0029`)
-		h.expect(`MODZMQ0121: ` + regexp.QuoteMeta(killed.Endpoint))
-		// The watch may be connecting again as the worker dies: the
-		// connection is reset during its handshake.
-		h.expect(`MODZMQ0123: ` + regexp.QuoteMeta(killed.Endpoint) + `: ZMTP handshake failed: .*connection reset by peer`)
-		c := mustOpen(t, addr, nil, "/wskill/echo")
-		c.send(opText, []byte("one"))
-		c.expect(opText, []byte("one"))
-		killed.cmd.Process.Kill()
-		c.expectClose(1011)
-		c.expectEnd()
-		checkFor(t, 10*time.Second, func() error {
-			if !strings.Contains(h.errorLog(), "MODZMQ0029") {
-				return fmt.Errorf("no MODZMQ0029 for the lost worker:\n%s", h.errorLog())
-			}
-			return nil
-		})
-		// Others go on.
-		d := mustOpen(t, addr, nil, "/ws/echo")
-		d.send(opText, []byte("two"))
-		d.expect(opText, []byte("two"))
-	})
+	t.Run("WorkerKilled", func(t *testing.T) { testWSWorkerKilled(t, h, open, killed) })
 
 	t.Run("MessagesInC", func(t *testing.T) {
 		// Whole messages both ways are relayed by the C step (wsfast.c):
