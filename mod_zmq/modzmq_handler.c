@@ -843,12 +843,21 @@ static int has_body(request_rec *r)
 }
 
 /* Reads up to want bytes of the request body into buf: *n of them, *eos once
- * the body has ended. OK, or the status to answer. */
-static int read_part(request_rec *r, apr_bucket_brigade *bb, char *buf, apr_size_t want, apr_size_t *n, int *eos)
+ * the body has ended; without waiting for the client when block is
+ * APR_NONBLOCK_READ (then *n is 0 and *eos 0 when it has sent nothing more
+ * yet). OK, or the status to answer. */
+static int read_part(request_rec *r, apr_bucket_brigade *bb, char *buf, apr_size_t want, apr_read_type_e block,
+                     apr_size_t *n, int *eos)
 {
-    apr_status_t rv = ap_get_brigade(r->input_filters, bb, AP_MODE_READBYTES, APR_BLOCK_READ, want);
+    apr_status_t rv = ap_get_brigade(r->input_filters, bb, AP_MODE_READBYTES, block, want);
     apr_size_t len = want;
 
+    if (block == APR_NONBLOCK_READ && APR_STATUS_IS_EAGAIN(rv)) {
+        apr_brigade_cleanup(bb);
+        *n = 0;
+        *eos = 0;
+        return OK;
+    }
     if (rv != APR_SUCCESS) {
         ap_log_rerror(APLOG_MARK, APLOG_INFO, rv, r, "MODZMQ0015: reading the request body failed");
         apr_brigade_cleanup(bb);
@@ -904,6 +913,7 @@ static int relay_request(request_rec *r, const modzmq_dir_conf *conf, const modz
     apr_status_t rv = APR_SUCCESS;
     apr_bucket_brigade *body_bb = NULL;
     apr_off_t body_total = 0, max_body = modzmq_conf_max_body(conf);
+    apr_time_t body_heard = 0;
     char *part = NULL;
     apr_size_t n;
     int rc, status, streaming = 0, counted = 0, body_done = 0, websocket = wants_websocket(r, conf);
@@ -959,8 +969,42 @@ static int relay_request(request_rec *r, const modzmq_dir_conf *conf, const modz
                 part = apr_palloc(r->pool, 65536);
                 body_bb = apr_brigade_create(r->pool, r->connection->bucket_alloc);
             }
+            /* Over HTTP/1.x the client's socket is watched beside the
+             * worker: before each part, look for a message from the worker
+             * (an answer before the body is complete, a 413 or a 403, or
+             * more credit), waiting for it and for the client at once when
+             * the client has sent nothing more yet; then read what the
+             * client has sent, without waiting. So no part goes out after
+             * an answer the front has received, and a client that pauses
+             * gets the answer at once. Under HTTP/2 the read waits for the
+             * client. */
+            if (resp->wake[0].fd >= 0) {
+                int step;
+                resp->wake[0].events = POLLIN | POLLRDHUP;
+                step = lib->wait(resp);
+                resp->wake[0].events = POLLRDHUP;
+                if (step) {
+                    rc = lib->resume(resp);
+                    continue;
+                }
+            }
             status = read_part(r, body_bb, part, resp->body_credit - 64 < 65536 ? (apr_size_t)(resp->body_credit - 64) : 65536,
-                               &got, &eos);
+                               resp->wake[0].fd >= 0 ? APR_NONBLOCK_READ : APR_BLOCK_READ, &got, &eos);
+            if (status == OK && got == 0 && !eos && resp->wake[0].fd >= 0) {
+                if (body_heard == 0) {
+                    body_heard = apr_time_now();
+                }
+                else if (apr_time_now() - body_heard > r->server->timeout) {
+                    ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, "MODZMQ0015: reading the request body failed: the "
+                                  "client sent nothing for %" APR_TIME_T_FMT " s (Timeout)",
+                                  apr_time_sec(r->server->timeout));
+                    lib->cancel(resp);
+                    lib->release(resp);
+                    return HTTP_REQUEST_TIME_OUT;
+                }
+                continue;
+            }
+            body_heard = 0;
             body_total += got;
             if (status == OK && max_body > 0 && body_total > max_body) {
                 ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, "MODZMQ0014: request body is over "
