@@ -404,12 +404,12 @@ func (call *Call) next() {
 	p.meta = appendStreamMeta(appendMeta(p.meta[:0], p.id, call.req.Meta), call.req, c.opts.Notices)
 	p.frames = requestFrames(p.frames, p.id, p.meta, call.req)
 	call.epoch = e.epoch.Load()
-	if q, ok := p.conn.(interface{ setLimit(int) }); ok {
+	if q, ok := p.conn.(interface{ setLimit(int64) }); ok {
 		window := call.req.StreamWindow
 		if call.req.WebSocket {
 			window = webSocketWindow(call.req)
 		}
-		q.setLimit(int(window/PartCost) + plainQueue)
+		q.setLimit(window)
 	}
 	sendWait := min(c.opts.ConnectTimeout, time.Until(call.deadline))
 	if err := p.conn.Send(p.frames, sendWait); err != nil {

@@ -75,14 +75,16 @@ type shareConn struct {
 	timer    *time.Timer
 	// The messages received for the request in flight, and a wake-up for
 	// Recv. A plain reply is one message (room for a second, to a request
-	// given up on that raced with the next send); a stream's parts queue up
-	// to what its credit allows (limit, see setLimit). The reader never
-	// blocks on a slow Conn: a message past the limit is dropped and the
-	// next Recv reports it.
+	// given up on that raced with the next send); a stream's or a
+	// WebSocket's messages queue up to what its credit allows (see
+	// setLimit and push). The reader never blocks on a slow Conn: a
+	// message past the limit is dropped and the next Recv reports it.
 	qmu    sync.Mutex
-	q      [][][]byte // q[head:] are queued
+	q      []queued // q[head:] are queued
 	head   int
-	limit  int
+	limit  int   // messages
+	window int64 // bytes charged (queueCost), 0: no bound
+	bytes  int64 // charged for q[head+1:]: every message but the oldest
 	over   bool
 	ready  chan struct{}
 	hdr    []byte // frame headers of a direct write
@@ -277,16 +279,71 @@ func (s *session) deliver(msg [][]byte) {
 // plainQueue is how many messages a Conn holds for a plain request.
 const plainQueue = 2
 
+// queued is a message held for Recv, with what push charged for it.
+type queued struct {
+	msg  [][]byte
+	cost int64
+}
+
+// kindRoom is how much of a message's first frame after its envelope
+// queueCost leaves to the count bound: the kind of a stream's or a
+// WebSocket's message (@keep-alive, the longest, has 11 bytes), or a
+// reply's status.
+const kindRoom = 16
+
+// queueCost is what msg, a worker's message with its envelope, is charged
+// in the queue of a request given a window: what the protocol charges a
+// part or a WebSocket message (partCost) for the bytes of its frames after
+// the request id, less the first kindRoom bytes of its kind. An honest
+// @data, @end, @abort, @keep-alive ["@keep-alive", ""], @text or @binary
+// is charged here exactly what its stream or WebSocket charges it when
+// taken; a keep-alive that carries bytes is charged them too (the front
+// holds them); messages the protocol does not charge (a head, an
+// @accept, a plain reply, @credit, @ws-close) are charged as parts.
+func queueCost(msg [][]byte) int64 {
+	n := 0
+	for i, f := range msg {
+		switch i {
+		case 0: // the request id, which is the front's own
+		case 2:
+			n += max(len(f)-kindRoom, 0)
+		default:
+			n += len(f)
+		}
+	}
+	return partCost(n)
+}
+
 // push queues msg for Recv; false when the queue is full (the Conn then
-// reports it instead of the messages after).
+// reports it instead of the messages after). A message into an empty
+// queue is always taken; after it, a request given a window (setLimit)
+// queues messages while what they are charged (queueCost) stays within
+// it. The oldest message is not counted, so a head, an @accept or a plain
+// reply, which the protocol does not charge, never takes from the window
+// of the parts behind it. A worker within its credit is never refused for
+// the messages credit charges: its front grants credit only for messages
+// it took from the queue, so the charges of those still queued are within
+// the credit the worker has had, the window. (A WebSocket's @credit and
+// @ws-close, which credit does not charge, take from the window as parts,
+// as each took a place under the bound of window/PartCost messages that
+// this one replaces.) A worker past its credit makes the front hold at
+// most the window and one message of the size limit, whatever the size
+// of its messages; the count bound, which the byte bound implies, is what
+// bounds a plain request's queue.
 func (c *shareConn) push(msg [][]byte) bool {
 	c.qmu.Lock()
-	if len(c.q)-c.head >= c.limit {
+	n := len(c.q) - c.head
+	cost := int64(0)
+	if c.window > 0 && n > 0 {
+		cost = queueCost(msg)
+	}
+	if n >= c.limit || n > 0 && c.window > 0 && c.bytes+cost > c.window {
 		c.over = true
 		c.qmu.Unlock()
 		return false
 	}
-	c.q = append(c.q, msg)
+	c.q = append(c.q, queued{msg, cost})
+	c.bytes += cost
 	notify := c.notify
 	c.qmu.Unlock()
 	select {
@@ -304,14 +361,19 @@ func (c *shareConn) pop() (msg [][]byte, err error) {
 	c.qmu.Lock()
 	defer c.qmu.Unlock()
 	if c.head < len(c.q) {
-		msg, c.q[c.head] = c.q[c.head], nil
+		msg, c.q[c.head] = c.q[c.head].msg, queued{}
 		if c.head++; c.head == len(c.q) {
 			c.q, c.head = c.q[:0], 0
+		} else {
+			c.bytes -= c.q[c.head].cost // the oldest now: not counted
 		}
 		return msg, nil
 	}
-	if c.over {
-		return nil, protocolError("request %s: the worker sent more messages than the front holds for it (%d); a stream past its credit", c.id, c.limit)
+	switch {
+	case c.over && c.window > 0:
+		return nil, protocolError("request %s: the worker sent more than the front holds for it (%d messages, or %d bytes as credit counts them, after the first); a stream or WebSocket past its credit", c.id, c.limit, c.window)
+	case c.over:
+		return nil, protocolError("request %s: the worker sent more messages than the front holds for it (%d)", c.id, c.limit)
 	}
 	return nil, nil
 }
@@ -327,12 +389,16 @@ func (c *shareConn) setNotify(fn func()) {
 	c.qmu.Unlock()
 }
 
-// setLimit lets the next request queue up to n messages (one that may be
-// streamed: its credit over PartCost); before it is sent, since a stream's
-// parts may follow its head at once.
-func (c *shareConn) setLimit(n int) {
+// setLimit readies the Conn for its next request, before it is sent (a
+// stream's parts may follow its head at once): window is the credit the
+// request gives its worker (a stream's or a WebSocket's), 0 for a plain
+// request. A request given a window queues messages charged up to window
+// bytes after the first (push), and so at most window/PartCost + 1; a
+// plain one, plainQueue messages of any size.
+func (c *shareConn) setLimit(window int64) {
 	c.qmu.Lock()
-	c.limit = max(n, plainQueue)
+	c.window = max(window, 0)
+	c.limit = int(c.window/PartCost) + plainQueue
 	c.qmu.Unlock()
 }
 
@@ -340,7 +406,7 @@ func (c *shareConn) setLimit(n int) {
 func (c *shareConn) reset() {
 	c.qmu.Lock()
 	clear(c.q)
-	c.q, c.head, c.over = c.q[:0], 0, false
+	c.q, c.head, c.bytes, c.over = c.q[:0], 0, 0, false
 	c.qmu.Unlock()
 	select {
 	case <-c.ready:

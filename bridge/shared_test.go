@@ -332,3 +332,121 @@ func TestSharedConnectionLargeConcurrentBodies(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// part is a worker's message for request id: kind and data after the
+// envelope.
+func part(id, kind string, data []byte) [][]byte {
+	return [][]byte{[]byte(id), nil, []byte(kind), data}
+}
+
+// A shared connection's queue charges a stream's or a WebSocket's messages
+// what the protocol charges them, and no more than the kind frames of
+// MZMQ/1 leave to the count bound; what the protocol does not charge is
+// charged as a part, and a large frame anywhere is charged its bytes.
+func TestQueueCostIsWhatTheProtocolCharges(t *testing.T) {
+	big := make([]byte, 1<<20)
+	for _, tt := range []struct {
+		name string
+		msg  [][]byte
+		want int64
+	}{
+		{"@data", part("r1", "@data", big), partCost(len(big))},
+		{"@binary", part("r1", "@binary", []byte("hello")), partCost(5)},
+		{"@end, empty", part("r1", "@end", nil), PartCost},
+		{"@keep-alive", part("r1", "@keep-alive", nil), PartCost},
+		{"@keep-alive carrying bytes", part("r1", "@keep-alive", big), partCost(len(big))},
+		{"@credit", part("r1", "@credit", []byte("65536")), partCost(5)},
+		{"a head", [][]byte{[]byte("r1"), nil, []byte("@stream"), []byte("200"), []byte("A: b\r\n")}, partCost(3 + 6)},
+		{"a kind frame of 1 MiB", part("r1", string(big), nil), partCost(len(big) - kindRoom)},
+		{"a delimiter that is not empty", [][]byte{[]byte("r1"), big, []byte("@data"), nil}, partCost(len(big))},
+		{"a long request id", part(string(big), "@data", nil), PartCost},
+	} {
+		if got := queueCost(tt.msg); got != tt.want {
+			t.Errorf("%s: charged %d, want %d", tt.name, got, tt.want)
+		}
+	}
+}
+
+// A request given a window queues, after its first message (a head, an
+// @accept, a plain reply, whatever its size), messages charged up to its
+// window in bytes, however few they are: the next is dropped and reported
+// as a protocol error of that request, after the messages queued before
+// it. A worker that sends exactly its credit is never refused, and a
+// message taken makes room for as much again.
+func TestSharedQueueIsBoundedByTheWindowInBytes(t *testing.T) {
+	const window = 4 * (1000 + PartCost)
+	c := &shareConn{id: "r1", ready: make(chan struct{}, 1)}
+	c.setLimit(window)
+	head := [][]byte{[]byte("r1"), nil, []byte("@stream"), []byte("200"), bytes.Repeat([]byte("h"), 3*window)}
+	if !c.push(head) {
+		t.Fatal("the head, larger than the window, was refused from an empty queue")
+	}
+	data := bytes.Repeat([]byte("d"), 1000)
+	for i := range 4 {
+		if !c.push(part("r1", "@data", data)) {
+			t.Fatalf("part %d of 4 within the credit of %d was refused", i+1, window)
+		}
+	}
+	if c.push(part("r1", "@keep-alive", nil)) {
+		t.Fatalf("a part past the credit was queued: %d bytes charged of %d", c.bytes, window)
+	}
+	if msg, err := c.pop(); err != nil || !bytes.Equal(msg[4], head[4]) {
+		t.Fatalf("first: %q, %v; want the head", msg, err)
+	}
+	for i := range 4 {
+		if msg, err := c.pop(); err != nil || len(msg) != 4 || !bytes.Equal(msg[3], data) {
+			t.Fatalf("part %d: %d frames, %v; want the part", i+1, len(msg), err)
+		}
+	}
+	if _, err := c.pop(); !errors.Is(err, ErrProtocol) {
+		t.Fatalf("after the parts: %v, want ErrProtocol for the part dropped", err)
+	}
+
+	// Few, large messages: one 16 times the window goes into the empty
+	// queue, the next is refused however few are queued.
+	c.reset()
+	large := bytes.Repeat([]byte("x"), 16*window)
+	if !c.push(part("r1", "@binary", large)) {
+		t.Fatal("a message into an empty queue was refused")
+	}
+	if c.push(part("r1", "@binary", large)) {
+		t.Fatal("a second message 16 times the window was queued behind the first")
+	}
+
+	// Taking the oldest makes the next one the oldest, which is not
+	// counted: room for its charge again.
+	c.reset()
+	for i := range 5 {
+		if !c.push(part("r1", "@data", data)) {
+			t.Fatalf("part %d: refused", i+1)
+		}
+	}
+	if c.push(part("r1", "@data", nil)) {
+		t.Fatal("a sixth part was queued past the window")
+	}
+	c.reset()
+	for range 5 {
+		c.push(part("r1", "@data", data))
+	}
+	c.pop()
+	if !c.push(part("r1", "@data", data)) {
+		t.Fatal("after a part was taken, a part of the same size was refused")
+	}
+	if c.push(part("r1", "@data", nil)) {
+		t.Fatal("a part past the window was queued after a part was taken")
+	}
+}
+
+// A plain request (no window) holds its reply and one more, of any size,
+// as before.
+func TestSharedQueueOfAPlainRequestCountsMessages(t *testing.T) {
+	c := &shareConn{id: "r1", ready: make(chan struct{}, 1)}
+	c.setLimit(0)
+	big := [][]byte{[]byte("r1"), nil, []byte("200"), nil, make([]byte, 1<<20)}
+	if !c.push(big) || !c.push(big) {
+		t.Fatal("a plain request's two messages were refused")
+	}
+	if c.push(big) {
+		t.Fatal("a plain request queued a third message")
+	}
+}

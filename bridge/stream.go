@@ -20,6 +20,11 @@ import (
 // counts frames.
 const PartCost = 64
 
+// partCost is what a message carrying n bytes costs against a credit: its
+// bytes plus PartCost. Streams, WebSockets and the queues of shared
+// connections (shareConn.push) all charge by it.
+func partCost(n int) int64 { return int64(n) + PartCost }
+
 // DefaultStreamWindow is the credit a stream starts with and the most a
 // front holds for it, when the front sets none.
 const DefaultStreamWindow = 256 << 10
@@ -270,7 +275,7 @@ func (s *Stream) Step(wait time.Duration) (data []byte, end, ok bool, err error)
 		if err != nil {
 			return nil, false, false, s.fail(fmt.Errorf("stream %s: %w", s.p.id, err))
 		}
-		cost := int64(len(b)) + PartCost
+		cost := partCost(len(b))
 		s.c.streams.Buffered.Add(min(cost, s.credit))
 		if s.credit -= cost; s.credit < 0 {
 			return nil, false, false, s.fail(fmt.Errorf("%w: stream %s: the worker sent %d bytes beyond its credit", ErrProtocol, s.p.id, -s.credit))

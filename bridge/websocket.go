@@ -343,7 +343,7 @@ func (ws *WebSocket) decode(msg [][]byte) (Message, error) {
 	if int64(len(m.Data)) > ws.max {
 		return Message{}, protocolError("a message of %d bytes, over the limit of %d", len(m.Data), ws.max)
 	}
-	cost := int64(len(m.Data)) + PartCost
+	cost := partCost(len(m.Data))
 	ws.c.streams.Buffered.Add(min(cost, ws.credit))
 	if ws.credit -= cost; ws.credit < 0 {
 		return Message{}, fmt.Errorf("%w: the worker sent %d bytes beyond its credit", ErrProtocol, -ws.credit)
@@ -446,7 +446,7 @@ func (ws *WebSocket) Send(m Message) error {
 		ws.closed, ws.byClient = true, true
 		return ws.send(kindWSClose, strconv.AppendInt(nil, int64(m.Code), 10), m.Reason)
 	}
-	cost := int64(len(m.Data)) + PartCost
+	cost := partCost(len(m.Data))
 	if int64(len(m.Data)) > ws.max {
 		return fmt.Errorf("WebSocket %s: a message of %d bytes, over the limit of %d", ws.p.id, len(m.Data), ws.max)
 	}
