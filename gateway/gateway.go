@@ -410,7 +410,11 @@ const BodyPart = 64 << 10
 // in parts: each part is read from body only once the worker has granted
 // credit for it, and at most BodyPart bytes at a time, so a front holds at
 // most one part of it. A worker that answers before the body is complete
-// ends the upload; the rest is never read from body. A read error other
+// ends the upload; the rest is never read from body. Before each part the
+// call takes what the worker has sent (Step without waiting), so no part
+// goes out after an answer the front has received; a read that waits for
+// the client does not see an answer that comes meanwhile, but what it read
+// is dropped when one came. A read error other
 // than io.EOF ends the call (the worker gets a cancel notice, with notices)
 // and is returned as readErr, for the front to answer; err is then nil.
 // Both fronts use it: the HTTP mode reads the body from net/http, stream
@@ -425,10 +429,17 @@ func (g *Gateway) RelayBody(ctx context.Context, h *Handle, req *bridge.Request,
 			call.Step(call.Wait())
 			continue
 		}
+		if call.Step(0); call.Done() {
+			break
+		}
+		credit = call.BodyCredit()
 		if buf == nil {
 			buf = make([]byte, BodyPart)
 		}
 		n, err := body.Read(buf[:min(credit-bridge.PartCost, int64(len(buf)))])
+		if call.Step(0); call.Done() {
+			break // answered while the read waited: what it read is dropped
+		}
 		switch {
 		case err == io.EOF:
 			done = true
