@@ -512,7 +512,7 @@ static int ws_read(conn_rec *c, apr_bucket_brigade *bb, char *buf, apr_size_t ma
 /* The descriptor that shows the client's input: its socket, or under
  * HTTP/2 the pipe mod_http2 signals its stream's input on
  * (ap_get_pollfd_from_conn); -1 when there is none. */
-static int ws_client_fd(request_rec *r)
+static int client_input_fd(request_rec *r)
 {
     apr_pollfd_t pfd;
     apr_interval_time_t timeout = -1;
@@ -563,7 +563,7 @@ static int run_websocket(request_rec *r, const modzmq_dir_conf *conf, const modz
     r->input_filters = r->proto_input_filters = c->input_filters;
     r->output_filters = r->proto_output_filters = c->output_filters;
     c->keepalive = AP_CONN_CLOSE;
-    cfd = ws_client_fd(r);
+    cfd = client_input_fd(r);
     tick = c->master == NULL ? WS_TICK_MS : WS_TICK_H2_MS;
     resp->wake[0].events = resp->wake[1].events = 0; /* modzmq_wait must not wait here */
     in_bb = apr_brigade_create(r->pool, c->bucket_alloc);
@@ -915,6 +915,7 @@ static int relay_request(request_rec *r, const modzmq_dir_conf *conf, const modz
     apr_off_t body_total = 0, max_body = modzmq_conf_max_body(conf);
     apr_time_t body_heard = 0;
     char *part = NULL;
+    int body_fd = -1;
     apr_size_t n;
     int rc, status, streaming = 0, counted = 0, body_done = 0, websocket = wants_websocket(r, conf);
 
@@ -968,29 +969,34 @@ static int relay_request(request_rec *r, const modzmq_dir_conf *conf, const modz
             if (part == NULL) {
                 part = apr_palloc(r->pool, 65536);
                 body_bb = apr_brigade_create(r->pool, r->connection->bucket_alloc);
+                /* What shows the client's input: its socket, or under
+                 * HTTP/2 the pipe mod_http2 signals its stream's input on. */
+                body_fd = resp->wake[0].fd >= 0 ? resp->wake[0].fd : client_input_fd(r);
             }
-            /* Over HTTP/1.x the client's socket is watched beside the
-             * worker: before each part, look for a message from the worker
-             * (an answer before the body is complete, a 413 or a 403, or
-             * more credit), waiting for it and for the client at once when
-             * the client has sent nothing more yet; then read what the
-             * client has sent, without waiting. So no part goes out after
-             * an answer the front has received, and a client that pauses
-             * gets the answer at once. Under HTTP/2 the read waits for the
-             * client. */
-            if (resp->wake[0].fd >= 0) {
-                int step;
-                resp->wake[0].events = POLLIN | POLLRDHUP;
+            /* Before each part, look for a message from the worker (an
+             * answer before the body is complete, a 413 or a 403, or more
+             * credit), waiting for it and for the client at once when the
+             * client has sent nothing more yet; then read what the client
+             * has sent, without waiting. So no part goes out after an
+             * answer the front has received, and a client that pauses gets
+             * the answer at once. Without a descriptor to watch, the read
+             * waits for the client. */
+            if (body_fd >= 0) {
+                int step, fd = resp->wake[0].fd;
+                short events = resp->wake[0].events;
+                resp->wake[0].fd = body_fd;
+                resp->wake[0].events = events | POLLIN;
                 step = lib->wait(resp);
-                resp->wake[0].events = POLLRDHUP;
+                resp->wake[0].fd = fd;
+                resp->wake[0].events = events;
                 if (step) {
                     rc = lib->resume(resp);
                     continue;
                 }
             }
             status = read_part(r, body_bb, part, resp->body_credit - 64 < 65536 ? (apr_size_t)(resp->body_credit - 64) : 65536,
-                               resp->wake[0].fd >= 0 ? APR_NONBLOCK_READ : APR_BLOCK_READ, &got, &eos);
-            if (status == OK && got == 0 && !eos && resp->wake[0].fd >= 0) {
+                               body_fd >= 0 ? APR_NONBLOCK_READ : APR_BLOCK_READ, &got, &eos);
+            if (status == OK && got == 0 && !eos && body_fd >= 0) {
                 if (body_heard == 0) {
                     body_heard = apr_time_now();
                 }

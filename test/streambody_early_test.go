@@ -213,7 +213,7 @@ func TestStreamedBodyEarlyAnswerThroughTheGateway(t *testing.T) {
 
 // What PROTOCOL.md promises ("the front then sends no more parts"), for
 // bytes the client sends after the worker answered: none of them reaches
-// the worker. Apache over HTTP/1.x waits for the client and the worker at
+// the worker. Apache (HTTP/1.1 here) waits for the client and the worker at
 // once while the body comes (modzmq_handler.c's body loop), so a client
 // that pauses gets the answer at once; zmq-gateway in both modes
 // (gateway.RelayBody) looks for the worker's messages before and after
