@@ -965,7 +965,7 @@ static int relay_request(request_rec *r, const modzmq_dir_conf *conf, const modz
         if (rc == MODZMQ_PENDING && req.stream_body && !body_done && resp->body_credit > 64) {
             /* The worker has room for a part: read one, at most 64 KiB. */
             apr_size_t got = 0;
-            int eos = 0;
+            int eos = 0, watch;
             if (part == NULL) {
                 part = apr_palloc(r->pool, 65536);
                 body_bb = apr_brigade_create(r->pool, r->connection->bucket_alloc);
@@ -979,9 +979,11 @@ static int relay_request(request_rec *r, const modzmq_dir_conf *conf, const modz
              * client has sent nothing more yet; then read what the client
              * has sent, without waiting. So no part goes out after an
              * answer the front has received, and a client that pauses gets
-             * the answer at once. Without a descriptor to watch, the read
-             * waits for the client. */
-            if (body_fd >= 0) {
+             * the answer at once. Without a descriptor to watch, or when
+             * the wait cannot watch the worker (modzmq_waits: CurveZMQ,
+             * whose step waits in Go), the read waits for the client. */
+            watch = body_fd >= 0 && lib->waits(resp);
+            if (watch) {
                 int step, fd = resp->wake[0].fd;
                 short events = resp->wake[0].events;
                 resp->wake[0].fd = body_fd;
@@ -995,8 +997,8 @@ static int relay_request(request_rec *r, const modzmq_dir_conf *conf, const modz
                 }
             }
             status = read_part(r, body_bb, part, resp->body_credit - 64 < 65536 ? (apr_size_t)(resp->body_credit - 64) : 65536,
-                               body_fd >= 0 ? APR_NONBLOCK_READ : APR_BLOCK_READ, &got, &eos);
-            if (status == OK && got == 0 && !eos && body_fd >= 0) {
+                               watch ? APR_NONBLOCK_READ : APR_BLOCK_READ, &got, &eos);
+            if (status == OK && got == 0 && !eos && watch) {
                 if (body_heard == 0) {
                     body_heard = apr_time_now();
                 }

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -160,4 +161,43 @@ func cpuTicks(pids []int) (n int64) {
 		}
 	}
 	return n
+}
+
+// A streamed body over CurveZMQ, whose connections Go waits on (the step
+// after every modzmq_wait waits in Go, modzmq_waits says 0): the body loop
+// reads the client waiting, as it does without a descriptor to watch, and
+// upload_sink.py gets every byte of a 32 MiB upload (its SHA-256 matches).
+// A loop that waited on the worker and the client at once here would step
+// into Go each time the client had not sent the next bytes yet, and wait
+// there up to 100 ms on a worker with nothing to say: the upload crawled
+// until ZmqTimeout ended it with 504.
+func TestStreamedBodyOverCurve(t *testing.T) {
+	requireBuilt(t, "zmq-gateway")
+	dir := t.TempDir()
+	os.Chmod(dir, 0o755)
+	os.Chmod(filepath.Dir(dir), 0o755) // children run as the Apache User
+	worker, bridgeKey := keygen(t, dir, "worker"), keygen(t, dir, "bridge")
+	sink := startPyScript(t, "examples/python/upload_sink.py", "--curve-secret", worker+".key_secret")
+	h := startHTTPD(t, httpdParams{MPM: "event", Extra: fmt.Sprintf(`	<Location /up>
+		SetHandler zmq
+		ZmqBackend %s
+		ZmqCurve %s %s
+		ZmqStreamBody on
+		ZmqMaxBody 0
+	</Location>
+`, sink.Endpoint, worker+".key", bridgeKey+".key_secret")})
+
+	body := make([]byte, 32<<20)
+	rand.Read(body)
+	sum := sha256.Sum256(body)
+	resp, got := do(t, "POST", h.URL+"/up/file", "", strings.NewReader(string(body)))
+	var r struct {
+		Bytes  int64  `json:"bytes"`
+		SHA256 string `json:"sha256"`
+	}
+	if resp.StatusCode != 200 || json.Unmarshal(got, &r) != nil || r.Bytes != int64(len(body)) ||
+		r.SHA256 != hex.EncodeToString(sum[:]) {
+		t.Fatalf("upload of %d bytes over CurveZMQ: %d %s; want 200 with %d bytes and SHA-256 %x",
+			len(body), resp.StatusCode, got, len(body), sum)
+	}
 }

@@ -6,6 +6,7 @@ asking for them with credit, and answers POST/PUT with JSON
 the same answer); answers GET ...?bytes=N with N bytes streamed in parts
 (byte i is i % 251), paced by the credit it is given. It prints
 "first-part <request-id>" when the first part of a streamed body arrives.
+With --curve-secret it serves CurveZMQ (the front's ZmqCurve / curve keys).
 Needs nothing but pyzmq (python3-zmq).
 
     /usr/bin/python3 examples/python/upload_sink.py tcp://127.0.0.1:5559
@@ -17,6 +18,7 @@ import sys
 from urllib.parse import parse_qs, urlsplit
 
 import zmq
+import zmq.auth
 
 PART_COST = 64          # what each part costs beyond its bytes
 WINDOW = 256 << 10      # the credit an upload starts with
@@ -65,10 +67,14 @@ class Download:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("endpoint", help="endpoint to bind, e.g. tcp://127.0.0.1:5559")
+    ap.add_argument("--curve-secret", help="serve CurveZMQ with this secret certificate (zmq-gateway keygen)")
     args = ap.parse_args()
 
     sock = zmq.Context().socket(zmq.ROUTER)
     sock.setsockopt(zmq.SNDHWM, 0)  # a download's parts are paced by credit, not dropped
+    if args.curve_secret:
+        sock.curve_publickey, sock.curve_secretkey = zmq.auth.load_certificate(args.curve_secret)
+        sock.curve_server = True
     sock.bind(args.endpoint)
     uploads, downloads = {}, {}
     while True:

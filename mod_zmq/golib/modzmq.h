@@ -304,6 +304,15 @@ typedef void (*modzmq_cancel_fn)(modzmq_response *resp);
 typedef int (*modzmq_call_info_fn)(const modzmq_response *resp, const char **id, size_t *id_len, int *endpoint);
 
 /*
+ * int modzmq_waits(const modzmq_response *resp): 1 when modzmq_wait waits
+ * on the connection of the call in resp itself, so that a caller can wait
+ * for its client and the worker at once (its wake descriptors); 0 when it
+ * returns at once and modzmq_resume waits (a CurveZMQ connection), or no
+ * call is pending. Plain C.
+ */
+typedef int (*modzmq_waits_fn)(const modzmq_response *resp);
+
+/*
  * int modzmq_send_body(modzmq_response *resp, const char *data, size_t len, int last):
  * sends a part of a streamed request body (the last one when last) for the
  * call in resp, pending with body_credit at least len + 64; returns as

@@ -44,6 +44,11 @@ int modzmq_call_info(const modzmq_response *resp, const char **id, size_t *id_le
     return 1;
 }
 
+int modzmq_waits(const modzmq_response *resp)
+{
+    return ((const modzmq_call *)(const void *)resp->state.bytes)->zconn != NULL;
+}
+
 int modzmq_zreceive(void *conn, int timeout_ms, modzmq_response *resp)
 {
     modzmq_call *st = MODZMQ_CALL(resp);

@@ -135,6 +135,7 @@ int modzmq_go_first(const modzmq_response *resp, int64_t now);
  * modzmq.h. */
 int modzmq_wait(modzmq_response *resp);
 int modzmq_call_info(const modzmq_response *resp, const char **id, size_t *id_len, int *endpoint);
+int modzmq_waits(const modzmq_response *resp);
 void modzmq_release(modzmq_response *resp);
 
 #endif
