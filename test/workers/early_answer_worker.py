@@ -20,15 +20,9 @@ import argparse
 
 import zmq
 
+from mzmq import meta_value, split
+
 PART_COST = 64
-
-
-def meta_value(meta, name):
-    for line in meta.split(b"\r\n"):
-        key, sep, value = line.partition(b":")
-        if sep and key == name:
-            return value.strip()
-    return None
 
 
 def main():
@@ -42,11 +36,10 @@ def main():
     answered = set()  # request ids answered
     while True:
         msg = sock.recv_multipart()
-        i = msg.index(b"")
-        env, frames = msg[: i + 1], msg[i + 1 :]
-        if len(frames) != 6 or frames[0] != b"MZMQ/1":
+        req = split(msg)
+        if req is None:
             continue
-        _, method, target, _, meta, body = frames
+        env, method, target, _, meta, body = req
         rid = (meta_value(meta, b"request-id") or b"?").decode()
         if method in (b"@body", b"@body-end"):
             after = 1 if rid in answered else 0

@@ -28,15 +28,9 @@ from urllib.parse import urlsplit, parse_qs
 
 import zmq
 
+from mzmq import meta_value, split
+
 TICK = 0.1  # seconds between a trickle's parts, and between a poll's keep-alives
-
-
-def meta_value(meta, name):
-    for line in meta.split(b"\r\n"):
-        key, sep, value = line.partition(b":")
-        if sep and key == name:
-            return value.strip()
-    return None
 
 
 def main():
@@ -55,11 +49,10 @@ def main():
             if not (trickling or polls):
                 due = time.monotonic() + TICK  # the first periodic parts come a tick after this message
             msg = sock.recv_multipart()
-            i = msg.index(b"")
-            env, frames = msg[: i + 1], msg[i + 1 :]
-            if len(frames) != 6:
+            req = split(msg)
+            if req is None:
                 continue
-            _, method, target, _, meta, _ = frames
+            env, method, target, _, meta, _ = req
             rid = meta_value(meta, b"request-id") or b"-"
             notices = meta_value(meta, b"notices") == b"cancel"
             credits = meta_value(meta, b"stream-credits") is not None

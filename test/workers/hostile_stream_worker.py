@@ -14,13 +14,7 @@ import sys
 
 import zmq
 
-
-def meta_value(meta, name):
-    for line in meta.split(b"\r\n"):
-        key, sep, value = line.partition(b":")
-        if sep and key == name:
-            return value.strip()
-    return b""
+from mzmq import meta_value, split
 
 
 def main():
@@ -28,11 +22,10 @@ def main():
     sock.bind(sys.argv[1])
     while True:
         msg = sock.recv_multipart()
-        i = msg.index(b"")
-        env, frames = msg[: i + 1], msg[i + 1 :]
-        if len(frames) != 6:
+        req = split(msg)
+        if req is None:
             continue
-        _, method, target, _, meta, _ = frames
+        env, method, target, _, meta, _ = req
         if method.startswith(b"@"):
             continue
         rid = meta_value(meta, b"request-id")

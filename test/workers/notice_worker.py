@@ -11,13 +11,7 @@ import time
 
 import zmq
 
-
-def meta_value(meta, name):
-    for line in meta.split(b"\r\n"):
-        key, sep, value = line.partition(b":")
-        if sep and key == name:
-            return value.strip()
-    return b""
+from mzmq import meta_value, split
 
 
 def main():
@@ -29,11 +23,10 @@ def main():
     while True:
         if sock.poll(50 if trickling or polls else None):
             msg = sock.recv_multipart()
-            i = msg.index(b"")
-            env, frames = msg[: i + 1], msg[i + 1 :]
-            if len(frames) != 6:
+            req = split(msg)
+            if req is None:
                 continue
-            _, method, target, _, meta, _ = frames
+            env, method, target, _, meta, _ = req
             rid = meta_value(meta, b"request-id")
             if method == b"@body" or method == b"@body-end":
                 if rid in refusing:

@@ -15,13 +15,7 @@ import argparse
 
 import zmq
 
-
-def meta_value(meta, name):
-    for line in meta.split(b"\r\n"):
-        key, sep, value = line.partition(b":")
-        if sep and key == name:
-            return value.strip()
-    return None
+from mzmq import meta_value, split
 
 
 def main():
@@ -36,11 +30,10 @@ def main():
     stream = None  # [envelope, request id, events sent] of the open stream
     while True:
         msg = sock.recv_multipart()
-        i = msg.index(b"")
-        env, frames = msg[: i + 1], msg[i + 1 :]
-        if len(frames) != 6 or frames[0] != b"MZMQ/1":
+        req = split(msg)
+        if req is None:
             continue
-        _, method, target, _, meta, _ = frames
+        env, method, target, _, meta, _ = req
         rid = meta_value(meta, b"request-id")
         if method == b"@cancel":
             print("cancel", rid.decode(), flush=True)

@@ -34,21 +34,10 @@ from urllib.parse import parse_qs
 
 import zmq
 
+from mzmq import meta_lines, say, split
+
 PART_COST = 64
 PATTERN = bytes(i % 251 for i in range(1 << 20)) * 2
-
-
-def meta_lines(meta):
-    out = {}
-    for line in meta.split(b"\r\n"):
-        k, sep, v = line.partition(b": ")
-        if sep:
-            out[k.decode()] = v
-    return out
-
-
-def say(*words):
-    print(*words, flush=True)
 
 
 def main():
@@ -117,11 +106,10 @@ def main():
                 say("overrun", st["conn"], count)
         while sock.poll(0):
             msg = sock.recv_multipart()
-            i = msg.index(b"")
-            env, rest = msg[:i + 1], msg[i + 1:]
-            if len(rest) != 6 or rest[0] != b"MZMQ/1":
+            req = split(msg)
+            if req is None:
                 continue
-            _, method, target, _, meta, body = rest
+            env, method, target, _, meta, body = req
             m = meta_lines(meta)
             rid = m.get("request-id", b"")
             path, _, query = target.partition(b"?")

@@ -21,16 +21,9 @@ import argparse
 import sys
 
 import zmq
+
+from mzmq import meta_lines, split
 import zmq.auth
-
-
-def meta_lines(meta):
-    out = {}
-    for line in meta.split(b"\r\n"):
-        k, sep, v = line.partition(b": ")
-        if sep:
-            out[k.decode()] = v
-    return out
 
 
 def main():
@@ -63,11 +56,10 @@ def main():
 
     while True:
         msg = sock.recv_multipart()
-        i = msg.index(b"")
-        env, rest = msg[:i + 1], msg[i + 1:]
-        if len(rest) != 6:
+        req = split(msg)
+        if req is None:
             continue
-        proto, method, target, headers, meta, body = rest
+        env, method, target, headers, meta, body = req
         m = meta_lines(meta)
         rid = m.get("request-id", b"").decode()
         if m.get("websocket") == b"1":
