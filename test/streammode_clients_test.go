@@ -441,22 +441,7 @@ func TestStreamModeHostileStreamWorkers(t *testing.T) {
 	}
 
 	// A worker killed mid-stream, then started again on its endpoint.
-	cmd := exec.Command("curl", "-sSN", "--max-time", "20", g.URL+"/h/stall")
-	stdout, _ := cmd.StdoutPipe()
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	first := make([]byte, len("partial"))
-	if _, err := io.ReadFull(stdout, first); err != nil || string(first) != "partial" {
-		cmd.Process.Kill()
-		t.Fatalf("/h/stall: %q, %v; want \"partial\"", first, err)
-	}
-	w.signal(t, syscall.SIGKILL)
-	rest, _ := io.ReadAll(stdout)
-	err = cmd.Wait()
-	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 18 || len(rest) != 0 {
-		t.Errorf("a worker killed mid-stream: curl %v, %.40q after \"partial\"; want exit 18 (transfer closed) and nothing more", err, rest)
-	}
+	killMidStream(t, g.URL+"/h/stall", w)
 	logged("a worker killed mid-stream", "worker lost: ")
 	startListening(t, port, ep, python, script, ep)
 	serves("a worker killed mid-stream")

@@ -100,22 +100,7 @@ func TestHostileStreamWorkersThroughApache(t *testing.T) {
 	h.expect(`MODZMQ0025: the stream ended abnormally after its head: MODZMQ0110: `)
 	h.expect(`MODZMQ0121: ` + regexp.QuoteMeta(ep) + `: `)
 	h.expect(`MODZMQ0123: ` + regexp.QuoteMeta(ep) + `: ZMTP handshake failed: .*connection reset by peer`) // the watch, as the worker dies
-	cmd := exec.Command("curl", "-sSN", "--max-time", "20", h.URL+"/h/stall")
-	stdout, _ := cmd.StdoutPipe()
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	first := make([]byte, len("partial"))
-	if _, err := io.ReadFull(stdout, first); err != nil || string(first) != "partial" {
-		cmd.Process.Kill()
-		t.Fatalf("/h/stall: %q, %v; want \"partial\"", first, err)
-	}
-	w.signal(t, syscall.SIGKILL)
-	rest, _ := io.ReadAll(stdout)
-	err := cmd.Wait()
-	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 18 || len(rest) != 0 {
-		t.Errorf("a worker killed mid-stream: curl %v, %.40q after \"partial\"; want exit 18 (transfer closed) and nothing more", err, rest)
-	}
+	killMidStream(t, h.URL+"/h/stall", w)
 	checkFor(t, 10*time.Second, func() error {
 		if !strings.Contains(h.errorLog(), "MODZMQ0025: the stream ended abnormally after its head: MODZMQ0110: ") {
 			return fmt.Errorf("the error log does not say the worker was lost mid-stream:\n%s", h.errorLog())
@@ -151,5 +136,29 @@ func TestHostileStreamWorkersThroughApache(t *testing.T) {
 	}
 	if now := childPIDs(t, h); !slices.Equal(now, children) {
 		t.Errorf("Apache's children changed from %v to %v: one died", children, now)
+	}
+}
+
+// killMidStream has curl read url, a stream whose worker (w) sends
+// "partial" and then nothing, kills the worker after that part, and checks
+// that the client's response ends abnormally: curl exits 18 (transfer
+// closed), with nothing more after "partial".
+func killMidStream(t *testing.T, url string, w *worker) {
+	t.Helper()
+	cmd := exec.Command("curl", "-sSN", "--max-time", "20", url)
+	stdout, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	first := make([]byte, len("partial"))
+	if _, err := io.ReadFull(stdout, first); err != nil || string(first) != "partial" {
+		cmd.Process.Kill()
+		t.Fatalf("%s: %q, %v; want \"partial\"", url, first, err)
+	}
+	w.signal(t, syscall.SIGKILL)
+	rest, _ := io.ReadAll(stdout)
+	err := cmd.Wait()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 18 || len(rest) != 0 {
+		t.Errorf("a worker killed mid-stream: curl %v, %.40q after \"partial\"; want exit 18 (transfer closed) and nothing more", err, rest)
 	}
 }
