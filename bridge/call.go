@@ -175,6 +175,21 @@ func (call *Call) Conn() Conn {
 	return call.p.conn
 }
 
+// Ready returns a channel that receives when a message may have come for
+// the call (Step(0) takes it) or its connection failed, where the
+// connection offers one (shared connections do); nil otherwise, and once
+// the call is done. A front that waits on something else as well (a
+// client's body) selects on it, with a timer of Wait.
+func (call *Call) Ready() <-chan struct{} {
+	if call.done || call.p == nil {
+		return nil
+	}
+	if r, ok := call.p.conn.(interface{ readyChan() <-chan struct{} }); ok {
+		return r.readyChan()
+	}
+	return nil
+}
+
 // Wait is how long a caller may wait before calling Step again: until the
 // deadline, but no longer than the interval at which a lost worker or a
 // cancelled context is noticed.

@@ -383,14 +383,24 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request, h *Handle) {
 // (RelayBody). A status is returned when the client's body is too large
 // (413) or unreadable (400); the worker then gets a cancel notice, with
 // notices.
+//
+// The body is read in a goroutine of RelayBody's, which may still wait in
+// a read when the worker has answered: the request is therefore full
+// duplex (HTTP/1.x), so that writing the answer does not first wait for
+// the rest of the body, and net/http ends that read as the handler
+// returns. The limit of max_body is checked in the read (a MaxBytesReader
+// without the ResponseWriter, which the reading goroutine must not touch);
+// the connection closes after a 413 or 400.
 func (g *Gateway) relayBody(w http.ResponseWriter, r *http.Request, h *Handle, req *bridge.Request) (bridge.Response, int, error) {
 	max := h.Route.MaxBodyOrDefault()
 	rd := io.Reader(r.Body)
 	if max > 0 {
-		rd = http.MaxBytesReader(w, r.Body, max)
+		rd = http.MaxBytesReader(nil, r.Body, max)
 	}
+	http.NewResponseController(w).EnableFullDuplex() // HTTP/2 is full duplex already and says it is not supported
 	resp, readErr, err := g.RelayBody(r.Context(), h, req, rd)
 	if readErr != nil {
+		w.Header().Set("Connection", "close")
 		var mbe *http.MaxBytesError
 		if errors.As(readErr, &mbe) {
 			g.log.Info(CodeTooLarge.String()+": request body over max_body", "route", h.Route.Pattern(), "max_body", max)
@@ -409,51 +419,84 @@ const BodyPart = 64 << 10
 // RelayBody relays req (req.StreamBody set), whose body the worker asks for
 // in parts: each part is read from body only once the worker has granted
 // credit for it, and at most BodyPart bytes at a time, so a front holds at
-// most one part of it. A worker that answers before the body is complete
-// ends the upload; the rest is never read from body. Before each part the
-// call takes what the worker has sent (Step without waiting), so no part
-// goes out after an answer the front has received; a read that waits for
-// the client does not see an answer that comes meanwhile, but what it read
-// is dropped when one came. A read error other
-// than io.EOF ends the call (the worker gets a cancel notice, with notices)
-// and is returned as readErr, for the front to answer; err is then nil.
-// Both fronts use it: the HTTP mode reads the body from net/http, stream
-// mode from its own parser.
+// most one part of it. The reads happen in a goroutine, one at a time,
+// while the call waits on the worker and on the read at once: a worker
+// that answers before the body is complete ends the upload even while a
+// read waits for a client that has paused, and no part goes out after the
+// answer. RelayBody then returns with that read still waiting; the front
+// ends it when it is done with the request (net/http does as the handler
+// returns, stream mode by stopping its body). What it reads is dropped.
+// A read error other than io.EOF ends the call (the worker gets a cancel
+// notice, with notices) and is returned as readErr, for the front to
+// answer; err is then nil. Both fronts use it: the HTTP mode reads the body
+// from net/http, stream mode from its own parser.
 func (g *Gateway) RelayBody(ctx context.Context, h *Handle, req *bridge.Request, body io.Reader) (resp bridge.Response, readErr, err error) {
 	call := h.Client.Start(ctx, req, h.Route.TimeoutOrDefault())
-	var buf []byte
-	done := false
+	var (
+		buf     []byte
+		reads   = make(chan bodyRead, 1) // the goroutine never waits to hand its read over
+		reading bool                     // a read of buf is under way
+		done    bool                     // the body's end went out
+		timer   *time.Timer
+	)
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
 	for !call.Done() {
-		credit := call.BodyCredit()
-		if done || credit <= bridge.PartCost { // room for one byte at least
-			call.Step(call.Wait())
-			continue
+		if credit := call.BodyCredit(); !reading && !done && credit > bridge.PartCost { // room for one byte at least
+			if buf == nil {
+				buf = make([]byte, BodyPart)
+			}
+			reading = true
+			go readPart(body, buf[:min(credit-bridge.PartCost, int64(len(buf)))], reads)
 		}
-		if call.Step(0); call.Done() {
-			break
+		wait := call.Wait()
+		if timer == nil {
+			timer = time.NewTimer(wait)
+		} else {
+			timer.Reset(wait)
 		}
-		credit = call.BodyCredit()
-		if buf == nil {
-			buf = make([]byte, BodyPart)
+		select {
+		case <-call.Ready():
+			call.Step(0)
+		case <-timer.C:
+			call.Step(0) // the deadline, a cancelled context, a lost worker
+		case rd := <-reads:
+			reading = false
+			if call.Step(0); call.Done() {
+				break // answered while the read waited: what it read is dropped
+			}
+			switch {
+			case rd.err == io.EOF:
+				done = true
+				call.SendBody(buf[:rd.n], true)
+			case rd.err != nil:
+				call.Cancel()
+				return bridge.Response{}, rd.err, nil
+			case rd.n > 0:
+				call.SendBody(buf[:rd.n], false)
+			}
 		}
-		n, err := body.Read(buf[:min(credit-bridge.PartCost, int64(len(buf)))])
-		if call.Step(0); call.Done() {
-			break // answered while the read waited: what it read is dropped
-		}
-		switch {
-		case err == io.EOF:
-			done = true
-			call.SendBody(buf[:n], true)
-		case err != nil:
-			call.Cancel()
-			return bridge.Response{}, err, nil
-		case n > 0:
-			call.SendBody(buf[:n], false)
-		}
+		timer.Stop()
 	}
 	resp, err = call.Result()
 	g.logRelayError(ctx, h, err)
 	return resp, nil, err
+}
+
+// bodyRead is what one read of a streamed body gave.
+type bodyRead struct {
+	n   int
+	err error
+}
+
+// readPart reads one part of a streamed body into p and hands over what
+// it got.
+func readPart(body io.Reader, p []byte, to chan<- bodyRead) {
+	n, err := body.Read(p)
+	to <- bodyRead{n, err}
 }
 
 // serveStream writes a streamed reply after its head: each part is flushed

@@ -86,7 +86,7 @@ func settledParts(t *testing.T, w *worker, id string) []earlyPart {
 
 // testEarlyAnswer POSTs earlyBodySize bytes to target on addr over a
 // connection of its own, either at once (paused false) or with the first
-// 64 KiB first and the rest only once the worker has answered; it checks
+// 64 KiB first and the rest only once it has read the answer; it checks
 // that the client gets the worker's 413, that the worker got parts costing
 // no more than the credit it granted before answering (what a front may
 // have had in flight before the answer reached it) and no @body-end, and
@@ -127,10 +127,12 @@ func testEarlyAnswer(t *testing.T, addr, target string, w *worker, paused, stric
 		}
 		return nil
 	})
-	close(answered)
+	// A paused client sends nothing more until it has the answer: the
+	// front must not wait for its next bytes to deliver it.
 	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	close(answered)
 	if err != nil {
-		t.Fatalf("the answer: %v", err)
+		t.Fatalf("the answer (the client sent %d of %d bytes and waits for it): %v", first, len(body), err)
 	}
 	got, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
@@ -213,13 +215,12 @@ func TestStreamedBodyEarlyAnswerThroughTheGateway(t *testing.T) {
 
 // What PROTOCOL.md promises ("the front then sends no more parts"), for
 // bytes the client sends after the worker answered: none of them reaches
-// the worker. Apache (HTTP/1.1 here) waits for the client and the worker at
-// once while the body comes (modzmq_handler.c's body loop), so a client
-// that pauses gets the answer at once; zmq-gateway in both modes
-// (gateway.RelayBody) looks for the worker's messages before and after
-// each read of the client, so what the client sends after the answer is
-// read and dropped. The worker may still get parts of the first 64 KiB
-// that were on their way when it answered, never more.
+// the worker. Every front waits for the client and the worker at once
+// while the body comes (Apache in modzmq_handler.c's body loop, zmq-gateway
+// in both modes in gateway.RelayBody, which reads the client in a
+// goroutine), so a client that pauses gets the answer at once and what it
+// sends after the answer is dropped. The worker may still get parts of the
+// first 64 KiB that were on their way when it answered, never more.
 func TestStreamedBodyNoPartAfterTheAnswer(t *testing.T) {
 	t.Run("Apache", func(t *testing.T) {
 		w := startEarlyWorker(t)
