@@ -621,7 +621,10 @@ static int run_websocket(request_rec *r, const modzmq_dir_conf *conf, const modz
                 break;
             }
             worker = n > 0 && wi >= 0 && p[wi].revents != 0;
-            client = reading && (readable || (n > 0 && ci >= 0 && p[ci].revents != 0));
+            /* Without a descriptor that shows the client's input (a
+             * mod_http2 that offers none), the client is read without
+             * waiting on every turn: at least once a tick. */
+            client = reading && (readable || cfd < 0 || (n > 0 && ci >= 0 && p[ci].revents != 0));
             if (client) {
                 apr_size_t want = io.read_max < WS_READ ? (apr_size_t)io.read_max : WS_READ, got = 0;
                 gone = ws_read(c, in_bb, buf, want, &got);
