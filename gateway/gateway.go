@@ -344,8 +344,13 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request, h *Handle) {
 	}
 	var resp bridge.Response
 	var err error
+	var endRead func() // a read of the body still under way: ended once the answer is out
 	if streamBody {
-		if resp, status, err = g.relayBody(w, r, h, &req); status != 0 {
+		resp, endRead, status, err = g.relayBody(w, r, h, &req)
+		if endRead != nil {
+			defer endRead()
+		}
+		if status != 0 {
 			http.Error(w, http.StatusText(status), status)
 			return
 		}
@@ -369,7 +374,7 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request, h *Handle) {
 		hdr["Content-Type"] = nil // the worker chose none: do not sniff one
 	}
 	if resp.Stream != nil {
-		g.serveStream(w, r, h, resp.Stream, resp.Status)
+		g.serveStream(w, r, h, resp.Stream, resp.Status, endRead == nil)
 		return
 	}
 	hdr.Set("Content-Length", strconv.Itoa(len(resp.Body)))
@@ -382,34 +387,47 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request, h *Handle) {
 // relayBody relays req, whose body the worker asks for in parts
 // (RelayBody). A status is returned when the client's body is too large
 // (413) or unreadable (400); the worker then gets a cancel notice, with
-// notices.
-//
-// The body is read in a goroutine of RelayBody's, which may still wait in
-// a read when the worker has answered: the request is therefore full
-// duplex (HTTP/1.x), so that writing the answer does not first wait for
-// the rest of the body, and net/http ends that read as the handler
-// returns. The limit of max_body is checked in the read (a MaxBytesReader
+// notices. The limit of max_body is checked in the read (a MaxBytesReader
 // without the ResponseWriter, which the reading goroutine must not touch);
 // the connection closes after a 413 or 400.
-func (g *Gateway) relayBody(w http.ResponseWriter, r *http.Request, h *Handle, req *bridge.Request) (bridge.Response, int, error) {
+//
+// When the answer came while a read of the body still waited for the
+// client, endRead is not nil, and the handler calls it once the answer is
+// out: it ends the read (a read deadline of now) and waits for it. Until
+// then the request is full duplex, so that writing the answer does not
+// first wait for that read, and over HTTP/1.x the connection closes after
+// the answer: the rest of the body is not read. (net/http ends a read
+// still under way as the handler returns too; ending it in the handler
+// keeps it from racing with the handler's own return.)
+func (g *Gateway) relayBody(w http.ResponseWriter, r *http.Request, h *Handle, req *bridge.Request) (resp bridge.Response, endRead func(), status int, err error) {
 	max := h.Route.MaxBodyOrDefault()
 	rd := io.Reader(r.Body)
 	if max > 0 {
 		rd = http.MaxBytesReader(nil, r.Body, max)
 	}
-	http.NewResponseController(w).EnableFullDuplex() // HTTP/2 is full duplex already and says it is not supported
-	resp, readErr, err := g.RelayBody(r.Context(), h, req, rd)
+	resp, waitRead, readErr, err := g.RelayBody(r.Context(), h, req, rd)
+	if waitRead != nil {
+		rc := http.NewResponseController(w)
+		rc.EnableFullDuplex() // HTTP/2 always is
+		if r.ProtoMajor == 1 {
+			w.Header().Set("Connection", "close")
+		}
+		endRead = func() {
+			rc.SetReadDeadline(time.Now())
+			waitRead()
+		}
+	}
 	if readErr != nil {
 		w.Header().Set("Connection", "close")
 		var mbe *http.MaxBytesError
 		if errors.As(readErr, &mbe) {
 			g.log.Info(CodeTooLarge.String()+": request body over max_body", "route", h.Route.Pattern(), "max_body", max)
-			return bridge.Response{}, http.StatusRequestEntityTooLarge, nil
+			return bridge.Response{}, endRead, http.StatusRequestEntityTooLarge, nil
 		}
 		g.log.Info(CodeBodyError.String()+": reading the request body failed", "route", h.Route.Pattern())
-		return bridge.Response{}, http.StatusBadRequest, nil
+		return bridge.Response{}, endRead, http.StatusBadRequest, nil
 	}
-	return resp, 0, err
+	return resp, endRead, 0, err
 }
 
 // BodyPart is the largest part of a streamed request body a front reads
@@ -423,14 +441,15 @@ const BodyPart = 64 << 10
 // while the call waits on the worker and on the read at once: a worker
 // that answers before the body is complete ends the upload even while a
 // read waits for a client that has paused, and no part goes out after the
-// answer. RelayBody then returns with that read still waiting; the front
-// ends it when it is done with the request (net/http does as the handler
-// returns, stream mode by stopping its body). What it reads is dropped.
-// A read error other than io.EOF ends the call (the worker gets a cancel
-// notice, with notices) and is returned as readErr, for the front to
-// answer; err is then nil. Both fronts use it: the HTTP mode reads the body
-// from net/http, stream mode from its own parser.
-func (g *Gateway) RelayBody(ctx context.Context, h *Handle, req *bridge.Request, body io.Reader) (resp bridge.Response, readErr, err error) {
+// answer. RelayBody then returns with that read still waiting, and
+// waitRead, which waits for it to end: the front ends it once it has
+// answered (the HTTP mode with a read deadline, stream mode by stopping
+// its body pipe). What it reads is dropped. waitRead is nil when no read
+// waits. A read error other than io.EOF ends the call (the worker gets a
+// cancel notice, with notices) and is returned as readErr, for the front
+// to answer; err is then nil. Both fronts use it: the HTTP mode reads the
+// body from net/http, stream mode from its own parser.
+func (g *Gateway) RelayBody(ctx context.Context, h *Handle, req *bridge.Request, body io.Reader) (resp bridge.Response, waitRead func(), readErr, err error) {
 	call := h.Client.Start(ctx, req, h.Route.TimeoutOrDefault())
 	var (
 		buf     []byte
@@ -474,16 +493,19 @@ func (g *Gateway) RelayBody(ctx context.Context, h *Handle, req *bridge.Request,
 				call.SendBody(buf[:rd.n], true)
 			case rd.err != nil:
 				call.Cancel()
-				return bridge.Response{}, rd.err, nil
+				return bridge.Response{}, nil, rd.err, nil
 			case rd.n > 0:
 				call.SendBody(buf[:rd.n], false)
 			}
 		}
 		timer.Stop()
 	}
+	if reading {
+		waitRead = func() { <-reads }
+	}
 	resp, err = call.Result()
 	g.logRelayError(ctx, h, err)
-	return resp, nil, err
+	return resp, waitRead, nil, err
 }
 
 // bodyRead is what one read of a streamed body gave.
@@ -513,13 +535,15 @@ func readPart(body io.Reader, p []byte, to chan<- bodyRead) {
 // the goroutine that watches for the client's leaving, the connection's
 // 4 KiB read and write buffers, the request) goes. The head says
 // Connection: close, since the connection cannot go back to net/http after
-// the stream. HTTP/2, HEAD and bodyless statuses stay in the handler.
-func (g *Gateway) serveStream(w http.ResponseWriter, r *http.Request, h *Handle, s *bridge.Stream, status int) {
+// the stream. HTTP/2, HEAD, bodyless statuses and a stream that answered a
+// streamed body while a read of it still waited (mayHold false: the
+// handler ends that read after the stream) stay in the handler.
+func (g *Gateway) serveStream(w http.ResponseWriter, r *http.Request, h *Handle, s *bridge.Stream, status int, mayHold bool) {
 	idle := h.Route.BridgeOptions().StreamIdleTimeout
 	if idle <= 0 {
 		idle = bridge.DefaultStreamIdleTimeout
 	}
-	if r.Method != http.MethodHead && r.ProtoMajor == 1 && bodyAllowed(status) && s.Notify(nil) {
+	if mayHold && r.Method != http.MethodHead && r.ProtoMajor == 1 && bodyAllowed(status) && s.Notify(nil) {
 		w.Header().Set("Connection", "close")
 		if g.holdStream(w, r, h, s, status, idle) {
 			return

@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"log"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -41,12 +43,28 @@ func startStreamGatewayAdmin(t *testing.T, cfg *Config) (url string, access, err
 	}
 	srv := httptest.NewUnstartedServer(AccessLog(g, access))
 	srv.Config.ConnContext = ConnContext
+	checkHandlerPanics(t, srv)
 	srv.Start()
 	t.Cleanup(func() { srv.Close(); g.Close() })
 	return srv.URL, access, errs, g.AdminHandler()
 }
 
 type syncBuffer = zmqtest.Buffer
+
+// checkHandlerPanics makes t fail, once srv (not started yet) is closed,
+// if net/http logged a panic: it recovers a handler's, and its own, and
+// closes the connection, which a client may not notice.
+func checkHandlerPanics(t *testing.T, srv *httptest.Server) {
+	t.Helper()
+	logged := &syncBuffer{}
+	srv.Config.ErrorLog = log.New(logged, "", 0)
+	t.Cleanup(func() {
+		srv.Close()
+		if strings.Contains(logged.String(), "panic") {
+			t.Errorf("net/http's log:\n%s", logged)
+		}
+	})
+}
 
 // workerMsg is one message a ROUTER worker received: its envelope and the
 // six MZMQ/1 frames.
@@ -473,5 +491,91 @@ func TestStreamedBodyAnsweredEarly(t *testing.T) {
 	}
 	if resp, _ := get(t, "POST", url+"/bad", "", strings.NewReader("abc")); resp.StatusCode != 502 {
 		t.Errorf("a grant that is not a number: %d, want 502", resp.StatusCode)
+	}
+}
+
+// A worker may answer a streamed body before it is complete while the
+// client has paused: the client gets the answer without sending another
+// byte, over HTTP/1.1 and HTTP/2, and the worker gets no part after it.
+// (RelayBody reads the body in a goroutine while the call waits on the
+// worker; a read that waited in the relay's own goroutine kept the answer
+// until the client sent more.)
+func TestStreamedBodyAnsweredEarlyToAPausedClient(t *testing.T) {
+	const sent = 64 << 10 // what the client sends before it pauses
+	var mu sync.Mutex
+	got, after := map[string]int{}, map[string]int{}
+	ep := zmqtest.ROUTER(t, func(msg [][]byte, reply func([][]byte)) {
+		m := splitWorkerMsg(msg)
+		mu.Lock()
+		defer mu.Unlock()
+		switch {
+		case m.method == "@body" || m.method == "@body-end":
+			if got[m.id()] >= sent {
+				after[m.id()]++
+				return
+			}
+			if got[m.id()] += len(msg[len(msg)-1]); got[m.id()] >= sent {
+				reply(zmqtest.Part(m.envelope, "413 Too Big", "", "no thanks"))
+			}
+		case strings.HasPrefix(m.method, "@"):
+		default:
+			reply(zmqtest.Part(m.envelope, "@credit", "1048576"))
+		}
+	})
+	g, err := New(&Config{Routes: []Route{{Prefix: "/", Backend: []string{ep}, StreamBody: true, MaxBody: new(int64)}}}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewUnstartedServer(AccessLog(g, io.Discard))
+	srv.EnableHTTP2 = true
+	checkHandlerPanics(t, srv)
+	srv.StartTLS()
+	t.Cleanup(func() { srv.Close(); g.Close() })
+
+	for _, proto := range []string{"HTTP/1.1", "HTTP/2.0"} {
+		t.Run(proto, func(t *testing.T) {
+			tr := srv.Client().Transport.(*http.Transport).Clone()
+			tr.ForceAttemptHTTP2 = proto == "HTTP/2.0"
+			if !tr.ForceAttemptHTTP2 {
+				tr.TLSClientConfig.NextProtos = []string{"http/1.1"}
+			}
+			c := &http.Client{Transport: tr}
+			defer tr.CloseIdleConnections()
+			pr, pw := io.Pipe()
+			answered := make(chan struct{})
+			defer close(answered)
+			go func() {
+				pw.Write(make([]byte, sent))
+				<-answered // the client pauses until it has the answer
+				pw.CloseWithError(errors.New("the client gave up"))
+			}()
+			type answer struct {
+				resp *http.Response
+				err  error
+			}
+			answers := make(chan answer, 1)
+			go func() {
+				resp, err := c.Post(srv.URL+"/up", "application/octet-stream", pr)
+				answers <- answer{resp, err}
+			}()
+			a := zmqtest.WaitFor(t, answers, fmt.Sprintf("the answer to a client that paused after %d bytes", sent))
+			if a.err != nil {
+				t.Fatalf("the answer to a client that paused after %d bytes: %v", sent, a.err)
+			}
+			resp := a.resp
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 413 || string(b) != "no thanks" || resp.Proto != proto {
+				t.Errorf("an upload the worker refused while its client paused: %s %s %q, want %s 413 \"no thanks\"", resp.Proto, resp.Status, b, proto)
+			}
+		})
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(got) != 2 {
+		t.Errorf("the worker got the bodies of %d requests, want 2", len(got))
+	}
+	for id, n := range after {
+		t.Errorf("request %s: the worker got %d parts after its answer", id, n)
 	}
 }

@@ -482,9 +482,9 @@ func (s *Server) relay(ctx context.Context, h *gateway.Handle, req *bridge.Reque
 
 // relayBody is relay for a streamed body (gateway.RelayBody).
 func (s *Server) relayBody(ctx context.Context, h *gateway.Handle, req *bridge.Request, body io.Reader, r *Request) (bridge.Response, error, error) {
-	resp, readErr, err := s.lv.Gateway().RelayBody(ctx, h, req, body)
+	resp, _, readErr, err := s.lv.Gateway().RelayBody(ctx, h, req, body) // the caller stops body, which ends a read that waits
 	if h2 := s.rematch(h, r, err); h2 != nil {
-		return s.lv.Gateway().RelayBody(ctx, h2, req, body) // nothing of the body was read: the client never started
+		resp, _, readErr, err = s.lv.Gateway().RelayBody(ctx, h2, req, body) // nothing of the body was read: the client never started
 	}
 	return resp, readErr, err
 }
