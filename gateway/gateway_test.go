@@ -33,6 +33,7 @@ func startGateway(t *testing.T, cfg *Config) (string, *bytes.Buffer) {
 	var access bytes.Buffer
 	srv := httptest.NewUnstartedServer(AccessLog(g, &access))
 	srv.Config.ConnContext = ConnContext
+	checkHandlerPanics(t, srv)
 	srv.Start()
 	t.Cleanup(func() { srv.Close(); g.Close() })
 	return srv.URL, &access

@@ -179,6 +179,7 @@ func TestHeldStreamOverTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	srv := httptest.NewUnstartedServer(g)
+	checkHandlerPanics(t, srv)
 	srv.StartTLS()
 	t.Cleanup(func() { srv.Close(); g.Close() })
 	c, err := tls.Dial("tcp", srv.Listener.Addr().String(), &tls.Config{InsecureSkipVerify: true})

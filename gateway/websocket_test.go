@@ -86,6 +86,7 @@ func startWSGateway(t *testing.T, routes ...Route) *wsGateway {
 	}
 	srv := httptest.NewUnstartedServer(AccessLog(g, gw.access))
 	srv.Config.ConnContext = ConnContext
+	checkHandlerPanics(t, srv)
 	srv.Start()
 	t.Cleanup(func() {
 		g.ShutdownWebSockets()
