@@ -5,12 +5,16 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"time"
+
+	"github.com/modzmq/modzmq/bridge"
 )
 
 // OpenAccessLog returns the writer for an access_log setting: "stdout" or
@@ -129,6 +133,28 @@ func or(d Duration, def time.Duration) time.Duration {
 	return def
 }
 
+// CodePanic: net/http recovered a panic in a request's handler (or its
+// own) and closed that connection.
+const CodePanic bridge.Code = 212
+
+// serverLog takes what net/http logs: a panic it recovered is an error,
+// with its stack; the rest (TLS handshakes that failed, accept errors it
+// retries) is debug.
+type serverLog struct{ log *slog.Logger }
+
+func (l serverLog) Write(p []byte) (int, error) {
+	msg := strings.TrimSuffix(string(p), "\n")
+	if rest, ok := strings.CutPrefix(msg, "http: panic serving "); ok {
+		first, stack, _ := strings.Cut(rest, "\n")
+		client, why, _ := strings.Cut(first, ": ")
+		l.log.Error(CodePanic.String()+": a request's handler panicked; its connection was closed",
+			"client", client, "panic", why, "stack", stack)
+		return len(p), nil
+	}
+	l.log.Debug(msg)
+	return len(p), nil
+}
+
 // Serve runs the HTTP gateway on l until ctx is done, then stops accepting,
 // waits for requests in flight (up to the shutdown timeout) and returns.
 // The gateway in service may change meanwhile (Live.Replace); the server's
@@ -144,7 +170,7 @@ func Serve(ctx context.Context, l net.Listener, lv *Live, access io.Writer) erro
 		IdleTimeout:       idle,
 		MaxHeaderBytes:    64 << 10,
 		ConnContext:       ConnContext,
-		ErrorLog:          slog.NewLogLogger(g.log.Handler(), slog.LevelDebug),
+		ErrorLog:          log.New(serverLog{g.log}, "", 0),
 	}
 	// Hijacked connections (WebSockets) are not net/http's to close: they
 	// get 1001, and the shutdown waits for them as for requests.
