@@ -399,35 +399,77 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request, h *Handle) {
 // the answer: the rest of the body is not read. (net/http ends a read
 // still under way as the handler returns too; ending it in the handler
 // keeps it from racing with the handler's own return.)
+//
+// timeouts.read bounds each wait for the client's next bytes, not the
+// whole body (a large upload on a slow link takes as long as it takes): a
+// client that sends nothing for that long gets 408. timeouts.write counts
+// from the answer.
 func (g *Gateway) relayBody(w http.ResponseWriter, r *http.Request, h *Handle, req *bridge.Request) (resp bridge.Response, endRead func(), status int, err error) {
 	max := h.Route.MaxBodyOrDefault()
 	rd := io.Reader(r.Body)
 	if max > 0 {
 		rd = http.MaxBytesReader(nil, r.Body, max)
 	}
-	resp, waitRead, readErr, err := g.RelayBody(r.Context(), h, req, rd)
+	rc := http.NewResponseController(w)
+	_, idle, write, _ := serverTimeouts(g.cfg)
+	body := &pacedBody{r: rd, rc: rc, idle: idle}
+	resp, waitRead, readErr, err := g.RelayBody(r.Context(), h, req, body)
+	rc.SetWriteDeadline(time.Now().Add(write)) // the server's counts from the request's start
 	if waitRead != nil {
-		rc := http.NewResponseController(w)
 		rc.EnableFullDuplex() // HTTP/2 always is
 		if r.ProtoMajor == 1 {
 			w.Header().Set("Connection", "close")
 		}
 		endRead = func() {
-			rc.SetReadDeadline(time.Now())
+			body.end()
 			waitRead()
 		}
 	}
 	if readErr != nil {
 		w.Header().Set("Connection", "close")
 		var mbe *http.MaxBytesError
-		if errors.As(readErr, &mbe) {
+		switch {
+		case errors.As(readErr, &mbe):
 			g.log.Info(CodeTooLarge.String()+": request body over max_body", "route", h.Route.Pattern(), "max_body", max)
 			return bridge.Response{}, endRead, http.StatusRequestEntityTooLarge, nil
+		case errors.Is(readErr, os.ErrDeadlineExceeded):
+			g.log.Info(CodeBodyError.String()+": reading the request body failed: the client sent nothing for timeouts.read",
+				"route", h.Route.Pattern(), "read", idle.String())
+			return bridge.Response{}, endRead, http.StatusRequestTimeout, nil
 		}
-		g.log.Info(CodeBodyError.String()+": reading the request body failed", "route", h.Route.Pattern())
+		g.log.Info(CodeBodyError.String()+": reading the request body failed", "route", h.Route.Pattern(), "err", readErr.Error())
 		return bridge.Response{}, endRead, http.StatusBadRequest, nil
 	}
 	return resp, endRead, 0, err
+}
+
+// pacedBody is a streamed body read from net/http with a read deadline
+// of idle from each read (which replaces the server's deadline for the
+// whole request); end makes a read under way, or the next, fail at once.
+type pacedBody struct {
+	r     io.Reader
+	rc    *http.ResponseController
+	idle  time.Duration
+	mu    sync.Mutex
+	ended bool
+}
+
+func (b *pacedBody) Read(p []byte) (int, error) {
+	b.mu.Lock()
+	if b.ended {
+		b.mu.Unlock()
+		return 0, os.ErrDeadlineExceeded
+	}
+	b.rc.SetReadDeadline(time.Now().Add(b.idle))
+	b.mu.Unlock()
+	return b.r.Read(p)
+}
+
+func (b *pacedBody) end() {
+	b.mu.Lock()
+	b.ended = true
+	b.rc.SetReadDeadline(time.Now())
+	b.mu.Unlock()
 }
 
 // BodyPart is the largest part of a streamed request body a front reads
@@ -447,7 +489,7 @@ const BodyPart = 64 << 10
 // its body pipe). What it reads is dropped. waitRead is nil when no read
 // waits. A read error other than io.EOF ends the call (the worker gets a
 // cancel notice, with notices) and is returned as readErr, for the front
-// to answer; err is then nil. Both fronts use it: the HTTP mode reads the
+// to answer; err is then nil. body's reads must end when ctx does. Both fronts use it: the HTTP mode reads the
 // body from net/http, stream mode from its own parser.
 func (g *Gateway) RelayBody(ctx context.Context, h *Handle, req *bridge.Request, body io.Reader) (resp bridge.Response, waitRead func(), readErr, err error) {
 	call := h.Client.Start(ctx, req, h.Route.TimeoutOrDefault())
@@ -485,6 +527,9 @@ func (g *Gateway) RelayBody(ctx context.Context, h *Handle, req *bridge.Request,
 		case rd := <-reads:
 			reading = false
 			if call.Step(0); call.Done() {
+				if _, cerr := call.Result(); rd.err != nil && rd.err != io.EOF && ctx.Err() != nil && errors.Is(cerr, ctx.Err()) {
+					return bridge.Response{}, nil, rd.err, nil // the read failed, and so ended the context
+				}
 				break // answered while the read waited: what it read is dropped
 			}
 			switch {
@@ -499,6 +544,15 @@ func (g *Gateway) RelayBody(ctx context.Context, h *Handle, req *bridge.Request,
 			}
 		}
 		timer.Stop()
+	}
+	if _, cerr := call.Result(); reading && ctx.Err() != nil && errors.Is(cerr, ctx.Err()) {
+		// The context ended the call as a read waited: the client left, or
+		// the read failed (net/http cancels the request's context then).
+		// The read ends with the context, and its error says which.
+		if rd := <-reads; rd.err != nil && rd.err != io.EOF {
+			return bridge.Response{}, nil, rd.err, nil
+		}
+		reading = false
 	}
 	if reading {
 		waitRead = func() { <-reads }

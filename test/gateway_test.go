@@ -33,10 +33,17 @@ type gatewayProc struct {
 // routes given, on a free port, and stops it when the test ends.
 func startGatewayProc(t *testing.T, mode, routes string) *gatewayProc {
 	t.Helper()
+	return startGatewayProcTimeouts(t, mode, "", routes)
+}
+
+// startGatewayProcTimeouts is startGatewayProc with more timeouts: YAML
+// lines under timeouts:, each indented by two spaces.
+func startGatewayProcTimeouts(t *testing.T, mode, timeouts, routes string) *gatewayProc {
+	t.Helper()
 	requireBuilt(t, "zmq-gateway")
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	conf := filepath.Join(t.TempDir(), "gateway.yaml")
-	text := fmt.Sprintf("listen: %s\naccess_log: off\ntimeouts:\n  shutdown: 10s\nroutes:\n%s", addr, routes)
+	text := fmt.Sprintf("listen: %s\naccess_log: off\ntimeouts:\n  shutdown: 10s\n%sroutes:\n%s", addr, timeouts, routes)
 	if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
 		t.Fatal(err)
 	}

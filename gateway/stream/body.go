@@ -47,8 +47,9 @@ import (
 // body and drops it, so the connection goes on with the request pipelined
 // after it; a connection that asked to close closes once the body is
 // dropped, so the client is not reset while it still sends. A body that
-// breaks the parser (bad chunk framing, over max_body) or comes too slowly
-// for the read timeout ends the request with that status (400, 413, 408)
+// breaks the parser (bad chunk framing, over max_body) or whose client
+// sends nothing for the read timeout ends the request with that status
+// (400, 413, 408)
 // and closes the connection; a client that leaves mid-body cancels the
 // request (the worker gets @cancel, with notices).
 

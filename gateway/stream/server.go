@@ -44,7 +44,7 @@ const (
 type Options struct {
 	IdleTimeout   time.Duration // keep-alive connection with nothing to do
 	HeaderTimeout time.Duration // from a request's first byte to its last header
-	BodyTimeout   time.Duration // from a request's first byte to its last body byte
+	BodyTimeout   time.Duration // from a request's first byte to its last body byte; a streamed body's longest silence
 	Drain         time.Duration // how long Serve waits for requests in flight at shutdown
 	Log           *slog.Logger
 }
@@ -944,9 +944,9 @@ func (s *Server) sweep(now time.Time) {
 					"stalled", stalled.Round(time.Millisecond).String())
 				s.closeConn(c)
 			}
-		case c.body != nil && now.Sub(c.reqStart) > s.opts.BodyTimeout:
+		case c.body != nil && now.Sub(c.lastIO) > s.opts.BodyTimeout:
 			s.log.Debug(CodeBadRequest.String()+": bad request", "status", http.StatusRequestTimeout,
-				"reason", "streamed body not received in time", "connection", c.hexID)
+				"reason", "the client sent nothing of its streamed body for the read timeout", "connection", c.hexID)
 			s.endBody(c, fail(http.StatusRequestTimeout, "request not received in time"))
 		case len(c.pending) > 0:
 			// A relay is in progress: its own timeout bounds it.
