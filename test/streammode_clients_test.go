@@ -391,7 +391,7 @@ func TestStreamModeHostileStreamWorkers(t *testing.T) {
 	}
 	logged := func(what, line string) {
 		t.Helper()
-		re := regexp.MustCompile(`MODZMQ0130: stream ended abnormally: .*` + regexp.QuoteMeta(line))
+		re := regexp.MustCompile(`MODZMQ0130: stream ended abnormally: .*(` + line + `)`)
 		checkFor(t, 10*time.Second, func() error {
 			if !re.MatchString(strings.ReplaceAll(g.Stderr.String(), `\"`, `"`)) { // as slog quotes it
 				return fmt.Errorf("%s: the log lacks %q:\n%s", what, re, g.Stderr)
@@ -401,10 +401,14 @@ func TestStreamModeHostileStreamWorkers(t *testing.T) {
 	}
 	serves("the start")
 
-	for _, c := range []struct{ path, cause string }{
+	for _, c := range []struct{ path, cause string }{ // cause: a regular expression
 		{"/h/kind", `unknown stream part "@bogus"`},
 		{"/h/frames", "a stream part has 2 frames, got 3"},
-		{"/h/credit", "the worker sent 135 bytes beyond its credit"}, // "partial" (7+64), then the whole credit (+64)
+		// "partial" (7+64), then the whole credit (+64): the stream's
+		// credit check finds it, or, when the relay has not taken
+		// "partial" yet, the shared connection's queue, whose bound in
+		// bytes it passes too.
+		{"/h/credit", "the worker sent 135 bytes beyond its credit|a stream or WebSocket past its credit"},
 	} {
 		if out, code := curlExit(t, g.URL+c.path); code != 18 || out != "partial" {
 			t.Errorf("%s: curl exit %d after %d bytes, %.40q; want 18 (transfer closed) after \"partial\"", c.path, code, len(out), out)
