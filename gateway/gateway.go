@@ -421,6 +421,7 @@ func (g *Gateway) relayBody(w http.ResponseWriter, r *http.Request, h *Handle, r
 			w.Header().Set("Connection", "close")
 		}
 		endRead = func() {
+			noteReadEnded(w)
 			body.end()
 			waitRead()
 		}
@@ -433,6 +434,7 @@ func (g *Gateway) relayBody(w http.ResponseWriter, r *http.Request, h *Handle, r
 			g.log.Info(CodeTooLarge.String()+": request body over max_body", "route", h.Route.Pattern(), "max_body", max)
 			return bridge.Response{}, endRead, http.StatusRequestEntityTooLarge, nil
 		case errors.Is(readErr, os.ErrDeadlineExceeded):
+			noteReadEnded(w)
 			g.log.Info(CodeBodyError.String()+": reading the request body failed: the client sent nothing for timeouts.read",
 				"route", h.Route.Pattern(), "read", idle.String())
 			return bridge.Response{}, endRead, http.StatusRequestTimeout, nil

@@ -56,14 +56,15 @@ func AccessLog(next http.Handler, w io.Writer) http.Handler {
 }
 
 // logLine writes the access log line of r. A request whose client went
-// away before the handler finished shows 499, whatever was written.
+// away before the handler finished shows 499, whatever was written; a
+// context the gateway ended itself (readEnded) does not count.
 func logLine(w io.Writer, r *http.Request, rec *recorder, start time.Time) {
 	host, _, err := net.SplitHostPort(r.RemoteAddr)
 	if err != nil {
 		host = r.RemoteAddr
 	}
 	status := rec.status
-	if status == 0 || r.Context().Err() != nil {
+	if status == 0 || r.Context().Err() != nil && !rec.readEnded {
 		status = 499 // the client went away first
 	}
 	line := make([]byte, 0, 160)
@@ -89,6 +90,19 @@ type recorder struct {
 	out    io.Writer // the access log
 	start  time.Time
 	later  bool // the response goes on after the handler (a held stream), which writes the line at its end
+	// readEnded: the gateway ended a read of the body with a deadline (a
+	// streamed body's silence, or a read it stopped after the answer),
+	// which net/http takes for the client's leaving and cancels the
+	// request's context.
+	readEnded bool
+}
+
+// noteReadEnded marks w's access log line (when there is one) as for a
+// request whose context the gateway's own read deadline ended.
+func noteReadEnded(w http.ResponseWriter) {
+	if rec, ok := w.(*recorder); ok {
+		rec.readEnded = true
+	}
 }
 
 // Unwrap lets http.NewResponseController reach the writer's Flush and

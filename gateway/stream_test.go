@@ -526,7 +526,8 @@ func TestStreamedBodyAnsweredEarlyToAPausedClient(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewUnstartedServer(AccessLog(g, io.Discard))
+	access := &syncBuffer{}
+	srv := httptest.NewUnstartedServer(AccessLog(g, access))
 	srv.EnableHTTP2 = true
 	checkHandlerPanics(t, srv)
 	srv.StartTLS()
@@ -570,6 +571,10 @@ func TestStreamedBodyAnsweredEarlyToAPausedClient(t *testing.T) {
 			}
 		})
 	}
+	// The read the gateway ended after the answer cancels the request's
+	// context; the access log still shows the answer, not 499.
+	checkFor(t, func() bool { return strings.Count(access.String(), `" 413 9 `) == 2 },
+		"two access log lines with 413; the log:\n%s", access)
 	mu.Lock()
 	defer mu.Unlock()
 	if len(got) != 2 {
