@@ -151,9 +151,12 @@ func or(d Duration, def time.Duration) time.Duration {
 // own) and closed that connection.
 const CodePanic bridge.Code = 212
 
-// serverLog takes what net/http logs: a panic it recovered is an error,
-// with its stack; the rest (TLS handshakes that failed, accept errors it
-// retries) is debug.
+// ErrorLog is an http.Server's ErrorLog that writes to l: a panic net/http
+// recovered is an error (MODZMQ0212), with its stack; the rest (TLS
+// handshakes that failed, accept errors it retries) is debug.
+func ErrorLog(l *slog.Logger) *log.Logger { return log.New(serverLog{l}, "", 0) }
+
+// serverLog is ErrorLog's writer.
 type serverLog struct{ log *slog.Logger }
 
 func (l serverLog) Write(p []byte) (int, error) {
@@ -184,7 +187,7 @@ func Serve(ctx context.Context, l net.Listener, lv *Live, access io.Writer) erro
 		IdleTimeout:       idle,
 		MaxHeaderBytes:    64 << 10,
 		ConnContext:       ConnContext,
-		ErrorLog:          log.New(serverLog{g.log}, "", 0),
+		ErrorLog:          ErrorLog(g.log),
 	}
 	// Hijacked connections (WebSockets) are not net/http's to close: they
 	// get 1001, and the shutdown waits for them as for requests.

@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"log"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -20,7 +19,7 @@ func TestServerLogRaisesPanics(t *testing.T) {
 			panic("the handler broke")
 		}
 	}))
-	srv.Config.ErrorLog = log.New(serverLog{logger}, "", 0)
+	srv.Config.ErrorLog = ErrorLog(logger)
 	srv.Start()
 	defer srv.Close()
 

@@ -209,7 +209,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "zmq-gateway: admin listener: %v\n", err)
 			return 1
 		}
-		asrv := &http.Server{Handler: lv.AdminHandler(), ReadHeaderTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second}
+		asrv := &http.Server{Handler: lv.AdminHandler(), ReadHeaderTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second,
+			ErrorLog: gateway.ErrorLog(log)}
 		go asrv.Serve(al)
 		defer asrv.Close()
 		log.Info("admin listener: /metrics, /status", "listen", al.Addr().String())
