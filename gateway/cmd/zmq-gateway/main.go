@@ -213,7 +213,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 			ErrorLog: gateway.ErrorLog(log)}
 		go asrv.Serve(al)
 		defer asrv.Close()
-		log.Info("admin listener: /metrics, /status", "listen", al.Addr().String())
+		log.Info(gateway.CodeServing.String()+": admin listener: /metrics, /status", "listen", al.Addr().String())
 	}
 	readConfig := func() (*gateway.Config, error) {
 		c, err := buildConfig(*configPath, routes, *listen, *timeout, *maxBody, *accessLog)
