@@ -358,7 +358,7 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request, h *Handle) {
 		resp, err = g.Relay(r.Context(), h, &req)
 	}
 	if err != nil {
-		if r.Context().Err() != nil {
+		if r.Context().Err() != nil && endRead == nil {
 			return // the client went away: nobody to answer
 		}
 		st := bridge.StatusOf(err)
@@ -394,7 +394,8 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request, h *Handle) {
 // When the answer came while a read of the body still waited for the
 // client, endRead is not nil, and the handler calls it once the answer is
 // out: it ends the read (a read deadline of now) and waits for it. Until
-// then the request is full duplex, so that writing the answer does not
+// then the read waits without a deadline (it notices a client that leaves
+// during a streamed reply), the request is full duplex, so that writing the answer does not
 // first wait for that read, and over HTTP/1.x the connection closes after
 // the answer: the rest of the body is not read. (net/http ends a read
 // still under way as the handler returns too; ending it in the handler
@@ -413,9 +414,16 @@ func (g *Gateway) relayBody(w http.ResponseWriter, r *http.Request, h *Handle, r
 	rc := http.NewResponseController(w)
 	_, idle, write, _ := serverTimeouts(g.cfg)
 	body := &pacedBody{r: rd, rc: rc, idle: idle}
+	// The server's deadlines count from the request's start (over HTTP/2
+	// they are timers on the stream, which run between reads too): the
+	// body's reads set their own, and the answer's write deadline counts
+	// from the answer.
+	rc.SetReadDeadline(time.Time{})
+	rc.SetWriteDeadline(time.Time{})
 	resp, waitRead, readErr, err := g.RelayBody(r.Context(), h, req, body)
-	rc.SetWriteDeadline(time.Now().Add(write)) // the server's counts from the request's start
+	rc.SetWriteDeadline(time.Now().Add(write))
 	if waitRead != nil {
+		body.hold()
 		rc.EnableFullDuplex() // HTTP/2 always is
 		if r.ProtoMajor == 1 {
 			w.Header().Set("Connection", "close")
@@ -446,13 +454,14 @@ func (g *Gateway) relayBody(w http.ResponseWriter, r *http.Request, h *Handle, r
 }
 
 // pacedBody is a streamed body read from net/http with a read deadline
-// of idle from each read (which replaces the server's deadline for the
-// whole request); end makes a read under way, or the next, fail at once.
+// of idle for each read, and none between reads; hold lifts the deadline
+// of a read under way, or the next, and end makes it fail at once.
 type pacedBody struct {
 	r     io.Reader
 	rc    *http.ResponseController
 	idle  time.Duration
 	mu    sync.Mutex
+	held  bool
 	ended bool
 }
 
@@ -462,9 +471,26 @@ func (b *pacedBody) Read(p []byte) (int, error) {
 		b.mu.Unlock()
 		return 0, os.ErrDeadlineExceeded
 	}
-	b.rc.SetReadDeadline(time.Now().Add(b.idle))
+	if !b.held {
+		b.rc.SetReadDeadline(time.Now().Add(b.idle))
+	}
 	b.mu.Unlock()
-	return b.r.Read(p)
+	n, err := b.r.Read(p)
+	b.mu.Lock()
+	if !b.held && !b.ended {
+		b.rc.SetReadDeadline(time.Time{})
+	}
+	b.mu.Unlock()
+	return n, err
+}
+
+func (b *pacedBody) hold() {
+	b.mu.Lock()
+	if !b.ended {
+		b.held = true
+		b.rc.SetReadDeadline(time.Time{})
+	}
+	b.mu.Unlock()
 }
 
 func (b *pacedBody) end() {

@@ -522,55 +522,37 @@ func TestStreamedBodyAnsweredEarlyToAPausedClient(t *testing.T) {
 			reply(zmqtest.Part(m.envelope, "@credit", "1048576"))
 		}
 	})
-	g, err := New(&Config{Routes: []Route{{Prefix: "/", Backend: []string{ep}, StreamBody: true, MaxBody: new(int64)}}}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
 	access := &syncBuffer{}
-	srv := httptest.NewUnstartedServer(AccessLog(g, access))
-	srv.EnableHTTP2 = true
-	checkHandlerPanics(t, srv)
-	srv.StartTLS()
-	t.Cleanup(func() { srv.Close(); g.Close() })
-
-	for _, proto := range []string{"HTTP/1.1", "HTTP/2.0"} {
-		t.Run(proto, func(t *testing.T) {
-			tr := srv.Client().Transport.(*http.Transport).Clone()
-			tr.ForceAttemptHTTP2 = proto == "HTTP/2.0"
-			if !tr.ForceAttemptHTTP2 {
-				tr.TLSClientConfig.NextProtos = []string{"http/1.1"}
-			}
-			c := &http.Client{Transport: tr}
-			defer tr.CloseIdleConnections()
-			pr, pw := io.Pipe()
-			answered := make(chan struct{})
-			defer close(answered)
-			go func() {
-				pw.Write(make([]byte, sent))
-				<-answered // the client pauses until it has the answer
-				pw.CloseWithError(errors.New("the client gave up"))
-			}()
-			type answer struct {
-				resp *http.Response
-				err  error
-			}
-			answers := make(chan answer, 1)
-			go func() {
-				resp, err := c.Post(srv.URL+"/up", "application/octet-stream", pr)
-				answers <- answer{resp, err}
-			}()
-			a := zmqtest.WaitFor(t, answers, fmt.Sprintf("the answer to a client that paused after %d bytes", sent))
-			if a.err != nil {
-				t.Fatalf("the answer to a client that paused after %d bytes: %v", sent, a.err)
-			}
-			resp := a.resp
-			b, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode != 413 || string(b) != "no thanks" || resp.Proto != proto {
-				t.Errorf("an upload the worker refused while its client paused: %s %s %q, want %s 413 \"no thanks\"", resp.Proto, resp.Status, b, proto)
-			}
-		})
-	}
+	srv := startTLSGateway(t, &Config{Routes: []Route{{Prefix: "/", Backend: []string{ep}, StreamBody: true, MaxBody: new(int64)}}}, access)
+	eachProto(t, srv, func(t *testing.T, proto string, c *http.Client) {
+		pr, pw := io.Pipe()
+		answered := make(chan struct{})
+		defer close(answered)
+		go func() {
+			pw.Write(make([]byte, sent))
+			<-answered // the client pauses until it has the answer
+			pw.CloseWithError(errors.New("the client gave up"))
+		}()
+		type answer struct {
+			resp *http.Response
+			err  error
+		}
+		answers := make(chan answer, 1)
+		go func() {
+			resp, err := c.Post(srv.URL+"/up", "application/octet-stream", pr)
+			answers <- answer{resp, err}
+		}()
+		a := zmqtest.WaitFor(t, answers, fmt.Sprintf("the answer to a client that paused after %d bytes", sent))
+		if a.err != nil {
+			t.Fatalf("the answer to a client that paused after %d bytes: %v", sent, a.err)
+		}
+		resp := a.resp
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 413 || string(b) != "no thanks" || resp.Proto != proto {
+			t.Errorf("an upload the worker refused while its client paused: %s %s %q, want %s 413 \"no thanks\"", resp.Proto, resp.Status, b, proto)
+		}
+	})
 	// The read the gateway ended after the answer cancels the request's
 	// context; the access log still shows the answer, not 499.
 	checkFor(t, func() bool { return strings.Count(access.String(), `" 413 9 `) == 2 },

@@ -48,7 +48,8 @@ import (
 // after it; a connection that asked to close closes once the body is
 // dropped, so the client is not reset while it still sends. A body that
 // breaks the parser (bad chunk framing, over max_body) or whose client
-// sends nothing for the read timeout ends the request with that status
+// sends nothing for the read timeout while the body waits for it (not
+// while the relay waits for its worker) ends the request with that status
 // (400, 413, 408)
 // and closes the connection; a client that leaves mid-body cancels the
 // request (the worker gets @cancel, with notices).
@@ -94,11 +95,21 @@ type bodyPipe struct {
 	cancel context.CancelFunc // ends the relay: the body cannot go on (sweepHolds)
 
 	mu      sync.Mutex
-	buf     []byte // the relay's buffer while it waits in Read; the owner writes into it
-	n       int    // bytes the owner copied into buf
-	err     error  // io.EOF once the body ended; why it could not be read otherwise
-	stopped bool   // the relay reads no more: the owner drops the rest
+	buf     []byte    // the relay's buffer while it waits in Read; the owner writes into it
+	n       int       // bytes the owner copied into buf
+	err     error     // io.EOF once the body ended; why it could not be read otherwise
+	stopped bool      // the relay reads no more: the owner drops the rest
+	turn    time.Time // since when the body waits for its client (clientTurn)
 	ready   chan struct{}
+}
+
+// clientTurn reports since when the body has waited for its client: since
+// the relay began to wait in Read, or stopped reading (the owner drops
+// what comes); ok is false while the relay waits for its worker instead.
+func (b *bodyPipe) clientTurn() (since time.Time, ok bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.turn, b.buf != nil || b.stopped
 }
 
 func newBodyPipe(s *Server, c *conn) *bodyPipe {
@@ -130,7 +141,7 @@ func (b *bodyPipe) Read(p []byte) (int, error) {
 		b.mu.Unlock()
 		return 0, err
 	}
-	b.buf, b.n = p, 0
+	b.buf, b.n, b.turn = p, 0, time.Now()
 	b.mu.Unlock()
 	b.s.wakeFor(b)
 	select {
@@ -157,7 +168,7 @@ func (b *bodyPipe) Read(p []byte) (int, error) {
 // stop tells the owner that the relay reads no more of the body.
 func (b *bodyPipe) stop() {
 	b.mu.Lock()
-	b.stopped = true
+	b.stopped, b.turn = true, time.Now()
 	b.mu.Unlock()
 	b.s.wakeFor(b)
 }

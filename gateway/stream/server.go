@@ -44,7 +44,7 @@ const (
 type Options struct {
 	IdleTimeout   time.Duration // keep-alive connection with nothing to do
 	HeaderTimeout time.Duration // from a request's first byte to its last header
-	BodyTimeout   time.Duration // from a request's first byte to its last body byte; a streamed body's longest silence
+	BodyTimeout   time.Duration // from a request's first byte to its last body byte; a streamed body's longest wait for its client
 	Drain         time.Duration // how long Serve waits for requests in flight at shutdown
 	Log           *slog.Logger
 }
@@ -700,6 +700,7 @@ func (s *Server) start(c *conn, r *Request, body *bodyPipe) {
 			return
 		}
 		if resp.Stream != nil {
+			resp.Stream.SetContext(ctx) // a streamed body's call ran on body.ctx, which ended with the body
 			s.relayStream(ctx, sl, h, &resp, head, minor)
 			return
 		}
@@ -944,7 +945,7 @@ func (s *Server) sweep(now time.Time) {
 					"stalled", stalled.Round(time.Millisecond).String())
 				s.closeConn(c)
 			}
-		case c.body != nil && now.Sub(c.lastIO) > s.opts.BodyTimeout:
+		case c.body != nil && s.bodySilent(c, now):
 			s.log.Debug(CodeBadRequest.String()+": bad request", "status", http.StatusRequestTimeout,
 				"reason", "the client sent nothing of its streamed body for the read timeout", "connection", c.hexID)
 			s.endBody(c, fail(http.StatusRequestTimeout, "request not received in time"))
@@ -963,6 +964,16 @@ func (s *Server) sweep(now time.Time) {
 			s.closeConn(c)
 		}
 	}
+}
+
+// bodySilent reports whether c's streamed body has waited for its client
+// for the read timeout without a byte from it.
+func (s *Server) bodySilent(c *conn, now time.Time) bool {
+	since, ok := c.body.clientTurn()
+	if c.lastIO.After(since) {
+		since = c.lastIO
+	}
+	return ok && now.Sub(since) > s.opts.BodyTimeout
 }
 
 // response formats a worker's reply as an HTTP/1.1 response.
