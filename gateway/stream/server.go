@@ -401,10 +401,31 @@ func (s *Server) readStream(accepting bool) error {
 		if !c.parser.InProgress() {
 			c.reqStart = c.lastIO
 		}
+		if s.overflows(c, len(data)) {
+			continue
+		}
 		c.parser.Feed(data)
 		s.parse(c)
 	}
 	return nil
+}
+
+// overflows reports whether n more bytes of c's must be dropped: while c
+// parses no further request (answers ahead of it are pending after one that
+// closes the connection, or maxPipeline of them; a WebSocket handshake
+// waits for its worker), it holds at most MaxHeader + 64 KiB of what the
+// client sends meanwhile. Past that, c takes no further request: it closes
+// after the answers ahead, and what comes is dropped.
+func (s *Server) overflows(c *conn, n int) bool {
+	if c.body != nil || !c.closing && len(c.pending) < maxPipeline || c.parser.Buffered()+n <= c.parser.MaxHeader+64<<10 {
+		return false
+	}
+	if !c.closing {
+		s.log.Debug(CodeBadRequest.String()+": a client sent on past the requests the connection holds; it closes after their answers",
+			"pending", len(c.pending), "connection", c.hexID)
+		c.closing = true
+	}
+	return true
 }
 
 func (s *Server) open(id, peer string) {
