@@ -6,6 +6,7 @@ package stream
 import (
 	"bytes"
 	"strconv"
+	"strings"
 )
 
 // Default limits of the parser.
@@ -340,7 +341,7 @@ func (p *Parser) bodyNext(room int) (data []byte, done bool, err *Error) {
 			}
 			line = bytes.TrimRight(line, " \t")
 			size, perr := strconv.ParseInt(string(line), 16, 64)
-			if perr != nil || size < 0 || len(line) > 15 {
+			if perr != nil || !allOf(line, isHex) || len(line) > 15 { // ParseInt takes a sign and _
 				return nil, false, p.setErr(fail(400, "bad chunk size"))
 			}
 			if size == 0 {
@@ -491,7 +492,7 @@ func (p *Parser) finishHead() *Error {
 			r.Host = f.Value
 		case equalFold(f.Name, "Content-Length"):
 			n, err := strconv.ParseInt(f.Value, 10, 64)
-			if err != nil || n < 0 || f.Value[0] == '+' {
+			if err != nil || !allOf([]byte(f.Value), isDigit) {
 				return fail(400, "bad Content-Length")
 			}
 			if clSeen && n != r.ContentLength {
@@ -499,7 +500,13 @@ func (p *Parser) finishHead() *Error {
 			}
 			clSeen, r.ContentLength = true, n
 		case equalFold(f.Name, "Transfer-Encoding"):
-			if !equalFold(lastToken(f.Value), "chunked") || r.Chunked {
+			// HTTP/1.0 has no transfer codings: its framing is faulty (RFC
+			// 9112, 6.1). chunked is the one coding taken, alone: another
+			// would reach the worker still coded.
+			if r.Minor == 0 {
+				return fail(400, "Transfer-Encoding in an HTTP/1.0 request")
+			}
+			if !equalFold(strings.TrimSpace(f.Value), "chunked") || r.Chunked {
 				return fail(501, "unsupported transfer coding")
 			}
 			r.Chunked = true
@@ -531,12 +538,20 @@ func (p *Parser) finishHead() *Error {
 	return nil
 }
 
-func lastToken(v string) string {
-	if i := bytes.LastIndexByte([]byte(v), ','); i >= 0 {
-		v = v[i+1:]
+// allOf reports whether b is not empty and every byte of it is one that
+// is accepts.
+func allOf(b []byte, is func(byte) bool) bool {
+	for _, c := range b {
+		if !is(c) {
+			return false
+		}
 	}
-	return string(bytes.TrimSpace([]byte(v)))
+	return len(b) > 0
 }
+
+func isDigit(c byte) bool { return c >= '0' && c <= '9' }
+
+func isHex(c byte) bool { return isDigit(c) || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F' }
 
 func isToken(c byte) bool {
 	switch {
