@@ -610,8 +610,9 @@ func (s *Server) head(c *conn) {
 		}
 		return // Next reports it
 	}
-	if r.Expect100 && r.ContentLength != 0 && len(c.pending) == 0 && status == 0 {
-		// In the queue, as any answer: libzmq may not take it at once.
+	if r.Expect100 && r.Minor >= 1 && r.ContentLength != 0 && status == 0 {
+		// In the queue, after the answers to the requests before it, as any
+		// answer: libzmq may not take it at once. HTTP/1.0 has no 100.
 		c.pending = append(c.pending, &slot{c: c, done: true, data: []byte("HTTP/1.1 100 Continue\r\n\r\n")})
 		s.flush(c)
 	}
