@@ -549,12 +549,12 @@ func (g *Gateway) RelayBody(ctx context.Context, h *Handle, req *bridge.Request,
 		}
 		select {
 		case <-call.Ready():
-			call.Step(0)
+			stepQueued(call)
 		case <-timer.C:
-			call.Step(0) // the deadline, a cancelled context, a lost worker
+			stepQueued(call) // and the deadline, a cancelled context, a lost worker
 		case rd := <-reads:
 			reading = false
-			if call.Step(0); call.Done() {
+			if stepQueued(call); call.Done() {
 				if _, cerr := call.Result(); rd.err != nil && rd.err != io.EOF && ctx.Err() != nil && errors.Is(cerr, ctx.Err()) {
 					return bridge.Response{}, nil, rd.err, nil // the read failed, and so ended the context
 				}
@@ -588,6 +588,16 @@ func (g *Gateway) RelayBody(ctx context.Context, h *Handle, req *bridge.Request,
 	resp, err = call.Result()
 	g.logRelayError(ctx, h, err)
 	return resp, waitRead, nil, err
+}
+
+// stepQueued steps call until it has taken every message queued for it:
+// Ready wakes once for any number of them, and Step takes one credit at a
+// time (left queued, each would wait for Wait).
+func stepQueued(call *bridge.Call) {
+	for credit := int64(-1); !call.Done() && call.BodyCredit() != credit; {
+		credit = call.BodyCredit()
+		call.Step(0)
+	}
 }
 
 // bodyRead is what one read of a streamed body gave.
