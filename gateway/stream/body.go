@@ -101,6 +101,8 @@ type bodyPipe struct {
 	stopped bool      // the relay reads no more: the owner drops the rest
 	turn    time.Time // since when the body waits for its client (clientTurn)
 	ready   chan struct{}
+
+	want100 bool // the owner's: the client waits for 100 Continue (continueBody)
 }
 
 // clientTurn reports since when the body has waited for its client: since
@@ -208,6 +210,14 @@ func (b *bodyPipe) fail(err error) {
 // size line, trailer fields), bounded as a request's head is.
 func (s *Server) feedBody(c *conn) bool {
 	b := c.body
+	if b.want100 {
+		b.mu.Lock()
+		asked := b.buf != nil
+		b.mu.Unlock()
+		if asked {
+			s.continueBody(c, b)
+		}
+	}
 	b.mu.Lock()
 	stopped := b.stopped
 	var n int

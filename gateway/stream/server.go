@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -610,18 +611,39 @@ func (s *Server) head(c *conn) {
 		}
 		return // Next reports it
 	}
-	if r.Expect100 && r.Minor >= 1 && r.ContentLength != 0 && status == 0 {
-		// In the queue, after the answers to the requests before it, as any
-		// answer: libzmq may not take it at once. HTTP/1.0 has no 100.
-		c.pending = append(c.pending, &slot{c: c, done: true, data: []byte("HTTP/1.1 100 Continue\r\n\r\n")})
-		s.flush(c)
-	}
+	streamed := false
 	if h != nil && status == 0 && h.Route.StreamBody && r.ContentLength != 0 {
 		// stream_body: relayed now, the body following in parts (body.go).
 		c.parser.StreamBody()
-		if c.parser.Streaming() {
-			c.body = newBodyPipe(s, c)
-			s.start(c, r, c.body)
+		streamed = c.parser.Streaming()
+	}
+	want100 := r.Expect100 && r.Minor >= 1 && r.ContentLength != 0 && status == 0 // HTTP/1.0 has no 100
+	if want100 && !streamed {
+		// In the queue, after the answers to the requests before it, as any
+		// answer: libzmq may not take it at once.
+		c.pending = append(c.pending, &slot{c: c, done: true, data: []byte(continue100)})
+		s.flush(c)
+	}
+	if streamed {
+		c.body = newBodyPipe(s, c)
+		c.body.want100 = want100 // when its relay first asks for the body (continueBody)
+		s.start(c, r, c.body)
+	}
+}
+
+const continue100 = "HTTP/1.1 100 Continue\r\n\r\n"
+
+// continueBody sends the 100 Continue a streamed body's client waits for,
+// once the relay asks for the body, that is once its worker has granted
+// credit: a worker that answers at once (a 401) spares the client its
+// upload. It goes just before the request's own answer in c's queue.
+func (s *Server) continueBody(c *conn, b *bodyPipe) {
+	b.want100 = false
+	for i, sl := range c.pending {
+		if sl.body == b {
+			c.pending = slices.Insert(c.pending, i, &slot{c: c, done: true, data: []byte(continue100)})
+			s.flush(c)
+			return
 		}
 	}
 }
