@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/modzmq/modzmq/bridge"
@@ -102,7 +103,8 @@ type bodyPipe struct {
 	turn    time.Time // since when the body waits for its client (clientTurn)
 	ready   chan struct{}
 
-	want100 bool // the owner's: the client waits for 100 Continue (continueBody)
+	want100 bool        // the owner's: the client waits for 100 Continue (continueBody)
+	started atomic.Bool // the relay is past the connection's @open: the request went to its worker
 }
 
 // clientTurn reports since when the body has waited for its client: since
@@ -310,7 +312,11 @@ func (s *Server) sweepHolds(now time.Time) {
 				s.wsHeldTooLong(c, now.Sub(since)) // websocket.go
 				continue
 			}
-			s.log.Warn(CodeSlowBody.String()+": a streamed body's worker took nothing while every other client waited; request ended",
+			what := "a streamed body's worker took nothing"
+			if !c.body.started.Load() {
+				what = "a streamed body waited for its connection's @open notice to be answered"
+			}
+			s.log.Warn(CodeSlowBody.String()+": "+what+" while every other client waited; request ended",
 				"status", http.StatusServiceUnavailable, "held", now.Sub(since).Round(time.Millisecond).String(), "connection", c.hexID)
 			b := c.body
 			s.endBody(c, fail(http.StatusServiceUnavailable, "the worker takes the request body too slowly"))

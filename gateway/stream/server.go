@@ -705,9 +705,16 @@ func (s *Server) start(c *conn, r *Request, body *bodyPipe) {
 	s.inFlight.Add(1)
 	go func() {
 		defer s.inFlight.Done()
+		waitCtx := ctx
+		if body != nil {
+			waitCtx = body.ctx // a body that held the socket too long ends the wait (sweepHolds)
+		}
 		select { // workers hear of a connection before its first request
 		case <-opened:
-		case <-ctx.Done():
+			if body != nil {
+				body.started.Store(true)
+			}
+		case <-waitCtx.Done():
 		}
 		var resp bridge.Response
 		var err error

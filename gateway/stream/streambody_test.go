@@ -107,3 +107,41 @@ func TestStreamedBodyWaitingForItsWorker(t *testing.T) {
 		t.Errorf("a body sent at once, its worker's first credit later than the read timeout: %s %q, %v; want 200 \"got it\"", resp.Status, b, err)
 	}
 }
+
+// With connection_notices, a streamed body whose worker leaves the
+// connection's @open unanswered holds the socket as one whose worker grants
+// nothing: 503 after the hold limit, and the log line says it was the
+// @open that waited.
+func TestStreamedBodyWaitingForItsOpenNotice(t *testing.T) {
+	ep := zmqtest.ROUTER(t, func(msg [][]byte, reply func([][]byte)) {
+		m := workerMsg(msg)
+		switch {
+		case m.method() == "@open": // never answered
+		case m.method() == "@close":
+			reply(zmqtest.Part(m.envelope(), "200", "", ""))
+		case strings.HasPrefix(m.method(), "@"):
+		default:
+			reply(zmqtest.Part(m.envelope(), "@credit", "10485760"))
+		}
+	})
+	_, addr, logs := startServerLog(t, Options{Drain: time.Second}, gateway.Route{Prefix: "/", Backend: []string{ep}, StreamBody: true,
+		MaxBody: noLimit(), ConnectionNotices: true})
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	body := strings.Repeat("x", 256<<10)
+	fmt.Fprintf(c, "POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+	c.SetReadDeadline(time.Now().Add(10 * time.Second)) // a liveness bound
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Errorf("a streamed body on a connection whose @open is not answered: %s, want 503", resp.Status)
+	}
+	if !strings.Contains(logs.String(), "MODZMQ0310: a streamed body waited for its connection's @open notice to be answered") {
+		t.Errorf("the log does not name the @open:\n%s", logs)
+	}
+}
