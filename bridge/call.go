@@ -184,7 +184,13 @@ func (call *Call) Ready() <-chan struct{} {
 	if call.done || call.p == nil {
 		return nil
 	}
-	if r, ok := call.p.conn.(interface{ readyChan() <-chan struct{} }); ok {
+	return readyOf(call.p.conn)
+}
+
+// readyOf is c's channel that receives when a message may have been queued
+// for Recv, where c offers one (shared connections do); nil otherwise.
+func readyOf(c Conn) <-chan struct{} {
+	if r, ok := c.(interface{ readyChan() <-chan struct{} }); ok {
 		return r.readyChan()
 	}
 	return nil

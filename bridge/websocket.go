@@ -208,10 +208,7 @@ func (ws *WebSocket) Ready() <-chan struct{} {
 	if ws.p == nil {
 		return nil
 	}
-	if r, ok := ws.p.conn.(interface{ readyChan() <-chan struct{} }); ok {
-		return r.readyChan()
-	}
-	return nil
+	return readyOf(ws.p.conn)
 }
 
 // Notify makes fn be called whenever a message from the worker may have
