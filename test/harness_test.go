@@ -117,6 +117,10 @@ func startProcess(t *testing.T, name string, args ...string) *worker {
 		cmd.Process.Kill()
 		cmd.Wait()
 		pw.Close()
+		if t.Failed() { // what the worker said may explain the failure
+			text := out.String()
+			t.Logf("%s %v printed (last 4 KiB):\n%s", filepath.Base(name), args, text[max(0, len(text)-4096):])
+		}
 	})
 	select {
 	case <-ready:
