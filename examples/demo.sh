@@ -61,6 +61,17 @@ trap cleanup INT TERM EXIT
 pids="$pids $!"
 "$top/build/go-worker" -bind "tcp://127.0.0.1:$GO_PORT" -name go-worker >/dev/null &
 pids="$pids $!"
+# Apache starts once both workers listen, so its first connections succeed
+# rather than log a retry.
+tries=0
+until busy "$ECHO_PORT" && busy "$GO_PORT"; do
+	tries=$((tries + 1))
+	if [ "$tries" -ge 50 ]; then
+		echo "demo: the workers did not start listening on ports $ECHO_PORT and $GO_PORT within 10 s" >&2
+		exit 1
+	fi
+	sleep 0.2
+done
 out=$(/usr/sbin/apache2 -f "$dir/httpd.conf" -t 2>&1) || { echo "$out" >&2; exit 1; }
 /usr/sbin/apache2 -f "$dir/httpd.conf" -k start
 
