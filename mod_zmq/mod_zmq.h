@@ -126,6 +126,7 @@ typedef struct modzmq_calls {
     modzmq_ws_step_fn ws_step;
     modzmq_call_info_fn call_info;
     modzmq_waits_fn waits;
+    modzmq_ready_fn ready;
 } modzmq_calls;
 /* Returns the library's request path, or NULL with a log code and reason in *why. */
 const modzmq_calls *modzmq_loader_calls(const char **why);

@@ -908,6 +908,19 @@ static int take_stream_place(request_rec *r, const modzmq_dir_conf *conf, int *c
     return HTTP_SERVICE_UNAVAILABLE;
 }
 
+/* Ends a request still waiting for its worker when its child stops, not
+ * gracefully: 503. */
+static int end_for_stop(request_rec *r, const modzmq_dir_conf *conf, const modzmq_calls *lib,
+                        modzmq_response *resp, int counted)
+{
+    lib->cancel(resp);
+    lib->release(resp);
+    stream_done(conf, counted);
+    ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, "MODZMQ0034: the child is stopping (not gracefully): the "
+                  "request waiting for its worker ends");
+    return HTTP_SERVICE_UNAVAILABLE;
+}
+
 static int relay_request(request_rec *r, const modzmq_dir_conf *conf, const modzmq_calls *lib, int handle,
                          modzmq_response *resp)
 {
@@ -918,8 +931,8 @@ static int relay_request(request_rec *r, const modzmq_dir_conf *conf, const modz
     apr_off_t body_total = 0, max_body = modzmq_conf_max_body(conf);
     apr_time_t body_heard = 0;
     char *part = NULL;
-    int body_fd = -1;
-    apr_size_t n;
+    int body_fd = -1, held = 0, held_eos = 0; /* held: a part read, not yet sent */
+    apr_size_t n, held_len = 0;
     int rc, status, streaming = 0, counted = 0, body_done = 0, websocket = wants_websocket(r, conf);
 
     memset(&req, 0, sizeof(req));
@@ -967,70 +980,92 @@ static int relay_request(request_rec *r, const modzmq_dir_conf *conf, const modz
     for (;;) {
         if (rc == MODZMQ_PENDING && req.stream_body && !body_done && resp->body_credit > 64) {
             /* The worker has room for a part: read one, at most 64 KiB. */
-            apr_size_t got = 0;
-            int eos = 0, watch;
+            apr_size_t want = resp->body_credit - 64 < 65536 ? (apr_size_t)(resp->body_credit - 64) : 65536;
+            int watch;
             if (part == NULL) {
                 part = apr_palloc(r->pool, 65536);
                 body_bb = apr_brigade_create(r->pool, r->connection->bucket_alloc);
                 /* What shows the client's input: its socket, or under
                  * HTTP/2 the pipe mod_http2 signals its stream's input on. */
                 body_fd = resp->wake[0].fd >= 0 ? resp->wake[0].fd : client_input_fd(r);
+                /* The worker is ready for the body: a client that asked
+                 * (Expect: 100-continue) is told to send it. A read that
+                 * does not wait never sends the 100 itself. */
+                if (r->expecting_100 && r->proto_num >= HTTP_VERSION(1, 1)) {
+                    int saved = r->status;
+                    r->status = HTTP_CONTINUE;
+                    ap_send_interim_response(r, 0);
+                    r->status = saved;
+                }
             }
-            /* Before each part, look for a message from the worker (an
-             * answer before the body is complete, a 413 or a 403, or more
-             * credit), waiting for it and for the client at once when the
-             * client has sent nothing more yet; then read what the client
-             * has sent, without waiting. So no part goes out after an
-             * answer the front has received, and a client that pauses gets
-             * the answer at once. Without a descriptor to watch, or when
-             * the wait cannot watch the worker (modzmq_waits: CurveZMQ,
-             * whose step waits in Go), the read waits for the client. */
+            if (child_stopping()) {
+                if (__atomic_load_n(&stop_now, __ATOMIC_SEQ_CST)) {
+                    return end_for_stop(r, conf, lib, resp, counted);
+                }
+                resp->wake[1].events = 0; /* a graceful stop: the body goes on */
+            }
+            /* What the client has sent is read first, without waiting:
+             * bytes Apache already holds (sent with the head, decrypted
+             * TLS) do not show on the descriptor. With a part in hand, a
+             * message the worker has sent (an answer before the body is
+             * complete, a 413 or a 403, or more credit) is taken first, so
+             * no part goes out after an answer the front has received. With
+             * nothing to read, the wait is for the worker and the client
+             * at once, so a client that pauses gets the answer at once.
+             * Without a descriptor to watch, or when the wait cannot watch
+             * the worker (modzmq_waits: CurveZMQ, whose step waits in Go),
+             * the read waits for the client. */
             watch = body_fd >= 0 && lib->waits(resp);
-            if (watch) {
-                int step, fd = resp->wake[0].fd;
-                short events = resp->wake[0].events;
-                resp->wake[0].fd = body_fd;
-                resp->wake[0].events = events | POLLIN;
-                step = lib->wait(resp);
-                resp->wake[0].fd = fd;
-                resp->wake[0].events = events;
-                if (step) {
-                    rc = lib->resume(resp);
+            if (!held) {
+                status = read_part(r, body_bb, part, want, watch ? APR_NONBLOCK_READ : APR_BLOCK_READ,
+                                   &held_len, &held_eos);
+                if (status == OK && held_len == 0 && !held_eos) {
+                    if (body_heard == 0) {
+                        body_heard = apr_time_now();
+                    }
+                    else if (apr_time_now() - body_heard > r->server->timeout) {
+                        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, "MODZMQ0015: reading the request body "
+                                      "failed: the client sent nothing for %" APR_TIME_T_FMT " s (Timeout)",
+                                      apr_time_sec(r->server->timeout));
+                        lib->cancel(resp);
+                        lib->release(resp);
+                        return HTTP_REQUEST_TIME_OUT;
+                    }
+                    if (watch) {
+                        int step, fd = resp->wake[0].fd;
+                        short events = resp->wake[0].events;
+                        resp->wake[0].fd = body_fd;
+                        resp->wake[0].events = events | POLLIN;
+                        step = lib->wait(resp);
+                        resp->wake[0].fd = fd;
+                        resp->wake[0].events = events;
+                        if (step) {
+                            rc = lib->resume(resp);
+                        }
+                    }
                     continue;
                 }
-            }
-            status = read_part(r, body_bb, part, resp->body_credit - 64 < 65536 ? (apr_size_t)(resp->body_credit - 64) : 65536,
-                               watch ? APR_NONBLOCK_READ : APR_BLOCK_READ, &got, &eos);
-            if (status == OK && got == 0 && !eos && watch) {
-                if (body_heard == 0) {
-                    body_heard = apr_time_now();
+                body_heard = 0;
+                body_total += held_len;
+                if (status == OK && max_body > 0 && body_total > max_body) {
+                    ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, "MODZMQ0014: request body is over "
+                                  MODZMQ_DIR_MAXBODY " %" APR_OFF_T_FMT " bytes", max_body);
+                    status = HTTP_REQUEST_ENTITY_TOO_LARGE;
                 }
-                else if (apr_time_now() - body_heard > r->server->timeout) {
-                    ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, "MODZMQ0015: reading the request body failed: the "
-                                  "client sent nothing for %" APR_TIME_T_FMT " s (Timeout)",
-                                  apr_time_sec(r->server->timeout));
+                if (status != OK) {
                     lib->cancel(resp);
                     lib->release(resp);
-                    return HTTP_REQUEST_TIME_OUT;
+                    return status;
                 }
+                held = 1;
+            }
+            if (watch && lib->ready(resp)) {
+                rc = lib->resume(resp);
                 continue;
             }
-            body_heard = 0;
-            body_total += got;
-            if (status == OK && max_body > 0 && body_total > max_body) {
-                ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, "MODZMQ0014: request body is over "
-                              MODZMQ_DIR_MAXBODY " %" APR_OFF_T_FMT " bytes", max_body);
-                status = HTTP_REQUEST_ENTITY_TOO_LARGE;
-            }
-            if (status != OK) {
-                lib->cancel(resp);
-                lib->release(resp);
-                return status;
-            }
-            body_done = eos;
-            if (got > 0 || eos) {
-                rc = lib->send_body(resp, part, got, eos);
-            }
+            held = 0;
+            body_done = held_eos;
+            rc = lib->send_body(resp, part, held_len, held_eos);
             continue;
         }
         if (rc == MODZMQ_PENDING) {
@@ -1054,12 +1089,7 @@ static int relay_request(request_rec *r, const modzmq_dir_conf *conf, const modz
                 /* Looked at on every pass: a graceful stop may turn into
                  * one that is not (graceful-stop, then stop). */
                 if (__atomic_load_n(&stop_now, __ATOMIC_SEQ_CST)) {
-                    lib->cancel(resp);
-                    lib->release(resp);
-                    stream_done(conf, counted);
-                    ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, "MODZMQ0034: the child is stopping (not "
-                                  "gracefully): the request waiting for its worker ends");
-                    return HTTP_SERVICE_UNAVAILABLE;
+                    return end_for_stop(r, conf, lib, resp, counted);
                 }
                 resp->wake[1].events = 0; /* a graceful stop: the reply is waited for */
             }

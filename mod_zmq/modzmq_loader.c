@@ -328,6 +328,7 @@ static const char *load(apr_pool_t *p, server_rec *s)
     calls.ws_step = (modzmq_ws_step_fn)need_symbol(lib, "modzmq_ws_step", &why, p);
     calls.call_info = (modzmq_call_info_fn)need_symbol(lib, "modzmq_call_info", &why, p);
     calls.waits = (modzmq_waits_fn)need_symbol(lib, "modzmq_waits", &why, p);
+    calls.ready = (modzmq_ready_fn)need_symbol(lib, "modzmq_ready", &why, p);
     rt.open_clients = (modzmq_clients_open_fn)need_symbol(lib, "modzmq_clients_open", &why, p);
     attach = (modzmq_stats_attach_fn)need_symbol(lib, "modzmq_stats_attach", &why, p);
     rt.render = (modzmq_status_render_fn)need_symbol(lib, "modzmq_status_render", &why, p);

@@ -2,8 +2,9 @@
 // child: the exports of modzmq.h, each a few lines that view or copy its
 // inputs, call one function of package relay (the request path: its C relay
 // and the Go that manages it) and map the result. modzmq_relay, modzmq_wait,
-// modzmq_release, modzmq_call_info, modzmq_waits, modzmq_send_body and
-// modzmq_ws_step are the relay's C, exported as they are. Nothing here may
+// modzmq_ready, modzmq_release, modzmq_call_info, modzmq_waits,
+// modzmq_send_body and modzmq_ws_step are the relay's C, exported as they
+// are. Nothing here may
 // end the process: it runs inside an Apache child alongside every other
 // request, so each relay entry point recovers its panics.
 package main

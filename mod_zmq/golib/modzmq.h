@@ -23,7 +23,7 @@
 #include <stdint.h>
 
 /* The ABI this header describes; modzmq_abi_version() must return it. */
-#define MODZMQ_ABI_VERSION 21
+#define MODZMQ_ABI_VERSION 22
 
 /* Return codes of modzmq_relay(). */
 #define MODZMQ_OK         0 /* reply in *resp */
@@ -271,6 +271,15 @@ typedef int (*modzmq_relay_fn)(int client, modzmq_request *req, modzmq_response 
  * rather than resp->wait_ms.
  */
 typedef int (*modzmq_wait_fn)(modzmq_response *resp);
+
+/*
+ * int modzmq_ready(modzmq_response *resp): modzmq_wait without the wait:
+ * receives what has already arrived and says, as modzmq_wait does, whether
+ * the call needs its step. A caller with input of its own in hand (a part
+ * of a streamed body) looks here first, so that nothing it sends follows
+ * an answer that has already come. Plain C.
+ */
+typedef int (*modzmq_ready_fn)(modzmq_response *resp);
 
 /*
  * int modzmq_resume(modzmq_response *resp): advances the call in resp->call

@@ -117,7 +117,8 @@ static int wait_input(const modzmq_response *resp, int zfd, int timeout_ms)
     return poll(p, (nfds_t)n, timeout_ms) > 0 && p[0].revents != 0;
 }
 
-int modzmq_wait(modzmq_response *resp)
+/* modzmq_wait, or with block 0 modzmq_ready: the same without waiting. */
+static int wait_call(modzmq_response *resp, int block)
 {
     modzmq_call *st = MODZMQ_CALL(resp);
     modzmq_release(resp);
@@ -127,7 +128,10 @@ int modzmq_wait(modzmq_response *resp)
          * arrives, until a wake descriptor is ready. */
         int64_t now = zmtp_now_ms(), deadline = now + st->wait_ms;
         int rc;
-        if (st->due_ms != 0 && resp->wake[0].events != 0) {
+        if (!block) {
+            deadline = now;
+        }
+        else if (st->due_ms != 0 && resp->wake[0].events != 0) {
             deadline = st->due_ms < now + WATCHED_SLICE_MS ? st->due_ms : now + WATCHED_SLICE_MS;
         }
         rc = modzmq_zreceive(st->zconn, -1, resp);
@@ -143,4 +147,14 @@ int modzmq_wait(modzmq_response *resp)
      * step has nothing to do unless the call is due or a worker was lost
      * somewhere (Go looks whether it was the call's). */
     return st->due_ms == 0 || zmtp_now_ms() >= st->due_ms || epochs_moved(st);
+}
+
+int modzmq_wait(modzmq_response *resp)
+{
+    return wait_call(resp, 1);
+}
+
+int modzmq_ready(modzmq_response *resp)
+{
+    return wait_call(resp, 0);
 }

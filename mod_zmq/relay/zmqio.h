@@ -134,6 +134,7 @@ int modzmq_go_first(const modzmq_response *resp, int64_t now);
 /* The request path's wait and release, exported from the library; see
  * modzmq.h. */
 int modzmq_wait(modzmq_response *resp);
+int modzmq_ready(modzmq_response *resp);
 int modzmq_call_info(const modzmq_response *resp, const char **id, size_t *id_len, int *endpoint);
 int modzmq_waits(const modzmq_response *resp);
 void modzmq_release(modzmq_response *resp);
