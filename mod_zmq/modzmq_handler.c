@@ -553,6 +553,14 @@ static int run_websocket(request_rec *r, const modzmq_dir_conf *conf, const modz
     set_reply_headers(r, resp);
     apr_table_setn(r->headers_out, "Upgrade", "websocket");
     apr_table_setn(r->headers_out, "Connection", "Upgrade");
+    if (conf->request_id_header != NULL && *conf->request_id_header != '\0') {
+        /* note_call put it with the headers of any answer; an interim
+         * answer sends only headers_out. */
+        const char *id = apr_table_get(r->err_headers_out, conf->request_id_header);
+        if (id != NULL) {
+            apr_table_setn(r->headers_out, conf->request_id_header, id);
+        }
+    }
     ap_send_interim_response(r, 1);
     lib->release(resp);
 

@@ -1,8 +1,10 @@
 package test
 
 import (
+	"bufio"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -130,4 +132,33 @@ func TestLateReplyIsLoggedWithItsID(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// A WebSocket's 101 carries the request id too, where the location asks:
+// the id is set with the headers of every answer, and an interim answer
+// sends only its own.
+func TestWebSocketHandshakeCarriesTheRequestID(t *testing.T) {
+	w := startPyScript(t, "examples/python/ws_echo.py")
+	h := startHTTPD(t, httpdParams{MPM: "event", Extra: fmt.Sprintf(`	<Location /ws>
+		SetHandler zmq
+		ZmqBackend %s
+		ZmqWebSocket on
+		ZmqRequestIdHeader X-Request-Id
+	</Location>
+`, w.Endpoint)})
+	c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", h.Port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	fmt.Fprintf(c, "GET /ws/ids HTTP/1.1\r\nHost: one.localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != 101 || resp.Header.Get("X-Request-Id") == "" {
+		t.Errorf("the handshake's answer: %d, X-Request-Id %q; want 101 with the id", resp.StatusCode, resp.Header.Get("X-Request-Id"))
+	}
 }
