@@ -14,9 +14,9 @@ import (
 // returns the reply frames. It returns the worker's endpoint.
 func REP(t testing.TB, fn func(req [][]byte) [][]byte) string {
 	t.Helper()
-	ep, _ := serve(t, zmq.REP, func(s *zmq.Socket, msg [][]byte) {
+	ep, _ := serve(t, zmq.REP, func(send func([][]byte), msg [][]byte) {
 		if msg != nil {
-			send(s, fn(msg))
+			send(fn(msg))
 		}
 	})
 	return ep
@@ -45,8 +45,7 @@ func KillableROUTER(t testing.TB, fn func(msg [][]byte, reply func([][]byte))) (
 }
 
 func router(t testing.TB, fn func(msg [][]byte, reply func([][]byte)), idle func(reply func([][]byte))) (string, func()) {
-	return serve(t, zmq.ROUTER, func(s *zmq.Socket, msg [][]byte) {
-		reply := func(frames [][]byte) { send(s, frames) }
+	return serve(t, zmq.ROUTER, func(reply func([][]byte), msg [][]byte) {
 		switch {
 		case msg != nil:
 			fn(msg, reply)
@@ -56,16 +55,16 @@ func router(t testing.TB, fn func(msg [][]byte, reply func([][]byte)), idle func
 	})
 }
 
-func send(s *zmq.Socket, frames [][]byte) {
-	parts := make([]any, len(frames))
-	for i, f := range frames {
-		parts[i] = f
-	}
-	s.SendMessage(parts...)
-}
+// idleAfter is how long a worker waits without a message before its idle
+// call (handle with a nil message).
+const idleAfter = 20 * time.Millisecond
 
-// serve runs the worker until stop, which the test's end calls too.
-func serve(t testing.TB, kind zmq.Type, handle func(*zmq.Socket, [][]byte)) (ep string, stop func()) {
+// serve runs the worker until stop, which the test's end calls too. handle
+// gets each message, or nil after idleAfter without one, and a send that
+// any goroutine may call: a libzmq socket is not safe to use from two
+// threads at once, so every use of it holds one lock, and the receive
+// waits a millisecond at a time to let sends in.
+func serve(t testing.TB, kind zmq.Type, handle func(send func([][]byte), msg [][]byte)) (ep string, stop func()) {
 	sock, err := zmq.NewSocket(kind)
 	if err != nil {
 		t.Fatal(err)
@@ -75,22 +74,43 @@ func serve(t testing.TB, kind zmq.Type, handle func(*zmq.Socket, [][]byte)) (ep 
 		t.Fatal(err)
 	}
 	ep, _ = sock.GetLastEndpoint()
-	sock.SetRcvtimeo(20 * time.Millisecond)
+	sock.SetRcvtimeo(time.Millisecond)
+	var mu sync.Mutex
+	send := func(frames [][]byte) {
+		parts := make([]any, len(frames))
+		for i, f := range frames {
+			parts[i] = f
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		sock.SendMessage(parts...)
+	}
 	quit, done := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(done)
-		defer sock.Close()
+		defer func() {
+			mu.Lock()
+			defer mu.Unlock()
+			sock.Close()
+		}()
+		heard := time.Now()
 		for {
 			select {
 			case <-quit:
 				return
 			default:
 			}
+			mu.Lock()
 			msg, err := sock.RecvMessageBytes(0)
-			if err != nil {
-				msg = nil // a receive timeout: handle sees nil
+			mu.Unlock()
+			switch {
+			case err == nil:
+				heard = time.Now()
+				handle(send, msg)
+			case time.Since(heard) >= idleAfter:
+				heard = time.Now()
+				handle(send, nil)
 			}
-			handle(sock, msg)
 		}
 	}()
 	var once sync.Once
