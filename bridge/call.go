@@ -155,6 +155,18 @@ func (call *Call) ID(dst []byte) []byte {
 	return dst
 }
 
+// DoID is Do that also appends to id the request id of the call's latest
+// attempt, the one its worker saw (nothing when none was sent), for a
+// front's access log.
+func (c *Client) DoID(ctx context.Context, req *Request, timeout time.Duration, id []byte) (Response, []byte, error) {
+	call := c.Start(ctx, req, timeout)
+	for !call.Done() {
+		call.Step(call.Wait())
+	}
+	resp, err := call.Result()
+	return resp, call.ID(id), err
+}
+
 // Endpoint is the index in Options.Endpoints of the endpoint the latest
 // attempt went to, or -1.
 func (call *Call) Endpoint() int { return call.endpoint }
@@ -237,8 +249,10 @@ func (call *Call) Step(wait time.Duration) {
 			return
 		}
 		if err != nil {
+			// The connection failed (the worker closed it, a heartbeat
+			// was missed): the error names the request, as a timeout does.
 			call.connFailed = true
-			call.end(Response{}, err)
+			call.end(Response{}, fmt.Errorf("%w (request %s to %s)", err, call.p.id, call.e.addr))
 			return
 		}
 		if len(msg) == 0 || !bytes.Equal(msg[0], call.p.id) {

@@ -261,7 +261,7 @@ func (s *Stream) Step(wait time.Duration) (data []byte, end, ok bool, err error)
 		}
 		if err != nil {
 			s.broken = true
-			return nil, false, false, s.fail(err)
+			return nil, false, false, s.fail(fmt.Errorf("%w (request %s to %s)", err, s.p.id, s.e.addr))
 		}
 		wait = 0 // what follows was queued already, or is for the next Step
 		if len(msg) < 2 || !bytes.Equal(msg[0], s.p.id) {
@@ -355,7 +355,7 @@ func (s *Stream) grant(at int64) {
 	s.c.streams.Buffered.Add(-n)
 	if err := s.p.conn.Send(ControlFrames(s.p.id, methodCredit, strconv.AppendInt(nil, n, 10), nil), s.c.opts.ConnectTimeout); err != nil {
 		s.broken = true
-		s.fail(fmt.Errorf("%w: sending credit to %s: %v", ErrWorkerLost, s.e.addr, err))
+		s.fail(fmt.Errorf("%w: sending credit for request %s to %s: %v", ErrWorkerLost, s.p.id, s.e.addr, err))
 	}
 }
 
