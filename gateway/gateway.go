@@ -277,9 +277,16 @@ func AppendHeaderLines(dst []byte, host string, hdr http.Header) []byte {
 }
 
 // Relay sends req over h's client and logs failures with their code. A
-// caller that went away (ctx cancelled) is not an error worth a line.
-func (g *Gateway) Relay(ctx context.Context, h *Handle, req *bridge.Request) (bridge.Response, error) {
-	resp, err := h.Client.Do(ctx, req, h.Route.TimeoutOrDefault())
+// caller that went away (ctx cancelled) is not an error worth a line. When
+// id is not nil, *id gets the request id the worker saw (the last
+// attempt's; empty when none was sent), in its own array: for the access
+// log.
+func (g *Gateway) Relay(ctx context.Context, h *Handle, req *bridge.Request, id *[]byte) (resp bridge.Response, err error) {
+	if id == nil {
+		resp, err = h.Client.Do(ctx, req, h.Route.TimeoutOrDefault())
+	} else {
+		resp, *id, err = h.Client.DoID(ctx, req, h.Route.TimeoutOrDefault(), (*id)[:0])
+	}
 	g.logRelayError(ctx, h, err)
 	return resp, err
 }
@@ -355,7 +362,7 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request, h *Handle) {
 			return
 		}
 	} else {
-		resp, err = g.Relay(r.Context(), h, &req)
+		resp, err = g.Relay(r.Context(), h, &req, accessID(w))
 	}
 	if err != nil {
 		if r.Context().Err() != nil && endRead == nil {
@@ -420,7 +427,7 @@ func (g *Gateway) relayBody(w http.ResponseWriter, r *http.Request, h *Handle, r
 	// from the answer.
 	rc.SetReadDeadline(time.Time{})
 	rc.SetWriteDeadline(time.Time{})
-	resp, waitRead, readErr, err := g.RelayBody(r.Context(), h, req, body)
+	resp, waitRead, readErr, err := g.RelayBody(r.Context(), h, req, body, accessID(w))
 	rc.SetWriteDeadline(time.Now().Add(write))
 	if waitRead != nil {
 		body.hold()
@@ -517,10 +524,14 @@ const BodyPart = 64 << 10
 // its body pipe). What it reads is dropped. waitRead is nil when no read
 // waits. A read error other than io.EOF ends the call (the worker gets a
 // cancel notice, with notices) and is returned as readErr, for the front
-// to answer; err is then nil. body's reads must end when ctx does. Both fronts use it: the HTTP mode reads the
-// body from net/http, stream mode from its own parser.
-func (g *Gateway) RelayBody(ctx context.Context, h *Handle, req *bridge.Request, body io.Reader) (resp bridge.Response, waitRead func(), readErr, err error) {
+// to answer; err is then nil. body's reads must end when ctx does. id is
+// Relay's. Both fronts use it: the HTTP mode reads the body from net/http,
+// stream mode from its own parser.
+func (g *Gateway) RelayBody(ctx context.Context, h *Handle, req *bridge.Request, body io.Reader, id *[]byte) (resp bridge.Response, waitRead func(), readErr, err error) {
 	call := h.Client.Start(ctx, req, h.Route.TimeoutOrDefault())
+	if id != nil {
+		defer func() { *id = call.ID((*id)[:0]) }() // as Relay does
+	}
 	var (
 		buf     []byte
 		reads   = make(chan bodyRead, 1) // the goroutine never waits to hand its read over

@@ -31,8 +31,7 @@ func OpenAccessLog(where string) (io.Writer, error) {
 	return os.OpenFile(where, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
 }
 
-// AccessLog wraps next and writes one Common Log Format line per request,
-// followed by the time taken in seconds.
+// AccessLog wraps next and writes one line per request (AppendAccessLine).
 func AccessLog(next http.Handler, w io.Writer) http.Handler {
 	if w == nil {
 		return next
@@ -40,6 +39,7 @@ func AccessLog(next http.Handler, w io.Writer) http.Handler {
 	return http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		rec := &recorder{ResponseWriter: rw, out: w, start: start}
+		rec.id = rec.idBuf[:0]
 		defer func() {
 			// A response the handler aborts (a stream that broke) is
 			// logged too, then the panic goes on to net/http.
@@ -65,22 +65,66 @@ func logLine(w io.Writer, r *http.Request, rec *recorder, start time.Time) {
 	}
 	status := rec.status
 	if status == 0 || r.Context().Err() != nil && !rec.readEnded {
-		status = 499 // the client went away first
+		status = StatusClientGone
 	}
-	line := make([]byte, 0, 160)
-	line = append(line, host...)
+	e := AccessEntry{Host: host, Method: r.Method, URI: r.RequestURI, Proto: r.Proto, Start: start,
+		Status: status, Bytes: rec.bytes, ID: rec.id}
+	w.Write(AppendAccessLine(make([]byte, 0, 192), &e))
+}
+
+// StatusClientGone is the status an access log line shows for a request
+// whose client went away before its answer ended.
+const StatusClientGone = 499
+
+// AccessEntry is what an access log line shows of a request.
+type AccessEntry struct {
+	Host               string // the client's address, without its port
+	Method, URI, Proto string // the request line
+	Start              time.Time
+	Status             int
+	Bytes              int64  // body bytes sent
+	ID                 []byte // the request id its worker saw (its last attempt's); empty when none was sent
+}
+
+// AppendAccessLine appends e's access log line, the same in both modes:
+// Common Log Format (client, start time, request line, status, body bytes),
+// then the time taken in seconds and id= the request id the worker saw in
+// its meta, or - when the request went to no worker (README "Logs":
+// Apache's %{zmq-request-id}n):
+//
+//	127.0.0.1 - - [30/Nov/2026:15:32:01 +0000] "GET /echo/ids HTTP/1.1" 200 602 0.001301 id=79d1e8337832-1
+func AppendAccessLine(line []byte, e *AccessEntry) []byte {
+	line = append(line, e.Host...)
 	line = append(line, " - - ["...)
-	line = start.AppendFormat(line, "02/Jan/2006:15:04:05 -0700")
-	line = append(line, "] "...)
-	line = strconv.AppendQuote(line, r.Method+" "+r.RequestURI+" "+r.Proto)
+	line = e.Start.AppendFormat(line, "02/Jan/2006:15:04:05 -0700")
+	line = append(line, "] \""...)
+	line = appendQuoted(line, e.Method)
 	line = append(line, ' ')
-	line = strconv.AppendInt(line, int64(status), 10)
+	line = appendQuoted(line, e.URI)
 	line = append(line, ' ')
-	line = strconv.AppendInt(line, rec.bytes, 10)
+	line = appendQuoted(line, e.Proto)
+	line = append(line, "\" "...)
+	line = strconv.AppendInt(line, int64(e.Status), 10)
 	line = append(line, ' ')
-	line = strconv.AppendFloat(line, time.Since(start).Seconds(), 'f', 6, 64)
-	line = append(line, '\n')
-	w.Write(line)
+	line = strconv.AppendInt(line, e.Bytes, 10)
+	line = append(line, ' ')
+	line = strconv.AppendFloat(line, time.Since(e.Start).Seconds(), 'f', 6, 64)
+	line = append(line, " id="...)
+	if len(e.ID) == 0 {
+		line = append(line, '-')
+	} else {
+		line = append(line, e.ID...)
+	}
+	return append(line, '\n')
+}
+
+// appendQuoted appends s escaped as strconv.Quote escapes it, without the
+// quotes: the request line's three parts, quoted as one string, need no
+// string joined for it.
+func appendQuoted(b []byte, s string) []byte {
+	n := len(b)
+	b = strconv.AppendQuote(b, s)
+	return append(b[:n], b[n+1:len(b)-1]...)
 }
 
 type recorder struct {
@@ -89,7 +133,9 @@ type recorder struct {
 	bytes  int64
 	out    io.Writer // the access log
 	start  time.Time
-	later  bool // the response goes on after the handler (a held stream), which writes the line at its end
+	id     []byte   // the request id the worker saw (accessID), in idBuf while it fits
+	idBuf  [40]byte // a bridge's request id: 16 hex digits, '-', a sequence number
+	later  bool     // the response goes on after the handler (a held stream), which writes the line at its end
 	// readEnded: the gateway ended a read of the body with a deadline (a
 	// streamed body's silence, or a read it stopped after the answer),
 	// which net/http takes for the client's leaving and cancels the
@@ -103,6 +149,15 @@ func noteReadEnded(w http.ResponseWriter) {
 	if rec, ok := w.(*recorder); ok {
 		rec.readEnded = true
 	}
+}
+
+// accessID is where a relay puts the request id of w's request for its
+// access log line (Gateway.Relay); nil when w writes none.
+func accessID(w http.ResponseWriter) *[]byte {
+	if rec, ok := w.(*recorder); ok {
+		return &rec.id
+	}
+	return nil
 }
 
 // Unwrap lets http.NewResponseController reach the writer's Flush and

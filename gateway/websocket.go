@@ -198,7 +198,7 @@ func (g *Gateway) serveWebSocket(w http.ResponseWriter, r *http.Request, h *Hand
 		WebSocket:    true,
 		MaxMessage:   h.Route.WebSocketMaxMessageOrDefault(),
 	}
-	resp, err := g.Relay(ctx, h, &req)
+	resp, err := g.Relay(ctx, h, &req, accessID(w))
 	if err != nil {
 		stop()
 		cancel()

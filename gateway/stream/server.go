@@ -48,6 +48,10 @@ type Options struct {
 	BodyTimeout   time.Duration // from a request's first byte to its last body byte; a streamed body's longest wait for its client
 	Drain         time.Duration // how long Serve waits for requests in flight at shutdown
 	Log           *slog.Logger
+	// AccessLog takes one line per request (access.go); nil for none. A
+	// writer with an Off method (gateway.ReopenableLog) is asked once a
+	// second whether it takes lines.
+	AccessLog io.Writer
 }
 
 // Sending. Each client connection has its own queue in libzmq, a pipe to
@@ -84,6 +88,10 @@ type Server struct {
 	lv   *gateway.Live // the configuration in service, which a reload replaces
 	opts Options
 	log  *slog.Logger
+
+	access io.Writer // Options.AccessLog
+	logOn  bool      // access takes lines (checkLog)
+	logBuf []byte    // access log lines the loop has still to write (flushLog)
 
 	sock   *zmq.Socket
 	waiter *bridge.FDWaiter // the socket's ZMQ_FD, in the netpoller
@@ -154,6 +162,19 @@ type slot struct {
 	st    *streamSlot
 	ws    *wsConn   // an accepted WebSocket: the connection is one once data went (websocket.go)
 	body  *bodyPipe // the request's streamed body (body.go)
+
+	// The access log line's (access.go). req and start are the owner's,
+	// set when it makes the slot; status, id and part the relay's, set
+	// before it hands the slot over.
+	req    *Request // nil: no line (no access log, a 100 Continue, a request refused before its head)
+	start  time.Time
+	status int      // the answer's
+	part   int      // body bytes in data
+	id     []byte   // the request id its worker saw, in idBuf while it fits
+	idBuf  [40]byte // a bridge's request id: 16 hex digits, '-', a sequence number
+	bytes  int64    // body bytes handed to libzmq (the owner's)
+	seen   bool     // the owner took the slot from its relay: status and id are set
+	logged bool
 }
 
 // connHeader is the Connection field a response needs: "close" when the
@@ -188,7 +209,8 @@ func New(lv *gateway.Live, listen string, opts Options) (*Server, error) {
 		opts.Log = slog.Default()
 	}
 	s := &Server{lv: lv, opts: opts, log: opts.Log, conns: map[string]*conn{}, closed: map[string]time.Time{},
-		unsent: map[string]time.Time{}, blocked: map[*conn]bool{}, held: map[*conn]time.Time{}}
+		unsent: map[string]time.Time{}, blocked: map[*conn]bool{}, held: map[*conn]time.Time{}, access: opts.AccessLog}
+	s.checkLog()
 	s.base, s.stop = context.WithCancel(context.Background())
 	var err error
 	if s.sock, err = zmq.NewSocket(zmq.STREAM); err != nil {
@@ -297,6 +319,7 @@ func (s *Server) Serve(ctx context.Context) error {
 			s.sweep(now)
 			nextSweep = now.Add(time.Second)
 		}
+		s.flushLog()
 	}
 }
 
@@ -333,6 +356,7 @@ func (s *Server) close() {
 	s.stop()
 	s.inFlight.Wait()
 	s.drainQueue() // WebSockets accepted as the server stopped are closed (websocket.go)
+	s.flushLog()
 	s.waiter.Close()
 	s.sock.Close()
 }
@@ -444,6 +468,11 @@ func (s *Server) open(id, peer string) {
 func (s *Server) gone(c *conn) {
 	delete(s.conns, c.id)
 	delete(s.blocked, c)
+	for _, sl := range c.pending {
+		if sl.seen {
+			s.logSlot(sl, true) // the others when their relay hands them over
+		}
+	}
 	if c.body != nil {
 		c.body.fail(errClientGone)
 		c.body = nil
@@ -493,20 +522,21 @@ func (s *Server) sendClose(id []byte) bool {
 
 // relay relays req, of request r, on route h. A route a reload retired
 // between its match and now (its client closed) is matched again on the
-// configuration in service.
-func (s *Server) relay(ctx context.Context, h *gateway.Handle, req *bridge.Request, r *Request) (bridge.Response, error) {
-	resp, err := s.lv.Gateway().Relay(ctx, h, req)
+// configuration in service. id, when not nil, gets the request id the
+// worker saw (gateway.Relay).
+func (s *Server) relay(ctx context.Context, h *gateway.Handle, req *bridge.Request, r *Request, id *[]byte) (bridge.Response, error) {
+	resp, err := s.lv.Gateway().Relay(ctx, h, req, id)
 	if h2 := s.rematch(h, r, err); h2 != nil {
-		return s.lv.Gateway().Relay(ctx, h2, req)
+		return s.lv.Gateway().Relay(ctx, h2, req, id)
 	}
 	return resp, err
 }
 
 // relayBody is relay for a streamed body (gateway.RelayBody).
-func (s *Server) relayBody(ctx context.Context, h *gateway.Handle, req *bridge.Request, body io.Reader, r *Request) (bridge.Response, error, error) {
-	resp, _, readErr, err := s.lv.Gateway().RelayBody(ctx, h, req, body) // the caller stops body, which ends a read that waits
+func (s *Server) relayBody(ctx context.Context, h *gateway.Handle, req *bridge.Request, body io.Reader, r *Request, id *[]byte) (bridge.Response, error, error) {
+	resp, _, readErr, err := s.lv.Gateway().RelayBody(ctx, h, req, body, id) // the caller stops body, which ends a read that waits
 	if h2 := s.rematch(h, r, err); h2 != nil {
-		resp, _, readErr, err = s.lv.Gateway().RelayBody(ctx, h2, req, body) // nothing of the body was read: the client never started
+		resp, _, readErr, err = s.lv.Gateway().RelayBody(ctx, h2, req, body, id) // nothing of the body was read: the client never started
 	}
 	return resp, readErr, err
 }
@@ -683,6 +713,8 @@ func (s *Server) start(c *conn, r *Request, body *bodyPipe) {
 		return
 	}
 	sl := &slot{c: c, close: !r.KeepAlive, body: body}
+	s.track(sl, r)
+	id := idOf(sl)
 	connHdr := connHeader(sl.close, r.Minor)
 	c.pending = append(c.pending, sl)
 	hdr := make([]byte, 0, 256)
@@ -720,7 +752,7 @@ func (s *Server) start(c *conn, r *Request, body *bodyPipe) {
 		var err error
 		if body != nil {
 			var readErr error
-			resp, readErr, err = s.relayBody(body.ctx, h, req, body, r)
+			resp, readErr, err = s.relayBody(body.ctx, h, req, body, r, id)
 			body.stop()
 			body.cancel()
 			if perr := body.failure(); readErr == nil && err != nil && perr != nil {
@@ -732,6 +764,7 @@ func (s *Server) start(c *conn, r *Request, body *bodyPipe) {
 				sl.close = true
 				var perr *Error
 				if errors.As(readErr, &perr) {
+					sl.status, sl.part = perr.Status, errorBody(perr.Reason)
 					s.complete(sl, errorResponse(perr.Status, perr.Reason, nil, "close"))
 				} else {
 					s.complete(sl, nil)
@@ -739,7 +772,7 @@ func (s *Server) start(c *conn, r *Request, body *bodyPipe) {
 				return
 			}
 		} else {
-			resp, err = s.relay(ctx, h, req, r)
+			resp, err = s.relay(ctx, h, req, r, id)
 		}
 		if err != nil {
 			st := bridge.StatusOf(err)
@@ -747,6 +780,7 @@ func (s *Server) start(c *conn, r *Request, body *bodyPipe) {
 			if errors.Is(err, bridge.ErrOverload) {
 				extra = []byte("Retry-After: 1\r\n")
 			}
+			sl.status, sl.part = st, errorBody(http.StatusText(st))
 			s.complete(sl, errorResponse(st, http.StatusText(st), extra, connHdr))
 			return
 		}
@@ -755,6 +789,7 @@ func (s *Server) start(c *conn, r *Request, body *bodyPipe) {
 			s.relayStream(ctx, sl, h, &resp, head, minor)
 			return
 		}
+		sl.status, sl.part = resp.Status, bodyLen(&resp, head)
 		s.complete(sl, response(&resp, head, connHdr))
 	}()
 }
@@ -780,7 +815,9 @@ func (s *Server) answerError(c *conn, status int, reason string, extra []byte) {
 	if c.head != nil {
 		minor = c.head.Minor
 	}
-	sl := &slot{c: c, done: true, close: closeAfter, data: errorResponse(status, reason, extra, connHeader(closeAfter, minor))}
+	sl := &slot{c: c, done: true, close: closeAfter, data: errorResponse(status, reason, extra, connHeader(closeAfter, minor)),
+		status: status, part: errorBody(reason), seen: true}
+	s.track(sl, c.head) // none for a request refused before its head
 	c.pending = append(c.pending, sl)
 	s.flush(c)
 }
@@ -809,10 +846,11 @@ func (s *Server) drainQueue() {
 	s.pending.Store(false)
 	s.wakeMu.Unlock()
 	for _, sl := range q {
-		sl.done = true
+		sl.done, sl.seen = true, true
 		if s.conns[sl.c.id] == sl.c {
 			s.flush(sl.c)
 		} else {
+			s.logSlot(sl, true)
 			s.wsDrop(sl)
 		}
 	}
@@ -832,12 +870,14 @@ func (s *Server) flush(c *conn) {
 	for len(c.pending) > 0 && c.pending[0].done {
 		sl := c.pending[0]
 		if sl.st != nil && sl.st.abort {
+			s.logSlot(sl, false)
 			s.closeConn(c) // no terminating chunk: the client sees the response cut short
 			return
 		}
 		if !s.send(c, sl) {
 			return // blocked, or the connection is gone
 		}
+		sl.bytes += int64(sl.part)
 		if sl.st != nil && sl.st.more {
 			// Handed to the socket: the relay may ask for the next part.
 			sl.done, sl.data = false, nil
@@ -847,6 +887,9 @@ func (s *Server) flush(c *conn) {
 		}
 		c.pending[0] = nil
 		c.pending = c.pending[1:]
+		if sl.req != nil {
+			s.logSlot(sl, false)
+		}
 		if sl.ws != nil {
 			s.wsStart(c, sl)
 		}
@@ -972,6 +1015,7 @@ func (s *Server) stallLimit(c *conn) time.Duration {
 // sweep closes idle connections, requests that arrive too slowly and
 // clients that take nothing of their answers for their stall limit.
 func (s *Server) sweep(now time.Time) {
+	s.checkLog()
 	s.sweepHolds(now)
 	for id, since := range s.unsent {
 		if now.Sub(since) >= time.Second && s.sendClose([]byte(id)) {
@@ -1046,6 +1090,14 @@ func response(resp *bridge.Response, head bool, connection string) []byte {
 	}
 	b = append(b, "\r\n"...)
 	return append(b, body...)
+}
+
+// bodyLen is how many body bytes response sends of resp.
+func bodyLen(resp *bridge.Response, head bool) int {
+	if head || resp.Status == 204 || resp.Status == 304 {
+		return 0
+	}
+	return len(resp.Body)
 }
 
 // appendHead appends a response's status line, the worker's header lines

@@ -82,6 +82,7 @@ func (s *Server) relayStream(ctx context.Context, sl *slot, h *gateway.Handle, r
 		sl.close = true // an HTTP/1.0 body without a length ends with the connection
 	}
 	data := streamHead(resp, chunked, connHeader(sl.close, minor))
+	sl.status = resp.Status
 	if bodyless {
 		resp.Stream.Close()
 		s.complete(sl, data)
@@ -134,6 +135,7 @@ func (r *streamRelay) wait(data []byte, sent <-chan struct{}) (last []byte, ok b
 			return r.broke(err)
 		}
 		data = appendPiece(make([]byte, 0, len(part)+16), part, end, r.chunked)
+		r.sl.part = len(part)
 		if end {
 			r.sl.st.more = false
 			return data, true
@@ -213,6 +215,7 @@ func (r *streamRelay) step() {
 			}
 			if ok {
 				data := appendPiece(make([]byte, 0, len(part)+16), part, end, r.chunked)
+				r.sl.part = len(part)
 				if end {
 					r.sl.st.more = false
 					r.end(data, true)

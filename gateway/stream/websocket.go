@@ -127,6 +127,8 @@ func (s *Server) startWebSocket(c *conn, r *Request, h *gateway.Handle) {
 		return
 	}
 	sl := &slot{c: c, close: true}
+	s.track(sl, r)
+	id := idOf(sl)
 	c.pending = append(c.pending, sl)
 	hdr := make([]byte, 0, 256)
 	for _, f := range r.Header {
@@ -155,7 +157,7 @@ func (s *Server) startWebSocket(c *conn, r *Request, h *gateway.Handle) {
 		case <-opened:
 		case <-ctx.Done():
 		}
-		resp, err := s.relay(ctx, h, req, r)
+		resp, err := s.relay(ctx, h, req, r, id)
 		switch {
 		case err != nil:
 			st := bridge.StatusOf(err)
@@ -163,9 +165,11 @@ func (s *Server) startWebSocket(c *conn, r *Request, h *gateway.Handle) {
 			if errors.Is(err, bridge.ErrOverload) {
 				extra = []byte("Retry-After: 1\r\n")
 			}
+			sl.status, sl.part = st, errorBody(http.StatusText(st))
 			s.complete(sl, errorResponse(st, http.StatusText(st), extra, "close"))
 			return
 		case resp.WebSocket == nil: // refused: the worker's answer is the client's
+			sl.status, sl.part = resp.Status, bodyLen(&resp, false)
 			s.complete(sl, response(&resp, false, "close"))
 			return
 		}
@@ -173,6 +177,7 @@ func (s *Server) startWebSocket(c *conn, r *Request, h *gateway.Handle) {
 			s.log.Error(fmt.Sprintf("%v: %v", bridge.CodeOf(err), err), "route", h.Route.Pattern(),
 				"backend", strings.Join(h.Route.Backend, " "), "status", http.StatusBadGateway)
 			resp.WebSocket.Close(bridge.CloseInternalError, nil)
+			sl.status, sl.part = http.StatusBadGateway, errorBody(http.StatusText(http.StatusBadGateway))
 			s.complete(sl, errorResponse(http.StatusBadGateway, http.StatusText(http.StatusBadGateway), nil, "close"))
 			return
 		}
@@ -184,6 +189,7 @@ func (s *Server) startWebSocket(c *conn, r *Request, h *gateway.Handle) {
 			st: &streamSlot{msgMax: msgMax(h.Route.StreamWindowOrDefault()), stall: idle}}
 		w.rd.Max = resp.WebSocket.MaxMessage()
 		sl.close, sl.ws = false, w
+		sl.status = http.StatusSwitchingProtocols
 		s.complete(sl, accept(&resp, key))
 	}()
 }

@@ -222,25 +222,6 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		return c, err
 	}
-	if mode == "stream" {
-		go func() {
-			for range hup {
-				reload(lv, nil, cfg, log, readConfig)
-			}
-		}()
-		srv, err := stream.New(lv, cfg.Listen, stream.Options{Log: log,
-			IdleTimeout: time.Duration(cfg.Timeouts.Idle), HeaderTimeout: time.Duration(cfg.Timeouts.ReadHeader),
-			BodyTimeout: time.Duration(cfg.Timeouts.Read), Drain: time.Duration(cfg.Timeouts.Shutdown)})
-		if err != nil {
-			fmt.Fprintf(stderr, "zmq-gateway: %v\n", err)
-			return 1
-		}
-		if err := srv.Serve(ctx); err != nil {
-			fmt.Fprintf(stderr, "zmq-gateway: %v\n", err)
-			return 1
-		}
-		return 0
-	}
 	access, err := gateway.OpenReopenableLog(cfg.AccessLog)
 	if err != nil {
 		fmt.Fprintf(stderr, "zmq-gateway: access log: %v\n", err)
@@ -252,6 +233,20 @@ func run(args []string, stdout, stderr io.Writer) int {
 			reload(lv, access, cfg, log, readConfig)
 		}
 	}()
+	if mode == "stream" {
+		srv, err := stream.New(lv, cfg.Listen, stream.Options{Log: log,
+			IdleTimeout: time.Duration(cfg.Timeouts.Idle), HeaderTimeout: time.Duration(cfg.Timeouts.ReadHeader),
+			BodyTimeout: time.Duration(cfg.Timeouts.Read), Drain: time.Duration(cfg.Timeouts.Shutdown), AccessLog: access})
+		if err != nil {
+			fmt.Fprintf(stderr, "zmq-gateway: %v\n", err)
+			return 1
+		}
+		if err := srv.Serve(ctx); err != nil {
+			fmt.Fprintf(stderr, "zmq-gateway: %v\n", err)
+			return 1
+		}
+		return 0
+	}
 	l, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		fmt.Fprintf(stderr, "zmq-gateway: %v\n", err)
