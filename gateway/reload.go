@@ -25,8 +25,18 @@ const (
 // the old one's clients close once its last request is over. Connections
 // to workers are shared between the two (bridge sessions are per
 // endpoint), so a reload dials nothing that is still configured.
+//
+// Its status adds up the generations: a route's counters go on from where
+// the replaced generations' routes with the same labels left them, and its
+// gauges count the requests and streams still open on replaced generations
+// (see Status).
 type Live struct {
 	cur atomic.Pointer[generation]
+	// mu orders Replace, Status and the retiring of a replaced generation,
+	// so that a scrape sees each generation's counts exactly once.
+	mu      sync.Mutex
+	retired []*generation            // replaced, still serving
+	ended   map[string]*status.Route // by status.Route.Key: the final counts of closed generations' routes
 }
 
 // generation is one configuration's gateway and the requests it serves.
@@ -86,8 +96,11 @@ func (lv *Live) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // Replace puts g in service and closes the gateway it replaces once its
 // last request is over; done, when not nil, is closed then.
 func (lv *Live) Replace(g *Gateway, done chan<- struct{}) {
+	lv.mu.Lock()
 	g.ws.inherit(&lv.cur.Load().g.ws)
 	old := lv.cur.Swap(&generation{g: g, idle: make(chan struct{})})
+	lv.retired = append(lv.retired, old)
+	lv.mu.Unlock()
 	old.mu.Lock()
 	old.retired = true
 	if old.refs == 0 {
@@ -103,6 +116,7 @@ func (lv *Live) Replace(g *Gateway, done chan<- struct{}) {
 			time.Sleep(100 * time.Millisecond)
 		}
 		old.g.Close()
+		lv.retire(old)
 		if done != nil {
 			close(done)
 		}
@@ -123,8 +137,62 @@ func (g *Gateway) idle() bool {
 // Close closes the gateway in service (after Serve returned).
 func (lv *Live) Close() { lv.cur.Load().g.Close() }
 
-// Status is the status of the gateway in service.
-func (lv *Live) Status() []status.Route { return lv.Gateway().Status() }
+// retire keeps the final counts of a replaced generation, now closed, and
+// forgets it.
+func (lv *Live) retire(old *generation) {
+	lv.mu.Lock()
+	defer lv.mu.Unlock()
+	if lv.ended == nil {
+		lv.ended = map[string]*status.Route{}
+	}
+	for _, r := range old.g.Status() {
+		c := r.Counts()
+		if e := lv.ended[c.Key()]; e != nil {
+			e.Add(&c, true)
+		} else {
+			lv.ended[c.Key()] = &c
+		}
+	}
+	for i, gen := range lv.retired {
+		if gen == old {
+			lv.retired = append(lv.retired[:i], lv.retired[i+1:]...)
+			break
+		}
+	}
+}
+
+// Status is the status of the gateway in service, with what replaced
+// generations add to it, route by route (by their labels, status.Route.Key):
+// the requests and streams still open on them, and the counters of them
+// all, closed ones too, so that a reload puts no counter back. A route that
+// a reload removed shows while a replaced generation still serves it; an
+// endpoint that it removed from a route, likewise.
+func (lv *Live) Status() []status.Route {
+	lv.mu.Lock()
+	defer lv.mu.Unlock()
+	out := lv.Gateway().Status()
+	at := make(map[string]int, len(out))
+	for i := range out {
+		at[out[i].Key()] = i
+	}
+	for _, gen := range lv.retired {
+		for _, r := range gen.g.Status() {
+			if i, ok := at[r.Key()]; ok {
+				out[i].Add(&r, true)
+			} else {
+				at[r.Key()] = len(out)
+				out = append(out, r)
+			}
+		}
+	}
+	for i := range out {
+		if e := lv.ended[out[i].Key()]; e != nil {
+			out[i].Add(e, false)
+		}
+		out[i].Finish()
+	}
+	return out
+}
 
 // AdminHandler is Gateway.AdminHandler for the gateway in service.
 func (lv *Live) AdminHandler() http.Handler { return adminHandler(lv.Status) }

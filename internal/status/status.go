@@ -21,8 +21,13 @@ import (
 
 // Route is one route (a <Location>, or a gateway route) and its endpoints.
 type Route struct {
-	Route      string           `json:"route"`
-	VHost      string           `json:"vhost,omitempty"` // Apache: the virtual hosts (name:port) of its locations
+	Route string `json:"route"`
+	VHost string `json:"vhost,omitempty"` // Apache: the virtual hosts (name:port) of its locations
+	// Host and Methods are a zmq-gateway route's host template and methods
+	// (sorted, comma-separated), empty when the route takes any: with
+	// Route, they tell apart routes that share a path.
+	Host       string           `json:"host,omitempty"`
+	Methods    string           `json:"methods,omitempty"`
 	InFlight   int64            `json:"in_flight"`
 	Retries    int64            `json:"retries"`
 	Overloads  int64            `json:"overloads"`
@@ -94,6 +99,106 @@ func (r *Route) Finish() {
 	r.P50, r.P90, r.P99 = q(0.5), q(0.9), q(0.99)
 }
 
+// Key is what tells r apart from other routes: its labels.
+func (r *Route) Key() string {
+	return r.Route + "\x00" + r.VHost + "\x00" + r.Host + "\x00" + r.Methods
+}
+
+// Add adds o's numbers to r's: its counters, and its gauges of what is in
+// flight, open or buffered. An endpoint's state (and up count) stays r's;
+// o's endpoints that r lacks are added with their state when withNew, and
+// left out otherwise. Requests and the percentiles are r's until Finish.
+func (r *Route) Add(o *Route, withNew bool) {
+	r.InFlight += o.InFlight
+	r.Retries += o.Retries
+	r.Overloads += o.Overloads
+	addMap(&r.Statuses, o.Statuses)
+	for len(r.Buckets) < len(o.Buckets) {
+		r.Buckets = append(r.Buckets, 0)
+	}
+	for i, n := range o.Buckets {
+		r.Buckets[i] += n
+	}
+	r.SumSeconds += o.SumSeconds
+	addPtr := func(dst **int64, n *int64) {
+		if n != nil {
+			v := *n
+			if *dst != nil {
+				v += **dst
+			}
+			*dst = &v
+		}
+	}
+	addPtr(&r.GoEntries, o.GoEntries)
+	addPtr(&r.GoWaits, o.GoWaits)
+	if s := o.Streams; s != nil {
+		if r.Streams == nil {
+			r.Streams = &Streams{}
+		}
+		t := r.Streams
+		t.Open += s.Open
+		t.Parts += s.Parts
+		t.Bytes += s.Bytes
+		t.Buffered += s.Buffered
+		t.BodyParts += s.BodyParts
+		t.BodyBytes += s.BodyBytes
+		t.Cancels += s.Cancels
+		addMap(&t.Ends, s.Ends)
+	}
+	at := make(map[string]int, len(r.Endpoints))
+	for i, e := range r.Endpoints {
+		at[e.Endpoint] = i
+	}
+	for _, e := range o.Endpoints {
+		i, ok := at[e.Endpoint]
+		if !ok {
+			if withNew {
+				r.Endpoints = append(r.Endpoints, e)
+			}
+			continue
+		}
+		d := &r.Endpoints[i]
+		d.InFlight += e.InFlight
+		d.Requests += e.Requests
+		d.Replies += e.Replies
+		d.Timeouts += e.Timeouts
+		d.NoWorker += e.NoWorker
+		d.Lost += e.Lost
+		d.BadReplies += e.BadReplies
+		d.Connected += e.Connected
+		d.Disconnected += e.Disconnected
+		d.ConnectRetried += e.ConnectRetried
+		d.HandshakeFailed += e.HandshakeFailed
+	}
+}
+
+// addMap adds src's counts to *dst's, making *dst when it is nil.
+func addMap(dst *map[string]int64, src map[string]int64) {
+	if *dst == nil {
+		*dst = map[string]int64{}
+	}
+	for k, n := range src {
+		(*dst)[k] += n
+	}
+}
+
+// Counts returns r with its counters only: the gauges (in flight, open,
+// buffered, endpoints up) are zero, and the endpoints' state "unknown".
+func (r Route) Counts() Route {
+	r.InFlight = 0
+	if r.Streams != nil {
+		s := *r.Streams
+		s.Open, s.Buffered = 0, 0
+		r.Streams = &s
+	}
+	r.Endpoints = append([]Endpoint(nil), r.Endpoints...)
+	for i := range r.Endpoints {
+		e := &r.Endpoints[i]
+		e.InFlight, e.UpIn, e.State = 0, 0, "unknown"
+	}
+	return r
+}
+
 // FromClient builds a route snapshot from a bridge client.
 func FromClient(route string, c *bridge.Client) Route {
 	st := c.Stats()
@@ -146,6 +251,12 @@ func Text(w io.Writer, title string, routes []Route) {
 		if r.VHost != "" {
 			vhost = " in " + r.VHost
 		}
+		if r.Host != "" {
+			vhost += " host " + r.Host
+		}
+		if r.Methods != "" {
+			vhost += " methods " + r.Methods
+		}
 		fmt.Fprintf(w, "\nroute %s%s: %d requests (%s), %d in flight, %d retries, %d refused over the in-flight limit\n",
 			r.Route, vhost, r.Requests, strings.Join(parts, ", "), r.InFlight, r.Retries, r.Overloads)
 		fmt.Fprintf(w, "  latency p50 %.4fs  p90 %.4fs  p99 %.4fs\n", r.P50, r.P90, r.P99)
@@ -191,10 +302,18 @@ func JSON(w io.Writer, routes []Route) error {
 
 // Collector exposes snapshots to Prometheus at scrape time. With VHost,
 // every series also has a vhost label (Route.VHost: the Apache module's
-// virtual hosts).
+// virtual hosts). With Match (zmq-gateway), every series also has a host
+// label when a route of the snapshot has a Route.Host, and a methods label
+// when one has Route.Methods; a route that takes any host or method has
+// them empty, which Prometheus stores as no label at all, so a
+// configuration that uses neither gives the series it gave before the
+// labels existed. A Match collector describes nothing (its label names
+// follow the routes: Prometheus calls it unchecked). The snapshot's routes
+// must differ in their labels.
 type Collector struct {
 	Snapshot func() []Route
 	VHost    bool
+	Match    bool
 }
 
 // descs are the metrics' descriptions, with or without the vhost label.
@@ -202,15 +321,25 @@ type descs struct {
 	responses, duration, inFlight, up, retries, overloads, events, goEntries, goWaits, streams, buffered, parts, bytes, cancels, ends *prometheus.Desc
 }
 
-var descsPlain, descsVHost = newDescs(false), newDescs(true)
-
-func newDescs(vhost bool) *descs {
-	labels := func(names ...string) []string {
-		if vhost {
-			return append(names, "vhost")
+// descsBy are the descriptions by extra labels: 1 vhost, 2 host, 4
+// methods.
+var descsBy = func() (d [8]*descs) {
+	for i := range d {
+		var extra []string
+		for bit, name := range []string{"vhost", "host", "methods"} {
+			if i&(1<<bit) != 0 {
+				extra = append(extra, name)
+			}
 		}
-		return names
+		d[i] = newDescs(extra...)
 	}
+	return d
+}()
+
+// newDescs makes the descriptions, each series labelled by its own labels,
+// then extra.
+func newDescs(extra ...string) *descs {
+	labels := func(names ...string) []string { return append(names, extra...) }
 	return &descs{
 		responses: prometheus.NewDesc("modzmq_responses_total", "Requests answered, by HTTP status (a worker's, or the bridge's on failure).", labels("route", "code"), nil),
 		duration:  prometheus.NewDesc("modzmq_request_duration_seconds", "Time to relay a request and get its answer.", labels("route"), nil),
@@ -230,16 +359,24 @@ func newDescs(vhost bool) *descs {
 	}
 }
 
-func (c Collector) descs() *descs {
-	if c.VHost {
-		return descsVHost
+// descs are the descriptions with the labels vhost, host and methods
+// where asked for.
+func descsFor(vhost, host, methods bool) *descs {
+	i := 0
+	for bit, x := range []bool{vhost, host, methods} {
+		if x {
+			i |= 1 << bit
+		}
 	}
-	return descsPlain
+	return descsBy[i]
 }
 
 // Describe implements prometheus.Collector.
 func (c Collector) Describe(ch chan<- *prometheus.Desc) {
-	d := c.descs()
+	if c.Match {
+		return
+	}
+	d := descsFor(c.VHost, false, false)
 	for _, x := range []*prometheus.Desc{d.responses, d.duration, d.inFlight, d.up, d.retries, d.overloads, d.events, d.goEntries, d.goWaits, d.streams, d.buffered, d.parts, d.bytes, d.cancels, d.ends} {
 		ch <- x
 	}
@@ -247,13 +384,25 @@ func (c Collector) Describe(ch chan<- *prometheus.Desc) {
 
 // Collect implements prometheus.Collector.
 func (c Collector) Collect(ch chan<- prometheus.Metric) {
-	d := c.descs()
-	for _, r := range c.Snapshot() {
-		// lv is the label values: those given, then the vhost when the
-		// descriptions have it.
+	routes := c.Snapshot()
+	host, methods := false, false
+	for _, r := range routes {
+		host = host || c.Match && r.Host != ""
+		methods = methods || c.Match && r.Methods != ""
+	}
+	d := descsFor(c.VHost, host, methods)
+	for _, r := range routes {
+		// lv is the label values: those given, then the vhost, host and
+		// methods when the descriptions have them.
 		lv := func(values ...string) []string {
 			if c.VHost {
-				return append(values, r.VHost)
+				values = append(values, r.VHost)
+			}
+			if host {
+				values = append(values, r.Host)
+			}
+			if methods {
+				values = append(values, r.Methods)
 			}
 			return values
 		}
