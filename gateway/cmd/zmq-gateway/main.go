@@ -259,10 +259,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// reload re-reads the configuration (SIGHUP): a good one goes in service
-// with its access log (the HTTP mode's; stream mode has none) opened again
-// (after logrotate moved it); a bad one is logged and the gateway in service
-// goes on. Listeners, and stream mode's timeouts, stay as they are.
+// reload re-reads the configuration (SIGHUP), in either mode: a good one
+// goes in service with its access log opened again (after logrotate moved
+// it); a bad one is logged and the gateway in service goes on. Listeners,
+// and stream mode's timeouts, stay as they are. The admin pages' counters
+// go on across it (gateway.Live.Status).
 func reload(lv *gateway.Live, access *gateway.ReopenableLog, first *gateway.Config, log *slog.Logger, read func() (*gateway.Config, error)) {
 	cfg, err := read()
 	if err != nil {
