@@ -764,7 +764,7 @@ func (s *Server) start(c *conn, r *Request, body *bodyPipe) {
 				sl.close = true
 				var perr *Error
 				if errors.As(readErr, &perr) {
-					sl.status, sl.part = perr.Status, errorBody(perr.Reason)
+					sl.status, sl.part = perr.Status, errorBody(perr.Status, perr.Reason)
 					s.complete(sl, errorResponse(perr.Status, perr.Reason, nil, "close"))
 				} else {
 					s.complete(sl, nil)
@@ -780,7 +780,7 @@ func (s *Server) start(c *conn, r *Request, body *bodyPipe) {
 			if errors.Is(err, bridge.ErrOverload) {
 				extra = []byte("Retry-After: 1\r\n")
 			}
-			sl.status, sl.part = st, errorBody(http.StatusText(st))
+			sl.status, sl.part = st, errorBody(st, http.StatusText(st))
 			s.complete(sl, errorResponse(st, http.StatusText(st), extra, connHdr))
 			return
 		}
@@ -816,7 +816,7 @@ func (s *Server) answerError(c *conn, status int, reason string, extra []byte) {
 		minor = c.head.Minor
 	}
 	sl := &slot{c: c, done: true, close: closeAfter, data: errorResponse(status, reason, extra, connHeader(closeAfter, minor)),
-		status: status, part: errorBody(reason), seen: true}
+		status: status, part: errorBody(status, reason), seen: true}
 	s.track(sl, c.head) // none for a request refused before its head
 	c.pending = append(c.pending, sl)
 	s.flush(c)
@@ -1122,10 +1122,14 @@ func appendHead(b []byte, resp *bridge.Response) []byte {
 }
 
 func errorResponse(status int, reason string, extra []byte, connection string) []byte {
-	body := []byte(strconv.Itoa(status) + " " + reason + "\n")
+	body := []byte(errorText(status, reason))
 	hdr := append([]byte("Content-Type: text/plain; charset=utf-8\r\n"), extra...)
 	return response(&bridge.Response{Status: status, Headers: hdr, Body: body}, false, connection)
 }
+
+// errorText is the body of an answer stream mode writes itself:
+// "504 Gateway Timeout\n".
+func errorText(status int, reason string) string { return strconv.Itoa(status) + " " + reason + "\n" }
 
 // dateCache holds the HTTP Date value, formatted once a second.
 var dateCache struct {
