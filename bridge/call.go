@@ -155,18 +155,6 @@ func (call *Call) ID(dst []byte) []byte {
 	return dst
 }
 
-// DoID is Do that also appends to id the request id of the call's latest
-// attempt, the one its worker saw (nothing when none was sent), for a
-// front's access log.
-func (c *Client) DoID(ctx context.Context, req *Request, timeout time.Duration, id []byte) (Response, []byte, error) {
-	call := c.Start(ctx, req, timeout)
-	for !call.Done() {
-		call.Step(call.Wait())
-	}
-	resp, err := call.Result()
-	return resp, call.ID(id), err
-}
-
 // Endpoint is the index in Options.Endpoints of the endpoint the latest
 // attempt went to, or -1.
 func (call *Call) Endpoint() int { return call.endpoint }

@@ -328,11 +328,25 @@ func idempotent(method []byte) bool {
 // reply, the response has the head and Stream, which the caller reads and
 // must Close.
 func (c *Client) Do(ctx context.Context, req *Request, timeout time.Duration) (Response, error) {
+	return c.run(ctx, req, timeout).Result()
+}
+
+// DoID is Do that also appends to id the request id of the call's latest
+// attempt, the one its worker saw (nothing when none was sent), for a
+// front's access log.
+func (c *Client) DoID(ctx context.Context, req *Request, timeout time.Duration, id []byte) (Response, []byte, error) {
+	call := c.run(ctx, req, timeout)
+	resp, err := call.Result()
+	return resp, call.ID(id), err
+}
+
+// run starts a call and steps it to its end.
+func (c *Client) run(ctx context.Context, req *Request, timeout time.Duration) *Call {
 	call := c.Start(ctx, req, timeout)
 	for !call.Done() {
 		call.Step(call.Wait()) // the connection waits in Go's netpoller
 	}
-	return call.Result()
+	return call
 }
 
 // retriable errors are those where the worker cannot have answered.
