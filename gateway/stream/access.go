@@ -24,10 +24,6 @@ import (
 // loop's wake-up is over.
 const logFlushAt = 32 << 10
 
-// errorBody is the length of the body errorResponse writes for status
-// and reason.
-func errorBody(status int, reason string) int { return len(errorText(status, reason)) }
-
 // track makes sl the answer to r in the access log, when there is one.
 func (s *Server) track(sl *slot, r *Request) {
 	if !s.logOn || r == nil {

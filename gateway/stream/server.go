@@ -764,8 +764,7 @@ func (s *Server) start(c *conn, r *Request, body *bodyPipe) {
 				sl.close = true
 				var perr *Error
 				if errors.As(readErr, &perr) {
-					sl.status, sl.part = perr.Status, errorBody(perr.Status, perr.Reason)
-					s.complete(sl, errorResponse(perr.Status, perr.Reason, nil, "close"))
+					s.complete(sl, sl.errorAnswer(perr.Status, perr.Reason, nil, "close"))
 				} else {
 					s.complete(sl, nil)
 				}
@@ -780,8 +779,7 @@ func (s *Server) start(c *conn, r *Request, body *bodyPipe) {
 			if errors.Is(err, bridge.ErrOverload) {
 				extra = []byte("Retry-After: 1\r\n")
 			}
-			sl.status, sl.part = st, errorBody(st, http.StatusText(st))
-			s.complete(sl, errorResponse(st, http.StatusText(st), extra, connHdr))
+			s.complete(sl, sl.errorAnswer(st, http.StatusText(st), extra, connHdr))
 			return
 		}
 		if resp.Stream != nil {
@@ -815,8 +813,8 @@ func (s *Server) answerError(c *conn, status int, reason string, extra []byte) {
 	if c.head != nil {
 		minor = c.head.Minor
 	}
-	sl := &slot{c: c, done: true, close: closeAfter, data: errorResponse(status, reason, extra, connHeader(closeAfter, minor)),
-		status: status, part: errorBody(status, reason), seen: true}
+	sl := &slot{c: c, done: true, close: closeAfter, seen: true}
+	sl.data = sl.errorAnswer(status, reason, extra, connHeader(closeAfter, minor))
 	s.track(sl, c.head) // none for a request refused before its head
 	c.pending = append(c.pending, sl)
 	s.flush(c)
@@ -1121,15 +1119,14 @@ func appendHead(b []byte, resp *bridge.Response) []byte {
 	return append(b, "\r\n"...)
 }
 
-func errorResponse(status int, reason string, extra []byte, connection string) []byte {
-	body := []byte(errorText(status, reason))
+// errorAnswer is an answer stream mode writes itself ("504 Gateway
+// Timeout\n"), noted in sl for its access log line (status, body bytes).
+func (sl *slot) errorAnswer(status int, reason string, extra []byte, connection string) []byte {
+	body := []byte(strconv.Itoa(status) + " " + reason + "\n")
+	sl.status, sl.part = status, len(body)
 	hdr := append([]byte("Content-Type: text/plain; charset=utf-8\r\n"), extra...)
 	return response(&bridge.Response{Status: status, Headers: hdr, Body: body}, false, connection)
 }
-
-// errorText is the body of an answer stream mode writes itself:
-// "504 Gateway Timeout\n".
-func errorText(status int, reason string) string { return strconv.Itoa(status) + " " + reason + "\n" }
 
 // dateCache holds the HTTP Date value, formatted once a second.
 var dateCache struct {

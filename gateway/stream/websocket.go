@@ -165,8 +165,7 @@ func (s *Server) startWebSocket(c *conn, r *Request, h *gateway.Handle) {
 			if errors.Is(err, bridge.ErrOverload) {
 				extra = []byte("Retry-After: 1\r\n")
 			}
-			sl.status, sl.part = st, errorBody(st, http.StatusText(st))
-			s.complete(sl, errorResponse(st, http.StatusText(st), extra, "close"))
+			s.complete(sl, sl.errorAnswer(st, http.StatusText(st), extra, "close"))
 			return
 		case resp.WebSocket == nil: // refused: the worker's answer is the client's
 			sl.status, sl.part = resp.Status, bodyLen(&resp, false)
@@ -177,8 +176,7 @@ func (s *Server) startWebSocket(c *conn, r *Request, h *gateway.Handle) {
 			s.log.Error(fmt.Sprintf("%v: %v", bridge.CodeOf(err), err), "route", h.Route.Pattern(),
 				"backend", strings.Join(h.Route.Backend, " "), "status", http.StatusBadGateway)
 			resp.WebSocket.Close(bridge.CloseInternalError, nil)
-			sl.status, sl.part = http.StatusBadGateway, errorBody(http.StatusBadGateway, http.StatusText(http.StatusBadGateway))
-			s.complete(sl, errorResponse(http.StatusBadGateway, http.StatusText(http.StatusBadGateway), nil, "close"))
+			s.complete(sl, sl.errorAnswer(http.StatusBadGateway, http.StatusText(http.StatusBadGateway), nil, "close"))
 			return
 		}
 		idle := time.Duration(h.Route.StreamIdleTimeout)
