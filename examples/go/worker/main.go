@@ -3,6 +3,13 @@
 // JSON describing it, or with the request body itself when the path ends in
 // /raw.
 //
+// go-zeromq/zmq4 handshakes with one connecting peer at a time, and sends
+// with its ROUTER's lock held: a peer that stops reading a reply larger
+// than the socket buffers (a few MiB) holds up every other peer, and new
+// connections, until it reads or closes. A worker that may see such
+// peers wants libzmq (github.com/pebbe/zmq4, as examples/go/brokerworker
+// does).
+//
 //	go run ./examples/go/worker -bind tcp://127.0.0.1:5556
 package main
 
