@@ -15,12 +15,16 @@ import (
 // call ends with (and so the front's MODZMQ0110 or MODZMQ0130 line) names
 // the request id the worker got and its endpoint, as a timeout's does, so
 // that the line can be matched with the worker's own log. A plain reply
-// and a stream after its head.
+// and a stream after its head, and an open WebSocket.
 func TestLostWorkerErrorNamesTheRequest(t *testing.T) {
 	ids := make(chan string, 4)
 	raw := zmqtest.StartRaw(t, nil, func(c net.Conn, req [][]byte) {
 		ids <- string(req[0])
-		if string(req[4]) == "/stream" {
+		switch string(req[4]) {
+		case "/ws":
+			c.Write(zmqtest.Message(req[0], nil, []byte("@accept"), nil))
+			time.Sleep(100 * time.Millisecond)
+		case "/stream":
 			c.Write(zmqtest.Message(req[0], nil, []byte("@stream"), []byte("200"), nil))
 			c.Write(zmqtest.Message(req[0], nil, []byte("@data"), []byte("part")))
 			time.Sleep(100 * time.Millisecond)
@@ -51,4 +55,15 @@ func TestLostWorkerErrorNamesTheRequest(t *testing.T) {
 		_, _, err = resp.Stream.Next()
 	}
 	check("a stream", err)
+
+	resp, err = c.Do(context.Background(), &Request{Method: []byte("GET"), Target: []byte("/ws"), WebSocket: true,
+		MaxMessage: 1 << 20, StreamWindow: 64 << 10}, time.Minute)
+	if err != nil || resp.WebSocket == nil {
+		t.Fatalf("the WebSocket's accept: %v, %+v", err, resp)
+	}
+	defer resp.WebSocket.Close(CloseInternalError, nil)
+	for err == nil {
+		_, _, err = resp.WebSocket.Recv(100 * time.Millisecond)
+	}
+	check("a WebSocket", err)
 }

@@ -273,7 +273,7 @@ func (ws *WebSocket) Recv(wait time.Duration) (m Message, ok bool, err error) {
 			// connection able to carry the worker its close; any other
 			// error breaks it.
 			ws.broken = !errors.Is(err, ErrProtocol)
-			return Message{}, false, ws.fail(err)
+			return Message{}, false, ws.fail(fmt.Errorf("%w (request %s to %s)", err, ws.p.id, ws.e.addr))
 		}
 		wait = 0
 		if len(msg) < 2 || !bytes.Equal(msg[0], ws.p.id) {
@@ -375,7 +375,7 @@ func (ws *WebSocket) grant() {
 	ws.c.streams.Buffered.Add(-n)
 	if err := ws.send(methodCredit, strconv.AppendInt(nil, n, 10), nil); err != nil {
 		ws.broken = true
-		ws.fail(fmt.Errorf("%w: sending credit to %s: %v", ErrWorkerLost, ws.e.addr, err))
+		ws.fail(fmt.Errorf("%w: sending credit for request %s to %s: %v", ErrWorkerLost, ws.p.id, ws.e.addr, err))
 	}
 }
 
@@ -452,7 +452,7 @@ func (ws *WebSocket) Send(m Message) error {
 	}
 	if err := ws.send(m.Kind.method(), nil, m.Data); err != nil {
 		ws.broken = true
-		return ws.fail(fmt.Errorf("%w: sending a message to %s: %v", ErrWorkerLost, ws.e.addr, err))
+		return ws.fail(fmt.Errorf("%w: sending a message for request %s to %s: %v", ErrWorkerLost, ws.p.id, ws.e.addr, err))
 	}
 	atomic.AddInt64(&ws.sendable, -cost)
 	ws.c.streams.BodyParts.Add(1)
