@@ -33,6 +33,7 @@ static struct {
     int nslots, nbackends;
     apr_int64_t *slot;     /* this child's slot, or NULL */
     modzmq_status_render_fn render;
+    modzmq_stats_flush_fn flush;
     pid_t pid;             /* process that loaded the library */
     modzmq_calls calls;    /* relay is NULL until loaded */
     const char *failure;   /* why relay is NULL, for request log lines */
@@ -146,6 +147,23 @@ void modzmq_stats_create(apr_pool_t *pconf, server_rec *s)
 static apr_int64_t *slot_at(int i) { return rt.stats + (size_t)i * slot_words(); }
 
 static int alive(apr_int64_t pid) { return pid > 0 && (kill((pid_t)pid, 0) == 0 || errno == EPERM); }
+
+/* The child's pool cleanup: what the child counted since the library's
+ * last publish goes into its slot before it exits (a child that served its
+ * MaxConnectionsPerChild, or was reaped as a spare). prefork also destroys
+ * the pool from its SIGTERM and SIGHUP handler, where calling into Go
+ * crashes the child; there, with the signal blocked as its handler runs,
+ * the flush is skipped (a stop or restart, after which the counts start
+ * again anyway). */
+static apr_status_t flush_stats(void *unused)
+{
+    sigset_t now;
+    (void)unused;
+    if (pthread_sigmask(SIG_BLOCK, NULL, &now) == 0 && !sigismember(&now, SIGTERM) && !sigismember(&now, SIGHUP)) {
+        rt.flush();
+    }
+    return APR_SUCCESS;
+}
 
 /* Takes a free slot, or one whose child has exited after folding its totals
  * into slot 0. Returns 0 when there is none. */
@@ -332,6 +350,7 @@ static const char *load(apr_pool_t *p, server_rec *s)
     rt.open_clients = (modzmq_clients_open_fn)need_symbol(lib, "modzmq_clients_open", &why, p);
     attach = (modzmq_stats_attach_fn)need_symbol(lib, "modzmq_stats_attach", &why, p);
     rt.render = (modzmq_status_render_fn)need_symbol(lib, "modzmq_status_render", &why, p);
+    rt.flush = (modzmq_stats_flush_fn)need_symbol(lib, "modzmq_stats_flush", &why, p);
     if (why) {
         return why;
     }
@@ -362,6 +381,7 @@ static const char *load(apr_pool_t *p, server_rec *s)
     rt.calls = calls;
     if (claim_slot() && rt.nbackends == rt.nhandles) {
         attach(rt.slot, rt.nbackends, rt.stats + (size_t)rt.nslots * slot_words());
+        apr_pool_cleanup_register(p, NULL, flush_stats, apr_pool_cleanup_null);
     }
     return NULL;
 }

@@ -71,6 +71,12 @@ func modzmq_stats_attach(slot *C.int64_t, nbackends C.int, watchers *C.int64_t) 
 		unsafe.Slice((*int64)(unsafe.Pointer(watchers)), int(nbackends)))
 }
 
+//export modzmq_stats_flush
+func modzmq_stats_flush() {
+	defer func() { recover() }()
+	relay.FlushStats()
+}
+
 //export modzmq_status_render
 func modzmq_status_render(format C.int, sums *C.int64_t, nbackends C.int, processes C.int, out **C.char, outLen *C.size_t) C.int {
 	if sums == nil || nbackends <= 0 {

@@ -202,6 +202,13 @@ enum {
 typedef void (*modzmq_stats_attach_fn)(int64_t *slot, int nbackends, int64_t *watchers);
 
 /*
+ * void modzmq_stats_flush(void): publishes the counters into the slot at
+ * once (the child exits: what it counted since the last publish would be
+ * lost otherwise).
+ */
+typedef void (*modzmq_stats_flush_fn)(void);
+
+/*
  * int modzmq_status_render(int format, int64_t *sums, int nbackends,
  *                          int processes, char **out, size_t *out_len):
  * renders summed backend blocks as MODZMQ_STATUS_*; *out is malloc()ed.

@@ -12,6 +12,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -53,7 +54,8 @@ var (
 var statsSlot atomic.Pointer[[]int64]
 
 // AttachStats makes publish write this process's counters into slot (a
-// statistics slot, modzmq.h) twice a second from now on.
+// statistics slot, modzmq.h) twice a second from now on, and once more at
+// exit (FlushStats).
 func AttachStats(slot, watchers []int64) {
 	if len(slot) < statsHeader+statsBackend {
 		return
@@ -118,10 +120,18 @@ const BlockWords = statsBackend
 // StatsWords is the length of a slot with nbackends backend blocks.
 func StatsWords(nbackends int) int { return statsHeader + nbackends*statsBackend }
 
-// publishSums is publish's scratch block (only publish's goroutine uses it):
-// with the C fast path, Apache children allocate almost nothing in Go, and a
-// block per backend twice a second would be most of their garbage.
-var publishSums [statsBackend]int64
+// publishSums is publish's scratch block, under publishMu (the ticker and
+// FlushStats publish): with the C fast path, Apache children allocate almost
+// nothing in Go, and a block per backend twice a second would be most of
+// their garbage.
+var (
+	publishMu   sync.Mutex
+	publishSums [statsBackend]int64
+)
+
+// FlushStats publishes at once: the child is exiting, and what it counted
+// since the last tick would otherwise be lost.
+func FlushStats() { publish() }
 
 // publish writes every backend's counters (summed over its clients) into
 // this process's slot. Only this process writes its slot, except the
@@ -133,6 +143,8 @@ func publish() {
 		return
 	}
 	slot := *sp
+	publishMu.Lock()
+	defer publishMu.Unlock()
 	for i, b := range *list {
 		start := statsHeader + i*statsBackend
 		if start+statsBackend > len(slot) {
