@@ -47,6 +47,13 @@ const ZMTPPeerReadySize = 28
 // Commands are otherwise skipped wherever they arrive (PING is answered,
 // ERROR ignored once the handshake is over), as libzmq 4.3.4 does.
 func ZMTPFrames(data []byte, maxMsgSize int64) (msgs [][][]byte, end syscall.Errno) {
+	return ZMTPFramesLimit(data, maxMsgSize, ZMTPMaxFrames)
+}
+
+// ZMTPFramesLimit is ZMTPFrames with maxFrames in place of ZMTPMaxFrames:
+// the specification of the worker package's reader, which reads requests
+// (worker.Options.MaxFrames) where the bridge's read replies.
+func ZMTPFramesLimit(data []byte, maxMsgSize int64, maxFrames int) (msgs [][][]byte, end syscall.Errno) {
 	var cur [][]byte
 	var cost uint64
 	limit := uint64(max(maxMsgSize, 0))
@@ -69,7 +76,7 @@ func ZMTPFrames(data []byte, maxMsgSize int64) (msgs [][][]byte, end syscall.Err
 			return msgs, syscall.EMSGSIZE
 		case limit > 0 && !(command && len(cur) == 0) && cost+size+ZMTPFrameCost > limit:
 			return msgs, syscall.EMSGSIZE
-		case !command && more && len(cur) == ZMTPMaxFrames-1:
+		case !command && more && len(cur) == maxFrames-1:
 			return msgs, syscall.E2BIG
 		case uint64(len(data)-hdr) < size:
 			return msgs, syscall.EPIPE

@@ -1,0 +1,301 @@
+package worker
+
+import (
+	"bytes"
+	"io"
+	"log"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/modzmq/modzmq/internal/zmqtest"
+	zmq "github.com/pebbe/zmq4"
+)
+
+// logBuffer is an ErrorLog the tests read.
+type logBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// waitFor polls cond for up to 10 s (a bound on a hang, not a timing).
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for end := time.Now().Add(10 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatalf("still waiting for %s", what)
+		}
+	}
+}
+
+// echoServer serves an echo of every message and records the connections
+// it saw and those that ended.
+type echoServer struct {
+	*Server
+	log   *logBuffer
+	mu    sync.Mutex
+	seen  map[*Conn]int
+	ended map[*Conn]bool
+}
+
+func startEcho(t *testing.T, opts Options) *echoServer {
+	e := &echoServer{log: &logBuffer{}, seen: map[*Conn]int{}, ended: map[*Conn]bool{}}
+	opts.ErrorLog = log.New(e.log, "", 0)
+	srv, err := Listen("tcp://127.0.0.1:0", HandlerFunc(func(c *Conn, msg [][]byte) {
+		e.mu.Lock()
+		if msg == nil {
+			e.ended[c] = true
+		} else {
+			e.seen[c]++
+		}
+		e.mu.Unlock()
+		if msg != nil {
+			c.Send(msg...)
+		}
+	}), &opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.Server = srv
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve() }()
+	t.Cleanup(func() {
+		srv.Close()
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	return e
+}
+
+func (e *echoServer) endpoint() string { return "tcp://" + e.Addr().String() }
+
+func (e *echoServer) conns() (seen, ended int) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return len(e.seen), len(e.ended)
+}
+
+func dealer(t *testing.T, endpoint string, heartbeat time.Duration) *zmq.Socket {
+	s, err := zmq.NewSocket(zmq.DEALER)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.SetLinger(0)
+	s.SetRcvtimeo(10 * time.Second)
+	if heartbeat > 0 {
+		s.SetHeartbeatIvl(heartbeat)
+		s.SetHeartbeatTimeout(5 * heartbeat)
+	}
+	if err := s.Connect(endpoint); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// libzmq DEALERs, as the fronts' ZMTP is libzmq's: messages of every size
+// both ways, in order, each back on the connection it came from.
+func TestEchoWithLibzmq(t *testing.T) {
+	e := startEcho(t, Options{})
+	a, b := dealer(t, e.endpoint(), 0), dealer(t, e.endpoint(), 0)
+	sizes := []int{0, 1, 255, 256, 64 << 10, 16 << 20}
+	for _, s := range []*zmq.Socket{a, b} {
+		for i, n := range sizes {
+			body := bytes.Repeat([]byte{byte('a' + i)}, n)
+			if _, err := s.SendMessage("", "MZMQ/1", body); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for k, s := range []*zmq.Socket{a, b} {
+		for i, n := range sizes {
+			msg, err := s.RecvMessageBytes(0)
+			if err != nil {
+				t.Fatalf("dealer %d, message %d: %v", k, i, err)
+			}
+			if len(msg) != 3 || len(msg[0]) != 0 || string(msg[1]) != "MZMQ/1" ||
+				!bytes.Equal(msg[2], bytes.Repeat([]byte{byte('a' + i)}, n)) {
+				t.Fatalf("dealer %d, message %d: %d frames back, last of %d bytes", k, i, len(msg), len(msg[len(msg)-1]))
+			}
+		}
+	}
+	if seen, _ := e.conns(); seen != 2 {
+		t.Fatalf("%d connections seen; want 2", seen)
+	}
+}
+
+// The server answers libzmq's heartbeats: a DEALER that pings every 20 ms
+// and gives up after 100 ms without an answer keeps its one connection.
+func TestHeartbeatsKeepTheConnection(t *testing.T) {
+	e := startEcho(t, Options{})
+	d := dealer(t, e.endpoint(), 20*time.Millisecond)
+	for i := 0; i < 3; i++ {
+		if _, err := d.SendMessage("", "ping", i); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := d.RecvMessageBytes(0); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(300 * time.Millisecond) // three heartbeat timeouts
+	}
+	if seen, ended := e.conns(); seen != 1 || ended != 0 {
+		t.Fatalf("%d connections seen, %d ended; want 1 and 0 (a PONG missing makes libzmq reconnect)", seen, ended)
+	}
+}
+
+// rawPeer connects a TCP peer that the test writes every byte of.
+func rawPeer(t *testing.T, e *echoServer) net.Conn {
+	nc, err := net.Dial("tcp", e.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	return nc
+}
+
+// closedByServer reads what the server sends until it closes.
+func closedByServer(t *testing.T, nc net.Conn) []byte {
+	t.Helper()
+	nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	b, err := io.ReadAll(nc)
+	if err != nil {
+		t.Fatalf("the server did not close the connection: %v", err)
+	}
+	return b
+}
+
+// Peers that are not fronts, or break ZMTP, lose their connection with a
+// logged code; the server goes on serving.
+func TestHostilePeers(t *testing.T) {
+	e := startEcho(t, Options{HandshakeTimeout: 200 * time.Millisecond, MaxMessage: 1 << 20})
+	hello := zmqtest.ZMTPPeerHello()
+	curve := append([]byte{}, hello[:64]...)
+	copy(curve[12:32], "CURVE\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00")
+	pub := append(append([]byte{}, hello[:64]...), zmqtest.Frame(4, append([]byte("\x05READY"), zmqtest.Property("Socket-Type", []byte("PUB"))...))...)
+	cases := []struct {
+		name, send, code, says string
+	}{
+		{"http", "GET / HTTP/1.1\r\nHost: x\r\n\r\n" + strings.Repeat("x", 64), "MODZMQ0501", "no ZMTP greeting"},
+		{"silent", "", "MODZMQ0501", "greeting"},
+		{"curve", string(curve), "MODZMQ0501", `mechanism "CURVE"`},
+		{"pub", string(pub), "MODZMQ0501", `"PUB" socket`},
+		{"message before READY", string(hello[:64]) + string(zmqtest.Frame(0, []byte("x"))), "MODZMQ0501", "before READY"},
+		{"claim over the limit", string(hello) + string(zmqtest.FrameHeader(2, 1<<40)), "MODZMQ0502", "size limit"},
+		{"too many frames", string(hello) + strings.Repeat("\x01\x00", 17), "MODZMQ0502", "frame limit"},
+		{"broken command", string(hello) + "\x04\x02\x05E", "MODZMQ0502", "name runs past"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			nc := rawPeer(t, e)
+			nc.Write([]byte(c.send))
+			got := closedByServer(t, nc)
+			if !bytes.HasPrefix(got, greeting[:10]) {
+				t.Errorf("the server sent %q first; want its greeting", got)
+			}
+			waitFor(t, c.code+" in the log", func() bool {
+				return strings.Contains(e.log.String(), c.code) && strings.Contains(e.log.String(), c.says)
+			})
+		})
+	}
+	// After all of them, a front is served, and nothing is left open but it.
+	d := dealer(t, e.endpoint(), 0)
+	d.SendMessage("", "still here")
+	if msg, err := d.RecvMessage(0); err != nil || msg[1] != "still here" {
+		t.Fatalf("after the hostile peers: %q, %v", msg, err)
+	}
+	waitFor(t, "only the DEALER's connection open", func() bool { return e.Open() == 1 })
+	if seen, _ := e.conns(); seen != 1 {
+		t.Fatalf("the handler saw %d connections; want only the DEALER's", seen)
+	}
+}
+
+// A front that stops reading while the worker sends loses its connection
+// once a write has waited WriteTimeout; the handler learns of it.
+func TestFrontThatTakesNothing(t *testing.T) {
+	var mu sync.Mutex
+	var sendErr error
+	logs := &logBuffer{}
+	srv, err := Listen("tcp://127.0.0.1:0", HandlerFunc(func(c *Conn, msg [][]byte) {
+		if msg == nil {
+			return
+		}
+		big := make([]byte, 1<<20)
+		for {
+			if err := c.Send(big); err != nil {
+				mu.Lock()
+				sendErr = err
+				mu.Unlock()
+				return
+			}
+		}
+	}), &Options{WriteTimeout: 200 * time.Millisecond, ErrorLog: log.New(logs, "", 0)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve()
+	defer srv.Close()
+	nc, err := net.Dial("tcp", srv.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	nc.Write(append(zmqtest.ZMTPPeerHello(), zmqtest.Message([]byte("go"))...))
+	// The test reads nothing more.
+	waitFor(t, "the send to fail", func() bool { mu.Lock(); defer mu.Unlock(); return sendErr != nil })
+	waitFor(t, "MODZMQ0503", func() bool { return strings.Contains(logs.String(), "MODZMQ0503") })
+	waitFor(t, "the connection to end", func() bool { return srv.Open() == 0 })
+}
+
+// Sends from another goroutine reach the front while the connection waits
+// for messages; after the front leaves they fail, and the handler got its
+// nil message.
+func TestSendFromAnotherGoroutine(t *testing.T) {
+	conns := make(chan *Conn, 1)
+	ended := make(chan *Conn, 1)
+	srv, err := Listen("tcp://127.0.0.1:0", HandlerFunc(func(c *Conn, msg [][]byte) {
+		if msg == nil {
+			ended <- c
+			return
+		}
+		conns <- c
+	}), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve()
+	defer srv.Close()
+	d := dealer(t, "tcp://"+srv.Addr().String(), 0)
+	d.SendMessage("", "subscribe")
+	c := <-conns
+	for i := 0; i < 3; i++ {
+		if err := c.SendMessage([][]byte{{}}, []byte("event")); err != nil {
+			t.Fatal(err)
+		}
+		if msg, err := d.RecvMessage(0); err != nil || len(msg) != 2 || msg[1] != "event" {
+			t.Fatalf("event %d: %q, %v", i, msg, err)
+		}
+	}
+	d.Close()
+	if got := <-ended; got != c {
+		t.Fatal("the nil message came for another connection")
+	}
+	<-c.Done()
+	if err := c.Send([]byte("late")); err != ErrClosed {
+		t.Fatalf("Send after the front left: %v; want ErrClosed", err)
+	}
+}

@@ -1,0 +1,238 @@
+// Package worker serves mod_zmq's fronts (the Apache module, zmq-gateway and
+// its stream mode) from Go without libzmq or cgo.
+//
+// A Server binds a tcp:// endpoint as a ZeroMQ ROUTER socket would and
+// speaks ZMTP 3.1 with the NULL mechanism to every front that connects
+// (their DEALER sockets). Each connection has one goroutine: it reads the
+// front's messages and calls the handler with each, on that goroutine, and
+// what the handler sends goes back on the same connection, written once the
+// messages that arrived together have been handled. A message is the
+// frames a ROUTER would receive after the routing id: for MZMQ/1 (see
+// docs/PROTOCOL.md) the envelope up to its empty delimiter, then protocol,
+// method, target, headers, meta and body; a reply is the envelope and the
+// reply's frames.
+//
+//	srv, err := worker.Listen("tcp://127.0.0.1:5555", worker.HandlerFunc(
+//		func(c *worker.Conn, msg [][]byte) {
+//			if msg == nil {
+//				return // the connection ended
+//			}
+//			i := worker.Delimiter(msg)
+//			c.SendMessage(msg[:i+1], []byte("200"), []byte("Content-Type: text/plain\r\n"), []byte("hello\n"))
+//		}), nil)
+//	...
+//	log.Fatal(srv.Serve())
+//
+// What a worker gains over libzmq through cgo is the cost per message: no
+// I/O thread between the socket and the handler and no cgo call per frame
+// (docs/BENCHMARKS.md, "WebSockets"). What it lacks: CurveZMQ (ZmqCurve
+// locations need a libzmq worker), ipc:// endpoints, and connecting out
+// (a Server only binds, as workers do).
+package worker
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Handler handles a front's messages. ServeMessage runs on the goroutine of
+// the connection msg came from, one message at a time; msg and its frames
+// are valid only until it returns (copy what must outlive it). When the
+// connection ends, ServeMessage is called once more with msg nil, so state
+// kept per connection can be let go.
+type Handler interface {
+	ServeMessage(c *Conn, msg [][]byte)
+}
+
+// HandlerFunc adapts a function to Handler.
+type HandlerFunc func(c *Conn, msg [][]byte)
+
+// ServeMessage calls f(c, msg).
+func (f HandlerFunc) ServeMessage(c *Conn, msg [][]byte) { f(c, msg) }
+
+// Options are a Server's limits; the zero value of each field takes its
+// default.
+type Options struct {
+	// MaxMessage is the largest message a front may send: its frames'
+	// bytes, each frame counting 64 bytes more (as the fronts' readers
+	// count). A frame header that passes it ends the connection
+	// (MODZMQ0502) before its bytes arrive. Default 256 MiB.
+	MaxMessage int64
+	// MaxFrames is the most frames a message may have. Default 16 (an
+	// MZMQ/1 request has 6 after a short envelope).
+	MaxFrames int
+	// HandshakeTimeout bounds the ZMTP handshake. Default 10 s.
+	HandshakeTimeout time.Duration
+	// WriteTimeout bounds each write to a front: a front that takes
+	// nothing for that long loses its connection (MODZMQ0503). Default 30 s.
+	WriteTimeout time.Duration
+	// ErrorLog receives a line for every connection that ends abnormally;
+	// default log.Default().
+	ErrorLog *log.Logger
+}
+
+const (
+	defaultMaxMessage = 256 << 20
+	defaultMaxFrames  = 16
+)
+
+func (o *Options) withDefaults() Options {
+	var v Options
+	if o != nil {
+		v = *o
+	}
+	if v.MaxMessage <= 0 {
+		v.MaxMessage = defaultMaxMessage
+	}
+	if v.MaxFrames <= 0 {
+		v.MaxFrames = defaultMaxFrames
+	}
+	if v.HandshakeTimeout <= 0 {
+		v.HandshakeTimeout = 10 * time.Second
+	}
+	if v.WriteTimeout <= 0 {
+		v.WriteTimeout = 30 * time.Second
+	}
+	if v.ErrorLog == nil {
+		v.ErrorLog = log.Default()
+	}
+	return v
+}
+
+// Server is a bound endpoint and the connections fronts made to it.
+type Server struct {
+	ln      net.Listener
+	handler Handler
+	opts    Options
+
+	mu     sync.Mutex
+	conns  map[*Conn]struct{}
+	closed bool
+	wg     sync.WaitGroup
+}
+
+// Listen binds endpoint (tcp://host:port; tcp://*:port for every address)
+// for h. Serve accepts the connections.
+func Listen(endpoint string, h Handler, opts *Options) (*Server, error) {
+	addr, ok := strings.CutPrefix(endpoint, "tcp://")
+	if !ok {
+		return nil, fmt.Errorf("worker: endpoint %q: only tcp://host:port is served", endpoint)
+	}
+	if host, port, err := net.SplitHostPort(addr); err == nil && host == "*" {
+		addr = net.JoinHostPort("", port)
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("worker: %w", err)
+	}
+	return &Server{ln: ln, handler: h, opts: opts.withDefaults(), conns: map[*Conn]struct{}{}}, nil
+}
+
+// Addr is the address the server listens on.
+func (s *Server) Addr() net.Addr { return s.ln.Addr() }
+
+// Serve accepts fronts' connections until Close, each on a goroutine of
+// its own. It returns nil after Close.
+func (s *Server) Serve() error {
+	var delay time.Duration
+	for {
+		nc, err := s.ln.Accept()
+		if err != nil {
+			s.mu.Lock()
+			closed := s.closed
+			s.mu.Unlock()
+			if closed {
+				return nil
+			}
+			if errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
+				errors.Is(err, syscall.ENOBUFS) || errors.Is(err, syscall.ENOMEM) {
+				// Short of descriptors or memory: wait, as net/http does.
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				s.opts.ErrorLog.Printf("MODZMQ0504 worker: accept: %v; retrying in %v", err, delay)
+				time.Sleep(delay)
+				continue
+			}
+			return err
+		}
+		delay = 0
+		c := newConn(s, nc)
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			nc.Close()
+			return nil
+		}
+		s.conns[c] = struct{}{}
+		s.wg.Add(1)
+		s.mu.Unlock()
+		go c.serve()
+	}
+}
+
+// Close stops listening, ends every connection and waits for their
+// handlers to return.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	s.closed = true
+	err := s.ln.Close()
+	for c := range s.conns {
+		c.nc.Close()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+	return err
+}
+
+// Open is the number of connections from fronts being served.
+func (s *Server) Open() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns)
+}
+
+func (s *Server) forget(c *Conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+	s.wg.Done()
+}
+
+// Errors a connection ends with (logged with their codes).
+var (
+	// ErrHandshake: the peer is not a ZMTP 3 DEALER, REQ or ROUTER
+	// socket using the NULL mechanism (MODZMQ0501).
+	ErrHandshake = errors.New("not a ZMTP 3 front with the NULL mechanism")
+	// ErrTooLarge: a frame header took its message past
+	// Options.MaxMessage, or claimed over 2^40 bytes (MODZMQ0502).
+	ErrTooLarge = errors.New("a message passed the size limit")
+	// ErrTooManyFrames: a message announced more than Options.MaxFrames
+	// frames (MODZMQ0502).
+	ErrTooManyFrames = errors.New("a message passed the frame limit")
+	// ErrProtocol: a command broke ZMTP (MODZMQ0502).
+	ErrProtocol = errors.New("the front broke ZMTP")
+	// ErrClosed: Send on a connection that has ended.
+	ErrClosed = errors.New("worker: connection closed")
+)
+
+// logEnd logs why a connection ended, unless it simply closed.
+func (s *Server) logEnd(c *Conn, err error) {
+	code := "MODZMQ0502"
+	switch {
+	case err == nil, errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
+		return
+	case errors.Is(err, ErrHandshake):
+		code = "MODZMQ0501"
+	case errors.Is(err, errWrite):
+		code = "MODZMQ0503"
+	case !errors.Is(err, ErrTooLarge) && !errors.Is(err, ErrTooManyFrames) && !errors.Is(err, ErrProtocol):
+		code = "MODZMQ0505"
+	}
+	s.opts.ErrorLog.Printf("%s worker: connection from %s ended: %v", code, c.nc.RemoteAddr(), err)
+}
