@@ -360,9 +360,45 @@ func wsLocations(ep, killed string) string {
 func TestWebSocketsThroughApache(t *testing.T) {
 	w := startPyScript(t, "test/workers/ws_worker.py")
 	killed := startPyScript(t, "test/workers/ws_worker.py")
-	h := startHTTPD(t, httpdParams{MPM: "event", Extra: wsLocations(w.Endpoint, killed.Endpoint)})
+	requireBuilt(t, "wsworker")
+	goPort := freePort(t)
+	goEP := fmt.Sprintf("tcp://127.0.0.1:%d", goPort)
+	goWorker := startListening(t, goPort, goEP, buildPath("wsworker"), "-bind", goEP)
+	h := startHTTPD(t, httpdParams{MPM: "event", Extra: wsLocations(w.Endpoint, killed.Endpoint) +
+		fmt.Sprintf("\t<Location /wsgo>\n\t\tSetHandler zmq\n\t\tZmqBackend %s\n\t\tZmqWebSocket on\n\t</Location>\n", goEP)})
 	addr := fmt.Sprintf("127.0.0.1:%d", h.Port)
 	open := func(t *testing.T, path string) *wsClient { return mustOpen(t, addr, nil, path) }
+
+	t.Run("GoWorker", func(t *testing.T) {
+		// examples/go/wsworker, on the worker package (ZMTP in Go, with
+		// Apache's heartbeats): the same messages, and its close.
+		c := mustOpen(t, addr, nil, "/wsgo/echo")
+		for _, m := range []struct {
+			op   byte
+			data []byte
+		}{{opText, []byte("hello")}, {opBinary, []byte{0, 1, 2, 255}}, {opText, nil}, {opBinary, make([]byte, 70000)}} {
+			c.send(m.op, m.data)
+			c.expect(m.op, m.data)
+		}
+		wsEchoBig(t, c)
+		wsFragmentsWithPing(t, c)
+		c.send(opText, []byte("close"))
+		c.expectClose(4000)
+		c.send(opClose, closePayload(4000, ""))
+		c.expectEnd()
+		// The client leaves: the worker is told.
+		c = mustOpen(t, addr, nil, "/wsgo/echo")
+		c.send(opClose, closePayload(1000, "done"))
+		c.expectClose(1000, "done")
+		c.expectEnd()
+		closed := regexp.MustCompile(`(?m)^closed \S+ 4000\nclosed \S+ 1000$`)
+		checkFor(t, 10*time.Second, func() error {
+			if !closed.MatchString(goWorker.Output.String()) {
+				return fmt.Errorf("the worker did not print both closes:\n%s", goWorker.Output.String())
+			}
+			return nil
+		})
+	})
 
 	t.Run("Messages", func(t *testing.T) {
 		c := mustOpen(t, addr, nil, "/ws/echo")

@@ -46,7 +46,6 @@ func startWSGatewayProc(t *testing.T, mode string) (g *gatewayProc, echo, goWork
     backend: [%[1]s]
   - prefix: /go
     backend: [%[2]s]
-    heartbeat: off
     websocket: true
 `, echo.Endpoint, ep))
 	return g, echo, goWorker

@@ -307,7 +307,7 @@ func TestWebSocketGatewayManyConnections(t *testing.T) {
 	ep := fmt.Sprintf("tcp://127.0.0.1:%d", port)
 	w := startListening(t, port, ep, buildPath("wsworker"), "-bind", ep)
 	admin := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	g := startGatewayProc(t, "", fmt.Sprintf("  - prefix: /ws\n    backend: [%s]\n    heartbeat: off\n    websocket: true\nadmin: %s\n", ep, admin))
+	g := startGatewayProc(t, "", fmt.Sprintf("  - prefix: /ws\n    backend: [%s]\n    websocket: true\nadmin: %s\n", ep, admin))
 	pid := g.cmd.Process.Pid
 	if n := processNofile(t, pid); n < manyWS+1000 {
 		t.Fatalf("the gateway may open %d files; it needs %d", n, manyWS+1000)

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -378,6 +379,9 @@ func (c *Conn) handshake() error {
 	}
 	for c.w < 64 {
 		if err := c.fill(); err != nil {
+			if c.w == 0 && (errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)) {
+				return io.EOF // a port probe: connected and left without a byte
+			}
 			return fmt.Errorf("%w: greeting: %v", ErrHandshake, err)
 		}
 	}

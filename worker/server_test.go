@@ -212,6 +212,13 @@ func TestHostilePeers(t *testing.T) {
 			})
 		})
 	}
+	// A port probe (connect, close) is no error: nothing logged for it.
+	before := e.log.String()
+	rawPeer(t, e).Close()
+	waitFor(t, "the probe's connection to end", func() bool { return e.Open() == 0 })
+	if after := e.log.String(); after != before {
+		t.Errorf("a port probe was logged: %q", after[len(before):])
+	}
 	// After all of them, a front is served, and nothing is left open but it.
 	d := dealer(t, e.endpoint(), 0)
 	d.SendMessage("", "still here")

@@ -2,7 +2,7 @@ package main
 
 // The WebSocket benchmark (`-only websockets`, or part of a run with no
 // -only), through each front to one MZMQ/1 echo worker (`bench-peer -mode
-// ws`, libzmq through pebbe/zmq4), beside the anchor, what an Apache user
+// ws-zmtp`, on the worker package; -ws-worker picks another), beside the anchor, what an Apache user
 // would pick instead: Apache mod_proxy_http/mod_proxy_wstunnel
 // (`ProxyPass ws://… upgrade=websocket`) tunnelling to a Go WebSocket echo
 // server (`bench-peer -mode wsecho`, gorilla/websocket). Clients are
@@ -53,7 +53,7 @@ var (
 	wsSatDepth   = flag.Int("ws-sat-depth", 4, "websockets: messages each keeps in flight in the saturation case")
 	wsSatDur     = flag.Duration("ws-sat-duration", 4*time.Second, "websockets: how long each round of the saturation case measures")
 	wsIdle       = flag.Int("ws-idle", 10000, "websockets: idle WebSockets held open on zmq-gateway and stream mode")
-	wsWorker     = flag.String("ws-worker", "peer", "websockets: the ZeroMQ fronts' worker: peer (bench-peer -mode ws, libzmq) or wsworker (examples/go/wsworker, pure-Go go-zeromq/zmq4; heartbeats off)")
+	wsWorker     = flag.String("ws-worker", "worker", "websockets: the ZeroMQ fronts' worker: worker (bench-peer -mode ws-zmtp, the worker package: ZMTP in Go), libzmq (bench-peer -mode ws, libzmq through pebbe/zmq4) or wsworker (examples/go/wsworker)")
 	wsIdleApache = flag.Int("ws-idle-apache", 1000, "websockets: idle WebSockets held open on the Apaches (each holds a thread; ThreadsPerChild follows)")
 )
 
@@ -191,16 +191,15 @@ func setupWebSockets(want map[string]bool) *wenv {
 	wport, eport := freePort(), freePort()
 	wep := fmt.Sprintf("tcp://127.0.0.1:%d", wport)
 	var worker *exec.Cmd
-	heartbeat, zmqHeartbeat := "", ""
 	switch *wsWorker {
-	case "peer":
+	case "worker":
+		worker = e.start(build("bench-peer"), "-mode", "ws-zmtp", "-listen", wep)
+	case "libzmq":
 		worker = e.start(build("bench-peer"), "-mode", "ws", "-listen", wep)
 	case "wsworker":
-		// go-zeromq/zmq4 answers no ZMTP PINGs.
 		worker = e.start(build("wsworker"), "-bind", wep)
-		heartbeat, zmqHeartbeat = "    heartbeat: off\n", "\tZmqHeartbeat off\n"
 	default:
-		log.Fatalf("-ws-worker %q: peer or wsworker", *wsWorker)
+		log.Fatalf("-ws-worker %q: worker, libzmq or wsworker", *wsWorker)
 	}
 	echo := e.start(build("bench-peer"), "-mode", "wsecho", "-listen", fmt.Sprintf("127.0.0.1:%d", eport))
 	waitPort(wport)
@@ -213,7 +212,7 @@ routes:
   - prefix: /
     backend: [%s]
     websocket: true
-%s`, wep, heartbeat)
+`, wep)
 	var waits []int
 	for _, name := range []string{"gateway", "stream"} {
 		if !want[name] {
@@ -245,8 +244,8 @@ ZmqLibrary %s
 	ZmqBackend %s
 	ZmqWebSocket on
 	ZmqMaxStreams {tpc}
-%s</Location>
-`, build("mod_zmq.so"), build("libmodzmq.so"), wep, zmqHeartbeat))
+</Location>
+`, build("mod_zmq.so"), build("libmodzmq.so"), wep))
 		e.fronts = append(e.fronts, &wfront{Name: "mod_zmq", URL: "ws://" + addr + "/ws", Idle: *wsIdleApache, pids: pids, backend: one(worker)})
 	}
 	if want["tunnel"] {

@@ -1,6 +1,6 @@
 // Command wsworker is a pure-Go MZMQ/1 WebSocket worker (docs/PROTOCOL.md,
-// "WebSockets"): a ROUTER socket from github.com/go-zeromq/zmq4 that accepts
-// every WebSocket handshake (choosing the first subprotocol offered, if
+// "WebSockets") on the worker package (ZMTP without libzmq, a goroutine per
+// front connection) that accepts every WebSocket handshake (choosing the first subprotocol offered, if
 // any) and echoes each message with its type, counting credits both ways
 // as examples/python/ws_echo.py does. A text message "close" is answered by
 // closing with 4000. It prints "closed <connection-id> <code>" for every
@@ -8,18 +8,20 @@
 //
 //	go run ./examples/go/wsworker -bind tcp://127.0.0.1:5560
 //
-// go-zeromq/zmq4 does not answer ZMTP PINGs: give its route `heartbeat: off`.
+// A WebSocket's messages all come over the front connection it was opened
+// on, so each connection keeps its own WebSockets, and its goroutine alone
+// touches them.
 package main
 
 import (
 	"bytes"
-	"context"
 	"flag"
 	"fmt"
 	"log"
 	"strconv"
+	"sync"
 
-	zmq "github.com/go-zeromq/zmq4"
+	"github.com/modzmq/modzmq/worker"
 )
 
 // partCost is what every WebSocket message costs beyond its bytes.
@@ -55,13 +57,34 @@ func main() {
 	bind := flag.String("bind", "tcp://127.0.0.1:5560", "endpoint to bind")
 	flag.Parse()
 
-	sock := zmq.NewRouter(context.Background())
-	defer sock.Close()
-	if err := sock.Listen(*bind); err != nil {
+	var mu sync.Mutex
+	conns := map[*worker.Conn]map[string]*webSocket{} // each front connection's WebSockets, by request id
+	srv, err := worker.Listen(*bind, worker.HandlerFunc(func(c *worker.Conn, msg [][]byte) {
+		mu.Lock()
+		sockets := conns[c]
+		switch {
+		case msg == nil:
+			delete(conns, c)
+		case sockets == nil:
+			sockets = map[string]*webSocket{}
+			conns[c] = sockets
+		}
+		mu.Unlock()
+		if msg != nil {
+			serve(c, sockets, msg)
+		}
+	}), nil)
+	if err != nil {
 		log.Fatalf("listen %s: %v", *bind, err)
 	}
+	log.Fatal(srv.Serve())
+}
+
+// serve handles one message from a front connection whose WebSockets are
+// sockets.
+func serve(c *worker.Conn, sockets map[string]*webSocket, msg [][]byte) {
 	send := func(env [][]byte, frames ...[]byte) {
-		if err := sock.Send(zmq.NewMsgFrom(append(env[:len(env):len(env)], frames...)...)); err != nil {
+		if err := c.SendMessage(env, frames...); err != nil {
 			log.Printf("send: %v", err)
 		}
 	}
@@ -76,55 +99,54 @@ func main() {
 			send(ws.env, []byte("@credit"), strconv.AppendInt(nil, e.cost, 10))
 		}
 	}
-	sockets := map[string]*webSocket{} // by request id
-	for {
-		msg, err := sock.Recv()
-		if err != nil {
-			log.Fatalf("recv: %v", err)
-		}
-		i := 0
-		for i < len(msg.Frames) && len(msg.Frames[i]) != 0 {
-			i++
-		}
-		if len(msg.Frames)-i-1 != 6 || string(msg.Frames[i+1]) != "MZMQ/1" {
-			continue
-		}
-		env, f := msg.Frames[:i+1:i+1], msg.Frames[i+1:]
-		method, target, meta, body := string(f[1]), f[2], f[4], f[5]
-		id, _ := metaValue(meta, "request-id")
-		ws := sockets[string(id)]
-		switch {
-		case func() bool { v, _ := metaValue(meta, "websocket"); return string(v) == "1" }():
-			credit, _ := metaValue(meta, "stream-credits")
-			n, _ := strconv.ParseInt(string(credit), 10, 64)
-			connID, ok := metaValue(meta, "connection-id")
-			if !ok {
-				connID = id
-			}
-			sockets[string(id)] = &webSocket{env: env, connID: string(connID), credit: n}
-			headers := []byte{}
-			if offered, ok := metaValue(meta, "websocket-protocols"); ok {
-				first, _, _ := bytes.Cut(offered, []byte(","))
-				headers = fmt.Appendf(headers, "Sec-WebSocket-Protocol: %s\r\n", bytes.TrimSpace(first))
-			}
-			send(env, []byte("@accept"), headers)
-		case ws != nil && method == "@text" && string(body) == "close":
-			send(env, []byte("@ws-close"), []byte("4000"))
-			fmt.Printf("closed %s 4000\n", ws.connID)
-			delete(sockets, string(id))
-		case ws != nil && (method == "@text" || method == "@binary"):
-			ws.out = append(ws.out, echo{kind: f[1], data: body, cost: int64(len(body)) + partCost})
-			flush(ws)
-		case ws != nil && method == "@credit":
-			n, _ := strconv.ParseInt(string(target), 10, 64)
-			ws.credit += n
-			flush(ws)
-		case ws != nil && method == "@ws-close":
-			fmt.Printf("closed %s %s\n", ws.connID, target)
-			delete(sockets, string(id))
-		case len(method) > 0 && method[0] != '@':
-			send(env, []byte("200"), []byte("Content-Type: text/plain\r\n"),
-				fmt.Appendf(nil, "not a WebSocket handshake: %s %s\n", method, target))
-		}
+	i := worker.Delimiter(msg)
+	if i < 0 || len(msg)-i-1 != 6 || string(msg[i+1]) != "MZMQ/1" {
+		return
 	}
+	env, f := msg[:i+1:i+1], msg[i+1:]
+	method, target, meta, body := string(f[1]), f[2], f[4], f[5]
+	id, _ := metaValue(meta, "request-id")
+	ws := sockets[string(id)]
+	switch {
+	case func() bool { v, _ := metaValue(meta, "websocket"); return string(v) == "1" }():
+		credit, _ := metaValue(meta, "stream-credits")
+		n, _ := strconv.ParseInt(string(credit), 10, 64)
+		connID, ok := metaValue(meta, "connection-id")
+		if !ok {
+			connID = id
+		}
+		sockets[string(id)] = &webSocket{env: clone(env), connID: string(connID), credit: n}
+		headers := []byte{}
+		if offered, ok := metaValue(meta, "websocket-protocols"); ok {
+			first, _, _ := bytes.Cut(offered, []byte(","))
+			headers = fmt.Appendf(headers, "Sec-WebSocket-Protocol: %s\r\n", bytes.TrimSpace(first))
+		}
+		send(env, []byte("@accept"), headers)
+	case ws != nil && method == "@text" && string(body) == "close":
+		send(env, []byte("@ws-close"), []byte("4000"))
+		fmt.Printf("closed %s 4000\n", ws.connID)
+		delete(sockets, string(id))
+	case ws != nil && (method == "@text" || method == "@binary"):
+		ws.out = append(ws.out, echo{kind: bytes.Clone(f[1]), data: bytes.Clone(body), cost: int64(len(body)) + partCost})
+		flush(ws)
+	case ws != nil && method == "@credit":
+		n, _ := strconv.ParseInt(string(target), 10, 64)
+		ws.credit += n
+		flush(ws)
+	case ws != nil && method == "@ws-close":
+		fmt.Printf("closed %s %s\n", ws.connID, target)
+		delete(sockets, string(id))
+	case len(method) > 0 && method[0] != '@':
+		send(env, []byte("200"), []byte("Content-Type: text/plain\r\n"),
+			fmt.Appendf(nil, "not a WebSocket handshake: %s %s\n", method, target))
+	}
+}
+
+// clone copies frames out of the connection's read buffer.
+func clone(frames [][]byte) [][]byte {
+	out := make([][]byte, len(frames))
+	for i, f := range frames {
+		out[i] = bytes.Clone(f)
+	}
+	return out
 }

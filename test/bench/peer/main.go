@@ -74,6 +74,8 @@ func main() {
 		serveOrigin(*listen)
 	case "ws":
 		serveWebSockets(*listen)
+	case "ws-zmtp":
+		serveWebSocketsZMTP(*listen)
 	case "zstream":
 		serveZStream(*listen)
 	case "wsecho":

@@ -59,65 +59,88 @@ func serveWebSockets(listen string) {
 			s.SendBytes(f, flag)
 		}
 	}
-	flush := func(ws *wsConn) {
-		for len(ws.out) > 0 && ws.credit >= int64(len(ws.out[0][1]))+wsPartCost {
-			e := ws.out[0]
-			ws.out = ws.out[1:]
-			ws.credit -= int64(len(e[1])) + wsPartCost
-			send(ws.env, e[0], e[1])
-		}
-		if len(ws.out) == 0 {
-			ws.out = nil
-		}
-		// Grant what the handled messages earned, as the fronts do: in
-		// quarters of the window, or at once when the front could not send
-		// a message of the largest size with what it has left.
-		if ws.owed > 0 && (ws.owed >= ws.window/4 || ws.left < ws.maxCost) {
-			ws.left += ws.owed
-			send(ws.env, []byte("@credit"), strconv.AppendInt(nil, ws.owed, 10))
-			ws.owed = 0
-		}
-	}
 	sockets := map[string]*wsConn{} // by request id
 	for {
 		msg, err := s.RecvMessageBytes(0)
-		if err != nil {
-			continue
+		if err == nil {
+			handleWS(sockets, msg, send, false)
 		}
-		i := 0
-		for i < len(msg) && len(msg[i]) != 0 {
-			i++
+	}
+}
+
+// handleWS handles one message for the WebSockets in sockets (by request
+// id), sending with send; borrowed says msg's frames are the caller's only
+// for the call (what is kept is copied).
+func handleWS(sockets map[string]*wsConn, msg [][]byte, send func(env [][]byte, frames ...[]byte), borrowed bool) {
+	i := 0
+	for i < len(msg) && len(msg[i]) != 0 {
+		i++
+	}
+	if len(msg)-i-1 != 6 || string(msg[i+1]) != "MZMQ/1" {
+		return
+	}
+	keep := func(b []byte) []byte {
+		if borrowed {
+			return append([]byte(nil), b...)
 		}
-		if len(msg)-i-1 != 6 || string(msg[i+1]) != "MZMQ/1" {
-			continue
+		return b
+	}
+	env, f := msg[:i+1:i+1], msg[i+1:]
+	method, target, meta, body := f[1], f[2], f[4], f[5]
+	id, _ := metaValue(meta, "request-id")
+	ws := sockets[id]
+	switch {
+	case ws == nil && isHandshake(meta):
+		c, _ := metaValue(meta, "stream-credits")
+		m, _ := metaValue(meta, "websocket-max-message")
+		n, _ := strconv.ParseInt(c, 10, 64)
+		mm, _ := strconv.ParseInt(m, 10, 64)
+		kept := make([][]byte, len(env))
+		for i, e := range env {
+			kept[i] = keep(e)
 		}
-		env, f := msg[:i+1:i+1], msg[i+1:]
-		method, target, meta, body := f[1], f[2], f[4], f[5]
-		id, _ := metaValue(meta, "request-id")
-		ws := sockets[id]
-		switch {
-		case ws == nil && isHandshake(meta):
-			c, _ := metaValue(meta, "stream-credits")
-			m, _ := metaValue(meta, "websocket-max-message")
-			n, _ := strconv.ParseInt(c, 10, 64)
-			mm, _ := strconv.ParseInt(m, 10, 64)
-			sockets[id] = &wsConn{env: env, window: n, maxCost: mm + wsPartCost, credit: n, left: n}
-			send(env, []byte("@accept"), nil)
-		case ws != nil && (string(method) == "@text" || string(method) == "@binary"):
-			cost := int64(len(body)) + wsPartCost
-			ws.left -= cost
-			ws.owed += cost
-			ws.out = append(ws.out, [2][]byte{method, body})
-			flush(ws)
-		case ws != nil && string(method) == "@credit":
-			n, _ := strconv.ParseInt(string(target), 10, 64)
-			ws.credit += n
-			flush(ws)
-		case ws != nil && string(method) == "@ws-close":
-			delete(sockets, id)
-		case len(method) > 0 && method[0] != '@':
-			send(env, []byte("200"), []byte("Content-Type: text/plain\r\n"), []byte("not a WebSocket handshake\n"))
+		sockets[id] = &wsConn{env: kept, window: n, maxCost: mm + wsPartCost, credit: n, left: n}
+		send(kept, []byte("@accept"), nil)
+	case ws != nil && (string(method) == "@text" || string(method) == "@binary"):
+		cost := int64(len(body)) + wsPartCost
+		ws.left -= cost
+		ws.owed += cost
+		if len(ws.out) == 0 && ws.credit >= cost {
+			ws.credit -= cost
+			send(ws.env, method, body)
+		} else {
+			ws.out = append(ws.out, [2][]byte{keep(method), keep(body)})
 		}
+		ws.flush(func(frames ...[]byte) { send(ws.env, frames...) })
+	case ws != nil && string(method) == "@credit":
+		n, _ := strconv.ParseInt(string(target), 10, 64)
+		ws.credit += n
+		ws.flush(func(frames ...[]byte) { send(ws.env, frames...) })
+	case ws != nil && string(method) == "@ws-close":
+		delete(sockets, id)
+	case len(method) > 0 && method[0] != '@':
+		send(env, []byte("200"), []byte("Content-Type: text/plain\r\n"), []byte("not a WebSocket handshake\n"))
+	}
+}
+
+// flush sends what the worker's credit allows, and grants what the handled
+// messages earned as the fronts do: in quarters of the window, or at once
+// when the front could not send a message of the largest size with what it
+// has left.
+func (ws *wsConn) flush(send func(frames ...[]byte)) {
+	for len(ws.out) > 0 && ws.credit >= int64(len(ws.out[0][1]))+wsPartCost {
+		e := ws.out[0]
+		ws.out = ws.out[1:]
+		ws.credit -= int64(len(e[1])) + wsPartCost
+		send(e[0], e[1])
+	}
+	if len(ws.out) == 0 {
+		ws.out = nil
+	}
+	if ws.owed > 0 && (ws.owed >= ws.window/4 || ws.left < ws.maxCost) {
+		ws.left += ws.owed
+		send([]byte("@credit"), strconv.AppendInt(nil, ws.owed, 10))
+		ws.owed = 0
 	}
 }
 
