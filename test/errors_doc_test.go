@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"testing"
 )
 
@@ -39,6 +40,17 @@ func TestEveryLogCodeIsDocumented(t *testing.T) {
 		for _, m := range regexp.MustCompile(`Code += (\d+)`).FindAllStringSubmatch(string(b), -1) {
 			n, _ := strconv.Atoi(m[1])
 			codes[fmt.Sprintf("MODZMQ%04d", n)] = filepath.Base(f)
+		}
+	}
+	// The worker package writes its codes out in its log lines.
+	wfiles, _ := filepath.Glob(filepath.Join(root, "worker/*.go"))
+	for _, f := range wfiles {
+		if strings.HasSuffix(f, "_test.go") {
+			continue
+		}
+		b, _ := os.ReadFile(f)
+		for _, m := range regexp.MustCompile(`MODZMQ\d{4}`).FindAllString(string(b), -1) {
+			codes[m] = filepath.Base(f)
 		}
 	}
 	if len(codes) < 30 {
