@@ -12,6 +12,8 @@ LIBRARY  = $(LIBEXEC)/libmodzmq.so
 # Everything the Go binaries are built from, C included (cgo compiles the
 # .c and .h files of mod_zmq/relay into libmodzmq.so).
 GOSRC   := $(shell find bridge internal mod_zmq/golib mod_zmq/relay \( -name '*.go' -o -name '*.c' -o -name '*.h' \) -not -name '*_test.go') go.mod go.sum
+# The worker package the pure-Go example workers serve with.
+WORKERSRC := $(filter-out %_test.go,$(wildcard worker/*.go))
 CSRC    := $(wildcard mod_zmq/*.c mod_zmq/*.h) mod_zmq/golib/modzmq.h apxs/build.sh
 # The library's test helpers (mod_zmq/relay/harness.go) and the tests that
 # use them build only with this tag, so they are not linked into the
@@ -33,13 +35,13 @@ $(BUILD)/libmodzmq.so: $(GOSRC)
 	$(GO) build -trimpath -buildmode=c-shared -o $@ ./mod_zmq/golib
 	@rm -f $(BUILD)/libmodzmq.h
 
-$(BUILD)/go-worker: $(GOSRC) $(wildcard examples/go/worker/*.go)
+$(BUILD)/go-worker: $(WORKERSRC) go.mod go.sum $(wildcard examples/go/worker/*.go)
 	$(GO) build -o $@ ./examples/go/worker
 
 $(BUILD)/brokerworker: $(wildcard examples/go/brokerworker/*.go)
 	$(GO) build -o $@ ./examples/go/brokerworker
 
-$(BUILD)/streamworker: $(wildcard examples/go/streamworker/*.go)
+$(BUILD)/streamworker: $(WORKERSRC) go.mod go.sum $(wildcard examples/go/streamworker/*.go)
 	$(GO) build -o $@ ./examples/go/streamworker
 
 $(BUILD)/wsworker: $(wildcard examples/go/wsworker/*.go)

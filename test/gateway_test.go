@@ -94,7 +94,6 @@ func gatewayRoutes(w workers) string {
     backend: [%s]
   - prefix: /go/
     backend: [%s]
-    heartbeat: off
   - prefix: /both/
     backend: [%s, %s]
   - prefix: /slow/
@@ -115,7 +114,6 @@ func gatewayRoutes(w workers) string {
   - path: /t/{name}
     host: "{sub}.example.test"
     backend: [%s]
-    heartbeat: off
 `, w.rep1.Endpoint, w.router.Endpoint, w.gow.Endpoint, w.rep1.Endpoint, w.rep2.Endpoint, w.slow.Endpoint,
 		w.deadPort, w.counter.Endpoint, w.rep1.Endpoint, w.rep1.Endpoint, w.gow.Endpoint)
 }
@@ -259,7 +257,7 @@ func TestGatewayDrainsOnSIGTERM(t *testing.T) {
 func TestStreamModeClients(t *testing.T) {
 	rep := startPyWorker(t, "rep")
 	goW := startGoWorker(t, "go")
-	g := startGatewayProc(t, "stream", fmt.Sprintf("  - prefix: /py/\n    backend: [%s]\n  - prefix: /go/\n    backend: [%s]\n    max_body: 4096\n    heartbeat: off\n", rep.Endpoint, goW.Endpoint))
+	g := startGatewayProc(t, "stream", fmt.Sprintf("  - prefix: /py/\n    backend: [%s]\n  - prefix: /go/\n    backend: [%s]\n    max_body: 4096\n", rep.Endpoint, goW.Endpoint))
 
 	t.Run("curl", func(t *testing.T) {
 		out, err := exec.Command("curl", "-sS", "-i", "--data-binary", "curl-body", g.URL+"/go/raw", g.URL+"/go/raw").CombinedOutput()

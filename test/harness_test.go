@@ -146,7 +146,7 @@ func startPyWorkerAt(t *testing.T, name, ep string, extra ...string) *worker {
 	return w
 }
 
-// startGoWorker starts the pure-Go example worker (go-zeromq ROUTER).
+// startGoWorker starts the pure-Go example worker (examples/go/worker).
 func startGoWorker(t *testing.T, name string) *worker {
 	t.Helper()
 	requireBuilt(t, "go-worker")

@@ -2,6 +2,7 @@ package test
 
 import (
 	"bufio"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -14,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/modzmq/modzmq/internal/zmqtest"
 )
 
 // The Apache children's pools of worker connections (mod_zmq/golib/fast.c):
@@ -243,13 +246,18 @@ func TestPoolDropsIdleConnectionsTheWorkerClosed(t *testing.T) {
 	})
 }
 
-// A worker whose watch connection keeps dropping (go-zeromq answers no
-// ZMTP PING, so with heartbeats on the endpoint flaps up and down) while
+// A worker whose watch connection keeps dropping (it answers requests but
+// no ZMTP PING, so with heartbeats on the endpoint flaps up and down) while
 // requests come one at a time: through several flaps, no child holds more
 // connections than one request needs, however often Go and the fast path
 // take turns.
 func TestPoolBoundWhileEndpointFlaps(t *testing.T) {
-	w := startGoWorker(t, "go")
+	w := zmqtest.StartRaw(t, nil, func(c net.Conn, req [][]byte) {
+		// [request-id, "", "MZMQ/1", method, target, ...]: the load checks
+		// the target in the echo.
+		body, _ := json.Marshal(echo{Worker: "raw", Target: string(req[4])})
+		c.Write(zmqtest.Message(req[0], nil, []byte("200"), []byte("Content-Type: application/json\r\n"), body))
+	})
 	port := portOf(t, w.Endpoint)
 	h := startHTTPD(t, httpdParams{MPM: "event", Extra: fmt.Sprintf("\t<Location /p>\n\t\tSetHandler zmq\n\t\tZmqBackend %s\n\t\t%s\n\t</Location>",
 		w.Endpoint, faultOptions)})

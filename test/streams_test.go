@@ -134,8 +134,8 @@ func TestGoStreamWorkerThroughTheGateway(t *testing.T) {
 	port2 := freePort(t)
 	ep2 := fmt.Sprintf("tcp://127.0.0.1:%d", port2)
 	long := startListening(t, port2, ep2, buildPath("streamworker"), "-bind", ep2, "-count", "100000", "-interval", "5ms")
-	g := startGatewayProc(t, "", fmt.Sprintf("  - prefix: /go\n    backend: [%s]\n    heartbeat: off\n    notices: true\n"+
-		"  - prefix: /long\n    backend: [%s]\n    heartbeat: off\n    notices: true\n    stream_window: 4096\n", ep, ep2))
+	g := startGatewayProc(t, "", fmt.Sprintf("  - prefix: /go\n    backend: [%s]\n    notices: true\n"+
+		"  - prefix: /long\n    backend: [%s]\n    notices: true\n    stream_window: 4096\n", ep, ep2))
 	out, err := exec.Command("curl", "-sSN", "--max-time", "20", g.URL+"/go").CombinedOutput()
 	if want := "data: 0\n\ndata: 1\n\ndata: 2\n\ndata: 3\n\n"; err != nil || string(out) != want {
 		t.Errorf("curl: %q, %v; want %q", out, err, want)

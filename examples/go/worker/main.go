@@ -1,21 +1,18 @@
-// Command worker is a pure-Go MZMQ/1 worker: a ROUTER socket from
-// github.com/go-zeromq/zmq4 (no C dependency) that answers each request with
-// JSON describing it, or with the request body itself when the path ends in
-// /raw.
+// Command worker is a pure-Go MZMQ/1 worker: it binds with
+// github.com/modzmq/modzmq/worker (ZMTP 3.1 in Go, no libzmq, no cgo) and
+// answers each request with JSON describing it, or with the request body
+// itself when the path ends in /raw.
 //
-// go-zeromq/zmq4 handshakes with one connecting peer at a time, and sends
-// with its ROUTER's lock held: a peer that stops reading a reply larger
-// than the socket buffers (a few MiB) holds up every other peer, and new
-// connections, until it reads or closes. A worker that may see such
-// peers wants libzmq (github.com/pebbe/zmq4, as examples/go/brokerworker
-// does).
+// Each front's connection has a goroutine of its own, which reads its
+// requests and writes their replies, so a front that stops reading holds
+// up only its own connection. The worker answers the fronts' ZMTP
+// heartbeats.
 //
 //	go run ./examples/go/worker -bind tcp://127.0.0.1:5556
 package main
 
 import (
 	"bytes"
-	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -25,7 +22,7 @@ import (
 	"os"
 	"strings"
 
-	zmq "github.com/go-zeromq/zmq4"
+	"github.com/modzmq/modzmq/worker"
 )
 
 type request struct {
@@ -79,31 +76,24 @@ func main() {
 	name := flag.String("name", "go-worker", "worker name reported in replies")
 	flag.Parse()
 
-	sock := zmq.NewRouter(context.Background())
-	defer sock.Close()
-	if err := sock.Listen(*bind); err != nil {
+	srv, err := worker.Listen(*bind, worker.HandlerFunc(func(c *worker.Conn, msg [][]byte) {
+		if msg == nil {
+			return // the connection ended; nothing is kept per connection
+		}
+		// The envelope is everything up to and including the first empty
+		// frame: [request-id, ""] from a bridge, more through proxies.
+		i := worker.Delimiter(msg)
+		if i < 0 || len(msg)-i-1 != 6 || !bytes.Equal(msg[i+1], []byte("MZMQ/1")) {
+			log.Printf("dropped a message that is not an MZMQ/1 request (%d frames)", len(msg))
+			return
+		}
+		if err := c.SendMessage(msg[:i+1], answer(*name, msg[i+1:])...); err != nil {
+			log.Printf("send: %v", err)
+		}
+	}), nil)
+	if err != nil {
 		log.Fatalf("listen %s: %v", *bind, err)
 	}
 	fmt.Fprintln(os.Stdout, "ready")
-	for {
-		msg, err := sock.Recv()
-		if err != nil {
-			log.Printf("recv: %v", err)
-			continue
-		}
-		// The envelope is everything up to and including the first empty
-		// frame: [peer-id, request-id, ""] from a bridge, more through proxies.
-		i := 0
-		for i < len(msg.Frames) && len(msg.Frames[i]) != 0 {
-			i++
-		}
-		if i == len(msg.Frames) || len(msg.Frames)-i-1 != 6 || !bytes.Equal(msg.Frames[i+1], []byte("MZMQ/1")) {
-			log.Printf("dropped a message that is not an MZMQ/1 request (%d frames)", len(msg.Frames))
-			continue
-		}
-		reply := append(msg.Frames[:i+1:i+1], answer(*name, msg.Frames[i+1:])...)
-		if err := sock.Send(zmq.NewMsgFrom(reply...)); err != nil {
-			log.Printf("send: %v", err)
-		}
-	}
+	log.Fatal(srv.Serve())
 }
