@@ -44,7 +44,7 @@ $(BUILD)/brokerworker: $(wildcard examples/go/brokerworker/*.go)
 $(BUILD)/streamworker: $(WORKERSRC) go.mod go.sum $(wildcard examples/go/streamworker/*.go)
 	$(GO) build -o $@ ./examples/go/streamworker
 
-$(BUILD)/wsworker: $(wildcard examples/go/wsworker/*.go)
+$(BUILD)/wsworker: $(WORKERSRC) go.mod go.sum $(wildcard examples/go/wsworker/*.go)
 	$(GO) build -o $@ ./examples/go/wsworker
 
 $(BUILD)/zmq-gateway: $(GOSRC) $(shell find gateway -name '*.go' -not -name '*_test.go')
@@ -112,7 +112,7 @@ $(BUILD)/modzmq-bench: $(wildcard test/bench/*.go)
 # seconds a target, 2.5 minutes in all, which keeps .ci/run within its 20
 # minutes); every go test run replays the committed corpus.
 FUZZTIME ?= 2000000x
-FUZZ_TARGETS := FuzzFastDecode:./mod_zmq/relay FuzzFastEncode:./mod_zmq/relay FuzzZMTPFrames:./mod_zmq/relay FuzzWSFast:./mod_zmq/relay FuzzStreamKind:./mod_zmq/relay FuzzCurveOpen:./bridge FuzzZMTPTransport:./bridge FuzzDecodeReply:./bridge FuzzRequestRoundTrip:./bridge FuzzParseHeaderLines:./bridge FuzzParser:./gateway/stream FuzzReader:./internal/wsproto
+FUZZ_TARGETS := FuzzFastDecode:./mod_zmq/relay FuzzFastEncode:./mod_zmq/relay FuzzZMTPFrames:./mod_zmq/relay FuzzWSFast:./mod_zmq/relay FuzzStreamKind:./mod_zmq/relay FuzzCurveOpen:./bridge FuzzZMTPTransport:./bridge FuzzDecodeReply:./bridge FuzzRequestRoundTrip:./bridge FuzzParseHeaderLines:./bridge FuzzParser:./gateway/stream FuzzReader:./internal/wsproto FuzzReader:./worker
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \
 		echo "fuzz $${t%%:*} ($(FUZZTIME))"; \
