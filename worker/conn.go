@@ -30,6 +30,9 @@ const (
 	// flushAt: a batch of replies this large is written without waiting
 	// for the batch of messages to be handled.
 	flushAt = 64 << 10
+	// handshakeMax bounds what a front may send before its READY is whole
+	// (libzmq's READY is under 100 bytes).
+	handshakeMax = 64 << 10
 )
 
 var (
@@ -402,6 +405,9 @@ func (c *Conn) handshake() error {
 			return fmt.Errorf("%w: %v", ErrHandshake, err)
 		}
 		if off < 0 {
+			if c.w-c.r > handshakeMax {
+				return fmt.Errorf("%w: READY runs past %d bytes", ErrHandshake, handshakeMax)
+			}
 			if err := c.fill(); err != nil {
 				return fmt.Errorf("%w: READY: %v", ErrHandshake, err)
 			}

@@ -194,6 +194,7 @@ func TestHostilePeers(t *testing.T) {
 		{"silent", "", "MODZMQ0501", "greeting"},
 		{"curve", string(curve), "MODZMQ0501", `mechanism "CURVE"`},
 		{"pub", string(pub), "MODZMQ0501", `"PUB" socket`},
+		{"READY past 64 KiB", string(hello[:64]) + string(zmqtest.FrameHeader(6, 1<<20)) + strings.Repeat("x", 70<<10), "MODZMQ0501", "READY runs past"},
 		{"message before READY", string(hello[:64]) + string(zmqtest.Frame(0, []byte("x"))), "MODZMQ0501", "before READY"},
 		{"claim over the limit", string(hello) + string(zmqtest.FrameHeader(2, 1<<40)), "MODZMQ0502", "size limit"},
 		{"too many frames", string(hello) + strings.Repeat("\x01\x00", 17), "MODZMQ0502", "frame limit"},
