@@ -4,7 +4,7 @@ package main
 //
 //   - held: N Server-Sent Event streams held open on each front (10,000 on
 //     zmq-gateway, stream mode and Pushpin, 1,000 on Apache, where each open
-//     stream holds a thread), each from a ROUTER worker that sends the head
+//     stream holds a thread), each from the worker, which sends the head
 //     and one event, then a keep-alive every 20 s. Reported: the front's
 //     resident memory per open stream, (RSS with N open − RSS idle) / N.
 //   - latency: 1,000 streams × 10 events/s; the worker stamps each event
@@ -14,6 +14,10 @@ package main
 //     (ZmqStreamBody on; the worker streams the download by credit) against
 //     mod_proxy_http to a Go net/http backend, with the Apache children's
 //     peak RSS growth.
+//
+// The ZeroMQ fronts' worker is `bench-peer -mode sse-zmtp` (MZMQ/1 on the
+// worker package: ZMTP in Go); -streams-worker libzmq runs `-mode sse`, the
+// same worker on a libzmq ROUTER socket through pebbe/zmq4.
 //
 // Pushpin (GRIP `Grip-Hold: stream` from a net/http origin) anchors the held
 // and latency cases; its latency events are published to its HTTP publish
@@ -50,6 +54,7 @@ var (
 	latDur       = flag.Duration("latency-duration", 5*time.Second, "streams: how long the latency case measures")
 	xferBytes    = flag.Int64("transfer-bytes", 1<<30, "streams: bytes of each upload and download through Apache")
 	xferWindow   = flag.Int("transfer-window", 0, "streams: ZmqStreamWindow of the mod_zmq transfer location in bytes (0: the directive's default)")
+	streamWorker = flag.String("streams-worker", "worker", "streams: the ZeroMQ fronts' worker: worker (bench-peer -mode sse-zmtp, the worker package: ZMTP in Go) or libzmq (bench-peer -mode sse, libzmq through pebbe/zmq4)")
 	streamFronts = flag.String("stream-fronts", "gateway,stream,libzmq,mod_zmq,pushpin", "streams: the fronts of the held and latency cases (libzmq: a bare ZMQ_STREAM socket, the floor under stream mode, held case only)")
 )
 
@@ -205,7 +210,14 @@ func setupStreams(fronts, parts map[string]bool) *senv {
 
 	wport, oport := freePort(), freePort()
 	wep := fmt.Sprintf("tcp://127.0.0.1:%d", wport)
-	e.start(build("bench-peer"), "-mode", "sse", "-listen", wep)
+	switch *streamWorker {
+	case "worker":
+		e.start(build("bench-peer"), "-mode", "sse-zmtp", "-listen", wep)
+	case "libzmq":
+		e.start(build("bench-peer"), "-mode", "sse", "-listen", wep)
+	default:
+		log.Fatalf("-streams-worker %q: worker or libzmq", *streamWorker)
+	}
 	e.start(build("bench-peer"), "-mode", "origin", "-listen", fmt.Sprintf("127.0.0.1:%d", oport))
 	waitPort(oport)
 	waitPort(wport)

@@ -7,8 +7,10 @@
 //	peer -mode revproxy -listen 127.0.0.1:8091 -backend http://127.0.0.1:8090
 //	peer -mode mongrel2 -send tcp://127.0.0.1:9997 -recv tcp://127.0.0.1:9996
 //	peer -mode sse -listen tcp://127.0.0.1:5557        streaming worker (streams.go)
+//	peer -mode sse-zmtp -listen tcp://127.0.0.1:5557   the same on the worker package (zmtpstreams.go)
 //	peer -mode origin -listen 127.0.0.1:8092           GRIP origin and transfer backend (streams.go)
 //	peer -mode ws -listen tcp://127.0.0.1:5558         WebSocket echo worker (websockets.go)
+//	peer -mode ws-zmtp -listen tcp://127.0.0.1:5558    the same on the worker package (zmtpws.go)
 //	peer -mode wsecho -listen 127.0.0.1:8093           Go WebSocket echo server (websockets.go)
 //	peer -mode zstream -listen tcp://127.0.0.1:8094    libzmq's ZMQ_STREAM alone: SSE and WebSocket echo (zstream.go)
 package main
@@ -40,13 +42,13 @@ func body(target []byte) []byte {
 }
 
 func main() {
-	mode := flag.String("mode", "zmq", "zmq, http, revproxy, mongrel2, sse, origin, ws, wsecho or zstream")
+	mode := flag.String("mode", "zmq", "zmq, http, revproxy, mongrel2, sse, sse-zmtp, origin, ws, ws-zmtp, wsecho or zstream")
 	listen := flag.String("listen", "", "address to serve on")
 	backend := flag.String("backend", "", "revproxy: backend URL")
 	send := flag.String("send", "", "mongrel2: its send_spec")
 	recv := flag.String("recv", "", "mongrel2: its recv_spec")
-	keepalive := flag.Duration("keepalive", 20*time.Second, "sse: time between a held stream's keep-alives")
-	upWindow := flag.Int64("upload-window", 1<<20, "sse: credit granted to a streamed request body")
+	keepalive := flag.Duration("keepalive", 20*time.Second, "sse, sse-zmtp: time between a held stream's keep-alives")
+	upWindow := flag.Int64("upload-window", 1<<20, "sse, sse-zmtp: credit granted to a streamed request body")
 	flag.Parse()
 	switch *mode {
 	case "zmq":
@@ -70,6 +72,8 @@ func main() {
 		serveMongrel2(*send, *recv)
 	case "sse":
 		serveStreams(*listen, *keepalive, *upWindow)
+	case "sse-zmtp":
+		serveStreamsZMTP(*listen, *keepalive, *upWindow)
 	case "origin":
 		serveOrigin(*listen)
 	case "ws":
@@ -113,6 +117,22 @@ func serveZMQ(listen string) {
 		s.SendBytes(status, zmq.SNDMORE)
 		s.SendBytes(hdr, zmq.SNDMORE)
 		s.SendBytes(body(msg[i+3]), 0)
+	}
+}
+
+// zmqSender sends a ROUTER socket's messages: the envelope, then frames.
+func zmqSender(s *zmq.Socket) func(env [][]byte, frames ...[]byte) {
+	return func(env [][]byte, frames ...[]byte) {
+		for _, f := range env {
+			s.SendBytes(f, zmq.SNDMORE)
+		}
+		for i, f := range frames {
+			flag := zmq.SNDMORE
+			if i == len(frames)-1 {
+				flag = 0
+			}
+			s.SendBytes(f, flag)
+		}
 	}
 }
 

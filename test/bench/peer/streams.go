@@ -2,7 +2,8 @@ package main
 
 // The streaming benchmark's peers (`modzmq-bench -only streams`):
 //
-//	peer -mode sse -listen tcp://127.0.0.1:5555      MZMQ/1 ROUTER worker that streams
+//	peer -mode sse -listen tcp://127.0.0.1:5555      MZMQ/1 ROUTER worker that streams (libzmq)
+//	peer -mode sse-zmtp -listen tcp://127.0.0.1:5555 the same worker on the worker package (zmtpstreams.go)
 //	peer -mode origin -listen 127.0.0.1:8092         net/http: GRIP origin for Pushpin, transfer backend
 //
 // The worker answers by target (the path's last element, any prefix):
@@ -14,9 +15,11 @@ package main
 //	                     answers 200 {"bytes":N} at @body-end
 //	anything else        200 "ok\n"
 //
-// With notices on, @cancel ends a stream at once. One goroutine owns the
-// socket (libzmq sockets are not goroutine-safe): it drains what arrived,
-// then sends whatever is due, then polls until the next thing is due.
+// With notices on, @cancel ends a stream at once. In both modes one
+// goroutine owns the streams (sworker): it handles what arrived, then sends
+// whatever is due, then waits until the next thing is due. Under -mode sse
+// that goroutine owns the libzmq socket too (libzmq sockets are not
+// goroutine-safe) and polls it.
 
 import (
 	"bytes"
@@ -51,7 +54,20 @@ const (
 	kUp
 )
 
+// speer is where a stream's messages come from and its parts go: the
+// libzmq ROUTER socket (-mode sse: one for every front), or one front's
+// connection (-mode sse-zmtp). Its streams are by request id.
+type speer struct {
+	send    func(env [][]byte, frames ...[]byte)
+	streams map[string]*sstream
+}
+
+func newSpeer(send func(env [][]byte, frames ...[]byte)) *speer {
+	return &speer{send: send, streams: map[string]*sstream{}}
+}
+
 type sstream struct {
+	p      *speer
 	env    [][]byte
 	id     string
 	kind   skind
@@ -80,9 +96,8 @@ func (h *dueHeap) Pop() any {
 	return s
 }
 
+// sworker is the streams' state, one goroutine's alone.
 type sworker struct {
-	sock      *zmq.Socket
-	streams   map[string]*sstream
 	due       dueHeap
 	keepalive time.Duration
 	upWindow  int64
@@ -98,15 +113,22 @@ func metaValue(meta []byte, name string) (string, bool) {
 	return "", false
 }
 
-func serveStreams(listen string, keepalive time.Duration, upWindow int64) {
+func newSworker(keepalive time.Duration, upWindow int64) *sworker {
 	// An upload's parts arrive as new 64 KiB slices (pebbe/zmq4 copies each
-	// frame it receives into one), with a live heap of a few MB: at the
-	// default GOGC the collector ran every few dozen parts and cost the
-	// worker more than libzmq did, on the cores Apache and the client share
-	// (docs/BENCHMARKS.md, "1 GiB through Apache"). The net/http backend it
-	// is compared with reads into one reused buffer. Collecting at 5 times
-	// the live heap takes the collector out of the way.
+	// frame it receives into one; -mode sse-zmtp copies each message off its
+	// connection's buffer for the goroutine that owns the streams), with a
+	// live heap of a few MB: at the default GOGC the collector ran every few
+	// dozen parts and cost the worker more than libzmq did, on the cores
+	// Apache and the client share (docs/BENCHMARKS.md, "1 GiB through
+	// Apache"). The net/http backend it is compared with reads into one
+	// reused buffer. Collecting at 5 times the live heap takes the collector
+	// out of the way.
 	debug.SetGCPercent(400)
+	return &sworker{keepalive: keepalive, upWindow: upWindow}
+}
+
+func serveStreams(listen string, keepalive time.Duration, upWindow int64) {
+	w := newSworker(keepalive, upWindow)
 	s, err := zmq.NewSocket(zmq.ROUTER)
 	if err != nil {
 		log.Fatal(err)
@@ -117,7 +139,7 @@ func serveStreams(listen string, keepalive time.Duration, upWindow int64) {
 	if err := s.Bind(listen); err != nil {
 		log.Fatal(err)
 	}
-	w := &sworker{sock: s, streams: map[string]*sstream{}, keepalive: keepalive, upWindow: upWindow}
+	p := newSpeer(zmqSender(s))
 	poller := zmq.NewPoller()
 	poller.Add(s, zmq.POLLIN)
 	for {
@@ -138,36 +160,39 @@ func serveStreams(listen string, keepalive time.Duration, upWindow int64) {
 			if err != nil {
 				break
 			}
-			w.handle(msg)
+			w.handle(p, msg)
 		}
-		now := time.Now()
-		for len(w.due) > 0 && !w.due[0].due.After(now) {
-			st := heap.Pop(&w.due).(*sstream)
-			if !st.dead {
-				w.fire(st, now)
-			}
+		w.fireDue(time.Now())
+	}
+}
+
+// fireDue sends what is due by now.
+func (w *sworker) fireDue(now time.Time) {
+	for len(w.due) > 0 && !w.due[0].due.After(now) {
+		st := heap.Pop(&w.due).(*sstream)
+		if !st.dead {
+			w.fire(st, now)
 		}
 	}
 }
 
-func (w *sworker) send(env [][]byte, frames ...[]byte) {
-	for _, f := range env {
-		w.sock.SendBytes(f, zmq.SNDMORE)
-	}
-	for i, f := range frames {
-		flag := zmq.SNDMORE
-		if i == len(frames)-1 {
-			flag = 0
-		}
-		w.sock.SendBytes(f, flag)
-	}
-}
+// send sends a message of the stream's.
+func (st *sstream) send(frames ...[]byte) { st.p.send(st.env, frames...) }
 
 func (w *sworker) end(st *sstream) {
 	st.dead = true
-	delete(w.streams, st.id)
+	if st.p.streams[st.id] == st {
+		delete(st.p.streams, st.id)
+	}
 	if st.idx >= 0 {
 		heap.Remove(&w.due, st.idx)
+	}
+}
+
+// drop ends the streams of p, whose connection ended.
+func (w *sworker) drop(p *speer) {
+	for _, st := range p.streams {
+		w.end(st)
 	}
 }
 
@@ -184,14 +209,14 @@ func (w *sworker) fire(st *sstream, now time.Time) {
 	switch st.kind {
 	case kHold:
 		if st.spend(partCost) {
-			w.send(st.env, []byte("@keep-alive"), nil)
+			st.send([]byte("@keep-alive"), nil)
 		}
 		st.due = now.Add(w.keepalive)
 		heap.Push(&w.due, st)
 	case kTick:
 		if st.left <= 0 {
 			if st.spend(partCost) {
-				w.send(st.env, []byte("@end"), nil)
+				st.send([]byte("@end"), nil)
 				w.end(st)
 			} else {
 				st.due = now.Add(st.period)
@@ -202,7 +227,7 @@ func (w *sworker) fire(st *sstream, now time.Time) {
 		st.left--
 		ev := fmt.Appendf(nil, "data: %d\n\n", time.Now().UnixNano())
 		if st.spend(int64(len(ev)) + partCost) {
-			w.send(st.env, []byte("@data"), ev)
+			st.send([]byte("@data"), ev)
 		} else {
 			w.skipped++
 		}
@@ -223,16 +248,17 @@ func (w *sworker) step(st *sstream) {
 		if !st.spend(n + partCost) {
 			return
 		}
-		w.send(st.env, []byte("@data"), part64k[:n])
+		st.send([]byte("@data"), part64k[:n])
 		st.sent += n
 	}
 	if st.spend(partCost) {
-		w.send(st.env, []byte("@end"), nil)
+		st.send([]byte("@end"), nil)
 		w.end(st)
 	}
 }
 
-func (w *sworker) handle(msg [][]byte) {
+// handle handles a message from p; the frames are its to keep.
+func (w *sworker) handle(p *speer, msg [][]byte) {
 	i := 0
 	for i < len(msg) && len(msg[i]) != 0 {
 		i++
@@ -245,7 +271,7 @@ func (w *sworker) handle(msg [][]byte) {
 	id, _ := metaValue(meta, "request-id")
 	switch method {
 	case "@credit":
-		if st := w.streams[id]; st != nil {
+		if st := p.streams[id]; st != nil {
 			n, _ := strconv.ParseInt(target, 10, 64)
 			st.credit += n
 			if st.kind == kDown {
@@ -254,12 +280,12 @@ func (w *sworker) handle(msg [][]byte) {
 		}
 		return
 	case "@cancel":
-		if st := w.streams[id]; st != nil {
+		if st := p.streams[id]; st != nil {
 			w.end(st)
 		}
 		return
 	case "@body", "@body-end":
-		st := w.streams[id]
+		st := p.streams[id]
 		if st == nil {
 			return
 		}
@@ -267,9 +293,9 @@ func (w *sworker) handle(msg [][]byte) {
 		st.used += int64(len(body)) + partCost
 		if method == "@body-end" {
 			w.end(st)
-			w.send(st.env, []byte("200"), []byte("Content-Type: application/json\r\n"), fmt.Appendf(nil, `{"bytes":%d}`, st.sent))
+			st.send([]byte("200"), []byte("Content-Type: application/json\r\n"), fmt.Appendf(nil, `{"bytes":%d}`, st.sent))
 		} else if st.used >= w.upWindow/4 {
-			w.send(st.env, []byte("@credit"), strconv.AppendInt(nil, st.used, 10))
+			st.send([]byte("@credit"), strconv.AppendInt(nil, st.used, 10))
 			st.used = 0
 		}
 		return
@@ -277,11 +303,11 @@ func (w *sworker) handle(msg [][]byte) {
 	if strings.HasPrefix(method, "@") {
 		return
 	}
-	st := &sstream{env: env, id: id, idx: -1}
+	st := &sstream{p: p, env: env, id: id, idx: -1}
 	if v, _ := metaValue(meta, "stream-body"); v == "1" {
 		st.kind = kUp
-		w.streams[id] = st
-		w.send(env, []byte("@credit"), strconv.AppendInt(nil, w.upWindow, 10))
+		p.streams[id] = st
+		p.send(env, []byte("@credit"), strconv.AppendInt(nil, w.upWindow, 10))
 		return
 	}
 	credits, streaming := metaValue(meta, "stream-credits")
@@ -289,19 +315,19 @@ func (w *sworker) handle(msg [][]byte) {
 	q, _ := url.ParseQuery(rawq)
 	last := path[strings.LastIndexByte(path, '/')+1:]
 	if !streaming || (last != "hold" && last != "tick" && last != "down") {
-		w.send(env, []byte("200"), []byte("Content-Type: text/plain\r\n"), []byte("ok\n"))
+		p.send(env, []byte("200"), []byte("Content-Type: text/plain\r\n"), []byte("ok\n"))
 		return
 	}
 	st.credit, _ = strconv.ParseInt(credits, 10, 64)
-	w.streams[id] = st
+	p.streams[id] = st
 	now := time.Now()
 	switch last {
 	case "hold":
 		st.kind = kHold
-		w.send(env, []byte("@stream"), []byte("200"), sseHead)
+		p.send(env, []byte("@stream"), []byte("200"), sseHead)
 		ev := []byte("data: hello\n\n")
 		st.spend(int64(len(ev)) + partCost)
-		w.send(env, []byte("@data"), ev)
+		p.send(env, []byte("@data"), ev)
 		st.due = now.Add(w.keepalive)
 		heap.Push(&w.due, st)
 	case "tick":
@@ -309,13 +335,13 @@ func (w *sworker) handle(msg [][]byte) {
 		ms, _ := strconv.Atoi(q.Get("ms"))
 		st.period = time.Duration(max(ms, 1)) * time.Millisecond
 		st.left, _ = strconv.Atoi(q.Get("n"))
-		w.send(env, []byte("@stream"), []byte("200"), sseHead)
+		p.send(env, []byte("@stream"), []byte("200"), sseHead)
 		st.due = now
 		w.fire(st, now)
 	case "down":
 		st.kind = kDown
 		st.total, _ = strconv.ParseInt(q.Get("bytes"), 10, 64)
-		w.send(env, []byte("@stream"), []byte("200"), octetHead)
+		p.send(env, []byte("@stream"), []byte("200"), octetHead)
 		w.step(st)
 	}
 }

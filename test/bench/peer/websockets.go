@@ -47,18 +47,7 @@ func serveWebSockets(listen string) {
 	if err := s.Bind(listen); err != nil {
 		log.Fatal(err)
 	}
-	send := func(env [][]byte, frames ...[]byte) {
-		for _, f := range env {
-			s.SendBytes(f, zmq.SNDMORE)
-		}
-		for i, f := range frames {
-			flag := zmq.SNDMORE
-			if i == len(frames)-1 {
-				flag = 0
-			}
-			s.SendBytes(f, flag)
-		}
-	}
+	send := zmqSender(s)
 	sockets := map[string]*wsConn{} // by request id
 	for {
 		msg, err := s.RecvMessageBytes(0)
