@@ -99,7 +99,7 @@ bench: deps all $(BUILD)/bench-peer $(BUILD)/modzmq-bench
 	@./test/deps.sh bench
 	$(BUILD)/modzmq-bench $(BENCHFLAGS)
 
-$(BUILD)/bench-peer: $(wildcard test/bench/peer/*.go)
+$(BUILD)/bench-peer: $(WORKERSRC) go.mod go.sum $(wildcard test/bench/peer/*.go)
 	$(GO) build -o $@ ./test/bench/peer
 
 $(BUILD)/modzmq-bench: $(wildcard test/bench/*.go)
