@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"syscall"
 	"time"
@@ -62,6 +63,14 @@ type Conn struct {
 	cost       uint64
 	spans      [][2]int
 	msg        [][]byte
+	// ttl is what is left of the TTL the front's last PING set (libzmq's
+	// heartbeat TTL): how much longer the reader waits for the next frame
+	// before it ends the connection, counting only time spent waiting for
+	// bytes; armed once a PING set it, until a frame arrives.
+	ttl      time.Duration
+	ttlSet   time.Duration // the TTL as the PING set it, for the log
+	armed    bool
+	deadline bool // a read deadline is set on nc
 
 	// The writer's state. batching is set while the reader hands the
 	// handler messages that arrived together: what is sent meanwhile is
@@ -285,6 +294,7 @@ func (c *Conn) next() ([][]byte, error) {
 		if err != nil || off < 0 {
 			return nil, err
 		}
+		c.armed = false // a frame arrived: a PING's TTL is met
 		if flags&flagCommand != 0 {
 			if err := c.command(c.buf[off : off+size]); err != nil {
 				return nil, err
@@ -313,13 +323,18 @@ func (c *Conn) next() ([][]byte, error) {
 }
 
 // command handles a command as libzmq does once the handshake is over:
-// PING gets its PONG (with the PING's context, at most 16 bytes), the rest
-// is ignored; a command whose name runs past its end breaks the connection.
+// PING gets its PONG (with the PING's context, at most 16 bytes) and, with
+// a TTL, arms it (the connection ends if no frame follows within it); the
+// rest is ignored; a command whose name runs past its end breaks the
+// connection.
 func (c *Conn) command(body []byte) error {
 	if len(body) < 1 || int(body[0])+1 > len(body) {
 		return fmt.Errorf("%w: a command's name runs past its end", ErrProtocol)
 	}
 	if len(body) >= 7 && string(body[:5]) == "\x04PING" {
+		if ttl := time.Duration(binary.BigEndian.Uint16(body[5:7])) * 100 * time.Millisecond; ttl > 0 {
+			c.armed, c.ttl, c.ttlSet = true, ttl, ttl
+		}
 		ctx := body[7:min(len(body), 7+16)]
 		c.wmu.Lock()
 		c.out = append(c.out, flagCommand, byte(5+len(ctx)))
@@ -334,9 +349,9 @@ func (c *Conn) command(body []byte) error {
 	return nil
 }
 
-// fill reads what has arrived, waiting for at least one byte. When the
-// buffer is full, the bytes already done with make room first; it doubles
-// only when there are none.
+// fill reads what has arrived, waiting for at least one byte, and no longer
+// than what is left of an armed TTL. When the buffer is full, the bytes
+// already done with make room first; it doubles only when there are none.
 func (c *Conn) fill() error {
 	if c.w == len(c.buf) && c.r > 0 {
 		c.w = copy(c.buf, c.buf[c.r:c.w])
@@ -347,8 +362,23 @@ func (c *Conn) fill() error {
 		copy(nb, c.buf[:c.w])
 		c.buf = nb
 	}
+	var start time.Time
+	if c.armed {
+		start = time.Now()
+		c.nc.SetReadDeadline(start.Add(c.ttl))
+		c.deadline = true
+	} else if c.deadline {
+		c.nc.SetReadDeadline(time.Time{})
+		c.deadline = false
+	}
 	n, err := c.nc.Read(c.buf[c.w:])
 	c.w += n
+	if c.armed {
+		c.ttl -= time.Since(start)
+		if n == 0 && errors.Is(err, os.ErrDeadlineExceeded) {
+			return fmt.Errorf("the front's PING set a TTL of %v and no frame came within it", c.ttlSet)
+		}
+	}
 	if n > 0 {
 		return nil
 	}

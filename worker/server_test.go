@@ -307,3 +307,53 @@ func TestSendFromAnotherGoroutine(t *testing.T) {
 		t.Fatalf("Send after the front left: %v; want ErrClosed", err)
 	}
 }
+
+// ping is a PING command with a TTL of ttl deciseconds.
+func ping(ttl uint16) []byte {
+	return zmqtest.Frame(4, []byte{4, 'P', 'I', 'N', 'G', byte(ttl >> 8), byte(ttl)})
+}
+
+// A front whose PING set a TTL and that then sends nothing loses its
+// connection, as libzmq drops it (a front that hangs, or a host that went
+// away without a word): logged, and the handler gets its nil message.
+func TestPingTTLEndsASilentFront(t *testing.T) {
+	e := startEcho(t, Options{})
+	nc := rawPeer(t, e)
+	nc.Write(append(append(zmqtest.ZMTPPeerHello(), zmqtest.Message([]byte("hi"))...), ping(1)...))
+	closedByServer(t, nc)
+	waitFor(t, "MODZMQ0505 in the log", func() bool {
+		return strings.Contains(e.log.String(), "MODZMQ0505") && strings.Contains(e.log.String(), "TTL")
+	})
+	waitFor(t, "the nil message", func() bool { _, ended := e.conns(); return ended == 1 })
+}
+
+// A libzmq DEALER that pings with a TTL keeps its connection while it
+// lives, however long it sends no message.
+func TestPingTTLKeepsALiveFront(t *testing.T) {
+	e := startEcho(t, Options{})
+	d, err := zmq.NewSocket(zmq.DEALER)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	d.SetLinger(0)
+	d.SetRcvtimeo(10 * time.Second)
+	d.SetHeartbeatIvl(20 * time.Millisecond)
+	d.SetHeartbeatTimeout(2 * time.Second)
+	d.SetHeartbeatTtl(time.Second)
+	if err := d.Connect(e.endpoint()); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 2; i++ {
+		if _, err := d.SendMessage("", "ping", i); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := d.RecvMessageBytes(0); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(1500 * time.Millisecond) // longer than the TTL, with PINGs all along
+	}
+	if seen, ended := e.conns(); seen != 1 || ended != 0 {
+		t.Fatalf("%d connections seen, %d ended; want 1 and 0", seen, ended)
+	}
+}

@@ -3,7 +3,9 @@
 //
 // A Server binds a tcp:// endpoint as a ZeroMQ ROUTER socket would and
 // speaks ZMTP 3.1 with the NULL mechanism to every front that connects
-// (their DEALER sockets). Each connection has one goroutine: it reads the
+// (their DEALER sockets). It answers a front's heartbeats and, as libzmq
+// does, ends a connection whose front set a TTL in a PING and then sent no
+// frame within it (MODZMQ0505). Each connection has one goroutine: it reads the
 // front's messages and calls the handler with each, on that goroutine, and
 // what the handler sends goes back on the same connection, written once the
 // messages that arrived together have been handled. A message is the
