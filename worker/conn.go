@@ -153,19 +153,21 @@ func appendFrame(b []byte, more bool, f []byte) []byte {
 }
 
 // flushLocked writes what is waiting; c.wmu is held. A write that fails,
-// or takes longer than WriteTimeout, ends the connection.
+// or during which the front takes nothing for WriteTimeout, ends the
+// connection.
 func (c *Conn) flushLocked() error {
 	if c.werr != nil {
 		return c.werr
 	}
-	if len(c.out) == 0 {
-		return nil
-	}
-	c.nc.SetWriteDeadline(time.Now().Add(c.srv.opts.WriteTimeout))
-	if _, err := c.nc.Write(c.out); err != nil {
-		c.werr = fmt.Errorf("%w: %v", errWrite, err)
-		c.nc.Close()
-		return c.werr
+	for b := c.out; len(b) > 0; {
+		c.nc.SetWriteDeadline(time.Now().Add(c.srv.opts.WriteTimeout))
+		n, err := c.nc.Write(b)
+		b = b[n:]
+		if err != nil && (n == 0 || !errors.Is(err, os.ErrDeadlineExceeded)) {
+			c.werr = fmt.Errorf("%w: %v", errWrite, err)
+			c.nc.Close()
+			return c.werr
+		}
 	}
 	if cap(c.out) > shrinkAbove {
 		c.out = nil

@@ -7,6 +7,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -355,5 +356,50 @@ func TestPingTTLKeepsALiveFront(t *testing.T) {
 	}
 	if seen, ended := e.conns(); seen != 1 || ended != 0 {
 		t.Fatalf("%d connections seen, %d ended; want 1 and 0", seen, ended)
+	}
+}
+
+// A front that keeps taking a large reply, more slowly than WriteTimeout
+// allows for the whole of it but never stalling for WriteTimeout, keeps
+// its connection and gets all of it (WriteTimeout: "a front that takes
+// nothing for that long loses its connection").
+func TestSlowFrontGetsALargeReply(t *testing.T) {
+	const size = 16 << 20
+	logs := &logBuffer{}
+	srv, err := Listen("tcp://127.0.0.1:0", HandlerFunc(func(c *Conn, msg [][]byte) {
+		if msg != nil {
+			c.Send(make([]byte, size))
+		}
+	}), &Options{WriteTimeout: 500 * time.Millisecond, ErrorLog: log.New(logs, "", 0)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve()
+	defer srv.Close()
+	dialer := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+		return rc.Control(func(fd uintptr) {
+			syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 64<<10)
+		})
+	}}
+	nc, err := dialer.Dial("tcp", srv.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	nc.Write(append(zmqtest.ZMTPPeerHello(), zmqtest.Message([]byte("go"))...))
+	want := int64(len(greeting)+len(ready)) + 9 + size
+	var got int64
+	buf := make([]byte, 32<<10)
+	nc.SetReadDeadline(time.Now().Add(60 * time.Second))
+	for got < want {
+		n, err := nc.Read(buf)
+		got += int64(n)
+		if err != nil {
+			t.Fatalf("after %d of %d bytes: %v; log: %s", got, want, err, logs.String())
+		}
+		time.Sleep(5 * time.Millisecond) // a fraction of WriteTimeout between reads
+	}
+	if strings.Contains(logs.String(), "MODZMQ0503") {
+		t.Fatalf("logged %q", logs.String())
 	}
 }
