@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -54,6 +55,7 @@ type Conn struct {
 	nc       net.Conn
 	identity []byte
 	done     chan struct{}
+	closed   atomic.Bool // Close was called
 
 	// The reader's state, the connection's goroutine's alone: unparsed
 	// bytes are buf[r:w]; the message being read has been parsed up to
@@ -102,9 +104,19 @@ func (c *Conn) RemoteAddr() net.Addr { return c.nc.RemoteAddr() }
 // Done is closed when the connection has ended.
 func (c *Conn) Done() <-chan struct{} { return c.done }
 
-// Close ends the connection; the handler is then called with a nil
-// message.
-func (c *Conn) Close() error { return c.nc.Close() }
+// Close writes what was sent on the connection before it (waiting for the
+// front as Send does), then ends the connection: Send fails from then on,
+// and the handler gets none of the front's messages but the nil one.
+func (c *Conn) Close() error {
+	c.wmu.Lock()
+	c.flushLocked()
+	if c.werr == nil {
+		c.werr = ErrClosed
+	}
+	c.wmu.Unlock()
+	c.closed.Store(true)
+	return c.nc.Close()
+}
 
 // Send sends one message of frames to the front. It may be called from
 // any goroutine; messages sent from one goroutine arrive in order.
@@ -164,7 +176,7 @@ func (c *Conn) flushLocked() error {
 		n, err := c.nc.Write(b)
 		b = b[n:]
 		if err != nil && (n == 0 || !errors.Is(err, os.ErrDeadlineExceeded)) {
-			c.werr = fmt.Errorf("%w: %v", errWrite, err)
+			c.werr = fmt.Errorf("%w: %w", errWrite, err)
 			c.nc.Close()
 			return c.werr
 		}
@@ -247,6 +259,9 @@ func (c *Conn) loop() error {
 			continue
 		}
 		c.srv.handler.ServeMessage(c, msg)
+		if c.closed.Load() {
+			return nil
+		}
 		clear(msg) // the handler's slices must not keep the buffer
 		c.r += c.scan
 		c.scan, c.cost, c.spans = 0, 0, c.spans[:0]

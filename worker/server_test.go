@@ -403,3 +403,103 @@ func TestSlowFrontGetsALargeReply(t *testing.T) {
 		t.Fatalf("logged %q", logs.String())
 	}
 }
+
+// serveFront serves h with opts on a port of 127.0.0.1 and connects a raw
+// front to it; the log is what the server wrote to Options.ErrorLog. Both
+// close when the test ends.
+func serveFront(t *testing.T, h Handler, opts Options) (*Server, *logBuffer, net.Conn) {
+	logs := &logBuffer{}
+	opts.ErrorLog = log.New(logs, "", 0)
+	srv, err := Listen("tcp://127.0.0.1:0", h, &opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve()
+	t.Cleanup(func() { srv.Close() })
+	nc, err := net.Dial("tcp", srv.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	return srv, logs, nc
+}
+
+// handshake does a front's handshake on nc, then sends "sync", which the
+// handler must echo, and reads the server's handshake and the echo: what
+// the test sends next is read by the connection's loop after it waited for
+// bytes, as messages that arrive together.
+func handshake(t *testing.T, nc net.Conn) {
+	t.Helper()
+	syncMsg := zmqtest.Message([]byte("sync"))
+	nc.Write(append(zmqtest.ZMTPPeerHello(), syncMsg...))
+	got := make([]byte, len(greeting)+len(ready)+len(syncMsg))
+	nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(nc, got); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.HasSuffix(got, syncMsg) {
+		t.Fatalf("got %q; want the server's handshake and the echo of sync", got)
+	}
+	nc.SetReadDeadline(time.Time{})
+}
+
+// A message sent before Close goes out before the connection ends, and
+// closing a connection logs nothing; no message is handled after Close.
+func TestCloseAfterSend(t *testing.T) {
+	var mu sync.Mutex
+	var after []string
+	srv, logs, nc := serveFront(t, HandlerFunc(func(c *Conn, msg [][]byte) {
+		if msg == nil {
+			return
+		}
+		if string(msg[0]) == "sync" {
+			c.Send(msg...)
+			return
+		}
+		mu.Lock()
+		after = append(after, string(msg[0]))
+		mu.Unlock()
+		if string(msg[0]) == "bye" {
+			c.Send([]byte("bye to you"))
+			c.Close()
+		}
+	}), Options{})
+	handshake(t, nc)
+	nc.Write(append(zmqtest.Message([]byte("bye")), zmqtest.Message([]byte("more"))...))
+	if got := closedByServer(t, nc); !bytes.Equal(got, zmqtest.Message([]byte("bye to you"))) {
+		t.Fatalf("after the handshake the front got %q; want the reply sent before Close", got)
+	}
+	waitFor(t, "the connection to end", func() bool { return srv.Open() == 0 })
+	if logs.String() != "" {
+		t.Errorf("a Close logged %q", logs.String())
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(after) != 1 {
+		t.Errorf("the handler got %q; want nothing after bye", after)
+	}
+}
+
+// Server.Close while a handler's reply waits to be written logs nothing:
+// the front did not fail.
+func TestServerCloseLogsNothing(t *testing.T) {
+	entered := make(chan struct{})
+	srv, logs, nc := serveFront(t, HandlerFunc(func(c *Conn, msg [][]byte) {
+		if msg == nil {
+			return
+		}
+		c.Send(msg...)
+		if string(msg[0]) == "sync" {
+			return
+		}
+		close(entered)
+		c.nc.Read(make([]byte, 1)) // until Close closes the connection
+	}), Options{})
+	handshake(t, nc)
+	nc.Write(zmqtest.Message([]byte("x")))
+	<-entered
+	srv.Close()
+	if logs.String() != "" {
+		t.Errorf("Server.Close logged %q", logs.String())
+	}
+}

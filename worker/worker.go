@@ -227,8 +227,8 @@ var (
 func (s *Server) logEnd(c *Conn, err error) {
 	code := "MODZMQ0502"
 	switch {
-	case err == nil, errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed), errors.Is(err, syscall.ECONNRESET):
-		return // the front closed it (a child that exits may reset it)
+	case err == nil, errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed), errors.Is(err, ErrClosed), errors.Is(err, syscall.ECONNRESET):
+		return // the front closed it (a child that exits may reset it), or Close did
 	case errors.Is(err, ErrHandshake):
 		code = "MODZMQ0501"
 	case errors.Is(err, errWrite):
