@@ -84,13 +84,15 @@ type Conn struct {
 }
 
 func newConn(s *Server, nc net.Conn) *Conn {
+	// Room for a request's frames; more grow with the frames that come.
+	frames := min(s.opts.MaxFrames, defaultMaxFrames)
 	return &Conn{
 		srv:   s,
 		nc:    nc,
 		done:  make(chan struct{}),
 		buf:   make([]byte, readStart),
-		spans: make([][2]int, 0, s.opts.MaxFrames),
-		msg:   make([][]byte, 0, s.opts.MaxFrames),
+		spans: make([][2]int, 0, frames),
+		msg:   make([][]byte, 0, frames),
 	}
 }
 

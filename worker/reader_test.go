@@ -7,6 +7,7 @@ import (
 	"log"
 	"net"
 	"reflect"
+	"runtime"
 	"syscall"
 	"testing"
 	"time"
@@ -153,4 +154,19 @@ func FuzzReader(f *testing.F) {
 			t.Fatalf("the buffer grew to %d bytes for %d received", len(c.buf), len(data))
 		}
 	})
+}
+
+// A connection's memory grows with what its front sends, not with the
+// limits: a large MaxFrames costs nothing until frames arrive.
+func TestReaderMemoryIsNotSizedByMaxFrames(t *testing.T) {
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	msgs, _, _ := readAll(t, zmqtest.Message([]byte("a"), []byte("b")), 1<<20, 1<<20, 1<<22)
+	runtime.ReadMemStats(&after)
+	if len(msgs) != 1 {
+		t.Fatalf("%d messages; want 1", len(msgs))
+	}
+	if grew := after.TotalAlloc - before.TotalAlloc; grew > 1<<20 {
+		t.Fatalf("serving a 2-frame message with MaxFrames 1<<22 allocated %d bytes", grew)
+	}
 }
