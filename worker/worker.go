@@ -46,9 +46,13 @@ import (
 
 // Handler handles a front's messages. ServeMessage runs on the goroutine of
 // the connection msg came from, one message at a time; msg and its frames
-// are valid only until it returns (copy what must outlive it). When the
-// connection ends, ServeMessage is called once more with msg nil, so state
-// kept per connection can be let go.
+// are valid only until it returns (copy what must outlive it). While it
+// runs the connection reads nothing: the front's other messages (a gateway
+// sends many clients' requests on one connection) and its PINGs wait, so
+// work that takes time belongs on a goroutine of its own, which replies
+// with SendMessage and a copy of the envelope. When the connection ends,
+// ServeMessage is called once more with msg nil, so state kept per
+// connection can be let go.
 type Handler interface {
 	ServeMessage(c *Conn, msg [][]byte)
 }
@@ -179,7 +183,7 @@ func (s *Server) Serve() error {
 }
 
 // Close stops listening, ends every connection and waits for their
-// handlers to return.
+// handlers to return (a handler that calls it waits for itself forever).
 func (s *Server) Close() error {
 	s.mu.Lock()
 	s.closed = true
