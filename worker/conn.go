@@ -260,10 +260,10 @@ func (c *Conn) loop() error {
 			}
 			continue
 		}
-		c.srv.handler.ServeMessage(c, msg)
 		if c.closed.Load() {
-			return nil
+			return nil // Close was called: no message after it
 		}
+		c.srv.handler.ServeMessage(c, msg)
 		clear(msg) // the handler's slices must not keep the buffer
 		c.r += c.scan
 		c.scan, c.cost, c.spans = 0, 0, c.spans[:0]
