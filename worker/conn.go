@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -47,6 +48,7 @@ var (
 	ready = []byte("\x04\x1c\x05READY\x0bSocket-Type\x00\x00\x00\x06ROUTER")
 
 	errWrite = errors.New("writing to the front failed")
+	errPanic = errors.New("the handler panicked")
 )
 
 // Conn is one front's connection to the server.
@@ -224,8 +226,23 @@ func (c *Conn) run() error {
 	}
 	c.wmu.Unlock()
 	c.end()
-	c.srv.handler.ServeMessage(c, nil)
+	if herr := c.handle(nil); err == nil {
+		err = herr
+	}
 	return err
+}
+
+// handle calls the handler with msg. A handler that panics ends its
+// connection, not the process (as net/http's handlers do): the panic and
+// its stack are the error.
+func (c *Conn) handle(msg [][]byte) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("%w: %v\n%s", errPanic, p, debug.Stack())
+		}
+	}()
+	c.srv.handler.ServeMessage(c, msg)
+	return nil
 }
 
 // end marks the connection ended: Send fails from now on.
@@ -263,7 +280,9 @@ func (c *Conn) loop() error {
 		if c.closed.Load() {
 			return nil // Close was called: no message after it
 		}
-		c.srv.handler.ServeMessage(c, msg)
+		if err := c.handle(msg); err != nil {
+			return err
+		}
 		clear(msg) // the handler's slices must not keep the buffer
 		c.r += c.scan
 		c.scan, c.cost, c.spans = 0, 0, c.spans[:0]

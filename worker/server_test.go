@@ -503,3 +503,37 @@ func TestServerCloseLogsNothing(t *testing.T) {
 		t.Errorf("Server.Close logged %q", logs.String())
 	}
 }
+
+// A handler that panics ends its connection, logged with its stack, and
+// the server goes on serving: the next connection is answered.
+func TestHandlerPanicEndsOnlyItsConnection(t *testing.T) {
+	logs := &logBuffer{}
+	ended := make(chan struct{}, 2)
+	srv, err := Listen("tcp://127.0.0.1:0", HandlerFunc(func(c *Conn, msg [][]byte) {
+		switch {
+		case msg == nil:
+			ended <- struct{}{}
+		case string(msg[len(msg)-1]) == "panic":
+			panic("the handler's bug")
+		default:
+			c.Send(msg...)
+		}
+	}), &Options{ErrorLog: log.New(logs, "", 0)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve()
+	defer srv.Close()
+	d := dealer(t, "tcp://"+srv.Addr().String(), 0)
+	d.SendMessage("", "panic")
+	<-ended
+	waitFor(t, "MODZMQ0506", func() bool {
+		l := logs.String()
+		return strings.Contains(l, "MODZMQ0506") && strings.Contains(l, "the handler's bug") && strings.Contains(l, "goroutine")
+	})
+	// libzmq reconnects; the new connection is served.
+	d.SendMessage("", "after")
+	if msg, err := d.RecvMessage(0); err != nil || msg[len(msg)-1] != "after" {
+		t.Fatalf("after the panic: %q, %v", msg, err)
+	}
+}

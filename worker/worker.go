@@ -20,6 +20,9 @@
 //				return // the connection ended
 //			}
 //			i := worker.Delimiter(msg)
+//			if i < 0 {
+//				return // not an MZMQ/1 request: it has no envelope to answer
+//			}
 //			c.SendMessage(msg[:i+1], []byte("200"), []byte("Content-Type: text/plain\r\n"), []byte("hello\n"))
 //		}), nil)
 //	...
@@ -231,6 +234,8 @@ var (
 func (s *Server) logEnd(c *Conn, err error) {
 	code := "MODZMQ0502"
 	switch {
+	case errors.Is(err, errPanic):
+		code = "MODZMQ0506"
 	case err == nil, errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed), errors.Is(err, ErrClosed), errors.Is(err, syscall.ECONNRESET):
 		return // the front closed it (a child that exits may reset it), or Close did
 	case errors.Is(err, ErrHandshake):
