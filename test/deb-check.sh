@@ -29,12 +29,16 @@ pkg_present() { dpkg-query -W -f '${db:Status-Status}' "$1" 2>/dev/null | grep -
 
 # What a purge must give back: the packages, and the names in the places
 # the packages and their maintainer scripts write to (/etc without the
-# shadow files' backups, which adduser may create).
+# shadow files' backups, which adduser may create; and without the empty
+# state directories apache2's a2enmod and a2enconf make the first time each
+# runs in a mode, such as disabled_by_maint on the first package purge: the
+# markers in them, files, are compared).
 state() {
 	dpkg-query -W -f '${Package} ${Version} ${db:Status-Abbrev}\n'
 	find /etc /var/lib/apache2 /var/lib/systemd /lib/systemd/system /usr/lib/apache2 /usr/bin \
 		/usr/share/doc /usr/share/man /var/log/zmq-gateway -printf '%p %y %m\n' 2>/dev/null |
-		grep -v -E '^/etc/(passwd|group|shadow|gshadow|subuid|subgid)- |^/etc/\.pwd\.lock ' | sort
+		grep -v -E '^/etc/(passwd|group|shadow|gshadow|subuid|subgid)- |^/etc/\.pwd\.lock ' |
+		grep -v -E '^/var/lib/apache2/(conf|module|site)/(en|dis)abled_by_(admin|maint) d ' | sort
 }
 
 cleanup() {
@@ -42,7 +46,7 @@ cleanup() {
 	[ -z "$gw" ] || { kill "$gw"; wait "$gw"; } 2>/dev/null
 	gw=""
 	if [ -e $CONF ]; then
-		a2disconf -q zmq-deb-check
+		a2disconf -q -p zmq-deb-check # -p: and forget it was disabled
 		rm -f $CONF
 	fi
 	if [ $started = 1 ]; then
