@@ -31,14 +31,15 @@ import (
 )
 
 var (
-	root    = flag.String("root", ".", "the mod_zmq checkout (build/ must hold the built artefacts)")
-	rounds  = flag.Int("rounds", 3, "rounds; figures are medians over them")
-	keyDur  = flag.Duration("key-duration", 2*time.Second, "wrk duration of the 12-byte, 32-connection case")
-	dur     = flag.Duration("duration", time.Second, "wrk duration of the other cases")
-	outDir  = flag.String("out", "build/bench", "where results.json and ratios.svg go")
-	onlyKey = flag.Bool("quick", false, "only the 12-byte, 32-connection case (and no streaming or WebSocket benchmark unless -only names it)")
-	only    = flag.String("only", "", "comma-separated configurations to measure (default all); streams, or streams-held, streams-latency, streams-transfer, for the streaming benchmark; websockets, or websockets-rss, websockets-latency, websockets-rate, for the WebSocket benchmark")
-	soak    = flag.Int("soak", 0, "instead of the table: send this many requests to mod_zmq and the gateway and report their RSS along the way")
+	root     = flag.String("root", ".", "the mod_zmq checkout (build/ must hold the built artefacts)")
+	rounds   = flag.Int("rounds", 3, "rounds; figures are medians over them")
+	keyDur   = flag.Duration("key-duration", 2*time.Second, "wrk duration of the 12-byte, 32-connection case")
+	dur      = flag.Duration("duration", time.Second, "wrk duration of the other cases")
+	outDir   = flag.String("out", "build/bench", "where results.json and ratios.svg go")
+	onlyKey  = flag.Bool("quick", false, "only the 12-byte, 32-connection case (and no streaming or WebSocket benchmark unless -only names it)")
+	only     = flag.String("only", "", "comma-separated configurations to measure (default all); streams, or streams-held, streams-latency, streams-transfer, for the streaming benchmark; websockets, or websockets-rss, websockets-latency, websockets-rate, for the WebSocket benchmark")
+	rrWorker = flag.String("worker", "libzmq", "request/reply: the ZeroMQ fronts' Go worker: libzmq (bench-peer -mode zmq, pebbe/zmq4) or worker (-mode zmq-zmtp, the worker package)")
+	soak     = flag.Int("soak", 0, "instead of the table: send this many requests to mod_zmq and the gateway and report their RSS along the way")
 )
 
 // bcase is one load shape.
@@ -339,7 +340,14 @@ func setup() *env {
 	zep := fmt.Sprintf("tcp://127.0.0.1:%d", zport)
 
 	// Workers and backends.
-	e.start(build("bench-peer"), "-mode", "zmq", "-listen", zep)
+	switch *rrWorker {
+	case "libzmq":
+		e.start(build("bench-peer"), "-mode", "zmq", "-listen", zep)
+	case "worker":
+		e.start(build("bench-peer"), "-mode", "zmq-zmtp", "-listen", zep)
+	default:
+		fatal("-worker %q: libzmq or worker", *rrWorker)
+	}
 	e.start("/usr/bin/python3", "test/bench/pyworker.py", fmt.Sprintf("tcp://127.0.0.1:%d", pyport))
 	e.start(build("bench-peer"), "-mode", "http", "-listen", fmt.Sprintf("127.0.0.1:%d", hport))
 	e.start(build("bench-peer"), "-mode", "mongrel2", "-send", fmt.Sprintf("tcp://127.0.0.1:%d", m2send),

@@ -3,6 +3,7 @@
 // when the target's query is "big").
 //
 //	peer -mode zmq -listen tcp://127.0.0.1:5555        MZMQ/1 worker (libzmq ROUTER)
+//	peer -mode zmq-zmtp -listen tcp://127.0.0.1:5555   the same on the worker package
 //	peer -mode http -listen 127.0.0.1:8090             net/http backend
 //	peer -mode revproxy -listen 127.0.0.1:8091 -backend http://127.0.0.1:8090
 //	peer -mode mongrel2 -send tcp://127.0.0.1:9997 -recv tcp://127.0.0.1:9996
@@ -25,6 +26,8 @@ import (
 	"net/url"
 	"strconv"
 	"time"
+
+	"github.com/modzmq/modzmq/worker"
 
 	zmq "github.com/pebbe/zmq4"
 )
@@ -53,6 +56,8 @@ func main() {
 	switch *mode {
 	case "zmq":
 		serveZMQ(*listen)
+	case "zmq-zmtp":
+		serveZMQZMTP(*listen)
 	case "http":
 		log.Fatal(http.ListenAndServe(*listen, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			b := body([]byte(r.RequestURI))
@@ -87,6 +92,24 @@ func main() {
 	default:
 		log.Fatalf("unknown mode %q", *mode)
 	}
+}
+
+// serveZMQZMTP is serveZMQ on the worker package: each front connection's
+// goroutine answers its requests.
+func serveZMQZMTP(listen string) {
+	hdr := []byte("Content-Type: text/plain\r\n")
+	status := []byte("200")
+	srv, err := worker.Listen(listen, worker.HandlerFunc(func(c *worker.Conn, msg [][]byte) {
+		i := worker.Delimiter(msg)
+		if msg == nil || i < 0 || len(msg)-i-1 != 6 {
+			return
+		}
+		c.SendMessage(msg[:i+1], status, hdr, body(msg[i+3]))
+	}), nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	log.Fatal(srv.Serve())
 }
 
 func serveZMQ(listen string) {
