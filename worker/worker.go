@@ -55,7 +55,8 @@ import (
 // work that takes time belongs on a goroutine of its own, which replies
 // with SendMessage and a copy of the envelope. When the connection ends,
 // ServeMessage is called once more with msg nil, so state kept per
-// connection can be let go.
+// connection can be let go. A ServeMessage that panics ends its connection
+// (MODZMQ0506, with the stack), not the process.
 type Handler interface {
 	ServeMessage(c *Conn, msg [][]byte)
 }
