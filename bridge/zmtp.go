@@ -11,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/modzmq/modzmq/internal/zmtpwire"
 )
 
 // ZMTP is the default transport. Connections to tcp:// and ipc:// endpoints
@@ -124,13 +126,7 @@ const (
 )
 
 var (
-	zmtpGreeting = func() []byte {
-		g := make([]byte, 64)
-		g[0], g[8], g[9], g[10], g[11] = 0xff, 1, 0x7f, 3, 1 // signature, version 3.1
-		copy(g[12:], "NULL")
-		return g
-	}()
-	zmtpReady = []byte("\x04\x1c\x05READY\x0bSocket-Type\x00\x00\x00\x06DEALER")
+	zmtpReady = zmtpwire.Ready("DEALER")
 
 	errZMTPRefused  = errors.New("the worker refused the connection (its ZAP authentication said no)")
 	errZMTPProtocol = errors.New("the peer is not a ZMTP 3 worker socket (REP, ROUTER or DEALER) with the bridge's security mechanism")
@@ -246,7 +242,7 @@ func (c *zmtpConn) attach(nc net.Conn, deadline time.Time) error {
 	if c.keys != nil {
 		return c.attachCurve(nc)
 	}
-	if _, err := (&net.Buffers{zmtpGreeting, zmtpReady}).WriteTo(nc); err != nil {
+	if _, err := (&net.Buffers{zmtpwire.Greeting, zmtpReady}).WriteTo(nc); err != nil {
 		return err
 	}
 	if err := c.greeting(zmtpNullMechanism); err != nil {

@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/modzmq/modzmq/internal/zmtpwire"
 )
 
 const (
@@ -39,13 +41,8 @@ const (
 )
 
 var (
-	greeting = func() []byte {
-		g := make([]byte, 64)
-		g[0], g[8], g[9], g[10], g[11] = 0xff, 1, 0x7f, 3, 1 // signature, version 3.1
-		copy(g[12:], "NULL")
-		return g
-	}()
-	ready = []byte("\x04\x1c\x05READY\x0bSocket-Type\x00\x00\x00\x06ROUTER")
+	greeting = zmtpwire.Greeting
+	ready    = zmtpwire.Ready("ROUTER")
 
 	errWrite = errors.New("writing to the front failed")
 	errPanic = errors.New("the handler panicked")

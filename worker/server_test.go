@@ -15,24 +15,6 @@ import (
 	zmq "github.com/pebbe/zmq4"
 )
 
-// logBuffer is an ErrorLog the tests read.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // waitFor polls cond for up to 10 s (a bound on a hang, not a timing).
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
@@ -47,14 +29,14 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // it saw and those that ended.
 type echoServer struct {
 	*Server
-	log   *logBuffer
+	log   *zmqtest.Buffer
 	mu    sync.Mutex
 	seen  map[*Conn]int
 	ended map[*Conn]bool
 }
 
 func startEcho(t *testing.T, opts Options) *echoServer {
-	e := &echoServer{log: &logBuffer{}, seen: map[*Conn]int{}, ended: map[*Conn]bool{}}
+	e := &echoServer{log: &zmqtest.Buffer{}, seen: map[*Conn]int{}, ended: map[*Conn]bool{}}
 	opts.ErrorLog = log.New(e.log, "", 0)
 	srv, err := Listen("tcp://127.0.0.1:0", HandlerFunc(func(c *Conn, msg [][]byte) {
 		e.mu.Lock()
@@ -238,7 +220,7 @@ func TestHostilePeers(t *testing.T) {
 func TestFrontThatTakesNothing(t *testing.T) {
 	var mu sync.Mutex
 	var sendErr error
-	logs := &logBuffer{}
+	logs := &zmqtest.Buffer{}
 	srv, err := Listen("tcp://127.0.0.1:0", HandlerFunc(func(c *Conn, msg [][]byte) {
 		if msg == nil {
 			return
@@ -365,7 +347,7 @@ func TestPingTTLKeepsALiveFront(t *testing.T) {
 // nothing for that long loses its connection").
 func TestSlowFrontGetsALargeReply(t *testing.T) {
 	const size = 16 << 20
-	logs := &logBuffer{}
+	logs := &zmqtest.Buffer{}
 	srv, err := Listen("tcp://127.0.0.1:0", HandlerFunc(func(c *Conn, msg [][]byte) {
 		if msg != nil {
 			c.Send(make([]byte, size))
@@ -407,8 +389,8 @@ func TestSlowFrontGetsALargeReply(t *testing.T) {
 // serveFront serves h with opts on a port of 127.0.0.1 and connects a raw
 // front to it; the log is what the server wrote to Options.ErrorLog. Both
 // close when the test ends.
-func serveFront(t *testing.T, h Handler, opts Options) (*Server, *logBuffer, net.Conn) {
-	logs := &logBuffer{}
+func serveFront(t *testing.T, h Handler, opts Options) (*Server, *zmqtest.Buffer, net.Conn) {
+	logs := &zmqtest.Buffer{}
 	opts.ErrorLog = log.New(logs, "", 0)
 	srv, err := Listen("tcp://127.0.0.1:0", h, &opts)
 	if err != nil {
@@ -507,7 +489,7 @@ func TestServerCloseLogsNothing(t *testing.T) {
 // A handler that panics ends its connection, logged with its stack, and
 // the server goes on serving: the next connection is answered.
 func TestHandlerPanicEndsOnlyItsConnection(t *testing.T) {
-	logs := &logBuffer{}
+	logs := &zmqtest.Buffer{}
 	ended := make(chan struct{}, 2)
 	srv, err := Listen("tcp://127.0.0.1:0", HandlerFunc(func(c *Conn, msg [][]byte) {
 		switch {
