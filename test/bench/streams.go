@@ -15,11 +15,11 @@ package main
 //     mod_proxy_http to a Go net/http backend, with the Apache children's
 //     peak RSS growth.
 //
-// The ZeroMQ fronts' worker is `bench-peer -mode sse` (MZMQ/1 on a libzmq
-// ROUTER socket through pebbe/zmq4); -streams-worker worker runs `-mode
-// sse-zmtp`, the same worker on the worker package (ZMTP in Go), whose one
-// scheduler goroutine takes a copy of every part: level on latency and held
-// streams, slower on the 1 GiB upload (docs/BENCHMARKS.md, "Streams").
+// The ZeroMQ fronts' worker is `bench-peer -mode sse-zmtp` (MZMQ/1 on the
+// worker package: ZMTP in Go); -streams-worker libzmq runs `-mode sse`, the
+// same worker on a libzmq ROUTER socket through pebbe/zmq4: level on latency
+// and held streams, slower on the 1 GiB transfers (docs/BENCHMARKS.md,
+// "Streams").
 //
 // Pushpin (GRIP `Grip-Hold: stream` from a net/http origin) anchors the held
 // and latency cases; its latency events are published to its HTTP publish
@@ -56,7 +56,7 @@ var (
 	latDur       = flag.Duration("latency-duration", 5*time.Second, "streams: how long the latency case measures")
 	xferBytes    = flag.Int64("transfer-bytes", 1<<30, "streams: bytes of each upload and download through Apache")
 	xferWindow   = flag.Int("transfer-window", 0, "streams: ZmqStreamWindow of the mod_zmq transfer location in bytes (0: the directive's default)")
-	streamWorker = flag.String("streams-worker", "libzmq", "streams: the ZeroMQ fronts' worker: libzmq (bench-peer -mode sse, libzmq through pebbe/zmq4) or worker (bench-peer -mode sse-zmtp, the worker package: ZMTP in Go)")
+	streamWorker = flag.String("streams-worker", "worker", "streams: the ZeroMQ fronts' worker: worker (bench-peer -mode sse-zmtp, the worker package: ZMTP in Go) or libzmq (bench-peer -mode sse, libzmq through pebbe/zmq4)")
 	streamFronts = flag.String("stream-fronts", "gateway,stream,libzmq,mod_zmq,pushpin", "streams: the fronts of the held and latency cases (libzmq: a bare ZMQ_STREAM socket, the floor under stream mode, held case only)")
 )
 

@@ -51,7 +51,6 @@ const (
 	kHold skind = iota
 	kTick
 	kDown
-	kUp
 )
 
 // speer is where a stream's messages come from and its parts go: the
@@ -60,10 +59,64 @@ const (
 type speer struct {
 	send    func(env [][]byte, frames ...[]byte)
 	streams map[string]*sstream
+	ups     uploads
 }
 
-func newSpeer(send func(env [][]byte, frames ...[]byte)) *speer {
-	return &speer{send: send, streams: map[string]*sstream{}}
+func newSpeer(send func(env [][]byte, frames ...[]byte), upWindow int64) *speer {
+	return &speer{send: send, streams: map[string]*sstream{}, ups: uploads{window: upWindow, m: map[string]*upload{}}}
+}
+
+// uploads are the streamed request bodies a peer is taking, by request id.
+// Under -mode sse-zmtp they live on the connection's own goroutine, which
+// takes each part where it was read, without a copy or a hop to the
+// streams' goroutine.
+type uploads struct {
+	window int64 // credit granted at the start; more each time a quarter of it is used
+	m      map[string]*upload
+}
+
+type upload struct {
+	got  int64 // bytes received
+	used int64 // credit used since the last grant
+}
+
+// take handles f (a message's frames after its envelope env) if it belongs
+// to an upload: a request with a streamed body, or an upload's @body,
+// @body-end or @cancel. It reports whether it did; it keeps no frame.
+func (u *uploads) take(send func(env [][]byte, frames ...[]byte), env [][]byte, f [][]byte) bool {
+	method, meta := f[1], f[4]
+	if len(method) > 0 && method[0] != '@' {
+		if v, _ := metaValue(meta, "stream-body"); v != "1" {
+			return false
+		}
+		id, _ := metaValue(meta, "request-id")
+		u.m[id] = &upload{}
+		send(env, []byte("@credit"), strconv.AppendInt(nil, u.window, 10))
+		return true
+	}
+	id, _ := metaValue(meta, "request-id")
+	up := u.m[id]
+	if up == nil {
+		return false
+	}
+	switch string(method) {
+	case "@body":
+		up.got += int64(len(f[5]))
+		up.used += int64(len(f[5])) + partCost
+		if up.used >= u.window/4 {
+			send(env, []byte("@credit"), strconv.AppendInt(nil, up.used, 10))
+			up.used = 0
+		}
+	case "@body-end":
+		up.got += int64(len(f[5]))
+		delete(u.m, id)
+		send(env, []byte("200"), []byte("Content-Type: application/json\r\n"), fmt.Appendf(nil, `{"bytes":%d}`, up.got))
+	case "@cancel":
+		delete(u.m, id)
+	default:
+		return false
+	}
+	return true
 }
 
 type sstream struct {
@@ -77,8 +130,7 @@ type sstream struct {
 	due    time.Time
 	idx    int // heap index, -1 when not scheduled
 	total  int64
-	sent   int64 // download: bytes sent; upload: bytes received
-	used   int64 // upload: credit used since the last grant
+	sent   int64 // download: bytes sent
 	dead   bool
 }
 
@@ -100,7 +152,6 @@ func (h *dueHeap) Pop() any {
 type sworker struct {
 	due       dueHeap
 	keepalive time.Duration
-	upWindow  int64
 	skipped   int64 // tick events skipped for want of credit
 }
 
@@ -113,22 +164,21 @@ func metaValue(meta []byte, name string) (string, bool) {
 	return "", false
 }
 
-func newSworker(keepalive time.Duration, upWindow int64) *sworker {
-	// An upload's parts arrive as new 64 KiB slices (pebbe/zmq4 copies each
-	// frame it receives into one; -mode sse-zmtp copies each message off its
-	// connection's buffer for the goroutine that owns the streams), with a
-	// live heap of a few MB: at the default GOGC the collector ran every few
+func newSworker(keepalive time.Duration) *sworker {
+	// Under -mode sse an upload's parts arrive as new 64 KiB slices
+	// (pebbe/zmq4 copies each frame it receives into one), with a live heap
+	// of a few MB: at the default GOGC the collector ran every few
 	// dozen parts and cost the worker more than libzmq did, on the cores
 	// Apache and the client share (docs/BENCHMARKS.md, "1 GiB through
 	// Apache"). The net/http backend it is compared with reads into one
 	// reused buffer. Collecting at 5 times the live heap takes the collector
 	// out of the way.
 	debug.SetGCPercent(400)
-	return &sworker{keepalive: keepalive, upWindow: upWindow}
+	return &sworker{keepalive: keepalive}
 }
 
 func serveStreams(listen string, keepalive time.Duration, upWindow int64) {
-	w := newSworker(keepalive, upWindow)
+	w := newSworker(keepalive)
 	s, err := zmq.NewSocket(zmq.ROUTER)
 	if err != nil {
 		log.Fatal(err)
@@ -139,7 +189,7 @@ func serveStreams(listen string, keepalive time.Duration, upWindow int64) {
 	if err := s.Bind(listen); err != nil {
 		log.Fatal(err)
 	}
-	p := newSpeer(zmqSender(s))
+	p := newSpeer(zmqSender(s), upWindow)
 	poller := zmq.NewPoller()
 	poller.Add(s, zmq.POLLIN)
 	for {
@@ -257,17 +307,29 @@ func (w *sworker) step(st *sstream) {
 	}
 }
 
-// handle handles a message from p; the frames are its to keep.
-func (w *sworker) handle(p *speer, msg [][]byte) {
+// splitEnvelope splits an MZMQ/1 message into its envelope (through the
+// empty delimiter) and its six frames; false if it has not that shape.
+func splitEnvelope(msg [][]byte) (env, f [][]byte, ok bool) {
 	i := 0
 	for i < len(msg) && len(msg[i]) != 0 {
 		i++
 	}
 	if len(msg)-i-1 != 6 {
+		return nil, nil, false
+	}
+	return msg[: i+1 : i+1], msg[i+1:], true
+}
+
+// handle handles a message from p; the frames are its to keep.
+func (w *sworker) handle(p *speer, msg [][]byte) {
+	env, f, ok := splitEnvelope(msg)
+	if !ok {
 		return
 	}
-	env, f := msg[:i+1:i+1], msg[i+1:]
-	method, target, meta, body := string(f[1]), string(f[2]), f[4], f[5]
+	if p.ups.take(p.send, env, f) {
+		return
+	}
+	method, target, meta := string(f[1]), string(f[2]), f[4]
 	id, _ := metaValue(meta, "request-id")
 	switch method {
 	case "@credit":
@@ -284,32 +346,11 @@ func (w *sworker) handle(p *speer, msg [][]byte) {
 			w.end(st)
 		}
 		return
-	case "@body", "@body-end":
-		st := p.streams[id]
-		if st == nil {
-			return
-		}
-		st.sent += int64(len(body))
-		st.used += int64(len(body)) + partCost
-		if method == "@body-end" {
-			w.end(st)
-			st.send([]byte("200"), []byte("Content-Type: application/json\r\n"), fmt.Appendf(nil, `{"bytes":%d}`, st.sent))
-		} else if st.used >= w.upWindow/4 {
-			st.send([]byte("@credit"), strconv.AppendInt(nil, st.used, 10))
-			st.used = 0
-		}
-		return
 	}
 	if strings.HasPrefix(method, "@") {
 		return
 	}
 	st := &sstream{p: p, env: env, id: id, idx: -1}
-	if v, _ := metaValue(meta, "stream-body"); v == "1" {
-		st.kind = kUp
-		p.streams[id] = st
-		p.send(env, []byte("@credit"), strconv.AppendInt(nil, w.upWindow, 10))
-		return
-	}
 	credits, streaming := metaValue(meta, "stream-credits")
 	path, rawq, _ := strings.Cut(target, "?")
 	q, _ := url.ParseQuery(rawq)

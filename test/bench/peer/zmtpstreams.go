@@ -3,10 +3,11 @@ package main
 // peer -mode sse-zmtp -listen tcp://127.0.0.1:5555
 //
 // The streaming worker of -mode sse on the worker package (ZMTP on Go's own
-// sockets, no libzmq). Each front connection's goroutine copies its
-// messages into a queue; one goroutine owns the streams (sworker, as under
-// -mode sse): it handles what was queued, sends what is due, and sleeps
-// until the next thing is due or a message is queued. It sends with
+// sockets, no libzmq). Each front connection's goroutine takes the streamed
+// request bodies that come on it itself (uploads, in streams.go), and
+// copies its other messages into a queue; one goroutine owns the streams
+// (sworker, as under -mode sse): it handles what was queued, sends what is
+// due, and sleeps until the next thing is due or a message is queued. It sends with
 // Conn.SendMessage on the connection a stream's request came from, where
 // its credits and cancel notice come too; when a connection ends, its
 // streams end.
@@ -70,7 +71,7 @@ func copyFrames(msg [][]byte) [][]byte {
 }
 
 func serveStreamsZMTP(listen string, keepalive time.Duration, upWindow int64) {
-	w := newSworker(keepalive, upWindow)
+	w := newSworker(keepalive)
 	in := &sinbox{wake: make(chan struct{}, 1)}
 	peers := map[*worker.Conn]*speer{}
 	var mu sync.Mutex
@@ -78,7 +79,7 @@ func serveStreamsZMTP(listen string, keepalive time.Duration, upWindow int64) {
 		mu.Lock()
 		p := peers[c]
 		if p == nil && msg != nil {
-			p = newSpeer(func(env [][]byte, frames ...[]byte) { c.SendMessage(env, frames...) })
+			p = newSpeer(func(env [][]byte, frames ...[]byte) { c.SendMessage(env, frames...) }, upWindow)
 			peers[c] = p
 		}
 		if msg == nil {
@@ -89,6 +90,9 @@ func serveStreamsZMTP(listen string, keepalive time.Duration, upWindow int64) {
 			return // ended before its first message
 		}
 		if msg != nil {
+			if env, f, ok := splitEnvelope(msg); ok && p.ups.take(p.send, env, f) {
+				return
+			}
 			msg = copyFrames(msg)
 		}
 		in.put(sinmsg{p, msg})
