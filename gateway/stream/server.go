@@ -103,8 +103,8 @@ type Server struct {
 	pending atomic.Bool
 
 	conns    map[string]*conn
-	closed   map[string]time.Time // closed here; their disconnect notice is still to come
 	unsent   map[string]time.Time // closed here, but libzmq did not take the close yet: its queue is full
+	flushBy  time.Time            // until then libzmq may still be writing answers to connections closed here
 	blocked  map[*conn]bool       // a send found the connection's queue full
 	held     map[*conn]time.Time  // streamed bodies holding bodyHold bytes, since when: the socket is not read (body.go)
 	relays   relaySet             // streamed replies after their head (streamed.go)
@@ -134,6 +134,7 @@ type conn struct {
 	broken    bool // parser failed: read nothing more
 	parsing   bool // parse is on the stack: flush must not re-enter it
 	lastIO    time.Time
+	lastSent  time.Time // when bytes of an answer were last handed to libzmq
 	handed    int       // bytes of pending[0].data handed to libzmq
 	stalled   time.Time // since when a send found the queue full and none got through; zero when not blocked
 	retryAt   time.Time // a connection stalled for long is tried again from then on
@@ -208,7 +209,7 @@ func New(lv *gateway.Live, listen string, opts Options) (*Server, error) {
 	if opts.Log == nil {
 		opts.Log = slog.Default()
 	}
-	s := &Server{lv: lv, opts: opts, log: opts.Log, conns: map[string]*conn{}, closed: map[string]time.Time{},
+	s := &Server{lv: lv, opts: opts, log: opts.Log, conns: map[string]*conn{},
 		unsent: map[string]time.Time{}, blocked: map[*conn]bool{}, held: map[*conn]time.Time{}, access: opts.AccessLog}
 	s.checkLog()
 	s.base, s.stop = context.WithCancel(context.Background())
@@ -257,14 +258,13 @@ func (s *Server) Serve(ctx context.Context) error {
 	defer s.close()
 	s.log.Info(CodeServing.String()+": serving HTTP from a ZMQ_STREAM socket", "listen", s.Addr())
 	nextSweep := time.Now().Add(time.Second)
-	var drainStart, drainUntil time.Time
+	var drainUntil time.Time
 	for {
 		if drainUntil.IsZero() && ctx.Err() != nil {
 			s.log.Info(CodeDraining.String()+": shutting down, draining requests in flight", "grace", s.opts.Drain.String())
 			// zmq_unbind would also drop the connections it accepted, so the
 			// socket stays bound and new connections are closed at once.
-			drainStart = time.Now()
-			drainUntil = drainStart.Add(s.opts.Drain)
+			drainUntil = time.Now().Add(s.opts.Drain)
 			s.draining = true
 			for _, c := range s.conns {
 				if c.ws != nil {
@@ -277,7 +277,7 @@ func (s *Server) Serve(ctx context.Context) error {
 				}
 			}
 		}
-		if !drainUntil.IsZero() && s.drained(drainStart, drainUntil) {
+		if !drainUntil.IsZero() && s.drained(drainUntil) {
 			return nil
 		}
 		wait := time.Until(nextSweep)
@@ -323,30 +323,28 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 }
 
-// flushWait bounds how long a drain waits, once every connection is
-// closed, for libzmq to write the last answers of the connections it closed
-// (a client that reads nothing would keep them for ever).
-const flushWait = 2 * time.Second
+// flushWait is how long a drain gives libzmq, once every connection is
+// closed, to write the answers it was handed before their connections'
+// closes (a client that reads nothing would keep them for ever). libzmq
+// says nothing when it has: a connection closed from this side gets no
+// disconnect notice.
+var flushWait = 2 * time.Second
 
-// drained reports whether a drain that started at start may end: every
-// connection is closed and libzmq has let go of those closed since start
-// (their disconnect notices came), or flushWait passed since the last
-// closed, or the drain time is over. The socket closes with no linger,
-// which would drop an answer libzmq still holds.
-func (s *Server) drained(start, until time.Time) bool {
+// drained reports whether a drain may end: every connection is closed and
+// flushWait has passed since an answer was last handed to libzmq for a
+// connection closed here (flushBy), or the drain time is over. The socket
+// closes with no linger, which would drop an answer libzmq still holds.
+func (s *Server) drained(until time.Time) bool {
 	now := time.Now()
-	if now.After(until) {
-		return true
+	return now.After(until) || len(s.conns) == 0 && !now.Before(s.flushBy)
+}
+
+// flushing notes that libzmq may be writing to a connection closed here
+// until t.
+func (s *Server) flushing(t time.Time) {
+	if t.After(s.flushBy) {
+		s.flushBy = t
 	}
-	if len(s.conns) > 0 {
-		return false
-	}
-	for _, at := range s.closed {
-		if !at.Before(start) && now.Sub(at) < flushWait {
-			return false
-		}
-	}
-	return true
 }
 
 func (s *Server) close() {
@@ -395,12 +393,12 @@ func (s *Server) readStream(accepting bool) error {
 			if err != nil {
 				return err
 			}
-			switch _, closedHere := s.closed[string(id)]; {
-			case closedHere && len(data) == 0:
-				delete(s.closed, string(id)) // the disconnect notice of a connection closed here
-				delete(s.unsent, string(id))
+			switch _, closing := s.unsent[string(id)]; {
+			case closing && len(data) == 0:
+				delete(s.unsent, string(id)) // the client left before libzmq took the close
 			case len(data) > 0:
-				// Bytes for a connection already closed here: drop them.
+				// Bytes for a connection closed here whose close libzmq
+				// has not taken yet: drop them.
 			case accepting:
 				s.open(string(id), md["Peer-Address"])
 			default:
@@ -489,20 +487,23 @@ func (s *Server) closeConn(c *conn) {
 	if s.conns[c.id] != c {
 		return
 	}
+	if !c.lastSent.IsZero() {
+		s.flushing(c.lastSent.Add(flushWait))
+	}
 	s.closeID(c.id)
 	s.gone(c)
 }
 
-// closeID closes connection id from this side and waits for its disconnect
-// notice. libzmq writes what the connection's queue holds before closing it;
-// when the queue is full the close waits in unsent and is tried again with
-// the blocked sends: a client that reads nothing at all keeps its TCP
+// closeID closes connection id from this side. libzmq writes what the
+// connection's queue holds, then closes it; after it took the close nothing
+// more of that connection's is read, not even a disconnect notice. When the
+// queue is full the close waits in unsent and is tried again with the
+// blocked sends: a client that reads nothing at all keeps its TCP
 // connection, and the at most three messages libzmq holds for it, until it
 // reads or goes away.
 func (s *Server) closeID(id string) {
-	now := time.Now()
-	s.closed[id] = now
 	if !s.sendClose([]byte(id)) {
+		now := time.Now()
 		s.unsent[id] = now
 		s.retryBy(now.Add(retryEvery))
 	}
@@ -945,6 +946,7 @@ func (s *Server) send(c *conn, sl *slot) bool {
 		}
 		c.handed = end
 		c.lastIO = time.Now()
+		c.lastSent = c.lastIO
 		if !c.stalled.IsZero() {
 			c.stalled, c.retryAt = time.Time{}, time.Time{}
 			delete(s.blocked, c)
@@ -986,7 +988,7 @@ func (s *Server) retry(now time.Time) {
 		}
 		if s.sendClose([]byte(id)) {
 			delete(s.unsent, id)
-			s.closed[id] = now // its disconnect notice comes from now on
+			s.flushing(now.Add(flushWait)) // its queue was full: libzmq writes it now
 		} else {
 			at(now.Add(retryEvery))
 		}
@@ -1018,12 +1020,7 @@ func (s *Server) sweep(now time.Time) {
 	for id, since := range s.unsent {
 		if now.Sub(since) >= time.Second && s.sendClose([]byte(id)) {
 			delete(s.unsent, id)
-			s.closed[id] = now
-		}
-	}
-	for id, at := range s.closed {
-		if _, waiting := s.unsent[id]; now.Sub(at) > time.Minute && !waiting {
-			delete(s.closed, id) // no disconnect notice came; stop waiting
+			s.flushing(now.Add(flushWait))
 		}
 	}
 	for _, c := range s.conns {

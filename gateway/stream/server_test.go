@@ -62,6 +62,18 @@ func runServer(t *testing.T, log *slog.Logger, opts Options, routes ...gateway.R
 // it and closes the gateway.
 func serve(t *testing.T, log *slog.Logger, opts Options, routes ...gateway.Route) (srv *Server, gw *gateway.Gateway, addr string, cancel context.CancelFunc, done <-chan error) {
 	t.Helper()
+	srv, gw, addr = newServer(t, log, opts, routes...)
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ctx) }()
+	t.Cleanup(cancel)
+	return srv, gw, addr, cancel, served
+}
+
+// newServer makes a server of the routes on a free port, not yet serving;
+// the test's end closes its gateway.
+func newServer(t *testing.T, log *slog.Logger, opts Options, routes ...gateway.Route) (*Server, *gateway.Gateway, string) {
+	t.Helper()
 	cfg := &gateway.Config{Listen: "127.0.0.1:0", Routes: routes, ServerName: "stream.test"}
 	if err := cfg.Check(); err != nil {
 		t.Fatal(err)
@@ -70,21 +82,15 @@ func serve(t *testing.T, log *slog.Logger, opts Options, routes ...gateway.Route
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(gw.Close)
 	l, _ := net.Listen("tcp", "127.0.0.1:0")
-	addr = l.Addr().String()
+	addr := l.Addr().String()
 	l.Close()
-	if srv, err = New(gateway.NewLive(gw), addr, opts); err != nil {
-		gw.Close()
+	srv, err := New(gateway.NewLive(gw), addr, opts)
+	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		gw.Close()
-	})
-	return srv, gw, addr, cancel, served
+	return srv, gw, addr
 }
 
 func targetEcho(req [][]byte) [][]byte {
@@ -281,17 +287,7 @@ func TestShutdownDrainsRequestsInFlight(t *testing.T) {
 		time.Sleep(300 * time.Millisecond)
 		return targetEcho(req)
 	})
-	cfg := &gateway.Config{Listen: "127.0.0.1:0", Routes: []gateway.Route{{Prefix: "/", Backend: []string{ep}}}}
-	cfg.Check()
-	gw, _ := gateway.New(cfg, nil)
-	defer gw.Close()
-	l, _ := net.Listen("tcp", "127.0.0.1:0")
-	addr := l.Addr().String()
-	l.Close()
-	srv, err := New(gateway.NewLive(gw), addr, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	srv, _, addr := newServer(t, nil, Options{}, gateway.Route{Prefix: "/", Backend: []string{ep}})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx) }()
