@@ -36,9 +36,13 @@ type echoServer struct {
 }
 
 func startEcho(t *testing.T, opts Options) *echoServer {
+	return startEchoAt(t, "tcp://127.0.0.1:0", opts)
+}
+
+func startEchoAt(t *testing.T, endpoint string, opts Options) *echoServer {
 	e := &echoServer{log: &zmqtest.Buffer{}, seen: map[*Conn]int{}, ended: map[*Conn]bool{}}
 	opts.ErrorLog = log.New(e.log, "", 0)
-	srv, err := Listen("tcp://127.0.0.1:0", HandlerFunc(func(c *Conn, msg [][]byte) {
+	srv, err := Listen(endpoint, HandlerFunc(func(c *Conn, msg [][]byte) {
 		e.mu.Lock()
 		if msg == nil {
 			e.ended[c] = true

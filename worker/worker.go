@@ -1,7 +1,7 @@
 // Package worker serves mod_zmq's fronts (the Apache module, zmq-gateway and
 // its stream mode) from Go without libzmq or cgo.
 //
-// A Server binds a tcp:// endpoint as a ZeroMQ ROUTER socket would and
+// A Server binds a tcp:// or ipc:// endpoint as a ZeroMQ ROUTER socket would and
 // speaks ZMTP 3.1 with the NULL mechanism to every front that connects
 // (their DEALER sockets). It answers a front's heartbeats and, as libzmq
 // does, ends a connection whose front set a TTL in a PING and then sent no
@@ -31,8 +31,8 @@
 // What a worker gains over libzmq through cgo is the cost per message: no
 // I/O thread between the socket and the handler and no cgo call per frame
 // (docs/BENCHMARKS.md, "WebSockets"). What it lacks: CurveZMQ (ZmqCurve
-// locations need a libzmq worker), ipc:// endpoints, and connecting out
-// (a Server only binds, as workers do).
+// locations need a libzmq worker) and connecting out (a Server only binds,
+// as workers do).
 package worker
 
 import (
@@ -41,6 +41,7 @@ import (
 	"io"
 	"log"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"syscall"
@@ -128,21 +129,55 @@ type Server struct {
 	wg     sync.WaitGroup
 }
 
-// Listen binds endpoint (tcp://host:port; tcp://*:port for every address)
-// for h. Serve accepts the connections.
+// Listen binds endpoint for h: tcp://host:port (tcp://*:port for every
+// address), ipc://path (a Unix socket; a file left there by a process that
+// is gone is replaced, as libzmq does, but not one a live process listens
+// on), or ipc://@name (Linux's abstract namespace). Serve accepts the
+// connections; Close removes the ipc:// file.
 func Listen(endpoint string, h Handler, opts *Options) (*Server, error) {
-	addr, ok := strings.CutPrefix(endpoint, "tcp://")
-	if !ok {
-		return nil, fmt.Errorf("worker: endpoint %q: only tcp://host:port is served", endpoint)
+	network, addr, err := listenAddr(endpoint)
+	if err != nil {
+		return nil, err
 	}
-	if host, port, err := net.SplitHostPort(addr); err == nil && host == "*" {
-		addr = net.JoinHostPort("", port)
+	if network == "unix" && !strings.HasPrefix(addr, "@") {
+		removeStaleSocket(addr)
 	}
-	ln, err := net.Listen("tcp", addr)
+	ln, err := net.Listen(network, addr)
 	if err != nil {
 		return nil, fmt.Errorf("worker: %w", err)
 	}
 	return &Server{ln: ln, handler: h, opts: opts.withDefaults(), conns: map[*Conn]struct{}{}}, nil
+}
+
+// listenAddr maps an endpoint to what net.Listen takes.
+func listenAddr(endpoint string) (network, addr string, err error) {
+	if addr, ok := strings.CutPrefix(endpoint, "tcp://"); ok {
+		if host, port, err := net.SplitHostPort(addr); err == nil && host == "*" {
+			addr = net.JoinHostPort("", port)
+		}
+		return "tcp", addr, nil
+	}
+	if addr, ok := strings.CutPrefix(endpoint, "ipc://"); ok && addr != "" && addr != "*" && addr != "@" {
+		return "unix", addr, nil
+	}
+	return "", "", fmt.Errorf("worker: endpoint %q: want tcp://host:port, ipc://path or ipc://@name", endpoint)
+}
+
+// removeStaleSocket removes the Unix socket at path if nothing listens on
+// it: the file a worker that was killed leaves behind. A live listener's,
+// or a file that is not a socket, stays, and the bind fails on it.
+func removeStaleSocket(path string) {
+	if fi, err := os.Lstat(path); err != nil || fi.Mode().Type() != os.ModeSocket {
+		return
+	}
+	c, err := net.DialTimeout("unix", path, time.Second)
+	if err == nil {
+		c.Close()
+		return
+	}
+	if errors.Is(err, syscall.ECONNREFUSED) {
+		os.Remove(path)
+	}
 }
 
 // Addr is the address the server listens on.
@@ -246,5 +281,9 @@ func (s *Server) logEnd(c *Conn, err error) {
 	case !errors.Is(err, ErrTooLarge) && !errors.Is(err, ErrTooManyFrames) && !errors.Is(err, ErrProtocol):
 		code = "MODZMQ0505"
 	}
-	s.opts.ErrorLog.Printf("%s worker: connection from %s ended: %v", code, c.nc.RemoteAddr(), err)
+	from := c.nc.RemoteAddr().String()
+	if from == "" || from == "@" { // a Unix socket's peer has no name: say where it came
+		from = "ipc://" + c.nc.LocalAddr().String()
+	}
+	s.opts.ErrorLog.Printf("%s worker: connection from %s ended: %v", code, from, err)
 }
