@@ -74,18 +74,21 @@ static const char *add_word(apr_pool_t *p, const char *list, const char *word)
 
 /* Notes, for status pages and metrics labels, that conf (a section of sv,
  * or sv's own settings) names its backend: the section's path (or
- * "(server)") and the virtual host (name:port). */
+ * "(server)") and the virtual host (name:port; name:* for the main server
+ * when no port is set for it, as it then answers on every Listen port that
+ * no virtual host claims). */
 static void note_route(server_rec *sv, const modzmq_dir_conf *conf)
 {
     modzmq_backend_entry *e;
     apr_pool_t *p = backends->pool;
+    const char *name = sv->server_hostname ? sv->server_hostname : "localhost";
     unsigned port = sv->port ? sv->port : (sv->addrs ? sv->addrs->host_port : 0);
     if (conf->backend < 1 || conf->backend > backends->nelts) {
         return;
     }
     e = &APR_ARRAY_IDX(backends, conf->backend - 1, modzmq_backend_entry);
     e->routes = add_word(p, e->routes, conf->route ? conf->route : "(server)");
-    e->vhosts = add_word(p, e->vhosts, apr_psprintf(p, "%s:%u", sv->server_hostname ? sv->server_hostname : "localhost", port));
+    e->vhosts = add_word(p, e->vhosts, port ? apr_psprintf(p, "%s:%u", name, port) : apr_pstrcat(p, name, ":*", NULL));
 }
 
 void *modzmq_create_dir_conf(apr_pool_t *p, char *dir)

@@ -120,3 +120,23 @@ func TestEndpointStateFromChildStart(t *testing.T) {
 		t.Errorf("the worker got a request: %s", w.Output)
 	}
 }
+
+// A Location at server level, outside every virtual host, is labelled with
+// the main server's name and the port it answers on: any (name:*), for it
+// has none of its own; and with each virtual host, which takes in the
+// server's sections.
+func TestServerLevelLocationLabel(t *testing.T) {
+	dead := freePort(t)
+	h := startHTTPD(t, httpdParams{MPM: "event",
+		Global: fmt.Sprintf("<Location /main>\n\tSetHandler zmq\n\tZmqBackend tcp://127.0.0.1:%d\n</Location>\n", dead),
+		Extra:  "\t<Location /metrics>\n\t\tSetHandler zmq-metrics\n\t</Location>\n"})
+	h.expect(`MODZMQ0121: `) // the dead endpoint
+	want := fmt.Sprintf(`modzmq_endpoint_up{endpoint="tcp://127.0.0.1:%d",route="/main",vhost="one.localhost:* one.localhost:%d"} 0`, dead, h.Port)
+	checkFor(t, 15*time.Second, func() error {
+		_, page := do(t, "GET", h.URL+"/metrics", "", nil)
+		if !strings.Contains(string(page), want+"\n") {
+			return fmt.Errorf("the metrics lack %s:\n%s", want, page)
+		}
+		return nil
+	})
+}
