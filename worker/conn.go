@@ -439,6 +439,25 @@ func (c *Conn) shrink() {
 // handshake sends the server's greeting and READY, and reads the front's:
 // ZMTP 3.x, the NULL mechanism, a READY whose Socket-Type a ROUTER talks
 // to (DEALER, REQ or ROUTER).
+// badGreeting checks g, the part of a peer's greeting that has come: what
+// it refuses is refused once the byte that shows it is in, so neither an
+// HTTP client nor a ZMTP 2.0 peer (which sends 12 bytes and waits) waits out
+// the handshake timeout.
+func badGreeting(g []byte) error {
+	switch {
+	case len(g) > 0 && g[0] != 0xff, len(g) > 9 && g[9]&1 == 0:
+		return fmt.Errorf("%w: the peer sent no ZMTP greeting", ErrHandshake)
+	case len(g) > 10 && g[10] == 1:
+		return fmt.Errorf("%w: the peer speaks ZMTP 2.0 (libzmq 3.x), the fronts 3.1", ErrHandshake)
+	case len(g) > 10 && g[10] < 3:
+		return fmt.Errorf("%w: the peer speaks ZMTP revision %d, the fronts 3.1", ErrHandshake, g[10])
+	case len(g) >= 32 && string(g[12:32]) != string(greeting[12:32]):
+		return fmt.Errorf("%w: the peer asks for mechanism %q (a libzmq worker serves CurveZMQ)",
+			ErrHandshake, trimNUL(g[12:32]))
+	}
+	return nil
+}
+
 func (c *Conn) handshake() error {
 	c.nc.SetDeadline(time.Now().Add(c.srv.opts.HandshakeTimeout))
 	defer c.nc.SetDeadline(time.Time{})
@@ -452,16 +471,9 @@ func (c *Conn) handshake() error {
 			}
 			return fmt.Errorf("%w: greeting: %v", ErrHandshake, err)
 		}
-	}
-	g := c.buf[:64]
-	switch {
-	case g[0] != 0xff || g[9]&1 == 0:
-		return fmt.Errorf("%w: the peer sent no ZMTP greeting", ErrHandshake)
-	case g[10] < 3:
-		return fmt.Errorf("%w: the peer speaks ZMTP %d.x", ErrHandshake, g[10])
-	case string(g[12:32]) != string(greeting[12:32]):
-		return fmt.Errorf("%w: the peer asks for mechanism %q (a libzmq worker serves CurveZMQ)",
-			ErrHandshake, trimNUL(g[12:32]))
+		if err := badGreeting(c.buf[:min(c.w, 64)]); err != nil {
+			return err
+		}
 	}
 	c.r = 64
 	for {

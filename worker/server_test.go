@@ -219,6 +219,34 @@ func TestHostilePeers(t *testing.T) {
 	}
 }
 
+// A peer whose first bytes show it is no ZMTP 3 front is refused when they
+// arrive, not at the handshake timeout (an hour here): an HTTP request
+// shorter than a greeting, a ZMTP 2.0 peer's 12 bytes, a mechanism other
+// than NULL with the greeting's last 32 bytes still to come.
+func TestRefusedOnTheGreetingsFirstBytes(t *testing.T) {
+	e := startEcho(t, Options{HandshakeTimeout: time.Hour})
+	sig := "\xff\x00\x00\x00\x00\x00\x00\x00\x00\x7f"
+	curve := string(zmqtest.ZMTPPeerHello()[:32])
+	curve = curve[:12] + "CURVE" + strings.Repeat("\x00", 15)
+	cases := []struct{ name, send, says string }{
+		{"short http", "GET / HTTP/1.0\r\n\r\n", "no ZMTP greeting"},
+		{"a lone byte", "\x16", "no ZMTP greeting"},
+		{"zmtp 2.0", sig + "\x01\x05", "ZMTP 2.0"},
+		{"revision 0", sig + "\x00", "ZMTP revision 0"},
+		{"curve, half a greeting", curve, `mechanism "CURVE"`},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			nc := rawPeer(t, e)
+			nc.Write([]byte(c.send))
+			closedByServer(t, nc)
+			waitFor(t, "MODZMQ0501 in the log", func() bool {
+				return strings.Contains(e.log.String(), "MODZMQ0501") && strings.Contains(e.log.String(), c.says)
+			})
+		})
+	}
+}
+
 // A front that stops reading while the worker sends loses its connection
 // once a write has waited WriteTimeout; the handler learns of it.
 func TestFrontThatTakesNothing(t *testing.T) {
