@@ -115,6 +115,9 @@ type Server struct {
 	stop     context.CancelFunc
 	inFlight sync.WaitGroup
 	stats    Stats
+
+	peeked       bool            // ZMQ_EVENTS took a message out of its connection's queue, not read yet (events)
+	closedPeeked map[string]bool // closes sent since: that message may be the disconnect notice of one of them
 }
 
 // Stats counts what the server did.
@@ -210,7 +213,7 @@ func New(lv *gateway.Live, listen string, opts Options) (*Server, error) {
 		opts.Log = slog.Default()
 	}
 	s := &Server{lv: lv, opts: opts, log: opts.Log, conns: map[string]*conn{},
-		unsent: map[string]time.Time{}, blocked: map[*conn]bool{}, held: map[*conn]time.Time{}, access: opts.AccessLog}
+		unsent: map[string]time.Time{}, closedPeeked: map[string]bool{}, blocked: map[*conn]bool{}, held: map[*conn]time.Time{}, access: opts.AccessLog}
 	s.checkLog()
 	s.base, s.stop = context.WithCancel(context.Background())
 	var err error
@@ -301,7 +304,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		// ZMQ_FD only says that something may have changed, and any send
 		// or receive may consume its signal: ZMQ_EVENTS says what is there.
 		for {
-			ev, err := s.sock.GetEvents()
+			ev, err := s.events()
 			if err != nil {
 				s.log.Error(CodeSocket.String()+": ZMQ_EVENTS failed", "err", err)
 				return err
@@ -373,6 +376,19 @@ func (s *Server) wait(d time.Duration) error {
 	return s.waiter.Wait()
 }
 
+// events is the socket's ZMQ_EVENTS. When it says POLLIN, libzmq has taken
+// the next message out of its connection's queue and keeps it for the next
+// receive (stream_t::xhas_in), even if that connection is closed here
+// meanwhile: until it is read, sendClose notes the ids it closes, as that
+// message may be the disconnect notice of one of them.
+func (s *Server) events() (zmq.State, error) {
+	ev, err := s.sock.GetEvents()
+	if err == nil && ev&zmq.POLLIN != 0 {
+		s.peeked = true
+	}
+	return ev, err
+}
+
 // readStream handles every message waiting on the STREAM socket, until a
 // streamed body holds as much as it may (body.go).
 func (s *Server) readStream(accepting bool) error {
@@ -385,6 +401,12 @@ func (s *Server) readStream(accepting bool) error {
 			s.log.Error(CodeSocket.String()+": receive failed", "err", err)
 			return err
 		}
+		closedHere := false
+		if s.peeked { // the message events took out: nothing of a connection closed since comes after it
+			s.peeked = false
+			closedHere = s.closedPeeked[string(id)]
+			clear(s.closedPeeked)
+		}
 		c := s.conns[string(id)]
 		var data []byte
 		if c == nil {
@@ -394,11 +416,12 @@ func (s *Server) readStream(accepting bool) error {
 				return err
 			}
 			switch _, closing := s.unsent[string(id)]; {
-			case closing && len(data) == 0:
-				delete(s.unsent, string(id)) // the client left before libzmq took the close
+			case (closing || closedHere) && len(data) == 0:
+				delete(s.unsent, string(id)) // the client left before libzmq took the close, or before it was read
 			case len(data) > 0:
 				// Bytes for a connection closed here whose close libzmq
-				// has not taken yet: drop them.
+				// has not taken yet, or taken after they were read: drop
+				// them.
 			case accepting:
 				s.open(string(id), md["Peer-Address"])
 			default:
@@ -496,7 +519,8 @@ func (s *Server) closeConn(c *conn) {
 
 // closeID closes connection id from this side. libzmq writes what the
 // connection's queue holds, then closes it; after it took the close nothing
-// more of that connection's is read, not even a disconnect notice. When the
+// more of that connection's is read, not even a disconnect notice, but for
+// the message ZMQ_EVENTS may have taken out before (events). When the
 // queue is full the close waits in unsent and is tried again with the
 // blocked sends: a client that reads nothing at all keeps its TCP
 // connection, and the at most three messages libzmq holds for it, until it
@@ -514,6 +538,9 @@ func (s *Server) closeID(id string) {
 // be read as the next message's id and shift every message after it. It
 // returns false when the connection's queue is full.
 func (s *Server) sendClose(id []byte) bool {
+	if s.peeked {
+		s.closedPeeked[string(id)] = true
+	}
 	_, err := s.sock.SendBytes(id, zmq.SNDMORE|zmq.DONTWAIT)
 	if err == nil {
 		s.sock.SendBytes(nil, zmq.DONTWAIT)
