@@ -26,9 +26,8 @@ func unserved(t *testing.T) *Server {
 // connection answered long ago does not hold a shutdown, one closed just
 // after its answer does, and the drain's own deadline ends the wait.
 func TestDrainWaitsOnlyForRecentAnswers(t *testing.T) {
-	defer func(w time.Duration) { flushWait = w }(flushWait)
-	flushWait = time.Hour // no test runs so long: "just now" stays within it
 	srv := unserved(t)
+	srv.flushWait = time.Hour // no test runs so long: "just now" stays within it
 	until := time.Now().Add(time.Hour)
 	closeConn := func(id string, lastSent time.Time) {
 		srv.open(id, "")
@@ -44,7 +43,7 @@ func TestDrainWaitsOnlyForRecentAnswers(t *testing.T) {
 	if !srv.drained(until) {
 		t.Error("a connection that was never answered holds the drain")
 	}
-	closeConn("answered long ago", time.Now().Add(-2*flushWait))
+	closeConn("answered long ago", time.Now().Add(-2*srv.flushWait))
 	if !srv.drained(until) {
 		t.Error("an idle connection answered long ago holds the drain")
 	}

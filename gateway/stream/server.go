@@ -102,19 +102,20 @@ type Server struct {
 	wsReady []*wsConn   // WebSockets whose worker sent something (websocket.go)
 	pending atomic.Bool
 
-	conns    map[string]*conn
-	unsent   map[string]time.Time // closed here, but libzmq did not take the close yet: its queue is full
-	flushBy  time.Time            // until then libzmq may still be writing answers to connections closed here
-	blocked  map[*conn]bool       // a send found the connection's queue full
-	held     map[*conn]time.Time  // streamed bodies holding bodyHold bytes, since when: the socket is not read (body.go)
-	relays   relaySet             // streamed replies after their head (streamed.go)
-	readNow  bool                 // the socket is readable again: read it before waiting
-	retryAt  time.Time            // when retry has something to try again; zero for nothing
-	draining bool                 // shutting down: open WebSockets close with 1001
-	base     context.Context      // cancelled when the server stops
-	stop     context.CancelFunc
-	inFlight sync.WaitGroup
-	stats    Stats
+	conns     map[string]*conn
+	unsent    map[string]time.Time // closed here, but libzmq did not take the close yet: its queue is full
+	flushBy   time.Time            // until then libzmq may still be writing answers to connections closed here
+	flushWait time.Duration        // flushWait (a test sets its own)
+	blocked   map[*conn]bool       // a send found the connection's queue full
+	held      map[*conn]time.Time  // streamed bodies holding bodyHold bytes, since when: the socket is not read (body.go)
+	relays    relaySet             // streamed replies after their head (streamed.go)
+	readNow   bool                 // the socket is readable again: read it before waiting
+	retryAt   time.Time            // when retry has something to try again; zero for nothing
+	draining  bool                 // shutting down: open WebSockets close with 1001
+	base      context.Context      // cancelled when the server stops
+	stop      context.CancelFunc
+	inFlight  sync.WaitGroup
+	stats     Stats
 
 	peeked       bool            // ZMQ_EVENTS took a message out of its connection's queue, not read yet (events)
 	closedPeeked map[string]bool // closes sent since: that message may be the disconnect notice of one of them
@@ -212,7 +213,7 @@ func New(lv *gateway.Live, listen string, opts Options) (*Server, error) {
 	if opts.Log == nil {
 		opts.Log = slog.Default()
 	}
-	s := &Server{lv: lv, opts: opts, log: opts.Log, conns: map[string]*conn{},
+	s := &Server{lv: lv, opts: opts, log: opts.Log, conns: map[string]*conn{}, flushWait: flushWait,
 		unsent: map[string]time.Time{}, closedPeeked: map[string]bool{}, blocked: map[*conn]bool{}, held: map[*conn]time.Time{}, access: opts.AccessLog}
 	s.checkLog()
 	s.base, s.stop = context.WithCancel(context.Background())
@@ -331,7 +332,7 @@ func (s *Server) Serve(ctx context.Context) error {
 // closes (a client that reads nothing would keep them for ever). libzmq
 // says nothing when it has: a connection closed from this side gets no
 // disconnect notice.
-var flushWait = 2 * time.Second
+const flushWait = 2 * time.Second
 
 // drained reports whether a drain may end: every connection is closed and
 // flushWait has passed since an answer was last handed to libzmq for a
@@ -511,7 +512,7 @@ func (s *Server) closeConn(c *conn) {
 		return
 	}
 	if !c.lastSent.IsZero() {
-		s.flushing(c.lastSent.Add(flushWait))
+		s.flushing(c.lastSent.Add(s.flushWait))
 	}
 	s.closeID(c.id)
 	s.gone(c)
@@ -1015,7 +1016,7 @@ func (s *Server) retry(now time.Time) {
 		}
 		if s.sendClose([]byte(id)) {
 			delete(s.unsent, id)
-			s.flushing(now.Add(flushWait)) // its queue was full: libzmq writes it now
+			s.flushing(now.Add(s.flushWait)) // its queue was full: libzmq writes it now
 		} else {
 			at(now.Add(retryEvery))
 		}
@@ -1047,7 +1048,7 @@ func (s *Server) sweep(now time.Time) {
 	for id, since := range s.unsent {
 		if now.Sub(since) >= time.Second && s.sendClose([]byte(id)) {
 			delete(s.unsent, id)
-			s.flushing(now.Add(flushWait))
+			s.flushing(now.Add(s.flushWait))
 		}
 	}
 	for _, c := range s.conns {
