@@ -46,6 +46,8 @@ var (
 
 	errWrite = errors.New("writing to the front failed")
 	errPanic = errors.New("the handler panicked")
+	// errStopping: Shutdown stopped the connection's reads.
+	errStopping = errors.New("the server is shutting down")
 )
 
 // Conn is one front's connection to the server.
@@ -214,6 +216,9 @@ func (c *Conn) serve() {
 func (c *Conn) run() error {
 	if err := c.handshake(); err != nil {
 		c.end()
+		if c.srv.stopping.Load() {
+			return nil // Shutdown came before the front's READY
+		}
 		return err
 	}
 	err := c.loop()
@@ -267,6 +272,9 @@ func (c *Conn) loop() error {
 				return err
 			}
 			if err := c.fill(); err != nil {
+				if errors.Is(err, errStopping) {
+					return nil // Shutdown: what was read is handled and its replies written
+				}
 				return err
 			}
 			if err := c.batch(true); err != nil {
@@ -406,7 +414,15 @@ func (c *Conn) fill() error {
 		c.nc.SetReadDeadline(time.Time{})
 		c.deadline = false
 	}
+	// Shutdown sets stopping, then a read deadline of now: either this sees
+	// stopping, or that deadline comes after the one set here.
+	if c.srv.stopping.Load() {
+		return errStopping
+	}
 	n, err := c.nc.Read(c.buf[c.w:])
+	if n == 0 && c.srv.stopping.Load() {
+		return errStopping
+	}
 	c.w += n
 	if c.armed {
 		c.ttl -= time.Since(start)

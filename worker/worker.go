@@ -26,7 +26,11 @@
 //			c.SendMessage(msg[:i+1], []byte("200"), []byte("Content-Type: text/plain\r\n"), []byte("hello\n"))
 //		}), nil)
 //	...
-//	log.Fatal(srv.Serve())
+//	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+//	defer stop()
+//	if err := srv.Run(ctx, 10*time.Second); err != nil { // SIGTERM: what was read is answered
+//		log.Fatal(err)
+//	}
 //
 // What a worker gains over libzmq through cgo is the cost per message: no
 // I/O thread between the socket and the handler and no cgo call per frame
@@ -36,6 +40,7 @@
 package worker
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -44,6 +49,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -123,10 +129,11 @@ type Server struct {
 	handler Handler
 	opts    Options
 
-	mu     sync.Mutex
-	conns  map[*Conn]struct{}
-	closed bool
-	wg     sync.WaitGroup
+	mu       sync.Mutex
+	conns    map[*Conn]struct{}
+	closed   bool
+	stopping atomic.Bool // Shutdown: connections read nothing more
+	wg       sync.WaitGroup
 }
 
 // Listen binds endpoint for h: tcp://host:port (tcp://*:port for every
@@ -232,6 +239,63 @@ func (s *Server) Close() error {
 	}
 	s.mu.Unlock()
 	s.wg.Wait()
+	return err
+}
+
+// Shutdown stops the server gracefully: it stops listening, and each
+// connection reads nothing more, hands the handler the messages it has
+// read, writes their replies and ends (the handler gets its nil message).
+// It returns once every connection has ended, or, when ctx ends first,
+// closes those left as Close does and returns ctx's error.
+//
+// A front learns that its connection ended and sends its requests to other
+// workers; a request it sent after the connection's last read is lost with
+// the connection, as when a worker stops (the fronts' retry rules apply).
+// Replies sent from other goroutines after their connection ended are
+// lost: a worker that replies from goroutines of its own has them finish
+// before Shutdown returns, e.g. by waiting for them when ServeMessage
+// gets the nil message.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closed = true
+	err := s.ln.Close()
+	s.stopping.Store(true)
+	for c := range s.conns {
+		c.nc.SetReadDeadline(time.Now()) // wake a read that waits for more
+	}
+	s.mu.Unlock()
+	done := make(chan struct{})
+	go func() {
+		s.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return err
+	case <-ctx.Done():
+		s.Close()
+		return ctx.Err()
+	}
+}
+
+// Run serves until ctx ends (a signal, with signal.NotifyContext), then
+// shuts the server down, giving the connections grace to finish (Shutdown).
+// It returns what failed: serving, or the shutdown when grace ran out; nil
+// otherwise.
+func (s *Server) Run(ctx context.Context, grace time.Duration) error {
+	served := make(chan error, 1)
+	go func() { served <- s.Serve() }()
+	select {
+	case err := <-served:
+		return err
+	case <-ctx.Done():
+	}
+	stop, cancel := context.WithTimeout(context.Background(), grace)
+	defer cancel()
+	err := s.Shutdown(stop)
+	if serr := <-served; err == nil {
+		err = serr
+	}
 	return err
 }
 

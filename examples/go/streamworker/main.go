@@ -16,11 +16,15 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"flag"
 	"fmt"
 	"log"
+	"os"
+	"os/signal"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/modzmq/modzmq/worker"
@@ -217,5 +221,10 @@ func main() {
 	if err != nil {
 		log.Fatalf("listen %s: %v", *bind, err)
 	}
-	log.Fatal(srv.Serve())
+	// SIGTERM or ^C: the requests read are answered, then the worker exits.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := srv.Run(ctx, 10*time.Second); err != nil {
+		log.Fatal(err)
+	}
 }

@@ -13,6 +13,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -20,7 +21,10 @@ import (
 	"fmt"
 	"log"
 	"os"
+	"os/signal"
 	"strings"
+	"syscall"
+	"time"
 
 	"github.com/modzmq/modzmq/worker"
 )
@@ -95,5 +99,10 @@ func main() {
 		log.Fatalf("listen %s: %v", *bind, err)
 	}
 	fmt.Fprintln(os.Stdout, "ready")
-	log.Fatal(srv.Serve())
+	// SIGTERM or ^C: the requests read are answered, then the worker exits.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := srv.Run(ctx, 10*time.Second); err != nil {
+		log.Fatal(err)
+	}
 }

@@ -15,11 +15,16 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"flag"
 	"fmt"
 	"log"
+	"os"
+	"os/signal"
 	"strconv"
 	"sync"
+	"syscall"
+	"time"
 
 	"github.com/modzmq/modzmq/worker"
 )
@@ -77,7 +82,12 @@ func main() {
 	if err != nil {
 		log.Fatalf("listen %s: %v", *bind, err)
 	}
-	log.Fatal(srv.Serve())
+	// SIGTERM or ^C: the requests read are answered, then the worker exits.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := srv.Run(ctx, 10*time.Second); err != nil {
+		log.Fatal(err)
+	}
 }
 
 // serve handles one message from a front connection whose WebSockets are
