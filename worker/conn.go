@@ -38,6 +38,9 @@ const (
 	// handshakeMax bounds what a front may send before its READY is whole
 	// (libzmq's READY is under 100 bytes).
 	handshakeMax = 64 << 10
+	// lingerMax bounds how long a connection Shutdown ended reads, and
+	// drops, what its front sends until the front closes its side.
+	lingerMax = 2 * time.Second
 )
 
 var (
@@ -227,6 +230,10 @@ func (c *Conn) run() error {
 		err = c.werr // a Send from another goroutine failed first
 	}
 	c.wmu.Unlock()
+	if errors.Is(err, errStopping) {
+		c.linger() // Shutdown: what was read is handled and its replies written
+		err = nil
+	}
 	c.end()
 	if herr := c.handle(nil); err == nil {
 		err = herr
@@ -245,6 +252,37 @@ func (c *Conn) handle(msg [][]byte) (err error) {
 	}()
 	c.srv.handler.ServeMessage(c, msg)
 	return nil
+}
+
+// linger ends a connection that Shutdown stopped when the replies to
+// what it read are written: Send fails from now on, the front gets the
+// end of the stream after the replies, and what it sent that was not read
+// is read and dropped until it closes its side (or lingerMax passes, or
+// Close closes the socket). A TCP socket closed with unread bytes resets
+// the connection, which would drop the replies its send buffer still
+// holds.
+func (c *Conn) linger() {
+	c.wmu.Lock()
+	c.flushLocked()
+	if c.werr == nil {
+		c.werr = ErrClosed
+	}
+	c.out = nil
+	c.wmu.Unlock()
+	cw, ok := c.nc.(interface{ CloseWrite() error })
+	if !ok || cw.CloseWrite() != nil {
+		return
+	}
+	until := time.Now().Add(lingerMax)
+	for {
+		// Set each time: Shutdown's wake-up (a read deadline of now) may
+		// come after this connection saw it stop.
+		c.nc.SetReadDeadline(until)
+		_, err := c.nc.Read(c.buf[:cap(c.buf)])
+		if err != nil && !(errors.Is(err, os.ErrDeadlineExceeded) && time.Now().Before(until)) {
+			return
+		}
+	}
 }
 
 // end marks the connection ended: Send fails from now on.
@@ -272,9 +310,6 @@ func (c *Conn) loop() error {
 				return err
 			}
 			if err := c.fill(); err != nil {
-				if errors.Is(err, errStopping) {
-					return nil // Shutdown: what was read is handled and its replies written
-				}
 				return err
 			}
 			if err := c.batch(true); err != nil {

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"net"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -59,6 +61,18 @@ func startBlocking(t *testing.T) *blockingServer {
 
 func (b *blockingServer) unblock() { b.free.Do(func() { close(b.release) }) }
 
+// listenerClosed waits until nothing accepts connections on addr.
+func listenerClosed(t *testing.T, addr net.Addr) {
+	t.Helper()
+	waitFor(t, "the listener to close", func() bool {
+		c, err := net.Dial("tcp", addr.String())
+		if err == nil {
+			c.Close()
+		}
+		return err != nil
+	})
+}
+
 func (b *blockingServer) endpoint() string { return "tcp://" + b.Addr().String() }
 
 func wait(t *testing.T, ch chan struct{}, what string) {
@@ -87,13 +101,7 @@ func TestShutdownFinishesWhatWasRead(t *testing.T) {
 	defer cancel()
 	stopped := make(chan error, 1)
 	go func() { stopped <- b.Shutdown(ctx) }()
-	waitFor(t, "the listener to close", func() bool {
-		c, err := net.Dial("tcp", b.Addr().String())
-		if err == nil {
-			c.Close()
-		}
-		return err != nil
-	})
+	listenerClosed(t, b.Addr())
 	wait(t, b.ended, "the idle connection to end") // while the other handler still runs
 	select {
 	case err := <-stopped:
@@ -168,18 +176,57 @@ func TestRunShutsDownWhenItsContextEnds(t *testing.T) {
 	d.SendMessage("", "hold")
 	wait(t, held, "the handler to hold the request")
 	cancel()
-	waitFor(t, "the listener to close", func() bool {
-		c, err := net.Dial("tcp", srv.Addr().String())
-		if err == nil {
-			c.Close()
-		}
-		return err != nil
-	})
+	listenerClosed(t, srv.Addr())
 	close(release)
 	if msg, err := d.RecvMessage(0); err != nil || msg[1] != "hold" {
 		t.Fatalf("the held request's reply: %q, %v", msg, err)
 	}
 	if err := <-ran; err != nil {
 		t.Fatalf("Run: %v", err)
+	}
+}
+
+// A request the front sent after the connection's last read is still
+// unread in the socket when Shutdown ends the connection: the reply
+// written before must reach the front whole all the same (closing a TCP
+// socket with unread bytes resets the connection, and the reset drops the
+// reply's bytes the send buffer still holds). The front's small receive
+// buffer, which it does not read until Shutdown has returned, keeps most
+// of the reply in the worker's send buffer.
+func TestShutdownDeliversRepliesPastUnreadRequests(t *testing.T) {
+	b := startBlocking(t)
+	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+		return rc.Control(func(fd uintptr) {
+			syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
+		})
+	}}
+	nc, err := d.Dial("tcp", b.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	body := bytes.Repeat([]byte("r"), 256<<10)
+	nc.Write(zmqtest.ZMTPPeerHello())
+	nc.Write(zmqtest.Message([]byte{}, body, []byte("hold")))
+	wait(t, b.held, "the handler to hold the request")
+	nc.Write(zmqtest.Message([]byte{}, []byte("unread"))) // the connection reads nothing while its handler runs
+	nc.(*net.TCPConn).CloseWrite()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second) // a guard, not a timing
+	defer cancel()
+	stopped := make(chan error, 1)
+	go func() { stopped <- b.Shutdown(ctx) }()
+	listenerClosed(t, b.Addr())
+	b.Open() // waits for Shutdown to let go of the server's lock: its connections have been told to stop
+	b.unblock()
+	if err := <-stopped; err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	nc.SetReadDeadline(time.Now().Add(10 * time.Second)) // a bound on a hang
+	got, err := io.ReadAll(nc)
+	want := append(append([]byte{}, greeting...), ready...)
+	want = appendFrame(appendFrame(appendFrame(want, true, nil), true, body), false, []byte("hold"))
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("the front got %d bytes (%v); want %d, the greeting, READY and the reply, then the end", len(got), err, len(want))
 	}
 }

@@ -251,6 +251,9 @@ func (s *Server) Close() error {
 // A front learns that its connection ended and sends its requests to other
 // workers; a request it sent after the connection's last read is lost with
 // the connection, as when a worker stops (the fronts' retry rules apply).
+// Such a request is read and dropped after the replies, until the front
+// closes its side (at most 2 s): a TCP connection closed on unread bytes
+// is reset, and the reset would lose the replies not yet sent.
 // Replies sent from other goroutines after their connection ended are
 // lost: a worker that replies from goroutines of its own has them finish
 // before Shutdown returns, e.g. by waiting for them when ServeMessage
