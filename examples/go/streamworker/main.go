@@ -221,9 +221,11 @@ func main() {
 	if err != nil {
 		log.Fatalf("listen %s: %v", *bind, err)
 	}
-	// SIGTERM or ^C: the requests read are answered, then the worker exits.
+	// SIGTERM or ^C: the requests read are answered and open streams end
+	// (their clients see them cut short: no more credit is read), then the
+	// worker exits; a second signal ends it at once.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
+	context.AfterFunc(ctx, stop)
 	if err := srv.Run(ctx, 10*time.Second); err != nil {
 		log.Fatal(err)
 	}

@@ -99,9 +99,10 @@ func main() {
 		log.Fatalf("listen %s: %v", *bind, err)
 	}
 	fmt.Fprintln(os.Stdout, "ready")
-	// SIGTERM or ^C: the requests read are answered, then the worker exits.
+	// SIGTERM or ^C: the requests read are answered, then the worker exits;
+	// a second signal ends it at once.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
+	context.AfterFunc(ctx, stop)
 	if err := srv.Run(ctx, 10*time.Second); err != nil {
 		log.Fatal(err)
 	}

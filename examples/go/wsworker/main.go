@@ -82,9 +82,11 @@ func main() {
 	if err != nil {
 		log.Fatalf("listen %s: %v", *bind, err)
 	}
-	// SIGTERM or ^C: the requests read are answered, then the worker exits.
+	// SIGTERM or ^C: the messages read are handled, the WebSockets end (the
+	// fronts close them with 1011), then the worker exits; a second signal
+	// ends it at once.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
+	context.AfterFunc(ctx, stop)
 	if err := srv.Run(ctx, 10*time.Second); err != nil {
 		log.Fatal(err)
 	}
