@@ -126,9 +126,9 @@ func TestShutdownFinishesWhatWasRead(t *testing.T) {
 	}
 }
 
-// When ctx ends first, Shutdown closes what is left as Close does: the
-// front of a handler still running loses its connection then, and the
-// reply the handler sends after it is not written.
+// When ctx ends first, Shutdown closes what is left and returns without
+// waiting for a handler that still runs: its front loses the connection,
+// and the reply the handler sends after it is not written.
 func TestShutdownGivesUpWithItsContext(t *testing.T) {
 	b := startBlocking(t)
 	nc, err := net.Dial("tcp", b.Addr().String())
@@ -141,15 +141,19 @@ func TestShutdownGivesUpWithItsContext(t *testing.T) {
 	wait(t, b.held, "the handler to hold the request")
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	stopped := make(chan error, 1)
-	go func() { stopped <- b.Shutdown(ctx) }()
-	got := closedByServer(t, nc) // while the handler still holds the request
-	b.unblock()
-	if err := <-stopped; !errors.Is(err, context.Canceled) {
+	if err := b.Shutdown(ctx); !errors.Is(err, context.Canceled) { // the handler still holds
 		t.Fatalf("Shutdown: %v, want context.Canceled", err)
 	}
+	got := closedByServer(t, nc)
+	b.unblock()
+	wait(t, b.ended, "the connection's nil message once the handler returned")
 	if bytes.Contains(got, []byte("hold")) {
 		t.Errorf("the front got the reply of a handler that ran past the shutdown: %q", got)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.sendErr) != 1 || !errors.Is(b.sendErr[0], ErrClosed) {
+		t.Errorf("the late handler's Send: %v, want ErrClosed", b.sendErr)
 	}
 }
 

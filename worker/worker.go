@@ -231,14 +231,26 @@ func (s *Server) Serve() error {
 // Close stops listening, ends every connection and waits for their
 // handlers to return (a handler that calls it waits for itself forever).
 func (s *Server) Close() error {
+	err := s.closeAll()
+	s.wg.Wait()
+	return err
+}
+
+// closeAll stops listening and closes every connection: Send returns
+// ErrClosed from now on.
+func (s *Server) closeAll() error {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	s.closed = true
 	err := s.ln.Close()
 	for c := range s.conns {
+		c.wmu.Lock()
+		if c.werr == nil {
+			c.werr = ErrClosed
+		}
+		c.wmu.Unlock()
 		c.nc.Close()
 	}
-	s.mu.Unlock()
-	s.wg.Wait()
 	return err
 }
 
@@ -246,7 +258,9 @@ func (s *Server) Close() error {
 // connection reads nothing more, hands the handler the messages it has
 // read, writes their replies and ends (the handler gets its nil message).
 // It returns once every connection has ended, or, when ctx ends first,
-// closes those left as Close does and returns ctx's error.
+// closes those left and returns ctx's error without waiting for their
+// handlers: one still running finds its connection closed (Send returns
+// ErrClosed), and gets its nil message when it returns.
 //
 // A front learns that its connection ended and sends its requests to other
 // workers; a request it sent after the connection's last read is lost with
@@ -276,15 +290,15 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	case <-done:
 		return err
 	case <-ctx.Done():
-		s.Close()
+		s.closeAll()
 		return ctx.Err()
 	}
 }
 
 // Run serves until ctx ends (a signal, with signal.NotifyContext), then
-// shuts the server down, giving the connections grace to finish (Shutdown).
-// It returns what failed: serving, or the shutdown when grace ran out; nil
-// otherwise.
+// shuts the server down, giving the connections grace to finish (Shutdown):
+// past it, Run returns even if a handler is still running. It returns what
+// failed: serving, or the shutdown when grace ran out; nil otherwise.
 func (s *Server) Run(ctx context.Context, grace time.Duration) error {
 	served := make(chan error, 1)
 	go func() { served <- s.Serve() }()
