@@ -8,6 +8,7 @@ import (
 	"net"
 	"reflect"
 	"runtime"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -169,4 +170,36 @@ func TestReaderMemoryIsNotSizedByMaxFrames(t *testing.T) {
 	if grew := after.TotalAlloc - before.TotalAlloc; grew > 1<<20 {
 		t.Fatalf("serving a 2-frame message with MaxFrames 1<<22 allocated %d bytes", grew)
 	}
+}
+
+// greetingRefused is the rule for a whole 64-byte greeting, the
+// specification badGreeting keeps byte by byte: ZMTP's signature, major
+// version 3 or more, the NULL mechanism.
+func greetingRefused(g []byte) bool {
+	return g[0] != 0xff || g[9]&1 == 0 || g[10] < 3 || string(g[12:32]) != string(greeting[12:32])
+}
+
+// badGreeting refuses a greeting as its bytes come, and refuses exactly
+// what the whole-greeting rule refuses: no prefix of a greeting the rule
+// takes is refused, and the whole of one it refuses is.
+func FuzzGreeting(f *testing.F) {
+	hello := zmqtest.ZMTPPeerHello()[:64]
+	f.Add(hello)
+	f.Add([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n" + strings.Repeat("x", 40)))
+	f.Add(append([]byte("\xff\x00\x00\x00\x00\x00\x00\x00\x00\x7f\x01\x05"), make([]byte, 52)...))
+	f.Fuzz(func(t *testing.T, g []byte) {
+		if len(g) < 64 {
+			g = append(g, hello[len(g):]...)
+		}
+		g = g[:64]
+		refused := greetingRefused(g)
+		for k := 1; k <= 64; k++ {
+			if err := badGreeting(g[:k]); err != nil && !refused {
+				t.Fatalf("%q: refused after %d bytes (%v), the whole greeting is fine", g, k, err)
+			}
+		}
+		if refused && badGreeting(g) == nil {
+			t.Fatalf("%q: the whole greeting breaks the rule and is taken", g)
+		}
+	})
 }
