@@ -114,12 +114,7 @@ func (c *Conn) Done() <-chan struct{} { return c.done }
 // front as Send does), then ends the connection: Send fails from then on,
 // and the handler gets none of the front's messages but the nil one.
 func (c *Conn) Close() error {
-	c.wmu.Lock()
-	c.flushLocked()
-	if c.werr == nil {
-		c.werr = ErrClosed
-	}
-	c.wmu.Unlock()
+	c.stopSends(true)
 	c.closed.Store(true)
 	return c.nc.Close()
 }
@@ -262,13 +257,7 @@ func (c *Conn) handle(msg [][]byte) (err error) {
 // the connection, which would drop the replies its send buffer still
 // holds.
 func (c *Conn) linger() {
-	c.wmu.Lock()
-	c.flushLocked()
-	if c.werr == nil {
-		c.werr = ErrClosed
-	}
-	c.out = nil
-	c.wmu.Unlock()
+	c.stopSends(true)
 	cw, ok := c.nc.(interface{ CloseWrite() error })
 	if !ok || cw.CloseWrite() != nil {
 		return
@@ -285,15 +274,24 @@ func (c *Conn) linger() {
 	}
 }
 
-// end marks the connection ended: Send fails from now on.
-func (c *Conn) end() {
-	c.nc.Close()
+// stopSends makes Send fail from now on, with ErrClosed unless a write
+// failed first; with flush, what was sent before is written first.
+func (c *Conn) stopSends(flush bool) {
 	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if flush {
+		c.flushLocked()
+	}
 	if c.werr == nil {
 		c.werr = ErrClosed
 	}
 	c.out = nil
-	c.wmu.Unlock()
+}
+
+// end marks the connection ended: Send fails from now on.
+func (c *Conn) end() {
+	c.nc.Close()
+	c.stopSends(false)
 	close(c.done)
 }
 
@@ -487,9 +485,6 @@ func (c *Conn) shrink() {
 	}
 }
 
-// handshake sends the server's greeting and READY, and reads the front's:
-// ZMTP 3.x, the NULL mechanism, a READY whose Socket-Type a ROUTER talks
-// to (DEALER, REQ or ROUTER).
 // badGreeting checks g, the part of a peer's greeting that has come: what
 // it refuses is refused once the byte that shows it is in, so neither an
 // HTTP client nor a ZMTP 2.0 peer (which sends 12 bytes and waits) waits out
@@ -509,6 +504,9 @@ func badGreeting(g []byte) error {
 	return nil
 }
 
+// handshake sends the server's greeting and READY, and reads the front's:
+// ZMTP 3.x, the NULL mechanism, a READY whose Socket-Type a ROUTER talks
+// to (DEALER, REQ or ROUTER).
 func (c *Conn) handshake() error {
 	c.nc.SetDeadline(time.Now().Add(c.srv.opts.HandshakeTimeout))
 	defer c.nc.SetDeadline(time.Time{})

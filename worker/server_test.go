@@ -58,6 +58,13 @@ func startEchoAt(t *testing.T, endpoint string, opts Options) *echoServer {
 		t.Fatal(err)
 	}
 	e.Server = srv
+	serveInTest(t, srv)
+	return e
+}
+
+// serveInTest serves srv until the test ends, then closes it and checks
+// that Serve returned nil.
+func serveInTest(t *testing.T, srv *Server) {
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve() }()
 	t.Cleanup(func() {
@@ -66,7 +73,6 @@ func startEchoAt(t *testing.T, endpoint string, opts Options) *echoServer {
 			t.Errorf("Serve: %v", err)
 		}
 	})
-	return e
 }
 
 func (e *echoServer) endpoint() string { return "tcp://" + e.Addr().String() }

@@ -47,15 +47,8 @@ func startBlocking(t *testing.T) *blockingServer {
 		t.Fatal(err)
 	}
 	b.Server = srv
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve() }()
-	t.Cleanup(func() {
-		b.unblock() // a test that failed may have left a handler holding
-		srv.Close()
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
+	serveInTest(t, srv)
+	t.Cleanup(b.unblock) // before the close: a test that failed may have left a handler holding
 	return b
 }
 

@@ -244,11 +244,7 @@ func (s *Server) closeAll() error {
 	s.closed = true
 	err := s.ln.Close()
 	for c := range s.conns {
-		c.wmu.Lock()
-		if c.werr == nil {
-			c.werr = ErrClosed
-		}
-		c.wmu.Unlock()
+		c.stopSends(false)
 		c.nc.Close()
 	}
 	return err
