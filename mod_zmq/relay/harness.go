@@ -375,16 +375,17 @@ func zmtpStreamClosing(data []byte, chunk int) (msgs [][][]byte, end syscall.Err
 
 // zmtpHeadersParsed feeds data (a peer's bytes from its greeting on) to a
 // connection chunk bytes at a time, reads it all, and returns how many
-// messages it read and how many times the reader looked at a frame header.
-func zmtpHeadersParsed(data []byte, chunk int) (msgs int, headers uint64) {
+// messages it read, how many times the reader looked at a frame header, and
+// how many of its reads brought bytes.
+func zmtpHeadersParsed(data []byte, chunk int) (msgs int, headers, reads uint64) {
 	fd, done, err := zmqtest.PeerSocket(data, chunk)
 	if err != nil {
-		return 0, 0
+		return 0, 0, 0
 	}
 	defer done()
 	z := C.zmtp_attach(C.int(fd), 2000, 0)
 	if z == nil {
-		return 0, 0
+		return 0, 0, 0
 	}
 	defer C.zmtp_close(z)
 	var frame [C.ZMTP_MAX_RECV_FRAMES]*C.char
@@ -393,7 +394,7 @@ func zmtpHeadersParsed(data []byte, chunk int) (msgs int, headers uint64) {
 	for C.zmtp_recv(z, 2000, &frame[0], &size[0], &n) > 0 {
 		msgs++
 	}
-	return msgs, uint64(C.zmtp_headers_parsed(z))
+	return msgs, uint64(C.zmtp_headers_parsed(z)), uint64(C.zmtp_reads(z))
 }
 
 // zmtpLimits are the reader's constants of zmtp.h, for the test that they

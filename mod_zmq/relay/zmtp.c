@@ -42,6 +42,7 @@ struct zmtp_conn {
     unsigned char pong[2 + 5 + 16];
     size_t npong;
     uint64_t headers; /* frame headers looked at, to show each is parsed once */
+    uint64_t reads;   /* reads that brought bytes, for the same test */
 };
 
 #define ZMTP_BUF 4096
@@ -287,6 +288,7 @@ static int fill(zmtp_conn *c, int64_t deadline)
         n = recv(c->fd, c->buf + c->w, c->cap - c->w, 0);
         if (n > 0) {
             c->w += (size_t)n;
+            c->reads++;
             return 1;
         }
         if (n == 0) {
@@ -836,3 +838,4 @@ int64_t zmtp_now_ms(void) { return now_ms(); }
 size_t zmtp_buffer_size(const zmtp_conn *c) { return c->cap; }
 
 uint64_t zmtp_headers_parsed(const zmtp_conn *c) { return c->headers; }
+uint64_t zmtp_reads(const zmtp_conn *c) { return c->reads; }

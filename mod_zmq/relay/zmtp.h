@@ -68,10 +68,12 @@ int zmtp_fd(const zmtp_conn *c);
 /* CLOCK_MONOTONIC in milliseconds: the clock of every deadline here. */
 int64_t zmtp_now_ms(void);
 /* The size of the connection's read buffer, which the reader's rules bound,
- * and how many times it has looked at a frame header (once per frame, and
- * once more per read that ends inside one): for tests. */
+ * how many times it has looked at a frame header (once per frame, and once
+ * more per read that ends inside one), and how many reads brought bytes:
+ * for tests. */
 size_t zmtp_buffer_size(const zmtp_conn *c);
 uint64_t zmtp_headers_parsed(const zmtp_conn *c);
+uint64_t zmtp_reads(const zmtp_conn *c);
 
 /* Writes one message of n frames (n <= ZMTP_MAX_FRAMES) within timeout_ms;
  * 0 or an errno value (then the connection is unusable). */

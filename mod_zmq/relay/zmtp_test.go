@@ -408,9 +408,10 @@ func TestZMTPParsesEachHeaderOnce(t *testing.T) {
 	const pings = 2000
 	data := zmtpPingsAmidAReply(pings)
 	for _, chunk := range []int{1, 7, 4096} {
-		msgs, headers := zmtpHeadersParsed(append(zmqtest.ZMTPPeerHello(), data...), chunk)
+		// The reads are the reader's own count: the kernel may hand a
+		// written chunk over in more than one.
+		msgs, headers, reads := zmtpHeadersParsed(append(zmqtest.ZMTPPeerHello(), data...), chunk)
 		frames := uint64(pings + 3 + 1) // the message's, and the peer's READY
-		reads := uint64((len(zmqtest.ZMTPPeerHello()) + len(data) + chunk - 1) / chunk)
 		if msgs != 1 || headers > frames+reads+2 {
 			t.Errorf("chunks of %d: %d messages; %d header looks for %d frames in at most %d reads", chunk, msgs, headers, frames, reads)
 		}
