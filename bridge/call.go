@@ -371,16 +371,25 @@ func (call *Call) startStream(msg [][]byte) {
 		call.end(Response{}, fmt.Errorf("%w: %d streams open, the limit is %d", ErrOverload, n-1, c.opts.MaxStreams))
 		return
 	}
-	s := &Stream{c: c, e: call.e, p: call.p, ctx: call.ctx, window: call.req.StreamWindow,
+	s := &Stream{c: c, e: call.e, p: call.handOver(), ctx: call.ctx, window: call.req.StreamWindow,
 		credit: call.req.StreamWindow, idle: c.streamIdle(), epoch: call.epoch}
 	s.deadline = time.Now().Add(s.idle)
-	// The request is not sent again: a held stream keeps none of its bytes
-	// (its target, headers, body, meta).
-	clear(call.p.frames)
-	call.p.meta = nil
-	call.p = nil // the stream's now
 	resp.Stream = s
 	call.end(resp, nil)
+}
+
+// handOver takes the call's connection from it for the Stream or WebSocket
+// the call became, and returns it. The request is not sent again, so the
+// connection keeps none of its bytes while the stream or WebSocket is held
+// (its target, headers, body and meta): meta is dropped and frames keeps
+// only its array, cleared and empty, for the messages the WebSocket sends.
+// The request id stays: the messages that follow go by it.
+func (call *Call) handOver() *pooled {
+	p := call.p
+	clear(p.frames[:cap(p.frames)])
+	p.frames, p.meta = p.frames[:0], nil
+	call.p = nil
+	return p
 }
 
 func (c *Client) decode(id []byte, msg [][]byte) (Response, error) {

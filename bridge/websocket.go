@@ -166,7 +166,6 @@ type WebSocket struct {
 	err      error
 	byWorker bool // the worker closed: its connection is clean
 	byClient bool // the client closed and the worker was told
-	frames   [][]byte
 }
 
 // startWebSocket ends the call with a worker's @accept: the WebSocket
@@ -184,9 +183,8 @@ func (call *Call) startWebSocket(msg [][]byte) {
 	}
 	resp.Status = 101
 	window := webSocketWindow(call.req)
-	ws := &WebSocket{c: c, e: call.e, p: call.p, ctx: call.ctx, window: window, credit: window, sendable: window,
-		max: call.req.maxMessage(), epoch: call.epoch, frames: make([][]byte, 0, 8)}
-	call.p = nil        // the WebSocket's now
+	ws := &WebSocket{c: c, e: call.e, p: call.handOver(), ctx: call.ctx, window: window, credit: window, sendable: window,
+		max: call.req.maxMessage(), epoch: call.epoch}
 	call.wsSlot = false // the WebSocket holds the place until Close
 	resp.WebSocket = ws
 	call.end(resp, nil)
@@ -460,11 +458,15 @@ func (ws *WebSocket) Send(m Message) error {
 	return nil
 }
 
-// send sends the worker a control request for the WebSocket.
+// send sends the worker a control request for the WebSocket, in the
+// connection's frames, which it clears after: the WebSocket keeps none of
+// the bytes it sent (a client's message, which its front reuses).
 func (ws *WebSocket) send(method, target, body []byte) error {
 	meta := AppendHeader(nil, "request-id", string(ws.p.id))
-	ws.frames = append(ws.frames[:0], ws.p.id, nil, versionFrame, method, target, nil, meta, body)
-	return ws.p.conn.Send(ws.frames, ws.c.opts.ConnectTimeout)
+	ws.p.frames = append(ws.p.frames[:0], ws.p.id, nil, versionFrame, method, target, nil, meta, body)
+	err := ws.p.conn.Send(ws.p.frames, ws.c.opts.ConnectTimeout)
+	clear(ws.p.frames)
+	return err
 }
 
 func (ws *WebSocket) fail(err error) error {

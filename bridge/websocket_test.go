@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/modzmq/modzmq/internal/zmqtest"
 )
@@ -228,5 +229,53 @@ func TestWebSocketGrantAt(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// An accepted WebSocket's connection keeps none of the handshake's bytes
+// (its meta; its frames' target, headers and body), nor of the messages it
+// sent: an idle WebSocket holds its request id only. What it sends goes in
+// the connection's frames, the array the request went in.
+func TestWebSocketKeepsNoRequestBytes(t *testing.T) {
+	got := make(chan string, 10)
+	c := newTestClient(t, Options{Endpoints: []string{wsWorker(t, got)}})
+	resp, err := openWS(t, c, "/ok", "chat")
+	if err != nil || resp.WebSocket == nil {
+		t.Fatalf("handshake: %d %v", resp.Status, err)
+	}
+	<-got // its meta
+	ws := resp.WebSocket
+	holds := func(when string) {
+		t.Helper()
+		if ws.p.meta != nil {
+			t.Errorf("%s: the connection keeps a meta of %d bytes", when, len(ws.p.meta))
+		}
+		for i, f := range ws.p.frames[:cap(ws.p.frames)] {
+			if f != nil {
+				t.Errorf("%s: frame %d of the connection still holds %q", when, i, f)
+			}
+		}
+		if !strings.HasPrefix(string(ws.p.id), string(c.prefix)) {
+			t.Errorf("%s: the request id is %q", when, ws.p.id)
+		}
+	}
+	holds("after the accept")
+	if cap(ws.p.frames) < 8 {
+		t.Fatalf("the connection's frames have room for %d", cap(ws.p.frames))
+	}
+	array := unsafe.SliceData(ws.p.frames)
+	if err := ws.Send(Message{Kind: Text, Data: []byte("hello")}); err != nil {
+		t.Fatal(err)
+	}
+	if m := recvWS(t, ws); m.Kind != Text || string(m.Data) != "hello" {
+		t.Fatalf("the echo: %+v", m)
+	}
+	holds("after a message each way")
+	if unsafe.SliceData(ws.p.frames) != array {
+		t.Error("the WebSocket sent its message in frames of its own, not the connection's")
+	}
+	ws.Close(CloseNormal, nil)
+	if s := <-got; s != "closed 1000 " {
+		t.Errorf("the worker heard %q, want the close", s)
 	}
 }
