@@ -3,6 +3,7 @@ package wsproto
 import (
 	"encoding/binary"
 	"io"
+	"sync"
 	"unicode/utf8"
 
 	"github.com/gobwas/ws"
@@ -10,9 +11,19 @@ import (
 	"github.com/modzmq/modzmq/bridge"
 )
 
-// keepCap is the largest buffer a Reader keeps once it is empty: an idle
-// WebSocket holds no large buffer.
+// keepCap is the largest buffer of bytes fed a Reader keeps once it is
+// empty: an idle WebSocket holds no large buffer.
 const keepCap = 4 << 10
+
+// msgs holds the buffers of messages delivered and forgotten, for the next
+// message of any Reader: an idle Reader holds no message buffer, and a busy
+// one takes back a buffer instead of making one. Each buffer travels behind
+// a pointer of its own, so that putting it back allocates nothing.
+var msgs sync.Pool
+
+// poolCap is the largest message buffer msgs takes back; a larger one is
+// dropped once its message is forgotten.
+const poolCap = 64 << 10
 
 // Reader assembles a client's frames into messages. A front feeds it the
 // bytes it reads from the client (Feed, at most Space at a time) and takes
@@ -24,22 +35,27 @@ const keepCap = 4 << 10
 // control frame, a continuation with no message to continue, a close
 // payload of one byte or with a code a peer may not send), 1007 for text or
 // a close reason that is not UTF-8, 1009 for a message over Max. It never
-// holds more than Max plus FrameOverhead bytes. The zero Reader is ready
-// to use.
+// holds more than Max plus FrameOverhead bytes, and while no message is
+// under way (from the Next after one was delivered to its first payload
+// bytes) no message buffer at all. The zero Reader is ready to use.
 type Reader struct {
 	// Max is the largest message, in bytes; zero means DefaultMax.
 	Max int64
 
 	buf []byte // bytes fed and not parsed yet: buf[pos:]
 	pos int
-	msg []byte // the payload of the message being assembled
-	// The message being assembled: its kind (0: none), how much of it is
-	// known to be UTF-8 (text), and the data frame whose payload is being
-	// read (left: its bytes still to come).
-	kind      Kind
+	msg []byte // the payload of the message being assembled; nil before its first bytes
+	// box is msg's buffer as msgs gave it (or as it was made), to go back
+	// there; nil while msg is.
+	box *[]byte
+	// The message being assembled: how much of it is known to be UTF-8
+	// (text), the data frame whose payload is being read (left: its bytes
+	// still to come), and its kind (0: none; beside the flags below, in
+	// what would be padding).
 	checked   int
 	hdr       ws.Header
 	left      int64
+	kind      Kind
 	inFrame   bool
 	delivered bool // msg was handed out: forget it at the next Next
 	closed    bool // a close came: nothing more is read
@@ -88,14 +104,13 @@ func (r *Reader) Next() (ev Event, ok bool, err error) {
 		return Event{}, false, r.err
 	}
 	if r.closed {
-		r.buf, r.pos, r.msg = nil, 0, nil
+		r.buf, r.pos = nil, 0
+		r.release()
 		return Event{}, false, nil
 	}
 	if r.delivered {
-		r.msg, r.kind, r.checked, r.delivered = r.msg[:0], 0, 0, false
-		if cap(r.msg) > keepCap {
-			r.msg = nil
-		}
+		r.kind, r.checked, r.delivered = 0, 0, false
+		r.release()
 	}
 	if r.pos > 0 {
 		n := copy(r.buf, r.buf[r.pos:])
@@ -107,7 +122,8 @@ func (r *Reader) Next() (ev Event, ok bool, err error) {
 	ev, ok, err = r.next()
 	if err != nil {
 		r.err = err
-		r.buf, r.pos, r.msg = nil, 0, nil
+		r.buf, r.pos = nil, 0
+		r.release()
 		return Event{}, false, err
 	}
 	return ev, ok, nil
@@ -191,11 +207,39 @@ func (r *Reader) header() (ws.Header, int, error) {
 	return h, n, nil
 }
 
+// take gives msg a buffer from msgs for a message's first bytes: all of
+// it, or as much as Max allows.
+func (r *Reader) take() {
+	box, _ := msgs.Get().(*[]byte)
+	if box == nil {
+		box = new([]byte)
+	}
+	r.box, r.msg = box, (*box)[:0:min(cap(*box), int(r.max()))]
+}
+
+// release forgets msg, its buffer going back to msgs unless it is over
+// poolCap.
+func (r *Reader) release() {
+	if r.box == nil {
+		return
+	}
+	if cap(r.msg) > cap(*r.box) {
+		*r.box = r.msg[:0] // grown past the buffer taken
+	}
+	if c := cap(*r.box); c > 0 && c <= poolCap {
+		msgs.Put(r.box)
+	}
+	r.box, r.msg = nil, nil
+}
+
 // payload moves what has come of the current data frame's payload into
 // msg, unmasked; done when the frame's payload is complete.
 func (r *Reader) payload() (done bool, err error) {
 	n := min(r.left, int64(len(r.buf)-r.pos))
 	if n > 0 {
+		if r.box == nil {
+			r.take()
+		}
 		start := len(r.msg)
 		if need := start + int(n); need > cap(r.msg) {
 			// Grow as append would, but never past Max.

@@ -64,7 +64,8 @@ func (k Kind) opCode() ws.OpCode {
 
 // Event is a whole message (Text, Binary) or a control frame (Ping, Pong,
 // Close) from the client. Data (and Reason) stay valid until the next call
-// to the Reader's Next.
+// to the Reader's Next; after it a message's buffer may be any Reader's
+// (another goroutine's too), so a front copies what it keeps longer.
 type Event struct {
 	Kind   Kind
 	Data   []byte // Text, Binary, Ping and Pong payloads

@@ -238,6 +238,115 @@ func TestReaderTakes16MiB(t *testing.T) {
 	}
 }
 
+// A Reader holds no message buffer once the message it delivered is
+// forgotten (the Next after), until the next message's bytes come; the
+// buffers it lets go of serve other Readers, and every message comes
+// intact: whole, spanning several Feeds, in fragments around a ping, while
+// another Reader assembles one of its own, and within a Max smaller than
+// the buffers let go of.
+func TestReaderIdleHoldsNoMessage(t *testing.T) {
+	pattern := func(n int, seed byte) []byte {
+		b := make([]byte, n)
+		for i := range b {
+			b[i] = seed + byte(i*7)
+		}
+		return b
+	}
+	big := pattern(3000, 1)
+	other := pattern(2000, 2)
+	// o assembles a message of its own meanwhile, in the buffers r lets
+	// go of: its header first, then its payload once r delivered one.
+	var r, o Reader
+	oin := frames(bin(other))
+	o.Feed(oin[:8])
+	if _, ok, err := o.Next(); ok || err != nil || o.msg != nil {
+		t.Fatal(ok, err, cap(o.msg))
+	}
+	oin = oin[8:]
+
+	// expect feeds in, chunk bytes at a time, until its last Feed, which
+	// must give want (a ping before it, when ping); the Reader holds a
+	// message buffer from the first payload bytes to the Next after.
+	expect := func(name string, in []byte, chunk int, ping bool, kind Kind, want []byte) {
+		t.Helper()
+		got := false
+		for len(in) > 0 {
+			n := min(chunk, len(in))
+			r.Feed(in[:n])
+			in = in[n:]
+			for {
+				ev, ok, err := r.Next()
+				if err != nil {
+					t.Fatalf("%s: %v", name, err)
+				}
+				if !ok {
+					break
+				}
+				if ev.Kind == Ping {
+					if !ping || string(ev.Data) != "p" {
+						t.Fatalf("%s: a ping %q", name, ev.Data)
+					}
+					continue
+				}
+				if got || len(in) > 0 || ev.Kind != kind || !bytes.Equal(ev.Data, want) {
+					t.Fatalf("%s: got %s %d bytes with %d bytes to feed, want %s %d bytes", name, ev.Kind, len(ev.Data), len(in), kind, len(want))
+				}
+				got = true
+			}
+			if len(oin) > 0 { // o takes its next bytes while r is at work
+				k := min(500, len(oin))
+				o.Feed(oin[:k])
+				oin = oin[k:]
+				ev, ok, err := o.Next()
+				if err != nil || ok != (len(oin) == 0) || (ok && !bytes.Equal(ev.Data, other)) {
+					t.Fatalf("%s: the other Reader, %d bytes to feed: %v %v, %d bytes", name, len(oin), ok, err, len(ev.Data))
+				}
+			}
+		}
+		if !got {
+			t.Fatalf("%s: no message", name)
+		}
+		if _, ok, err := r.Next(); ok || err != nil {
+			t.Fatalf("%s: Next after: %v %v", name, ok, err)
+		}
+		if cap(r.msg) != 0 {
+			t.Errorf("%s: the idle reader holds a message buffer of %d bytes", name, cap(r.msg))
+		}
+	}
+	expect("text", frames(text("hello")), 100, false, Text, []byte("hello"))
+	expect("3000 bytes in Feeds of 700", frames(bin(big)), 700, false, Binary, big)
+	expect("text again", frames(text("hello again")), 100, false, Text, []byte("hello again"))
+	expect("fragments around a ping", frames(frame{op: ws.OpBinary, payload: big[:1000]}, ping("p"), cont("", false), cont(string(big[1000:]), true)),
+		300, true, Binary, big)
+	expect("fragments fed whole", frames(frame{op: ws.OpText, payload: []byte("frag")}, cont("ment", false), cont("ed", true)),
+		1000, false, Text, []byte("fragmented"))
+	expect("an empty message", frames(bin(nil)), 10, false, Binary, nil)
+	if _, ok, err := o.Next(); ok || err != nil || cap(o.msg) != 0 {
+		t.Errorf("the other Reader after its message: %v %v, a buffer of %d bytes", ok, err, cap(o.msg))
+	}
+
+	// Within a Max below the buffers let go of.
+	small := Reader{Max: 100}
+	small.Feed(frames(bin(big[:60]))[:40])
+	if _, ok, err := small.Next(); ok || err != nil || cap(small.msg) > 100 || len(small.msg) == 0 {
+		t.Fatalf("a Reader of Max 100 with a message under way: %v %v, buffer %d of %d bytes", ok, err, len(small.msg), cap(small.msg))
+	}
+
+	// A close, and an error, let the message under way go.
+	r.Feed(frames(frame{op: ws.OpText, payload: []byte("half")}, closeFrame(1000, "")))
+	if ev, ok, err := r.Next(); !ok || err != nil || ev.Kind != Close {
+		t.Fatal(ev, ok, err)
+	}
+	if _, ok, err := r.Next(); ok || err != nil || cap(r.msg) != 0 {
+		t.Errorf("after a close: %v %v, a buffer of %d bytes", ok, err, cap(r.msg))
+	}
+	r = Reader{}
+	r.Feed(frames(frame{op: ws.OpText, payload: []byte("half")}, text("b")))
+	if _, _, err := r.Next(); err == nil || cap(r.msg) != 0 {
+		t.Errorf("after an error: %v, a buffer of %d bytes", err, cap(r.msg))
+	}
+}
+
 // Space falls as a message is assembled and is back once it is taken.
 func TestReaderSpace(t *testing.T) {
 	r := Reader{Max: 1000}
@@ -406,4 +515,29 @@ func FuzzReader(f *testing.F) {
 			t.Fatalf("close code %d in chunks, %d byte by byte", err.(*Error).Code, oneErr.(*Error).Code)
 		}
 	})
+}
+
+// A front's busy Reader: one message fed and taken at a time, then Next
+// with nothing more, as a front that waits for the client's next bytes
+// calls it. What it allocates: 16 bytes a frame in ws.ReadHeader, and the
+// buffer of bytes fed when a frame is over keepCap; a message's buffer,
+// up to poolCap, comes back from msgs.
+func BenchmarkReaderMessages(b *testing.B) {
+	for _, size := range []int{16, 500, 4 << 10, 32 << 10} {
+		in := frames(bin(make([]byte, size)))
+		b.Run(fmt.Sprint(size), func(b *testing.B) {
+			var r Reader
+			b.ReportAllocs()
+			b.SetBytes(int64(size))
+			for b.Loop() {
+				r.Feed(in)
+				if ev, ok, err := r.Next(); !ok || err != nil || len(ev.Data) != size {
+					b.Fatal(ok, err)
+				}
+				if _, ok, err := r.Next(); ok || err != nil {
+					b.Fatal(ok, err)
+				}
+			}
+		})
+	}
 }
