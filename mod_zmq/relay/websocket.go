@@ -53,7 +53,7 @@ type wsTunnel struct {
 	ws      *bridge.WebSocket
 	rd      wsproto.Reader
 	held    bool          // ev, a client message, waits for the worker's credit
-	ev      wsproto.Event // valid until rd.Next is called again
+	ev      wsproto.Event // while held; valid until rd.Next is called again
 	started bool
 	heard   time.Time // the client's last bytes
 	pinged  bool      // a ping went out since then
@@ -399,7 +399,7 @@ func (t *wsTunnel) sendHeld() (bool, error) {
 	if err := t.ws.Send(bridge.Message{Kind: kind, Data: t.ev.Data}); err != nil {
 		return false, err
 	}
-	t.held = false
+	t.held, t.ev = false, wsproto.Event{}
 	return true, nil
 }
 
@@ -414,7 +414,7 @@ func (t *wsTunnel) close(code int, reason []byte) {
 }
 
 func (t *wsTunnel) closeSent(now time.Time) {
-	t.closing, t.closeBy, t.held = true, now.Add(wsCloseWait), false
+	t.closing, t.closeBy, t.held, t.ev = true, now.Add(wsCloseWait), false, wsproto.Event{}
 }
 
 // broke ends a WebSocket the worker broke or lost: the client gets 1011.
