@@ -20,6 +20,22 @@ CSRC    := $(wildcard mod_zmq/*.c mod_zmq/*.h) mod_zmq/golib/modzmq.h apxs/build
 # libmodzmq.so users install: run go test and go vet with it.
 TESTTAGS := -tags modzmq_test
 
+# The programs that link libzmq (through pebbe/zmq4: zmq-gateway, brokerworker,
+# the benchmark and the tests) link the one libzmq/build.sh builds: Debian's
+# libzmq 4.3.4 with smaller pipe chunks, static (its header says why).
+# LIBZMQ=system links the system's libzmq (libzmq3-dev) instead. Go's build
+# cache sees neither pkg-config's answer nor the archive, so CGO_CPPFLAGS
+# names both, the archive's directory and the recipe: a build in another
+# checkout, or from a changed libzmq/build.sh, compiles and links anew.
+LIBZMQ ?= bundled
+ifeq ($(LIBZMQ),bundled)
+ZMQPC := $(BUILD)/libzmq/cgo/libzmq.pc
+export PKG_CONFIG_PATH := $(abspath $(BUILD)/libzmq/cgo)$(if $(PKG_CONFIG_PATH),:$(PKG_CONFIG_PATH))
+export CGO_CPPFLAGS += -I$(abspath $(BUILD)/libzmq/include) -DMODZMQ_LIBZMQ=$(shell sha256sum libzmq/build.sh | cut -c1-16)
+else ifneq ($(LIBZMQ),system)
+$(error LIBZMQ is bundled (the default) or system, not $(LIBZMQ))
+endif
+
 .PHONY: all deps install uninstall deb demo test fuzz fuzz-asan bench clean
 all: $(BUILD)/mod_zmq.so $(BUILD)/libmodzmq.so $(BUILD)/go-worker $(BUILD)/brokerworker $(BUILD)/streamworker $(BUILD)/wsworker $(BUILD)/zmq-gateway
 
@@ -38,7 +54,10 @@ $(BUILD)/libmodzmq.so: $(GOSRC)
 $(BUILD)/go-worker: $(WORKERSRC) go.mod go.sum $(wildcard examples/go/worker/*.go)
 	$(GO) build -o $@ ./examples/go/worker
 
-$(BUILD)/brokerworker: $(wildcard examples/go/brokerworker/*.go)
+$(BUILD)/libzmq/cgo/libzmq.pc: libzmq/build.sh
+	./libzmq/build.sh $(BUILD)/libzmq
+
+$(BUILD)/brokerworker: $(ZMQPC) $(wildcard examples/go/brokerworker/*.go)
 	$(GO) build -o $@ ./examples/go/brokerworker
 
 $(BUILD)/streamworker: $(WORKERSRC) go.mod go.sum $(wildcard examples/go/streamworker/*.go)
@@ -47,7 +66,7 @@ $(BUILD)/streamworker: $(WORKERSRC) go.mod go.sum $(wildcard examples/go/streamw
 $(BUILD)/wsworker: $(WORKERSRC) go.mod go.sum $(wildcard examples/go/wsworker/*.go)
 	$(GO) build -o $@ ./examples/go/wsworker
 
-$(BUILD)/zmq-gateway: $(GOSRC) $(shell find gateway -name '*.go' -not -name '*_test.go')
+$(BUILD)/zmq-gateway: $(ZMQPC) $(GOSRC) $(shell find gateway -name '*.go' -not -name '*_test.go')
 	$(GO) build -trimpath -ldflags "-X main.version=$(VERSION)" -o $@ ./gateway/cmd/zmq-gateway
 
 # Installs the module and the library in Apache's module directory (the
@@ -99,10 +118,10 @@ bench: deps all $(BUILD)/bench-peer $(BUILD)/modzmq-bench
 	@./test/deps.sh bench
 	$(BUILD)/modzmq-bench $(BENCHFLAGS)
 
-$(BUILD)/bench-peer: $(WORKERSRC) go.mod go.sum $(wildcard test/bench/peer/*.go)
+$(BUILD)/bench-peer: $(ZMQPC) $(WORKERSRC) go.mod go.sum $(wildcard test/bench/peer/*.go)
 	$(GO) build -o $@ ./test/bench/peer
 
-$(BUILD)/modzmq-bench: $(wildcard test/bench/*.go)
+$(BUILD)/modzmq-bench: $(ZMQPC) $(wildcard test/bench/*.go)
 	$(GO) build -o $@ ./test/bench
 
 # Each fuzz target for FUZZTIME. An execution count rather than a duration
@@ -113,7 +132,7 @@ $(BUILD)/modzmq-bench: $(wildcard test/bench/*.go)
 # minutes); every go test run replays the committed corpus.
 FUZZTIME ?= 2000000x
 FUZZ_TARGETS := FuzzFastDecode:./mod_zmq/relay FuzzFastEncode:./mod_zmq/relay FuzzZMTPFrames:./mod_zmq/relay FuzzWSFast:./mod_zmq/relay FuzzStreamKind:./mod_zmq/relay FuzzCurveOpen:./bridge FuzzZMTPTransport:./bridge FuzzDecodeReply:./bridge FuzzRequestRoundTrip:./bridge FuzzParseHeaderLines:./bridge FuzzParser:./gateway/stream FuzzReader:./internal/wsproto FuzzReader:./worker FuzzGreeting:./worker
-fuzz:
+fuzz: $(ZMQPC)
 	@for t in $(FUZZ_TARGETS); do \
 		echo "fuzz $${t%%:*} ($(FUZZTIME))"; \
 		$(GO) test $(TESTTAGS) -run '^$$' -fuzz "^$${t%%:*}$$" -fuzztime $(FUZZTIME) $${t#*:} || exit 1; \
@@ -135,7 +154,7 @@ ASAN_FUZZ_TARGETS := FuzzFastDecode:./mod_zmq/relay FuzzFastEncode:./mod_zmq/rel
 ASAN_ENV := CGO_CFLAGS='-O1 -g -fno-omit-frame-pointer -fsanitize=undefined -fno-sanitize-recover=undefined' \
 	CGO_LDFLAGS='-fsanitize=undefined' \
 	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 ASAN_OPTIONS=halt_on_error=1:detect_leaks=1
-fuzz-asan:
+fuzz-asan: $(ZMQPC)
 	@for t in $(ASAN_FUZZ_TARGETS); do \
 		echo "fuzz-asan $${t%%:*} ($(ASAN_FUZZTIME))"; \
 		$(ASAN_ENV) $(GO) test $(TESTTAGS) -asan -run '^$$' -fuzz "^$${t%%:*}$$" -fuzztime $(ASAN_FUZZTIME) $${t#*:} || { \

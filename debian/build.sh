@@ -45,11 +45,13 @@ maintainer=$(sed -n 's/^Maintainer: //p' debian/control)
 	echo " -- $maintainer  $(git log -1 --format=%cD)"
 } >"$src/debian/changelog"
 
-# The caller's Go caches: the build needs no download that make has not
-# already done (debian/rules keeps its own in the tree without them).
+# The caller's Go caches and libzmq/build.sh's downloads: the build needs
+# no download that make has not already done (debian/rules keeps its own in
+# the tree without them).
 GOCACHE=${GOCACHE:-$(go env GOCACHE)}
 GOMODCACHE=${GOMODCACHE:-$(go env GOMODCACHE)}
-export GOCACHE GOMODCACHE
+MODZMQ_DOWNLOADS=${MODZMQ_DOWNLOADS:-${XDG_CACHE_HOME:-$HOME/.cache}/mod_zmq}
+export GOCACHE GOMODCACHE MODZMQ_DOWNLOADS
 (cd "$src" && dpkg-buildpackage --build=binary --no-sign)
 rm -rf "$src"
 echo "deb: $out:"

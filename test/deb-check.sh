@@ -1,6 +1,7 @@
 #!/bin/sh
 # The Debian packages end to end on this machine, as root (.ci/run runs it
-# after make test): make deb; lintian with no errors; both packages
+# after make test): make deb; lintian with no errors; zmq-gateway with the
+# libzmq of libzmq/build.sh inside, not the system's; both packages
 # installed into the machine's Apache; a request through the installed
 # module on a test port to examples/python/echo.py; apache2ctl graceful; the
 # request again; the installed zmq-gateway as its system user, its access
@@ -86,6 +87,13 @@ make deb
 lap "make deb"
 lintian --fail-on error build/deb/*.changes || fail "lintian reports errors (above)"
 lap "lintian"
+# zmq-gateway carries libzmq/build.sh's libzmq, not the system's.
+gwdeb=$(ls build/deb/zmq-gateway_*.deb)
+dpkg-deb -x "$gwdeb" "$tmp/gw"
+! readelf -d "$tmp/gw/usr/bin/zmq-gateway" | grep -q 'libzmq\.so' ||
+	fail "the packaged zmq-gateway loads the system's libzmq: $(readelf -d "$tmp/gw/usr/bin/zmq-gateway" | grep libzmq)"
+! dpkg-deb -f "$gwdeb" Depends | grep -q libzmq ||
+	fail "zmq-gateway depends on the system's libzmq: $(dpkg-deb -f "$gwdeb" Depends)"
 
 state >"$tmp/before"
 installed=1

@@ -17,6 +17,12 @@ need python3-websockets /usr/bin/python3 -c 'import websockets' # a WebSocket cl
 need npm           command -v npm # installs the Node.js clients of test/node
 need curl          command -v curl
 need gcc           command -v gcc
+# libzmq/build.sh: the libzmq that zmq-gateway links, from Debian's source.
+need g++           command -v g++
+need cmake         command -v cmake
+need libsodium-dev pkg-config --exists libsodium
+need patch         command -v patch
+need xz-utils      command -v xz
 need iproute2      command -v ip
 need chromium      command -v chromium
 need openssl       command -v openssl
