@@ -9,11 +9,11 @@
 # ZMQ_STREAM socket has two pipes, and each allocates a first chunk when it
 # is made; at 256 messages of 64 bytes a chunk is 16 KiB, of which an idle
 # connection touches the first page of each. At 8 a chunk is 512 bytes and
-# shares its page. Stream mode keeps 6–7 KiB less per open connection
-# (docs/BENCHMARKS.md, "Stream mode's memory"); a pipe allocates a chunk
-# every 8 messages instead of every 256, and keeps one spare, which
-# request/reply and transfers through stream mode do not show
-# (the same section).
+# shares its page. libzmq keeps 7.1 KiB less per connection (17.7 → 10.6
+# KiB; docs/BENCHMARKS.md, "Stream mode's memory"); a pipe allocates a
+# chunk every 8 messages instead of every 256, and keeps one spare, which
+# request/reply (12 B and 64 KiB bodies) and WebSocket messages through
+# stream mode do not show (the same section).
 #
 # The downloads are checked against the SHA-256 sums below and kept in
 # MODZMQ_DOWNLOADS (default ~/.cache/mod_zmq), so a second build needs no
