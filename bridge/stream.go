@@ -20,6 +20,13 @@ import (
 // counts frames.
 const PartCost = 64
 
+// BodyPart is the largest part of a streamed request body a front reads and
+// sends at once (the shim's MODZMQ_BODY_PART): 1 KiB under 64 KiB, so that a
+// part's message, frames included, fits one TCP segment on loopback (MTU
+// 65,536). A part of a full 64 KiB went as a full segment and a sliver, each
+// waking the worker: docs/BENCHMARKS.md, "Parts that fit a segment".
+const BodyPart = 63 << 10
+
 // partCost is what a message carrying n bytes costs against a credit: its
 // bytes plus PartCost. Streams, WebSockets and the queues of shared
 // connections (shareConn.push) all charge by it.

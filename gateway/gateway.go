@@ -507,14 +507,10 @@ func (b *pacedBody) end() {
 	b.mu.Unlock()
 }
 
-// BodyPart is the largest part of a streamed request body a front reads
-// and sends at once.
-const BodyPart = 64 << 10
-
 // RelayBody relays req (req.StreamBody set), whose body the worker asks for
 // in parts: each part is read from body only once the worker has granted
-// credit for it, and at most BodyPart bytes at a time, so a front holds at
-// most one part of it. The reads happen in a goroutine, one at a time,
+// credit for it, and at most bridge.BodyPart bytes at a time, so a front
+// holds at most one part of it. The reads happen in a goroutine, one at a time,
 // while the call waits on the worker and on the read at once: a worker
 // that answers before the body is complete ends the upload even while a
 // read waits for a client that has paused, and no part goes out after the
@@ -547,7 +543,7 @@ func (g *Gateway) RelayBody(ctx context.Context, h *Handle, req *bridge.Request,
 	for !call.Done() {
 		if credit := call.BodyCredit(); !reading && !done && credit > bridge.PartCost { // room for one byte at least
 			if buf == nil {
-				buf = make([]byte, BodyPart)
+				buf = make([]byte, bridge.BodyPart)
 			}
 			reading = true
 			go readPart(body, buf[:min(credit-bridge.PartCost, int64(len(buf)))], reads)

@@ -987,11 +987,12 @@ static int relay_request(request_rec *r, const modzmq_dir_conf *conf, const modz
      * left. */
     for (;;) {
         if (rc == MODZMQ_PENDING && req.stream_body && !body_done && resp->body_credit > 64) {
-            /* The worker has room for a part: read one, at most 64 KiB. */
-            apr_size_t want = resp->body_credit - 64 < 65536 ? (apr_size_t)(resp->body_credit - 64) : 65536;
+            /* The worker has room for a part: read one, at most MODZMQ_BODY_PART. */
+            apr_size_t want = resp->body_credit - 64 < MODZMQ_BODY_PART ? (apr_size_t)(resp->body_credit - 64)
+                                                                        : MODZMQ_BODY_PART;
             int watch;
             if (part == NULL) {
-                part = apr_palloc(r->pool, 65536);
+                part = apr_palloc(r->pool, MODZMQ_BODY_PART);
                 body_bb = apr_brigade_create(r->pool, r->connection->bucket_alloc);
                 /* What shows the client's input: its socket, or under
                  * HTTP/2 the pipe mod_http2 signals its stream's input on. */

@@ -22,7 +22,7 @@ import zmq.auth
 
 PART_COST = 64          # what each part costs beyond its bytes
 WINDOW = 256 << 10      # the credit an upload starts with
-PART = 64 << 10         # the size of download parts
+PART = 63 << 10         # download parts: each message fits a 64 KiB TCP segment (docs/PROTOCOL.md)
 PATTERN = bytes(range(251)) * ((PART // 251) + 2)
 
 

@@ -36,7 +36,7 @@ import (
 // bodyHold and the message that crossed it. So stream mode holds less than
 // 64 KiB of a streamed body beyond the kernel's buffers, libzmq included,
 // however fast the client sends; the part being sent to the worker, at
-// most gateway.BodyPart, is in flight, not waiting. The price: while the
+// most bridge.BodyPart, is in flight, not waiting. The price: while the
 // socket is not read, no connection's bytes are read, so other clients
 // wait as long as the worker of that body takes to grant more. A body
 // whose worker grants nothing for holdLimit while it holds the socket ends

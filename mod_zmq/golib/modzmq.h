@@ -336,6 +336,11 @@ typedef int (*modzmq_waits_fn)(const modzmq_response *resp);
  */
 typedef int (*modzmq_send_body_fn)(modzmq_response *resp, char *data, size_t len, int last);
 
+/* The largest part of a streamed request body the shim reads and sends at
+ * once, as bridge.BodyPart: 1 KiB under 64 KiB, so a part's message, its
+ * frames included, fits one 64 KiB TCP segment on loopback. */
+#define MODZMQ_BODY_PART (63 * 1024)
+
 /*
  * An open WebSocket, after MODZMQ_UPGRADE: the caller owns both connections
  * and waits on them itself; the library frames, checks and relays. Each

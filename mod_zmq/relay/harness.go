@@ -115,6 +115,9 @@ func wsHeader(opcode int, n uint64) []byte {
 // (MODZMQ_PART_COST).
 func partCost() int64 { return C.MODZMQ_PART_COST }
 
+// bodyPart is the shim's largest streamed body part (MODZMQ_BODY_PART).
+func bodyPart() int { return C.MODZMQ_BODY_PART }
+
 // wsCredit runs the C step's credit parser (modzmq_ws_credit) on s.
 func wsCredit(s []byte) (v int64, ok bool) {
 	p := cCopy(s)

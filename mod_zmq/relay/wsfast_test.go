@@ -106,6 +106,13 @@ func TestPartCost(t *testing.T) {
 	}
 }
 
+// The shim parts a streamed body as the gateways do.
+func TestBodyPart(t *testing.T) {
+	if bodyPart() != bridge.BodyPart {
+		t.Errorf("MODZMQ_BODY_PART is %d, bridge.BodyPart %d", bodyPart(), bridge.BodyPart)
+	}
+}
+
 func TestWSFast(t *testing.T) {
 	for _, seed := range wsSeeds() {
 		for _, max := range []int64{1, 125, 1000, 16 << 20} {

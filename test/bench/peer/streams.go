@@ -10,7 +10,7 @@ package main
 //
 //	.../hold             head, one event, then a keep-alive every -keepalive
 //	.../tick?ms=M&n=N    head, then an event every M ms, "data: <send time, Unix ns>", N events, @end
-//	.../down?bytes=N     head, then N bytes in 64 KiB parts, paced by credit, @end
+//	.../down?bytes=N     head, then N bytes in 63 KiB parts, paced by credit, @end
 //	a request with a streamed body (meta stream-body: 1): takes it by granting credit,
 //	                     answers 200 {"bytes":N} at @body-end
 //	anything else        200 "ok\n"
@@ -35,12 +35,17 @@ import (
 	"time"
 
 	zmq "github.com/pebbe/zmq4"
+
+	"github.com/modzmq/modzmq/bridge"
 )
 
 const partCost = 64 // what every stream message after the head costs beyond its bytes
 
 var (
-	part64k   = bytes.Repeat([]byte("x"), 64<<10)
+	part64k = bytes.Repeat([]byte("x"), 64<<10) // the origin's writes
+	// A download's parts, of the size docs/PROTOCOL.md recommends for bulk
+	// data: each message, frames included, fits one loopback TCP segment.
+	downPart  = part64k[:bridge.BodyPart]
 	sseHead   = []byte("Content-Type: text/event-stream\r\nCache-Control: no-cache\r\n")
 	octetHead = []byte("Content-Type: application/octet-stream\r\n")
 )
@@ -294,11 +299,11 @@ func (w *sworker) fire(st *sstream, now time.Time) {
 // step sends the download's next parts as far as its credit allows.
 func (w *sworker) step(st *sstream) {
 	for st.sent < st.total {
-		n := min(int64(len(part64k)), st.total-st.sent)
+		n := min(int64(len(downPart)), st.total-st.sent)
 		if !st.spend(n + partCost) {
 			return
 		}
-		st.send([]byte("@data"), part64k[:n])
+		st.send([]byte("@data"), downPart[:n])
 		st.sent += n
 	}
 	if st.spend(partCost) {
