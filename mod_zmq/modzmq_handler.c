@@ -440,6 +440,10 @@ static void break_stream(request_rec *r, apr_bucket_brigade *bb)
 #define WS_TICK_MS 1000
 #define WS_TICK_H2_MS 250
 
+/* The most a WebSocket's output waits in the filters for the next step's
+ * before it is flushed (ws_write). */
+#define WS_COALESCE (16 * 1024)
+
 /* Whether r asks for a WebSocket at a location that takes them: its
  * Upgrade header names websocket (HTTP/1.1, or the GET mod_http2 makes of
  * an RFC 8441 extended CONNECT). The library checks the rest. */
@@ -454,15 +458,21 @@ static int wants_websocket(request_rec *r, const modzmq_dir_conf *conf)
     return up != NULL && ap_find_token(r->pool, up, "websocket");
 }
 
-/* Writes a step's output to the client and flushes it: the frames in head,
- * then the payload in resp->body. */
+/* Writes a step's output to the client: the frames in head, then the
+ * payload in resp->body. It is flushed unless more may follow at once (the
+ * step says again) and what waits unflushed (*held bytes) stays under
+ * WS_COALESCE: the worker's messages that came together go out in one
+ * write, as a tunnel forwards what one read brought. Held, the buckets are
+ * transient, so the filters that keep them copy them (the payload lies in
+ * the worker's connection's buffer, which the next wait reads into). */
 static apr_status_t ws_write(conn_rec *c, apr_bucket_brigade *bb, const modzmq_ws_io *io,
-                             const modzmq_response *resp)
+                             const modzmq_response *resp, int more, apr_size_t *held)
 {
     apr_bucket_alloc_t *ba = c->bucket_alloc;
     apr_status_t rv;
 
-    if (io->head_len == 0 && resp->body_len == 0) {
+    *held += io->head_len + resp->body_len;
+    if (io->head_len == 0 && resp->body_len == 0 && (more || *held == 0)) {
         return APR_SUCCESS;
     }
     if (io->head_len) {
@@ -471,7 +481,10 @@ static apr_status_t ws_write(conn_rec *c, apr_bucket_brigade *bb, const modzmq_w
     if (resp->body_len) {
         APR_BRIGADE_INSERT_TAIL(bb, apr_bucket_transient_create(resp->body, resp->body_len, ba));
     }
-    APR_BRIGADE_INSERT_TAIL(bb, apr_bucket_flush_create(ba));
+    if (!more || *held >= WS_COALESCE) {
+        APR_BRIGADE_INSERT_TAIL(bb, apr_bucket_flush_create(ba));
+        *held = 0;
+    }
     rv = ap_pass_brigade(c->output_filters, bb);
     apr_brigade_cleanup(bb);
     return rv;
@@ -549,6 +562,7 @@ static int run_websocket(request_rec *r, const modzmq_dir_conf *conf, const modz
      * dead: nothing can be written to it any more. A client that closes
      * its side after its close frame still gets the answer. */
     int cfd, rc, tick, gone = 0, dead = 0, stopped = 0, readable = 1;
+    apr_size_t held = 0; /* output written, not flushed yet */
 
     set_reply_headers(r, resp);
     apr_table_setn(r->headers_out, "Upgrade", "websocket");
@@ -582,7 +596,8 @@ static int run_websocket(request_rec *r, const modzmq_dir_conf *conf, const modz
     rc = lib->ws_step(resp, &io);
     for (;;) {
         apr_time_t due;
-        if (!dead && (c->aborted || ws_write(c, out_bb, &io, resp) != APR_SUCCESS)) {
+        int more = rc == MODZMQ_PENDING && io.again && !gone;
+        if (!dead && (c->aborted || ws_write(c, out_bb, &io, resp, more, &held) != APR_SUCCESS)) {
             gone = dead = 1;
         }
         if (rc != MODZMQ_PENDING) {

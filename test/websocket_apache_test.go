@@ -669,6 +669,29 @@ func TestWebSocketsThroughApache(t *testing.T) {
 		if p, b := after.Streams.Parts-before.Streams.Parts, after.Streams.Bytes-before.Streams.Bytes; p != 20 || b != 190000 {
 			t.Errorf("the status counts %d messages of %d bytes to the client; want 20 of 190000", p, b)
 		}
+
+		// 40 messages in one write: the C step sends them to the worker in
+		// batches (at most 16 in one write) and the echoes to the client
+		// as they come, coalesced; every one arrives, once, in order.
+		var burst []byte
+		for i := range 40 {
+			burst = append(burst, encodeFrame(0x80|opText, fmt.Appendf(nil, "burst %d", i), true)...)
+		}
+		c.mu.Lock()
+		_, err := c.w.Write(burst)
+		c.mu.Unlock()
+		if err != nil {
+			t.Fatalf("writing 40 messages at once: %v", err)
+		}
+		for i := range 40 {
+			c.expect(opText, fmt.Appendf(nil, "burst %d", i))
+		}
+		c.send(opText, []byte("after the burst"))
+		c.expect(opText, []byte("after the burst"))
+		last := h.settledRoute(t, "/ws")
+		if p := last.Streams.BodyParts - after.Streams.BodyParts; p != 41 {
+			t.Errorf("the status counts %d messages to the worker for the burst and one more; want 41", p)
+		}
 	})
 
 	t.Run("AccessLog", func(t *testing.T) {

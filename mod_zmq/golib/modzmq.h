@@ -356,7 +356,9 @@ typedef struct modzmq_ws_io {
     int     client_gone;                     /* the client's connection ended (EOF, reset, error) */
     int     stopping;                        /* the server is stopping: close with 1001 */
     /* Out. Write head[0:head_len], then resp->body[0:body_len] (the payload
-     * of head's last frame), to the client and flush, before anything else. */
+     * of head's last frame), to the client before anything else, and flush
+     * it before waiting (while again is set, it may wait for the next
+     * step's output; resp->body is valid until the next modzmq_wait). */
     char    head[MODZMQ_WS_HEAD];
     size_t  head_len;
     int64_t read_max;                        /* read at most this much from the client before the

@@ -287,6 +287,35 @@ func (c *zmtpTest) send(frames ...[]byte) syscall.Errno {
 	return syscall.Errno(C.zmtp_send(c.z, 1000, C.int(n), &ptrs[0], &lens[0]))
 }
 
+// sendBatch writes msgs, each of the same number of frames, with one
+// zmtp_send_batch; 0 or an errno value.
+func (c *zmtpTest) sendBatch(msgs ...[][]byte) syscall.Errno {
+	var ptrs []unsafe.Pointer
+	var lens []C.size_t
+	for _, m := range msgs {
+		for _, f := range m {
+			p := C.CBytes(append(f, 0))
+			defer C.free(p)
+			ptrs = append(ptrs, p)
+			lens = append(lens, C.size_t(len(f)))
+		}
+	}
+	n := 0
+	if len(msgs) > 0 {
+		n = len(msgs[0])
+	}
+	cp := (*unsafe.Pointer)(C.calloc(C.size_t(max(len(ptrs), 1)), C.size_t(unsafe.Sizeof(unsafe.Pointer(nil)))))
+	cl := (*C.size_t)(C.calloc(C.size_t(max(len(lens), 1)), C.size_t(unsafe.Sizeof(C.size_t(0)))))
+	defer C.free(unsafe.Pointer(cp))
+	defer C.free(unsafe.Pointer(cl))
+	copy(unsafe.Slice(cp, len(ptrs)), ptrs)
+	copy(unsafe.Slice(cl, len(lens)), lens)
+	return syscall.Errno(C.zmtp_send_batch(c.z, 1000, C.int(len(msgs)), C.int(n), cp, cl))
+}
+
+// writes is how many writes the connection made (zmtp_writes).
+func (c *zmtpTest) writes() uint64 { return uint64(C.zmtp_writes(c.z)) }
+
 // recv waits up to timeoutMS for a message: its frames and zmtp_recv's
 // code.
 func (c *zmtpTest) recv(timeoutMS int) (msg [][]byte, rc int) {

@@ -165,16 +165,30 @@ int modzmq_ws_credit(const char *p, size_t n, int64_t *v)
     return 1;
 }
 
-/* Sends the worker a client's message as bridge.WebSocket.Send does. 0 or
- * an errno value (the connection is then broken: Go's step meets it). */
-static int send_message(modzmq_call *st, int opcode, const unsigned char *p, size_t n)
-{
-    char meta[MODZMQ_CONTROL_META];
-    const void *f[8];
-    size_t l[8];
+/* Client messages on their way to the worker, sent together: each as
+ * bridge.WebSocket.Send sends it. */
+typedef struct ws_batch {
+    int         n;
+    char        meta[ZMTP_MAX_BATCH][MODZMQ_CONTROL_META];
+    const void *f[ZMTP_MAX_BATCH * 8];
+    size_t      l[ZMTP_MAX_BATCH * 8];
+} ws_batch;
 
-    modzmq_control_frames(st->id, st->id_len, opcode == 1 ? "@text" : "@binary", "", 0, p, n, meta, f, l);
-    return zmtp_send(st->zconn, st->ws.send_timeout_ms, 8, f, l);
+static void batch_add(ws_batch *b, const modzmq_call *st, int opcode, const unsigned char *p, size_t n)
+{
+    modzmq_control_frames(st->id, st->id_len, opcode == 1 ? "@text" : "@binary", "", 0, p, n, b->meta[b->n],
+                          b->f + 8 * b->n, b->l + 8 * b->n);
+    b->n++;
+}
+
+/* Sends what b holds in one write: 0 or an errno value (the connection is
+ * then broken: Go's step meets it). */
+static int batch_send(ws_batch *b, modzmq_call *st)
+{
+    int nmsg = b->n;
+
+    b->n = 0;
+    return nmsg == 0 ? 0 : zmtp_send_batch(st->zconn, st->ws.send_timeout_ms, nmsg, 8, b->f, b->l);
 }
 
 /* What the worker's message modzmq_wait received is to the C step: 0 Go's
@@ -216,6 +230,7 @@ int modzmq_ws_fast(modzmq_response *resp, modzmq_ws_io *io)
     size_t left;
     int64_t now, grant = 0;
     int kind = 0, opcode = 0;
+    ws_batch batch;
 
     /* Go's turn: nothing lent, the client's end, a stop, what
      * modzmq_go_first says (a failed connection: the shim would find it
@@ -246,9 +261,12 @@ int modzmq_ws_fast(modzmq_response *resp, modzmq_ws_io *io)
         }
     }
 
-    /* The client's whole messages, each sent on as it is unmasked. */
+    /* The client's whole messages, unmasked in place and sent on together,
+     * up to ZMTP_MAX_BATCH in one write: the messages one read brought
+     * reach the worker as one. */
     in = (unsigned char *)io->in;
     left = in != NULL ? io->in_len : 0;
+    batch.n = 0;
     while (left > 0) {
         int op;
         unsigned char key[4];
@@ -266,18 +284,17 @@ int modzmq_ws_fast(modzmq_response *resp, modzmq_ws_io *io)
         w->heard_ms = now;
         in += n;
         left -= n;
-        if (send_message(st, op, p, len) != 0) {
-            io->in = (char *)in;
-            io->in_len = left;
-            return -1;
-        }
+        batch_add(&batch, st, op, p, len);
         w->sendable -= (int64_t)len + MODZMQ_PART_COST;
         modzmq_fast_count(w->fast, MODZMQ_STATS_OFF_STREAMS + MODZMQ_ST_BODY_PARTS, 1);
         modzmq_fast_count(w->fast, MODZMQ_STATS_OFF_STREAMS + MODZMQ_ST_BODY_BYTES, (int64_t)len);
+        if (batch.n == ZMTP_MAX_BATCH && batch_send(&batch, st) != 0) {
+            break;
+        }
     }
     io->in = (char *)in;
     io->in_len = left;
-    if (left > 0) {
+    if (batch_send(&batch, st) != 0 || zmtp_failed(st->zconn) || left > 0) {
         return -1;
     }
 

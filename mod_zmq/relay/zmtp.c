@@ -43,6 +43,7 @@ struct zmtp_conn {
     size_t npong;
     uint64_t headers; /* frame headers looked at, to show each is parsed once */
     uint64_t reads;   /* reads that brought bytes, for the same test */
+    uint64_t writes;  /* sendmsg calls that wrote bytes, for tests */
 };
 
 #define ZMTP_BUF 4096
@@ -558,6 +559,7 @@ static int send_all(zmtp_conn *c, struct iovec *iov, int niov, int64_t deadline)
             }
             continue;
         }
+        c->writes++;
         while (niov > 0 && (size_t)n >= iov->iov_len) {
             n -= (ssize_t)iov->iov_len;
             iov++;
@@ -575,22 +577,27 @@ int zmtp_failed(const zmtp_conn *c) { return c->broken; }
 
 int zmtp_send(zmtp_conn *c, int timeout_ms, int n, const void *const *p, const size_t *len)
 {
-    unsigned char hdr[ZMTP_MAX_FRAMES][9];
-    struct iovec iov[1 + 2 * ZMTP_MAX_FRAMES];
+    return zmtp_send_batch(c, timeout_ms, 1, n, p, len);
+}
+
+int zmtp_send_batch(zmtp_conn *c, int timeout_ms, int nmsg, int n, const void *const *p, const size_t *len)
+{
+    unsigned char hdr[ZMTP_MAX_BATCH * ZMTP_MAX_FRAMES][9];
+    struct iovec iov[1 + 2 * ZMTP_MAX_BATCH * ZMTP_MAX_FRAMES];
     int i, k, niov = 0, rc;
 
     if (c->broken) {
         return c->broken;
     }
-    if (n < 1 || n > ZMTP_MAX_FRAMES) {
+    if (n < 1 || n > ZMTP_MAX_FRAMES || nmsg < 1 || nmsg > ZMTP_MAX_BATCH) {
         return EINVAL;
     }
     if (c->npong > 0) { /* the rest of a PONG goes first */
         iov[niov].iov_base = c->pong;
         iov[niov++].iov_len = c->npong;
     }
-    for (i = 0; i < n; i++) {
-        int more = i < n - 1 ? F_MORE : 0;
+    for (i = 0; i < nmsg * n; i++) {
+        int more = i % n < n - 1 ? F_MORE : 0;
         size_t h;
         if (len[i] > 255) {
             hdr[i][0] = (unsigned char)(more | F_LONG);
@@ -839,3 +846,4 @@ size_t zmtp_buffer_size(const zmtp_conn *c) { return c->cap; }
 
 uint64_t zmtp_headers_parsed(const zmtp_conn *c) { return c->headers; }
 uint64_t zmtp_reads(const zmtp_conn *c) { return c->reads; }
+uint64_t zmtp_writes(const zmtp_conn *c) { return c->writes; }

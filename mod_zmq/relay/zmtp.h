@@ -17,8 +17,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* The most frames zmtp_send writes in one message. */
+/* The most frames zmtp_send writes in one message, and the most messages
+ * zmtp_send_batch writes at once. */
 #define ZMTP_MAX_FRAMES 8
+#define ZMTP_MAX_BATCH 16
 
 /* What the reader accepts of a peer (bridge.ZMTP reads by the same rules;
  * internal/zmqtest.ZMTPFrames is their specification, and the fuzz targets
@@ -75,9 +77,17 @@ size_t zmtp_buffer_size(const zmtp_conn *c);
 uint64_t zmtp_headers_parsed(const zmtp_conn *c);
 uint64_t zmtp_reads(const zmtp_conn *c);
 
+/* How many writes (sendmsg calls) took bytes: for tests. */
+uint64_t zmtp_writes(const zmtp_conn *c);
+
 /* Writes one message of n frames (n <= ZMTP_MAX_FRAMES) within timeout_ms;
  * 0 or an errno value (then the connection is unusable). */
 int zmtp_send(zmtp_conn *c, int timeout_ms, int n, const void *const *p, const size_t *len);
+
+/* Writes nmsg messages (nmsg <= ZMTP_MAX_BATCH) of n frames each, in one
+ * system call when the socket takes them: message i's frames are
+ * p[i*n:(i+1)*n]. As zmtp_send otherwise. */
+int zmtp_send_batch(zmtp_conn *c, int timeout_ms, int nmsg, int n, const void *const *p, const size_t *len);
 
 /* The error that broke the connection (an errno value), or 0. */
 int zmtp_failed(const zmtp_conn *c);

@@ -48,6 +48,43 @@ func roundTrip(t *testing.T, c *zmtpTest, frames ...[]byte) [][]byte {
 	return msg
 }
 
+// Messages sent together (zmtp_send_batch, as the C step sends a client's
+// WebSocket messages) go out in one write and reach a libzmq ROUTER as the
+// separate messages they are, in order, short and long frames alike; a
+// batch of none or of more than ZMTP_MAX_BATCH is refused.
+func TestZMTPSendBatch(t *testing.T) {
+	c := dialT(t, echoRouter(t), 0)
+	var msgs [][][]byte
+	for i := range 20 {
+		msgs = append(msgs, [][]byte{[]byte("id"), {}, fmt.Appendf(nil, "message %d", i), bytes.Repeat([]byte{byte(i)}, i*30)})
+	}
+	before := c.writes()
+	if err := c.sendBatch(msgs[:16]...); err != 0 {
+		t.Fatalf("a batch of 16: %v", err)
+	}
+	if err := c.sendBatch(msgs[16:]...); err != 0 {
+		t.Fatalf("a batch of 4: %v", err)
+	}
+	if w := c.writes() - before; w != 2 {
+		t.Errorf("two batches took %d writes; want 2", w)
+	}
+	for i, want := range msgs {
+		got, rc := c.recv(2000)
+		if rc != 1 || len(got) != len(want) || !bytes.Equal(got[2], want[2]) || !bytes.Equal(got[3], want[3]) {
+			t.Fatalf("echo %d: code %d, %q", i, rc, got)
+		}
+	}
+	if err := c.sendBatch(); err != syscall.EINVAL {
+		t.Errorf("an empty batch: %v, want EINVAL", err)
+	}
+	if err := c.sendBatch(append(msgs, msgs...)[:17]...); err != syscall.EINVAL {
+		t.Errorf("a batch of 17: %v, want EINVAL", err)
+	}
+	if got := roundTrip(t, c, []byte("id"), nil, []byte("after")); string(got[2]) != "after" {
+		t.Errorf("after the refused batches: %q", got)
+	}
+}
+
 // A libzmq ROUTER and REP take the connection for a DEALER's, in both
 // directions, with short and long frames.
 func TestZMTPWithLibzmq(t *testing.T) {
