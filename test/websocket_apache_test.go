@@ -671,7 +671,7 @@ func TestWebSocketsThroughApache(t *testing.T) {
 		}
 
 		// 40 messages in one write: the C step sends them to the worker in
-		// batches (at most 16 in one write) and the echoes to the client
+		// batches (at most 8 in one write) and the echoes to the client
 		// as they come, coalesced; every one arrives, once, in order.
 		var burst []byte
 		for i := range 40 {

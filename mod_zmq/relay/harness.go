@@ -313,6 +313,9 @@ func (c *zmtpTest) sendBatch(msgs ...[][]byte) syscall.Errno {
 	return syscall.Errno(C.zmtp_send_batch(c.z, 1000, C.int(len(msgs)), C.int(n), cp, cl))
 }
 
+// zmtpMaxBatch is the most messages zmtp_send_batch takes (ZMTP_MAX_BATCH).
+func zmtpMaxBatch() int { return C.ZMTP_MAX_BATCH }
+
 // writes is how many writes the connection made (zmtp_writes).
 func (c *zmtpTest) writes() uint64 { return uint64(C.zmtp_writes(c.z)) }
 

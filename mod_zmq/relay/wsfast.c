@@ -169,14 +169,14 @@ int modzmq_ws_credit(const char *p, size_t n, int64_t *v)
  * bridge.WebSocket.Send sends it. */
 typedef struct ws_batch {
     int         n;
-    char        meta[ZMTP_MAX_BATCH][MODZMQ_CONTROL_META];
+    char        meta[MODZMQ_CONTROL_META];  /* the same for every message of the WebSocket */
     const void *f[ZMTP_MAX_BATCH * 8];
     size_t      l[ZMTP_MAX_BATCH * 8];
 } ws_batch;
 
 static void batch_add(ws_batch *b, const modzmq_call *st, int opcode, const unsigned char *p, size_t n)
 {
-    modzmq_control_frames(st->id, st->id_len, opcode == 1 ? "@text" : "@binary", "", 0, p, n, b->meta[b->n],
+    modzmq_control_frames(st->id, st->id_len, opcode == 1 ? "@text" : "@binary", "", 0, p, n, b->meta,
                           b->f + 8 * b->n, b->l + 8 * b->n);
     b->n++;
 }
@@ -262,8 +262,9 @@ int modzmq_ws_fast(modzmq_response *resp, modzmq_ws_io *io)
     }
 
     /* The client's whole messages, unmasked in place and sent on together,
-     * up to ZMTP_MAX_BATCH in one write: the messages one read brought
-     * reach the worker as one. */
+     * up to ZMTP_MAX_BATCH (8) in one write: the messages one read brought
+     * reach the worker as one. The batch's arrays are on the stack of an
+     * Apache thread: 8 keeps them within a page. */
     in = (unsigned char *)io->in;
     left = in != NULL ? io->in_len : 0;
     batch.n = 0;

@@ -20,7 +20,7 @@
 /* The most frames zmtp_send writes in one message, and the most messages
  * zmtp_send_batch writes at once. */
 #define ZMTP_MAX_FRAMES 8
-#define ZMTP_MAX_BATCH 16
+#define ZMTP_MAX_BATCH 8
 
 /* What the reader accepts of a peer (bridge.ZMTP reads by the same rules;
  * internal/zmqtest.ZMTPFrames is their specification, and the fuzz targets

@@ -54,15 +54,16 @@ func roundTrip(t *testing.T, c *zmtpTest, frames ...[]byte) [][]byte {
 // batch of none or of more than ZMTP_MAX_BATCH is refused.
 func TestZMTPSendBatch(t *testing.T) {
 	c := dialT(t, echoRouter(t), 0)
+	most := zmtpMaxBatch()
 	var msgs [][][]byte
-	for i := range 20 {
+	for i := range most + 4 {
 		msgs = append(msgs, [][]byte{[]byte("id"), {}, fmt.Appendf(nil, "message %d", i), bytes.Repeat([]byte{byte(i)}, i*30)})
 	}
 	before := c.writes()
-	if err := c.sendBatch(msgs[:16]...); err != 0 {
-		t.Fatalf("a batch of 16: %v", err)
+	if err := c.sendBatch(msgs[:most]...); err != 0 {
+		t.Fatalf("a batch of %d: %v", most, err)
 	}
-	if err := c.sendBatch(msgs[16:]...); err != 0 {
+	if err := c.sendBatch(msgs[most:]...); err != 0 {
 		t.Fatalf("a batch of 4: %v", err)
 	}
 	if w := c.writes() - before; w != 2 {
@@ -77,8 +78,8 @@ func TestZMTPSendBatch(t *testing.T) {
 	if err := c.sendBatch(); err != syscall.EINVAL {
 		t.Errorf("an empty batch: %v, want EINVAL", err)
 	}
-	if err := c.sendBatch(append(msgs, msgs...)[:17]...); err != syscall.EINVAL {
-		t.Errorf("a batch of 17: %v, want EINVAL", err)
+	if err := c.sendBatch(msgs[:most+1]...); err != syscall.EINVAL {
+		t.Errorf("a batch of %d: %v, want EINVAL", most+1, err)
 	}
 	if got := roundTrip(t, c, []byte("id"), nil, []byte("after")); string(got[2]) != "after" {
 		t.Errorf("after the refused batches: %q", got)
