@@ -440,8 +440,8 @@ static void break_stream(request_rec *r, apr_bucket_brigade *bb)
 #define WS_TICK_MS 1000
 #define WS_TICK_H2_MS 250
 
-/* The most a WebSocket's output waits in the filters for the next step's
- * before it is flushed (ws_write). */
+/* How much of a WebSocket's output may wait unflushed in the filters for
+ * the next step's (ws_write). */
 #define WS_COALESCE (16 * 1024)
 
 /* Whether r asks for a WebSocket at a location that takes them: its
@@ -459,12 +459,14 @@ static int wants_websocket(request_rec *r, const modzmq_dir_conf *conf)
 }
 
 /* Writes a step's output to the client: the frames in head, then the
- * payload in resp->body. It is flushed unless more may follow at once (the
- * step says again) and what waits unflushed (*held bytes) stays under
- * WS_COALESCE: the worker's messages that came together go out in one
- * write, as a tunnel forwards what one read brought. Held, the buckets are
- * transient, so the filters that keep them copy them (the payload lies in
- * the worker's connection's buffer, which the next wait reads into). */
+ * payload in resp->body. It is flushed unless more follows at once (more:
+ * the step said again 2, the worker's next message has begun to arrive)
+ * and what waits unflushed (*held bytes) stays under WS_COALESCE: the
+ * worker's messages that came together go out in one write, as a tunnel
+ * forwards what one read brought. The buckets are transient, so the
+ * filters that keep them copy them (head is rewritten by the next step,
+ * and the payload lies in the worker's connection's buffer, which the next
+ * wait reads into). */
 static apr_status_t ws_write(conn_rec *c, apr_bucket_brigade *bb, const modzmq_ws_io *io,
                              const modzmq_response *resp, int more, apr_size_t *held)
 {
@@ -596,7 +598,7 @@ static int run_websocket(request_rec *r, const modzmq_dir_conf *conf, const modz
     rc = lib->ws_step(resp, &io);
     for (;;) {
         apr_time_t due;
-        int more = rc == MODZMQ_PENDING && io.again && !gone;
+        int more = rc == MODZMQ_PENDING && io.again == 2 && !gone;
         if (!dead && (c->aborted || ws_write(c, out_bb, &io, resp, more, &held) != APR_SUCCESS)) {
             gone = dead = 1;
         }

@@ -670,27 +670,15 @@ func TestWebSocketsThroughApache(t *testing.T) {
 			t.Errorf("the status counts %d messages of %d bytes to the client; want 20 of 190000", p, b)
 		}
 
-		// 40 messages in one write: the C step sends them to the worker in
-		// batches (at most 8 in one write) and the echoes to the client
-		// as they come, coalesced; every one arrives, once, in order.
-		var burst []byte
-		for i := range 40 {
-			burst = append(burst, encodeFrame(0x80|opText, fmt.Appendf(nil, "burst %d", i), true)...)
-		}
-		c.mu.Lock()
-		_, err := c.w.Write(burst)
-		c.mu.Unlock()
-		if err != nil {
-			t.Fatalf("writing 40 messages at once: %v", err)
-		}
-		for i := range 40 {
-			c.expect(opText, fmt.Appendf(nil, "burst %d", i))
-		}
-		c.send(opText, []byte("after the burst"))
-		c.expect(opText, []byte("after the burst"))
+		// A burst, relayed in C too: the status counts each message once,
+		// and Go is entered for credit only.
+		wsBurst(t, c, 40)
 		last := h.settledRoute(t, "/ws")
 		if p := last.Streams.BodyParts - after.Streams.BodyParts; p != 41 {
 			t.Errorf("the status counts %d messages to the worker for the burst and one more; want 41", p)
+		}
+		if entries := *last.GoEntries - *after.GoEntries; entries >= 20 {
+			t.Errorf("a burst of 40 echoes made %d calls into Go; the C step should relay them", entries)
 		}
 	})
 
@@ -703,6 +691,31 @@ func TestWebSocketsThroughApache(t *testing.T) {
 	if log := h.errorLog(); strings.Contains(log, "exit signal") {
 		t.Errorf("a child died:\n%s", log)
 	}
+}
+
+// wsBurst writes n text messages in one write, then one more, and expects
+// their echoes, each once and in order. Through Apache the C step sends
+// the messages one read brought to the worker in one write, and the shim
+// holds an echo unflushed while the worker's next one is arriving
+// (ws_write): the burst goes through both, and through mod_ssl's and
+// mod_http2's filters with the buckets held.
+func wsBurst(t *testing.T, c *wsClient, n int) {
+	t.Helper()
+	var burst []byte
+	for i := range n {
+		burst = append(burst, encodeFrame(0x80|opText, fmt.Appendf(nil, "burst %d", i), true)...)
+	}
+	c.mu.Lock()
+	_, err := c.w.Write(burst)
+	c.mu.Unlock()
+	if err != nil {
+		t.Fatalf("writing %d messages at once: %v", n, err)
+	}
+	for i := range n {
+		c.expect(opText, fmt.Appendf(nil, "burst %d", i))
+	}
+	c.send(opText, []byte("after the burst"))
+	c.expect(opText, []byte("after the burst"))
 }
 
 // examples/python/ws_echo.py through Apache under each MPM: messages of
@@ -895,6 +908,7 @@ func TestWebSocketsOverTLS(t *testing.T) {
 			c.send(opBinary, m)
 			c.expect(opBinary, m)
 		}
+		wsBurst(t, c, 40)
 		c.send(opText, []byte{0xff})
 		c.expectClose(1007)
 		waitClosed(t, w, c.ConnID, 1007)
@@ -953,6 +967,7 @@ func testWebSocketOverHTTP2(t *testing.T, conn net.Conn, scheme, authority strin
 			c.send(m.op, m.data)
 			c.expect(m.op, m.data)
 		}
+		wsBurst(t, c, 40)
 		c.send(opClose, closePayload(1000, "bye"))
 		c.expectClose(1000, "bye")
 		waitClosed(t, w, c.ConnID, 1000)

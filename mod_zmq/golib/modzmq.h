@@ -357,8 +357,8 @@ typedef struct modzmq_ws_io {
     int     stopping;                        /* the server is stopping: close with 1001 */
     /* Out. Write head[0:head_len], then resp->body[0:body_len] (the payload
      * of head's last frame), to the client before anything else, and flush
-     * it before waiting (while again is set, it may wait for the next
-     * step's output; resp->body is valid until the next modzmq_wait). */
+     * it before waiting (while again is 2, it may wait for the next step's
+     * output; head and resp->body are valid until the next modzmq_wait). */
     char    head[MODZMQ_WS_HEAD];
     size_t  head_len;
     int64_t read_max;                        /* read at most this much from the client before the
@@ -367,7 +367,9 @@ typedef struct modzmq_ws_io {
                                                 connection), then modzmq_wait and step; -1: none */
     int     wait_ms;                         /* step again after this long at the latest; between,
                                                 step when modzmq_wait says so (a worker lost) */
-    int     again;                           /* modzmq_wait and step again at once, without waiting */
+    int     again;                           /* modzmq_wait and step again at once, without waiting;
+                                                2: and the worker's next message has begun to
+                                                arrive, so the output may wait for its */
     int     close_code;                      /* on the last step: the code the client was closed with
                                                 (0: none sent) */
     int     client_error;                    /* on the last step: non-zero when the client broke

@@ -313,6 +313,12 @@ func (c *zmtpTest) sendBatch(msgs ...[][]byte) syscall.Errno {
 	return syscall.Errno(C.zmtp_send_batch(c.z, 1000, C.int(len(msgs)), C.int(n), cp, cl))
 }
 
+// sendBatchOf calls zmtp_send_batch for nmsg messages of n frames, with no
+// frames: for the counts it refuses before it reads any.
+func (c *zmtpTest) sendBatchOf(nmsg, n int) syscall.Errno {
+	return syscall.Errno(C.zmtp_send_batch(c.z, 1000, C.int(nmsg), C.int(n), nil, nil))
+}
+
 // zmtpMaxBatch is the most messages zmtp_send_batch takes (ZMTP_MAX_BATCH).
 func zmtpMaxBatch() int { return C.ZMTP_MAX_BATCH }
 

@@ -165,30 +165,49 @@ int modzmq_ws_credit(const char *p, size_t n, int64_t *v)
     return 1;
 }
 
+/* The frames of a message the bridge sends for a call in progress
+ * (modzmq_control_frames). */
+#define CONTROL_FRAMES 8
+#if CONTROL_FRAMES > ZMTP_MAX_FRAMES
+#error "a control message has more frames than zmtp_send writes"
+#endif
+
 /* Client messages on their way to the worker, sent together: each as
  * bridge.WebSocket.Send sends it. */
 typedef struct ws_batch {
     int         n;
+    int64_t     bytes;                      /* their payloads' */
     char        meta[MODZMQ_CONTROL_META];  /* the same for every message of the WebSocket */
-    const void *f[ZMTP_MAX_BATCH * 8];
-    size_t      l[ZMTP_MAX_BATCH * 8];
+    const void *f[ZMTP_MAX_BATCH * CONTROL_FRAMES];
+    size_t      l[ZMTP_MAX_BATCH * CONTROL_FRAMES];
 } ws_batch;
 
 static void batch_add(ws_batch *b, const modzmq_call *st, int opcode, const unsigned char *p, size_t n)
 {
     modzmq_control_frames(st->id, st->id_len, opcode == 1 ? "@text" : "@binary", "", 0, p, n, b->meta,
-                          b->f + 8 * b->n, b->l + 8 * b->n);
+                          b->f + CONTROL_FRAMES * b->n, b->l + CONTROL_FRAMES * b->n);
     b->n++;
+    b->bytes += (int64_t)n;
 }
 
-/* Sends what b holds in one write: 0 or an errno value (the connection is
- * then broken: Go's step meets it). */
+/* Sends what b holds in one write and counts it: 0 or an errno value (the
+ * connection is then broken: Go's step meets it). */
 static int batch_send(ws_batch *b, modzmq_call *st)
 {
-    int nmsg = b->n;
+    int nmsg = b->n, rc;
+    int64_t bytes = b->bytes;
 
     b->n = 0;
-    return nmsg == 0 ? 0 : zmtp_send_batch(st->zconn, st->ws.send_timeout_ms, nmsg, 8, b->f, b->l);
+    b->bytes = 0;
+    if (nmsg == 0) {
+        return 0;
+    }
+    rc = zmtp_send_batch(st->zconn, st->ws.send_timeout_ms, nmsg, CONTROL_FRAMES, b->f, b->l);
+    if (rc == 0) {
+        modzmq_fast_count(st->ws.fast, MODZMQ_STATS_OFF_STREAMS + MODZMQ_ST_BODY_PARTS, nmsg);
+        modzmq_fast_count(st->ws.fast, MODZMQ_STATS_OFF_STREAMS + MODZMQ_ST_BODY_BYTES, bytes);
+    }
+    return rc;
 }
 
 /* What the worker's message modzmq_wait received is to the C step: 0 Go's
@@ -268,6 +287,7 @@ int modzmq_ws_fast(modzmq_response *resp, modzmq_ws_io *io)
     in = (unsigned char *)io->in;
     left = in != NULL ? io->in_len : 0;
     batch.n = 0;
+    batch.bytes = 0;
     while (left > 0) {
         int op;
         unsigned char key[4];
@@ -287,8 +307,6 @@ int modzmq_ws_fast(modzmq_response *resp, modzmq_ws_io *io)
         left -= n;
         batch_add(&batch, st, op, p, len);
         w->sendable -= (int64_t)len + MODZMQ_PART_COST;
-        modzmq_fast_count(w->fast, MODZMQ_STATS_OFF_STREAMS + MODZMQ_ST_BODY_PARTS, 1);
-        modzmq_fast_count(w->fast, MODZMQ_STATS_OFF_STREAMS + MODZMQ_ST_BODY_BYTES, (int64_t)len);
         if (batch.n == ZMTP_MAX_BATCH && batch_send(&batch, st) != 0) {
             break;
         }
@@ -312,7 +330,11 @@ int modzmq_ws_fast(modzmq_response *resp, modzmq_ws_io *io)
         modzmq_fast_count(w->fast, MODZMQ_STATS_OFF_STREAMS + MODZMQ_ST_BYTES, len);
         modzmq_fast_count(w->fast, MODZMQ_STATS_OFF_STREAMS + MODZMQ_ST_BUFFERED, len + MODZMQ_PART_COST);
         st->delivered = 1;
-        io->again = 1;
+        /* When the connection already holds the start of the worker's next
+         * message and no grant is due (which is Go's, and may wait to
+         * send), the next step is likely this one again: the output may
+         * wait for its (2). */
+        io->again = zmtp_buffered(st->zconn) > 0 && w->owed < w->grant_at ? 2 : 1;
     }
     io->wait_ms = (int)(st->due_ms - now);
     return MODZMQ_PENDING;

@@ -89,6 +89,10 @@ int zmtp_send(zmtp_conn *c, int timeout_ms, int n, const void *const *p, const s
  * p[i*n:(i+1)*n]. As zmtp_send otherwise. */
 int zmtp_send_batch(zmtp_conn *c, int timeout_ms, int nmsg, int n, const void *const *p, const size_t *len);
 
+/* The bytes read and not yet received as a message: the start of what the
+ * peer sent next, if any. */
+size_t zmtp_buffered(const zmtp_conn *c);
+
 /* The error that broke the connection (an errno value), or 0. */
 int zmtp_failed(const zmtp_conn *c);
 

@@ -4,6 +4,7 @@ package relay
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -49,15 +50,29 @@ func roundTrip(t *testing.T, c *zmtpTest, frames ...[]byte) [][]byte {
 }
 
 // Messages sent together (zmtp_send_batch, as the C step sends a client's
-// WebSocket messages) go out in one write and reach a libzmq ROUTER as the
-// separate messages they are, in order, short and long frames alike; a
-// batch of none or of more than ZMTP_MAX_BATCH is refused.
+// WebSocket messages: eight frames each, short and long) go out in one
+// write and reach a libzmq ROUTER as the separate messages they are, in
+// order; a batch of no messages, of more than ZMTP_MAX_BATCH or of frames
+// past ZMTP_MAX_FRAMES is refused, and the connection goes on.
 func TestZMTPSendBatch(t *testing.T) {
-	c := dialT(t, echoRouter(t), 0)
+	// Each message comes back as [id, "", its frames, each length-prefixed]:
+	// the connection reads at most ZMTP_MAX_RECV_FRAMES frames.
+	pack := func(frames [][]byte) []byte {
+		var b []byte
+		for _, f := range frames {
+			b = append(binary.BigEndian.AppendUint32(b, uint32(len(f))), f...)
+		}
+		return b
+	}
+	c := dialT(t, zmqtest.ROUTER(t, func(msg [][]byte, reply func([][]byte)) {
+		reply([][]byte{msg[0], msg[1], msg[2], pack(msg[1:])})
+	}), 0)
 	most := zmtpMaxBatch()
 	var msgs [][][]byte
 	for i := range most + 4 {
-		msgs = append(msgs, [][]byte{[]byte("id"), {}, fmt.Appendf(nil, "message %d", i), bytes.Repeat([]byte{byte(i)}, i*30)})
+		body := bytes.Repeat([]byte{byte(i)}, i*30+(i%2)*300) // every other one a long frame
+		msgs = append(msgs, [][]byte{[]byte("id"), {}, []byte("MZMQ/1"), []byte("@binary"), {}, {},
+			fmt.Appendf(nil, "request-id: %d\r\n", i), body})
 	}
 	before := c.writes()
 	if err := c.sendBatch(msgs[:most]...); err != 0 {
@@ -71,17 +86,17 @@ func TestZMTPSendBatch(t *testing.T) {
 	}
 	for i, want := range msgs {
 		got, rc := c.recv(2000)
-		if rc != 1 || len(got) != len(want) || !bytes.Equal(got[2], want[2]) || !bytes.Equal(got[3], want[3]) {
-			t.Fatalf("echo %d: code %d, %q", i, rc, got)
+		if rc != 1 || len(got) != 3 || !bytes.Equal(got[2], pack(want)) {
+			t.Fatalf("message %d: code %d, %d frames; not the frames sent", i, rc, len(got))
 		}
 	}
-	if err := c.sendBatch(); err != syscall.EINVAL {
-		t.Errorf("an empty batch: %v, want EINVAL", err)
+	for _, tc := range []struct{ nmsg, n int }{{0, 4}, {most + 1, 4}, {1, 0}, {1, 9}} {
+		if err := c.sendBatchOf(tc.nmsg, tc.n); err != syscall.EINVAL {
+			t.Errorf("a batch of %d messages of %d frames: %v, want EINVAL", tc.nmsg, tc.n, err)
+		}
 	}
-	if err := c.sendBatch(msgs[:most+1]...); err != syscall.EINVAL {
-		t.Errorf("a batch of %d: %v, want EINVAL", most+1, err)
-	}
-	if got := roundTrip(t, c, []byte("id"), nil, []byte("after")); string(got[2]) != "after" {
+	after := [][]byte{[]byte("id"), {}, []byte("after")}
+	if got := roundTrip(t, c, after...); !bytes.Equal(got[2], pack(after)) {
 		t.Errorf("after the refused batches: %q", got)
 	}
 }
