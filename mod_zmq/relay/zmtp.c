@@ -575,16 +575,19 @@ static int send_all(zmtp_conn *c, struct iovec *iov, int niov, int64_t deadline)
 
 int zmtp_failed(const zmtp_conn *c) { return c->broken; }
 
-/* Writes nmsg messages of n frames (p, len) in one sendmsg when the socket
- * takes them, the rest of a PONG first; hdr and iov have room for nmsg * n
- * frames. */
-static int send_messages(zmtp_conn *c, int timeout_ms, int nmsg, int n, const void *const *p, const size_t *len,
-                         unsigned char (*hdr)[9], struct iovec *iov)
+/* Writes nmsg messages (no more than cap) of n frames (p, len) in one
+ * sendmsg when the socket takes them, the rest of a PONG first; hdr and iov
+ * have room for cap * ZMTP_MAX_FRAMES frames. */
+static int send_messages(zmtp_conn *c, int timeout_ms, int cap, int nmsg, int n, const void *const *p,
+                         const size_t *len, unsigned char (*hdr)[9], struct iovec *iov)
 {
     int i, k, niov = 0, rc;
 
     if (c->broken) {
         return c->broken;
+    }
+    if (n < 1 || n > ZMTP_MAX_FRAMES || nmsg < 1 || nmsg > cap) {
+        return EINVAL;
     }
     if (c->npong > 0) { /* the rest of a PONG goes first */
         iov[niov].iov_base = c->pong;
@@ -625,10 +628,7 @@ int zmtp_send(zmtp_conn *c, int timeout_ms, int n, const void *const *p, const s
     unsigned char hdr[ZMTP_MAX_FRAMES][9];
     struct iovec iov[1 + 2 * ZMTP_MAX_FRAMES];
 
-    if (n < 1 || n > ZMTP_MAX_FRAMES) {
-        return c->broken ? c->broken : EINVAL;
-    }
-    return send_messages(c, timeout_ms, 1, n, p, len, hdr, iov);
+    return send_messages(c, timeout_ms, 1, 1, n, p, len, hdr, iov);
 }
 
 int zmtp_send_batch(zmtp_conn *c, int timeout_ms, int nmsg, int n, const void *const *p, const size_t *len)
@@ -636,10 +636,7 @@ int zmtp_send_batch(zmtp_conn *c, int timeout_ms, int nmsg, int n, const void *c
     unsigned char hdr[ZMTP_MAX_BATCH * ZMTP_MAX_FRAMES][9];
     struct iovec iov[1 + 2 * ZMTP_MAX_BATCH * ZMTP_MAX_FRAMES];
 
-    if (n < 1 || n > ZMTP_MAX_FRAMES || nmsg < 1 || nmsg > ZMTP_MAX_BATCH) {
-        return c->broken ? c->broken : EINVAL;
-    }
-    return send_messages(c, timeout_ms, nmsg, n, p, len, hdr, iov);
+    return send_messages(c, timeout_ms, ZMTP_MAX_BATCH, nmsg, n, p, len, hdr, iov);
 }
 
 size_t zmtp_buffered(const zmtp_conn *c) { return c->w - c->r; }
